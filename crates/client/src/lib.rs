@@ -1,0 +1,1 @@
+//! DistribuSync client library (placeholder until the Files client lands).

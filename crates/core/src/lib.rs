@@ -1,0 +1,19 @@
+//! Pure logic of DistribuSync: no runtime, no network, no filesystem.
+//!
+//! - [`RemotePath`]: the one validated path type every layer uses.
+//! - [`Revision`] and [`ContentHash`]: how versions are named.
+//! - [`limits`]: sizes every layer agrees on.
+//!
+//! If this crate cannot do IO, nobody can make it do IO by accident.
+#![forbid(unsafe_code)]
+
+pub mod hash;
+pub mod limits;
+pub mod path;
+
+pub use hash::ContentHash;
+pub use path::{PathError, RemotePath, RESERVED_DIR};
+
+/// A file's revision: the server-wide sequence number of its last change.
+/// Revision 0 means "does not exist" in `if_revision` preconditions.
+pub type Revision = u64;

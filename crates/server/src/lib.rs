@@ -1,0 +1,1 @@
+//! DistribuSync server (placeholder until the Files service lands).
