@@ -1,1 +1,14 @@
-//! DistribuSync client library (placeholder until the Files client lands).
+//! DistribuSync client library: the typed clients the CLI, the menu and the
+//! sync engine share.
+//!
+//! Main types: [`FilesClient`] (upload, download with resume, stat, list,
+//! delete, rename, watch), [`FileInfo`], [`ClientError`], [`Progress`].
+#![forbid(unsafe_code)]
+
+mod connect;
+pub mod error;
+pub mod files;
+
+pub use connect::{channel, lazy_channel, normalize_addr};
+pub use error::{ClientError, Result};
+pub use files::{Change, ChangeKind, FileInfo, FilesClient, Progress, WatchEvent};

@@ -12,7 +12,7 @@ pub mod limits;
 pub mod path;
 
 pub use hash::ContentHash;
-pub use path::{PathError, RemotePath, RESERVED_DIR};
+pub use path::{PathError, RESERVED_DIR, RemotePath};
 
 /// A file's revision: the server-wide sequence number of its last change.
 /// Revision 0 means "does not exist" in `if_revision` preconditions.

@@ -1,0 +1,4 @@
+//! One module per group of commands.
+
+pub mod files;
+pub mod serve;
