@@ -11,4 +11,7 @@ pub mod files;
 
 pub use connect::{channel, lazy_channel, normalize_addr};
 pub use error::{ClientError, Result};
-pub use files::{Change, ChangeKind, FileInfo, FilesClient, Progress, WatchEvent};
+pub use files::{
+    Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent, WatchStream,
+    hash_local,
+};

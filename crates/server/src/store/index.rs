@@ -488,6 +488,6 @@ mod tests {
         }
         let (floor, newest) = ix.log_bounds().unwrap();
         assert_eq!(newest, 40);
-        assert!(floor >= 40 - 17 && floor < 40, "{floor}");
+        assert!((40 - 17..40).contains(&floor), "{floor}");
     }
 }
