@@ -10,6 +10,7 @@
 pub mod hash;
 pub mod limits;
 pub mod path;
+pub mod sync;
 
 pub use hash::ContentHash;
 pub use path::{PathError, RESERVED_DIR, RemotePath};
