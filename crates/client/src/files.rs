@@ -68,6 +68,10 @@ pub enum WatchEvent {
     Resync(u64),
 }
 
+/// A last check before a download replaces the local file (see
+/// [`FilesClient::download_checked`]).
+pub type BeforeReplace = Box<dyn FnOnce(&Path) -> Result<()> + Send>;
+
 /// A cheap, cloneable client of the Files service.
 #[derive(Debug, Clone)]
 pub struct FilesClient {
@@ -272,6 +276,23 @@ impl FilesClient {
         local: &Path,
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
+        self.download_checked(remote, local, progress, Box::new(|_| Ok(())))
+            .await
+    }
+
+    /// As [`FilesClient::download`], but `check` runs just before the
+    /// verified data replaces `local`; an error from it leaves `local`
+    /// untouched (the sync engine uses it to never clobber a fresh edit).
+    ///
+    /// # Errors
+    /// As [`FilesClient::download`], or what `check` returns.
+    pub async fn download_checked(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+        check: BeforeReplace,
+    ) -> Result<FileInfo> {
         let info = self.stat(remote).await?;
         let partial = partial_path(local, &info.hash);
         let offset = match fs::metadata(&partial) {
@@ -296,7 +317,7 @@ impl FilesClient {
         };
         if head.hash != info.hash {
             // Replaced between stat and download: start over for that version.
-            return Box::pin(self.download(remote, local, progress)).await;
+            return Box::pin(self.download_checked(remote, local, progress, check)).await;
         }
         if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| ClientError::local(dir, e))?;
@@ -340,6 +361,7 @@ impl FilesClient {
                 .map_err(|e| ClientError::local(&partial2, e))?;
             f.set_modified(modified)
                 .map_err(|e| ClientError::local(&partial2, e))?;
+            check(&local2)?;
             fs::rename(&partial2, &local2).map_err(|e| ClientError::local(&local2, e))?;
             if let Some(dir) = local2.parent().filter(|d| !d.as_os_str().is_empty())
                 && let Ok(d) = File::open(dir)

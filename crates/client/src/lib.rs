@@ -8,6 +8,7 @@
 mod connect;
 pub mod error;
 pub mod files;
+pub mod sync;
 
 pub use connect::{channel, lazy_channel, normalize_addr};
 pub use error::{ClientError, Result};
