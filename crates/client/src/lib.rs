@@ -1,1 +1,7 @@
-//! DistribuSync client library (placeholder until the Files client lands).
+//! DistribuSync client library: [`compute::ComputeClient`] for remote
+//! additions and sorts, synchronous or as jobs with callbacks.
+#![forbid(unsafe_code)]
+
+pub mod compute;
+
+pub use compute::{ComputeClient, JobHandle};

@@ -3,16 +3,18 @@
 //! - [`RemotePath`]: the one validated path type every layer uses.
 //! - [`Revision`] and [`ContentHash`]: how versions are named.
 //! - [`limits`]: sizes every layer agrees on.
+//! - [`compute`]: the arithmetic of the Compute service ([`compute::Numbers`], checked add, sort, parsing).
 //!
 //! If this crate cannot do IO, nobody can make it do IO by accident.
 #![forbid(unsafe_code)]
 
+pub mod compute;
 pub mod hash;
 pub mod limits;
 pub mod path;
 
 pub use hash::ContentHash;
-pub use path::{PathError, RemotePath, RESERVED_DIR};
+pub use path::{PathError, RESERVED_DIR, RemotePath};
 
 /// A file's revision: the server-wide sequence number of its last change.
 /// Revision 0 means "does not exist" in `if_revision` preconditions.

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use unicode_normalization::{is_nfc, UnicodeNormalization};
+use unicode_normalization::{UnicodeNormalization, is_nfc};
 
 /// The folder name reserved for DistribuSync's own files (index, staging,
 /// sync state). No remote path may live under it.
@@ -277,8 +277,7 @@ mod tests {
     }
 
     fn segment() -> impl Strategy<Value = String> {
-        "[a-zA-Z0-9 _\\-\\.éü中]{1,40}"
-            .prop_filter("no dot segments", |s| s != "." && s != "..")
+        "[a-zA-Z0-9 _\\-\\.éü中]{1,40}".prop_filter("no dot segments", |s| s != "." && s != "..")
     }
 
     proptest! {

@@ -1,1 +1,6 @@
-//! DistribuSync server (placeholder until the Files service lands).
+//! DistribuSync server: the Compute service ([`ComputeService`]).
+#![forbid(unsafe_code)]
+
+pub mod compute;
+
+pub use compute::{ComputeConfig, ComputeService};
