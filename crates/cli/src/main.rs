@@ -1,1 +1,84 @@
-fn main() {}
+//! `distribusync`: the one binary. Parses flags, builds configs, calls the
+//! libraries; the logic lives in distribusync-server and -client.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod cmd;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+/// A mistake in how the command was called (exit 2), as opposed to a
+/// failure while doing it (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.command);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("distribusync: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            // A closed pipe (`distribusync ls | head`) is not a failure.
+            if err
+                .chain()
+                .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("distribusync: {err:#}");
+            if err.chain().any(|e| e.is::<UsageError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_tracing(command: &Command) {
+    use tracing_subscriber::EnvFilter;
+    // Long-running commands log what they do; one-shot commands stay quiet
+    // unless RUST_LOG asks.
+    let default = match command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = cli.global;
+    match cli.command {
+        Command::Serve(args) => cmd::serve::run(args).await,
+        Command::Ls(args) => cmd::files::ls(&global, args).await,
+        Command::Put(args) => cmd::files::put(&global, args).await,
+        Command::Get(args) => cmd::files::get(&global, args).await,
+        Command::Rm(args) => cmd::files::rm(&global, args).await,
+        Command::Mv(args) => cmd::files::mv(&global, args).await,
+        Command::Stat(args) => cmd::files::stat(&global, args).await,
+        Command::Add(args) => cmd::compute::add(&global, args).await,
+        Command::Sort(args) => cmd::compute::sort(&global, args).await,
+        Command::Job(args) => cmd::compute::job(&global, args).await,
+        Command::Jobs(args) => cmd::compute::jobs(&global, args).await,
+    }
+    .map(|()| ExitCode::SUCCESS)
+}

@@ -26,10 +26,7 @@ use distribusync_proto::{
 };
 use futures::StreamExt;
 use tokio::{sync::oneshot, task::AbortHandle};
-use tonic::{
-    Code, Status,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, Status, transport::Channel};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -45,6 +42,10 @@ const MAX_MESSAGE_SIZE: usize = 1 << 30;
 pub enum ComputeError {
     #[error("cannot reach server at {addr} (is \"distribusync serve\" running?)")]
     Unreachable { addr: String },
+    #[error(
+        "the server at {addr} does not host the Compute service (started with `serve --services files`?); point --compute-server at one that does"
+    )]
+    NotHosted { addr: String },
     #[error("invalid server address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
     /// The server refused the request; `message` says why.
@@ -86,6 +87,11 @@ impl ComputeError {
         // an UNAVAILABLE the server itself sent (shutting down) does not.
         if s.code() == Code::Unavailable && std::error::Error::source(&s).is_some() {
             return ComputeError::Unreachable {
+                addr: addr.to_owned(),
+            };
+        }
+        if s.code() == Code::Unimplemented {
+            return ComputeError::NotHosted {
                 addr: addr.to_owned(),
             };
         }
@@ -288,25 +294,6 @@ pub struct ComputeClient {
     inner: Arc<Inner>,
 }
 
-/// Normalises an address: `host:port` gets `http://`.
-fn endpoint(addr: &str) -> Result<Endpoint, ComputeError> {
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Endpoint::from_shared(url)
-        .map(|e| {
-            e.tcp_nodelay(true)
-                .http2_adaptive_window(true)
-                .connect_timeout(Duration::from_secs(5))
-        })
-        .map_err(|e| ComputeError::BadAddress {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })
-}
-
 impl ComputeClient {
     /// Connects to the server at `addr` (`http://host:port` or `host:port`)
     /// with a fresh client id.
@@ -314,13 +301,19 @@ impl ComputeClient {
     /// # Errors
     /// [`ComputeError::BadAddress`], [`ComputeError::Unreachable`].
     pub async fn connect(addr: &str) -> Result<Self, ComputeError> {
-        let channel = endpoint(addr)?
-            .connect()
-            .await
-            .map_err(|_| ComputeError::Unreachable {
-                addr: addr.to_owned(),
-            })?;
-        Ok(Self::new(channel, addr, Uuid::new_v4().to_string()))
+        let channel = crate::connect::channel(addr).await.map_err(|e| match e {
+            crate::ClientError::BadAddress { addr, why } => {
+                ComputeError::BadAddress { addr, reason: why }
+            }
+            _ => ComputeError::Unreachable {
+                addr: crate::normalize_addr(addr),
+            },
+        })?;
+        Ok(Self::new(
+            channel,
+            &crate::normalize_addr(addr),
+            Uuid::new_v4().to_string(),
+        ))
     }
 
     /// A client over an existing channel. `client_id` names this client's

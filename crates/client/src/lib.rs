@@ -1,7 +1,21 @@
-//! DistribuSync client library: [`compute::ComputeClient`] for remote
-//! additions and sorts, synchronous or as jobs with callbacks.
+//! DistribuSync client library: the typed clients the CLI, the menu and the
+//! sync engine share.
+//!
+//! Main types: [`FilesClient`] (upload, download with resume, stat, list,
+//! delete, rename, watch), [`FileInfo`], [`ClientError`], [`Progress`];
+//! [`ComputeClient`] (add, sort, jobs whose results arrive as awaitable
+//! [`JobHandle`]s or callbacks).
 #![forbid(unsafe_code)]
 
 pub mod compute;
+mod connect;
+pub mod error;
+pub mod files;
 
 pub use compute::{ComputeClient, JobHandle};
+pub use connect::{channel, lazy_channel, normalize_addr};
+pub use error::{ClientError, Result};
+pub use files::{
+    Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent, WatchStream,
+    hash_local,
+};

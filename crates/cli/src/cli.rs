@@ -1,0 +1,180 @@
+//! Command-line flags. Flags win over environment variables, which win over
+//! defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "distribusync",
+    version,
+    about = "Self-hosted file sync and remote computation over gRPC",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every client command shares.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// File server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUSYNC_SERVER",
+        default_value = "http://127.0.0.1:50000"
+    )]
+    pub server: String,
+    /// Compute server to talk to; the --server when omitted (set it when
+    /// files and compute run as separate servers).
+    #[arg(long, global = true, env = "DISTRIBUSYNC_COMPUTE_SERVER")]
+    pub compute_server: Option<String>,
+    /// Client id that names this client's compute jobs (`jobs`); kept in
+    /// the user's config folder when omitted.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUSYNC_CLIENT_ID",
+        hide_env_values = true
+    )]
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: serve the folder ROOT (MASTER) over gRPC.
+    Serve(ServeArgs),
+    /// List files under PREFIX (a file or folder), recursively.
+    Ls(LsArgs),
+    /// Upload a file (or a folder with -r).
+    Put(PutArgs),
+    /// Download a file; an interrupted download resumes.
+    Get(GetArgs),
+    /// Delete a file on the server.
+    Rm(RmArgs),
+    /// Rename or move a file or folder on the server.
+    Mv(MvArgs),
+    /// Show one file's metadata.
+    Stat(StatArgs),
+    /// Add two or more numbers on the compute server.
+    Add(crate::cmd::compute::AddArgs),
+    /// Sort numbers on the compute server, one per line.
+    Sort(crate::cmd::compute::SortArgs),
+    /// Show a compute job (status and result), or cancel one.
+    Job(crate::cmd::compute::JobArgs),
+    /// List this client's recent compute jobs.
+    Jobs(crate::cmd::compute::JobsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DISTRIBUSYNC_LISTEN", default_value = "127.0.0.1:50000")]
+    pub listen: SocketAddr,
+    /// The folder the server owns (created if missing).
+    #[arg(long, env = "DISTRIBUSYNC_ROOT", default_value = "./MASTER")]
+    pub root: PathBuf,
+    /// Largest file accepted, in bytes.
+    #[arg(long, env = "DISTRIBUSYNC_MAX_FILE_SIZE", default_value_t = distribusync_core::limits::DEFAULT_MAX_FILE_SIZE)]
+    pub max_file_size: u64,
+    /// Services this process hosts: files, compute, or files,compute (one
+    /// port for both). Dedicated servers: one process each.
+    #[arg(
+        long,
+        env = "DISTRIBUSYNC_SERVICES",
+        default_value = "files,compute",
+        value_delimiter = ',',
+        value_enum
+    )]
+    pub services: Vec<Service>,
+    /// Most numbers one add, sort or job may carry.
+    #[arg(long, env = "DISTRIBUSYNC_MAX_NUMBERS", default_value_t = distribusync_server::ComputeConfig::default().max_numbers)]
+    pub max_numbers: usize,
+    /// Most compute jobs queued or running at once.
+    #[arg(long, env = "DISTRIBUSYNC_JOB_QUEUE", default_value_t = distribusync_server::ComputeConfig::default().job_queue_capacity)]
+    pub job_queue: usize,
+    /// Compute jobs running at once (default: one per core).
+    #[arg(long, env = "DISTRIBUSYNC_JOB_WORKERS")]
+    pub job_workers: Option<usize>,
+    /// Deadline of a job that asks for none.
+    #[arg(long, env = "DISTRIBUSYNC_JOB_DEADLINE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub job_deadline: std::time::Duration,
+    /// Longest deadline a job may ask for.
+    #[arg(long, env = "DISTRIBUSYNC_MAX_JOB_DEADLINE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_job_deadline: std::time::Duration,
+    /// How long finished job results are kept for `job ID`.
+    #[arg(long, env = "DISTRIBUSYNC_RESULT_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub result_ttl: std::time::Duration,
+}
+
+/// A service `serve` can host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    Files,
+    Compute,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// A file or folder on the server; everything when omitted.
+    pub prefix: Option<String>,
+    /// Long format: size, revision, modified time, path.
+    #[arg(short, long)]
+    pub long: bool,
+    /// JSON Lines: path, size, revision, hash, modified.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// Local file (or folder with -r).
+    pub local: PathBuf,
+    /// Remote path; defaults to the local name. Ending in '/' puts the file
+    /// into that folder.
+    pub remote: Option<String>,
+    /// Upload a folder and everything in it.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Print the uploaded files as JSON Lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Remote file.
+    pub remote: String,
+    /// Local destination (a file, or an existing folder); defaults to the
+    /// remote file's name in the current folder.
+    pub local: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Remote file.
+    pub remote: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MvArgs {
+    pub from: String,
+    pub to: String,
+    /// Replace an existing file at TO.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    pub remote: String,
+    /// One JSON object: path, size, revision, hash, modified.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,5 @@
+//! One module per group of commands.
+
+pub mod compute;
+pub mod files;
+pub mod serve;

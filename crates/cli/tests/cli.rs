@@ -1,0 +1,195 @@
+//! The real `distribusync` binary, run in a fresh folder per test.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_distribusync");
+
+mod compute;
+
+/// `distribusync serve` on a free port; killed (SIGTERM) on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+            .arg(dir.join("MASTER"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().expect("server printed its address").unwrap();
+            if let Some(i) = line.find("http://") {
+                break line[i..].trim().to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(dir: &Path, server: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("DISTRIBUSYNC_SERVER", server)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs")
+}
+
+fn ok(dir: &Path, server: &str, args: &[&str]) -> String {
+    let out = run(dir, server, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fail(dir: &Path, server: &str, args: &[&str], code: i32) -> String {
+    let out = run(dir, server, args);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("distribusync: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn tmp() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().to_owned();
+    (t, p)
+}
+
+#[test]
+fn put_ls_get_mv_rm_stat_tour() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    std::fs::write(dir.join("report.pdf"), b"%PDF pretend").unwrap();
+    std::fs::create_dir_all(dir.join("photos/sub")).unwrap();
+    std::fs::write(dir.join("photos/a.jpg"), b"jpg a").unwrap();
+    std::fs::write(dir.join("photos/sub/b.jpg"), b"jpg b").unwrap();
+
+    ok(&dir, s, &["put", "report.pdf"]);
+    ok(&dir, s, &["put", "-r", "photos/", "trips/2026"]);
+    assert_eq!(
+        ok(&dir, s, &["ls"]),
+        "report.pdf\ntrips/2026/a.jpg\ntrips/2026/sub/b.jpg\n"
+    );
+    let long = ok(&dir, s, &["ls", "-l", "trips/"]);
+    assert_eq!(long.lines().count(), 2);
+    assert!(
+        long.contains("trips/2026/a.jpg") && long.contains("5"),
+        "{long}"
+    );
+
+    let json = ok(&dir, s, &["ls", "--json", "trips"]);
+    for line in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["path", "size", "revision", "hash", "modified"] {
+            assert!(v.get(key).is_some(), "{key} in {line}");
+        }
+        assert_eq!(v["hash"].as_str().unwrap().len(), 64);
+        assert!(v["modified"].as_str().unwrap().ends_with('Z'));
+    }
+
+    ok(&dir, s, &["get", "trips/2026/a.jpg", "./a.jpg"]);
+    assert_eq!(std::fs::read(dir.join("a.jpg")).unwrap(), b"jpg a");
+
+    ok(&dir, s, &["mv", "report.pdf", "archive/report.pdf"]);
+    let stat = ok(&dir, s, &["stat", "archive/report.pdf", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stat).unwrap();
+    assert_eq!(v["path"], "archive/report.pdf");
+    assert_eq!(v["size"], 12);
+    ok(&dir, s, &["rm", "archive/report.pdf"]);
+    let err = fail(&dir, s, &["stat", "archive/report.pdf"], 1);
+    assert!(err.contains("no such file"), "{err}");
+}
+
+#[test]
+fn mistakes_get_one_clear_line_and_the_right_exit_code() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    std::fs::write(dir.join("a"), b"a").unwrap();
+    std::fs::write(dir.join("b"), b"b").unwrap();
+    ok(&dir, s, &["put", "a"]);
+    ok(&dir, s, &["put", "b"]);
+
+    let err = fail(&dir, s, &["mv", "a", "b"], 1);
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    ok(&dir, s, &["mv", "a", "b", "--force"]);
+    let err = fail(&dir, s, &["mv", "b", "b"], 1);
+    assert!(err.contains("onto itself"), "{err}");
+    let err = fail(&dir, s, &["rm", "missing"], 1);
+    assert!(err.contains("missing: no such file"), "{err}");
+    for bad in ["../x", "/etc/passwd", "a//b", "a\\b"] {
+        let err = fail(&dir, s, &["put", "a", bad], 2);
+        assert!(err.contains("invalid path"), "{err}");
+    }
+    let err = fail(&dir, s, &["put", "no-such-local-file"], 1);
+    assert!(err.contains("no-such-local-file"), "{err}");
+    std::fs::create_dir(dir.join("folder")).unwrap();
+    fail(&dir, s, &["put", "folder"], 2);
+    // Nothing bad landed.
+    assert_eq!(ok(&dir, s, &["ls"]), "b\n");
+    // Unknown flags are usage errors too.
+    assert_eq!(run(&dir, s, &["ls", "--bogus"]).status.code(), Some(2));
+}
+
+#[test]
+fn no_server_means_a_clear_message() {
+    let (_t, dir) = tmp();
+    // A port nothing listens on: bind one, then drop it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let err = fail(&dir, &addr, &["ls"], 1);
+    assert_eq!(
+        err.trim_end(),
+        format!("distribusync: cannot reach server at {addr} (is \"distribusync serve\" running?)")
+    );
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let (_t, dir) = tmp();
+    let mut server = Server::start(&dir);
+    std::fs::write(dir.join("a"), b"a").unwrap();
+    ok(&dir, &server.addr, &["put", "a"]);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(dir.join("MASTER/a").exists());
+}

@@ -1,0 +1,97 @@
+//! Errors of the client library. Each variant is one thing a caller can act
+//! on; messages name the path and say what to do where that helps.
+
+use std::path::PathBuf;
+
+use distribusync_core::{PathError, Revision};
+use tonic::Code;
+
+/// Metadata key the server uses to carry the current revision.
+pub const CURRENT_REVISION_KEY: &str = "x-distribusync-current-revision";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach server at {addr} (is \"distribusync serve\" running?)")]
+    Unreachable { addr: String },
+    #[error("invalid server address {addr:?}: {why}")]
+    BadAddress { addr: String, why: String },
+    #[error(transparent)]
+    InvalidPath(#[from] PathError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{message}")]
+    RevisionMismatch {
+        message: String,
+        current: Option<Revision>,
+    },
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("server error: {0}")]
+    Server(String),
+    #[error("{path}: {source}")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{path}: downloaded data does not match the server's hash; try again")]
+    Corrupt { path: String },
+}
+
+impl ClientError {
+    pub(crate) fn local(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Local {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Maps a status from the server at `addr` to an error.
+    pub(crate) fn from_status(status: tonic::Status, addr: &str) -> Self {
+        let msg = status.message().to_owned();
+        match status.code() {
+            Code::Unavailable if is_transport(&status) => Self::Unreachable {
+                addr: addr.to_owned(),
+            },
+            Code::NotFound => Self::NotFound(msg),
+            Code::AlreadyExists => Self::AlreadyExists(msg),
+            Code::FailedPrecondition if status.metadata().contains_key(CURRENT_REVISION_KEY) => {
+                let current = status
+                    .metadata()
+                    .get(CURRENT_REVISION_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                Self::RevisionMismatch {
+                    message: msg,
+                    current,
+                }
+            }
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+                Self::Rejected(msg)
+            }
+            Code::ResourceExhausted => Self::LimitExceeded(msg),
+            Code::Unavailable | Code::Cancelled => Self::Unreachable {
+                addr: addr.to_owned(),
+            },
+            _ => Self::Server(format!("{:?}: {msg}", status.code())),
+        }
+    }
+
+    /// True when the server could not be reached (worth retrying later).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+}
+
+fn is_transport(status: &tonic::Status) -> bool {
+    // Connection failures carry a transport error as their source.
+    std::error::Error::source(status).is_some() || status.message().contains("transport")
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,525 @@
+//! [`FilesClient`]: typed access to the Files service.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use distribusync_core::{ContentHash, RemotePath, Revision, limits};
+use distribusync_proto::v1::{self, files_client};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::error::{ClientError, Result};
+
+/// A file on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    pub path: RemotePath,
+    pub size: u64,
+    pub revision: Revision,
+    pub hash: ContentHash,
+    pub modified: SystemTime,
+}
+
+/// Observes a transfer (a progress bar, or nothing).
+pub trait Progress: Send + Sync {
+    /// The transfer will move `total` bytes, starting at `done`.
+    fn start(&self, _total: u64, _done: u64) {}
+    /// `n` more bytes moved.
+    fn advance(&self, _n: u64) {}
+}
+
+/// No progress reporting.
+impl Progress for () {}
+
+/// What a change in the server's log did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A file was created or replaced.
+    Put(FileInfo),
+    Delete(RemotePath),
+    /// A file, or a folder with all its files (`folder`), moved.
+    Rename {
+        from: RemotePath,
+        to: RemotePath,
+        folder: bool,
+        revision: Revision,
+    },
+}
+
+/// One entry of the server's change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: u64,
+    pub kind: ChangeKind,
+}
+
+/// An event of a watch stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Change(Change),
+    /// Every change up to `seq` has been sent; what follows is live.
+    CaughtUp(u64),
+    /// The log no longer reaches back far enough: list everything, then
+    /// carry on from `seq`.
+    Resync(u64),
+}
+
+/// A cheap, cloneable client of the Files service.
+#[derive(Debug, Clone)]
+pub struct FilesClient {
+    inner: files_client::FilesClient<Channel>,
+    addr: Arc<str>,
+}
+
+fn protocol(what: &str) -> ClientError {
+    ClientError::Protocol(format!("malformed reply from server: {what}"))
+}
+
+impl TryFrom<v1::FileInfo> for FileInfo {
+    type Error = ClientError;
+    fn try_from(f: v1::FileInfo) -> Result<Self> {
+        Ok(Self {
+            path: RemotePath::parse(&f.path).map_err(|_| protocol("path"))?,
+            size: f.size,
+            revision: f.revision,
+            hash: ContentHash::from_slice(&f.hash).map_err(|_| protocol("hash"))?,
+            modified: f
+                .modified
+                .as_ref()
+                .and_then(distribusync_proto::system_time)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        })
+    }
+}
+
+fn change_from(c: v1::Change) -> Result<Change> {
+    let path = RemotePath::parse(&c.path).map_err(|_| protocol("change path"))?;
+    let kind = match v1::ChangeOp::try_from(c.op) {
+        Ok(v1::ChangeOp::Put) => ChangeKind::Put(FileInfo {
+            path,
+            size: c.size,
+            revision: c.revision,
+            hash: ContentHash::from_slice(&c.hash).map_err(|_| protocol("change hash"))?,
+            modified: c
+                .modified
+                .as_ref()
+                .and_then(distribusync_proto::system_time)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        }),
+        Ok(v1::ChangeOp::Delete) => ChangeKind::Delete(path),
+        Ok(v1::ChangeOp::Rename) => ChangeKind::Rename {
+            from: path,
+            to: RemotePath::parse(&c.new_path).map_err(|_| protocol("rename target"))?,
+            folder: c.folder,
+            revision: c.revision,
+        },
+        _ => return Err(protocol("change op")),
+    };
+    Ok(Change { seq: c.seq, kind })
+}
+
+/// Name of the partial file a download into `local` resumes from; keyed by
+/// the content hash so a partial of another version is never continued.
+fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    local.with_file_name(format!(
+        ".{name}.{}.distribusync-part",
+        &hash.to_hex()[..16]
+    ))
+}
+
+/// BLAKE3 of a local file.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn hash_local(path: &Path) -> Result<(ContentHash, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let file = File::open(path).map_err(|e| ClientError::local(path, e))?;
+    hasher
+        .update_reader(&file)
+        .map_err(|e| ClientError::local(path, e))?;
+    Ok((hasher.finalize().into(), hasher.count()))
+}
+
+impl FilesClient {
+    /// Connects to the server at `addr` (`http://host:port` or `host:port`).
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] when no server answers.
+    pub async fn connect(addr: &str) -> Result<Self> {
+        Ok(Self::new(crate::channel(addr).await?, addr))
+    }
+
+    /// A client over an existing channel.
+    pub fn new(channel: Channel, addr: &str) -> Self {
+        Self {
+            inner: files_client::FilesClient::new(channel)
+                .max_decoding_message_size(limits::MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(limits::MAX_MESSAGE_SIZE),
+            addr: crate::normalize_addr(addr).into(),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn err(&self, s: tonic::Status) -> ClientError {
+        ClientError::from_status(s, &self.addr)
+    }
+
+    /// Uploads the local file at `local` as `remote`. With `if_revision`,
+    /// the server refuses if the file's current revision differs (0: it
+    /// must not exist yet).
+    ///
+    /// # Errors
+    /// Local read errors, a revision mismatch, or any refusal of the server
+    /// (including a file that changed while it was being read).
+    pub async fn upload(
+        &self,
+        local: &Path,
+        remote: &RemotePath,
+        if_revision: Option<Revision>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<FileInfo> {
+        let path = local.to_owned();
+        let (hash, size, modified) = tokio::task::spawn_blocking(move || {
+            let (hash, size) = hash_local(&path)?;
+            let modified = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_err(|e| ClientError::local(&path, e))?;
+            Ok::<_, ClientError>((hash, size, modified))
+        })
+        .await
+        .map_err(|e| ClientError::local(local, std::io::Error::other(e)))??;
+        let header = v1::UploadHeader {
+            path: remote.to_string(),
+            size,
+            hash: hash.0.to_vec(),
+            modified: Some(distribusync_proto::timestamp(modified)),
+            if_revision,
+        };
+        progress.start(size, 0);
+        let (tx, rx) = mpsc::channel(4);
+        let path = local.to_owned();
+        tokio::task::spawn_blocking(move || {
+            use v1::upload_request::Msg;
+            if tx
+                .blocking_send(v1::UploadRequest {
+                    msg: Some(Msg::Header(header)),
+                })
+                .is_err()
+            {
+                return;
+            }
+            let Ok(mut file) = File::open(&path) else {
+                return; // The server sees a short stream and refuses it.
+            };
+            // Send exactly the announced size; a file that grew is cut off
+            // and refused by hash, one that shrank is refused by size.
+            let mut left = size;
+            while left > 0 {
+                let n = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(limits::CHUNK_SIZE);
+                let mut buf = vec![0; n];
+                let got = match file.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(got) => got,
+                };
+                buf.truncate(got);
+                left -= got as u64;
+                progress.advance(got as u64);
+                if tx
+                    .blocking_send(v1::UploadRequest {
+                        msg: Some(Msg::Chunk(buf)),
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let mut inner = self.inner.clone();
+        let reply = inner
+            .upload(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        reply
+            .file
+            .ok_or_else(|| protocol("upload reply without file"))?
+            .try_into()
+    }
+
+    /// Downloads `remote` into `local`, atomically: the data goes to a
+    /// partial file beside `local`, is verified against the server's hash,
+    /// fsynced, then renamed over `local`. An interrupted download resumes
+    /// from its partial file when the server still has the same version.
+    ///
+    /// # Errors
+    /// NotFound, local write errors, or a hash mismatch.
+    pub async fn download(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+    ) -> Result<FileInfo> {
+        let info = self.stat(remote).await?;
+        let partial = partial_path(local, &info.hash);
+        let offset = match fs::metadata(&partial) {
+            Ok(m) if m.len() <= info.size => m.len(),
+            _ => 0,
+        };
+        let mut inner = self.inner.clone();
+        let mut stream = inner
+            .download(v1::DownloadRequest {
+                path: remote.to_string(),
+                offset,
+            })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        use v1::download_response::Msg;
+        let head: FileInfo = match stream.message().await.map_err(|s| self.err(s))? {
+            Some(v1::DownloadResponse {
+                msg: Some(Msg::Info(i)),
+            }) => i.try_into()?,
+            _ => return Err(protocol("download did not start with file info")),
+        };
+        if head.hash != info.hash {
+            // Replaced between stat and download: start over for that version.
+            return Box::pin(self.download(remote, local, progress)).await;
+        }
+        if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| ClientError::local(dir, e))?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .map_err(|e| ClientError::local(&partial, e))?;
+        file.set_len(offset)
+            .map_err(|e| ClientError::local(&partial, e))?;
+        progress.start(head.size, offset);
+        while let Some(msg) = stream.message().await.map_err(|s| self.err(s))? {
+            let Some(Msg::Chunk(data)) = msg.msg else {
+                return Err(protocol("unexpected message in download"));
+            };
+            let n = data.len() as u64;
+            file = tokio::task::spawn_blocking(move || file.write_all(&data).map(|()| file))
+                .await
+                .map_err(|e| ClientError::local(&partial, std::io::Error::other(e)))?
+                .map_err(|e| ClientError::local(&partial, e))?;
+            progress.advance(n);
+        }
+        let (partial2, local2) = (partial.clone(), local.to_owned());
+        let modified = head.modified;
+        let expected = head.hash;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            file.sync_all()
+                .map_err(|e| ClientError::local(&partial2, e))?;
+            drop(file);
+            let (hash, _) = hash_local(&partial2)?;
+            if hash != expected {
+                let _ = fs::remove_file(&partial2);
+                return Err(ClientError::Corrupt {
+                    path: local2.display().to_string(),
+                });
+            }
+            let f = File::options()
+                .write(true)
+                .open(&partial2)
+                .map_err(|e| ClientError::local(&partial2, e))?;
+            f.set_modified(modified)
+                .map_err(|e| ClientError::local(&partial2, e))?;
+            fs::rename(&partial2, &local2).map_err(|e| ClientError::local(&local2, e))?;
+            if let Some(dir) = local2.parent().filter(|d| !d.as_os_str().is_empty())
+                && let Ok(d) = File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ClientError::local(local, std::io::Error::other(e)))??;
+        Ok(head)
+    }
+
+    /// Metadata of one file.
+    ///
+    /// # Errors
+    /// NotFound when there is no such file.
+    pub async fn stat(&self, remote: &RemotePath) -> Result<FileInfo> {
+        let mut inner = self.inner.clone();
+        inner
+            .stat(v1::StatRequest {
+                path: remote.to_string(),
+            })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner()
+            .try_into()
+    }
+
+    /// Lists every file under `prefix` (a file or folder; all files when
+    /// `None`), page by page, in path order.
+    ///
+    /// # Errors
+    /// When the listing cannot start.
+    pub async fn list(&self, prefix: Option<&RemotePath>) -> Result<ListPages> {
+        let mut inner = self.inner.clone();
+        let stream = inner
+            .list(v1::ListRequest {
+                prefix: prefix.map(ToString::to_string).unwrap_or_default(),
+                page_size: 0,
+            })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        Ok(ListPages {
+            stream,
+            addr: self.addr.clone(),
+        })
+    }
+
+    /// Every file under `prefix`, collected.
+    ///
+    /// # Errors
+    /// As [`FilesClient::list`].
+    pub async fn list_all(&self, prefix: Option<&RemotePath>) -> Result<Vec<FileInfo>> {
+        let mut pages = self.list(prefix).await?;
+        let mut all = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            all.extend(page);
+        }
+        Ok(all)
+    }
+
+    /// Deletes a file; returns the change's sequence number.
+    ///
+    /// # Errors
+    /// NotFound, or a revision mismatch.
+    pub async fn delete(&self, remote: &RemotePath, if_revision: Option<Revision>) -> Result<u64> {
+        let mut inner = self.inner.clone();
+        Ok(inner
+            .delete(v1::DeleteRequest {
+                path: remote.to_string(),
+                if_revision,
+            })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner()
+            .seq)
+    }
+
+    /// Renames a file or a folder; returns `(seq, files moved)`.
+    ///
+    /// # Errors
+    /// NotFound, AlreadyExists (without `overwrite`), a revision mismatch.
+    pub async fn rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        overwrite: bool,
+        if_revision: Option<Revision>,
+    ) -> Result<(u64, u64)> {
+        let mut inner = self.inner.clone();
+        let r = inner
+            .rename(v1::RenameRequest {
+                from: from.to_string(),
+                to: to.to_string(),
+                overwrite,
+                if_revision,
+            })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        Ok((r.seq, r.files))
+    }
+
+    /// Streams the change log after `since`, then live changes.
+    ///
+    /// # Errors
+    /// When the stream cannot start.
+    pub async fn watch(&self, since: u64) -> Result<WatchStream> {
+        let mut inner = self.inner.clone();
+        let stream = inner
+            .watch(v1::WatchRequest { since })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        Ok(WatchStream {
+            stream,
+            addr: self.addr.clone(),
+        })
+    }
+}
+
+/// Pages of a listing.
+#[derive(Debug)]
+pub struct ListPages {
+    stream: tonic::Streaming<v1::ListResponse>,
+    addr: Arc<str>,
+}
+
+impl ListPages {
+    /// The next page, or `None` at the end.
+    ///
+    /// # Errors
+    /// When the stream breaks.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<FileInfo>>> {
+        match self
+            .stream
+            .message()
+            .await
+            .map_err(|s| ClientError::from_status(s, &self.addr))?
+        {
+            None => Ok(None),
+            Some(page) => Ok(Some(
+                page.files
+                    .into_iter()
+                    .map(FileInfo::try_from)
+                    .collect::<Result<_>>()?,
+            )),
+        }
+    }
+}
+
+/// A watch stream.
+#[derive(Debug)]
+pub struct WatchStream {
+    stream: tonic::Streaming<v1::WatchResponse>,
+    addr: Arc<str>,
+}
+
+impl WatchStream {
+    /// The next event, or `None` when the server ended the stream.
+    ///
+    /// # Errors
+    /// When the stream breaks (the server went away).
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>> {
+        use v1::watch_response::Event;
+        let Some(msg) = self
+            .stream
+            .message()
+            .await
+            .map_err(|s| ClientError::from_status(s, &self.addr))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(match msg.event {
+            Some(Event::Change(c)) => WatchEvent::Change(change_from(c)?),
+            Some(Event::CaughtUp(c)) => WatchEvent::CaughtUp(c.seq),
+            Some(Event::Resync(r)) => WatchEvent::Resync(r.current_seq),
+            None => return Err(protocol("empty watch event")),
+        }))
+    }
+}

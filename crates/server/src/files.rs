@@ -1,0 +1,367 @@
+//! `FilesService`: the gRPC face of the [`Store`].
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use distribusync_core::{ContentHash, RemotePath, limits};
+use distribusync_proto::v1::{self, files_server::Files};
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::ServiceError;
+use crate::store::{ChangeOp, ChangeRecord, FileRecord, Store, UploadHeader};
+
+type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Implements the `distribusync.v1.Files` service over a [`Store`].
+#[derive(Debug, Clone)]
+pub struct FilesService {
+    store: Store,
+    shutdown: CancellationToken,
+}
+
+impl FilesService {
+    /// `shutdown` ends long-lived Watch streams when the server stops.
+    pub fn new(store: Store, shutdown: CancellationToken) -> Self {
+        Self { store, shutdown }
+    }
+}
+
+fn path(s: &str) -> Result<RemotePath, ServiceError> {
+    Ok(RemotePath::parse(s)?)
+}
+
+fn file_info(f: &FileRecord) -> v1::FileInfo {
+    v1::FileInfo {
+        path: f.path.to_string(),
+        size: f.size,
+        revision: f.revision,
+        hash: f.hash.0.to_vec(),
+        modified: Some(distribusync_proto::timestamp(
+            distribusync_proto::from_unix_nanos(f.modified_ns),
+        )),
+    }
+}
+
+fn change(c: &ChangeRecord) -> v1::Change {
+    v1::Change {
+        seq: c.seq,
+        op: match c.op {
+            ChangeOp::Put => v1::ChangeOp::Put,
+            ChangeOp::Delete => v1::ChangeOp::Delete,
+            ChangeOp::Rename => v1::ChangeOp::Rename,
+        } as i32,
+        path: c.path.to_string(),
+        new_path: c
+            .new_path
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        revision: c.revision,
+        size: c.size,
+        hash: c.hash.map(|h| h.0.to_vec()).unwrap_or_default(),
+        modified: Some(distribusync_proto::timestamp(
+            distribusync_proto::from_unix_nanos(c.modified_ns),
+        )),
+        folder: c.folder,
+    }
+}
+
+fn upload_header(h: v1::UploadHeader) -> Result<UploadHeader, ServiceError> {
+    let path = path(&h.path)?;
+    let hash = ContentHash::from_slice(&h.hash)
+        .map_err(|e| ServiceError::InvalidArgument(format!("{path}: {e}")))?;
+    let modified = match h.modified {
+        None => SystemTime::now(),
+        Some(t) => distribusync_proto::system_time(&t).ok_or_else(|| {
+            ServiceError::InvalidArgument(format!("{path}: modified time is out of range"))
+        })?,
+    };
+    Ok(UploadHeader {
+        path,
+        size: h.size,
+        hash,
+        modified,
+        if_revision: h.if_revision,
+    })
+}
+
+#[tonic::async_trait]
+impl Files for FilesService {
+    #[tracing::instrument(skip_all)]
+    async fn upload(
+        &self,
+        request: Request<Streaming<v1::UploadRequest>>,
+    ) -> Result<Response<v1::UploadResponse>, Status> {
+        use v1::upload_request::Msg;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(v1::UploadRequest {
+                msg: Some(Msg::Header(h)),
+            }) => upload_header(h)?,
+            _ => {
+                return Err(ServiceError::InvalidArgument(
+                    "an upload must start with a header".into(),
+                )
+                .into());
+            }
+        };
+        let mut upload = self.store.begin_upload(header).await?;
+        while let Some(msg) = stream.message().await? {
+            match msg.msg {
+                Some(Msg::Chunk(data)) => upload.write(data).await?,
+                _ => {
+                    return Err(ServiceError::InvalidArgument(
+                        "an upload carries one header, then only chunks".into(),
+                    )
+                    .into());
+                }
+            }
+        }
+        let record = upload.finish().await?;
+        Ok(Response::new(v1::UploadResponse {
+            file: Some(file_info(&record)),
+        }))
+    }
+
+    type DownloadStream = Stream2<v1::DownloadResponse>;
+
+    #[tracing::instrument(skip_all)]
+    async fn download(
+        &self,
+        request: Request<v1::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        use std::io::{Read, Seek, SeekFrom};
+        use v1::download_response::Msg;
+        let req = request.into_inner();
+        let p = path(&req.path)?;
+        let (record, mut file) = self.store.open_read(&p).await?;
+        if req.offset > record.size {
+            return Err(ServiceError::OutOfRange(format!(
+                "{p}: offset {} is past the end of the file ({} bytes)",
+                req.offset, record.size
+            ))
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let offset = req.offset;
+        let size = record.size;
+        let first = v1::DownloadResponse {
+            msg: Some(Msg::Info(file_info(&record))),
+        };
+        // A blocking producer: reads stay off the async runtime, and a failed
+        // send means the client left, which ends the loop.
+        tokio::task::spawn_blocking(move || {
+            if tx.blocking_send(Ok(first)).is_err() {
+                return;
+            }
+            if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+                let _ = tx.blocking_send(Err(ServiceError::io(p.to_string(), e).into()));
+                return;
+            }
+            let mut left = size - offset;
+            while left > 0 {
+                let n = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(limits::CHUNK_SIZE);
+                let mut buf = vec![0; n];
+                if let Err(e) = file.read_exact(&mut buf) {
+                    let _ = tx.blocking_send(Err(ServiceError::io(p.to_string(), e).into()));
+                    return;
+                }
+                left -= n as u64;
+                let msg = v1::DownloadResponse {
+                    msg: Some(Msg::Chunk(buf)),
+                };
+                if tx.blocking_send(Ok(msg)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn stat(
+        &self,
+        request: Request<v1::StatRequest>,
+    ) -> Result<Response<v1::FileInfo>, Status> {
+        let p = path(&request.into_inner().path)?;
+        let record = self.store.stat(&p).await?;
+        Ok(Response::new(file_info(&record)))
+    }
+
+    type ListStream = Stream2<v1::ListResponse>;
+
+    async fn list(
+        &self,
+        request: Request<v1::ListRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let req = request.into_inner();
+        let prefix = if req.prefix.is_empty() {
+            None
+        } else {
+            Some(path(req.prefix.trim_end_matches('/'))?)
+        };
+        let page = match req.page_size {
+            0 => limits::LIST_PAGE_SIZE,
+            n => n.min(limits::LIST_PAGE_SIZE),
+        };
+        let store = self.store.clone();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut after: Option<String> = None;
+            loop {
+                let files = match store.list_page(prefix.clone(), after.clone(), page).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let last = files.len() < page as usize;
+                after = files.last().map(|f| f.path.to_string());
+                let msg = v1::ListResponse {
+                    files: files.iter().map(file_info).collect(),
+                };
+                if (!msg.files.is_empty() || after.is_none()) && tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        let req = request.into_inner();
+        let p = path(&req.path)?;
+        let seq = self.store.delete(&p, req.if_revision).await?;
+        Ok(Response::new(v1::DeleteResponse { seq }))
+    }
+
+    async fn rename(
+        &self,
+        request: Request<v1::RenameRequest>,
+    ) -> Result<Response<v1::RenameResponse>, Status> {
+        let req = request.into_inner();
+        let from = path(&req.from)?;
+        let to = path(&req.to)?;
+        let (seq, files) = self
+            .store
+            .rename(&from, &to, req.overwrite, req.if_revision)
+            .await?;
+        Ok(Response::new(v1::RenameResponse { seq, files }))
+    }
+
+    type WatchStream = Stream2<v1::WatchResponse>;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let since = request.into_inner().since;
+        // Subscribe before reading the backlog so nothing falls in between.
+        let live = self.store.subscribe();
+        let (floor, newest) = self.store.log_bounds().await?;
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let start = if since < floor || since > newest {
+                let resync = v1::watch_response::Event::Resync(v1::Resync {
+                    current_seq: newest,
+                });
+                if tx
+                    .send(Ok(v1::WatchResponse {
+                        event: Some(resync),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                newest
+            } else {
+                since
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                r = feed_watch(store, live, start, &tx) => {
+                    if let Err(e) = r {
+                        let _ = tx.send(Err(e.into())).await;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type WatchTx = mpsc::Sender<Result<v1::WatchResponse, Status>>;
+
+/// Sends one event; false when the client has gone.
+async fn send_event(tx: &WatchTx, event: v1::watch_response::Event) -> bool {
+    tx.send(Ok(v1::WatchResponse { event: Some(event) }))
+        .await
+        .is_ok()
+}
+
+/// Sends every logged change after `*last`; false when the client has gone.
+async fn catch_up(store: &Store, last: &mut u64, tx: &WatchTx) -> Result<bool, ServiceError> {
+    loop {
+        let batch = store.changes_since(*last, 1000).await?;
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        for c in &batch {
+            if !send_event(tx, v1::watch_response::Event::Change(change(c))).await {
+                return Ok(false);
+            }
+            *last = c.seq;
+        }
+    }
+}
+
+/// Sends the log after `last`, then live changes, filling any gap from the
+/// index. Returns when the client goes away.
+async fn feed_watch(
+    store: Store,
+    mut live: broadcast::Receiver<ChangeRecord>,
+    mut last: u64,
+    tx: &WatchTx,
+) -> Result<(), ServiceError> {
+    use v1::watch_response::Event;
+    if !catch_up(&store, &mut last, tx).await? {
+        return Ok(());
+    }
+    if !send_event(tx, Event::CaughtUp(v1::CaughtUp { seq: last })).await {
+        return Ok(());
+    }
+    loop {
+        match live.recv().await {
+            Ok(c) if c.seq <= last => {}
+            Ok(c) if c.seq == last + 1 => {
+                if !send_event(tx, Event::Change(change(&c))).await {
+                    return Ok(());
+                }
+                last = c.seq;
+            }
+            // A gap (announcements raced) or a lagging receiver: the index
+            // has everything, in order.
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                if !catch_up(&store, &mut last, tx).await? {
+                    return Ok(());
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Building and running the gRPC server from a [`ServerConfig`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use distribusync_core::limits;
+use distribusync_proto::v1::{compute_server::ComputeServer, files_server::FilesServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::compute::{ComputeConfig, ComputeService};
+use crate::files::FilesService;
+use crate::store::{Store, StoreConfig};
+
+/// Which services one server process hosts (`serve --services`). The
+/// default hosts both on one port; the seed's layout of dedicated servers
+/// is one process with only `files` and another with only `compute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    pub files: bool,
+    pub compute: bool,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self {
+            files: true,
+            compute: true,
+        }
+    }
+}
+
+/// Everything `serve` needs; the binary builds it from flags and environment.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// MASTER: the folder the server owns (created if missing). Not opened
+    /// when the Files service is not hosted.
+    pub root: PathBuf,
+    pub store: StoreConfig,
+    pub services: Services,
+    pub compute: ComputeConfig,
+    /// After shutdown is triggered, how long in-flight requests may take.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            store: StoreConfig::default(),
+            services: Services::default(),
+            compute: ComputeConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the server folder: {0}")]
+    Store(#[from] crate::ServiceError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops accepting,
+/// ends watch and callback streams, cancels compute jobs, and waits up to `config.shutdown_grace` for
+/// in-flight requests.
+///
+/// # Errors
+/// When MASTER or its index cannot be opened, or the transport fails.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let token = CancellationToken::new();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+
+    let files = if config.services.files {
+        let store = Store::open(&config.root, config.store.clone()).await?;
+        health_reporter
+            .set_serving::<FilesServer<FilesService>>()
+            .await;
+        Some(
+            FilesServer::new(FilesService::new(store, token.clone()))
+                .max_decoding_message_size(limits::MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(limits::MAX_MESSAGE_SIZE),
+        )
+    } else {
+        None
+    };
+    let compute = if config.services.compute {
+        health_reporter
+            .set_serving::<ComputeServer<ComputeService>>()
+            .await;
+        Some(ComputeService::with_shutdown(config.compute.clone(), token.clone()).into_server())
+    } else {
+        None
+    };
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(distribusync_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(distribusync_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr = listener.local_addr().ok();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal_token = token.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        signal_token.cancel();
+    };
+    tracing::info!(addr = ?addr, root = %config.root.display(), services = ?config.services, "serving");
+    let server = Server::builder()
+        .http2_adaptive_window(Some(true))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_optional_service(files)
+        .add_optional_service(compute)
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        r = &mut server => r?,
+        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway");
+        }
+    }
+    Ok(())
+}

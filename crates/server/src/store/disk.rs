@@ -1,0 +1,272 @@
+//! MASTER on disk: resolving remote paths without ever leaving the root,
+//! staging uploads, and the renames and fsyncs that make changes atomic.
+//!
+//! Every component of a path is checked with `lstat`: a symlink anywhere
+//! below the root is refused rather than followed, and the final open uses
+//! `O_NOFOLLOW`. All methods are blocking.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use distribusync_core::{RESERVED_DIR, RemotePath};
+
+use crate::error::{Result, ServiceError};
+
+/// What sits at a path in MASTER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Missing,
+    File,
+    Folder,
+}
+
+/// The root folder and its staging area.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    root: PathBuf,
+    staging: PathBuf,
+}
+
+fn symlink_refused(path: &str) -> ServiceError {
+    ServiceError::Conflict(format!(
+        "{path}: is a symbolic link inside the server's folder; the server does not follow links"
+    ))
+}
+
+/// fsyncs a directory so a rename or creation inside it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Disk {
+    /// Opens MASTER at `root`, creating it and `ROOT/.distribusync/staging`;
+    /// leftovers of interrupted uploads are removed.
+    ///
+    /// # Errors
+    /// When the folders cannot be created.
+    pub fn open(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root).map_err(|e| ServiceError::io(root.display().to_string(), e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| ServiceError::io(root.display().to_string(), e))?;
+        let meta = root.join(RESERVED_DIR);
+        if fs::symlink_metadata(&meta).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(symlink_refused(RESERVED_DIR));
+        }
+        let staging = meta.join("staging");
+        if staging.exists() {
+            fs::remove_dir_all(&staging)
+                .map_err(|e| ServiceError::io(staging.display().to_string(), e))?;
+        }
+        fs::create_dir_all(&staging)
+            .map_err(|e| ServiceError::io(staging.display().to_string(), e))?;
+        Ok(Self { root, staging })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `ROOT/.distribusync`.
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join(RESERVED_DIR)
+    }
+
+    fn local(&self, path: &RemotePath) -> PathBuf {
+        let mut p = self.root.clone();
+        p.extend(path.segments());
+        p
+    }
+
+    /// What is at `path`, refusing symlinks on the way (a missing ancestor
+    /// means `Missing`; a file as an ancestor is reported as a conflict).
+    pub fn kind(&self, path: &RemotePath) -> Result<Kind> {
+        let mut cur = self.root.clone();
+        let segs: Vec<&str> = path.segments().collect();
+        for (i, seg) in segs.iter().enumerate() {
+            cur.push(seg);
+            let shown = segs[..=i].join("/");
+            let meta = match fs::symlink_metadata(&cur) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Kind::Missing),
+                Err(e) => return Err(ServiceError::io(shown, e)),
+            };
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                return Err(symlink_refused(&shown));
+            }
+            let last = i + 1 == segs.len();
+            if last {
+                return Ok(if ft.is_dir() {
+                    Kind::Folder
+                } else {
+                    Kind::File
+                });
+            }
+            if !ft.is_dir() {
+                return Err(ServiceError::Conflict(format!(
+                    "{path}: {shown} is a file, not a folder"
+                )));
+            }
+        }
+        Ok(Kind::Missing)
+    }
+
+    /// Opens the file at `path` for reading.
+    pub fn open_file(&self, path: &RemotePath) -> Result<File> {
+        match self.kind(path)? {
+            Kind::File => {}
+            Kind::Folder => {
+                return Err(ServiceError::Conflict(format!("{path}: is a folder")));
+            }
+            Kind::Missing => return Err(ServiceError::NotFound(path.clone())),
+        }
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.local(path))
+            .map_err(|e| ServiceError::io(path.to_string(), e))
+    }
+
+    /// Creates the folders above `path` (refusing files and links in the way).
+    fn make_parents(&self, path: &RemotePath) -> Result<PathBuf> {
+        let mut cur = self.root.clone();
+        for dir in path.ancestors() {
+            cur.push(dir.file_name());
+            match self.kind(&dir)? {
+                Kind::Folder => {}
+                Kind::File => {
+                    return Err(ServiceError::Conflict(format!(
+                        "{path}: {dir} is a file, not a folder"
+                    )));
+                }
+                Kind::Missing => match fs::create_dir(&cur) {
+                    Ok(()) => {
+                        if let Some(parent) = cur.parent() {
+                            sync_dir(parent).map_err(|e| ServiceError::io(dir.to_string(), e))?;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(ServiceError::io(dir.to_string(), e)),
+                },
+            }
+        }
+        Ok(cur)
+    }
+
+    /// A fresh staging file for an upload.
+    pub fn stage(&self) -> Result<(PathBuf, File)> {
+        let p = self.staging.join(format!("{}.part", uuid::Uuid::new_v4()));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .map_err(|e| ServiceError::io("staging file", e))?;
+        Ok((p, f))
+    }
+
+    /// Moves a verified, fsynced staging file to `path`, atomically replacing
+    /// any previous version, and makes the rename durable.
+    pub fn install(&self, staged: &Path, path: &RemotePath) -> Result<()> {
+        if self.kind(path)? == Kind::Folder {
+            return Err(ServiceError::Conflict(format!(
+                "{path}: is a folder; cannot replace it with a file"
+            )));
+        }
+        let parent = self.make_parents(path)?;
+        fs::rename(staged, self.local(path)).map_err(|e| ServiceError::io(path.to_string(), e))?;
+        sync_dir(&parent).map_err(|e| ServiceError::io(path.to_string(), e))
+    }
+
+    /// Removes the file at `path` and then any folders it leaves empty.
+    pub fn remove_file(&self, path: &RemotePath) -> Result<()> {
+        if self.kind(path)? != Kind::File {
+            return Err(ServiceError::NotFound(path.clone()));
+        }
+        let local = self.local(path);
+        fs::remove_file(&local).map_err(|e| ServiceError::io(path.to_string(), e))?;
+        self.prune_empty_parents(path)
+    }
+
+    /// Renames a file or folder; any file at `to` is replaced.
+    pub fn rename(&self, from: &RemotePath, to: &RemotePath) -> Result<()> {
+        let parent = self.make_parents(to)?;
+        fs::rename(self.local(from), self.local(to))
+            .map_err(|e| ServiceError::io(format!("{from} -> {to}"), e))?;
+        sync_dir(&parent).map_err(|e| ServiceError::io(to.to_string(), e))?;
+        self.prune_empty_parents(from)
+    }
+
+    /// Folders exist only to hold files: when the last file of a folder goes,
+    /// the folder goes too (and its parents, if they become empty).
+    fn prune_empty_parents(&self, path: &RemotePath) -> Result<()> {
+        let mut cur = path.parent();
+        let mut changed = self.local(path);
+        while let Some(dir) = cur {
+            let local = self.local(&dir);
+            match fs::remove_dir(&local) {
+                Ok(()) => changed = local,
+                // Not empty (or already gone): stop climbing.
+                Err(_) => break,
+            }
+            cur = dir.parent();
+        }
+        if let Some(parent) = changed.parent() {
+            sync_dir(parent).map_err(|e| ServiceError::io(path.to_string(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Every regular file below the root (outside `.distribusync`), with its
+    /// metadata; symlinks and invalid names are reported and skipped.
+    pub fn walk(&self) -> Vec<(RemotePath, fs::Metadata)> {
+        let mut out = Vec::new();
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read folder; skipped");
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    tracing::warn!(name = ?name, "file name is not UTF-8; skipped");
+                    continue;
+                };
+                if prefix.is_empty() && name == RESERVED_DIR {
+                    continue;
+                }
+                let rel = if prefix.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let Ok(meta) = entry.metadata() else { continue };
+                let ft = meta.file_type();
+                if ft.is_dir() {
+                    stack.push((entry.path(), rel));
+                } else if ft.is_file() {
+                    match RemotePath::parse(&rel) {
+                        Ok(p) => out.push((p, meta)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "file in MASTER has an invalid name; skipped")
+                        }
+                    }
+                } else if ft.is_symlink() {
+                    tracing::warn!(path = %rel, "symbolic link in MASTER; not served");
+                }
+            }
+        }
+        out
+    }
+
+    /// The absolute local path (for the reconcile's hashing).
+    pub fn local_path(&self, path: &RemotePath) -> PathBuf {
+        self.local(path)
+    }
+}

@@ -1,0 +1,493 @@
+//! The index: every file's metadata and the change log, in SQLite.
+//!
+//! Each mutation takes the next value of one sequence (the change log's
+//! `seq`), which becomes the file's revision, and writes the file row and the
+//! log entry in one transaction. All methods are blocking; callers run them
+//! off the async runtime.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use distribusync_core::{ContentHash, RemotePath, Revision};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::error::Result;
+
+/// One file as the index knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub path: RemotePath,
+    pub size: u64,
+    pub hash: ContentHash,
+    pub revision: Revision,
+    /// Modification time (ns since the epoch), also set on the file on disk.
+    pub modified_ns: i64,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOp {
+    Put = 1,
+    Delete = 2,
+    Rename = 3,
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    pub seq: u64,
+    pub op: ChangeOp,
+    pub path: RemotePath,
+    pub new_path: Option<RemotePath>,
+    pub revision: Revision,
+    pub size: u64,
+    pub hash: Option<ContentHash>,
+    pub modified_ns: i64,
+    pub folder: bool,
+}
+
+/// The SQLite index at `ROOT/.distribusync/index.db`.
+#[derive(Debug)]
+pub struct Index {
+    // A std Mutex: every use is a short synchronous transaction on a
+    // blocking thread; no await happens while it is held.
+    conn: Mutex<Connection>,
+    max_changes: u64,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY NOT NULL,
+    size INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    revision INTEGER NOT NULL,
+    modified_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    new_path TEXT,
+    revision INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    hash BLOB,
+    modified_ns INTEGER NOT NULL,
+    folder INTEGER NOT NULL DEFAULT 0
+);
+";
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn path_from(s: String) -> rusqlite::Result<RemotePath> {
+    RemotePath::parse(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn hash_from(b: Vec<u8>) -> rusqlite::Result<ContentHash> {
+    ContentHash::from_slice(&b).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn file_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        path: path_from(row.get(0)?)?,
+        size: row.get::<_, i64>(1)? as u64,
+        hash: hash_from(row.get(2)?)?,
+        revision: row.get::<_, i64>(3)? as u64,
+        modified_ns: row.get(4)?,
+    })
+}
+
+const FILE_COLS: &str = "path, size, hash, revision, modified_ns";
+
+/// The half-open key range `[lo, hi)` of every path inside folder `dir`.
+fn folder_range(dir: &RemotePath) -> (String, String) {
+    // '0' is the byte after '/', so "dir/" <= p < "dir0" is exactly "inside dir".
+    (format!("{dir}/"), format!("{dir}0"))
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path`.
+    ///
+    /// # Errors
+    /// When SQLite cannot open or initialise the database.
+    pub fn open(path: &Path, max_changes: u64) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            max_changes,
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().expect("index mutex poisoned");
+        f(&mut conn)
+    }
+
+    pub fn get(&self, path: &RemotePath) -> Result<Option<FileRecord>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {FILE_COLS} FROM files WHERE path = ?1"),
+                [path.as_str()],
+                file_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// True when at least one file lies inside folder `dir`.
+    pub fn is_folder(&self, dir: &RemotePath) -> Result<bool> {
+        let (lo, hi) = folder_range(dir);
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT 1 FROM files WHERE path >= ?1 AND path < ?2 LIMIT 1",
+                [lo, hi],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+        })
+    }
+
+    /// Up to `limit` files in path order, after `after`, restricted to the
+    /// file `prefix` itself or everything inside it (all files when `None`).
+    pub fn list_page(
+        &self,
+        prefix: Option<&RemotePath>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>> {
+        self.with(|c| {
+            let after = after.unwrap_or("");
+            let rows = match prefix {
+                None => {
+                    let mut st = c.prepare_cached(&format!(
+                        "SELECT {FILE_COLS} FROM files WHERE path > ?1 ORDER BY path LIMIT ?2"
+                    ))?;
+                    st.query_map(params![after, limit], file_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()?
+                }
+                Some(p) => {
+                    let (lo, hi) = folder_range(p);
+                    let mut st = c.prepare_cached(&format!(
+                        "SELECT {FILE_COLS} FROM files WHERE path > ?1 \
+                         AND (path = ?2 OR (path >= ?3 AND path < ?4)) ORDER BY path LIMIT ?5"
+                    ))?;
+                    st.query_map(params![after, p.as_str(), lo, hi, limit], file_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()?
+                }
+            };
+            Ok(rows)
+        })
+    }
+
+    /// Every file, for the reconcile at start.
+    pub fn all_files(&self) -> Result<Vec<FileRecord>> {
+        self.list_page(None, None, u32::MAX)
+    }
+
+    fn append(tx: &Transaction<'_>, change: &ChangeRecord) -> Result<u64> {
+        tx.execute(
+            "INSERT INTO changes (op, path, new_path, revision, size, hash, modified_ns, folder) \
+             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)",
+            params![
+                change.op as i64,
+                change.path.as_str(),
+                change.new_path.as_ref().map(RemotePath::as_str),
+                to_i64(change.size),
+                change.hash.map(|h| h.0.to_vec()),
+                change.modified_ns,
+                change.folder,
+            ],
+        )?;
+        let seq = tx.last_insert_rowid() as u64;
+        if change.op != ChangeOp::Delete {
+            tx.execute(
+                "UPDATE changes SET revision = ?1 WHERE seq = ?1",
+                [to_i64(seq)],
+            )?;
+        }
+        Ok(seq)
+    }
+
+    fn prune(&self, tx: &Transaction<'_>, seq: u64) -> Result<()> {
+        // Amortised: trim the log in steps of 1/16 of its allowed length.
+        let step = (self.max_changes / 16).max(1);
+        if seq > self.max_changes && seq.is_multiple_of(step) {
+            tx.execute(
+                "DELETE FROM changes WHERE seq <= ?1",
+                [to_i64(seq - self.max_changes)],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records a new version of `path`; returns it with its new revision.
+    pub fn commit_put(
+        &self,
+        path: &RemotePath,
+        size: u64,
+        hash: ContentHash,
+        modified_ns: i64,
+    ) -> Result<(FileRecord, ChangeRecord)> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut change = ChangeRecord {
+                seq: 0,
+                op: ChangeOp::Put,
+                path: path.clone(),
+                new_path: None,
+                revision: 0,
+                size,
+                hash: Some(hash),
+                modified_ns,
+                folder: false,
+            };
+            let seq = Self::append(&tx, &change)?;
+            tx.execute(
+                "INSERT INTO files (path, size, hash, revision, modified_ns) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT(path) DO UPDATE SET size = ?2, hash = ?3, revision = ?4, modified_ns = ?5",
+                params![path.as_str(), to_i64(size), hash.0.to_vec(), to_i64(seq), modified_ns],
+            )?;
+            self.prune(&tx, seq)?;
+            tx.commit()?;
+            change.seq = seq;
+            change.revision = seq;
+            let record = FileRecord {
+                path: path.clone(),
+                size,
+                hash,
+                revision: seq,
+                modified_ns,
+            };
+            Ok((record, change))
+        })
+    }
+
+    /// Records the deletion of `path`.
+    pub fn commit_delete(&self, path: &RemotePath) -> Result<ChangeRecord> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut change = ChangeRecord {
+                seq: 0,
+                op: ChangeOp::Delete,
+                path: path.clone(),
+                new_path: None,
+                revision: 0,
+                size: 0,
+                hash: None,
+                modified_ns: 0,
+                folder: false,
+            };
+            change.seq = Self::append(&tx, &change)?;
+            tx.execute("DELETE FROM files WHERE path = ?1", [path.as_str()])?;
+            self.prune(&tx, change.seq)?;
+            tx.commit()?;
+            Ok(change)
+        })
+    }
+
+    /// Records a file rename (`folder == false`, replacing any file at `to`)
+    /// or a folder rename. Returns the change and how many files moved.
+    pub fn commit_rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        folder: bool,
+    ) -> Result<(ChangeRecord, u64)> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let moved: Vec<FileRecord> = if folder {
+                let (lo, hi) = folder_range(from);
+                let mut st = tx.prepare(&format!(
+                    "SELECT {FILE_COLS} FROM files WHERE path >= ?1 AND path < ?2"
+                ))?;
+                st.query_map([lo, hi], file_row)?
+                    .collect::<rusqlite::Result<_>>()?
+            } else {
+                tx.query_row(
+                    &format!("SELECT {FILE_COLS} FROM files WHERE path = ?1"),
+                    [from.as_str()],
+                    file_row,
+                )
+                .optional()?
+                .into_iter()
+                .collect()
+            };
+            let single = (!folder).then(|| moved.first().cloned()).flatten();
+            let mut change = ChangeRecord {
+                seq: 0,
+                op: ChangeOp::Rename,
+                path: from.clone(),
+                new_path: Some(to.clone()),
+                revision: 0,
+                size: single.as_ref().map_or(0, |f| f.size),
+                hash: single.as_ref().map(|f| f.hash),
+                modified_ns: single.as_ref().map_or(0, |f| f.modified_ns),
+                folder,
+            };
+            let seq = Self::append(&tx, &change)?;
+            if !folder {
+                tx.execute("DELETE FROM files WHERE path = ?1", [to.as_str()])?;
+            }
+            for f in &moved {
+                let new = f.path.rebase(from, to).expect("selected inside `from`");
+                tx.execute(
+                    "UPDATE files SET path = ?1, revision = ?2 WHERE path = ?3",
+                    params![new.as_str(), to_i64(seq), f.path.as_str()],
+                )?;
+            }
+            self.prune(&tx, seq)?;
+            tx.commit()?;
+            change.seq = seq;
+            change.revision = seq;
+            Ok((change, moved.len() as u64))
+        })
+    }
+
+    /// Updates the stored modification time without a new revision (the
+    /// contents did not change).
+    pub fn touch(&self, path: &RemotePath, modified_ns: i64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE files SET modified_ns = ?1 WHERE path = ?2",
+                params![modified_ns, path.as_str()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Up to `limit` changes with `seq > since`, in order.
+    pub fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<ChangeRecord>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, op, path, new_path, revision, size, hash, modified_ns, folder \
+                 FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = st
+                .query_map(params![to_i64(since), limit], |row| {
+                    let op = match row.get::<_, i64>(1)? {
+                        1 => ChangeOp::Put,
+                        2 => ChangeOp::Delete,
+                        _ => ChangeOp::Rename,
+                    };
+                    Ok(ChangeRecord {
+                        seq: row.get::<_, i64>(0)? as u64,
+                        op,
+                        path: path_from(row.get(2)?)?,
+                        new_path: row
+                            .get::<_, Option<String>>(3)?
+                            .map(path_from)
+                            .transpose()?,
+                        revision: row.get::<_, i64>(4)? as u64,
+                        size: row.get::<_, i64>(5)? as u64,
+                        hash: row
+                            .get::<_, Option<Vec<u8>>>(6)?
+                            .map(hash_from)
+                            .transpose()?,
+                        modified_ns: row.get(7)?,
+                        folder: row.get(8)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// `(oldest retained seq - 1, newest seq)`: a watcher whose `since` is
+    /// below the first value has missed changes and must resync.
+    pub fn log_bounds(&self) -> Result<(u64, u64)> {
+        self.with(|c| {
+            let newest: i64 = c
+                .query_row(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let oldest: Option<i64> =
+                c.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0))?;
+            let floor = oldest.map_or(newest, |o| o - 1);
+            Ok((floor as u64, newest as u64))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RemotePath {
+        RemotePath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn revisions_come_from_one_sequence_and_the_log_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Index::open(&dir.path().join("i.db"), 1000).unwrap();
+        let h = ContentHash::of(b"x");
+        let (a, _) = ix.commit_put(&p("a"), 1, h, 0).unwrap();
+        let (b, _) = ix.commit_put(&p("d/b"), 1, h, 0).unwrap();
+        assert_eq!((a.revision, b.revision), (1, 2));
+        let (r, n) = ix.commit_rename(&p("d"), &p("e"), true).unwrap();
+        assert_eq!((r.seq, n), (3, 1));
+        assert_eq!(ix.get(&p("e/b")).unwrap().unwrap().revision, 3);
+        ix.commit_delete(&p("a")).unwrap();
+        let log = ix.changes_since(0, 100).unwrap();
+        let ops: Vec<_> = log.iter().map(|c| (c.seq, c.op)).collect();
+        assert_eq!(
+            ops,
+            [
+                (1, ChangeOp::Put),
+                (2, ChangeOp::Put),
+                (3, ChangeOp::Rename),
+                (4, ChangeOp::Delete)
+            ]
+        );
+        assert_eq!(ix.log_bounds().unwrap(), (0, 4));
+    }
+
+    #[test]
+    fn folder_listing_does_not_include_lookalike_siblings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Index::open(&dir.path().join("i.db"), 1000).unwrap();
+        let h = ContentHash::of(b"");
+        for f in [
+            "trips/a",
+            "trips/2026/b",
+            "trips-old/c",
+            "tripsx",
+            "trips0/d",
+        ] {
+            ix.commit_put(&p(f), 0, h, 0).unwrap();
+        }
+        let names: Vec<_> = ix
+            .list_page(Some(&p("trips")), None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path.to_string())
+            .collect();
+        assert_eq!(names, ["trips/2026/b", "trips/a"]);
+    }
+
+    #[test]
+    fn old_changes_are_pruned_and_bounds_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Index::open(&dir.path().join("i.db"), 16).unwrap();
+        for i in 0..40 {
+            ix.commit_put(&p(&format!("f{i}")), 0, ContentHash::of(b""), 0)
+                .unwrap();
+        }
+        let (floor, newest) = ix.log_bounds().unwrap();
+        assert_eq!(newest, 40);
+        assert!((40 - 17..40).contains(&floor), "{floor}");
+    }
+}

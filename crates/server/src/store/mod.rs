@@ -1,0 +1,405 @@
+//! The store: MASTER on disk plus its index, kept in step.
+//!
+//! Every mutation follows one path: lock the paths involved (see
+//! [`crate::locks`]), check preconditions against the index, change the
+//! disk durably, commit the index and change log in one transaction, then
+//! announce the change to watchers. Uploads are staged and verified before
+//! they take any lock, so a slow client never holds one.
+
+mod disk;
+mod index;
+mod upload;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use distribusync_core::{ContentHash, RemotePath, Revision};
+use tokio::sync::broadcast;
+
+pub use disk::Kind;
+pub use index::{ChangeOp, ChangeRecord, FileRecord};
+pub use upload::{Upload, UploadHeader};
+
+use crate::error::{Result, ServiceError};
+use crate::locks::PathLocks;
+use disk::Disk;
+use index::Index;
+
+/// Limits and tunables of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Largest file accepted, in bytes.
+    pub max_file_size: u64,
+    /// How many change-log entries are kept for watchers.
+    pub max_changes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_file_size: distribusync_core::limits::DEFAULT_MAX_FILE_SIZE,
+            max_changes: 1_000_000,
+        }
+    }
+}
+
+/// A cheap, cloneable handle on the store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    disk: Disk,
+    index: Index,
+    locks: PathLocks,
+    changes: broadcast::Sender<ChangeRecord>,
+    config: StoreConfig,
+}
+
+/// Runs blocking store work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::io("blocking task", std::io::Error::other(e)))?
+}
+
+fn check_revision(
+    path: &RemotePath,
+    current: Option<&FileRecord>,
+    expected: Option<Revision>,
+) -> Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let current = current.map_or(0, |f| f.revision);
+    if current == expected {
+        Ok(())
+    } else {
+        Err(ServiceError::RevisionMismatch {
+            path: path.clone(),
+            expected,
+            current,
+        })
+    }
+}
+
+impl Store {
+    /// Opens MASTER at `root` and reconciles the index with the disk: files
+    /// added, changed or removed by hand while the server was down are
+    /// recorded as changes.
+    ///
+    /// # Errors
+    /// When the folder or the index cannot be opened.
+    pub async fn open(root: &Path, config: StoreConfig) -> Result<Self> {
+        let root = root.to_owned();
+        let store = blocking(move || {
+            let disk = Disk::open(&root)?;
+            let index = Index::open(&disk.meta_dir().join("index.db"), config.max_changes)?;
+            let (changes, _) = broadcast::channel(1024);
+            Ok(Self {
+                inner: Arc::new(Inner {
+                    disk,
+                    index,
+                    locks: PathLocks::default(),
+                    changes,
+                    config,
+                }),
+            })
+        })
+        .await?;
+        let s = store.clone();
+        blocking(move || s.reconcile()).await?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.inner.disk.root()
+    }
+
+    fn reconcile(&self) -> Result<()> {
+        let Inner { disk, index, .. } = &*self.inner;
+        let known: std::collections::HashMap<RemotePath, FileRecord> = index
+            .all_files()?
+            .into_iter()
+            .map(|f| (f.path.clone(), f))
+            .collect();
+        let on_disk = disk.walk();
+        let mut seen = std::collections::HashSet::with_capacity(on_disk.len());
+        let (mut added, mut changed, mut removed) = (0u64, 0u64, 0u64);
+        for (path, meta) in on_disk {
+            let mtime = meta
+                .modified()
+                .map(distribusync_proto::unix_nanos)
+                .unwrap_or(0);
+            let old = known.get(&path);
+            seen.insert(path.clone());
+            if old.is_some_and(|f| f.size == meta.len() && f.modified_ns == mtime) {
+                continue;
+            }
+            let local = disk.local_path(&path);
+            let hash = match hash_file(&local) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(%path, error = %e, "cannot read file in MASTER; skipped");
+                    continue;
+                }
+            };
+            match old {
+                Some(f) if f.hash == hash && f.size == meta.len() => index.touch(&path, mtime)?,
+                Some(_) => {
+                    index.commit_put(&path, meta.len(), hash, mtime)?;
+                    changed += 1;
+                }
+                None => {
+                    index.commit_put(&path, meta.len(), hash, mtime)?;
+                    added += 1;
+                }
+            }
+        }
+        for path in known.keys().filter(|p| !seen.contains(*p)) {
+            index.commit_delete(path)?;
+            removed += 1;
+        }
+        if added + changed + removed > 0 {
+            tracing::info!(added, changed, removed, "reconciled the index with MASTER");
+        }
+        Ok(())
+    }
+
+    fn announce(&self, change: ChangeRecord) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.inner.changes.send(change);
+    }
+
+    /// Live changes, announced after they are committed. Changes may arrive
+    /// slightly out of order; watchers fill gaps from [`Store::changes_since`].
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeRecord> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Starts an upload; see [`Upload`].
+    ///
+    /// # Errors
+    /// When the header breaks a limit or a precondition already fails.
+    pub async fn begin_upload(&self, header: UploadHeader) -> Result<Upload> {
+        if header.size > self.inner.config.max_file_size {
+            return Err(ServiceError::TooLarge {
+                what: format!("{}: size {} bytes", header.path, header.size),
+                limit: format!("{} bytes (max file size)", self.inner.config.max_file_size),
+            });
+        }
+        // Fail fast on a stale precondition; it is checked again at commit.
+        if header.if_revision.is_some() {
+            let current = self.stat_opt(&header.path).await?;
+            check_revision(&header.path, current.as_ref(), header.if_revision)?;
+        }
+        let s = self.clone();
+        let staged = blocking(move || s.inner.disk.stage()).await?;
+        Ok(Upload::new(self.clone(), header, staged))
+    }
+
+    /// Installs a verified staging file as the new version of a file.
+    async fn commit_upload(
+        &self,
+        header: &UploadHeader,
+        staged: std::path::PathBuf,
+    ) -> Result<FileRecord> {
+        let _guard = self.inner.locks.lock(&[&header.path]).await;
+        let s = self.clone();
+        let h = header.clone();
+        let (record, change) = blocking(move || {
+            let Inner { disk, index, .. } = &*s.inner;
+            if index.is_folder(&h.path)? {
+                return Err(ServiceError::Conflict(format!(
+                    "{}: is a folder; cannot replace it with a file",
+                    h.path
+                )));
+            }
+            check_revision(&h.path, index.get(&h.path)?.as_ref(), h.if_revision)?;
+            disk.install(&staged, &h.path)?;
+            index.commit_put(
+                &h.path,
+                h.size,
+                h.hash,
+                distribusync_proto::unix_nanos(h.modified),
+            )
+        })
+        .await?;
+        self.announce(change);
+        tracing::info!(path = %record.path, revision = record.revision, size = record.size, "uploaded");
+        Ok(record)
+    }
+
+    async fn stat_opt(&self, path: &RemotePath) -> Result<Option<FileRecord>> {
+        let s = self.clone();
+        let p = path.clone();
+        blocking(move || s.inner.index.get(&p)).await
+    }
+
+    /// The metadata of one file.
+    ///
+    /// # Errors
+    /// NotFound when there is no such file.
+    pub async fn stat(&self, path: &RemotePath) -> Result<FileRecord> {
+        match self.stat_opt(path).await? {
+            Some(f) => Ok(f),
+            None if self.is_folder(path).await? => {
+                Err(ServiceError::Conflict(format!("{path}: is a folder")))
+            }
+            None => Err(ServiceError::NotFound(path.clone())),
+        }
+    }
+
+    async fn is_folder(&self, path: &RemotePath) -> Result<bool> {
+        let s = self.clone();
+        let p = path.clone();
+        blocking(move || s.inner.index.is_folder(&p)).await
+    }
+
+    /// Opens a file for download: its metadata and an open handle on exactly
+    /// that version (later replacements do not affect the handle).
+    pub async fn open_read(&self, path: &RemotePath) -> Result<(FileRecord, std::fs::File)> {
+        let _guard = self.inner.locks.lock(&[path]).await;
+        let s = self.clone();
+        let p = path.clone();
+        blocking(move || {
+            let record = s.inner.index.get(&p)?;
+            let Some(record) = record else {
+                if s.inner.index.is_folder(&p)? {
+                    return Err(ServiceError::Conflict(format!("{p}: is a folder")));
+                }
+                return Err(ServiceError::NotFound(p));
+            };
+            let file = s.inner.disk.open_file(&p)?;
+            Ok((record, file))
+        })
+        .await
+    }
+
+    /// One page of a listing; see [`Index::list_page`].
+    pub async fn list_page(
+        &self,
+        prefix: Option<RemotePath>,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>> {
+        let s = self.clone();
+        blocking(move || {
+            s.inner
+                .index
+                .list_page(prefix.as_ref(), after.as_deref(), limit)
+        })
+        .await
+    }
+
+    /// Deletes a file.
+    ///
+    /// # Errors
+    /// NotFound, a revision mismatch, or a folder at `path`.
+    pub async fn delete(&self, path: &RemotePath, if_revision: Option<Revision>) -> Result<u64> {
+        let _guard = self.inner.locks.lock(&[path]).await;
+        let s = self.clone();
+        let p = path.clone();
+        let change = blocking(move || {
+            let Inner { disk, index, .. } = &*s.inner;
+            let current = index.get(&p)?;
+            if current.is_none() {
+                if index.is_folder(&p)? {
+                    return Err(ServiceError::Conflict(format!(
+                        "{p}: is a folder; delete the files in it (rm -r)"
+                    )));
+                }
+                return Err(ServiceError::NotFound(p));
+            }
+            check_revision(&p, current.as_ref(), if_revision)?;
+            match disk.remove_file(&p) {
+                // Removed by hand behind the server's back: still record it.
+                Ok(()) | Err(ServiceError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            index.commit_delete(&p)
+        })
+        .await?;
+        let seq = change.seq;
+        tracing::info!(%path, seq, "deleted");
+        self.announce(change);
+        Ok(seq)
+    }
+
+    /// Renames a file or a whole folder. Returns the change's sequence number
+    /// and how many files moved.
+    ///
+    /// # Errors
+    /// NotFound for a missing source; AlreadyExists when `to` exists and
+    /// `overwrite` is false (a folder is never overwritten); InvalidArgument
+    /// for a rename onto itself or into itself.
+    pub async fn rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        overwrite: bool,
+        if_revision: Option<Revision>,
+    ) -> Result<(u64, u64)> {
+        if from == to {
+            return Err(ServiceError::InvalidArgument(format!(
+                "cannot rename {from} onto itself"
+            )));
+        }
+        if to.is_inside(from) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "cannot move {from} into itself ({to})"
+            )));
+        }
+        let _guard = self.inner.locks.lock(&[from, to]).await;
+        let s = self.clone();
+        let (f, t) = (from.clone(), to.clone());
+        let (change, moved) = blocking(move || {
+            let Inner { disk, index, .. } = &*s.inner;
+            let file = index.get(&f)?;
+            let folder = file.is_none() && index.is_folder(&f)?;
+            if file.is_none() && !folder {
+                return Err(ServiceError::NotFound(f));
+            }
+            if folder && if_revision.is_some() {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "{f}: is a folder; if_revision applies to files only"
+                )));
+            }
+            check_revision(&f, file.as_ref(), if_revision)?;
+            if index.is_folder(&t)? {
+                return Err(ServiceError::AlreadyExists(t));
+            }
+            if index.get(&t)?.is_some() && (folder || !overwrite) {
+                return Err(ServiceError::AlreadyExists(t));
+            }
+            disk.rename(&f, &t)?;
+            index.commit_rename(&f, &t, folder)
+        })
+        .await?;
+        let seq = change.seq;
+        tracing::info!(%from, %to, seq, files = moved, "renamed");
+        self.announce(change);
+        Ok((seq, moved))
+    }
+
+    /// Up to `limit` changes after `since`.
+    pub async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<ChangeRecord>> {
+        let s = self.clone();
+        blocking(move || s.inner.index.changes_since(since, limit)).await
+    }
+
+    /// `(floor, newest)`: watchers with `since < floor` must resync.
+    pub async fn log_bounds(&self) -> Result<(u64, u64)> {
+        let s = self.clone();
+        blocking(move || s.inner.index.log_bounds()).await
+    }
+}
+
+/// BLAKE3 of a local file, streamed.
+pub fn hash_file(path: &Path) -> std::io::Result<ContentHash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize().into())
+}

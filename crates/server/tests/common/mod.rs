@@ -1,0 +1,69 @@
+//! A real server on 127.0.0.1:0 in a temp dir, for integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use distribusync_client::FilesClient;
+use distribusync_server::ServerConfig;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestServer {
+    pub addr: String,
+    pub root: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Binds first, then spawns: the address is live when this returns.
+    pub async fn start(root: &Path) -> Self {
+        Self::start_with(ServerConfig::new(root)).await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, rx) = oneshot::channel();
+        let root = config.root.clone();
+        let task = tokio::spawn(async move {
+            distribusync_server::serve(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        Self {
+            addr,
+            root,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> FilesClient {
+        FilesClient::connect(&self.addr).await.expect("connects")
+    }
+
+    /// Triggers shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task.take().unwrap())
+            .await
+            .expect("server stops in time")
+            .expect("server task");
+    }
+}
+
+/// Polls `check` until it holds; a safety net, not a timing.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

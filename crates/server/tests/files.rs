@@ -1,0 +1,606 @@
+//! The Files service through the real client against a real server.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestServer, eventually};
+use distribusync_client::{ChangeKind, ClientError, FilesClient, WatchEvent};
+use distribusync_core::{ContentHash, RemotePath};
+use distribusync_proto::v1::{self, files_client};
+use tokio_stream::wrappers::ReceiverStream;
+
+fn p(s: &str) -> RemotePath {
+    RemotePath::parse(s).unwrap()
+}
+
+async fn put_bytes(
+    c: &FilesClient,
+    dir: &std::path::Path,
+    path: &str,
+    data: &[u8],
+) -> distribusync_client::FileInfo {
+    let local = dir.join(format!("src-{}", uuid_like(path)));
+    std::fs::write(&local, data).unwrap();
+    c.upload(&local, &p(path), None, Arc::new(()))
+        .await
+        .unwrap()
+}
+
+fn uuid_like(s: &str) -> String {
+    ContentHash::of(s.as_bytes()).to_hex()[..16].to_owned()
+}
+
+async fn get_bytes(c: &FilesClient, dir: &std::path::Path, path: &str) -> Vec<u8> {
+    let local = dir.join(format!("dst-{}", uuid_like(path)));
+    let _ = std::fs::remove_file(&local);
+    c.download(&p(path), &local, Arc::new(())).await.unwrap();
+    std::fs::read(local).unwrap()
+}
+
+fn raw(addr: &str) -> files_client::FilesClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .unwrap()
+        .connect_lazy();
+    files_client::FilesClient::new(ch)
+}
+
+fn header(path: &str, size: u64, data: &[u8]) -> v1::UploadRequest {
+    v1::UploadRequest {
+        msg: Some(v1::upload_request::Msg::Header(v1::UploadHeader {
+            path: path.into(),
+            size,
+            hash: ContentHash::of(data).0.to_vec(),
+            modified: None,
+            if_revision: None,
+        })),
+    }
+}
+
+fn chunk(data: &[u8]) -> v1::UploadRequest {
+    v1::UploadRequest {
+        msg: Some(v1::upload_request::Msg::Chunk(data.to_vec())),
+    }
+}
+
+fn staging_is_empty(root: &std::path::Path) -> bool {
+    std::fs::read_dir(root.join(".distribusync/staging"))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn upload_download_stat_list_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let info = put_bytes(&c, tmp.path(), "trips/2026/a.bin", &big).await;
+    assert_eq!(
+        (info.size, info.hash),
+        (big.len() as u64, ContentHash::of(&big))
+    );
+    put_bytes(&c, tmp.path(), "trips-old/b", b"b").await;
+    put_bytes(&c, tmp.path(), "empty", b"").await;
+    assert_eq!(get_bytes(&c, tmp.path(), "trips/2026/a.bin").await, big);
+    assert_eq!(get_bytes(&c, tmp.path(), "empty").await, b"");
+    let stat = c.stat(&p("trips/2026/a.bin")).await.unwrap();
+    assert_eq!(stat, info);
+    let names: Vec<String> = c
+        .list_all(Some(&p("trips")))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    assert_eq!(names, ["trips/2026/a.bin"]);
+    assert_eq!(c.list_all(None).await.unwrap().len(), 3);
+    // The file is really in MASTER, whole.
+    assert_eq!(
+        std::fs::read(server.root.join("trips/2026/a.bin")).unwrap(),
+        big
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn large_listings_arrive_in_pages_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let src = tmp.path().join("one");
+    std::fs::write(&src, b"x").unwrap();
+    let uploads = (0..2100).map(|i| {
+        let c = c.clone();
+        let src = src.clone();
+        async move {
+            c.upload(&src, &p(&format!("d/f{i:05}")), None, Arc::new(()))
+                .await
+                .unwrap()
+        }
+    });
+    futures::future::join_all(uploads).await;
+    let mut pages = c.list(Some(&p("d"))).await.unwrap();
+    let mut sizes = Vec::new();
+    let mut all = Vec::new();
+    while let Some(page) = pages.next_page().await.unwrap() {
+        sizes.push(page.len());
+        all.extend(page.into_iter().map(|f| f.path.to_string()));
+    }
+    assert!(
+        sizes.len() >= 3 && sizes.iter().all(|s| *s <= 1000),
+        "{sizes:?}"
+    );
+    let expected: Vec<String> = (0..2100).map(|i| format!("d/f{i:05}")).collect();
+    assert_eq!(all, expected);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_hash_and_overlong_data_are_refused_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "doc", b"old version").await;
+    let mut rc = raw(&server.addr);
+
+    // Hash of other data.
+    let msgs = vec![header("doc", 3, b"xyz"), chunk(b"abc")];
+    let err = rc.upload(tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("hash mismatch"), "{}", err.message());
+
+    // 10 bytes announced, 11 sent.
+    let data = b"0123456789A";
+    let msgs = vec![header("doc", 10, &data[..10]), chunk(data)];
+    let err = rc.upload(tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("more than the 10 bytes"),
+        "{}",
+        err.message()
+    );
+
+    // Fewer bytes than announced.
+    let msgs = vec![header("doc", 10, b"0123456789"), chunk(b"01234")];
+    let err = rc.upload(tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Chunks without a header.
+    let err = rc
+        .upload(tokio_stream::iter(vec![chunk(b"x")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    assert_eq!(get_bytes(&c, tmp.path(), "doc").await, b"old version");
+    assert_eq!(c.stat(&p("doc")).await.unwrap().revision, 1);
+    eventually("staging cleaned", || staging_is_empty(&server.root)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_upload_leaves_the_old_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "doc", b"old version").await;
+    let new = vec![7u8; 4 << 20];
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(header("doc", new.len() as u64, &new))
+        .await
+        .unwrap();
+    tx.send(chunk(&new[..1 << 20])).await.unwrap();
+    let mut rc = raw(&server.addr);
+    let call = tokio::spawn(async move { rc.upload(ReceiverStream::new(rx)).await });
+    // Wait until the server has the partial data staged, then cut.
+    eventually("data staged", || !staging_is_empty(&server.root)).await;
+    call.abort();
+    drop(tx);
+    eventually("staging cleaned after the cut", || {
+        staging_is_empty(&server.root)
+    })
+    .await;
+    assert_eq!(get_bytes(&c, tmp.path(), "doc").await, b"old version");
+    let listed = c.list_all(None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn revisions_guard_against_lost_updates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let src = tmp.path().join("src");
+    std::fs::write(&src, b"one").unwrap();
+    let first = c
+        .upload(&src, &p("f"), Some(0), Arc::new(()))
+        .await
+        .unwrap();
+    // 0 means "must not exist": a second create fails and names the revision.
+    match c.upload(&src, &p("f"), Some(0), Arc::new(())).await {
+        Err(ClientError::RevisionMismatch { current, .. }) => {
+            assert_eq!(current, Some(first.revision))
+        }
+        other => panic!("expected a revision mismatch, got {other:?}"),
+    }
+    std::fs::write(&src, b"two").unwrap();
+    let second = c
+        .upload(&src, &p("f"), Some(first.revision), Arc::new(()))
+        .await
+        .unwrap();
+    assert!(second.revision > first.revision);
+    assert!(matches!(
+        c.delete(&p("f"), Some(first.revision)).await,
+        Err(ClientError::RevisionMismatch { current: Some(r), .. }) if r == second.revision
+    ));
+    assert!(matches!(
+        c.rename(&p("f"), &p("g"), false, Some(first.revision))
+            .await,
+        Err(ClientError::RevisionMismatch { .. })
+    ));
+    c.delete(&p("f"), Some(second.revision)).await.unwrap();
+    assert!(matches!(
+        c.stat(&p("f")).await,
+        Err(ClientError::NotFound(_))
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rename_rules_and_folder_renames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "a", b"A").await;
+    put_bytes(&c, tmp.path(), "b", b"B").await;
+    for i in 0..50 {
+        put_bytes(
+            &c,
+            tmp.path(),
+            &format!("dir/sub/f{i}"),
+            format!("{i}").as_bytes(),
+        )
+        .await;
+    }
+    assert!(matches!(
+        c.rename(&p("a"), &p("a"), false, None).await,
+        Err(ClientError::Rejected(_))
+    ));
+    assert!(matches!(
+        c.rename(&p("a"), &p("b"), false, None).await,
+        Err(ClientError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        c.rename(&p("nope"), &p("x"), false, None).await,
+        Err(ClientError::NotFound(_))
+    ));
+    assert!(matches!(
+        c.rename(&p("dir"), &p("dir/sub/x"), false, None).await,
+        Err(ClientError::Rejected(_))
+    ));
+    assert!(matches!(
+        c.rename(&p("a"), &p("dir"), true, None).await,
+        Err(ClientError::AlreadyExists(_))
+    ));
+    c.rename(&p("a"), &p("b"), true, None).await.unwrap();
+    assert_eq!(get_bytes(&c, tmp.path(), "b").await, b"A");
+    assert!(matches!(
+        c.stat(&p("a")).await,
+        Err(ClientError::NotFound(_))
+    ));
+
+    let (_, moved) = c
+        .rename(&p("dir"), &p("archive/2026"), false, None)
+        .await
+        .unwrap();
+    assert_eq!(moved, 50);
+    assert_eq!(
+        c.list_all(Some(&p("archive/2026/sub")))
+            .await
+            .unwrap()
+            .len(),
+        50
+    );
+    assert!(c.list_all(Some(&p("dir"))).await.unwrap().is_empty());
+    assert_eq!(get_bytes(&c, tmp.path(), "archive/2026/sub/f7").await, b"7");
+    // The emptied folder is gone from disk too.
+    assert!(!server.root.join("dir").exists());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "f", b"12345").await;
+    let mut rc = raw(&server.addr);
+    let long = "x".repeat(300);
+    for bad in [
+        "../x",
+        "/etc/passwd",
+        "a/../../b",
+        "a\\b",
+        "a//b",
+        ".",
+        "..",
+        "",
+        "a\0b",
+        &long,
+        ".distribusync/index.db",
+    ] {
+        let err = rc
+            .stat(v1::StatRequest { path: bad.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}: {err:?}");
+        assert!(
+            err.message().contains("invalid path"),
+            "{bad:?}: {}",
+            err.message()
+        );
+        let err = rc
+            .upload(tokio_stream::iter(vec![header(bad, 1, b"x"), chunk(b"x")]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    }
+    // Nothing was written anywhere.
+    assert_eq!(c.list_all(None).await.unwrap().len(), 1);
+    assert!(!tmp.path().join("x").exists());
+
+    let err = rc
+        .download(v1::DownloadRequest {
+            path: "f".into(),
+            offset: 6,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+    assert!(err.message().contains("past the end"));
+    assert!(matches!(
+        c.delete(&p("missing"), None).await,
+        Err(ClientError::NotFound(_))
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn symlinks_inside_master_are_never_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    let root = tmp.path().join("MASTER");
+    std::fs::create_dir_all(&root).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), root.join("file-link")).unwrap();
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    let dest = tmp.path().join("got");
+    assert!(
+        c.download(&p("link/secret"), &dest, Arc::new(()))
+            .await
+            .is_err()
+    );
+    assert!(
+        c.download(&p("file-link"), &dest, Arc::new(()))
+            .await
+            .is_err()
+    );
+    let src = tmp.path().join("src");
+    std::fs::write(&src, b"evil").unwrap();
+    let err = c
+        .upload(&src, &p("link/new"), None, Arc::new(()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(!outside.join("new").exists());
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resumed_download_continues_from_the_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 253) as u8).collect();
+    let info = put_bytes(&c, tmp.path(), "big", &data).await;
+    let dest = tmp.path().join("out/big");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    // What an interrupted download leaves: the first part of this version.
+    let partial = dest.with_file_name(format!(
+        ".big.{}.distribusync-part",
+        &info.hash.to_hex()[..16]
+    ));
+    std::fs::write(&partial, &data[..1_000_000]).unwrap();
+    struct Count(std::sync::Mutex<(u64, u64)>);
+    impl distribusync_client::Progress for Count {
+        fn start(&self, total: u64, done: u64) {
+            *self.0.lock().unwrap() = (total, done);
+        }
+    }
+    let count = Arc::new(Count(std::sync::Mutex::new((0, 0))));
+    c.download(&p("big"), &dest, count.clone()).await.unwrap();
+    assert_eq!(*count.0.lock().unwrap(), (data.len() as u64, 1_000_000));
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert!(!partial.exists());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_clients_lose_no_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let mut tasks = Vec::new();
+    for client in 0..12 {
+        let c = FilesClient::connect(&server.addr).await.unwrap();
+        let dir = tmp.path().to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..8 {
+                let content = format!("client {client} write {i}");
+                let src = dir.join(format!("c{client}-{i}"));
+                std::fs::write(&src, &content).unwrap();
+                let own = c
+                    .upload(&src, &p(&format!("own/{client}/{i}")), None, Arc::new(()))
+                    .await
+                    .unwrap();
+                let shared = c
+                    .upload(&src, &p("shared"), None, Arc::new(()))
+                    .await
+                    .unwrap();
+                acked.push((own, shared, content));
+            }
+            acked
+        }));
+    }
+    let mut revisions = std::collections::HashSet::new();
+    let mut shared_acks = Vec::new();
+    let c = server.client().await;
+    for t in tasks {
+        for (own, shared, content) in t.await.unwrap() {
+            assert!(revisions.insert(own.revision) && revisions.insert(shared.revision));
+            assert_eq!(
+                get_bytes(&c, tmp.path(), own.path.as_str()).await,
+                content.as_bytes()
+            );
+            shared_acks.push((shared.revision, content));
+        }
+    }
+    // The shared file holds the last acknowledged write.
+    shared_acks.sort();
+    let last = shared_acks.last().unwrap();
+    let now = c.stat(&p("shared")).await.unwrap();
+    assert_eq!(now.revision, last.0);
+    assert_eq!(get_bytes(&c, tmp.path(), "shared").await, last.1.as_bytes());
+    assert_eq!(c.list_all(Some(&p("own"))).await.unwrap().len(), 96);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reconcile_at_start_sees_changes_made_by_hand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("MASTER");
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "keep", b"keep").await;
+    put_bytes(&c, tmp.path(), "edit", b"before").await;
+    put_bytes(&c, tmp.path(), "gone", b"gone").await;
+    server.stop().await;
+
+    std::fs::write(root.join("edit"), b"after, by hand").unwrap();
+    std::fs::remove_file(root.join("gone")).unwrap();
+    std::fs::create_dir_all(root.join("new/dir")).unwrap();
+    std::fs::write(root.join("new/dir/file"), b"dropped in").unwrap();
+
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    let names: Vec<String> = c
+        .list_all(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    assert_eq!(names, ["edit", "keep", "new/dir/file"]);
+    let edit = c.stat(&p("edit")).await.unwrap();
+    assert_eq!(edit.hash, ContentHash::of(b"after, by hand"));
+    assert!(edit.revision > 3);
+    assert_eq!(c.stat(&p("keep")).await.unwrap().revision, 1);
+
+    // The change log tells watchers what happened.
+    let mut w = c.watch(3).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(WatchEvent::Change(ch)) => seen.push(ch.kind),
+            Some(WatchEvent::CaughtUp(_)) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|k| matches!(k, ChangeKind::Delete(p) if p.as_str() == "gone"))
+    );
+    assert!(
+        seen.iter()
+            .any(|k| matches!(k, ChangeKind::Put(f) if f.path.as_str() == "new/dir/file"))
+    );
+    assert!(
+        seen.iter()
+            .any(|k| matches!(k, ChangeKind::Put(f) if f.path.as_str() == "edit"))
+    );
+    // A second restart with nothing changed records nothing new.
+    let before = c.stat(&p("edit")).await.unwrap().revision;
+    server.stop().await;
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    assert_eq!(c.stat(&p("edit")).await.unwrap().revision, before);
+    server.stop().await;
+}
+
+async fn next(w: &mut distribusync_client::WatchStream) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("an event in time")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn watch_streams_the_log_then_live_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "one", b"1").await;
+    let mut w = c.watch(0).await.unwrap();
+    assert!(matches!(next(&mut w).await, WatchEvent::Change(ch) if ch.seq == 1));
+    assert_eq!(next(&mut w).await, WatchEvent::CaughtUp(1));
+    put_bytes(&c, tmp.path(), "two", b"2").await;
+    c.rename(&p("two"), &p("three"), false, None).await.unwrap();
+    c.delete(&p("one"), None).await.unwrap();
+    assert!(matches!(next(&mut w).await, WatchEvent::Change(ch) if ch.seq == 2));
+    assert!(
+        matches!(next(&mut w).await, WatchEvent::Change(ch) if matches!(&ch.kind, ChangeKind::Rename { to, .. } if to.as_str() == "three"))
+    );
+    assert!(
+        matches!(next(&mut w).await, WatchEvent::Change(ch) if ch.kind == ChangeKind::Delete(p("one")))
+    );
+    // A position the server never had: resync.
+    let mut w2 = c.watch(999).await.unwrap();
+    assert_eq!(next(&mut w2).await, WatchEvent::Resync(4));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_service_reports_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let ch = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "distribusync.v1.Files".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    server.stop().await;
+}
