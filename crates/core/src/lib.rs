@@ -12,6 +12,7 @@ pub mod compute;
 pub mod hash;
 pub mod limits;
 pub mod path;
+pub mod sync;
 
 pub use hash::ContentHash;
 pub use path::{PathError, RESERVED_DIR, RemotePath};

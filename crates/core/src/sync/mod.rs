@@ -1,0 +1,158 @@
+//! The sync planner: three views of a folder in, a [`SyncPlan`] out.
+//!
+//! - **local**: what the synced folder holds now (from a scan),
+//! - **remote**: what the server holds now (from its listing and change log),
+//! - **base**: what both sides last agreed on (the merge base).
+//!
+//! [`plan`] is a pure, deterministic function of those views (same input,
+//! same plan); the client's executor carries the plan out and records each
+//! step's result as the new base. Merge rules: one side changed → propagate;
+//! both changed to the same content → nothing to move; both changed
+//! differently → the server's version keeps the name and the local one is
+//! kept as a conflict copy on both sides; modification beats deletion;
+//! renames are detected by content and travel as renames.
+
+mod conflict;
+mod planner;
+
+pub use conflict::conflict_name;
+pub use planner::plan;
+
+use std::collections::BTreeMap;
+
+use crate::{ContentHash, RemotePath, Revision};
+
+/// A file in the local folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFile {
+    pub hash: ContentHash,
+    pub size: u64,
+}
+
+/// A file on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub revision: Revision,
+    pub hash: ContentHash,
+    pub size: u64,
+}
+
+/// What both sides last agreed on for a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseFile {
+    pub revision: Revision,
+    pub hash: ContentHash,
+    pub size: u64,
+}
+
+/// Which way changes flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Both ways (default).
+    #[default]
+    TwoWay,
+    /// The folder is the truth; the server mirrors it.
+    Push,
+    /// The server is the truth; the folder mirrors it (local edits are kept
+    /// as conflict copies, never sent).
+    Pull,
+}
+
+/// The three views the planner reads, plus what it needs to name conflict
+/// copies deterministically.
+#[derive(Debug, Clone, Default)]
+pub struct SyncInput {
+    pub local: BTreeMap<RemotePath, LocalFile>,
+    pub remote: BTreeMap<RemotePath, RemoteFile>,
+    pub base: BTreeMap<RemotePath, BaseFile>,
+    /// Paths the scan could not read this time: left alone entirely.
+    pub unreadable: std::collections::BTreeSet<RemotePath>,
+    pub mode: Mode,
+    /// Host name used in conflict copy names.
+    pub host: String,
+    /// `yyyymmdd-hhmmss` used in conflict copy names.
+    pub stamp: String,
+}
+
+/// One step of a plan. Preconditions (`if_revision`, expected local hashes)
+/// let the executor refuse a step when the world moved since planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Send the local file; the server's revision must still be
+    /// `if_revision` (0: must not exist).
+    Upload {
+        path: RemotePath,
+        if_revision: Revision,
+    },
+    /// Fetch the server's version; the local file must still have hash
+    /// `local_hash` (`None`: must not exist).
+    Download {
+        path: RemotePath,
+        remote: RemoteFile,
+        local_hash: Option<ContentHash>,
+    },
+    /// Delete on the server (its revision must still be `if_revision`).
+    DeleteRemote {
+        path: RemotePath,
+        if_revision: Revision,
+    },
+    /// Delete locally (the file must still have hash `local_hash`).
+    DeleteLocal {
+        path: RemotePath,
+        local_hash: ContentHash,
+    },
+    /// A local rename, repeated on the server (a folder when `folder`).
+    RenameRemote {
+        from: RemotePath,
+        to: RemotePath,
+        folder: bool,
+    },
+    /// A server rename, repeated locally (a folder when `folder`).
+    RenameLocal {
+        from: RemotePath,
+        to: RemotePath,
+        folder: bool,
+    },
+    /// Both sides changed `path` differently: move the local version to
+    /// `copy` (and upload it there unless pulling), then download the
+    /// server's version to `path`.
+    Conflict {
+        path: RemotePath,
+        copy: RemotePath,
+        remote: RemoteFile,
+        local_hash: ContentHash,
+        upload_copy: bool,
+    },
+    /// Both sides already agree: record the new base, move nothing.
+    /// `None` forgets the path.
+    SetBase {
+        path: RemotePath,
+        base: Option<BaseFile>,
+    },
+}
+
+impl Operation {
+    /// True for steps that move or change files (not bookkeeping).
+    pub fn is_transfer(&self) -> bool {
+        !matches!(self, Self::SetBase { .. })
+    }
+}
+
+/// What to do, in order: renames first, then deletes, then transfers and
+/// conflicts, then bookkeeping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncPlan {
+    pub operations: Vec<Operation>,
+    /// Why the plan refuses to run, if it does (the safety stop).
+    pub refused: Option<String>,
+}
+
+impl SyncPlan {
+    /// True when nothing needs to move.
+    pub fn is_in_sync(&self) -> bool {
+        self.refused.is_none() && !self.operations.iter().any(Operation::is_transfer)
+    }
+}
+
+#[cfg(test)]
+mod tests;

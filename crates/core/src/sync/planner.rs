@@ -1,0 +1,348 @@
+//! [`plan`]: the pure heart of sync.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{BaseFile, LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, conflict_name};
+use crate::{ContentHash, RemotePath};
+
+/// Computes what to do to bring local and remote into agreement. Pure and
+/// deterministic: the same input always gives the same plan.
+pub fn plan(input: &SyncInput) -> SyncPlan {
+    if let Some(why) = safety_stop(input) {
+        return SyncPlan {
+            operations: Vec::new(),
+            refused: Some(why),
+        };
+    }
+    let mut renames_remote = Vec::new();
+    let mut renames_local = Vec::new();
+    let mut handled: BTreeSet<RemotePath> = BTreeSet::new();
+
+    if input.mode != Mode::Pull {
+        let pairs = local_renames(input);
+        renames_remote = coalesce(&pairs, &input.base, &input.remote, |from, to, folder| {
+            Operation::RenameRemote { from, to, folder }
+        });
+        handled.extend(pairs.iter().flat_map(|(f, t)| [f.clone(), t.clone()]));
+    }
+    if input.mode != Mode::Push {
+        let pairs = remote_renames(input);
+        renames_local = coalesce(&pairs, &input.base, &input.local, |from, to, folder| {
+            Operation::RenameLocal { from, to, folder }
+        });
+        handled.extend(pairs.iter().flat_map(|(f, t)| [f.clone(), t.clone()]));
+    }
+
+    let paths: BTreeSet<&RemotePath> = input
+        .local
+        .keys()
+        .chain(input.remote.keys())
+        .chain(input.base.keys())
+        .filter(|p| !input.unreadable.contains(*p) && !handled.contains(*p))
+        .collect();
+    let mut taken: BTreeSet<RemotePath> = paths.iter().map(|p| (*p).clone()).collect();
+    let (mut deletes, mut transfers, mut bookkeeping) = (Vec::new(), Vec::new(), Vec::new());
+    for path in paths {
+        let l = input.local.get(path);
+        let r = input.remote.get(path);
+        let b = input.base.get(path);
+        if l.map(|f| f.hash) == r.map(|f| f.hash) {
+            let agreed = r.map(|r| BaseFile {
+                revision: r.revision,
+                hash: r.hash,
+                size: r.size,
+            });
+            if agreed.as_ref() != b {
+                bookkeeping.push(Operation::SetBase {
+                    path: path.clone(),
+                    base: agreed,
+                });
+            }
+            continue;
+        }
+        let op = match input.mode {
+            Mode::TwoWay => two_way(path, l, r, b, input, &mut taken),
+            Mode::Push => Some(push(path, l, r)),
+            Mode::Pull => pull(path, l, r, b, input, &mut taken),
+        };
+        match op {
+            Some(op @ (Operation::DeleteLocal { .. } | Operation::DeleteRemote { .. })) => {
+                deletes.push(op);
+            }
+            Some(op) => transfers.push(op),
+            None => {}
+        }
+    }
+    let mut operations = renames_remote;
+    operations.extend(renames_local);
+    operations.extend(deletes);
+    operations.extend(transfers);
+    operations.extend(bookkeeping);
+    SyncPlan {
+        operations,
+        refused: None,
+    }
+}
+
+fn safety_stop(input: &SyncInput) -> Option<String> {
+    if input.mode == Mode::Pull || !input.local.is_empty() || !input.unreadable.is_empty() {
+        return None;
+    }
+    let synced = input.base.len();
+    (synced >= 2).then(|| {
+        format!(
+            "the folder is empty, but {synced} files were in sync before; refusing to delete \
+             them on the server (if the folder was emptied on purpose, delete the files on \
+             the server with `distribusync rm`, or remove .distribusync/state.db to start over)"
+        )
+    })
+}
+
+fn changed_local(l: Option<&LocalFile>, b: Option<&BaseFile>) -> bool {
+    l.map(|f| f.hash) != b.map(|f| f.hash)
+}
+
+fn changed_remote(r: Option<&RemoteFile>, b: Option<&BaseFile>) -> bool {
+    r.map(|f| f.hash) != b.map(|f| f.hash)
+}
+
+fn conflict(
+    path: &RemotePath,
+    l: &LocalFile,
+    r: &RemoteFile,
+    input: &SyncInput,
+    taken: &mut BTreeSet<RemotePath>,
+    upload_copy: bool,
+) -> Operation {
+    let copy = conflict_name(path, &input.host, &input.stamp, |c| {
+        taken.contains(c) || input.local.contains_key(c) || input.remote.contains_key(c)
+    });
+    taken.insert(copy.clone());
+    Operation::Conflict {
+        path: path.clone(),
+        copy,
+        remote: r.clone(),
+        local_hash: l.hash,
+        upload_copy,
+    }
+}
+
+fn two_way(
+    path: &RemotePath,
+    l: Option<&LocalFile>,
+    r: Option<&RemoteFile>,
+    b: Option<&BaseFile>,
+    input: &SyncInput,
+    taken: &mut BTreeSet<RemotePath>,
+) -> Option<Operation> {
+    let path_ = || path.clone();
+    let lc = changed_local(l, b);
+    let rc = changed_remote(r, b);
+    Some(match (lc, rc, l, r) {
+        // Only the local side changed, or it is the only modification.
+        (true, false, Some(_), r) | (true, true, Some(_), r @ None) => Operation::Upload {
+            path: path_(),
+            if_revision: r.map_or(0, |r| r.revision),
+        },
+        (true, false, None, Some(r)) => Operation::DeleteRemote {
+            path: path_(),
+            if_revision: r.revision,
+        },
+        (false, true, l, Some(r)) | (true, true, l @ None, Some(r)) => Operation::Download {
+            path: path_(),
+            remote: r.clone(),
+            local_hash: l.map(|l| l.hash),
+        },
+        (false, true, Some(l), None) => Operation::DeleteLocal {
+            path: path_(),
+            local_hash: l.hash,
+        },
+        (true, true, Some(l), Some(r)) => conflict(path, l, r, input, taken, true),
+        // Neither changed yet they differ: cannot happen (both equal base).
+        _ => return None,
+    })
+}
+
+fn push(path: &RemotePath, l: Option<&LocalFile>, r: Option<&RemoteFile>) -> Operation {
+    match (l, r) {
+        (Some(_), r) => Operation::Upload {
+            path: path.clone(),
+            if_revision: r.map_or(0, |r| r.revision),
+        },
+        (None, r) => Operation::DeleteRemote {
+            path: path.clone(),
+            if_revision: r.map_or(0, |r| r.revision),
+        },
+    }
+}
+
+fn pull(
+    path: &RemotePath,
+    l: Option<&LocalFile>,
+    r: Option<&RemoteFile>,
+    b: Option<&BaseFile>,
+    input: &SyncInput,
+    taken: &mut BTreeSet<RemotePath>,
+) -> Option<Operation> {
+    let local_edited = l.is_some() && changed_local(l, b);
+    match (l, r) {
+        (Some(l), Some(r)) if local_edited => Some(conflict(path, l, r, input, taken, false)),
+        (l, Some(r)) => Some(Operation::Download {
+            path: path.clone(),
+            remote: r.clone(),
+            local_hash: l.map(|l| l.hash),
+        }),
+        (Some(l), None) if !local_edited => Some(Operation::DeleteLocal {
+            path: path.clone(),
+            local_hash: l.hash,
+        }),
+        // A local-only file in pull mode stays, untouched and unsent.
+        _ => None,
+    }
+}
+
+/// Pairs `(gone, new)` where one side lost a path and gained another with
+/// the same (non-empty) content, while the other side kept the old one.
+fn match_renames(
+    gone: Vec<(&RemotePath, ContentHash)>,
+    new: Vec<(&RemotePath, ContentHash)>,
+) -> Vec<(RemotePath, RemotePath)> {
+    let mut by_hash: BTreeMap<ContentHash, Vec<&RemotePath>> = BTreeMap::new();
+    for (p, h) in new {
+        by_hash.entry(h).or_default().push(p);
+    }
+    let mut pairs = Vec::new();
+    for (from, h) in gone {
+        let Some(cands) = by_hash.get_mut(&h) else {
+            continue;
+        };
+        if cands.is_empty() {
+            continue;
+        }
+        // Prefer a candidate with the same file name (a move); else the first.
+        let i = cands
+            .iter()
+            .position(|c| c.file_name() == from.file_name())
+            .unwrap_or(0);
+        pairs.push((from.clone(), cands.remove(i).clone()));
+    }
+    pairs
+}
+
+fn local_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
+    let gone = input
+        .base
+        .iter()
+        .filter(|(p, b)| {
+            b.size > 0
+                && !input.local.contains_key(*p)
+                && !input.unreadable.contains(*p)
+                && input.remote.get(*p).is_some_and(|r| r.hash == b.hash)
+        })
+        .map(|(p, b)| (p, b.hash))
+        .collect();
+    let new = input
+        .local
+        .iter()
+        .filter(|(p, l)| {
+            l.size > 0 && !input.base.contains_key(*p) && !input.remote.contains_key(*p)
+        })
+        .map(|(p, l)| (p, l.hash))
+        .collect();
+    match_renames(gone, new)
+}
+
+fn remote_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
+    let gone = input
+        .base
+        .iter()
+        .filter(|(p, b)| {
+            b.size > 0
+                && !input.remote.contains_key(*p)
+                && !input.unreadable.contains(*p)
+                && input.local.get(*p).is_some_and(|l| l.hash == b.hash)
+        })
+        .map(|(p, b)| (p, b.hash))
+        .collect();
+    let new = input
+        .remote
+        .iter()
+        .filter(|(p, r)| {
+            r.size > 0
+                && !input.base.contains_key(*p)
+                && !input.local.contains_key(*p)
+                && !input.unreadable.contains(*p)
+        })
+        .map(|(p, r)| (p, r.hash))
+        .collect();
+    match_renames(gone, new)
+}
+
+/// The folders a file rename implies: strip the longest common tail of
+/// segments (keeping at least one segment on each side).
+fn folder_mapping(from: &RemotePath, to: &RemotePath) -> Option<(RemotePath, RemotePath)> {
+    let f: Vec<&str> = from.segments().collect();
+    let t: Vec<&str> = to.segments().collect();
+    let common = f
+        .iter()
+        .rev()
+        .zip(t.iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    if common == 0 || common >= f.len() || common >= t.len() {
+        return None;
+    }
+    let from_dir = RemotePath::parse(&f[..f.len() - common].join("/")).ok()?;
+    let to_dir = RemotePath::parse(&t[..t.len() - common].join("/")).ok()?;
+    Some((from_dir, to_dir))
+}
+
+/// Turns file renames into folder renames where a whole folder moved: every
+/// file the base had in it moved to the same place, and the side being
+/// changed holds exactly those files there and nothing at the target.
+fn coalesce<T>(
+    pairs: &[(RemotePath, RemotePath)],
+    base: &BTreeMap<RemotePath, BaseFile>,
+    target_side: &BTreeMap<RemotePath, T>,
+    make: impl Fn(RemotePath, RemotePath, bool) -> Operation,
+) -> Vec<Operation> {
+    let mut groups: BTreeMap<(RemotePath, RemotePath), Vec<&(RemotePath, RemotePath)>> =
+        BTreeMap::new();
+    let mut singles = Vec::new();
+    for pair in pairs {
+        match folder_mapping(&pair.0, &pair.1) {
+            Some(m) => groups.entry(m).or_default().push(pair),
+            None => singles.push(pair),
+        }
+    }
+    let inside = |dir: &RemotePath, p: &RemotePath| p.is_inside(dir);
+    let mut ops = Vec::new();
+    for ((from_dir, to_dir), members) in groups {
+        let moved: BTreeSet<&RemotePath> = members.iter().map(|(f, _)| f).collect();
+        let whole = base
+            .keys()
+            .filter(|p| inside(&from_dir, p))
+            .all(|p| moved.contains(p))
+            && target_side
+                .keys()
+                .filter(|p| inside(&from_dir, p))
+                .all(|p| moved.contains(p))
+            && !target_side
+                .keys()
+                .any(|p| inside(&to_dir, p) || *p == to_dir)
+            && !to_dir.is_inside(&from_dir)
+            && !from_dir.is_inside(&to_dir);
+        if whole {
+            ops.push(make(from_dir, to_dir, true));
+        } else {
+            singles.extend(members);
+        }
+    }
+    singles.sort();
+    ops.extend(
+        singles
+            .into_iter()
+            .map(|(f, t)| make(f.clone(), t.clone(), false)),
+    );
+    ops
+}

@@ -1,0 +1,513 @@
+//! Table and property tests of the planner, with a model executor that
+//! applies a plan to in-memory sides.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::{ContentHash, RemotePath};
+
+fn p(s: &str) -> RemotePath {
+    RemotePath::parse(s).unwrap()
+}
+
+fn h(s: &str) -> ContentHash {
+    ContentHash::of(s.as_bytes())
+}
+
+fn lf(s: &str) -> LocalFile {
+    LocalFile {
+        hash: h(s),
+        size: s.len() as u64,
+    }
+}
+
+fn rf(s: &str, rev: u64) -> RemoteFile {
+    RemoteFile {
+        revision: rev,
+        hash: h(s),
+        size: s.len() as u64,
+    }
+}
+
+fn bf(s: &str, rev: u64) -> BaseFile {
+    BaseFile {
+        revision: rev,
+        hash: h(s),
+        size: s.len() as u64,
+    }
+}
+
+fn input() -> SyncInput {
+    SyncInput {
+        host: "hostA".into(),
+        stamp: "20261125-101500".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn one_side_changed_propagates() {
+    let mut i = input();
+    i.base.insert(p("a"), bf("v1", 1));
+    i.remote.insert(p("a"), rf("v1", 1));
+    i.local.insert(p("a"), lf("v2"));
+    assert_eq!(
+        plan(&i).operations,
+        [Operation::Upload {
+            path: p("a"),
+            if_revision: 1
+        }]
+    );
+
+    let mut i = input();
+    i.base.insert(p("a"), bf("v1", 1));
+    i.remote.insert(p("a"), rf("v2", 5));
+    i.local.insert(p("a"), lf("v1"));
+    assert_eq!(
+        plan(&i).operations,
+        [Operation::Download {
+            path: p("a"),
+            remote: rf("v2", 5),
+            local_hash: Some(h("v1"))
+        }]
+    );
+}
+
+#[test]
+fn identical_changes_on_both_sides_are_no_conflict() {
+    let mut i = input();
+    i.base.insert(p("a"), bf("v1", 1));
+    i.remote.insert(p("a"), rf("same", 7));
+    i.local.insert(p("a"), lf("same"));
+    let plan = plan(&i);
+    assert!(plan.is_in_sync());
+    assert_eq!(
+        plan.operations,
+        [Operation::SetBase {
+            path: p("a"),
+            base: Some(bf("same", 7))
+        }]
+    );
+}
+
+#[test]
+fn different_edits_give_a_conflict_copy() {
+    let mut i = input();
+    i.base.insert(p("docs/r.txt"), bf("v1", 1));
+    i.remote.insert(p("docs/r.txt"), rf("theirs", 4));
+    i.local.insert(p("docs/r.txt"), lf("mine"));
+    assert_eq!(
+        plan(&i).operations,
+        [Operation::Conflict {
+            path: p("docs/r.txt"),
+            copy: p("docs/r.conflict-hostA-20261125-101500.txt"),
+            remote: rf("theirs", 4),
+            local_hash: h("mine"),
+            upload_copy: true,
+        }]
+    );
+}
+
+#[test]
+fn modification_beats_deletion() {
+    let mut i = input();
+    i.base.insert(p("a"), bf("v1", 1));
+    i.local.insert(p("a"), lf("edited")); // edited here, deleted there
+    assert_eq!(
+        plan(&i).operations,
+        [Operation::Upload {
+            path: p("a"),
+            if_revision: 0
+        }]
+    );
+
+    let mut i = input();
+    i.base.insert(p("a"), bf("v1", 1));
+    i.remote.insert(p("a"), rf("edited", 3)); // edited there, deleted here
+    assert_eq!(
+        plan(&i).operations,
+        [Operation::Download {
+            path: p("a"),
+            remote: rf("edited", 3),
+            local_hash: None
+        }]
+    );
+}
+
+#[test]
+fn a_folder_renamed_locally_is_one_remote_rename() {
+    let mut i = input();
+    for n in 0..100 {
+        let content = format!("file {n}");
+        i.base
+            .insert(p(&format!("photos/{n}.jpg")), bf(&content, n + 1));
+        i.remote
+            .insert(p(&format!("photos/{n}.jpg")), rf(&content, n + 1));
+        i.local
+            .insert(p(&format!("pictures/2026/{n}.jpg")), lf(&content));
+    }
+    assert_eq!(
+        plan(&i).operations,
+        [Operation::RenameRemote {
+            from: p("photos"),
+            to: p("pictures/2026"),
+            folder: true
+        }]
+    );
+}
+
+#[test]
+fn a_remote_file_rename_is_a_local_rename() {
+    let mut i = input();
+    i.base.insert(p("a.txt"), bf("content", 1));
+    i.local.insert(p("a.txt"), lf("content"));
+    i.local.insert(p("other"), lf("x"));
+    i.base.insert(p("other"), bf("x", 2));
+    i.remote.insert(p("other"), rf("x", 2));
+    i.remote.insert(p("b.txt"), rf("content", 3));
+    assert_eq!(
+        plan(&i).operations,
+        [Operation::RenameLocal {
+            from: p("a.txt"),
+            to: p("b.txt"),
+            folder: false
+        }]
+    );
+}
+
+#[test]
+fn an_emptied_folder_stops_sync() {
+    let mut i = input();
+    for n in ["a", "b"] {
+        i.base.insert(p(n), bf(n, 1));
+        i.remote.insert(p(n), rf(n, 1));
+    }
+    let plan = plan(&i);
+    assert!(plan.operations.is_empty());
+    assert!(plan.refused.unwrap().contains("refusing to delete"));
+}
+
+#[test]
+fn push_mirrors_and_pull_keeps_local_edits_as_copies() {
+    let mut i = input();
+    i.mode = Mode::Push;
+    i.base.insert(p("a"), bf("v1", 1));
+    i.remote.insert(p("a"), rf("server edit", 2));
+    i.local.insert(p("a"), lf("v1"));
+    i.remote.insert(p("extra"), rf("x", 3));
+    i.local.insert(p("keep"), lf("k"));
+    assert_eq!(
+        plan(&i).operations,
+        [
+            Operation::DeleteRemote {
+                path: p("extra"),
+                if_revision: 3
+            },
+            Operation::Upload {
+                path: p("a"),
+                if_revision: 2
+            },
+            Operation::Upload {
+                path: p("keep"),
+                if_revision: 0
+            },
+        ]
+    );
+
+    let mut i = input();
+    i.mode = Mode::Pull;
+    i.base.insert(p("a"), bf("v1", 1));
+    i.remote.insert(p("a"), rf("server", 2));
+    i.local.insert(p("a"), lf("local edit"));
+    let ops = plan(&i).operations;
+    assert!(
+        matches!(
+            &ops[..],
+            [Operation::Conflict {
+                upload_copy: false,
+                ..
+            }]
+        ),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn unreadable_files_are_left_alone() {
+    let mut i = input();
+    i.base.insert(p("locked"), bf("v1", 1));
+    i.remote.insert(p("locked"), rf("v1", 1));
+    i.unreadable.insert(p("locked"));
+    assert!(plan(&i).operations.is_empty());
+}
+
+// ---- model executor and properties ----
+
+#[derive(Debug, Clone, Default)]
+struct World {
+    local: BTreeMap<RemotePath, LocalFile>,
+    remote: BTreeMap<RemotePath, RemoteFile>,
+    base: BTreeMap<RemotePath, BaseFile>,
+    seq: u64,
+}
+
+fn move_prefix<T: Clone>(m: &mut BTreeMap<RemotePath, T>, from: &RemotePath, to: &RemotePath) {
+    let moved: Vec<_> = m
+        .keys()
+        .filter_map(|k| k.rebase(from, to).map(|n| (k.clone(), n)))
+        .collect();
+    for (old, new) in moved {
+        let v = m.remove(&old).unwrap();
+        m.insert(new, v);
+    }
+}
+
+impl World {
+    fn input(&self, mode: Mode) -> SyncInput {
+        SyncInput {
+            local: self.local.clone(),
+            remote: self.remote.clone(),
+            base: self.base.clone(),
+            mode,
+            host: "h".into(),
+            stamp: "20261125-000000".into(),
+            ..Default::default()
+        }
+    }
+
+    fn apply(&mut self, plan: &SyncPlan) {
+        for op in &plan.operations {
+            self.seq += 1;
+            let seq = self.seq;
+            match op {
+                Operation::Upload { path, if_revision } => {
+                    assert_eq!(
+                        self.remote.get(path).map_or(0, |r| r.revision),
+                        *if_revision
+                    );
+                    let l = self.local[path].clone();
+                    let r = RemoteFile {
+                        revision: seq,
+                        hash: l.hash,
+                        size: l.size,
+                    };
+                    self.remote.insert(path.clone(), r.clone());
+                    self.base.insert(
+                        path.clone(),
+                        BaseFile {
+                            revision: seq,
+                            hash: l.hash,
+                            size: l.size,
+                        },
+                    );
+                }
+                Operation::Download {
+                    path,
+                    remote,
+                    local_hash,
+                } => {
+                    assert_eq!(self.local.get(path).map(|l| l.hash), *local_hash);
+                    self.local.insert(
+                        path.clone(),
+                        LocalFile {
+                            hash: remote.hash,
+                            size: remote.size,
+                        },
+                    );
+                    self.base.insert(
+                        path.clone(),
+                        BaseFile {
+                            revision: remote.revision,
+                            hash: remote.hash,
+                            size: remote.size,
+                        },
+                    );
+                }
+                Operation::DeleteRemote { path, .. } => {
+                    self.remote.remove(path);
+                    self.base.remove(path);
+                }
+                Operation::DeleteLocal { path, local_hash } => {
+                    assert_eq!(self.local[path].hash, *local_hash);
+                    self.local.remove(path);
+                    self.base.remove(path);
+                }
+                Operation::RenameRemote { from, to, .. } => {
+                    // The server gives every moved file the rename's revision.
+                    move_prefix(&mut self.remote, from, to);
+                    move_prefix(&mut self.base, from, to);
+                    for (k, r) in self
+                        .remote
+                        .iter_mut()
+                        .filter(|(k, _)| *k == to || k.is_inside(to))
+                    {
+                        r.revision = seq;
+                        self.base.get_mut(k).unwrap().revision = seq;
+                    }
+                }
+                Operation::RenameLocal { from, to, .. } => {
+                    // The base takes the server's view of the moved files.
+                    move_prefix(&mut self.local, from, to);
+                    move_prefix(&mut self.base, from, to);
+                    for (k, b) in self
+                        .base
+                        .iter_mut()
+                        .filter(|(k, _)| *k == to || k.is_inside(to))
+                    {
+                        b.revision = self.remote[k].revision;
+                    }
+                }
+                Operation::Conflict {
+                    path,
+                    copy,
+                    remote,
+                    local_hash,
+                    upload_copy,
+                } => {
+                    let l = self.local.remove(path).unwrap();
+                    assert_eq!(l.hash, *local_hash);
+                    self.local.insert(copy.clone(), l.clone());
+                    if *upload_copy {
+                        self.remote.insert(
+                            copy.clone(),
+                            RemoteFile {
+                                revision: seq,
+                                hash: l.hash,
+                                size: l.size,
+                            },
+                        );
+                        self.base.insert(
+                            copy.clone(),
+                            BaseFile {
+                                revision: seq,
+                                hash: l.hash,
+                                size: l.size,
+                            },
+                        );
+                    }
+                    self.local.insert(
+                        path.clone(),
+                        LocalFile {
+                            hash: remote.hash,
+                            size: remote.size,
+                        },
+                    );
+                    self.base.insert(
+                        path.clone(),
+                        BaseFile {
+                            revision: remote.revision,
+                            hash: remote.hash,
+                            size: remote.size,
+                        },
+                    );
+                }
+                Operation::SetBase { path, base } => match base {
+                    Some(b) => {
+                        self.base.insert(path.clone(), b.clone());
+                    }
+                    None => {
+                        self.base.remove(path);
+                    }
+                },
+            }
+        }
+    }
+}
+
+const NAMES: [&str; 6] = ["a", "b", "d/c", "d/e", "f/g", "f/h"];
+const CONTENTS: [&str; 4] = ["one", "two", "three", ""];
+
+fn side() -> impl Strategy<Value = BTreeMap<usize, usize>> {
+    prop::collection::btree_map(0..NAMES.len(), 0..CONTENTS.len(), 0..NAMES.len())
+}
+
+fn world() -> impl Strategy<Value = World> {
+    (side(), side(), side()).prop_map(|(base, local_edits, remote_edits)| {
+        let mut w = World::default();
+        for (i, (&n, &c)) in base.iter().enumerate() {
+            w.base.insert(p(NAMES[n]), bf(CONTENTS[c], i as u64 + 1));
+            w.local.insert(p(NAMES[n]), lf(CONTENTS[c]));
+            w.remote.insert(p(NAMES[n]), rf(CONTENTS[c], i as u64 + 1));
+        }
+        w.seq = 100;
+        // Edits: content index 3 (past the end) on odd keys means delete.
+        for (&n, &c) in &local_edits {
+            if c == 3 && n % 2 == 1 {
+                w.local.remove(&p(NAMES[n]));
+            } else {
+                w.local.insert(p(NAMES[n]), lf(CONTENTS[c]));
+            }
+        }
+        for (&n, &c) in &remote_edits {
+            w.seq += 1;
+            if c == 3 && n % 2 == 1 {
+                w.remote.remove(&p(NAMES[n]));
+            } else {
+                w.remote.insert(p(NAMES[n]), rf(CONTENTS[c], w.seq));
+            }
+        }
+        w
+    })
+}
+
+proptest! {
+    #[test]
+    fn applying_a_two_way_plan_converges(w in world()) {
+        let mut w = w;
+        let before_local: BTreeMap<_, _> = w.local.clone();
+        let base_before = w.base.clone();
+        let first = plan(&w.input(Mode::TwoWay));
+        prop_assume!(first.refused.is_none());
+        w.apply(&first);
+        let second = plan(&w.input(Mode::TwoWay));
+        prop_assert!(second.operations.is_empty(), "not converged: {:?}", second.operations);
+        prop_assert_eq!(w.local.len(), w.remote.len());
+        for (path, l) in &w.local {
+            prop_assert_eq!(Some(l.hash), w.remote.get(path).map(|r| r.hash));
+        }
+        // No unsynced local edit is lost: every local version that differed
+        // from the base still exists locally (under its name or a copy's).
+        for (path, l) in before_local {
+            if base_before.get(&path).map(|b| b.hash) != Some(l.hash) {
+                prop_assert!(w.local.values().any(|x| x.hash == l.hash), "lost the edit of {}", path);
+            }
+        }
+    }
+
+    #[test]
+    fn no_plan_deletes_or_replaces_an_unsynced_local_edit(w in world()) {
+        let plan = plan(&w.input(Mode::TwoWay));
+        for op in &plan.operations {
+            match op {
+                Operation::DeleteLocal { path, local_hash } => {
+                    prop_assert_eq!(Some(*local_hash), w.base.get(path).map(|b| b.hash));
+                }
+                Operation::Download { path, local_hash: Some(hash), .. } => {
+                    prop_assert_eq!(Some(*hash), w.base.get(path).map(|b| b.hash));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn push_makes_the_server_a_mirror(w in world()) {
+        let mut w = w;
+        let plan = plan(&w.input(Mode::Push));
+        prop_assume!(plan.refused.is_none());
+        let local = w.local.clone();
+        w.apply(&plan);
+        prop_assert_eq!(&w.local, &local);
+        let remote: BTreeMap<_, _> = w.remote.iter().map(|(k, v)| (k.clone(), v.hash)).collect();
+        let want: BTreeMap<_, _> = local.iter().map(|(k, v)| (k.clone(), v.hash)).collect();
+        prop_assert_eq!(remote, want);
+    }
+
+    #[test]
+    fn planning_is_deterministic(w in world()) {
+        let i = w.input(Mode::TwoWay);
+        prop_assert_eq!(plan(&i), plan(&i.clone()));
+    }
+}
