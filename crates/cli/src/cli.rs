@@ -72,6 +72,9 @@ pub enum Command {
     Job(crate::cmd::compute::JobArgs),
     /// List this client's recent compute jobs.
     Jobs(crate::cmd::compute::JobsArgs),
+    /// The numbered menu: files, compute, async jobs and auto-sync in one
+    /// place (for a person, or a script feeding standard input).
+    Menu,
 }
 
 #[derive(Debug, Args)]

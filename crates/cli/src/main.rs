@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd;
+mod menu;
 mod output;
 mod progress;
 
@@ -57,6 +58,9 @@ fn init_tracing(command: &Command) {
     let default = match command {
         Command::Serve(_) => "info",
         Command::Sync(_) => "warn,distribusync_client::sync=info",
+        // Log lines would land in the middle of prompts; the menu reports
+        // failures itself (auto-sync errors are in its status).
+        Command::Menu => "error",
         _ => "warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -81,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sort(args) => cmd::compute::sort(&global, args).await,
         Command::Job(args) => cmd::compute::job(&global, args).await,
         Command::Jobs(args) => cmd::compute::jobs(&global, args).await,
+        Command::Menu => menu::run(&global).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

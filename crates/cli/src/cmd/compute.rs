@@ -104,7 +104,7 @@ pub struct JobsArgs {
 }
 
 /// The compute server: `--compute-server`, else `--server`.
-fn compute_addr(global: &Global) -> &str {
+pub(crate) fn compute_addr(global: &Global) -> &str {
     global.compute_server.as_deref().unwrap_or(&global.server)
 }
 
@@ -114,7 +114,7 @@ async fn connect(global: &Global) -> anyhow::Result<ComputeClient> {
 }
 
 /// The persisted client id (see the module docs).
-fn client_id(global: &Global) -> String {
+pub(crate) fn client_id(global: &Global) -> String {
     if let Some(id) = &global.client_id {
         return id.clone();
     }

@@ -16,7 +16,7 @@ use crate::progress;
 /// Uploads in flight at once for `put -r`.
 const PARALLEL_UPLOADS: usize = 8;
 
-fn remote(s: &str) -> anyhow::Result<RemotePath> {
+pub(crate) fn remote(s: &str) -> anyhow::Result<RemotePath> {
     Ok(RemotePath::normalized(s).map_err(|e| UsageError(e.to_string()))?)
 }
 
@@ -68,7 +68,7 @@ fn local_name(local: &Path) -> anyhow::Result<String> {
 }
 
 /// The remote path for `put LOCAL [REMOTE]`.
-fn put_target(local: &Path, target: Option<&str>) -> anyhow::Result<RemotePath> {
+pub(crate) fn put_target(local: &Path, target: Option<&str>) -> anyhow::Result<RemotePath> {
     match target {
         None => remote(&local_name(local)?),
         Some(t) if t.ends_with('/') => remote(&format!(

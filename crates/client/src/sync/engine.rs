@@ -87,6 +87,18 @@ pub enum SyncPhase {
     Stopped,
 }
 
+impl std::fmt::Display for SyncPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncPhase::Starting => "starting",
+            SyncPhase::Syncing => "syncing",
+            SyncPhase::Idle => "idle (in sync)",
+            SyncPhase::Offline => "offline (changes wait for the server)",
+            SyncPhase::Stopped => "stopped",
+        })
+    }
+}
+
 /// A snapshot of the engine's state.
 #[derive(Debug, Clone)]
 pub struct SyncStatus {
