@@ -133,8 +133,14 @@ fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Stay within the 255-byte name limit for long names.
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
     local.with_file_name(format!(
-        ".{name}.{}.distribusync-part",
+        ".{}.{}.distribusync-part",
+        &name[..cut],
         &hash.to_hex()[..16]
     ))
 }
