@@ -150,10 +150,10 @@ fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
 /// # Errors
 /// When the file cannot be read.
 pub fn hash_local(path: &Path) -> Result<(ContentHash, u64)> {
+    // Memory-mapped and multi-threaded for big files (small ones are read).
     let mut hasher = blake3::Hasher::new();
-    let file = File::open(path).map_err(|e| ClientError::local(path, e))?;
     hasher
-        .update_reader(&file)
+        .update_mmap_rayon(path)
         .map_err(|e| ClientError::local(path, e))?;
     Ok((hasher.finalize().into(), hasher.count()))
 }
