@@ -133,8 +133,14 @@ fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Stay within the 255-byte name limit for long names.
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
     local.with_file_name(format!(
-        ".{name}.{}.distribusync-part",
+        ".{}.{}.distribusync-part",
+        &name[..cut],
         &hash.to_hex()[..16]
     ))
 }
@@ -144,10 +150,10 @@ fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
 /// # Errors
 /// When the file cannot be read.
 pub fn hash_local(path: &Path) -> Result<(ContentHash, u64)> {
+    // Memory-mapped and multi-threaded for big files (small ones are read).
     let mut hasher = blake3::Hasher::new();
-    let file = File::open(path).map_err(|e| ClientError::local(path, e))?;
     hasher
-        .update_reader(&file)
+        .update_mmap_rayon(path)
         .map_err(|e| ClientError::local(path, e))?;
     Ok((hasher.finalize().into(), hasher.count()))
 }
