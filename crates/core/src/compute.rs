@@ -274,6 +274,78 @@ pub fn cmp_floats(a: &f64, b: &f64, order: Order) -> std::cmp::Ordering {
     }
 }
 
+/// Merges runs, each already sorted by `cmp`, handing out the merged order
+/// a chunk at a time (so a server can send the start of a big sort while it
+/// merges the rest).
+#[derive(Debug)]
+pub struct MergeRuns<T, F> {
+    runs: Vec<Vec<T>>,
+    pos: Vec<usize>,
+    cmp: F,
+}
+
+impl<T: Copy, F: Fn(&T, &T) -> std::cmp::Ordering> MergeRuns<T, F> {
+    /// Empty runs are allowed.
+    pub fn new(runs: Vec<Vec<T>>, cmp: F) -> Self {
+        let runs: Vec<Vec<T>> = runs.into_iter().filter(|r| !r.is_empty()).collect();
+        MergeRuns {
+            pos: vec![0; runs.len()],
+            runs,
+            cmp,
+        }
+    }
+
+    /// How many values are left.
+    pub fn remaining(&self) -> usize {
+        self.runs
+            .iter()
+            .zip(&self.pos)
+            .map(|(r, p)| r.len() - p)
+            .sum()
+    }
+
+    /// The next at most `max` values in order; `None` when all are out.
+    pub fn next_chunk(&mut self, max: usize) -> Option<Vec<T>> {
+        let mut out = Vec::with_capacity(max.min(self.remaining()));
+        while out.len() < max {
+            let live: Vec<usize> = (0..self.runs.len())
+                .filter(|&i| self.pos[i] < self.runs[i].len())
+                .collect();
+            match live.as_slice() {
+                [] => break,
+                &[only] => {
+                    // One run left: copy a slice at once.
+                    let take = (max - out.len()).min(self.runs[only].len() - self.pos[only]);
+                    out.extend_from_slice(&self.runs[only][self.pos[only]..self.pos[only] + take]);
+                    self.pos[only] += take;
+                }
+                _ => {
+                    // Merge one value at a time until this chunk is full or a
+                    // run ends (then the live set is recomputed).
+                    'fill: while out.len() < max {
+                        let mut best = live[0];
+                        for &i in &live[1..] {
+                            if (self.cmp)(
+                                &self.runs[i][self.pos[i]],
+                                &self.runs[best][self.pos[best]],
+                            ) == std::cmp::Ordering::Less
+                            {
+                                best = i;
+                            }
+                        }
+                        out.push(self.runs[best][self.pos[best]]);
+                        self.pos[best] += 1;
+                        if self.pos[best] == self.runs[best].len() {
+                            break 'fill;
+                        }
+                    }
+                }
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
 /// Parses one token: an integer (`-12`, `+7`) or a finite decimal (`1.5`,
 /// `-2e10`, `.5`). Words such as `inf` or `NaN` are refused.
 ///
@@ -502,6 +574,28 @@ mod tests {
             expected.sort();
             if desc { expected.reverse(); }
             prop_assert_eq!(s, expected);
+        }
+
+        #[test]
+        fn merging_sorted_runs_sorts(
+            runs in proptest::collection::vec(proptest::collection::vec(any::<i64>(), 0..50), 0..6),
+            chunk in 1usize..20,
+            desc in any::<bool>(),
+        ) {
+            let order = if desc { Order::Descending } else { Order::Ascending };
+            let mut expected: Vec<i64> = runs.concat();
+            expected.sort_unstable_by(|a, b| cmp_ints(a, b, order));
+            let sorted_runs: Vec<Vec<i64>> = runs
+                .into_iter()
+                .map(|mut r| { r.sort_unstable_by(|a, b| cmp_ints(a, b, order)); r })
+                .collect();
+            let mut m = MergeRuns::new(sorted_runs, |a: &i64, b: &i64| cmp_ints(a, b, order));
+            let mut got = Vec::new();
+            while let Some(c) = m.next_chunk(chunk) {
+                prop_assert!(c.len() <= chunk && !c.is_empty());
+                got.extend(c);
+            }
+            prop_assert_eq!(got, expected);
         }
 
         #[test]

@@ -151,6 +151,33 @@ async fn sync_sort_streams_big_inputs_both_ways() {
         Numbers::Ints(expected)
     );
 
+    // Cut into runs sorted while arriving and merged while sent back, both
+    // ways, for integers and decimals.
+    let server_runs = TestServer::start(ComputeConfig {
+        sort_run_min: 40_000,
+        ..ComputeConfig::default()
+    })
+    .await;
+    let runs = server_runs.client().await;
+    let v = random_ints(300_007, 11);
+    let mut expected = v.clone();
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(
+        runs.sort(v, Order::Descending).await.unwrap(),
+        Numbers::Ints(expected)
+    );
+    let f: Vec<f64> = random_ints(200_003, 13)
+        .into_iter()
+        .map(|x| x as f64 / 3.0)
+        .collect();
+    let mut expected = f.clone();
+    expected.sort_unstable_by(f64::total_cmp);
+    assert_eq!(
+        runs.sort(f, Order::Ascending).await.unwrap(),
+        Numbers::Floats(expected)
+    );
+    server_runs.stop().await;
+
     let e = c
         .sort(vec![1.0, f64::INFINITY], Order::Ascending)
         .await

@@ -311,7 +311,7 @@ impl Jobs {
                 },
             );
         }
-        info!(job = %id, kind = ?task.kind(), count = task.len(), ?timeout, "job accepted");
+        debug!(job = %id, kind = ?task.kind(), count = task.len(), ?timeout, "job accepted");
         let jobs = self.clone();
         self.shared.tasks.spawn(async move {
             let outcome = jobs.run(id, task, cancel, now + timeout).await;
@@ -407,7 +407,7 @@ impl Jobs {
                 Some(ComputeError::DeadlineExceeded(timeout)),
             ),
         };
-        info!(job = %id, state = state_word(state), "job finished");
+        debug!(job = %id, state = state_word(state), "job finished");
         job.state = state;
         job.output = output;
         job.error = error;

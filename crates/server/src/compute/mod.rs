@@ -13,7 +13,7 @@ mod work;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use distribusync_core::compute::{self as arith, CHUNK_NUMBERS, Numbers, Order};
+use distribusync_core::compute::{self as arith, CHUNK_NUMBERS, MergeRuns, Numbers, Order};
 use distribusync_proto::{
     compute::std_duration,
     timestamp,
@@ -22,7 +22,7 @@ use distribusync_proto::{
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::instrument;
+use tracing::{debug, instrument};
 use uuid::Uuid;
 
 pub use error::ComputeError;
@@ -32,6 +32,10 @@ use jobs::{Jobs, Task};
 /// Adds of at most this many numbers are computed on the request's own task;
 /// bigger ones go to the rayon pool.
 const INLINE_ADD_MAX: usize = 4096;
+/// A big sort is cut into about this many runs, sorted as they arrive.
+const RUNS: usize = 4;
+/// Run length when the client does not announce its total.
+const DEFAULT_RUN: usize = 2 << 20;
 
 /// Limits and timings of the Compute service.
 #[derive(Clone, Debug)]
@@ -48,6 +52,10 @@ pub struct ComputeConfig {
     pub max_deadline: Duration,
     /// How long a finished job's result stays available to GetJob.
     pub result_ttl: Duration,
+    /// Smallest run a streamed Sort is cut into while it arrives (each run
+    /// is sorted as soon as it is complete, and the runs are merged while
+    /// the answer streams out); smaller sorts are sorted in one piece.
+    pub sort_run_min: usize,
 }
 
 impl Default for ComputeConfig {
@@ -59,6 +67,7 @@ impl Default for ComputeConfig {
             default_deadline: Duration::from_secs(60),
             max_deadline: Duration::from_secs(3600),
             result_ttl: Duration::from_secs(600),
+            sort_run_min: 1 << 20,
         }
     }
 }
@@ -167,44 +176,84 @@ impl Compute for ComputeService {
         &self,
         req: Request<Streaming<v1::SortRequest>>,
     ) -> Result<Response<Self::SortStream>, Status> {
+        // The numbers are cut into runs as they arrive; each full run is
+        // sorted on the rayon pool while the rest is still arriving, and the
+        // sorted runs are merged while the answer streams out.
+        let started = std::time::Instant::now();
         let mut input = req.into_inner();
         let mut order = Order::Ascending;
-        let mut all: Option<Numbers> = None;
+        let mut run_len = DEFAULT_RUN.max(self.config.sort_run_min.max(1));
         let mut first = true;
+        let mut count: u64 = 0;
+        let mut floats: Option<bool> = None;
+        let mut current: Option<Numbers> = None;
+        let mut sorting = Vec::new();
         while let Some(msg) = input.message().await? {
             if first {
                 first = false;
                 order = msg.order().into();
                 self.check_count(msg.total)?;
                 if msg.total > 0 {
-                    // Allocate once; the kind is fixed by the first chunk.
-                    let cap = msg.total as usize;
-                    all = Some(match &msg.numbers {
-                        Some(v1::Numbers {
-                            kind: Some(v1::numbers::Kind::Floats(_)),
-                        }) => Numbers::Floats(Vec::with_capacity(cap)),
-                        _ => Numbers::Ints(Vec::with_capacity(cap)),
-                    });
+                    run_len = (msg.total as usize)
+                        .div_ceil(RUNS)
+                        .max(self.config.sort_run_min.max(1));
                 }
             }
             let Some(chunk) = msg.numbers else { continue };
             let chunk = numbers(Some(chunk))?;
-            let acc = all.get_or_insert_with(Numbers::default);
-            self.check_count((acc.len() + chunk.len()) as u64)?;
-            acc.extend(chunk).map_err(|_| {
-                ComputeError::InvalidArgument(
+            if chunk.is_empty() {
+                continue;
+            }
+            let is_float = matches!(chunk, Numbers::Floats(_));
+            if *floats.get_or_insert(is_float) != is_float {
+                return Err(ComputeError::InvalidArgument(
                     "a sort's chunks must all be integers or all be decimals".into(),
                 )
-            })?;
+                .into());
+            }
+            chunk.validate().map_err(ComputeError::from)?;
+            count += chunk.len() as u64;
+            self.check_count(count)?;
+            let run = current.get_or_insert_with(|| {
+                if is_float {
+                    Numbers::Floats(Vec::with_capacity(run_len))
+                } else {
+                    Numbers::Ints(Vec::with_capacity(run_len))
+                }
+            });
+            run.extend(chunk)
+                .map_err(|_| ComputeError::InvalidArgument("mixed kinds".into()))?;
+            if run.len() >= run_len
+                && let Some(mut run) = current.take()
+            {
+                sorting.push(work::start_on_rayon(move || {
+                    work::seq_sort(&mut run, order);
+                    run
+                }));
+            }
         }
-        let mut all = all.unwrap_or_default();
-        all.validate().map_err(ComputeError::from)?;
-        let sorted = work::on_rayon(move || {
-            work::par_sort(&mut all, order);
-            all
-        })
-        .await?;
-        Ok(Response::new(chunked(sorted)))
+        let received = started.elapsed();
+        if let Some(mut run) = current.take() {
+            let alone = sorting.is_empty();
+            sorting.push(work::start_on_rayon(move || {
+                if alone {
+                    work::par_sort(&mut run, order);
+                } else {
+                    work::seq_sort(&mut run, order);
+                }
+                run
+            }));
+        }
+        let mut runs = Vec::with_capacity(sorting.len());
+        for task in sorting {
+            runs.push(task.join().await?);
+        }
+        debug!(count, runs = runs.len(), ?received, sorted = ?(started.elapsed() - received), "sort");
+        Ok(Response::new(match runs.len() {
+            0 => chunked(Numbers::default()),
+            1 => chunked(runs.pop().unwrap_or_default()),
+            _ => merged(runs, order),
+        }))
     }
 
     #[instrument(skip_all)]
@@ -273,6 +322,51 @@ impl Compute for ComputeService {
             jobs: self.jobs.list(&req.into_inner().client_id),
         }))
     }
+}
+
+/// The merge of sorted runs as a stream of chunks, produced on a blocking
+/// thread a few chunks ahead of the transport. The producer stops when the
+/// client goes away.
+fn merged(runs: Vec<Numbers>, order: Order) -> ResponseStream<v1::SortResponse> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let send = |n: Numbers| {
+            tx.blocking_send(Ok(v1::SortResponse {
+                numbers: Some(n.into()),
+            }))
+            .is_ok()
+        };
+        if matches!(runs.first(), Some(Numbers::Floats(_))) {
+            let runs = runs
+                .into_iter()
+                .map(|r| match r {
+                    Numbers::Floats(v) => v,
+                    Numbers::Ints(_) => Vec::new(), // excluded when receiving
+                })
+                .collect();
+            let mut m = MergeRuns::new(runs, |a: &f64, b: &f64| arith::cmp_floats(a, b, order));
+            while let Some(c) = m.next_chunk(CHUNK_NUMBERS) {
+                if !send(Numbers::Floats(c)) {
+                    return;
+                }
+            }
+        } else {
+            let runs = runs
+                .into_iter()
+                .map(|r| match r {
+                    Numbers::Ints(v) => v,
+                    Numbers::Floats(_) => Vec::new(), // excluded when receiving
+                })
+                .collect();
+            let mut m = MergeRuns::new(runs, |a: &i64, b: &i64| arith::cmp_ints(a, b, order));
+            while let Some(c) = m.next_chunk(CHUNK_NUMBERS) {
+                if !send(Numbers::Ints(c)) {
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// The sorted numbers as a stream of chunks, each encoded only when the

@@ -20,6 +20,31 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    start_on_rayon(f).join().await
+}
+
+/// Work started on the rayon pool; [`RayonTask::join`] awaits it.
+#[derive(Debug)]
+pub(crate) struct RayonTask<T>(oneshot::Receiver<std::thread::Result<T>>);
+
+impl<T> RayonTask<T> {
+    /// # Errors
+    /// As [`on_rayon`].
+    pub(crate) async fn join(self) -> Result<T, ComputeError> {
+        match self.0.await {
+            Ok(Ok(v)) => Ok(v),
+            _ => Err(ComputeError::WorkerLost),
+        }
+    }
+}
+
+/// Starts `f` on the rayon pool now (unlike [`on_rayon`], whose work starts
+/// when first polled).
+pub(crate) fn start_on_rayon<T, F>(f: F) -> RayonTask<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
     let (tx, rx) = oneshot::channel();
     rayon::spawn(move || {
         let r = std::panic::catch_unwind(AssertUnwindSafe(f));
@@ -29,10 +54,13 @@ where
         // The receiver is gone when the request was dropped: nothing to do.
         let _ = tx.send(r);
     });
-    match rx.await {
-        Ok(Ok(v)) => Ok(v),
-        _ => Err(ComputeError::WorkerLost),
-    }
+    RayonTask(rx)
+}
+
+/// Sequential unstable sort with the core comparators (for one run of a
+/// sort sorted in pieces while it arrives).
+pub(crate) fn seq_sort(numbers: &mut Numbers, order: Order) {
+    distribusync_core::compute::sort(numbers, order);
 }
 
 /// Parallel unstable sort with the core comparators.
