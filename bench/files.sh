@@ -29,6 +29,8 @@ SERVER_PID=$!
 cat > "$WORK/rsyncd.conf" <<CONF
 pid file = $WORK/rsyncd.pid
 use chroot = false
+uid = $(id -un)
+gid = $(id -gn)
 [bench]
   path = $WORK/rsync-root
   read only = false

@@ -70,6 +70,8 @@ pub enum Command {
     Job(crate::cmd::compute::JobArgs),
     /// List this client's recent compute jobs.
     Jobs(crate::cmd::compute::JobsArgs),
+    /// Keep a local folder in sync with the server (until Ctrl-C).
+    Sync(SyncArgs),
 }
 
 #[derive(Debug, Args)]
@@ -177,4 +179,27 @@ pub struct StatArgs {
     /// One JSON object: path, size, revision, hash, modified.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The folder to keep in sync (created if missing).
+    #[arg(env = "DISTRIBUSYNC_SYNC_DIR", default_value = "./SYNCHRONIZED")]
+    pub dir: PathBuf,
+    /// One full pass, then exit (0 when in sync).
+    #[arg(long)]
+    pub once: bool,
+    /// two-way (default), push (the folder is the truth), pull (the server is).
+    #[arg(long, value_enum, default_value_t = SyncMode::TwoWay)]
+    pub mode: SyncMode,
+    /// Seconds between full rescans.
+    #[arg(long, default_value_t = 300)]
+    pub rescan_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SyncMode {
+    TwoWay,
+    Push,
+    Pull,
 }

@@ -56,6 +56,7 @@ fn init_tracing(command: &Command) {
     // unless RUST_LOG asks.
     let default = match command {
         Command::Serve(_) => "info",
+        Command::Sync(_) => "warn,distribusync_client::sync=info",
         _ => "warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -79,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sort(args) => cmd::compute::sort(&global, args).await,
         Command::Job(args) => cmd::compute::job(&global, args).await,
         Command::Jobs(args) => cmd::compute::jobs(&global, args).await,
+        Command::Sync(args) => cmd::sync::run(&global, args).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

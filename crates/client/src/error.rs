@@ -40,6 +40,8 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Protocol(String),
+    #[error("{0}")]
+    Stale(String),
     #[error("{path}: downloaded data does not match the server's hash; try again")]
     Corrupt { path: String },
 }

@@ -68,6 +68,10 @@ pub enum WatchEvent {
     Resync(u64),
 }
 
+/// A last check before a download replaces the local file (see
+/// [`FilesClient::download_checked`]).
+pub type BeforeReplace = Box<dyn FnOnce(&Path) -> Result<()> + Send>;
+
 /// A cheap, cloneable client of the Files service.
 #[derive(Debug, Clone)]
 pub struct FilesClient {
@@ -129,8 +133,14 @@ fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Stay within the 255-byte name limit for long names.
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
     local.with_file_name(format!(
-        ".{name}.{}.distribusync-part",
+        ".{}.{}.distribusync-part",
+        &name[..cut],
         &hash.to_hex()[..16]
     ))
 }
@@ -140,10 +150,10 @@ fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
 /// # Errors
 /// When the file cannot be read.
 pub fn hash_local(path: &Path) -> Result<(ContentHash, u64)> {
+    // Memory-mapped and multi-threaded for big files (small ones are read).
     let mut hasher = blake3::Hasher::new();
-    let file = File::open(path).map_err(|e| ClientError::local(path, e))?;
     hasher
-        .update_reader(&file)
+        .update_mmap_rayon(path)
         .map_err(|e| ClientError::local(path, e))?;
     Ok((hasher.finalize().into(), hasher.count()))
 }
@@ -272,6 +282,23 @@ impl FilesClient {
         local: &Path,
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
+        self.download_checked(remote, local, progress, Box::new(|_| Ok(())))
+            .await
+    }
+
+    /// As [`FilesClient::download`], but `check` runs just before the
+    /// verified data replaces `local`; an error from it leaves `local`
+    /// untouched (the sync engine uses it to never clobber a fresh edit).
+    ///
+    /// # Errors
+    /// As [`FilesClient::download`], or what `check` returns.
+    pub async fn download_checked(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+        check: BeforeReplace,
+    ) -> Result<FileInfo> {
         let info = self.stat(remote).await?;
         let partial = partial_path(local, &info.hash);
         let offset = match fs::metadata(&partial) {
@@ -296,7 +323,7 @@ impl FilesClient {
         };
         if head.hash != info.hash {
             // Replaced between stat and download: start over for that version.
-            return Box::pin(self.download(remote, local, progress)).await;
+            return Box::pin(self.download_checked(remote, local, progress, check)).await;
         }
         if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| ClientError::local(dir, e))?;
@@ -340,6 +367,7 @@ impl FilesClient {
                 .map_err(|e| ClientError::local(&partial2, e))?;
             f.set_modified(modified)
                 .map_err(|e| ClientError::local(&partial2, e))?;
+            check(&local2)?;
             fs::rename(&partial2, &local2).map_err(|e| ClientError::local(&local2, e))?;
             if let Some(dir) = local2.parent().filter(|d| !d.as_os_str().is_empty())
                 && let Ok(d) = File::open(dir)

@@ -11,6 +11,7 @@ pub mod compute;
 mod connect;
 pub mod error;
 pub mod files;
+pub mod sync;
 
 pub use compute::{ComputeClient, JobHandle};
 pub use connect::{channel, lazy_channel, normalize_addr};

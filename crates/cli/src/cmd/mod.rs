@@ -3,3 +3,4 @@
 pub mod compute;
 pub mod files;
 pub mod serve;
+pub mod sync;

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use distribusync_core::{ContentHash, RemotePath, Revision};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::{FileRecord, Store, blocking};
 use crate::error::{Result, ServiceError};
@@ -21,35 +23,65 @@ pub struct UploadHeader {
     pub if_revision: Option<Revision>,
 }
 
-/// An upload being received. Dropping it before [`Upload::finish`] (a broken
-/// stream, a refused chunk) removes the staging file; the previous version
-/// of the file is never touched.
+type Written = std::io::Result<(File, blake3::Hasher)>;
+
+/// An upload being received. Chunks go to a writer on the blocking pool
+/// through a short queue, so receiving the next chunk overlaps writing and
+/// hashing the last. Dropping it before [`Upload::finish`] (a broken stream,
+/// a refused chunk) removes the staging file; the previous version of the
+/// file is never touched.
 #[derive(Debug)]
 pub struct Upload {
     store: Store,
     header: UploadHeader,
     staged: PathBuf,
-    state: Option<(File, blake3::Hasher)>,
+    chunks: Option<mpsc::Sender<Vec<u8>>>,
+    writer: Option<JoinHandle<Written>>,
     received: u64,
     installed: bool,
 }
 
+/// Writes and hashes chunks until the sender goes away.
+fn writer(mut file: File, mut rx: mpsc::Receiver<Vec<u8>>) -> Written {
+    let mut hasher = blake3::Hasher::new();
+    while let Some(chunk) = rx.blocking_recv() {
+        hasher.update(&chunk);
+        file.write_all(&chunk)?;
+    }
+    Ok((file, hasher))
+}
+
 impl Upload {
     pub(super) fn new(store: Store, header: UploadHeader, (staged, file): (PathBuf, File)) -> Self {
+        let (tx, rx) = mpsc::channel(4);
         Self {
             store,
             header,
             staged,
-            state: Some((file, blake3::Hasher::new())),
+            chunks: Some(tx),
+            writer: Some(tokio::task::spawn_blocking(move || writer(file, rx))),
             received: 0,
             installed: false,
         }
     }
 
+    /// Ends the writer and returns the file and the hash of what it wrote.
+    async fn written(&mut self) -> Result<(File, blake3::Hasher)> {
+        self.chunks = None;
+        let handle = self.writer.take().ok_or_else(|| {
+            ServiceError::io("staging file", std::io::Error::other("writer gone"))
+        })?;
+        handle
+            .await
+            .map_err(|e| ServiceError::io("staging file", std::io::Error::other(e)))?
+            .map_err(|e| ServiceError::io("staging file", e))
+    }
+
     /// Appends a chunk.
     ///
     /// # Errors
-    /// InvalidArgument when the data runs past the announced size.
+    /// InvalidArgument when the data runs past the announced size; an IO
+    /// error when the staging file cannot be written.
     pub async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
         let total = self.received + chunk.len() as u64;
         if total > self.header.size {
@@ -58,18 +90,18 @@ impl Upload {
                 self.header.path, self.header.size
             )));
         }
-        let (mut file, mut hasher) = self
-            .state
-            .take()
-            .expect("state is restored after each write");
-        let (file, hasher) = blocking(move || {
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .map_err(|e| ServiceError::io("staging file", e))?;
-            Ok((file, hasher))
-        })
-        .await?;
-        self.state = Some((file, hasher));
+        let sent = match &self.chunks {
+            Some(tx) => tx.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer stopped early: report its error.
+            self.written().await?;
+            return Err(ServiceError::io(
+                "staging file",
+                std::io::Error::other("writer stopped"),
+            ));
+        }
         self.received = total;
         Ok(())
     }
@@ -81,6 +113,7 @@ impl Upload {
     /// InvalidArgument when the size or hash does not match; a revision
     /// mismatch or conflict found at commit time.
     pub async fn finish(mut self) -> Result<FileRecord> {
+        let (file, hasher) = self.written().await?;
         let h = &self.header;
         if self.received != h.size {
             return Err(ServiceError::InvalidArgument(format!(
@@ -88,10 +121,6 @@ impl Upload {
                 h.path, self.received, h.size
             )));
         }
-        let (file, hasher) = self
-            .state
-            .take()
-            .expect("state is restored after each write");
         let actual: ContentHash = hasher.finalize().into();
         if actual != h.hash {
             return Err(ServiceError::InvalidArgument(format!(

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Sync benchmarks, each in one run with the real binary and a real server:
+#  (a) first sync of N small files (default 10,000 x 4 KiB) vs rsync of the
+#      same tree to an rsync daemon on loopback;
+#  (b) save-to-visible-on-server latency over 200 edits with `sync` running;
+#  (c) a no-change `sync --once` pass over M files (default 100,000): time
+#      and peak RSS.
+#
+#   bench/sync.sh [N_SMALL] [N_EDITS] [M_NOCHANGE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10000}
+EDITS=${2:-200}
+M=${3:-100000}
+
+if ! command -v rsync >/dev/null; then
+  echo "installing rsync from Debian's packages..." >&2
+  (apt-get update -qq && apt-get install -y -qq rsync) >/dev/null
+fi
+if [ ! -x /usr/bin/time ]; then
+  (apt-get update -qq && apt-get install -y -qq time) >/dev/null
+fi
+cargo build --release -q
+BIN=$PWD/target/release/distribusync
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-sync-bench.XXXXXX")
+cleanup() { kill "${SERVER_PID:-}" "${RSYNCD_PID:-}" "${SYNC_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+DS_PORT=$(port); RS_PORT=$(port)
+mkdir -p "$WORK/master" "$WORK/rsync-root" "$WORK/small"
+"$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$WORK/master" 2>"$WORK/server.log" &
+SERVER_PID=$!
+cat > "$WORK/rsyncd.conf" <<CONF
+pid file = $WORK/rsyncd.pid
+use chroot = false
+uid = $(id -un)
+gid = $(id -gn)
+[bench]
+  path = $WORK/rsync-root
+  read only = false
+CONF
+rsync --daemon --no-detach --address=127.0.0.1 --port="$RS_PORT" --config="$WORK/rsyncd.conf" &
+RSYNCD_PID=$!
+export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
+for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && break; sleep 0.1; done
+
+python3 - "$WORK/small" "$N" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 100:03d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05d}.bin"), "wb") as f:
+        f.write(os.urandom(4096))
+PY
+now() { date +%s.%N; }
+sync
+t0=$(now); "$BIN" sync "$WORK/small" --once; t1=$(now)
+DS_A=$(python3 -c "print(f'{$t1-$t0:.2f}')")
+t0=$(now); rsync -r --whole-file "$WORK/small/" "rsync://127.0.0.1:$RS_PORT/bench/"; t1=$(now)
+RS_A=$(python3 -c "print(f'{$t1-$t0:.2f}')")
+COUNT=$("$BIN" ls | wc -l)
+echo "(a) first sync of $N x 4 KiB: distribusync ${DS_A}s, rsync ${RS_A}s, ratio $(python3 -c "print(f'{$DS_A/$RS_A:.2f}')")x (server has $COUNT files)"
+
+# (b) latency: edit a file in the synced folder, poll MASTER until it shows.
+mkdir -p "$WORK/live"
+"$BIN" sync "$WORK/live" 2>"$WORK/sync.log" &
+SYNC_PID=$!
+python3 - "$WORK/live" "$WORK/master" "$EDITS" <<'PY'
+import os, sys, time
+live, master, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def wait_for(path, want, limit=10.0):
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        try:
+            with open(path, "rb") as f:
+                if f.read() == want:
+                    return True
+        except FileNotFoundError:
+            pass
+        time.sleep(0.0005)
+    return False
+# Warm up: the daemon is connected once the first file shows up.
+with open(os.path.join(live, "warm"), "wb") as f:
+    f.write(b"warm")
+assert wait_for(os.path.join(master, "warm"), b"warm", 30), "sync daemon did not start"
+lat = []
+for i in range(n):
+    data = f"edit {i} ".encode() * 20
+    t0 = time.perf_counter()
+    with open(os.path.join(live, "doc.txt"), "wb") as f:
+        f.write(data)
+    if not wait_for(os.path.join(master, "doc.txt"), data):
+        print(f"edit {i} never arrived"); sys.exit(1)
+    lat.append((time.perf_counter() - t0) * 1000)
+    time.sleep(0.02)
+lat.sort()
+p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+print(f"(b) save-to-visible over {n} edits: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, max {lat[-1]:.1f} ms")
+PY
+kill "$SYNC_PID"; wait "$SYNC_PID" 2>/dev/null || true; SYNC_PID=
+
+# (c) a no-change pass over M files.
+mkdir -p "$WORK/many"
+python3 - "$WORK/many" "$M" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 1000:03d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:06d}"), "w") as f:
+        f.write(str(i))
+PY
+t0=$(now); "$BIN" sync "$WORK/many" --once; t1=$(now)
+echo "    (setup: first sync of $M files took $(python3 -c "print(f'{$t1-$t0:.1f}')")s)"
+/usr/bin/time -f "%e %M" -o "$WORK/time.txt" "$BIN" sync "$WORK/many" --once
+read -r SECS KB < "$WORK/time.txt"
+echo "(c) no-change pass over $M files: ${SECS}s, peak RSS $((KB / 1024)) MiB"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"

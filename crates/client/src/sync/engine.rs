@@ -1,0 +1,569 @@
+//! [`SyncEngine`]: the loop around scan → plan → execute.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use distribusync_core::RemotePath;
+use distribusync_core::sync::{LocalFile, Mode, RemoteFile, SyncInput, SyncPlan, plan};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::remote::{self, RemoteMsg};
+use super::scan::{LocalView, Scanner};
+use super::state::{BaseEntry, State, StateError, StateWrite};
+use super::watcher::{self, LocalEvent};
+use crate::files::{ChangeKind, FilesClient};
+
+/// How a sync runs.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// The synced folder (created if missing).
+    pub dir: PathBuf,
+    pub mode: Mode,
+    /// Full rescan even without events (default 5 minutes).
+    pub rescan_every: Duration,
+    /// A file still being written is sent once it has been quiet this long
+    /// (or at once when its writer closes it).
+    pub settle: Duration,
+    /// Transfers in flight at once.
+    pub parallel: usize,
+    /// Host name used in conflict copy names.
+    pub host: String,
+}
+
+impl SyncOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            mode: Mode::TwoWay,
+            rescan_every: Duration::from_secs(300),
+            settle: Duration::from_millis(300),
+            parallel: 16,
+            host: hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "host".into()),
+        }
+    }
+}
+
+/// Why sync stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}: the synced folder has disappeared; stopping so nothing is deleted on the server")]
+    FolderGone(String),
+    #[error("{0}")]
+    SafetyStop(String),
+    #[error("{path}: {source}")]
+    Local {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot watch the folder: {0}")]
+    Watch(#[from] notify::Error),
+    #[error(transparent)]
+    Client(#[from] crate::ClientError),
+    #[error("not in sync after {passes} passes; {failures} operations failed (last: {last})")]
+    NotConverged {
+        passes: u32,
+        failures: usize,
+        last: String,
+    },
+}
+
+/// What the engine is doing, for status displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPhase {
+    Starting,
+    Syncing,
+    Idle,
+    Offline,
+    Stopped,
+}
+
+/// A snapshot of the engine's state.
+#[derive(Debug, Clone)]
+pub struct SyncStatus {
+    pub phase: SyncPhase,
+    /// The last thing that moved, e.g. "uploaded notes.txt".
+    pub last_action: Option<String>,
+    pub last_error: Option<String>,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub passes: u64,
+}
+
+/// Outcome of executing one plan.
+#[derive(Debug, Default)]
+pub(super) struct PassReport {
+    pub transfers: usize,
+    pub failures: Vec<String>,
+    /// A failure that means "the server is not there".
+    pub offline: bool,
+}
+
+/// Keeps one folder in sync with the server.
+#[derive(Debug)]
+pub struct SyncEngine {
+    pub(super) opts: SyncOptions,
+    pub(super) client: FilesClient,
+    pub(super) scanner: Arc<Scanner>,
+    pub(super) state: State,
+    pub(super) base: BTreeMap<RemotePath, BaseEntry>,
+    pub(super) remote: BTreeMap<RemotePath, RemoteFile>,
+    /// Newest change-log sequence known per path (including deletions), so
+    /// an older change arriving late never overrides a newer one.
+    pub(super) seen: HashMap<RemotePath, u64>,
+    pub(super) last_seq: u64,
+    pub(super) local: LocalView,
+    pub(super) status: watch::Sender<SyncStatus>,
+}
+
+/// Most passes `run_once` makes before giving up on converging.
+const MAX_ONCE_PASSES: u32 = 5;
+/// Events closer together than this are handled in one pass.
+const BATCH: Duration = Duration::from_millis(10);
+
+impl SyncEngine {
+    /// Opens the folder's state (creating the folder and
+    /// `DIR/.distribusync/state.db` if needed).
+    ///
+    /// # Errors
+    /// When the folder or its state cannot be opened.
+    pub fn open(opts: SyncOptions, client: FilesClient) -> Result<Self, SyncError> {
+        let meta = opts.dir.join(distribusync_core::RESERVED_DIR);
+        std::fs::create_dir_all(&meta).map_err(|source| SyncError::Local {
+            path: meta.display().to_string(),
+            source,
+        })?;
+        let state = State::open(&meta.join("state.db"))?;
+        let (base, remote, last_seq) = state.load()?;
+        let (status, _) = watch::channel(SyncStatus {
+            phase: SyncPhase::Starting,
+            last_action: None,
+            last_error: None,
+            uploaded: 0,
+            downloaded: 0,
+            passes: 0,
+        });
+        Ok(Self {
+            scanner: Arc::new(Scanner::new(&opts.dir)),
+            opts,
+            client,
+            state,
+            base,
+            remote,
+            seen: HashMap::new(),
+            last_seq,
+            local: LocalView::default(),
+            status,
+        })
+    }
+
+    /// Follow the engine's status.
+    pub fn status(&self) -> watch::Receiver<SyncStatus> {
+        self.status.subscribe()
+    }
+
+    pub(super) fn set_status(&self, f: impl FnOnce(&mut SyncStatus)) {
+        self.status.send_modify(f);
+    }
+
+    /// Brings the remote view up to date, then makes full passes until
+    /// nothing is left to move.
+    ///
+    /// # Errors
+    /// Unreachable server, the safety stop, or operations that keep failing.
+    pub async fn run_once(&mut self) -> Result<(), SyncError> {
+        self.catch_up().await?;
+        let mut last_failures = Vec::new();
+        for _ in 0..MAX_ONCE_PASSES {
+            let report = self.pass(None).await?;
+            if report.offline {
+                return Err(crate::ClientError::Unreachable {
+                    addr: self.client.addr().to_owned(),
+                }
+                .into());
+            }
+            if report.transfers == 0 && report.failures.is_empty() {
+                self.set_status(|s| s.phase = SyncPhase::Idle);
+                return Ok(());
+            }
+            last_failures = report.failures;
+            // Our own changes and any concurrent ones: read them back.
+            self.catch_up().await?;
+        }
+        Err(SyncError::NotConverged {
+            passes: MAX_ONCE_PASSES,
+            failures: last_failures.len(),
+            last: last_failures
+                .pop()
+                .unwrap_or_else(|| "still changing".into()),
+        })
+    }
+
+    /// Reads the change log until caught up (one-shot use).
+    async fn catch_up(&mut self) -> Result<(), SyncError> {
+        let mut w = self.client.watch(self.last_seq).await?;
+        loop {
+            match w.next().await? {
+                Some(crate::WatchEvent::Change(c)) => self.apply_remote(RemoteMsg::Change(c))?,
+                Some(crate::WatchEvent::Resync(seq)) => {
+                    let all = self.client.list_all(None).await?;
+                    self.apply_remote(RemoteMsg::Snapshot(all, seq))?;
+                }
+                Some(crate::WatchEvent::CaughtUp(_)) | None => return Ok(()),
+            }
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled: watches the folder and the
+    /// server and syncs every change.
+    ///
+    /// # Errors
+    /// The safety stop, a vanished folder, or a state database failure.
+    /// An unreachable server is not an error: changes wait for it.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), SyncError> {
+        let result = self.run_inner(shutdown).await;
+        let err = result.as_ref().err().map(ToString::to_string);
+        self.set_status(|s| {
+            s.phase = SyncPhase::Stopped;
+            if err.is_some() {
+                s.last_error = err;
+            }
+        });
+        result
+    }
+
+    async fn run_inner(&mut self, shutdown: CancellationToken) -> Result<(), SyncError> {
+        let (_watcher, mut local_rx) = watcher::start(&self.opts.dir)?;
+        let (remote_tx, mut remote_rx) = mpsc::channel(1024);
+        let follower = shutdown.child_token();
+        let _stop_follower = follower.clone().drop_guard();
+        tokio::spawn(remote::follow(
+            self.client.clone(),
+            self.last_seq,
+            remote_tx,
+            follower,
+        ));
+
+        let mut online = false;
+        let mut full_due = true; // the first pass is a full one
+        let mut pending: HashMap<String, (Instant, bool)> = HashMap::new();
+        let mut remote_dirty = false;
+        let mut next_rescan = Instant::now() + self.opts.rescan_every;
+        let mut retry_at: Option<Instant> = None;
+        let mut retry_attempt = 0u32;
+        let mut batch_until: Option<Instant> = None;
+
+        loop {
+            // When to wake up next without an event.
+            let now = Instant::now();
+            let settle_at = pending
+                .values()
+                .filter(|(_, settled)| !settled)
+                .map(|(t, _)| *t + self.opts.settle)
+                .min();
+            let wake = [Some(next_rescan), retry_at, settle_at, batch_until]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now + Duration::from_secs(3600));
+
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                ev = local_rx.recv() => match ev {
+                    Some(LocalEvent::Path { rel, settled }) => {
+                        // The latest event decides: a write after a close
+                        // means the file is being written again.
+                        pending.insert(rel, (Instant::now(), settled));
+                        batch_until.get_or_insert(Instant::now() + BATCH);
+                    }
+                    Some(LocalEvent::Rescan) => full_due = true,
+                    None => return Err(SyncError::FolderGone(self.opts.dir.display().to_string())),
+                },
+                msg = remote_rx.recv() => match msg {
+                    Some(RemoteMsg::Offline(e)) => {
+                        if online || retry_at.is_none() {
+                            tracing::warn!(error = %e, "server unreachable; changes will wait");
+                        }
+                        online = false;
+                        self.set_status(|s| { s.phase = SyncPhase::Offline; s.last_error = Some(e); });
+                    }
+                    Some(RemoteMsg::CaughtUp) if !online => {
+                        online = true;
+                        full_due = true; // (re)connected: look at everything
+                        self.set_status(|s| s.phase = SyncPhase::Idle);
+                    }
+                    Some(RemoteMsg::CaughtUp) => {}
+                    Some(m) => {
+                        self.apply_remote(m)?;
+                        remote_dirty = true;
+                        batch_until.get_or_insert(Instant::now() + BATCH);
+                    }
+                    None => {}
+                },
+                () = tokio::time::sleep_until(wake) => {}
+            }
+
+            let now = Instant::now();
+            if now >= next_rescan {
+                full_due = true;
+                next_rescan = now + self.opts.rescan_every;
+            }
+            if retry_at.is_some_and(|t| now >= t) {
+                retry_at = None;
+                full_due = true;
+            }
+            if batch_until.is_some_and(|t| now < t) || !online {
+                continue;
+            }
+            batch_until = None;
+            let ready: BTreeSet<String> = pending
+                .iter()
+                .filter(|(_, (t, settled))| *settled || now >= *t + self.opts.settle)
+                .map(|(rel, _)| rel.clone())
+                .collect();
+            if !full_due && ready.is_empty() && !remote_dirty {
+                continue;
+            }
+            for rel in &ready {
+                pending.remove(rel);
+            }
+            let scope = if full_due { None } else { Some(ready) };
+            full_due = false;
+            remote_dirty = false;
+            let report = self.pass(scope).await?;
+            if report.failures.is_empty() {
+                retry_attempt = 0;
+            } else {
+                let delay = remote::backoff(retry_attempt);
+                retry_attempt += 1;
+                retry_at = Some(Instant::now() + delay);
+                tracing::warn!(failed = report.failures.len(), retry_in = ?delay, "some changes did not go through; will retry");
+                if report.offline {
+                    online = false;
+                }
+            }
+        }
+    }
+
+    /// One pass: refresh the local view (all of it, or just `scope`),
+    /// plan, execute.
+    pub(super) async fn pass(
+        &mut self,
+        scope: Option<BTreeSet<String>>,
+    ) -> Result<PassReport, SyncError> {
+        if !self.opts.dir.is_dir() {
+            return Err(SyncError::FolderGone(self.opts.dir.display().to_string()));
+        }
+        self.set_status(|s| {
+            s.phase = SyncPhase::Syncing;
+            s.passes += 1;
+        });
+        let scanner = self.scanner.clone();
+        let base = self.base.clone();
+        let mut view = std::mem::take(&mut self.local);
+        self.local = tokio::task::spawn_blocking(move || {
+            match scope {
+                None => view = scanner.full(&view, &base),
+                Some(rels) => scanner.refresh(&mut view, &rels, &base),
+            }
+            view
+        })
+        .await
+        .map_err(|e| SyncError::Local {
+            path: self.opts.dir.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        let plan = self.plan();
+        if let Some(why) = plan.refused {
+            return Err(SyncError::SafetyStop(format!(
+                "{}: {why}",
+                self.opts.dir.display()
+            )));
+        }
+        let report = self.execute(plan).await?;
+        self.set_status(|s| {
+            s.phase = SyncPhase::Idle;
+            if report.failures.is_empty() {
+                s.last_error = None;
+            } else {
+                s.last_error = report.failures.last().cloned();
+            }
+        });
+        Ok(report)
+    }
+
+    fn plan(&self) -> SyncPlan {
+        let now = std::time::SystemTime::now();
+        let input = SyncInput {
+            local: self
+                .local
+                .files
+                .iter()
+                .map(|(p, e)| {
+                    (
+                        p.clone(),
+                        LocalFile {
+                            hash: e.hash,
+                            size: e.stat.size,
+                        },
+                    )
+                })
+                .collect(),
+            remote: self.remote.clone(),
+            base: self
+                .base
+                .iter()
+                .map(|(p, b)| {
+                    (
+                        p.clone(),
+                        distribusync_core::sync::BaseFile {
+                            revision: b.revision,
+                            hash: b.hash,
+                            size: b.size,
+                        },
+                    )
+                })
+                .collect(),
+            unreadable: self.local.unreadable.clone(),
+            mode: self.opts.mode,
+            host: self.opts.host.clone(),
+            stamp: stamp(now),
+        };
+        plan(&input)
+    }
+
+    /// Records a server-side change in the remote view.
+    pub(super) fn apply_remote(&mut self, msg: RemoteMsg) -> Result<(), SyncError> {
+        let mut writes = Vec::new();
+        match msg {
+            RemoteMsg::Change(c) => {
+                let seq = c.seq;
+                match c.kind {
+                    ChangeKind::Put(info) => {
+                        let file = RemoteFile {
+                            revision: info.revision,
+                            hash: info.hash,
+                            size: info.size,
+                        };
+                        self.set_remote(&info.path, Some(file), seq, &mut writes);
+                    }
+                    ChangeKind::Delete(path) => self.set_remote(&path, None, seq, &mut writes),
+                    ChangeKind::Rename {
+                        from, to, revision, ..
+                    } => {
+                        self.move_remote(&from, &to, revision, seq, &mut writes);
+                    }
+                }
+                self.last_seq = self.last_seq.max(seq);
+            }
+            RemoteMsg::Snapshot(all, seq) => {
+                self.remote.clear();
+                self.seen.clear();
+                writes.push(StateWrite::ClearRemote);
+                for f in all {
+                    let file = RemoteFile {
+                        revision: f.revision,
+                        hash: f.hash,
+                        size: f.size,
+                    };
+                    writes.push(StateWrite::Remote(f.path.clone(), Some(file.clone())));
+                    self.remote.insert(f.path, file);
+                }
+                self.last_seq = seq;
+            }
+            RemoteMsg::CaughtUp | RemoteMsg::Offline(_) => return Ok(()),
+        }
+        writes.push(StateWrite::LastSeq(self.last_seq));
+        self.state.write(&writes)?;
+        Ok(())
+    }
+
+    /// Sets one path of the remote view, unless a newer change already did.
+    pub(super) fn set_remote(
+        &mut self,
+        path: &RemotePath,
+        file: Option<RemoteFile>,
+        seq: u64,
+        writes: &mut Vec<StateWrite>,
+    ) {
+        if self.seen.get(path).is_some_and(|s| *s >= seq) {
+            return;
+        }
+        self.seen.insert(path.clone(), seq);
+        writes.push(StateWrite::Remote(path.clone(), file.clone()));
+        match file {
+            Some(f) => self.remote.insert(path.clone(), f),
+            None => self.remote.remove(path),
+        };
+    }
+
+    /// Moves `from` (a file, or everything inside a folder) to `to` in the
+    /// remote view, with the rename's revision.
+    pub(super) fn move_remote(
+        &mut self,
+        from: &RemotePath,
+        to: &RemotePath,
+        revision: u64,
+        seq: u64,
+        writes: &mut Vec<StateWrite>,
+    ) {
+        let moved: Vec<(RemotePath, RemotePath, RemoteFile)> = self
+            .remote
+            .iter()
+            .filter_map(|(p, f)| p.rebase(from, to).map(|n| (p.clone(), n, f.clone())))
+            .collect();
+        for (old, new, f) in moved {
+            if self.seen.get(&old).is_some_and(|s| *s >= seq) {
+                continue;
+            }
+            self.set_remote(&old, None, seq, writes);
+            self.set_remote(&new, Some(RemoteFile { revision, ..f }), seq, writes);
+        }
+    }
+}
+
+/// `yyyymmdd-hhmmss` in UTC, for conflict copy names.
+pub(super) fn stamp(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_utc_civil_time() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_795_599_330);
+        assert_eq!(stamp(t), "20261125-093530");
+        assert_eq!(stamp(std::time::UNIX_EPOCH), "19700101-000000");
+    }
+}

@@ -1,0 +1,454 @@
+//! Carrying out a [`SyncPlan`]: renames and deletes one by one, transfers
+//! concurrently. Every step checks its precondition first (the server's
+//! revision through `if_revision`, the local file through its stat), and
+//! every completed step is recorded as the new base at once.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use distribusync_core::sync::{Operation, RemoteFile, SyncPlan};
+use distribusync_core::{ContentHash, RemotePath};
+use futures::StreamExt;
+
+use super::engine::{PassReport, SyncEngine, SyncError};
+use super::scan::{LocalEntry, stat_of};
+use super::state::{BaseEntry, FileStat, StateWrite};
+use crate::error::ClientError;
+use crate::files::{FileInfo, FilesClient};
+
+/// The result of one transfer, applied to the engine's views afterwards.
+#[derive(Debug)]
+enum Done {
+    Uploaded {
+        path: RemotePath,
+        info: FileInfo,
+        stat: FileStat,
+    },
+    Downloaded {
+        path: RemotePath,
+        info: FileInfo,
+        stat: FileStat,
+    },
+    Conflict {
+        path: RemotePath,
+        copy: RemotePath,
+        copy_upload: Option<FileInfo>,
+        copy_stat: FileStat,
+        copy_hash: ContentHash,
+        info: FileInfo,
+        stat: FileStat,
+    },
+}
+
+fn local_err(path: &Path, e: std::io::Error) -> ClientError {
+    ClientError::Local {
+        path: path.to_owned(),
+        source: e,
+    }
+}
+
+/// Fails unless the local file is still what the plan saw (`None`: absent).
+fn still_as_planned(path: &Path, expected: Option<FileStat>) -> Result<(), ClientError> {
+    let now = match fs::symlink_metadata(path) {
+        Ok(m) => Some(stat_of(&m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(local_err(path, e)),
+    };
+    if now == expected {
+        Ok(())
+    } else {
+        Err(ClientError::Stale(format!(
+            "{}: changed locally since it was scanned; will look again",
+            path.display()
+        )))
+    }
+}
+
+fn stat_path(path: &Path) -> Result<FileStat, ClientError> {
+    fs::symlink_metadata(path)
+        .map(|m| stat_of(&m))
+        .map_err(|e| local_err(path, e))
+}
+
+/// Removes folders left empty below `root`, from `path`'s parent upwards.
+fn prune_empty_dirs(root: &Path, path: &Path) {
+    let mut cur = path.parent();
+    while let Some(dir) = cur {
+        if dir == root || !dir.starts_with(root) || fs::remove_dir(dir).is_err() {
+            break;
+        }
+        cur = dir.parent();
+    }
+}
+
+async fn download(
+    client: &FilesClient,
+    path: &RemotePath,
+    local: PathBuf,
+    expected: Option<FileStat>,
+) -> Result<(FileInfo, FileStat), ClientError> {
+    let check_path = local.clone();
+    let info = client
+        .download_checked(
+            path,
+            &local,
+            Arc::new(()),
+            Box::new(move |_| still_as_planned(&check_path, expected)),
+        )
+        .await?;
+    Ok((info, stat_path(&local)?))
+}
+
+impl SyncEngine {
+    fn local_path(&self, path: &RemotePath) -> PathBuf {
+        self.scanner.local_path(path, &self.local)
+    }
+
+    fn planned_stat(&self, path: &RemotePath, hash: Option<ContentHash>) -> Option<FileStat> {
+        hash.and_then(|_| self.local.files.get(path).map(|e| e.stat))
+    }
+
+    fn record(
+        &mut self,
+        writes: &mut Vec<StateWrite>,
+        path: &RemotePath,
+        info: &FileInfo,
+        stat: FileStat,
+    ) {
+        let file = RemoteFile {
+            revision: info.revision,
+            hash: info.hash,
+            size: info.size,
+        };
+        self.set_remote(path, Some(file), info.revision, writes);
+        let base = BaseEntry {
+            revision: info.revision,
+            hash: info.hash,
+            size: info.size,
+            stat,
+        };
+        writes.push(StateWrite::Base(path.clone(), Some(base.clone())));
+        self.base.insert(path.clone(), base);
+        self.local.files.insert(
+            path.clone(),
+            LocalEntry {
+                stat,
+                hash: info.hash,
+                disk_name: None,
+            },
+        );
+    }
+
+    fn forget(&mut self, writes: &mut Vec<StateWrite>, path: &RemotePath) {
+        self.base.remove(path);
+        writes.push(StateWrite::Base(path.clone(), None));
+    }
+
+    fn moved(&mut self, writes: &mut Vec<StateWrite>, from: &RemotePath, to: &RemotePath) {
+        let moved: Vec<_> = self
+            .base
+            .keys()
+            .filter_map(|p| p.rebase(from, to).map(|n| (p.clone(), n)))
+            .collect();
+        for (old, new) in moved {
+            let mut b = self.base.remove(&old).expect("listed above");
+            writes.push(StateWrite::Base(old, None));
+            if let Some(r) = self.remote.get(&new) {
+                b.revision = r.revision;
+            }
+            if let Some(l) = self.local.files.get(&new) {
+                b.stat = l.stat;
+            }
+            writes.push(StateWrite::Base(new.clone(), Some(b.clone())));
+            self.base.insert(new, b);
+        }
+    }
+
+    pub(super) async fn execute(&mut self, plan: SyncPlan) -> Result<PassReport, SyncError> {
+        let mut report = PassReport::default();
+        let mut transfers = Vec::new();
+        for op in plan.operations {
+            let mut writes = Vec::new();
+            let result = match op {
+                Operation::RenameRemote { from, to, folder } => {
+                    report.transfers += 1;
+                    match self.client.rename(&from, &to, false, None).await {
+                        Ok((seq, files)) => {
+                            self.move_remote(&from, &to, seq, seq, &mut writes);
+                            self.moved(&mut writes, &from, &to);
+                            tracing::info!(%from, %to, folder, files, "renamed on server");
+                            self.set_status(|s| {
+                                s.last_action =
+                                    Some(format!("renamed {from} -> {to} on the server"))
+                            });
+                            Ok(())
+                        }
+                        Err(e) => Err((from.to_string(), e)),
+                    }
+                }
+                Operation::RenameLocal { from, to, folder } => {
+                    report.transfers += 1;
+                    match self.rename_local(&from, &to) {
+                        Ok(()) => {
+                            self.moved(&mut writes, &from, &to);
+                            tracing::info!(%from, %to, folder, "renamed locally");
+                            self.set_status(|s| {
+                                s.last_action = Some(format!("renamed {from} -> {to} here"))
+                            });
+                            Ok(())
+                        }
+                        Err(e) => Err((from.to_string(), e)),
+                    }
+                }
+                Operation::DeleteRemote { path, if_revision } => {
+                    report.transfers += 1;
+                    match self.client.delete(&path, Some(if_revision)).await {
+                        Ok(seq) => {
+                            self.set_remote(&path, None, seq, &mut writes);
+                            self.forget(&mut writes, &path);
+                            tracing::info!(%path, "deleted on server");
+                            self.set_status(|s| {
+                                s.last_action = Some(format!("deleted {path} on the server"))
+                            });
+                            Ok(())
+                        }
+                        Err(ClientError::NotFound(_)) => {
+                            self.forget(&mut writes, &path);
+                            Ok(())
+                        }
+                        Err(e) => Err((path.to_string(), e)),
+                    }
+                }
+                Operation::DeleteLocal { path, local_hash } => {
+                    report.transfers += 1;
+                    let local = self.local_path(&path);
+                    let expected = self.planned_stat(&path, Some(local_hash));
+                    match still_as_planned(&local, expected)
+                        .and_then(|()| fs::remove_file(&local).map_err(|e| local_err(&local, e)))
+                    {
+                        Ok(()) => {
+                            prune_empty_dirs(&self.opts.dir, &local);
+                            self.local.files.remove(&path);
+                            self.forget(&mut writes, &path);
+                            tracing::info!(%path, "deleted locally");
+                            self.set_status(|s| {
+                                s.last_action = Some(format!("deleted {path} here"))
+                            });
+                            Ok(())
+                        }
+                        Err(e) => Err((path.to_string(), e)),
+                    }
+                }
+                Operation::SetBase { path, base } => {
+                    match base {
+                        Some(b) => {
+                            let stat = self
+                                .local
+                                .files
+                                .get(&path)
+                                .map(|e| e.stat)
+                                .unwrap_or_default();
+                            let entry = BaseEntry {
+                                revision: b.revision,
+                                hash: b.hash,
+                                size: b.size,
+                                stat,
+                            };
+                            writes.push(StateWrite::Base(path.clone(), Some(entry.clone())));
+                            self.base.insert(path, entry);
+                        }
+                        None => self.forget(&mut writes, &path),
+                    }
+                    Ok(())
+                }
+                op => {
+                    transfers.push(op);
+                    Ok(())
+                }
+            };
+            self.state.write(&writes)?;
+            if let Err((what, e)) = result {
+                report.offline |= e.is_unreachable();
+                tracing::warn!(path = %what, error = %e, "not synced this time");
+                report.failures.push(format!("{what}: {e}"));
+            }
+        }
+        report.transfers += transfers.len();
+        self.run_transfers(transfers, &mut report).await?;
+        Ok(report)
+    }
+
+    fn rename_local(&mut self, from: &RemotePath, to: &RemotePath) -> Result<(), ClientError> {
+        let src = self.local_path(from);
+        let dst = self.opts.dir.join(to.as_str());
+        if fs::symlink_metadata(&dst).is_ok() {
+            return Err(ClientError::Stale(format!(
+                "{}: already exists locally",
+                dst.display()
+            )));
+        }
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent).map_err(|e| local_err(parent, e))?;
+        }
+        fs::rename(&src, &dst).map_err(|e| local_err(&src, e))?;
+        prune_empty_dirs(&self.opts.dir, &src);
+        // Keep the local view in step so the next plan sees the new names.
+        let moved: Vec<_> = self
+            .local
+            .files
+            .keys()
+            .filter_map(|p| p.rebase(from, to).map(|n| (p.clone(), n)))
+            .collect();
+        for (old, new) in moved {
+            if let Some(mut e) = self.local.files.remove(&old) {
+                e.disk_name = None;
+                self.local.files.insert(new, e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_transfers(
+        &mut self,
+        ops: Vec<Operation>,
+        report: &mut PassReport,
+    ) -> Result<(), SyncError> {
+        let jobs = ops
+            .into_iter()
+            .map(|op| {
+                let client = self.client.clone();
+                let dir = self.opts.dir.clone();
+                let (path, local) = match &op {
+                    Operation::Upload { path, .. }
+                    | Operation::Download { path, .. }
+                    | Operation::Conflict { path, .. } => (path.clone(), self.local_path(path)),
+                    _ => unreachable!("only transfers are queued"),
+                };
+                let planned = match &op {
+                    Operation::Download { local_hash, .. } => self.planned_stat(&path, *local_hash),
+                    _ => self.local.files.get(&path).map(|e| e.stat),
+                };
+                async move {
+                    let r: Result<Done, ClientError> = async {
+                        match op {
+                            Operation::Upload { path, if_revision } => {
+                                let stat = stat_path(&local)?;
+                                let info = client
+                                    .upload(&local, &path, Some(if_revision), Arc::new(()))
+                                    .await?;
+                                Ok(Done::Uploaded { path, info, stat })
+                            }
+                            Operation::Download { path, .. } => {
+                                let (info, stat) = download(&client, &path, local, planned).await?;
+                                Ok(Done::Downloaded { path, info, stat })
+                            }
+                            Operation::Conflict {
+                                path,
+                                copy,
+                                local_hash,
+                                upload_copy,
+                                ..
+                            } => {
+                                // Keep the local edit under the copy's name, then
+                                // bring the server's version to the original name.
+                                still_as_planned(&local, planned)?;
+                                let copy_local = dir.join(copy.as_str());
+                                if fs::symlink_metadata(&copy_local).is_ok() {
+                                    return Err(ClientError::Stale(format!(
+                                        "{}: already exists",
+                                        copy_local.display()
+                                    )));
+                                }
+                                fs::rename(&local, &copy_local)
+                                    .map_err(|e| local_err(&local, e))?;
+                                let copy_stat = stat_path(&copy_local)?;
+                                let copy_upload = if upload_copy {
+                                    Some(
+                                        client
+                                            .upload(&copy_local, &copy, Some(0), Arc::new(()))
+                                            .await?,
+                                    )
+                                } else {
+                                    None
+                                };
+                                let (info, stat) = download(&client, &path, local, None).await?;
+                                Ok(Done::Conflict {
+                                    path,
+                                    copy,
+                                    copy_upload,
+                                    copy_stat,
+                                    copy_hash: local_hash,
+                                    info,
+                                    stat,
+                                })
+                            }
+                            _ => unreachable!("only transfers are queued"),
+                        }
+                    }
+                    .await;
+                    (path, r)
+                }
+            })
+            // Built eagerly: the futures own their inputs and borrow nothing.
+            .collect::<Vec<_>>();
+        let mut results = futures::stream::iter(jobs).buffer_unordered(self.opts.parallel.max(1));
+        while let Some((path, result)) = results.next().await {
+            let mut writes = Vec::new();
+            match result {
+                Ok(Done::Uploaded { path, info, stat }) => {
+                    tracing::info!(%path, size = info.size, revision = info.revision, "uploaded");
+                    self.record(&mut writes, &path, &info, stat);
+                    self.set_status(|s| {
+                        s.uploaded += 1;
+                        s.last_action = Some(format!("uploaded {path}"));
+                    });
+                }
+                Ok(Done::Downloaded { path, info, stat }) => {
+                    tracing::info!(%path, size = info.size, revision = info.revision, "downloaded");
+                    self.record(&mut writes, &path, &info, stat);
+                    self.set_status(|s| {
+                        s.downloaded += 1;
+                        s.last_action = Some(format!("downloaded {path}"));
+                    });
+                }
+                Ok(Done::Conflict {
+                    path,
+                    copy,
+                    copy_upload,
+                    copy_stat,
+                    copy_hash,
+                    info,
+                    stat,
+                }) => {
+                    tracing::warn!(%path, %copy, "conflict: both sides changed; kept this side's version as a copy");
+                    match copy_upload {
+                        Some(ci) => self.record(&mut writes, &copy, &ci, copy_stat),
+                        None => {
+                            self.local.files.insert(
+                                copy.clone(),
+                                LocalEntry {
+                                    stat: copy_stat,
+                                    hash: copy_hash,
+                                    disk_name: None,
+                                },
+                            );
+                        }
+                    }
+                    self.record(&mut writes, &path, &info, stat);
+                    self.set_status(|s| {
+                        s.last_action =
+                            Some(format!("conflict on {path}: local version kept as {copy}"))
+                    });
+                }
+                Err(e) => {
+                    report.offline |= e.is_unreachable();
+                    tracing::warn!(%path, error = %e, "not synced this time");
+                    report.failures.push(format!("{path}: {e}"));
+                }
+            }
+            self.state.write(&writes)?;
+        }
+        Ok(())
+    }
+}

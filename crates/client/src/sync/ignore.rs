@@ -1,0 +1,88 @@
+//! What sync leaves alone: `.distribusyncignore` (gitignore syntax), our own
+//! files, and editors' temporaries.
+
+use std::path::Path;
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+/// Editor and tool temporaries that are never synced.
+pub const BUILTIN: &[&str] = &[
+    "*.swp",
+    "*.swx",
+    "*~",
+    ".#*",
+    "~$*",
+    "4913",
+    ".goutputstream-*",
+    "*.distribusync-part",
+    ".DS_Store",
+];
+
+/// The ignore rules for one synced folder.
+#[derive(Debug)]
+pub struct IgnoreRules {
+    rules: Gitignore,
+}
+
+impl IgnoreRules {
+    /// Reads `DIR/.distribusyncignore` (if any) on top of the built-ins.
+    /// Bad lines are reported and skipped.
+    pub fn load(dir: &Path) -> Self {
+        let mut b = GitignoreBuilder::new(dir);
+        for pat in BUILTIN {
+            let _ = b.add_line(None, pat);
+        }
+        let file = dir.join(".distribusyncignore");
+        if file.exists()
+            && let Some(e) = b.add(&file)
+        {
+            tracing::warn!(error = %e, "some lines of .distribusyncignore were skipped");
+        }
+        let rules = b.build().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignore rules could not be built; using none");
+            Gitignore::empty()
+        });
+        Self { rules }
+    }
+
+    /// True when `rel` (relative to the folder, '/'-separated) is ignored.
+    pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
+        if rel == distribusync_core::RESERVED_DIR || rel.starts_with(".distribusync/") {
+            return true;
+        }
+        self.rules
+            .matched_path_or_any_parents(rel, is_dir)
+            .is_ignore()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_and_user_rules_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".distribusyncignore"),
+            "build/\n*.log\n!keep.log\n",
+        )
+        .unwrap();
+        let r = IgnoreRules::load(dir.path());
+        for ignored in [
+            ".a.txt.swp",
+            "notes~",
+            ".#lock",
+            "~$doc.docx",
+            "4913",
+            "build/x/y",
+            "x.log",
+            ".distribusync/state.db",
+        ] {
+            assert!(r.is_ignored(ignored, false), "{ignored}");
+        }
+        for kept in ["a.txt", "keep.log", "builder", "docs/build.md"] {
+            assert!(!r.is_ignored(kept, false), "{kept}");
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Two sync clients and one real server, in process: what a user of two
+//! machines would see.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use distribusync_client::sync::{Mode, SyncEngine, SyncError, SyncOptions};
+use distribusync_client::{FilesClient, WatchEvent, lazy_channel};
+use distribusync_server::ServerConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+struct Server {
+    addr: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+async fn start_server(root: &Path, addr: Option<std::net::SocketAddr>) -> Server {
+    let listener =
+        tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let config = ServerConfig::new(root);
+    let task = tokio::spawn(async move {
+        distribusync_server::serve(listener, config, async move { s.cancelled().await })
+            .await
+            .unwrap();
+    });
+    Server { addr, stop, task }
+}
+
+impl Server {
+    async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn options(dir: &Path, host: &str) -> SyncOptions {
+    let mut o = SyncOptions::new(dir);
+    o.host = host.into();
+    o
+}
+
+fn client(addr: &str) -> FilesClient {
+    FilesClient::new(lazy_channel(addr).unwrap(), addr)
+}
+
+async fn once(dir: &Path, addr: &str, host: &str) -> Result<SyncEngine, SyncError> {
+    let mut e = SyncEngine::open(options(dir, host), client(addr))?;
+    e.run_once().await?;
+    Ok(e)
+}
+
+/// A live sync client; stopped on drop.
+struct Live {
+    stop: CancellationToken,
+    task: Option<JoinHandle<Result<(), SyncError>>>,
+}
+
+fn live(dir: &Path, addr: &str, host: &str) -> Live {
+    let engine = SyncEngine::open(options(dir, host), client(addr)).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(engine.run(stop.clone()));
+    Live {
+        stop,
+        task: Some(task),
+    }
+}
+
+impl Live {
+    async fn stop(mut self) {
+        self.stop.cancel();
+        let r = self.task.take().unwrap().await.unwrap();
+        r.unwrap();
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Waits until `check` holds; a safety net, not a timing.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn read(p: PathBuf) -> Option<String> {
+    std::fs::read_to_string(p).ok()
+}
+
+/// Every file under `dir` (outside .distribusync), with its contents.
+fn tree(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if rel == ".distribusync" {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((rel, std::fs::read_to_string(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("MASTER");
+    let a = tmp.path().join("A");
+    let b = tmp.path().join("B");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    Setup {
+        _tmp: tmp,
+        root,
+        a,
+        b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_in_one_folder_appear_in_the_other() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    std::fs::write(s.a.join("before.txt"), "was here first").unwrap();
+    let la = live(&s.a, &server.addr, "a");
+    let lb = live(&s.b, &server.addr, "b");
+    eventually("initial file reaches B", || {
+        read(s.b.join("before.txt")).as_deref() == Some("was here first")
+    })
+    .await;
+
+    // Create, with odd names.
+    std::fs::create_dir_all(s.a.join("docs/deep")).unwrap();
+    std::fs::write(s.a.join("docs/deep/notes with space é.txt"), "v1").unwrap();
+    std::fs::write(s.a.join("empty"), "").unwrap();
+    let long = "n".repeat(250) + ".txt";
+    std::fs::write(s.a.join(&long), "long name").unwrap();
+    eventually("creates reach B", || {
+        read(s.b.join("docs/deep/notes with space é.txt")).as_deref() == Some("v1")
+            && s.b.join("empty").exists()
+            && s.b.join(&long).exists()
+    })
+    .await;
+
+    // Modify.
+    std::fs::write(s.a.join("docs/deep/notes with space é.txt"), "v2").unwrap();
+    eventually("modification reaches B", || {
+        read(s.b.join("docs/deep/notes with space é.txt")).as_deref() == Some("v2")
+    })
+    .await;
+
+    // Rename a file, then a folder; both travel as renames.
+    std::fs::rename(s.a.join("before.txt"), s.a.join("after.txt")).unwrap();
+    for i in 0..30 {
+        std::fs::write(s.a.join(format!("docs/f{i}")), format!("file {i}")).unwrap();
+    }
+    eventually("files reach B", || {
+        s.b.join("docs/f29").exists() && s.b.join("after.txt").exists()
+    })
+    .await;
+    let fc = client(&server.addr);
+    eventually("all uploads done", || tree(&s.a) == tree(&s.b)).await;
+    let seq_before = fc
+        .list_all(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.revision)
+        .max()
+        .unwrap();
+    std::fs::rename(s.a.join("docs"), s.a.join("papers")).unwrap();
+    eventually("folder rename reaches B", || {
+        read(s.b.join("papers/f7")).as_deref() == Some("file 7") && !s.b.join("docs").exists()
+    })
+    .await;
+    // One rename on the server, not 33 uploads and deletes.
+    let mut w = fc.watch(seq_before).await.unwrap();
+    let mut changes = Vec::new();
+    loop {
+        match w.next().await.unwrap().unwrap() {
+            WatchEvent::Change(c) => changes.push(c),
+            WatchEvent::CaughtUp(_) => break,
+            WatchEvent::Resync(_) => panic!("resync"),
+        }
+    }
+    assert_eq!(changes.len(), 1, "{changes:?}");
+
+    // Delete.
+    std::fs::remove_file(s.a.join("after.txt")).unwrap();
+    eventually("delete reaches B", || !s.b.join("after.txt").exists()).await;
+    // And the other way round.
+    std::fs::write(s.b.join("from-b.txt"), "hello from B").unwrap();
+    eventually("B's file reaches A", || {
+        read(s.a.join("from-b.txt")).as_deref() == Some("hello from B")
+    })
+    .await;
+    eventually("trees agree", || tree(&s.a) == tree(&s.b)).await;
+    la.stop().await;
+    lb.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_on_both_sides_keep_both_versions() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    std::fs::write(s.a.join("report.txt"), "original").unwrap();
+    once(&s.a, &server.addr, "hosta").await.unwrap();
+    once(&s.b, &server.addr, "hostb").await.unwrap();
+    std::fs::write(s.a.join("report.txt"), "A's edit").unwrap();
+    std::fs::write(s.b.join("report.txt"), "B's edit").unwrap();
+    once(&s.a, &server.addr, "hosta").await.unwrap();
+    once(&s.b, &server.addr, "hostb").await.unwrap();
+    once(&s.a, &server.addr, "hosta").await.unwrap();
+    let ta = tree(&s.a);
+    assert_eq!(ta, tree(&s.b));
+    assert_eq!(ta.len(), 2, "{ta:?}");
+    // The server's version (A's, first there) keeps the name; B's edit is
+    // kept as a conflict copy named after B's host.
+    assert_eq!(read(s.a.join("report.txt")).unwrap(), "A's edit");
+    let copy = &ta.iter().find(|(n, _)| n != "report.txt").unwrap();
+    assert!(
+        copy.0.starts_with("report.conflict-hostb-") && copy.0.ends_with(".txt"),
+        "{copy:?}"
+    );
+    assert_eq!(copy.1, "B's edit");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_nothing_changed_moves_nothing() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    for i in 0..20 {
+        std::fs::write(s.a.join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    once(&s.a, &server.addr, "a").await.unwrap();
+    let fc = client(&server.addr);
+    let before = fc.list_all(None).await.unwrap();
+    let engine = once(&s.a, &server.addr, "a").await.unwrap();
+    let status = engine.status().borrow().clone();
+    assert_eq!((status.uploaded, status.downloaded), (0, 0));
+    assert_eq!(fc.list_all(None).await.unwrap(), before);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_rules_and_editor_temporaries_stay_local() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    std::fs::write(s.a.join(".distribusyncignore"), "*.log\nbuild/\n").unwrap();
+    for f in [
+        "debug.log",
+        ".notes.txt.swp",
+        "draft~",
+        "4913",
+        ".#lock",
+        "~$report.docx",
+        "keep.txt",
+    ] {
+        std::fs::write(s.a.join(f), "x").unwrap();
+    }
+    std::fs::create_dir_all(s.a.join("build")).unwrap();
+    std::fs::write(s.a.join("build/out.o"), "x").unwrap();
+    once(&s.a, &server.addr, "a").await.unwrap();
+    let names: Vec<String> = client(&server.addr)
+        .list_all(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    assert_eq!(names, [".distribusyncignore", "keep.txt"]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_style_save_is_one_modification() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    std::fs::write(s.a.join("doc.txt"), "v1").unwrap();
+    let la = live(&s.a, &server.addr, "a");
+    let lb = live(&s.b, &server.addr, "b");
+    eventually("doc reaches B", || {
+        read(s.b.join("doc.txt")).as_deref() == Some("v1")
+    })
+    .await;
+    let fc = client(&server.addr);
+    let seq = fc.stat(&"doc.txt".parse().unwrap()).await.unwrap().revision;
+    // Save as editors do: write a temporary, then rename it over the original.
+    std::fs::write(s.a.join(".doc.txt.tmp~"), "v2 saved by an editor").unwrap();
+    std::fs::rename(s.a.join(".doc.txt.tmp~"), s.a.join("doc.txt")).unwrap();
+    eventually("save reaches B", || {
+        read(s.b.join("doc.txt")).as_deref() == Some("v2 saved by an editor")
+    })
+    .await;
+    let mut w = fc.watch(seq).await.unwrap();
+    let mut changes = Vec::new();
+    while let WatchEvent::Change(c) = w.next().await.unwrap().unwrap() {
+        changes.push(c.kind);
+    }
+    assert_eq!(changes.len(), 1, "one modification: {changes:?}");
+    assert!(
+        matches!(&changes[0], distribusync_client::ChangeKind::Put(f) if f.path.as_str() == "doc.txt")
+    );
+    la.stop().await;
+    lb.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_folder_stops_instead_of_deleting_the_server() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    for f in ["a", "b", "c"] {
+        std::fs::write(s.a.join(f), f).unwrap();
+    }
+    once(&s.a, &server.addr, "a").await.unwrap();
+    for f in ["a", "b", "c"] {
+        std::fs::remove_file(s.a.join(f)).unwrap();
+    }
+    let err = once(&s.a, &server.addr, "a").await.unwrap_err();
+    assert!(matches!(err, SyncError::SafetyStop(_)), "{err}");
+    assert!(err.to_string().contains("refusing to delete"), "{err}");
+    assert_eq!(client(&server.addr).list_all(None).await.unwrap().len(), 3);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_wait_for_a_restarted_server() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    let addr: std::net::SocketAddr = server.addr.trim_start_matches("http://").parse().unwrap();
+    let la = live(&s.a, &server.addr, "a");
+    let lb = live(&s.b, &server.addr, "b");
+    std::fs::write(s.a.join("first"), "1").unwrap();
+    eventually("first reaches B", || s.b.join("first").exists()).await;
+    server.shutdown().await;
+    // Written while the server is down: must not be lost.
+    std::fs::write(s.a.join("while-down"), "kept").unwrap();
+    let server = start_server(&s.root, Some(addr)).await;
+    eventually("the change made while down reaches B", || {
+        read(s.b.join("while-down")).as_deref() == Some("kept")
+    })
+    .await;
+    la.stop().await;
+    lb.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_mirrors_the_folder_and_pull_mirrors_the_server() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    let extra = s.b.join("server-only");
+    std::fs::write(&extra, "on the server only").unwrap();
+    fc.upload(
+        &extra,
+        &"server-only".parse().unwrap(),
+        None,
+        std::sync::Arc::new(()),
+    )
+    .await
+    .unwrap();
+    std::fs::remove_file(&extra).unwrap();
+    std::fs::write(s.a.join("mine"), "pushed").unwrap();
+    let mut e = SyncEngine::open(
+        SyncOptions {
+            mode: Mode::Push,
+            ..options(&s.a, "a")
+        },
+        client(&server.addr),
+    )
+    .unwrap();
+    e.run_once().await.unwrap();
+    let names: Vec<String> = fc
+        .list_all(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    assert_eq!(names, ["mine"]);
+    assert!(!s.a.join("server-only").exists());
+
+    std::fs::write(s.b.join("local-only"), "stays").unwrap();
+    let mut e = SyncEngine::open(
+        SyncOptions {
+            mode: Mode::Pull,
+            ..options(&s.b, "b")
+        },
+        client(&server.addr),
+    )
+    .unwrap();
+    e.run_once().await.unwrap();
+    assert_eq!(read(s.b.join("mine")).as_deref(), Some("pushed"));
+    assert_eq!(read(s.b.join("local-only")).as_deref(), Some("stays"));
+    assert_eq!(fc.list_all(None).await.unwrap().len(), 1);
+    server.shutdown().await;
+}
