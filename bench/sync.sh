@@ -27,9 +27,18 @@ cleanup() { kill "${SERVER_PID:-}" "${RSYNCD_PID:-}" "${SYNC_PID:-}" 2>/dev/null
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 DS_PORT=$(port); RS_PORT=$(port)
+export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
 mkdir -p "$WORK/master" "$WORK/rsync-root" "$WORK/small"
-"$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$WORK/master" 2>"$WORK/server.log" &
-SERVER_PID=$!
+# A fresh server (and MASTER) for each part, so parts do not see each other.
+start_server() {
+  kill "${SERVER_PID:-}" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+  rm -rf "$WORK/master"; mkdir -p "$WORK/master"
+  "$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$WORK/master" 2>>"$WORK/server.log" &
+  SERVER_PID=$!
+  for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "server did not start" >&2; exit 1
+}
+start_server
 cat > "$WORK/rsyncd.conf" <<CONF
 pid file = $WORK/rsyncd.pid
 use chroot = false
@@ -41,8 +50,6 @@ gid = $(id -gn)
 CONF
 rsync --daemon --no-detach --address=127.0.0.1 --port="$RS_PORT" --config="$WORK/rsyncd.conf" &
 RSYNCD_PID=$!
-export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
-for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && break; sleep 0.1; done
 
 python3 - "$WORK/small" "$N" <<'PY'
 import os, sys
@@ -55,7 +62,7 @@ for i in range(n):
 PY
 now() { date +%s.%N; }
 sync
-t0=$(now); "$BIN" sync "$WORK/small" --once; t1=$(now)
+t0=$(now); "$BIN" sync "$WORK/small" --once 2>>"$WORK/sync.log"; t1=$(now)
 DS_A=$(python3 -c "print(f'{$t1-$t0:.2f}')")
 t0=$(now); rsync -r --whole-file "$WORK/small/" "rsync://127.0.0.1:$RS_PORT/bench/"; t1=$(now)
 RS_A=$(python3 -c "print(f'{$t1-$t0:.2f}')")
@@ -63,8 +70,9 @@ COUNT=$("$BIN" ls | wc -l)
 echo "(a) first sync of $N x 4 KiB: distribusync ${DS_A}s, rsync ${RS_A}s, ratio $(python3 -c "print(f'{$DS_A/$RS_A:.2f}')")x (server has $COUNT files)"
 
 # (b) latency: edit a file in the synced folder, poll MASTER until it shows.
+start_server
 mkdir -p "$WORK/live"
-"$BIN" sync "$WORK/live" 2>"$WORK/sync.log" &
+"$BIN" sync "$WORK/live" 2>>"$WORK/sync.log" &
 SYNC_PID=$!
 python3 - "$WORK/live" "$WORK/master" "$EDITS" <<'PY'
 import os, sys, time
@@ -101,6 +109,7 @@ PY
 kill "$SYNC_PID"; wait "$SYNC_PID" 2>/dev/null || true; SYNC_PID=
 
 # (c) a no-change pass over M files.
+start_server
 mkdir -p "$WORK/many"
 python3 - "$WORK/many" "$M" <<'PY'
 import os, sys
@@ -111,9 +120,9 @@ for i in range(n):
     with open(os.path.join(d, f"f{i:06d}"), "w") as f:
         f.write(str(i))
 PY
-t0=$(now); "$BIN" sync "$WORK/many" --once; t1=$(now)
+t0=$(now); "$BIN" sync "$WORK/many" --once 2>>"$WORK/sync.log"; t1=$(now)
 echo "    (setup: first sync of $M files took $(python3 -c "print(f'{$t1-$t0:.1f}')")s)"
-/usr/bin/time -f "%e %M" -o "$WORK/time.txt" "$BIN" sync "$WORK/many" --once
+/usr/bin/time -f "%e %M" -o "$WORK/time.txt" "$BIN" sync "$WORK/many" --once 2>>"$WORK/sync.log"
 read -r SECS KB < "$WORK/time.txt"
 echo "(c) no-change pass over $M files: ${SECS}s, peak RSS $((KB / 1024)) MiB"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"

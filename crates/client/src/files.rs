@@ -330,43 +330,58 @@ impl FilesClient {
         }
         let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&partial)
             .map_err(|e| ClientError::local(&partial, e))?;
         file.set_len(offset)
             .map_err(|e| ClientError::local(&partial, e))?;
         progress.start(head.size, offset);
+        // A writer on the blocking pool hashes and writes while the next
+        // chunk arrives; it starts by hashing the resumed prefix.
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let writer =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(File, ContentHash)> {
+                let mut hasher = blake3::Hasher::new();
+                if offset > 0 {
+                    hasher.update_reader((&file).take(offset))?;
+                }
+                while let Some(chunk) = rx.blocking_recv() {
+                    hasher.update(&chunk);
+                    file.write_all(&chunk)?;
+                }
+                file.sync_all()?;
+                Ok((file, hasher.finalize().into()))
+            });
         while let Some(msg) = stream.message().await.map_err(|s| self.err(s))? {
             let Some(Msg::Chunk(data)) = msg.msg else {
                 return Err(protocol("unexpected message in download"));
             };
             let n = data.len() as u64;
-            file = tokio::task::spawn_blocking(move || file.write_all(&data).map(|()| file))
-                .await
-                .map_err(|e| ClientError::local(&partial, std::io::Error::other(e)))?
-                .map_err(|e| ClientError::local(&partial, e))?;
+            if tx.send(data).await.is_err() {
+                break; // the writer failed; its error is reported below
+            }
             progress.advance(n);
         }
+        drop(tx);
+        let (file, hash) = writer
+            .await
+            .map_err(|e| ClientError::local(&partial, std::io::Error::other(e)))?
+            .map_err(|e| ClientError::local(&partial, e))?;
         let (partial2, local2) = (partial.clone(), local.to_owned());
         let modified = head.modified;
         let expected = head.hash;
         tokio::task::spawn_blocking(move || -> Result<()> {
-            file.sync_all()
-                .map_err(|e| ClientError::local(&partial2, e))?;
-            drop(file);
-            let (hash, _) = hash_local(&partial2)?;
             if hash != expected {
+                drop(file);
                 let _ = fs::remove_file(&partial2);
                 return Err(ClientError::Corrupt {
                     path: local2.display().to_string(),
                 });
             }
-            let f = File::options()
-                .write(true)
-                .open(&partial2)
+            file.set_modified(modified)
                 .map_err(|e| ClientError::local(&partial2, e))?;
-            f.set_modified(modified)
-                .map_err(|e| ClientError::local(&partial2, e))?;
+            drop(file);
             check(&local2)?;
             fs::rename(&partial2, &local2).map_err(|e| ClientError::local(&local2, e))?;
             if let Some(dir) = local2.parent().filter(|d| !d.as_os_str().is_empty())

@@ -359,6 +359,23 @@ async fn an_emptied_folder_stops_instead_of_deleting_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_server_does_not_empty_the_folder() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    for f in ["a", "b", "c"] {
+        std::fs::write(s.a.join(f), f).unwrap();
+    }
+    once(&s.a, &server.addr, "a").await.unwrap();
+    server.shutdown().await;
+    // The same address, but a fresh, empty server.
+    let other = start_server(&s.b.join("OTHER-MASTER"), None).await;
+    let err = once(&s.a, &other.addr, "a").await.unwrap_err();
+    assert!(err.to_string().contains("server has none"), "{err}");
+    assert_eq!(tree(&s.a).len(), 3);
+    other.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_wait_for_a_restarted_server() {
     let s = setup();
     let server = start_server(&s.root, None).await;

@@ -85,17 +85,25 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
 }
 
 fn safety_stop(input: &SyncInput) -> Option<String> {
-    if input.mode == Mode::Pull || !input.local.is_empty() || !input.unreadable.is_empty() {
+    let synced = input.base.len();
+    if synced < 2 {
         return None;
     }
-    let synced = input.base.len();
-    (synced >= 2).then(|| {
-        format!(
+    if input.mode != Mode::Pull && input.local.is_empty() && input.unreadable.is_empty() {
+        return Some(format!(
             "the folder is empty, but {synced} files were in sync before; refusing to delete \
              them on the server (if the folder was emptied on purpose, delete the files on \
              the server with `distribusync rm`, or remove .distribusync/state.db to start over)"
-        )
-    })
+        ));
+    }
+    if input.mode != Mode::Push && input.remote.is_empty() {
+        return Some(format!(
+            "the server has none of the {synced} files that were in sync before (was it wiped, \
+             or is this another server?); refusing to delete them here (remove \
+             .distribusync/state.db to upload this folder to it afresh)"
+        ));
+    }
+    None
 }
 
 fn changed_local(l: Option<&LocalFile>, b: Option<&BaseFile>) -> bool {

@@ -190,6 +190,20 @@ fn an_emptied_folder_stops_sync() {
 }
 
 #[test]
+fn a_wiped_server_stops_sync_instead_of_emptying_the_folder() {
+    let mut i = input();
+    for n in ["a", "b"] {
+        i.base.insert(p(n), bf(n, 1));
+        i.local.insert(p(n), lf(n));
+    }
+    let refused = plan(&i).refused.unwrap();
+    assert!(refused.contains("server has none"), "{refused}");
+    // Pushing to it is fine: the folder is the truth.
+    i.mode = Mode::Push;
+    assert!(plan(&i).refused.is_none());
+}
+
+#[test]
 fn push_mirrors_and_pull_keeps_local_edits_as_copies() {
     let mut i = input();
     i.mode = Mode::Push;
