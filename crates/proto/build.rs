@@ -21,6 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("distribusync_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        // Hand-coded for speed in src/compute.rs (same wire format).
+        .extern_path(".distribusync.v1.IntList", "crate::compute::IntList")
+        .extern_path(".distribusync.v1.FloatList", "crate::compute::FloatList")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -31,6 +31,19 @@ pub struct Global {
         default_value = "http://127.0.0.1:50000"
     )]
     pub server: String,
+    /// Compute server to talk to; the --server when omitted (set it when
+    /// files and compute run as separate servers).
+    #[arg(long, global = true, env = "DISTRIBUSYNC_COMPUTE_SERVER")]
+    pub compute_server: Option<String>,
+    /// Client id that names this client's compute jobs (`jobs`); kept in
+    /// the user's config folder when omitted.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUSYNC_CLIENT_ID",
+        hide_env_values = true
+    )]
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +62,14 @@ pub enum Command {
     Mv(MvArgs),
     /// Show one file's metadata.
     Stat(StatArgs),
+    /// Add two or more numbers on the compute server.
+    Add(crate::cmd::compute::AddArgs),
+    /// Sort numbers on the compute server, one per line.
+    Sort(crate::cmd::compute::SortArgs),
+    /// Show a compute job (status and result), or cancel one.
+    Job(crate::cmd::compute::JobArgs),
+    /// List this client's recent compute jobs.
+    Jobs(crate::cmd::compute::JobsArgs),
     /// Keep a local folder in sync with the server (until Ctrl-C).
     Sync(SyncArgs),
 }
@@ -64,6 +85,41 @@ pub struct ServeArgs {
     /// Largest file accepted, in bytes.
     #[arg(long, env = "DISTRIBUSYNC_MAX_FILE_SIZE", default_value_t = distribusync_core::limits::DEFAULT_MAX_FILE_SIZE)]
     pub max_file_size: u64,
+    /// Services this process hosts: files, compute, or files,compute (one
+    /// port for both). Dedicated servers: one process each.
+    #[arg(
+        long,
+        env = "DISTRIBUSYNC_SERVICES",
+        default_value = "files,compute",
+        value_delimiter = ',',
+        value_enum
+    )]
+    pub services: Vec<Service>,
+    /// Most numbers one add, sort or job may carry.
+    #[arg(long, env = "DISTRIBUSYNC_MAX_NUMBERS", default_value_t = distribusync_server::ComputeConfig::default().max_numbers)]
+    pub max_numbers: usize,
+    /// Most compute jobs queued or running at once.
+    #[arg(long, env = "DISTRIBUSYNC_JOB_QUEUE", default_value_t = distribusync_server::ComputeConfig::default().job_queue_capacity)]
+    pub job_queue: usize,
+    /// Compute jobs running at once (default: one per core).
+    #[arg(long, env = "DISTRIBUSYNC_JOB_WORKERS")]
+    pub job_workers: Option<usize>,
+    /// Deadline of a job that asks for none.
+    #[arg(long, env = "DISTRIBUSYNC_JOB_DEADLINE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub job_deadline: std::time::Duration,
+    /// Longest deadline a job may ask for.
+    #[arg(long, env = "DISTRIBUSYNC_MAX_JOB_DEADLINE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_job_deadline: std::time::Duration,
+    /// How long finished job results are kept for `job ID`.
+    #[arg(long, env = "DISTRIBUSYNC_RESULT_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub result_ttl: std::time::Duration,
+}
+
+/// A service `serve` can host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    Files,
+    Compute,
 }
 
 #[derive(Debug, Args)]

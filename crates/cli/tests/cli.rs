@@ -6,6 +6,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_distribusync");
 
+mod compute;
+
 /// `distribusync serve` on a free port; killed (SIGTERM) on drop.
 struct Server {
     child: Child,

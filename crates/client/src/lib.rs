@@ -2,14 +2,18 @@
 //! sync engine share.
 //!
 //! Main types: [`FilesClient`] (upload, download with resume, stat, list,
-//! delete, rename, watch), [`FileInfo`], [`ClientError`], [`Progress`].
+//! delete, rename, watch), [`FileInfo`], [`ClientError`], [`Progress`];
+//! [`ComputeClient`] (add, sort, jobs whose results arrive as awaitable
+//! [`JobHandle`]s or callbacks).
 #![forbid(unsafe_code)]
 
+pub mod compute;
 mod connect;
 pub mod error;
 pub mod files;
 pub mod sync;
 
+pub use compute::{ComputeClient, JobHandle};
 pub use connect::{channel, lazy_channel, normalize_addr};
 pub use error::{ClientError, Result};
 pub use files::{

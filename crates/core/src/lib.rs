@@ -3,10 +3,12 @@
 //! - [`RemotePath`]: the one validated path type every layer uses.
 //! - [`Revision`] and [`ContentHash`]: how versions are named.
 //! - [`limits`]: sizes every layer agrees on.
+//! - [`compute`]: the arithmetic of the Compute service ([`compute::Numbers`], checked add, sort, parsing).
 //!
 //! If this crate cannot do IO, nobody can make it do IO by accident.
 #![forbid(unsafe_code)]
 
+pub mod compute;
 pub mod hash;
 pub mod limits;
 pub mod path;

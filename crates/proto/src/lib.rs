@@ -10,6 +10,8 @@ pub mod v1 {
     tonic::include_proto!("distribusync.v1");
 }
 
+pub mod compute;
+
 /// Encoded `FileDescriptorSet` of every DistribuSync proto, for server
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -1,16 +1,20 @@
-//! DistribuSync server: the Files service over MASTER and its index, plus
-//! gRPC health checking and reflection.
+//! DistribuSync server: the Files service over MASTER and its index, the
+//! Compute service (add, sort, jobs with callbacks), plus gRPC health checking
+//! and reflection.
 //!
 //! Main types: [`ServerConfig`] and [`serve`] (the caller binds the listener
 //! and passes the shutdown trigger), [`store::Store`] (MASTER on disk and
-//! the SQLite index), [`files::FilesService`].
+//! the SQLite index), [`files::FilesService`], [`ComputeService`] with its
+//! [`ComputeConfig`].
 #![forbid(unsafe_code)]
 
+pub mod compute;
 pub mod error;
 pub mod files;
 pub mod locks;
 mod serve;
 pub mod store;
 
+pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
-pub use serve::{ServeError, ServerConfig, serve};
+pub use serve::{ServeError, ServerConfig, Services, serve};

@@ -5,21 +5,43 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use distribusync_core::limits;
-use distribusync_proto::v1::files_server::FilesServer;
+use distribusync_proto::v1::{compute_server::ComputeServer, files_server::FilesServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::compute::{ComputeConfig, ComputeService};
 use crate::files::FilesService;
 use crate::store::{Store, StoreConfig};
+
+/// Which services one server process hosts (`serve --services`). The
+/// default hosts both on one port; the seed's layout of dedicated servers
+/// is one process with only `files` and another with only `compute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    pub files: bool,
+    pub compute: bool,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self {
+            files: true,
+            compute: true,
+        }
+    }
+}
 
 /// Everything `serve` needs; the binary builds it from flags and environment.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// MASTER: the folder the server owns (created if missing).
+    /// MASTER: the folder the server owns (created if missing). Not opened
+    /// when the Files service is not hosted.
     pub root: PathBuf,
     pub store: StoreConfig,
+    pub services: Services,
+    pub compute: ComputeConfig,
     /// After shutdown is triggered, how long in-flight requests may take.
     pub shutdown_grace: Duration,
 }
@@ -29,6 +51,8 @@ impl ServerConfig {
         Self {
             root: root.into(),
             store: StoreConfig::default(),
+            services: Services::default(),
+            compute: ComputeConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -45,7 +69,7 @@ pub enum ServeError {
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting,
-/// ends watch streams, and waits up to `config.shutdown_grace` for
+/// ends watch and callback streams, cancels compute jobs, and waits up to `config.shutdown_grace` for
 /// in-flight requests.
 ///
 /// # Errors
@@ -55,13 +79,30 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = Store::open(&config.root, config.store.clone()).await?;
     let token = CancellationToken::new();
-
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<FilesServer<FilesService>>()
-        .await;
+
+    let files = if config.services.files {
+        let store = Store::open(&config.root, config.store.clone()).await?;
+        health_reporter
+            .set_serving::<FilesServer<FilesService>>()
+            .await;
+        Some(
+            FilesServer::new(FilesService::new(store, token.clone()))
+                .max_decoding_message_size(limits::MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(limits::MAX_MESSAGE_SIZE),
+        )
+    } else {
+        None
+    };
+    let compute = if config.services.compute {
+        health_reporter
+            .set_serving::<ComputeServer<ComputeService>>()
+            .await;
+        Some(ComputeService::with_shutdown(config.compute.clone(), token.clone()).into_server())
+    } else {
+        None
+    };
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(distribusync_proto::FILE_DESCRIPTOR_SET)
@@ -72,10 +113,6 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let files = FilesServer::new(FilesService::new(store, token.clone()))
-        .max_decoding_message_size(limits::MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(limits::MAX_MESSAGE_SIZE);
-
     let addr = listener.local_addr().ok();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal_token = token.clone();
@@ -84,14 +121,15 @@ pub async fn serve(
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         signal_token.cancel();
     };
-    tracing::info!(addr = ?addr, root = %config.root.display(), "serving");
+    tracing::info!(addr = ?addr, root = %config.root.display(), services = ?config.services, "serving");
     let server = Server::builder()
         .http2_adaptive_window(Some(true))
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(files)
+        .add_optional_service(files)
+        .add_optional_service(compute)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
     let grace = config.shutdown_grace;

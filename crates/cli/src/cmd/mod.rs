@@ -1,5 +1,6 @@
 //! One module per group of commands.
 
+pub mod compute;
 pub mod files;
 pub mod serve;
 pub mod sync;

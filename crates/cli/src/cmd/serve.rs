@@ -1,19 +1,41 @@
 //! `distribusync serve`.
 
 use anyhow::Context;
-use distribusync_server::ServerConfig;
+use distribusync_server::{ComputeConfig, ServerConfig, Services};
 
-use crate::cli::ServeArgs;
+use crate::UsageError;
+use crate::cli::{ServeArgs, Service};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.services.is_empty() {
+        return Err(UsageError("serve: --services needs files, compute or both".into()).into());
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut config = ServerConfig::new(&args.root);
     config.store.max_file_size = args.max_file_size;
+    config.services = Services {
+        files: args.services.contains(&Service::Files),
+        compute: args.services.contains(&Service::Compute),
+    };
+    let defaults = ComputeConfig::default();
+    config.compute = ComputeConfig {
+        max_numbers: args.max_numbers,
+        job_queue_capacity: args.job_queue,
+        workers: args.job_workers.unwrap_or(defaults.workers),
+        default_deadline: args.job_deadline,
+        max_deadline: args.max_job_deadline,
+        result_ttl: args.result_ttl,
+        ..defaults
+    };
+    let what = match (config.services.files, config.services.compute) {
+        (true, true) => format!("{} and compute", args.root.display()),
+        (true, false) => args.root.display().to_string(),
+        _ => "compute".to_owned(),
+    };
     eprintln!(
-        "distribusync: serving {} on http://{}",
-        args.root.display(),
+        "distribusync: serving {what} on http://{}",
         listener.local_addr().unwrap_or(args.listen)
     );
     distribusync_server::serve(listener, config, shutdown_signal())

@@ -1,0 +1,613 @@
+//! The arithmetic of the Compute service: [`Number`], [`Numbers`], checked
+//! [`add`], [`sort`] and [`parse_numbers`].
+//!
+//! Rules, the same on every layer:
+//! - A list is all integers (exact `i64`) or all decimals (`f64`). Text with at
+//!   least one decimal token becomes decimals.
+//! - An integer sum that leaves the `i64` range is [`ArithError::IntegerOverflow`],
+//!   never a wrap. A decimal sum that leaves the finite range is
+//!   [`ArithError::FloatOverflow`].
+//! - NaN and infinities are rejected as inputs ([`ArithError::NotFinite`]), so
+//!   every result is finite and decimal sorting is a total order
+//!   ([`f64::total_cmp`], which puts `-0.0` before `0.0`).
+
+use std::fmt;
+
+/// Numbers per message when a list travels in chunks (a Sort's input and
+/// output): 1 MiB of 64-bit numbers.
+pub const CHUNK_NUMBERS: usize = 128 * 1024;
+
+/// One number: an exact 64-bit integer or a finite decimal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl fmt::Display for Number {
+    /// Integers as digits; decimals always with a fraction or exponent
+    /// (`3.0`, `1e300`), so the kind survives a round trip through text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Number::Int(i) => write!(f, "{i}"),
+            Number::Float(x) => write!(f, "{x:?}"),
+        }
+    }
+}
+
+/// A list of numbers of one kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Numbers {
+    Ints(Vec<i64>),
+    Floats(Vec<f64>),
+}
+
+impl Default for Numbers {
+    fn default() -> Self {
+        Numbers::Ints(Vec::new())
+    }
+}
+
+impl From<&[Number]> for Numbers {
+    fn from(n: &[Number]) -> Self {
+        Numbers::from_numbers(n)
+    }
+}
+
+impl From<Vec<i64>> for Numbers {
+    fn from(v: Vec<i64>) -> Self {
+        Numbers::Ints(v)
+    }
+}
+
+impl From<Vec<f64>> for Numbers {
+    fn from(v: Vec<f64>) -> Self {
+        Numbers::Floats(v)
+    }
+}
+
+/// Sort direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    #[default]
+    Ascending,
+    Descending,
+}
+
+/// Why an arithmetic request has no answer. Messages name the problem.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ArithError {
+    #[error("add needs at least two numbers, got {0}")]
+    TooFew(usize),
+    #[error(
+        "integer overflow: the sum exceeds the 64-bit range ({}..={})",
+        i64::MIN,
+        i64::MAX
+    )]
+    IntegerOverflow,
+    #[error(
+        "decimal overflow: the sum exceeds the finite f64 range (±{:e})",
+        f64::MAX
+    )]
+    FloatOverflow,
+    #[error("number #{index} is {value}: NaN and infinities are not accepted")]
+    NotFinite { index: usize, value: f64 },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A token that is not a number, with its 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {token:?} is not a number")]
+pub struct ParseError {
+    pub line: usize,
+    pub token: String,
+}
+
+/// Why one token is not a number (without a line: command-line arguments).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    #[error("{0:?} is not a number")]
+    NotANumber(String),
+    #[error("{0:?} is not a finite number (NaN and infinities are not accepted)")]
+    NotFinite(String),
+    #[error("{0:?} is out of the 64-bit integer range")]
+    IntegerRange(String),
+}
+
+/// How often (in elements) long loops look at their cancellation flag.
+const CANCEL_CHECK_EVERY: usize = 1 << 16;
+
+impl Numbers {
+    /// How many numbers the list holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Numbers::Ints(v) => v.len(),
+            Numbers::Floats(v) => v.len(),
+        }
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Builds one list from single numbers: integers if every one is an
+    /// integer, else decimals (integers converted, rounding past 2^53).
+    pub fn from_numbers(numbers: &[Number]) -> Numbers {
+        if numbers.iter().all(|n| matches!(n, Number::Int(_))) {
+            Numbers::Ints(
+                numbers
+                    .iter()
+                    .map(|n| match n {
+                        Number::Int(i) => *i,
+                        Number::Float(x) => *x as i64,
+                    })
+                    .collect(),
+            )
+        } else {
+            Numbers::Floats(
+                numbers
+                    .iter()
+                    .map(|n| match n {
+                        Number::Int(i) => *i as f64,
+                        Number::Float(x) => *x,
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    /// Checks that every decimal is finite.
+    ///
+    /// # Errors
+    /// [`ArithError::NotFinite`] naming the first offending position (1-based).
+    pub fn validate(&self) -> Result<(), ArithError> {
+        if let Numbers::Floats(v) = self
+            && let Some(i) = v.iter().position(|x| !x.is_finite())
+        {
+            return Err(ArithError::NotFinite {
+                index: i + 1,
+                value: v[i],
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends `other`, which must be of the same kind.
+    ///
+    /// # Errors
+    /// Gives `other` back when the kinds differ (an empty list is of any kind).
+    pub fn extend(&mut self, other: Numbers) -> Result<(), Numbers> {
+        match (self, other) {
+            (Numbers::Ints(a), Numbers::Ints(b)) => a.extend_from_slice(&b),
+            (Numbers::Floats(a), Numbers::Floats(b)) => a.extend_from_slice(&b),
+            (_, b) if b.is_empty() => {}
+            (s, b) if s.is_empty() => *s = b,
+            (_, b) => return Err(b),
+        }
+        Ok(())
+    }
+}
+
+/// The sum of two or more numbers. See [`add_cancellable`].
+///
+/// # Errors
+/// [`ArithError::TooFew`], [`ArithError::NotFinite`],
+/// [`ArithError::IntegerOverflow`], [`ArithError::FloatOverflow`].
+pub fn add(numbers: &Numbers) -> Result<Number, ArithError> {
+    add_cancellable(numbers, || false)
+}
+
+/// The sum of two or more numbers, giving up with [`ArithError::Cancelled`]
+/// once `cancelled()` answers true (checked every 65,536 numbers).
+///
+/// Integers are summed exactly, with a check at every step: an intermediate
+/// overflow is an overflow even if later numbers would bring the sum back in
+/// range, which is what a left-to-right `checked_add` means. Decimals are
+/// summed left to right.
+///
+/// # Errors
+/// As [`add`], plus [`ArithError::Cancelled`].
+pub fn add_cancellable(
+    numbers: &Numbers,
+    cancelled: impl Fn() -> bool,
+) -> Result<Number, ArithError> {
+    if numbers.len() < 2 {
+        return Err(ArithError::TooFew(numbers.len()));
+    }
+    numbers.validate()?;
+    match numbers {
+        Numbers::Ints(v) => {
+            let mut sum: i64 = 0;
+            for chunk in v.chunks(CANCEL_CHECK_EVERY) {
+                if cancelled() {
+                    return Err(ArithError::Cancelled);
+                }
+                for &x in chunk {
+                    sum = sum.checked_add(x).ok_or(ArithError::IntegerOverflow)?;
+                }
+            }
+            Ok(Number::Int(sum))
+        }
+        Numbers::Floats(v) => {
+            let mut sum: f64 = 0.0;
+            for chunk in v.chunks(CANCEL_CHECK_EVERY) {
+                if cancelled() {
+                    return Err(ArithError::Cancelled);
+                }
+                sum += chunk.iter().sum::<f64>();
+                if !sum.is_finite() {
+                    return Err(ArithError::FloatOverflow);
+                }
+            }
+            Ok(Number::Float(sum))
+        }
+    }
+}
+
+/// Sorts in place on the calling thread. Decimals by [`f64::total_cmp`].
+/// The server uses a parallel sort with the same comparators
+/// ([`cmp_ints`], [`cmp_floats`]).
+pub fn sort(numbers: &mut Numbers, order: Order) {
+    match numbers {
+        Numbers::Ints(v) => v.sort_unstable_by(|a, b| cmp_ints(a, b, order)),
+        Numbers::Floats(v) => v.sort_unstable_by(|a, b| cmp_floats(a, b, order)),
+    }
+}
+
+/// The integer comparator for `order`.
+#[inline]
+pub fn cmp_ints(a: &i64, b: &i64, order: Order) -> std::cmp::Ordering {
+    match order {
+        Order::Ascending => a.cmp(b),
+        Order::Descending => b.cmp(a),
+    }
+}
+
+/// The decimal comparator for `order` (IEEE total order).
+#[inline]
+pub fn cmp_floats(a: &f64, b: &f64, order: Order) -> std::cmp::Ordering {
+    match order {
+        Order::Ascending => a.total_cmp(b),
+        Order::Descending => b.total_cmp(a),
+    }
+}
+
+/// Merges runs, each already sorted by `cmp`, handing out the merged order
+/// a chunk at a time (so a server can send the start of a big sort while it
+/// merges the rest).
+#[derive(Debug)]
+pub struct MergeRuns<T, F> {
+    runs: Vec<Vec<T>>,
+    pos: Vec<usize>,
+    cmp: F,
+}
+
+impl<T: Copy, F: Fn(&T, &T) -> std::cmp::Ordering> MergeRuns<T, F> {
+    /// Empty runs are allowed.
+    pub fn new(runs: Vec<Vec<T>>, cmp: F) -> Self {
+        let runs: Vec<Vec<T>> = runs.into_iter().filter(|r| !r.is_empty()).collect();
+        MergeRuns {
+            pos: vec![0; runs.len()],
+            runs,
+            cmp,
+        }
+    }
+
+    /// How many values are left.
+    pub fn remaining(&self) -> usize {
+        self.runs
+            .iter()
+            .zip(&self.pos)
+            .map(|(r, p)| r.len() - p)
+            .sum()
+    }
+
+    /// The next at most `max` values in order; `None` when all are out.
+    pub fn next_chunk(&mut self, max: usize) -> Option<Vec<T>> {
+        let mut out = Vec::with_capacity(max.min(self.remaining()));
+        while out.len() < max {
+            let live: Vec<usize> = (0..self.runs.len())
+                .filter(|&i| self.pos[i] < self.runs[i].len())
+                .collect();
+            match live.as_slice() {
+                [] => break,
+                &[only] => {
+                    // One run left: copy a slice at once.
+                    let take = (max - out.len()).min(self.runs[only].len() - self.pos[only]);
+                    out.extend_from_slice(&self.runs[only][self.pos[only]..self.pos[only] + take]);
+                    self.pos[only] += take;
+                }
+                _ => {
+                    // Merge one value at a time until this chunk is full or a
+                    // run ends (then the live set is recomputed).
+                    'fill: while out.len() < max {
+                        let mut best = live[0];
+                        for &i in &live[1..] {
+                            if (self.cmp)(
+                                &self.runs[i][self.pos[i]],
+                                &self.runs[best][self.pos[best]],
+                            ) == std::cmp::Ordering::Less
+                            {
+                                best = i;
+                            }
+                        }
+                        out.push(self.runs[best][self.pos[best]]);
+                        self.pos[best] += 1;
+                        if self.pos[best] == self.runs[best].len() {
+                            break 'fill;
+                        }
+                    }
+                }
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+/// Parses one token: an integer (`-12`, `+7`) or a finite decimal (`1.5`,
+/// `-2e10`, `.5`). Words such as `inf` or `NaN` are refused.
+///
+/// # Errors
+/// [`NumberError`] naming the token.
+pub fn parse_number(token: &str) -> Result<Number, NumberError> {
+    let t = token.trim();
+    let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+    if digits.is_empty() || !digits.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        // Rejects "inf", "NaN", "infinity" and words, which `f64::from_str`
+        // would otherwise accept.
+        return Err(NumberError::NotANumber(token.to_owned()));
+    }
+    if digits.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse::<i64>()
+            .map(Number::Int)
+            .map_err(|_| NumberError::IntegerRange(token.to_owned()));
+    }
+    match t.parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(Number::Float(x)),
+        Ok(_) => Err(NumberError::NotFinite(token.to_owned())),
+        Err(_) => Err(NumberError::NotANumber(token.to_owned())),
+    }
+}
+
+/// Parses numbers separated by any whitespace, including newlines. Integers
+/// if every token is one, else decimals.
+///
+/// # Errors
+/// [`ParseError`] naming the first bad token and its line (1-based).
+pub fn parse_numbers(text: &str) -> Result<Numbers, ParseError> {
+    let mut ints: Vec<i64> = Vec::new();
+    let mut floats: Option<Vec<f64>> = None;
+    for (i, line) in text.lines().enumerate() {
+        for token in line.split_whitespace() {
+            let n = parse_number(token).map_err(|_| ParseError {
+                line: i + 1,
+                token: token.to_owned(),
+            })?;
+            match (n, &mut floats) {
+                (Number::Int(x), None) => ints.push(x),
+                (Number::Int(x), Some(f)) => f.push(x as f64),
+                (Number::Float(x), Some(f)) => f.push(x),
+                (Number::Float(x), None) => {
+                    let mut f: Vec<f64> = ints.drain(..).map(|i| i as f64).collect();
+                    f.push(x);
+                    floats = Some(f);
+                }
+            }
+        }
+    }
+    Ok(match floats {
+        Some(f) => Numbers::Floats(f),
+        None => Numbers::Ints(ints),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn adds_integers_exactly() {
+        assert_eq!(add(&Numbers::Ints(vec![2, 3, 4])), Ok(Number::Int(9)));
+        assert_eq!(
+            add(&Numbers::Ints(vec![i64::MAX, -1, 1])),
+            Ok(Number::Int(i64::MAX))
+        );
+    }
+
+    #[test]
+    fn integer_overflow_is_an_error_naming_it() {
+        let e = add(&Numbers::Ints(vec![i64::MAX, 1])).unwrap_err();
+        assert_eq!(e, ArithError::IntegerOverflow);
+        assert!(e.to_string().contains("overflow"), "{e}");
+        assert!(e.to_string().contains("9223372036854775807"), "{e}");
+        assert_eq!(
+            add(&Numbers::Ints(vec![i64::MIN, -1])),
+            Err(ArithError::IntegerOverflow)
+        );
+    }
+
+    #[test]
+    fn too_few_numbers() {
+        assert_eq!(add(&Numbers::Ints(vec![1])), Err(ArithError::TooFew(1)));
+        assert_eq!(add(&Numbers::Floats(vec![])), Err(ArithError::TooFew(0)));
+    }
+
+    #[test]
+    fn decimals_non_finite_rejected_and_overflow_detected() {
+        assert_eq!(
+            add(&Numbers::Floats(vec![1.5, 1.5])),
+            Ok(Number::Float(3.0))
+        );
+        assert!(matches!(
+            add(&Numbers::Floats(vec![1.0, f64::NAN])),
+            Err(ArithError::NotFinite { index: 2, .. })
+        ));
+        assert!(matches!(
+            add(&Numbers::Floats(vec![f64::INFINITY, 1.0])),
+            Err(ArithError::NotFinite { index: 1, .. })
+        ));
+        assert_eq!(
+            add(&Numbers::Floats(vec![f64::MAX, f64::MAX])),
+            Err(ArithError::FloatOverflow)
+        );
+    }
+
+    #[test]
+    fn cancellation_stops_a_sum() {
+        let v = Numbers::Ints(vec![1; 200_000]);
+        assert_eq!(add_cancellable(&v, || true), Err(ArithError::Cancelled));
+    }
+
+    #[test]
+    fn sorts_both_ways_and_orders_signed_zero() {
+        let mut n = Numbers::Ints(vec![5, 1, 4]);
+        sort(&mut n, Order::Descending);
+        assert_eq!(n, Numbers::Ints(vec![5, 4, 1]));
+        let mut f = Numbers::Floats(vec![0.0, -0.0, -1.5, 2.0]);
+        sort(&mut f, Order::Ascending);
+        let Numbers::Floats(f) = f else {
+            unreachable!()
+        };
+        assert_eq!(f[0], -1.5);
+        assert!(f[1].is_sign_negative() && f[1] == 0.0);
+        assert!(f[2].is_sign_positive() && f[2] == 0.0);
+    }
+
+    #[test]
+    fn parses_tokens() {
+        assert_eq!(parse_number("-12"), Ok(Number::Int(-12)));
+        assert_eq!(parse_number("+7"), Ok(Number::Int(7)));
+        assert_eq!(parse_number("1.5"), Ok(Number::Float(1.5)));
+        assert_eq!(parse_number("-2e3"), Ok(Number::Float(-2000.0)));
+        assert_eq!(parse_number(".5"), Ok(Number::Float(0.5)));
+        for bad in [
+            "two", "inf", "-inf", "NaN", "infinity", "", "-", "1x", "0x10",
+        ] {
+            assert!(parse_number(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            parse_number("1e999"),
+            Err(NumberError::NotFinite("1e999".into()))
+        );
+        assert_eq!(
+            parse_number("9223372036854775808"),
+            Err(NumberError::IntegerRange("9223372036854775808".into()))
+        );
+        assert_eq!(
+            parse_number("9223372036854775807"),
+            Ok(Number::Int(i64::MAX))
+        );
+    }
+
+    #[test]
+    fn parse_names_the_line_of_a_stray_word() {
+        let e = parse_numbers("1 2\n3\n4 oops 5\n").unwrap_err();
+        assert_eq!(
+            e,
+            ParseError {
+                line: 3,
+                token: "oops".into()
+            }
+        );
+        assert_eq!(e.to_string(), "line 3: \"oops\" is not a number");
+    }
+
+    #[test]
+    fn parse_mixed_becomes_decimals_and_empty_is_empty() {
+        assert_eq!(
+            parse_numbers("1\n2.5  3\n"),
+            Ok(Numbers::Floats(vec![1.0, 2.5, 3.0]))
+        );
+        assert_eq!(parse_numbers(" \n\t\n"), Ok(Numbers::Ints(vec![])));
+    }
+
+    #[test]
+    fn display_keeps_the_kind() {
+        assert_eq!(Number::Int(3).to_string(), "3");
+        assert_eq!(Number::Float(3.0).to_string(), "3.0");
+    }
+
+    #[test]
+    fn extend_checks_kinds() {
+        let mut n = Numbers::default();
+        n.extend(Numbers::Floats(vec![1.0])).unwrap();
+        n.extend(Numbers::Floats(vec![2.0])).unwrap();
+        assert_eq!(n, Numbers::Floats(vec![1.0, 2.0]));
+        assert!(n.extend(Numbers::Ints(vec![3])).is_err());
+        n.extend(Numbers::Ints(vec![])).unwrap();
+        let mut m = Numbers::Ints(vec![1]);
+        m.extend(Numbers::Ints(vec![2])).unwrap();
+        assert_eq!(m, Numbers::Ints(vec![1, 2]));
+    }
+
+    proptest! {
+        #[test]
+        fn integer_add_matches_i128(v in proptest::collection::vec(any::<i64>(), 2..50)) {
+            let mut acc: i128 = 0;
+            let mut overflowed = false;
+            for &x in &v {
+                acc += i128::from(x);
+                if acc > i128::from(i64::MAX) || acc < i128::from(i64::MIN) {
+                    overflowed = true;
+                    break;
+                }
+            }
+            let got = add(&Numbers::Ints(v));
+            if overflowed {
+                prop_assert_eq!(got, Err(ArithError::IntegerOverflow));
+            } else {
+                prop_assert_eq!(got, Ok(Number::Int(acc as i64)));
+            }
+        }
+
+        #[test]
+        fn sort_is_a_sorted_permutation(v in proptest::collection::vec(any::<i64>(), 0..200), desc in any::<bool>()) {
+            let order = if desc { Order::Descending } else { Order::Ascending };
+            let mut n = Numbers::Ints(v.clone());
+            sort(&mut n, order);
+            let Numbers::Ints(s) = n else { unreachable!() };
+            let mut expected = v;
+            expected.sort();
+            if desc { expected.reverse(); }
+            prop_assert_eq!(s, expected);
+        }
+
+        #[test]
+        fn merging_sorted_runs_sorts(
+            runs in proptest::collection::vec(proptest::collection::vec(any::<i64>(), 0..50), 0..6),
+            chunk in 1usize..20,
+            desc in any::<bool>(),
+        ) {
+            let order = if desc { Order::Descending } else { Order::Ascending };
+            let mut expected: Vec<i64> = runs.concat();
+            expected.sort_unstable_by(|a, b| cmp_ints(a, b, order));
+            let sorted_runs: Vec<Vec<i64>> = runs
+                .into_iter()
+                .map(|mut r| { r.sort_unstable_by(|a, b| cmp_ints(a, b, order)); r })
+                .collect();
+            let mut m = MergeRuns::new(sorted_runs, |a: &i64, b: &i64| cmp_ints(a, b, order));
+            let mut got = Vec::new();
+            while let Some(c) = m.next_chunk(chunk) {
+                prop_assert!(c.len() <= chunk && !c.is_empty());
+                got.extend(c);
+            }
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn text_round_trip(v in proptest::collection::vec(any::<i64>(), 0..100)) {
+            let text: String = v.iter().map(|x| format!("{x}\n")).collect();
+            prop_assert_eq!(parse_numbers(&text), Ok(Numbers::Ints(v)));
+        }
+
+        #[test]
+        fn finite_floats_round_trip_through_display(x in proptest::num::f64::NORMAL | proptest::num::f64::ZERO) {
+            let shown = Number::Float(x).to_string();
+            prop_assert_eq!(parse_number(&shown), Ok(Number::Float(x)));
+        }
+    }
+}

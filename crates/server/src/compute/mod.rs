@@ -1,0 +1,387 @@
+//! The Compute service: [`ComputeService`] implements the generated
+//! `distribusync.v1.Compute` trait with synchronous Add and (streamed) Sort,
+//! and asynchronous jobs (see [`jobs`]) whose results are pushed over
+//! Callbacks streams. [`ComputeConfig`] holds its limits.
+//!
+//! The arithmetic itself (checked add, sort order, NaN policy) lives in
+//! [`distribusync_core::compute`]; this module adds limits, scheduling and
+//! the wire.
+
+mod error;
+mod jobs;
+mod work;
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use distribusync_core::compute::{self as arith, CHUNK_NUMBERS, MergeRuns, Numbers, Order};
+use distribusync_proto::{
+    compute::std_duration,
+    timestamp,
+    v1::{self, compute_server::Compute, compute_server::ComputeServer},
+};
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, instrument};
+use uuid::Uuid;
+
+pub use error::ComputeError;
+pub use jobs::CallbackStream;
+use jobs::{Jobs, Task};
+
+/// Adds of at most this many numbers are computed on the request's own task;
+/// bigger ones go to the rayon pool.
+const INLINE_ADD_MAX: usize = 4096;
+/// A big sort is cut into about this many runs, sorted as they arrive.
+const RUNS: usize = 4;
+/// Run length when the client does not announce its total.
+const DEFAULT_RUN: usize = 2 << 20;
+
+/// Limits and timings of the Compute service.
+#[derive(Clone, Debug)]
+pub struct ComputeConfig {
+    /// Most numbers one Add, Sort or job may carry.
+    pub max_numbers: usize,
+    /// Most jobs queued or running at once; one more is RESOURCE_EXHAUSTED.
+    pub job_queue_capacity: usize,
+    /// Jobs computing at once (each may itself use the whole rayon pool).
+    pub workers: usize,
+    /// Deadline of a job that asks for none.
+    pub default_deadline: Duration,
+    /// Longest deadline a job may ask for (longer ones are capped).
+    pub max_deadline: Duration,
+    /// How long a finished job's result stays available to GetJob.
+    pub result_ttl: Duration,
+    /// Smallest run a streamed Sort is cut into while it arrives (each run
+    /// is sorted as soon as it is complete, and the runs are merged while
+    /// the answer streams out); smaller sorts are sorted in one piece.
+    pub sort_run_min: usize,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig {
+            max_numbers: 16 * 1024 * 1024,
+            job_queue_capacity: 1024,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            default_deadline: Duration::from_secs(60),
+            max_deadline: Duration::from_secs(3600),
+            result_ttl: Duration::from_secs(600),
+            sort_run_min: 1 << 20,
+        }
+    }
+}
+
+impl ComputeConfig {
+    /// The gRPC message size the service needs to receive and send
+    /// `max_numbers` numbers in one message (Add, Submit, a job result):
+    /// eight bytes a number plus headroom.
+    pub fn max_message_size(&self) -> usize {
+        self.max_numbers
+            .saturating_mul(8)
+            .saturating_add(1024 * 1024)
+    }
+}
+
+/// The `distribusync.v1.Compute` service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ComputeService {
+    config: Arc<ComputeConfig>,
+    jobs: Jobs,
+    shutdown: CancellationToken,
+}
+
+impl ComputeService {
+    /// A service with its own shutdown token (see [`ComputeService::shutdown`]).
+    pub fn new(config: ComputeConfig) -> Self {
+        Self::with_shutdown(config, CancellationToken::new())
+    }
+
+    /// A service that stops when `shutdown` is cancelled: Callbacks streams
+    /// end, running jobs are cancelled, new jobs are refused (UNAVAILABLE).
+    pub fn with_shutdown(config: ComputeConfig, shutdown: CancellationToken) -> Self {
+        ComputeService {
+            jobs: Jobs::new(config.clone(), shutdown.clone()),
+            config: Arc::new(config),
+            shutdown,
+        }
+    }
+
+    /// Triggers the shutdown described in [`ComputeService::with_shutdown`].
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every job task has ended; call after shutdown.
+    pub async fn drained(&self) {
+        self.jobs.drained().await;
+    }
+
+    /// Number of open Callbacks streams (a disconnected client leaves none).
+    pub fn callback_subscribers(&self) -> usize {
+        self.jobs.subscriber_count()
+    }
+
+    /// The tonic server for this service, with message limits sized for
+    /// `max_numbers`.
+    pub fn into_server(self) -> ComputeServer<ComputeService> {
+        let size = self.config.max_message_size();
+        ComputeServer::new(self)
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size)
+    }
+
+    fn check_count(&self, count: u64) -> Result<(), ComputeError> {
+        if count > self.config.max_numbers as u64 {
+            return Err(ComputeError::TooMany {
+                count,
+                limit: self.config.max_numbers,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn numbers(n: Option<v1::Numbers>) -> Result<Numbers, ComputeError> {
+    Ok(
+        n.ok_or(distribusync_proto::compute::MissingField("numbers"))?
+            .try_into()?,
+    )
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Compute for ComputeService {
+    type SortStream = ResponseStream<v1::SortResponse>;
+    type CallbacksStream = CallbackStream;
+
+    #[instrument(skip_all)]
+    async fn add(&self, req: Request<v1::AddRequest>) -> Result<Response<v1::AddResponse>, Status> {
+        let n = numbers(req.into_inner().numbers)?;
+        self.check_count(n.len() as u64)?;
+        let sum = if n.len() <= INLINE_ADD_MAX {
+            arith::add(&n)
+        } else {
+            work::on_rayon(move || arith::add(&n)).await?
+        }
+        .map_err(ComputeError::from)?;
+        Ok(Response::new(v1::AddResponse {
+            sum: Some(sum.into()),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn sort(
+        &self,
+        req: Request<Streaming<v1::SortRequest>>,
+    ) -> Result<Response<Self::SortStream>, Status> {
+        // The numbers are cut into runs as they arrive; each full run is
+        // sorted on the rayon pool while the rest is still arriving, and the
+        // sorted runs are merged while the answer streams out.
+        let started = std::time::Instant::now();
+        let mut input = req.into_inner();
+        let mut order = Order::Ascending;
+        let mut run_len = DEFAULT_RUN.max(self.config.sort_run_min.max(1));
+        let mut first = true;
+        let mut count: u64 = 0;
+        let mut floats: Option<bool> = None;
+        let mut current: Option<Numbers> = None;
+        let mut sorting = Vec::new();
+        while let Some(msg) = input.message().await? {
+            if first {
+                first = false;
+                order = msg.order().into();
+                self.check_count(msg.total)?;
+                if msg.total > 0 {
+                    run_len = (msg.total as usize)
+                        .div_ceil(RUNS)
+                        .max(self.config.sort_run_min.max(1));
+                }
+            }
+            let Some(chunk) = msg.numbers else { continue };
+            let chunk = numbers(Some(chunk))?;
+            if chunk.is_empty() {
+                continue;
+            }
+            let is_float = matches!(chunk, Numbers::Floats(_));
+            if *floats.get_or_insert(is_float) != is_float {
+                return Err(ComputeError::InvalidArgument(
+                    "a sort's chunks must all be integers or all be decimals".into(),
+                )
+                .into());
+            }
+            chunk.validate().map_err(ComputeError::from)?;
+            count += chunk.len() as u64;
+            self.check_count(count)?;
+            let run = current.get_or_insert_with(|| {
+                if is_float {
+                    Numbers::Floats(Vec::with_capacity(run_len))
+                } else {
+                    Numbers::Ints(Vec::with_capacity(run_len))
+                }
+            });
+            run.extend(chunk)
+                .map_err(|_| ComputeError::InvalidArgument("mixed kinds".into()))?;
+            if run.len() >= run_len
+                && let Some(mut run) = current.take()
+            {
+                sorting.push(work::start_on_rayon(move || {
+                    work::seq_sort(&mut run, order);
+                    run
+                }));
+            }
+        }
+        let received = started.elapsed();
+        if let Some(mut run) = current.take() {
+            let alone = sorting.is_empty();
+            sorting.push(work::start_on_rayon(move || {
+                if alone {
+                    work::par_sort(&mut run, order);
+                } else {
+                    work::seq_sort(&mut run, order);
+                }
+                run
+            }));
+        }
+        let mut runs = Vec::with_capacity(sorting.len());
+        for task in sorting {
+            runs.push(task.join().await?);
+        }
+        debug!(count, runs = runs.len(), ?received, sorted = ?(started.elapsed() - received), "sort");
+        Ok(Response::new(match runs.len() {
+            0 => chunked(Numbers::default()),
+            1 => chunked(runs.pop().unwrap_or_default()),
+            _ => merged(runs, order),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn submit(
+        &self,
+        req: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let req = req.into_inner();
+        let task = match req.task {
+            Some(v1::submit_request::Task::Add(a)) => Task::Add(numbers(a.numbers)?),
+            Some(v1::submit_request::Task::Sort(s)) => {
+                let order = s.order().into();
+                Task::Sort(numbers(s.numbers)?, order)
+            }
+            None => return Err(ComputeError::InvalidArgument("missing field `task`".into()).into()),
+        };
+        let job_id = if req.job_id.is_empty() {
+            None
+        } else {
+            Some(Uuid::parse_str(&req.job_id).map_err(|_| {
+                ComputeError::InvalidArgument(format!("job_id {:?} is not a UUID", req.job_id))
+            })?)
+        };
+        let deadline = match &req.deadline {
+            None => None,
+            Some(d) => Some(std_duration(d).ok_or_else(|| {
+                ComputeError::InvalidArgument("deadline must not be negative".into())
+            })?),
+        };
+        let (id, deadline) = self.jobs.submit(req.client_id, job_id, deadline, task)?;
+        Ok(Response::new(v1::SubmitResponse {
+            job_id: id.to_string(),
+            deadline: Some(timestamp(deadline)),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn callbacks(
+        &self,
+        req: Request<v1::CallbacksRequest>,
+    ) -> Result<Response<Self::CallbacksStream>, Status> {
+        Ok(Response::new(
+            self.jobs.subscribe(req.into_inner().client_id)?,
+        ))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_job(&self, req: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
+        Ok(Response::new(self.jobs.get(&req.into_inner().job_id)?))
+    }
+
+    #[instrument(skip_all)]
+    async fn cancel_job(
+        &self,
+        req: Request<v1::CancelJobRequest>,
+    ) -> Result<Response<v1::Job>, Status> {
+        Ok(Response::new(self.jobs.cancel(&req.into_inner().job_id)?))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_jobs(
+        &self,
+        req: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs: self.jobs.list(&req.into_inner().client_id),
+        }))
+    }
+}
+
+/// The merge of sorted runs as a stream of chunks, produced on a blocking
+/// thread a few chunks ahead of the transport. The producer stops when the
+/// client goes away.
+fn merged(runs: Vec<Numbers>, order: Order) -> ResponseStream<v1::SortResponse> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let send = |n: Numbers| {
+            tx.blocking_send(Ok(v1::SortResponse {
+                numbers: Some(n.into()),
+            }))
+            .is_ok()
+        };
+        if matches!(runs.first(), Some(Numbers::Floats(_))) {
+            let runs = runs
+                .into_iter()
+                .map(|r| match r {
+                    Numbers::Floats(v) => v,
+                    Numbers::Ints(_) => Vec::new(), // excluded when receiving
+                })
+                .collect();
+            let mut m = MergeRuns::new(runs, |a: &f64, b: &f64| arith::cmp_floats(a, b, order));
+            while let Some(c) = m.next_chunk(CHUNK_NUMBERS) {
+                if !send(Numbers::Floats(c)) {
+                    return;
+                }
+            }
+        } else {
+            let runs = runs
+                .into_iter()
+                .map(|r| match r {
+                    Numbers::Ints(v) => v,
+                    Numbers::Floats(_) => Vec::new(), // excluded when receiving
+                })
+                .collect();
+            let mut m = MergeRuns::new(runs, |a: &i64, b: &i64| arith::cmp_ints(a, b, order));
+            while let Some(c) = m.next_chunk(CHUNK_NUMBERS) {
+                if !send(Numbers::Ints(c)) {
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The sorted numbers as a stream of chunks, each encoded only when the
+/// transport asks for it.
+fn chunked(sorted: Numbers) -> ResponseStream<v1::SortResponse> {
+    let sorted = Arc::new(sorted);
+    let chunks = sorted.len().div_ceil(CHUNK_NUMBERS);
+    Box::pin(futures::stream::iter(0..chunks).map(move |i| {
+        let range = i * CHUNK_NUMBERS..((i + 1) * CHUNK_NUMBERS).min(sorted.len());
+        let numbers = match &*sorted {
+            Numbers::Ints(v) => v1::Numbers::from(&v[range]),
+            Numbers::Floats(v) => v1::Numbers::from(&v[range]),
+        };
+        Ok(v1::SortResponse {
+            numbers: Some(numbers),
+        })
+    }))
+}
