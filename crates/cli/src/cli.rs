@@ -62,8 +62,6 @@ pub enum Command {
     Mv(MvArgs),
     /// Show one file's metadata.
     Stat(StatArgs),
-    /// Keep a local folder in sync with the server (until Ctrl-C).
-    Sync(SyncArgs),
     /// Add two or more numbers on the compute server.
     Add(crate::cmd::compute::AddArgs),
     /// Sort numbers on the compute server, one per line.
@@ -72,6 +70,8 @@ pub enum Command {
     Job(crate::cmd::compute::JobArgs),
     /// List this client's recent compute jobs.
     Jobs(crate::cmd::compute::JobsArgs),
+    /// Keep a local folder in sync with the server (until Ctrl-C).
+    Sync(SyncArgs),
     /// The numbered menu: files, compute, async jobs and auto-sync in one
     /// place (for a person, or a script feeding standard input).
     Menu,

@@ -80,11 +80,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => cmd::files::rm(&global, args).await,
         Command::Mv(args) => cmd::files::mv(&global, args).await,
         Command::Stat(args) => cmd::files::stat(&global, args).await,
-        Command::Sync(args) => cmd::sync::run(&global, args).await,
         Command::Add(args) => cmd::compute::add(&global, args).await,
         Command::Sort(args) => cmd::compute::sort(&global, args).await,
         Command::Job(args) => cmd::compute::job(&global, args).await,
         Command::Jobs(args) => cmd::compute::jobs(&global, args).await,
+        Command::Sync(args) => cmd::sync::run(&global, args).await,
         Command::Menu => menu::run(&global).await,
     }
     .map(|()| ExitCode::SUCCESS)

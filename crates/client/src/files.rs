@@ -269,6 +269,87 @@ impl FilesClient {
             .try_into()
     }
 
+    /// Uploads many small files in one request (see the UploadBatch RPC):
+    /// one result per file, in order. Each file is read whole into memory,
+    /// so callers keep batches within [`limits::MAX_BATCH_FILES`] files and
+    /// [`limits::MAX_BATCH_BYTES`] bytes.
+    ///
+    /// # Errors
+    /// The outer error fails the whole batch (unreachable server, a batch
+    /// over the limits); inner errors are per file.
+    pub async fn upload_batch(
+        &self,
+        items: Vec<(PathBuf, RemotePath, Option<Revision>)>,
+    ) -> Result<Vec<Result<FileInfo>>> {
+        use v1::upload_request::Msg;
+        let read = tokio::task::spawn_blocking(move || {
+            items
+                .into_iter()
+                .map(|(local, remote, if_revision)| {
+                    let meta = fs::metadata(&local).map_err(|e| ClientError::local(&local, e))?;
+                    let data = fs::read(&local).map_err(|e| ClientError::local(&local, e))?;
+                    let modified = meta.modified().map_err(|e| ClientError::local(&local, e))?;
+                    Ok((remote, if_revision, data, modified))
+                })
+                .collect::<Vec<Result<_>>>()
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut messages = Vec::new();
+        // Files that could not be read locally get their error in place.
+        let mut slots: Vec<Option<Result<FileInfo>>> = Vec::with_capacity(read.len());
+        for item in read {
+            match item {
+                Ok((remote, if_revision, data, modified)) => {
+                    messages.push(v1::UploadRequest {
+                        msg: Some(Msg::Header(v1::UploadHeader {
+                            path: remote.to_string(),
+                            size: data.len() as u64,
+                            hash: ContentHash::of(&data).0.to_vec(),
+                            modified: Some(distribusync_proto::timestamp(modified)),
+                            if_revision,
+                        })),
+                    });
+                    if !data.is_empty() {
+                        messages.push(v1::UploadRequest {
+                            msg: Some(Msg::Chunk(data)),
+                        });
+                    }
+                    slots.push(None);
+                }
+                Err(e) => slots.push(Some(Err(e))),
+            }
+        }
+        let mut inner = self.inner.clone();
+        let reply = inner
+            .upload_batch(tokio_stream::iter(messages))
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        let mut results = reply.results.into_iter();
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Some(local_error) => Ok(local_error),
+                None => match results.next().and_then(|r| r.result) {
+                    Some(v1::upload_result::Result::File(f)) => Ok(f.try_into()),
+                    Some(v1::upload_result::Result::Error(e)) => {
+                        let mut status = tonic::Status::new(tonic::Code::from(e.code), e.message);
+                        if let Some(rev) = e.current_revision
+                            && let Ok(v) = rev.to_string().parse()
+                        {
+                            status
+                                .metadata_mut()
+                                .insert(crate::error::CURRENT_REVISION_KEY, v);
+                        }
+                        Ok(Err(self.err(status)))
+                    }
+                    None => Err(protocol("batch reply has fewer results than files")),
+                },
+            })
+            .collect()
+    }
+
     /// Downloads `remote` into `local`, atomically: the data goes to a
     /// partial file beside `local`, is verified against the server's hash,
     /// fsynced, then renamed over `local`. An interrupted download resumes

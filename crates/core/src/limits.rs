@@ -12,3 +12,12 @@ pub const LIST_PAGE_SIZE: u32 = 1000;
 
 /// Largest file the server accepts by default (configurable).
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// Most files in one UploadBatch.
+pub const MAX_BATCH_FILES: usize = 1000;
+
+/// Most data bytes in one UploadBatch.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Files up to this size travel in batches during sync.
+pub const BATCH_FILE_MAX: u64 = 256 * 1024;

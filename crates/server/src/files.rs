@@ -127,6 +127,87 @@ impl Files for FilesService {
         }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn upload_batch(
+        &self,
+        request: Request<Streaming<v1::UploadRequest>>,
+    ) -> Result<Response<v1::UploadBatchResponse>, Status> {
+        use v1::upload_request::Msg;
+        let mut stream = request.into_inner();
+        let mut files: Vec<(UploadHeader, Vec<u8>)> = Vec::new();
+        let mut total = 0usize;
+        while let Some(msg) = stream.message().await? {
+            match msg.msg {
+                Some(Msg::Header(h)) => {
+                    if files.len() >= limits::MAX_BATCH_FILES {
+                        return Err(ServiceError::TooLarge {
+                            what: "upload batch".into(),
+                            limit: format!("{} files per batch", limits::MAX_BATCH_FILES),
+                        }
+                        .into());
+                    }
+                    let h = upload_header(h)?;
+                    let cap = usize::try_from(h.size)
+                        .unwrap_or(0)
+                        .min(limits::MAX_BATCH_BYTES);
+                    files.push((h, Vec::with_capacity(cap)));
+                }
+                Some(Msg::Chunk(data)) => {
+                    let Some((h, buf)) = files.last_mut() else {
+                        return Err(ServiceError::InvalidArgument(
+                            "a batch must start with a header".into(),
+                        )
+                        .into());
+                    };
+                    total += data.len();
+                    if total > limits::MAX_BATCH_BYTES {
+                        return Err(ServiceError::TooLarge {
+                            what: "upload batch".into(),
+                            limit: format!("{} bytes of data per batch", limits::MAX_BATCH_BYTES),
+                        }
+                        .into());
+                    }
+                    if (buf.len() + data.len()) as u64 > h.size {
+                        return Err(ServiceError::InvalidArgument(format!(
+                            "{}: received more than the {} bytes announced in the header",
+                            h.path, h.size
+                        ))
+                        .into());
+                    }
+                    buf.extend_from_slice(&data);
+                }
+                None => {
+                    return Err(ServiceError::InvalidArgument("empty batch message".into()).into());
+                }
+            }
+        }
+        let paths: Vec<String> = files.iter().map(|(h, _)| h.path.to_string()).collect();
+        let results = self.store.upload_batch(files).await?;
+        let results = paths
+            .into_iter()
+            .zip(results)
+            .map(|(path, r)| v1::UploadResult {
+                result: Some(match r {
+                    Ok(record) => v1::upload_result::Result::File(file_info(&record)),
+                    Err(e) => {
+                        let current_revision = match &e {
+                            ServiceError::RevisionMismatch { current, .. } => Some(*current),
+                            _ => None,
+                        };
+                        let status = Status::from(e);
+                        v1::upload_result::Result::Error(v1::UploadError {
+                            path,
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                            current_revision,
+                        })
+                    }
+                }),
+            })
+            .collect();
+        Ok(Response::new(v1::UploadBatchResponse { results }))
+    }
+
     type DownloadStream = Stream2<v1::DownloadResponse>;
 
     #[tracing::instrument(skip_all)]

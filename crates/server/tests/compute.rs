@@ -29,7 +29,15 @@ struct TestServer {
 
 impl TestServer {
     async fn start(config: ComputeConfig) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// On a given address (port reuse allowed: for restarts).
+    async fn start_on(addr: SocketAddr, config: ComputeConfig) -> TestServer {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let listener: TcpListener = socket.listen(128).unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let shutdown = CancellationToken::new();
@@ -485,4 +493,53 @@ async fn shutdown_ends_callback_streams_and_cancels_jobs() {
     server.stop().await;
     timeout(LIMIT, waiter).await.unwrap().unwrap();
     assert_eq!(*seen.lock().unwrap(), Some(true));
+}
+
+#[tokio::test]
+async fn the_callback_stream_is_reopened_after_a_server_restart() {
+    let config = ComputeConfig {
+        workers: 1,
+        ..ComputeConfig::default()
+    };
+    let first = TestServer::start(config.clone()).await;
+    let addr = first.addr;
+    let c = first.client().await;
+    let h = c.add_async(vec![1i64, 2]).await.unwrap();
+    assert_eq!(
+        timeout(LIMIT, h).await.unwrap().unwrap(),
+        JobOutput::Sum(Number::Int(3))
+    );
+    // A job still running when the server goes away: its handle resolves
+    // with an error (cancelled by the shutdown, or gone after the restart),
+    // never hangs.
+    let pending = c
+        .sort_async(random_ints(BIG, 9), Order::Ascending)
+        .await
+        .unwrap();
+    first.stop().await;
+    let second = TestServer::start_on(addr, config).await;
+    let e = timeout(LIMIT, pending).await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ComputeError::JobCancelled { .. }
+                | ComputeError::Rejected {
+                    code: Code::NotFound,
+                    ..
+                }
+                | ComputeError::CallbacksLost { .. }
+        ),
+        "{e:?}"
+    );
+    // The same client reconnects and gets results over a new stream.
+    let h = timeout(LIMIT, c.add_async(vec![40i64, 2]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        timeout(LIMIT, h).await.unwrap().unwrap(),
+        JobOutput::Sum(Number::Int(42))
+    );
+    assert_eq!(second.svc.callback_subscribers(), 1);
+    second.stop().await;
 }

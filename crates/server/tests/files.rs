@@ -604,3 +604,85 @@ async fn health_service_reports_serving() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_commits_each_file_on_its_own_merits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let taken = put_bytes(&c, tmp.path(), "taken", b"already here").await;
+    let mut items = Vec::new();
+    for i in 0..300 {
+        let local = tmp.path().join(format!("b{i}"));
+        std::fs::write(&local, format!("batch file {i}")).unwrap();
+        items.push((local, p(&format!("batch/{i:03}")), None));
+    }
+    let stale = tmp.path().join("stale");
+    std::fs::write(&stale, b"new").unwrap();
+    items.push((stale, p("taken"), Some(0))); // must not exist: refused
+    items.push((tmp.path().join("missing-local"), p("never"), None));
+    let results = c.upload_batch(items).await.unwrap();
+    assert_eq!(results.len(), 302);
+    assert!(results[..300].iter().all(Result::is_ok));
+    assert!(
+        matches!(&results[300], Err(ClientError::RevisionMismatch { current: Some(r), .. }) if *r == taken.revision)
+    );
+    assert!(matches!(&results[301], Err(ClientError::Local { .. })));
+    assert_eq!(
+        get_bytes(&c, tmp.path(), "batch/123").await,
+        b"batch file 123"
+    );
+    assert_eq!(get_bytes(&c, tmp.path(), "taken").await, b"already here");
+    assert_eq!(c.list_all(Some(&p("batch"))).await.unwrap().len(), 300);
+    // Revisions are distinct and the log has one entry per file.
+    let mut revs: Vec<u64> = results[..300]
+        .iter()
+        .map(|r| r.as_ref().unwrap().revision)
+        .collect();
+    revs.dedup();
+    assert_eq!(revs.len(), 300);
+    assert!(staging_is_empty(&server.root));
+
+    // A wrong hash inside a batch is refused for that file only.
+    let mut rc = raw(&server.addr);
+    let msgs = vec![
+        header("ok", 2, b"ok"),
+        chunk(b"ok"),
+        header("bad", 3, b"xyz"),
+        chunk(b"abc"),
+    ];
+    let reply = rc
+        .upload_batch(tokio_stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        reply.results[0].result,
+        Some(v1::upload_result::Result::File(_))
+    ));
+    match &reply.results[1].result {
+        Some(v1::upload_result::Result::Error(e)) => {
+            assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+            assert!(e.message.contains("hash mismatch"));
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // Over the data limit: refused as a whole, naming the limit.
+    let big = vec![0u8; 6 << 20];
+    let msgs: Vec<_> = (0..3)
+        .flat_map(|i| {
+            [
+                header(&format!("big{i}"), big.len() as u64, &big),
+                chunk(&big),
+            ]
+        })
+        .collect();
+    let err = rc.upload_batch(tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        err.message().contains("bytes of data per batch"),
+        "{}",
+        err.message()
+    );
+    server.stop().await;
+}

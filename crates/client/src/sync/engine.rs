@@ -41,7 +41,7 @@ impl SyncOptions {
             mode: Mode::TwoWay,
             rescan_every: Duration::from_secs(300),
             settle: Duration::from_millis(300),
-            parallel: 16,
+            parallel: 8,
             host: hostname::get()
                 .ok()
                 .and_then(|h| h.into_string().ok())
@@ -395,6 +395,11 @@ impl SyncEngine {
             source: std::io::Error::other(e),
         })?;
         let plan = self.plan();
+        tracing::debug!(
+            files = self.local.files.len(),
+            operations = plan.operations.len(),
+            "scanned and planned"
+        );
         if let Some(why) = plan.refused {
             return Err(SyncError::SafetyStop(format!(
                 "{}: {why}",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use distribusync_core::sync::{Operation, RemoteFile, SyncPlan};
-use distribusync_core::{ContentHash, RemotePath};
+use distribusync_core::{ContentHash, RemotePath, limits};
 use futures::StreamExt;
 
 use super::engine::{PassReport, SyncEngine, SyncError};
@@ -16,6 +16,9 @@ use super::scan::{LocalEntry, stat_of};
 use super::state::{BaseEntry, FileStat, StateWrite};
 use crate::error::ClientError;
 use crate::files::{FileInfo, FilesClient};
+
+/// Transfers in flight: each yields the results of its files.
+type Job = futures::future::BoxFuture<'static, Vec<(RemotePath, Result<Done, ClientError>)>>;
 
 /// The result of one transfer, applied to the engine's views afterwards.
 #[derive(Debug)]
@@ -314,7 +317,34 @@ impl SyncEngine {
         ops: Vec<Operation>,
         report: &mut PassReport,
     ) -> Result<(), SyncError> {
-        let jobs = ops
+        // Small uploads travel in batches (shared round trips, fsyncs and
+        // index transactions); everything else streams on its own.
+        let (small, ops): (Vec<Operation>, Vec<Operation>) = ops.into_iter().partition(|op| {
+            matches!(op, Operation::Upload { path, .. }
+                if self.local.files.get(path).is_some_and(|e| e.stat.size <= limits::BATCH_FILE_MAX))
+        });
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0u64;
+        for op in small {
+            let Operation::Upload { path, if_revision } = op else {
+                unreachable!("partitioned above")
+            };
+            let size = self.local.files.get(&path).map_or(0, |e| e.stat.size);
+            if batch.len() >= BATCH_FILES || batch_bytes + size > BATCH_BYTES {
+                jobs.push(Box::pin(upload_batch(
+                    self.client.clone(),
+                    std::mem::take(&mut batch),
+                )));
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push((self.local_path(&path), path, if_revision));
+        }
+        if !batch.is_empty() {
+            jobs.push(Box::pin(upload_batch(self.client.clone(), batch)));
+        }
+        let singles = ops
             .into_iter()
             .map(|op| {
                 let client = self.client.clone();
@@ -387,68 +417,129 @@ impl SyncEngine {
                         }
                     }
                     .await;
-                    (path, r)
+                    vec![(path, r)]
                 }
             })
             // Built eagerly: the futures own their inputs and borrow nothing.
             .collect::<Vec<_>>();
+        jobs.extend(
+            singles
+                .into_iter()
+                .map(|f| Box::pin(f) as futures::future::BoxFuture<'static, _>),
+        );
         let mut results = futures::stream::iter(jobs).buffer_unordered(self.opts.parallel.max(1));
-        while let Some((path, result)) = results.next().await {
+        while let Some(group) = results.next().await {
             let mut writes = Vec::new();
-            match result {
-                Ok(Done::Uploaded { path, info, stat }) => {
-                    tracing::info!(%path, size = info.size, revision = info.revision, "uploaded");
-                    self.record(&mut writes, &path, &info, stat);
-                    self.set_status(|s| {
-                        s.uploaded += 1;
-                        s.last_action = Some(format!("uploaded {path}"));
-                    });
-                }
-                Ok(Done::Downloaded { path, info, stat }) => {
-                    tracing::info!(%path, size = info.size, revision = info.revision, "downloaded");
-                    self.record(&mut writes, &path, &info, stat);
-                    self.set_status(|s| {
-                        s.downloaded += 1;
-                        s.last_action = Some(format!("downloaded {path}"));
-                    });
-                }
-                Ok(Done::Conflict {
-                    path,
-                    copy,
-                    copy_upload,
-                    copy_stat,
-                    copy_hash,
-                    info,
-                    stat,
-                }) => {
-                    tracing::warn!(%path, %copy, "conflict: both sides changed; kept this side's version as a copy");
-                    match copy_upload {
-                        Some(ci) => self.record(&mut writes, &copy, &ci, copy_stat),
-                        None => {
-                            self.local.files.insert(
-                                copy.clone(),
-                                LocalEntry {
-                                    stat: copy_stat,
-                                    hash: copy_hash,
-                                    disk_name: None,
-                                },
-                            );
-                        }
+            for (path, result) in group {
+                match result {
+                    Ok(Done::Uploaded { path, info, stat }) => {
+                        tracing::info!(%path, size = info.size, revision = info.revision, "uploaded");
+                        self.record(&mut writes, &path, &info, stat);
+                        self.set_status(|s| {
+                            s.uploaded += 1;
+                            s.last_action = Some(format!("uploaded {path}"));
+                        });
                     }
-                    self.record(&mut writes, &path, &info, stat);
-                    self.set_status(|s| {
-                        s.last_action =
-                            Some(format!("conflict on {path}: local version kept as {copy}"))
-                    });
-                }
-                Err(e) => {
-                    report.offline |= e.is_unreachable();
-                    tracing::warn!(%path, error = %e, "not synced this time");
-                    report.failures.push(format!("{path}: {e}"));
+                    Ok(Done::Downloaded { path, info, stat }) => {
+                        tracing::info!(%path, size = info.size, revision = info.revision, "downloaded");
+                        self.record(&mut writes, &path, &info, stat);
+                        self.set_status(|s| {
+                            s.downloaded += 1;
+                            s.last_action = Some(format!("downloaded {path}"));
+                        });
+                    }
+                    Ok(Done::Conflict {
+                        path,
+                        copy,
+                        copy_upload,
+                        copy_stat,
+                        copy_hash,
+                        info,
+                        stat,
+                    }) => {
+                        tracing::warn!(%path, %copy, "conflict: both sides changed; kept this side's version as a copy");
+                        match copy_upload {
+                            Some(ci) => self.record(&mut writes, &copy, &ci, copy_stat),
+                            None => {
+                                self.local.files.insert(
+                                    copy.clone(),
+                                    LocalEntry {
+                                        stat: copy_stat,
+                                        hash: copy_hash,
+                                        disk_name: None,
+                                    },
+                                );
+                            }
+                        }
+                        self.record(&mut writes, &path, &info, stat);
+                        self.set_status(|s| {
+                            s.last_action =
+                                Some(format!("conflict on {path}: local version kept as {copy}"))
+                        });
+                    }
+                    Err(e) => {
+                        report.offline |= e.is_unreachable();
+                        tracing::warn!(%path, error = %e, "not synced this time");
+                        report.failures.push(format!("{path}: {e}"));
+                    }
                 }
             }
             self.state.write(&writes)?;
         }
         Ok(())
+    }
+}
+
+/// Files per upload batch during sync.
+const BATCH_FILES: usize = 256;
+/// Data bytes per upload batch during sync.
+const BATCH_BYTES: u64 = (limits::MAX_BATCH_BYTES / 4) as u64;
+
+/// Uploads a batch of small files; one result per file.
+async fn upload_batch(
+    client: FilesClient,
+    items: Vec<(PathBuf, RemotePath, u64)>,
+) -> Vec<(RemotePath, Result<Done, ClientError>)> {
+    // Stat before reading, so a file changed meanwhile is seen as changed.
+    let stats: Vec<Result<FileStat, ClientError>> =
+        items.iter().map(|(l, _, _)| stat_path(l)).collect();
+    let paths: Vec<RemotePath> = items.iter().map(|(_, p, _)| p.clone()).collect();
+    let request = items
+        .into_iter()
+        .map(|(l, p, rev)| (l, p, Some(rev)))
+        .collect();
+    match client.upload_batch(request).await {
+        Ok(results) => paths
+            .into_iter()
+            .zip(stats)
+            .zip(results)
+            .map(|((path, stat), r)| {
+                let done = stat.and_then(|stat| {
+                    r.map(|info| Done::Uploaded {
+                        path: path.clone(),
+                        info,
+                        stat,
+                    })
+                });
+                (path, done)
+            })
+            .collect(),
+        Err(e) => {
+            let msg = e.to_string();
+            let unreachable = e.is_unreachable();
+            paths
+                .into_iter()
+                .map(|p| {
+                    let err = if unreachable {
+                        ClientError::Unreachable {
+                            addr: client.addr().to_owned(),
+                        }
+                    } else {
+                        ClientError::Server(msg.clone())
+                    };
+                    (p, Err(err))
+                })
+                .collect()
+        }
     }
 }

@@ -167,9 +167,10 @@ impl Disk {
         Ok((p, f))
     }
 
-    /// Moves a verified, fsynced staging file to `path`, atomically replacing
-    /// any previous version, and makes the rename durable.
-    pub fn install(&self, staged: &Path, path: &RemotePath) -> Result<()> {
+    /// Moves a verified, durable staging file to `path`, atomically
+    /// replacing any previous version. Returns the folder that changed: the
+    /// caller fsyncs it (once per folder for a group of installs).
+    pub fn install(&self, staged: &Path, path: &RemotePath) -> Result<PathBuf> {
         if self.kind(path)? == Kind::Folder {
             return Err(ServiceError::Conflict(format!(
                 "{path}: is a folder; cannot replace it with a file"
@@ -177,7 +178,14 @@ impl Disk {
         }
         let parent = self.make_parents(path)?;
         fs::rename(staged, self.local(path)).map_err(|e| ServiceError::io(path.to_string(), e))?;
-        sync_dir(&parent).map_err(|e| ServiceError::io(path.to_string(), e))
+        Ok(parent)
+    }
+
+    /// Flushes every staged file's data with one `syncfs` (for batches of
+    /// small files, instead of an fsync each).
+    pub fn sync_staging(&self) -> Result<()> {
+        let dir = File::open(&self.staging).map_err(|e| ServiceError::io("staging", e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| ServiceError::io("staging", e.into()))
     }
 
     /// Removes the file at `path` and then any folders it leaves empty.

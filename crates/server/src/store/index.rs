@@ -237,37 +237,52 @@ impl Index {
         hash: ContentHash,
         modified_ns: i64,
     ) -> Result<(FileRecord, ChangeRecord)> {
+        let mut done = self.commit_puts(&[(path.clone(), size, hash, modified_ns)])?;
+        Ok(done.pop().expect("one record per put"))
+    }
+
+    /// Records new versions of several files in one transaction (group
+    /// commit); each gets its own revision, in order.
+    pub fn commit_puts(
+        &self,
+        puts: &[(RemotePath, u64, ContentHash, i64)],
+    ) -> Result<Vec<(FileRecord, ChangeRecord)>> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let mut change = ChangeRecord {
-                seq: 0,
-                op: ChangeOp::Put,
-                path: path.clone(),
-                new_path: None,
-                revision: 0,
-                size,
-                hash: Some(hash),
-                modified_ns,
-                folder: false,
-            };
-            let seq = Self::append(&tx, &change)?;
-            tx.execute(
-                "INSERT INTO files (path, size, hash, revision, modified_ns) VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT(path) DO UPDATE SET size = ?2, hash = ?3, revision = ?4, modified_ns = ?5",
-                params![path.as_str(), to_i64(size), hash.0.to_vec(), to_i64(seq), modified_ns],
-            )?;
-            self.prune(&tx, seq)?;
+            let mut out = Vec::with_capacity(puts.len());
+            for (path, size, hash, modified_ns) in puts {
+                let (size, hash, modified_ns) = (*size, *hash, *modified_ns);
+                let mut change = ChangeRecord {
+                    seq: 0,
+                    op: ChangeOp::Put,
+                    path: path.clone(),
+                    new_path: None,
+                    revision: 0,
+                    size,
+                    hash: Some(hash),
+                    modified_ns,
+                    folder: false,
+                };
+                let seq = Self::append(&tx, &change)?;
+                tx.prepare_cached(
+                    "INSERT INTO files (path, size, hash, revision, modified_ns) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT(path) DO UPDATE SET size = ?2, hash = ?3, revision = ?4, modified_ns = ?5",
+                )?
+                .execute(params![path.as_str(), to_i64(size), hash.0.to_vec(), to_i64(seq), modified_ns])?;
+                self.prune(&tx, seq)?;
+                change.seq = seq;
+                change.revision = seq;
+                let record = FileRecord {
+                    path: path.clone(),
+                    size,
+                    hash,
+                    revision: seq,
+                    modified_ns,
+                };
+                out.push((record, change));
+            }
             tx.commit()?;
-            change.seq = seq;
-            change.revision = seq;
-            let record = FileRecord {
-                path: path.clone(),
-                size,
-                hash,
-                revision: seq,
-                modified_ns,
-            };
-            Ok((record, change))
+            Ok(out)
         })
     }
 

@@ -206,30 +206,151 @@ impl Store {
         header: &UploadHeader,
         staged: std::path::PathBuf,
     ) -> Result<FileRecord> {
-        let _guard = self.inner.locks.lock(&[&header.path]).await;
+        let mut results = self.commit_staged(vec![(header.clone(), staged)]).await?;
+        results.pop().expect("one result per staged file")
+    }
+
+    /// The one commit path of every upload: installs verified, durable
+    /// staging files as new versions (group commit). Locks every target,
+    /// checks each precondition, renames what passes into place, fsyncs
+    /// each changed folder once, then records all of them in one index
+    /// transaction. Returns one result per file, in order; the outer error
+    /// is a failure of the whole group (the index or a folder fsync).
+    async fn commit_staged(
+        &self,
+        staged: Vec<(UploadHeader, std::path::PathBuf)>,
+    ) -> Result<Vec<Result<FileRecord>>> {
+        let targets: Vec<&RemotePath> = staged.iter().map(|(h, _)| &h.path).collect();
+        let _guard = self.inner.locks.lock(&targets).await;
         let s = self.clone();
-        let h = header.clone();
-        let (record, change) = blocking(move || {
+        let (results, changes) = blocking(move || {
             let Inner { disk, index, .. } = &*s.inner;
-            if index.is_folder(&h.path)? {
-                return Err(ServiceError::Conflict(format!(
-                    "{}: is a folder; cannot replace it with a file",
-                    h.path
-                )));
+            let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(staged.len());
+            let mut installed = Vec::new();
+            let mut folders = std::collections::BTreeSet::new();
+            for (i, (h, file)) in staged.iter().enumerate() {
+                let attempt = (|| {
+                    if index.is_folder(&h.path)? {
+                        return Err(ServiceError::Conflict(format!(
+                            "{}: is a folder; cannot replace it with a file",
+                            h.path
+                        )));
+                    }
+                    check_revision(&h.path, index.get(&h.path)?.as_ref(), h.if_revision)?;
+                    disk.install(file, &h.path)
+                })();
+                match attempt {
+                    Ok(folder) => {
+                        folders.insert(folder);
+                        installed.push(i);
+                        results.push(None);
+                    }
+                    Err(e) => results.push(Some(Err(e))),
+                }
             }
-            check_revision(&h.path, index.get(&h.path)?.as_ref(), h.if_revision)?;
-            disk.install(&staged, &h.path)?;
-            index.commit_put(
-                &h.path,
-                h.size,
-                h.hash,
-                distribusync_proto::unix_nanos(h.modified),
-            )
+            for folder in &folders {
+                disk::sync_dir(folder)
+                    .map_err(|e| ServiceError::io(folder.display().to_string(), e))?;
+            }
+            let puts: Vec<_> = installed
+                .iter()
+                .map(|&i| {
+                    let h = &staged[i].0;
+                    (
+                        h.path.clone(),
+                        h.size,
+                        h.hash,
+                        distribusync_proto::unix_nanos(h.modified),
+                    )
+                })
+                .collect();
+            let mut changes = Vec::with_capacity(puts.len());
+            for (&i, (record, change)) in installed.iter().zip(index.commit_puts(&puts)?) {
+                results[i] = Some(Ok(record));
+                changes.push(change);
+            }
+            let results: Vec<Result<FileRecord>> = results
+                .into_iter()
+                .map(|r| r.expect("every file has a result"))
+                .collect();
+            Ok((results, changes))
         })
         .await?;
-        self.announce(change);
-        tracing::info!(path = %record.path, revision = record.revision, size = record.size, "uploaded");
-        Ok(record)
+        for change in changes {
+            tracing::info!(path = %change.path, revision = change.revision, size = change.size, "uploaded");
+            self.announce(change);
+        }
+        Ok(results)
+    }
+
+    /// Uploads several small files held in memory as one group: each is
+    /// verified, staged, all are flushed with one `syncfs`, then committed
+    /// together. One result per file, in order.
+    ///
+    /// # Errors
+    /// A failure of the whole group (staging, the index).
+    pub async fn upload_batch(
+        &self,
+        files: Vec<(UploadHeader, Vec<u8>)>,
+    ) -> Result<Vec<Result<FileRecord>>> {
+        let s = self.clone();
+        let max = self.inner.config.max_file_size;
+        let (mut results, staged, slots) = blocking(move || {
+            let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(files.len());
+            let mut staged = Vec::new();
+            let mut slots = Vec::new();
+            for (i, (h, data)) in files.into_iter().enumerate() {
+                let actual = ContentHash::of(&data);
+                let verdict = if h.size > max {
+                    Err(ServiceError::TooLarge {
+                        what: format!("{}: size {} bytes", h.path, h.size),
+                        limit: format!("{max} bytes (max file size)"),
+                    })
+                } else if data.len() as u64 != h.size {
+                    Err(ServiceError::InvalidArgument(format!(
+                        "{}: received {} bytes, the header announced {}",
+                        h.path,
+                        data.len(),
+                        h.size
+                    )))
+                } else if actual != h.hash {
+                    Err(ServiceError::InvalidArgument(format!(
+                        "{}: content hash mismatch: header says {}, data hashes to {}",
+                        h.path, h.hash, actual
+                    )))
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = verdict {
+                    results.push(Some(Err(e)));
+                    continue;
+                }
+                let (path, mut file) = s.inner.disk.stage()?;
+                use std::io::Write;
+                file.write_all(&data)
+                    .and_then(|()| file.set_modified(h.modified))
+                    .map_err(|e| ServiceError::io("staging file", e))?;
+                results.push(None);
+                slots.push(i);
+                staged.push((h, path));
+            }
+            s.inner.disk.sync_staging()?;
+            Ok((results, staged, slots))
+        })
+        .await?;
+        let leftovers: Vec<std::path::PathBuf> = staged.iter().map(|(_, p)| p.clone()).collect();
+        let committed = self.commit_staged(staged).await;
+        // Staging files that were not installed (refused, or a failed group).
+        for p in leftovers {
+            let _ = std::fs::remove_file(p);
+        }
+        for (i, r) in slots.into_iter().zip(committed?) {
+            results[i] = Some(r);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every file has a result"))
+            .collect())
     }
 
     async fn stat_opt(&self, path: &RemotePath) -> Result<Option<FileRecord>> {
