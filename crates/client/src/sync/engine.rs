@@ -223,16 +223,18 @@ impl SyncEngine {
     /// Reads the change log until caught up (one-shot use).
     async fn catch_up(&mut self) -> Result<(), SyncError> {
         let mut w = self.client.watch(self.last_seq).await?;
+        let mut msgs = Vec::new();
         loop {
             match w.next().await? {
-                Some(crate::WatchEvent::Change(c)) => self.apply_remote(RemoteMsg::Change(c))?,
+                Some(crate::WatchEvent::Change(c)) => msgs.push(RemoteMsg::Change(c)),
                 Some(crate::WatchEvent::Resync(seq)) => {
                     let all = self.client.list_all(None).await?;
-                    self.apply_remote(RemoteMsg::Snapshot(all, seq))?;
+                    msgs.push(RemoteMsg::Snapshot(all, seq));
                 }
-                Some(crate::WatchEvent::CaughtUp(_)) | None => return Ok(()),
+                Some(crate::WatchEvent::CaughtUp(_)) | None => break,
             }
         }
+        self.apply_remote(msgs)
     }
 
     /// Runs until `shutdown` is cancelled: watches the folder and the
@@ -300,27 +302,37 @@ impl SyncEngine {
                     Some(LocalEvent::Rescan) => full_due = true,
                     None => return Err(SyncError::FolderGone(self.opts.dir.display().to_string())),
                 },
-                msg = remote_rx.recv() => match msg {
-                    Some(RemoteMsg::Offline(e)) => {
-                        if online || retry_at.is_none() {
-                            tracing::warn!(error = %e, "server unreachable; changes will wait");
+                msg = remote_rx.recv() => {
+                    // Take everything already queued: one state write for a burst.
+                    let mut msgs: Vec<RemoteMsg> = msg.into_iter().collect();
+                    while let Ok(more) = remote_rx.try_recv() {
+                        msgs.push(more);
+                    }
+                    let mut changes = Vec::new();
+                    for m in msgs {
+                        match m {
+                            RemoteMsg::Offline(e) => {
+                                if online || retry_at.is_none() {
+                                    tracing::warn!(error = %e, "server unreachable; changes will wait");
+                                }
+                                online = false;
+                                self.set_status(|s| { s.phase = SyncPhase::Offline; s.last_error = Some(e); });
+                            }
+                            RemoteMsg::CaughtUp if !online => {
+                                online = true;
+                                full_due = true; // (re)connected: look at everything
+                                self.set_status(|s| s.phase = SyncPhase::Idle);
+                            }
+                            RemoteMsg::CaughtUp => {}
+                            m => changes.push(m),
                         }
-                        online = false;
-                        self.set_status(|s| { s.phase = SyncPhase::Offline; s.last_error = Some(e); });
                     }
-                    Some(RemoteMsg::CaughtUp) if !online => {
-                        online = true;
-                        full_due = true; // (re)connected: look at everything
-                        self.set_status(|s| s.phase = SyncPhase::Idle);
-                    }
-                    Some(RemoteMsg::CaughtUp) => {}
-                    Some(m) => {
-                        self.apply_remote(m)?;
+                    if !changes.is_empty() {
+                        self.apply_remote(changes)?;
                         remote_dirty = true;
                         batch_until.get_or_insert(Instant::now() + BATCH);
                     }
-                    None => {}
-                },
+                }
                 () = tokio::time::sleep_until(wake) => {}
             }
 
@@ -380,20 +392,24 @@ impl SyncEngine {
             s.passes += 1;
         });
         let scanner = self.scanner.clone();
-        let base = self.base.clone();
+        // Moved into the scan and back rather than copied: with 100,000
+        // files every copy of a view costs megabytes.
+        let base = std::mem::take(&mut self.base);
         let mut view = std::mem::take(&mut self.local);
-        self.local = tokio::task::spawn_blocking(move || {
+        let (view, base) = tokio::task::spawn_blocking(move || {
             match scope {
                 None => view = scanner.full(&view, &base),
                 Some(rels) => scanner.refresh(&mut view, &rels, &base),
             }
-            view
+            (view, base)
         })
         .await
         .map_err(|e| SyncError::Local {
             path: self.opts.dir.display().to_string(),
             source: std::io::Error::other(e),
         })?;
+        self.local = view;
+        self.base = base;
         let plan = self.plan();
         tracing::debug!(
             files = self.local.files.len(),
@@ -418,7 +434,7 @@ impl SyncEngine {
         Ok(report)
     }
 
-    fn plan(&self) -> SyncPlan {
+    fn plan(&mut self) -> SyncPlan {
         let now = std::time::SystemTime::now();
         let input = SyncInput {
             local: self
@@ -435,7 +451,8 @@ impl SyncEngine {
                     )
                 })
                 .collect(),
-            remote: self.remote.clone(),
+            // Lent to the planner and taken back below.
+            remote: std::mem::take(&mut self.remote),
             base: self
                 .base
                 .iter()
@@ -455,49 +472,54 @@ impl SyncEngine {
             host: self.opts.host.clone(),
             stamp: stamp(now),
         };
-        plan(&input)
+        let plan = plan(&input);
+        self.remote = input.remote;
+        plan
     }
 
-    /// Records a server-side change in the remote view.
-    pub(super) fn apply_remote(&mut self, msg: RemoteMsg) -> Result<(), SyncError> {
+    /// Records server-side changes in the remote view (one state write).
+    pub(super) fn apply_remote(&mut self, msgs: Vec<RemoteMsg>) -> Result<(), SyncError> {
         let mut writes = Vec::new();
-        match msg {
-            RemoteMsg::Change(c) => {
-                let seq = c.seq;
-                match c.kind {
-                    ChangeKind::Put(info) => {
+        for msg in msgs {
+            match msg {
+                RemoteMsg::Change(c) => {
+                    let seq = c.seq;
+                    match c.kind {
+                        ChangeKind::Put(info) => {
+                            let file = RemoteFile {
+                                revision: info.revision,
+                                hash: info.hash,
+                                size: info.size,
+                            };
+                            self.set_remote(&info.path, Some(file), seq, &mut writes);
+                        }
+                        ChangeKind::Delete(path) => self.set_remote(&path, None, seq, &mut writes),
+                        ChangeKind::Rename {
+                            from, to, revision, ..
+                        } => {
+                            self.move_remote(&from, &to, revision, seq, &mut writes);
+                        }
+                    }
+                    self.last_seq = self.last_seq.max(seq);
+                }
+                RemoteMsg::Snapshot(all, seq) => {
+                    self.remote.clear();
+                    self.seen.clear();
+                    writes.clear();
+                    writes.push(StateWrite::ClearRemote);
+                    for f in all {
                         let file = RemoteFile {
-                            revision: info.revision,
-                            hash: info.hash,
-                            size: info.size,
+                            revision: f.revision,
+                            hash: f.hash,
+                            size: f.size,
                         };
-                        self.set_remote(&info.path, Some(file), seq, &mut writes);
+                        writes.push(StateWrite::Remote(f.path.clone(), Some(file.clone())));
+                        self.remote.insert(f.path, file);
                     }
-                    ChangeKind::Delete(path) => self.set_remote(&path, None, seq, &mut writes),
-                    ChangeKind::Rename {
-                        from, to, revision, ..
-                    } => {
-                        self.move_remote(&from, &to, revision, seq, &mut writes);
-                    }
+                    self.last_seq = seq;
                 }
-                self.last_seq = self.last_seq.max(seq);
+                RemoteMsg::CaughtUp | RemoteMsg::Offline(_) => {}
             }
-            RemoteMsg::Snapshot(all, seq) => {
-                self.remote.clear();
-                self.seen.clear();
-                writes.push(StateWrite::ClearRemote);
-                for f in all {
-                    let file = RemoteFile {
-                        revision: f.revision,
-                        hash: f.hash,
-                        size: f.size,
-                    };
-                    writes.push(StateWrite::Remote(f.path.clone(), Some(file.clone())));
-                    self.remote.insert(f.path, file);
-                }
-                self.last_seq = seq;
-            }
-            RemoteMsg::CaughtUp | RemoteMsg::Offline(_) => return Ok(()),
         }
         writes.push(StateWrite::LastSeq(self.last_seq));
         self.state.write(&writes)?;

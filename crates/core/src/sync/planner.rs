@@ -40,7 +40,8 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
         .chain(input.base.keys())
         .filter(|p| !input.unreadable.contains(*p) && !handled.contains(*p))
         .collect();
-    let mut taken: BTreeSet<RemotePath> = paths.iter().map(|p| (*p).clone()).collect();
+    // Conflict copies chosen so far (every other name in use is in the views).
+    let mut taken: BTreeSet<RemotePath> = BTreeSet::new();
     let (mut deletes, mut transfers, mut bookkeeping) = (Vec::new(), Vec::new(), Vec::new());
     for path in paths {
         let l = input.local.get(path);
@@ -123,7 +124,10 @@ fn conflict(
     upload_copy: bool,
 ) -> Operation {
     let copy = conflict_name(path, &input.host, &input.stamp, |c| {
-        taken.contains(c) || input.local.contains_key(c) || input.remote.contains_key(c)
+        taken.contains(c)
+            || input.local.contains_key(c)
+            || input.remote.contains_key(c)
+            || input.base.contains_key(c)
     });
     taken.insert(copy.clone());
     Operation::Conflict {
