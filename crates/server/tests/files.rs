@@ -64,10 +64,25 @@ fn chunk(data: &[u8]) -> v1::UploadRequest {
     }
 }
 
+/// True when no staged upload is left anywhere under the staging folder.
 fn staging_is_empty(root: &std::path::Path) -> bool {
-    std::fs::read_dir(root.join(".distribusync/staging"))
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false)
+    fn files_under(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            files_under(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    root.join(".distribusync/staging").is_dir()
+        && files_under(&root.join(".distribusync/staging")) == 0
 }
 
 #[tokio::test]

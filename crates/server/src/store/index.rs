@@ -133,12 +133,11 @@ impl Index {
 
     pub fn get(&self, path: &RemotePath) -> Result<Option<FileRecord>> {
         self.with(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {FILE_COLS} FROM files WHERE path = ?1"),
-                [path.as_str()],
-                file_row,
+            Ok(
+                c.prepare_cached(&format!("SELECT {FILE_COLS} FROM files WHERE path = ?1"))?
+                    .query_row([path.as_str()], file_row)
+                    .optional()?,
             )
-            .optional()?)
         })
     }
 
@@ -146,13 +145,12 @@ impl Index {
     pub fn is_folder(&self, dir: &RemotePath) -> Result<bool> {
         let (lo, hi) = folder_range(dir);
         self.with(|c| {
-            Ok(c.query_row(
-                "SELECT 1 FROM files WHERE path >= ?1 AND path < ?2 LIMIT 1",
-                [lo, hi],
-                |_| Ok(()),
+            Ok(
+                c.prepare_cached("SELECT 1 FROM files WHERE path >= ?1 AND path < ?2 LIMIT 1")?
+                    .query_row([lo, hi], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
             )
-            .optional()?
-            .is_some())
         })
     }
 
@@ -194,25 +192,24 @@ impl Index {
     }
 
     fn append(tx: &Transaction<'_>, change: &ChangeRecord) -> Result<u64> {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO changes (op, path, new_path, revision, size, hash, modified_ns, folder) \
              VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)",
-            params![
-                change.op as i64,
-                change.path.as_str(),
-                change.new_path.as_ref().map(RemotePath::as_str),
-                to_i64(change.size),
-                change.hash.map(|h| h.0.to_vec()),
-                change.modified_ns,
-                change.folder,
-            ],
-        )?;
+        )?
+        .execute(params![
+            change.op as i64,
+            change.path.as_str(),
+            change.new_path.as_ref().map(RemotePath::as_str),
+            to_i64(change.size),
+            change.hash.map(|h| h.0.to_vec()),
+            change.modified_ns,
+            change.folder,
+        ])?;
         let seq = tx.last_insert_rowid() as u64;
+        // A deletion has no revision; everything else takes its own seq.
         if change.op != ChangeOp::Delete {
-            tx.execute(
-                "UPDATE changes SET revision = ?1 WHERE seq = ?1",
-                [to_i64(seq)],
-            )?;
+            tx.prepare_cached("UPDATE changes SET revision = ?1 WHERE seq = ?1")?
+                .execute([to_i64(seq)])?;
         }
         Ok(seq)
     }

@@ -338,13 +338,21 @@ impl Store {
             Ok((results, staged, slots))
         })
         .await?;
-        let leftovers: Vec<std::path::PathBuf> = staged.iter().map(|(_, p)| p.clone()).collect();
-        let committed = self.commit_staged(staged).await;
-        // Staging files that were not installed (refused, or a failed group).
-        for p in leftovers {
-            let _ = std::fs::remove_file(p);
-        }
-        for (i, r) in slots.into_iter().zip(committed?) {
+        let names: Vec<std::path::PathBuf> = staged.iter().map(|(_, p)| p.clone()).collect();
+        let committed = match self.commit_staged(staged).await {
+            Ok(c) => c,
+            Err(e) => {
+                for p in names {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        for ((i, r), name) in slots.into_iter().zip(committed).zip(names) {
+            // A refused file's staging copy is not needed any more.
+            if r.is_err() {
+                let _ = std::fs::remove_file(name);
+            }
             results[i] = Some(r);
         }
         Ok(results
