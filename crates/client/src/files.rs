@@ -365,11 +365,14 @@ impl FilesClient {
     ) -> Result<FileInfo> {
         self.download_checked(remote, local, progress, Box::new(|_| Ok(())))
             .await
+            .map(|(info, _)| info)
     }
 
     /// As [`FilesClient::download`], but `check` runs just before the
     /// verified data replaces `local`; an error from it leaves `local`
     /// untouched (the sync engine uses it to never clobber a fresh edit).
+    /// Also returns the new local file's metadata, read from the open file
+    /// before it took the name (so a later edit cannot be mistaken for it).
     ///
     /// # Errors
     /// As [`FilesClient::download`], or what `check` returns.
@@ -379,7 +382,19 @@ impl FilesClient {
         local: &Path,
         progress: Arc<dyn Progress>,
         check: BeforeReplace,
-    ) -> Result<FileInfo> {
+    ) -> Result<(FileInfo, fs::Metadata)> {
+        self.download_attempt(remote, local, progress, check, 3)
+            .await
+    }
+
+    async fn download_attempt(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+        check: BeforeReplace,
+        attempts: u32,
+    ) -> Result<(FileInfo, fs::Metadata)> {
         let info = self.stat(remote).await?;
         let partial = partial_path(local, &info.hash);
         let offset = match fs::metadata(&partial) {
@@ -404,7 +419,13 @@ impl FilesClient {
         };
         if head.hash != info.hash {
             // Replaced between stat and download: start over for that version.
-            return Box::pin(self.download_checked(remote, local, progress, check)).await;
+            if attempts == 0 {
+                return Err(ClientError::Stale(format!(
+                    "{remote}: keeps changing on the server while downloading; try again later"
+                )));
+            }
+            return Box::pin(self.download_attempt(remote, local, progress, check, attempts - 1))
+                .await;
         }
         if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| ClientError::local(dir, e))?;
@@ -452,7 +473,7 @@ impl FilesClient {
         let (partial2, local2) = (partial.clone(), local.to_owned());
         let modified = head.modified;
         let expected = head.hash;
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        let meta = tokio::task::spawn_blocking(move || -> Result<fs::Metadata> {
             if hash != expected {
                 drop(file);
                 let _ = fs::remove_file(&partial2);
@@ -462,6 +483,9 @@ impl FilesClient {
             }
             file.set_modified(modified)
                 .map_err(|e| ClientError::local(&partial2, e))?;
+            let meta = file
+                .metadata()
+                .map_err(|e| ClientError::local(&partial2, e))?;
             drop(file);
             check(&local2)?;
             fs::rename(&partial2, &local2).map_err(|e| ClientError::local(&local2, e))?;
@@ -470,11 +494,11 @@ impl FilesClient {
             {
                 let _ = d.sync_all();
             }
-            Ok(())
+            Ok(meta)
         })
         .await
         .map_err(|e| ClientError::local(local, std::io::Error::other(e)))??;
-        Ok(head)
+        Ok((head, meta))
     }
 
     /// Metadata of one file.

@@ -135,6 +135,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    // RUST_LOG=distribusync_client=debug shows what the engines do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("MASTER");
     let a = tmp.path().join("A");
@@ -445,6 +450,105 @@ async fn push_mirrors_the_folder_and_pull_mirrors_the_server() {
     e.run_once().await.unwrap();
     assert_eq!(read(s.b.join("mine")).as_deref(), Some("pushed"));
     assert_eq!(read(s.b.join("local-only")).as_deref(), Some("stays"));
+    assert_eq!(fc.list_all(None).await.unwrap().len(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_this_folder_ignores_stay_on_the_server() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    let src = s.b.join("x");
+    std::fs::write(&src, "made elsewhere").unwrap();
+    for p in [".DS_Store", "build/out.o", "keep.txt"] {
+        fc.upload(&src, &p.parse().unwrap(), None, std::sync::Arc::new(()))
+            .await
+            .unwrap();
+    }
+    std::fs::write(s.a.join(".distribusyncignore"), "build/\n").unwrap();
+    once(&s.a, &server.addr, "a").await.unwrap();
+    once(&s.a, &server.addr, "a").await.unwrap();
+    assert!(s.a.join("keep.txt").exists());
+    assert!(!s.a.join(".DS_Store").exists() && !s.a.join("build").exists());
+    let names: Vec<String> = fc
+        .list_all(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ".DS_Store",
+            ".distribusyncignore",
+            "build/out.o",
+            "keep.txt"
+        ]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emptying_the_folder_under_a_running_sync_stops_it() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    for i in 0..20 {
+        std::fs::write(s.a.join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    once(&s.a, &server.addr, "a").await.unwrap();
+    let engine = SyncEngine::open(options(&s.a, "a"), client(&server.addr)).unwrap();
+    let mut status = engine.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(engine.run(stop.clone()));
+    // Wait until the engine is up and idle, then empty the folder the way
+    // `rm -rf DIR/*` does: one file after another.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.passes > 0 && s.phase == distribusync_client::sync::SyncPhase::Idle),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    for i in 0..20 {
+        std::fs::remove_file(s.a.join(format!("f{i}"))).unwrap();
+    }
+    let result = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, SyncError::SafetyStop(_)), "{err}");
+    assert_eq!(client(&server.addr).list_all(None).await.unwrap().len(), 20);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlinked_folder_is_never_written_through() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    let outside = s.b.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, s.a.join("docs")).unwrap();
+    let fc = client(&server.addr);
+    let src = s.b.join("x");
+    std::fs::write(&src, "from the server").unwrap();
+    fc.upload(
+        &src,
+        &"docs/new.txt".parse().unwrap(),
+        None,
+        std::sync::Arc::new(()),
+    )
+    .await
+    .unwrap();
+    let err = once(&s.a, &server.addr, "a").await.unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing written outside"
+    );
+    // And the server keeps its file.
     assert_eq!(fc.list_all(None).await.unwrap().len(), 1);
     server.shutdown().await;
 }

@@ -118,6 +118,8 @@ pub(super) struct PassReport {
     pub failures: Vec<String>,
     /// A failure that means "the server is not there".
     pub offline: bool,
+    /// Some files were left for later because they are still being written.
+    pub busy: bool,
 }
 
 /// Keeps one folder in sync with the server.
@@ -135,6 +137,8 @@ pub struct SyncEngine {
     pub(super) last_seq: u64,
     pub(super) local: LocalView,
     pub(super) status: watch::Sender<SyncStatus>,
+    /// The synced folder's inode when the engine opened it.
+    pub(super) dir_inode: u64,
 }
 
 /// Most passes `run_once` makes before giving up on converging.
@@ -155,6 +159,12 @@ impl SyncEngine {
             source,
         })?;
         let state = State::open(&meta.join("state.db"))?;
+        let dir_inode = std::fs::metadata(&opts.dir)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .map_err(|source| SyncError::Local {
+                path: opts.dir.display().to_string(),
+                source,
+            })?;
         let (base, remote, last_seq) = state.load()?;
         let (status, _) = watch::channel(SyncStatus {
             phase: SyncPhase::Starting,
@@ -175,6 +185,7 @@ impl SyncEngine {
             last_seq,
             local: LocalView::default(),
             status,
+            dir_inode,
         })
     }
 
@@ -196,7 +207,7 @@ impl SyncEngine {
         self.catch_up().await?;
         let mut last_failures = Vec::new();
         for _ in 0..MAX_ONCE_PASSES {
-            let report = self.pass(None).await?;
+            let report = self.pass(None, None).await?;
             if report.offline {
                 return Err(crate::ClientError::Unreachable {
                     addr: self.client.addr().to_owned(),
@@ -275,6 +286,9 @@ impl SyncEngine {
         let mut retry_at: Option<Instant> = None;
         let mut retry_attempt = 0u32;
         let mut batch_until: Option<Instant> = None;
+        // When the folder last saw any event: unsettled changes (writes
+        // without a close, deletions) wait until it has been quiet.
+        let mut last_event = Instant::now();
 
         loop {
             // When to wake up next without an event.
@@ -282,7 +296,7 @@ impl SyncEngine {
             let settle_at = pending
                 .values()
                 .filter(|(_, settled)| !settled)
-                .map(|(t, _)| *t + self.opts.settle)
+                .map(|(t, _)| (*t).max(last_event) + self.opts.settle)
                 .min();
             let wake = [Some(next_rescan), retry_at, settle_at, batch_until]
                 .into_iter()
@@ -296,8 +310,9 @@ impl SyncEngine {
                     Some(LocalEvent::Path { rel, settled }) => {
                         // The latest event decides: a write after a close
                         // means the file is being written again.
-                        pending.insert(rel, (Instant::now(), settled));
-                        batch_until.get_or_insert(Instant::now() + BATCH);
+                        last_event = Instant::now();
+                        pending.insert(rel, (last_event, settled));
+                        batch_until.get_or_insert(last_event + BATCH);
                     }
                     Some(LocalEvent::Rescan) => full_due = true,
                     None => return Err(SyncError::FolderGone(self.opts.dir.display().to_string())),
@@ -341,17 +356,21 @@ impl SyncEngine {
                 full_due = true;
                 next_rescan = now + self.opts.rescan_every;
             }
-            if retry_at.is_some_and(|t| now >= t) {
+            let retry_due = retry_at.is_some_and(|t| now >= t);
+            if retry_due {
                 retry_at = None;
                 full_due = true;
             }
-            if batch_until.is_some_and(|t| now < t) || !online {
+            // Offline, only a retry tries the server (and finds out if it
+            // is back); events wait.
+            if batch_until.is_some_and(|t| now < t) || (!online && !retry_due) {
                 continue;
             }
             batch_until = None;
+            let quiet = now >= last_event + self.opts.settle;
             let ready: BTreeSet<String> = pending
                 .iter()
-                .filter(|(_, (t, settled))| *settled || now >= *t + self.opts.settle)
+                .filter(|(_, (t, settled))| *settled || (quiet && now >= *t + self.opts.settle))
                 .map(|(rel, _)| rel.clone())
                 .collect();
             if !full_due && ready.is_empty() && !remote_dirty {
@@ -363,7 +382,14 @@ impl SyncEngine {
             let scope = if full_due { None } else { Some(ready) };
             full_due = false;
             remote_dirty = false;
-            let report = self.pass(scope).await?;
+            let report = self.pass(scope, Some(self.opts.settle)).await?;
+            if !report.offline {
+                online = true;
+            }
+            if report.busy && retry_at.is_none() {
+                // Files still being written: look again once they settle.
+                retry_at = Some(Instant::now() + self.opts.settle);
+            }
             if report.failures.is_empty() {
                 retry_attempt = 0;
             } else {
@@ -383,8 +409,13 @@ impl SyncEngine {
     pub(super) async fn pass(
         &mut self,
         scope: Option<BTreeSet<String>>,
+        settle: Option<Duration>,
     ) -> Result<PassReport, SyncError> {
-        if !self.opts.dir.is_dir() {
+        // Gone, or replaced by another folder of the same name: stop rather
+        // than read the absence of files as deletions.
+        let same_folder = std::fs::metadata(&self.opts.dir)
+            .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::ino(&m) == self.dir_inode);
+        if !same_folder {
             return Err(SyncError::FolderGone(self.opts.dir.display().to_string()));
         }
         self.set_status(|s| {
@@ -398,8 +429,8 @@ impl SyncEngine {
         let mut view = std::mem::take(&mut self.local);
         let (view, base) = tokio::task::spawn_blocking(move || {
             match scope {
-                None => view = scanner.full(&view, &base),
-                Some(rels) => scanner.refresh(&mut view, &rels, &base),
+                None => view = scanner.full(&view, &base, settle),
+                Some(rels) => scanner.refresh(&mut view, &rels, &base, settle),
             }
             (view, base)
         })
@@ -410,9 +441,17 @@ impl SyncEngine {
         })?;
         self.local = view;
         self.base = base;
+        if let Some(e) = self.local.root_error.take() {
+            return Err(SyncError::Local {
+                path: e,
+                source: std::io::Error::other("the synced folder cannot be read"),
+            });
+        }
         let plan = self.plan();
         tracing::debug!(
             files = self.local.files.len(),
+            remote = self.remote.len(),
+            left_alone = self.local.unreadable.len(),
             operations = plan.operations.len(),
             "scanned and planned"
         );
@@ -422,7 +461,8 @@ impl SyncEngine {
                 self.opts.dir.display()
             )));
         }
-        let report = self.execute(plan).await?;
+        let mut report = self.execute(plan).await?;
+        report.busy = self.local.busy;
         self.set_status(|s| {
             s.phase = SyncPhase::Idle;
             if report.failures.is_empty() {
@@ -436,6 +476,16 @@ impl SyncEngine {
 
     fn plan(&mut self) -> SyncPlan {
         let now = std::time::SystemTime::now();
+        // Files on the server (or in the base) that this folder ignores are
+        // never touched: the scan cannot see them, which must not read as
+        // a deletion.
+        let ignored = self
+            .remote
+            .keys()
+            .chain(self.base.keys())
+            .filter(|p| self.scanner.ignore.is_ignored(p.as_str(), false))
+            .cloned()
+            .collect();
         let input = SyncInput {
             local: self
                 .local
@@ -468,6 +518,7 @@ impl SyncEngine {
                 })
                 .collect(),
             unreadable: self.local.unreadable.clone(),
+            ignored,
             mode: self.opts.mode,
             host: self.opts.host.clone(),
             stamp: stamp(now),
@@ -479,6 +530,7 @@ impl SyncEngine {
 
     /// Records server-side changes in the remote view (one state write).
     pub(super) fn apply_remote(&mut self, msgs: Vec<RemoteMsg>) -> Result<(), SyncError> {
+        tracing::debug!(changes = msgs.len(), "server changes");
         let mut writes = Vec::new();
         for msg in msgs {
             match msg {
@@ -523,6 +575,11 @@ impl SyncEngine {
         }
         writes.push(StateWrite::LastSeq(self.last_seq));
         self.state.write(&writes)?;
+        // Guards at or below last_seq are spent: the stream is past them.
+        if self.seen.len() > 4096 {
+            let floor = self.last_seq;
+            self.seen.retain(|_, seq| *seq > floor);
+        }
         Ok(())
     }
 

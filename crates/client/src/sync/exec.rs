@@ -68,6 +68,34 @@ fn still_as_planned(path: &Path, expected: Option<FileStat>) -> Result<(), Clien
     }
 }
 
+/// Refuses a path whose folders below `dir` include a symbolic link (or a
+/// file): sync never reads or writes outside the synced folder.
+fn no_links_below(dir: &Path, path: &Path) -> Result<(), ClientError> {
+    let Ok(rel) = path.strip_prefix(dir) else {
+        return Err(ClientError::Stale(format!(
+            "{}: outside the synced folder",
+            path.display()
+        )));
+    };
+    let mut cur = dir.to_owned();
+    let parts: Vec<_> = rel.components().collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        cur.push(part);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(ClientError::Stale(format!(
+                    "{}: a symbolic link or a file is in the way; not following it",
+                    cur.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(local_err(&cur, e)),
+        }
+    }
+    Ok(())
+}
+
 fn stat_path(path: &Path) -> Result<FileStat, ClientError> {
     fs::symlink_metadata(path)
         .map(|m| stat_of(&m))
@@ -87,20 +115,26 @@ fn prune_empty_dirs(root: &Path, path: &Path) {
 
 async fn download(
     client: &FilesClient,
+    dir: &Path,
     path: &RemotePath,
     local: PathBuf,
     expected: Option<FileStat>,
 ) -> Result<(FileInfo, FileStat), ClientError> {
+    no_links_below(dir, &local)?;
     let check_path = local.clone();
-    let info = client
+    let check_dir = dir.to_owned();
+    let (info, meta) = client
         .download_checked(
             path,
             &local,
             Arc::new(()),
-            Box::new(move |_| still_as_planned(&check_path, expected)),
+            Box::new(move |_| {
+                no_links_below(&check_dir, &check_path)?;
+                still_as_planned(&check_path, expected)
+            }),
         )
         .await?;
-    Ok((info, stat_path(&local)?))
+    Ok((info, stat_of(&meta)))
 }
 
 impl SyncEngine {
@@ -174,11 +208,21 @@ impl SyncEngine {
         for op in plan.operations {
             let mut writes = Vec::new();
             let result = match op {
-                Operation::RenameRemote { from, to, folder } => {
+                Operation::RenameRemote {
+                    from,
+                    to,
+                    folder,
+                    if_revision,
+                } => {
                     report.transfers += 1;
-                    match self.client.rename(&from, &to, false, None).await {
+                    match self.client.rename(&from, &to, false, if_revision).await {
                         Ok((seq, files)) => {
                             self.move_remote(&from, &to, seq, seq, &mut writes);
+                            if folder {
+                                // A folder moves with whatever is in it now:
+                                // take the server's word for its files.
+                                self.refresh_remote(&to, &mut writes).await;
+                            }
                             self.moved(&mut writes, &from, &to);
                             tracing::info!(%from, %to, folder, files, "renamed on server");
                             self.set_status(|s| {
@@ -282,9 +326,32 @@ impl SyncEngine {
         Ok(report)
     }
 
+    /// Replaces the remote view under `dir` with the server's listing.
+    async fn refresh_remote(&mut self, dir: &RemotePath, writes: &mut Vec<StateWrite>) {
+        match self.client.list_all(Some(dir)).await {
+            Ok(files) => {
+                for f in files {
+                    let seq = self.seen.get(&f.path).copied().unwrap_or(0).max(f.revision);
+                    self.seen.insert(f.path.clone(), seq);
+                    let file = RemoteFile {
+                        revision: f.revision,
+                        hash: f.hash,
+                        size: f.size,
+                    };
+                    writes.push(StateWrite::Remote(f.path.clone(), Some(file.clone())));
+                    self.remote.insert(f.path, file);
+                }
+            }
+            // The change log brings the same facts a little later.
+            Err(e) => tracing::debug!(%dir, error = %e, "could not list a renamed folder"),
+        }
+    }
+
     fn rename_local(&mut self, from: &RemotePath, to: &RemotePath) -> Result<(), ClientError> {
         let src = self.local_path(from);
         let dst = self.opts.dir.join(to.as_str());
+        no_links_below(&self.opts.dir, &src)?;
+        no_links_below(&self.opts.dir, &dst)?;
         if fs::symlink_metadata(&dst).is_ok() {
             return Err(ClientError::Stale(format!(
                 "{}: already exists locally",
@@ -370,7 +437,8 @@ impl SyncEngine {
                                 Ok(Done::Uploaded { path, info, stat })
                             }
                             Operation::Download { path, .. } => {
-                                let (info, stat) = download(&client, &path, local, planned).await?;
+                                let (info, stat) =
+                                    download(&client, &dir, &path, local, planned).await?;
                                 Ok(Done::Downloaded { path, info, stat })
                             }
                             Operation::Conflict {
@@ -402,7 +470,8 @@ impl SyncEngine {
                                 } else {
                                     None
                                 };
-                                let (info, stat) = download(&client, &path, local, None).await?;
+                                let (info, stat) =
+                                    download(&client, &dir, &path, local, None).await?;
                                 Ok(Done::Conflict {
                                     path,
                                     copy,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use distribusync_core::{ContentHash, RemotePath};
 
@@ -26,9 +27,14 @@ pub struct LocalEntry {
 #[derive(Debug, Default, Clone)]
 pub struct LocalView {
     pub files: BTreeMap<RemotePath, LocalEntry>,
-    /// Files that exist but could not be read (or named) this time; sync
-    /// leaves them alone and tries again later.
+    /// Files that exist but could not be read (or named), or are still being
+    /// written; sync leaves them alone and looks again later.
     pub unreadable: BTreeSet<RemotePath>,
+    /// True when some file was left alone because it is still being
+    /// written: worth another look once it settles.
+    pub busy: bool,
+    /// The folder itself could not be read.
+    pub root_error: Option<String>,
 }
 
 pub fn stat_of(meta: &fs::Metadata) -> FileStat {
@@ -36,6 +42,46 @@ pub fn stat_of(meta: &fs::Metadata) -> FileStat {
         size: meta.len(),
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         inode: meta.ino(),
+    }
+}
+
+/// Hashes already known, valid while the stat matches: by path, or by
+/// the stat alone (a renamed file keeps its inode, size and mtime).
+struct Known<'a> {
+    old: &'a BTreeMap<RemotePath, LocalEntry>,
+    base: &'a BTreeMap<RemotePath, BaseEntry>,
+    by_stat: std::collections::HashMap<FileStat, ContentHash>,
+}
+
+impl<'a> Known<'a> {
+    fn new(
+        old: &'a BTreeMap<RemotePath, LocalEntry>,
+        base: &'a BTreeMap<RemotePath, BaseEntry>,
+    ) -> Self {
+        let by_stat = old.values().map(|e| (e.stat, e.hash)).collect();
+        Self { old, base, by_stat }
+    }
+
+    fn hash(&self, path: &RemotePath, stat: &FileStat) -> Option<ContentHash> {
+        self.old
+            .get(path)
+            .filter(|e| e.stat == *stat)
+            .map(|e| e.hash)
+            .or_else(|| {
+                self.base
+                    .get(path)
+                    .filter(|b| b.stat == *stat)
+                    .map(|b| b.hash)
+            })
+            .or_else(|| self.by_stat.get(stat).copied())
+    }
+
+    /// Every known path inside `dir` (or everything, for the root).
+    fn inside<'s>(&'s self, dir: Option<&'s RemotePath>) -> impl Iterator<Item = &'s RemotePath> {
+        self.old
+            .keys()
+            .chain(self.base.keys())
+            .filter(move |p| dir.is_none_or(|d| p.is_inside(d)))
     }
 }
 
@@ -64,10 +110,17 @@ impl Scanner {
         self.dir.join(rel)
     }
 
-    /// Scans the whole folder.
-    pub fn full(&self, old: &LocalView, base: &BTreeMap<RemotePath, BaseEntry>) -> LocalView {
+    /// Scans the whole folder. With `settle`, a file modified less than that
+    /// long ago is left alone this time (it may still be being written).
+    pub fn full(
+        &self,
+        old: &LocalView,
+        base: &BTreeMap<RemotePath, BaseEntry>,
+        settle: Option<Duration>,
+    ) -> LocalView {
         let mut view = LocalView::default();
-        self.walk("", old, base, &mut view);
+        let known = Known::new(&old.files, base);
+        self.walk("", &known, settle, &mut view);
         view
     }
 
@@ -78,32 +131,52 @@ impl Scanner {
         view: &mut LocalView,
         rels: &BTreeSet<String>,
         base: &BTreeMap<RemotePath, BaseEntry>,
+        settle: Option<Duration>,
     ) {
-        let old = view.clone();
+        view.busy = false;
+        view.root_error = None;
+        // Take out what was known at or under each path (no copy of the
+        // rest), then read those paths afresh.
+        let mut old = BTreeMap::new();
         for rel in rels {
-            // Forget what was known at or under `rel`, then read it afresh.
             let under = |name: &str| name == rel || name.starts_with(&format!("{rel}/"));
-            view.files
-                .retain(|p, e| !under(e.disk_name.as_deref().unwrap_or(p.as_str())));
+            let gone: Vec<RemotePath> = view
+                .files
+                .iter()
+                .filter(|(p, e)| under(e.disk_name.as_deref().unwrap_or(p.as_str())))
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in gone {
+                if let Some(e) = view.files.remove(&p) {
+                    old.insert(p, e);
+                }
+            }
             view.unreadable.retain(|p| !under(p.as_str()));
+        }
+        let known = Known::new(&old, base);
+        // A folder's walk covers everything inside it.
+        let covered = |rel: &str| {
+            rels.iter().any(|r| {
+                rel.len() > r.len()
+                    && rel.starts_with(r.as_str())
+                    && rel.as_bytes()[r.len()] == b'/'
+            })
+        };
+        for rel in rels.iter().filter(|r| !covered(r)) {
             if self.ignore.is_ignored(rel, false) {
                 continue;
             }
             match fs::symlink_metadata(self.dir.join(rel)) {
-                Ok(m) if m.is_dir() => self.walk(rel, &old, base, view),
-                Ok(m) if m.is_file() => self.add_file(rel, &m, &old, base, view),
+                Ok(m) if m.is_dir() => self.walk(rel, &known, settle, view),
+                // A path from an event is already settled (its writer closed it,
+                // or it has been quiet long enough).
+                Ok(m) if m.is_file() => self.add_file(rel, &m, &known, None, view),
                 _ => {}
             }
         }
     }
 
-    fn walk(
-        &self,
-        rel: &str,
-        old: &LocalView,
-        base: &BTreeMap<RemotePath, BaseEntry>,
-        view: &mut LocalView,
-    ) {
+    fn walk(&self, rel: &str, known: &Known<'_>, settle: Option<Duration>, view: &mut LocalView) {
         let mut stack = vec![rel.to_owned()];
         while let Some(dir_rel) = stack.pop() {
             let dir = if dir_rel.is_empty() {
@@ -115,15 +188,15 @@ impl Scanner {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot read folder; skipped this time");
+                    if dir_rel.is_empty() {
+                        view.root_error = Some(format!("{}: {e}", dir.display()));
+                        continue;
+                    }
+                    // Everything known below it stays as it was: an
+                    // unreadable folder is not a deleted one.
                     if let Ok(p) = RemotePath::normalized(&dir_rel) {
-                        // Everything known below it stays as it was.
-                        for (k, v) in old.files.range(p.clone()..) {
-                            if !k.is_inside(&p) {
-                                break;
-                            }
-                            view.unreadable.insert(k.clone());
-                            let _ = v;
-                        }
+                        let below: Vec<RemotePath> = known.inside(Some(&p)).cloned().collect();
+                        view.unreadable.extend(below);
                     }
                     continue;
                 }
@@ -147,7 +220,7 @@ impl Scanner {
                 if ft.is_dir() {
                     stack.push(sub);
                 } else if ft.is_file() {
-                    self.add_file(&sub, &meta, old, base, view);
+                    self.add_file(&sub, &meta, known, settle, view);
                 } else if ft.is_symlink() {
                     tracing::debug!(path = %sub, "symbolic link: not synced");
                 }
@@ -159,8 +232,8 @@ impl Scanner {
         &self,
         rel: &str,
         meta: &fs::Metadata,
-        old: &LocalView,
-        base: &BTreeMap<RemotePath, BaseEntry>,
+        known: &Known<'_>,
+        settle: Option<Duration>,
         view: &mut LocalView,
     ) {
         let path = match RemotePath::normalized(rel) {
@@ -171,19 +244,27 @@ impl Scanner {
             }
         };
         let disk_name = (path.as_str() != rel).then(|| rel.to_owned());
-        if view.files.contains_key(&path) {
-            tracing::warn!(%path, "two local names differ only in Unicode form; the second is not synced");
-            view.unreadable.insert(path);
+        if let Some(existing) = view.files.get(&path) {
+            if existing.disk_name.as_deref().unwrap_or(path.as_str()) != rel {
+                tracing::warn!(%path, "two local names differ only in Unicode form; the second is not synced");
+                view.unreadable.insert(path);
+            }
             return;
         }
         let stat = stat_of(meta);
-        let known = old
-            .files
-            .get(&path)
-            .filter(|e| e.stat == stat)
-            .map(|e| e.hash)
-            .or_else(|| base.get(&path).filter(|b| b.stat == stat).map(|b| b.hash));
-        let hash = match known {
+        if let Some(window) = settle {
+            let young = meta
+                .modified()
+                .ok()
+                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .is_some_and(|age| age < window);
+            if young && known.hash(&path, &stat).is_none() {
+                view.unreadable.insert(path);
+                view.busy = true;
+                return;
+            }
+        }
+        let hash = match known.hash(&path, &stat) {
             Some(h) => h,
             None => match crate::files::hash_local(&self.dir.join(rel)) {
                 // The file changed while it was read: hash what is there
@@ -191,6 +272,7 @@ impl Scanner {
                 Ok((h, n)) if n == stat.size => h,
                 Ok(_) => {
                     view.unreadable.insert(path);
+                    view.busy = true;
                     return;
                 }
                 Err(e) => {

@@ -20,7 +20,7 @@ pub struct BaseEntry {
 }
 
 /// What identifies a local file's version without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FileStat {
     pub size: u64,
     pub mtime_ns: i64,

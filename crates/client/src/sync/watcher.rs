@@ -47,7 +47,9 @@ pub fn start(
             EventKind::Create(_) => false,
             EventKind::Modify(ModifyKind::Name(_)) => true,
             EventKind::Modify(_) => false,
-            EventKind::Remove(_) => true,
+            // A deletion waits for the folder to be quiet: `rm -rf` of a
+            // tree is seen whole, so the safety stop can judge it.
+            EventKind::Remove(_) => false,
             EventKind::Any | EventKind::Other => true,
         };
         for path in event.paths {

@@ -12,6 +12,10 @@
 //! kept as a conflict copy on both sides; modification beats deletion;
 //! renames are detected by content and travel as renames.
 
+/// The per-folder ignore file; it syncs like any file but does not count
+/// when deciding whether the folder was emptied.
+pub const IGNORE_FILE: &str = ".distribusyncignore";
+
 mod conflict;
 mod planner;
 
@@ -65,8 +69,12 @@ pub struct SyncInput {
     pub local: BTreeMap<RemotePath, LocalFile>,
     pub remote: BTreeMap<RemotePath, RemoteFile>,
     pub base: BTreeMap<RemotePath, BaseFile>,
-    /// Paths the scan could not read this time: left alone entirely.
+    /// Local files the scan could not read, or that are still being
+    /// written: left alone entirely this time (and the folder is not empty).
     pub unreadable: std::collections::BTreeSet<RemotePath>,
+    /// Paths the ignore rules exclude: never touched on either side, even
+    /// when they exist on the server or in the base.
+    pub ignored: std::collections::BTreeSet<RemotePath>,
     pub mode: Mode,
     /// Host name used in conflict copy names.
     pub host: String,
@@ -102,10 +110,12 @@ pub enum Operation {
         local_hash: ContentHash,
     },
     /// A local rename, repeated on the server (a folder when `folder`).
+    /// For a file, the server's revision must still be `if_revision`.
     RenameRemote {
         from: RemotePath,
         to: RemotePath,
         folder: bool,
+        if_revision: Option<Revision>,
     },
     /// A server rename, repeated locally (a folder when `folder`).
     RenameLocal {

@@ -21,7 +21,14 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
     if input.mode != Mode::Pull {
         let pairs = local_renames(input);
         renames_remote = coalesce(&pairs, &input.base, &input.remote, |from, to, folder| {
-            Operation::RenameRemote { from, to, folder }
+            // A file moves only if the server still has the version we saw.
+            let if_revision = (!folder).then(|| input.remote.get(&from).map_or(0, |r| r.revision));
+            Operation::RenameRemote {
+                from,
+                to,
+                folder,
+                if_revision,
+            }
         });
         handled.extend(pairs.iter().flat_map(|(f, t)| [f.clone(), t.clone()]));
     }
@@ -38,7 +45,7 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
         .keys()
         .chain(input.remote.keys())
         .chain(input.base.keys())
-        .filter(|p| !input.unreadable.contains(*p) && !handled.contains(*p))
+        .filter(|p| !left_alone(input, p) && !handled.contains(*p))
         .collect();
     // Conflict copies chosen so far (every other name in use is in the views).
     let mut taken: BTreeSet<RemotePath> = BTreeSet::new();
@@ -85,19 +92,31 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
     }
 }
 
+/// Paths the plan must not touch this time.
+fn left_alone(input: &SyncInput, p: &RemotePath) -> bool {
+    input.unreadable.contains(p) || input.ignored.contains(p)
+}
+
 fn safety_stop(input: &SyncInput) -> Option<String> {
-    let synced = input.base.len();
+    let synced = input
+        .base
+        .keys()
+        .filter(|p| !input.ignored.contains(*p))
+        .count();
     if synced < 2 {
         return None;
     }
-    if input.mode != Mode::Pull && input.local.is_empty() && input.unreadable.is_empty() {
+    let emptied =
+        input.local.keys().all(|p| p.as_str() == super::IGNORE_FILE) && input.unreadable.is_empty();
+    if input.mode != Mode::Pull && emptied {
         return Some(format!(
             "the folder is empty, but {synced} files were in sync before; refusing to delete \
              them on the server (if the folder was emptied on purpose, delete the files on \
              the server with `distribusync rm`, or remove .distribusync/state.db to start over)"
         ));
     }
-    if input.mode != Mode::Push && input.remote.is_empty() {
+    let remote_gone = input.remote.keys().all(|p| input.ignored.contains(p));
+    if input.mode != Mode::Push && remote_gone {
         return Some(format!(
             "the server has none of the {synced} files that were in sync before (was it wiped, \
              or is this another server?); refusing to delete them here (remove \
@@ -248,7 +267,7 @@ fn local_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
         .filter(|(p, b)| {
             b.size > 0
                 && !input.local.contains_key(*p)
-                && !input.unreadable.contains(*p)
+                && !left_alone(input, p)
                 && input.remote.get(*p).is_some_and(|r| r.hash == b.hash)
         })
         .map(|(p, b)| (p, b.hash))
@@ -271,7 +290,7 @@ fn remote_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
         .filter(|(p, b)| {
             b.size > 0
                 && !input.remote.contains_key(*p)
-                && !input.unreadable.contains(*p)
+                && !left_alone(input, p)
                 && input.local.get(*p).is_some_and(|l| l.hash == b.hash)
         })
         .map(|(p, b)| (p, b.hash))
@@ -283,7 +302,7 @@ fn remote_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
             r.size > 0
                 && !input.base.contains_key(*p)
                 && !input.local.contains_key(*p)
-                && !input.unreadable.contains(*p)
+                && !left_alone(input, p)
         })
         .map(|(p, r)| (p, r.hash))
         .collect();

@@ -153,7 +153,8 @@ fn a_folder_renamed_locally_is_one_remote_rename() {
         [Operation::RenameRemote {
             from: p("photos"),
             to: p("pictures/2026"),
-            folder: true
+            folder: true,
+            if_revision: None
         }]
     );
 }
@@ -187,6 +188,49 @@ fn an_emptied_folder_stops_sync() {
     let plan = plan(&i);
     assert!(plan.operations.is_empty());
     assert!(plan.refused.unwrap().contains("refusing to delete"));
+}
+
+#[test]
+fn a_file_rename_carries_the_revision_it_saw() {
+    let mut i = input();
+    i.base.insert(p("a.txt"), bf("content", 4));
+    i.remote.insert(p("a.txt"), rf("content", 4));
+    i.local.insert(p("b.txt"), lf("content"));
+    i.base.insert(p("x"), bf("x", 1));
+    i.remote.insert(p("x"), rf("x", 1));
+    i.local.insert(p("x"), lf("x"));
+    assert_eq!(
+        plan(&i).operations,
+        [Operation::RenameRemote {
+            from: p("a.txt"),
+            to: p("b.txt"),
+            folder: false,
+            if_revision: Some(4)
+        }]
+    );
+}
+
+#[test]
+fn ignored_paths_are_never_touched_and_do_not_hide_an_emptied_folder() {
+    let mut i = input();
+    // On the server and in the base, but ignored here: no delete anywhere.
+    i.base.insert(p("build/out.o"), bf("o", 1));
+    i.remote.insert(p("build/out.o"), rf("o", 1));
+    i.remote.insert(p(".DS_Store"), rf("ds", 2));
+    i.ignored.insert(p("build/out.o"));
+    i.ignored.insert(p(".DS_Store"));
+    i.base.insert(p("a"), bf("a", 3));
+    i.remote.insert(p("a"), rf("a", 3));
+    i.local.insert(p("a"), lf("a"));
+    assert!(plan(&i).operations.is_empty());
+    // The ignore file alone does not make a folder "not empty".
+    let mut i = input();
+    for n in ["a", "b"] {
+        i.base.insert(p(n), bf(n, 1));
+        i.remote.insert(p(n), rf(n, 1));
+    }
+    i.local.insert(p(IGNORE_FILE), lf("*.log"));
+    assert!(plan(&i).refused.is_some());
 }
 
 #[test]
@@ -348,7 +392,15 @@ impl World {
                     self.local.remove(path);
                     self.base.remove(path);
                 }
-                Operation::RenameRemote { from, to, .. } => {
+                Operation::RenameRemote {
+                    from,
+                    to,
+                    if_revision,
+                    ..
+                } => {
+                    if let Some(rev) = if_revision {
+                        assert_eq!(self.remote[from].revision, *rev);
+                    }
                     // The server gives every moved file the rename's revision.
                     move_prefix(&mut self.remote, from, to);
                     move_prefix(&mut self.base, from, to);
