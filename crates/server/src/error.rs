@@ -41,8 +41,6 @@ pub enum ServiceError {
     },
     #[error("index: {0}")]
     Index(#[from] rusqlite::Error),
-    #[error("the server is shutting down")]
-    ShuttingDown,
 }
 
 impl ServiceError {
@@ -67,7 +65,6 @@ impl From<ServiceError> for Status {
             }
             ServiceError::OutOfRange(_) => Code::OutOfRange,
             ServiceError::TooLarge { .. } => Code::ResourceExhausted,
-            ServiceError::ShuttingDown => Code::Unavailable,
             ServiceError::Io { .. } | ServiceError::Index(_) => {
                 tracing::error!(error = %e, "internal error");
                 Code::Internal

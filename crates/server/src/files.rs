@@ -147,9 +147,18 @@ impl Files for FilesService {
                         .into());
                     }
                     let h = upload_header(h)?;
+                    if files.iter().any(|(f, _)| f.path == h.path) {
+                        return Err(ServiceError::InvalidArgument(format!(
+                            "{}: appears twice in one batch",
+                            h.path
+                        ))
+                        .into());
+                    }
+                    // The header's size is a claim: reserve no more than the
+                    // batch may still hold.
                     let cap = usize::try_from(h.size)
-                        .unwrap_or(0)
-                        .min(limits::MAX_BATCH_BYTES);
+                        .unwrap_or(usize::MAX)
+                        .min(limits::MAX_BATCH_BYTES - total);
                     files.push((h, Vec::with_capacity(cap)));
                 }
                 Some(Msg::Chunk(data)) => {

@@ -298,7 +298,7 @@ async fn rename_rules_and_folder_renames() {
     ));
     assert!(matches!(
         c.rename(&p("a"), &p("dir"), true, None).await,
-        Err(ClientError::AlreadyExists(_))
+        Err(ClientError::Rejected(m)) if m.contains("never replaces a folder")
     ));
     c.rename(&p("a"), &p("b"), true, None).await.unwrap();
     assert_eq!(get_bytes(&c, tmp.path(), "b").await, b"A");
@@ -699,5 +699,61 @@ async fn a_batch_commits_each_file_on_its_own_merits() {
         "{}",
         err.message()
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_naming_one_path_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let mut rc = raw(&server.addr);
+    let msgs = vec![
+        header("same", 1, b"a"),
+        chunk(b"a"),
+        header("same", 1, b"b"),
+        chunk(b"b"),
+    ];
+    let err = rc.upload_batch(tokio_stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("same: appears twice"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        server
+            .client()
+            .await
+            .list_all(None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn deletes_and_uploads_in_one_folder_do_not_trip_over_each_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    // Each round: the folder's only file goes while a new one arrives, so
+    // the delete prunes the folder just as the upload needs it.
+    for round in 0..40 {
+        put_bytes(&c, tmp.path(), &format!("d/old{round}"), b"x").await;
+        let (c1, c2) = (c.clone(), c.clone());
+        let dir = tmp.path().to_owned();
+        let del = tokio::spawn(async move { c1.delete(&p(&format!("d/old{round}")), None).await });
+        let up = tokio::spawn(async move {
+            let src = dir.join(format!("new{round}"));
+            std::fs::write(&src, b"y").unwrap();
+            c2.upload(&src, &p(&format!("d/new{round}")), None, Arc::new(()))
+                .await
+        });
+        del.await.unwrap().unwrap();
+        up.await.unwrap().unwrap();
+        c.delete(&p(&format!("d/new{round}")), None).await.unwrap();
+    }
+    assert!(c.list_all(None).await.unwrap().is_empty());
     server.stop().await;
 }

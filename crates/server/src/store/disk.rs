@@ -189,9 +189,24 @@ impl Disk {
                 "{path}: is a folder; cannot replace it with a file"
             )));
         }
-        let parent = self.make_parents(path)?;
-        fs::rename(staged, self.local(path)).map_err(|e| ServiceError::io(path.to_string(), e))?;
-        Ok(parent)
+        self.rename_into(staged, path)
+    }
+
+    /// Renames `src` to `path`, creating its folders. A concurrent delete in
+    /// the same folder may prune a folder just created (it holds only a
+    /// shared lock on it), so a vanished parent is created again.
+    fn rename_into(&self, src: &Path, path: &RemotePath) -> Result<PathBuf> {
+        let mut attempts = 0;
+        loop {
+            let parent = self.make_parents(path)?;
+            match fs::rename(src, self.local(path)) {
+                Ok(()) => return Ok(parent),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 && src.exists() => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(ServiceError::io(path.to_string(), e)),
+            }
+        }
     }
 
     /// Flushes every staged file's data with one `syncfs` (for batches of
@@ -213,9 +228,18 @@ impl Disk {
 
     /// Renames a file or folder; any file at `to` is replaced.
     pub fn rename(&self, from: &RemotePath, to: &RemotePath) -> Result<()> {
-        let parent = self.make_parents(to)?;
-        fs::rename(self.local(from), self.local(to))
-            .map_err(|e| ServiceError::io(format!("{from} -> {to}"), e))?;
+        if self.kind(from)? == Kind::Missing {
+            return Err(ServiceError::NotFound(from.clone()));
+        }
+        if self.kind(to)? == Kind::Folder {
+            return Err(ServiceError::Conflict(format!(
+                "{to}: is a folder; a rename never replaces a folder"
+            )));
+        }
+        let parent = self.rename_into(&self.local(from), to)?;
+        if let Some(from_parent) = self.local(from).parent() {
+            sync_dir(from_parent).map_err(|e| ServiceError::io(from.to_string(), e))?;
+        }
         sync_dir(&parent).map_err(|e| ServiceError::io(to.to_string(), e))?;
         self.prune_empty_parents(from)
     }

@@ -57,7 +57,7 @@ pub struct Index {
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
+PRAGMA synchronous = FULL;
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY NOT NULL,
     size INTEGER NOT NULL,

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 
 pub use disk::Kind;
 pub use index::{ChangeOp, ChangeRecord, FileRecord};
-pub use upload::{Upload, UploadHeader};
+pub use upload::{Upload, UploadHeader, verify};
 
 use crate::error::{Result, ServiceError};
 use crate::locks::PathLocks;
@@ -300,26 +300,13 @@ impl Store {
             let mut staged = Vec::new();
             let mut slots = Vec::new();
             for (i, (h, data)) in files.into_iter().enumerate() {
-                let actual = ContentHash::of(&data);
                 let verdict = if h.size > max {
                     Err(ServiceError::TooLarge {
                         what: format!("{}: size {} bytes", h.path, h.size),
                         limit: format!("{max} bytes (max file size)"),
                     })
-                } else if data.len() as u64 != h.size {
-                    Err(ServiceError::InvalidArgument(format!(
-                        "{}: received {} bytes, the header announced {}",
-                        h.path,
-                        data.len(),
-                        h.size
-                    )))
-                } else if actual != h.hash {
-                    Err(ServiceError::InvalidArgument(format!(
-                        "{}: content hash mismatch: header says {}, data hashes to {}",
-                        h.path, h.hash, actual
-                    )))
                 } else {
-                    Ok(())
+                    upload::verify(&h, data.len() as u64, ContentHash::of(&data))
                 };
                 if let Err(e) = verdict {
                     results.push(Some(Err(e)));
@@ -437,7 +424,7 @@ impl Store {
             if current.is_none() {
                 if index.is_folder(&p)? {
                     return Err(ServiceError::Conflict(format!(
-                        "{p}: is a folder; delete the files in it (rm -r)"
+                        "{p}: is a folder; delete the files in it one by one"
                     )));
                 }
                 return Err(ServiceError::NotFound(p));
@@ -498,7 +485,9 @@ impl Store {
             }
             check_revision(&f, file.as_ref(), if_revision)?;
             if index.is_folder(&t)? {
-                return Err(ServiceError::AlreadyExists(t));
+                return Err(ServiceError::Conflict(format!(
+                    "{t}: is a folder; a rename never replaces a folder"
+                )));
             }
             if index.get(&t)?.is_some() && (folder || !overwrite) {
                 return Err(ServiceError::AlreadyExists(t));

@@ -114,21 +114,8 @@ impl Upload {
     /// mismatch or conflict found at commit time.
     pub async fn finish(mut self) -> Result<FileRecord> {
         let (file, hasher) = self.written().await?;
-        let h = &self.header;
-        if self.received != h.size {
-            return Err(ServiceError::InvalidArgument(format!(
-                "{}: stream ended after {} of the {} bytes announced",
-                h.path, self.received, h.size
-            )));
-        }
-        let actual: ContentHash = hasher.finalize().into();
-        if actual != h.hash {
-            return Err(ServiceError::InvalidArgument(format!(
-                "{}: content hash mismatch: header says {}, data hashes to {}",
-                h.path, h.hash, actual
-            )));
-        }
-        let modified = h.modified;
+        verify(&self.header, self.received, hasher.finalize().into())?;
+        let modified = self.header.modified;
         blocking(move || {
             file.set_modified(modified)
                 .and_then(|()| file.sync_all())
@@ -144,6 +131,27 @@ impl Upload {
         self.installed = record.is_ok();
         record
     }
+}
+
+/// The one check every upload passes: the data is exactly what the header
+/// announced, in size and in content.
+///
+/// # Errors
+/// InvalidArgument naming the path and what differs.
+pub fn verify(header: &UploadHeader, received: u64, actual: ContentHash) -> Result<()> {
+    if received != header.size {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{}: received {received} bytes, the header announced {}",
+            header.path, header.size
+        )));
+    }
+    if actual != header.hash {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{}: content hash mismatch: header says {}, data hashes to {actual}",
+            header.path, header.hash
+        )));
+    }
+    Ok(())
 }
 
 impl Drop for Upload {
