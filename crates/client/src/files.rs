@@ -286,8 +286,21 @@ impl FilesClient {
             items
                 .into_iter()
                 .map(|(local, remote, if_revision)| {
-                    let meta = fs::metadata(&local).map_err(|e| ClientError::local(&local, e))?;
-                    let data = fs::read(&local).map_err(|e| ClientError::local(&local, e))?;
+                    let file = File::open(&local).map_err(|e| ClientError::local(&local, e))?;
+                    let meta = file.metadata().map_err(|e| ClientError::local(&local, e))?;
+                    // Read at most what a batch can carry, whatever the file
+                    // has grown to since it was listed.
+                    let limit = limits::MAX_BATCH_BYTES as u64;
+                    let mut data = Vec::with_capacity(meta.len().min(limit) as usize);
+                    file.take(limit + 1)
+                        .read_to_end(&mut data)
+                        .map_err(|e| ClientError::local(&local, e))?;
+                    if data.len() as u64 > limit {
+                        return Err(ClientError::LimitExceeded(format!(
+                            "{}: larger than the {limit} bytes an upload batch carries; upload it on its own",
+                            local.display()
+                        )));
+                    }
                     let modified = meta.modified().map_err(|e| ClientError::local(&local, e))?;
                     Ok((remote, if_revision, data, modified))
                 })

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use distribusync_client::{ClientError, FileInfo, FilesClient};
-use distribusync_core::RemotePath;
+use distribusync_core::{RemotePath, limits};
 use futures::StreamExt;
 
 use crate::UsageError;
@@ -104,18 +104,49 @@ pub async fn put(global: &Global, args: PutArgs) -> anyhow::Result<()> {
             put_target(&args.local, args.remote.as_deref())?,
         )]
     };
-    let uploads = futures::stream::iter(jobs)
-        .map(|(local, target)| {
-            let client = client.clone();
-            async move {
-                let label = target.to_string();
+    // Small files go many to a request (one group commit on the server);
+    // the rest stream one by one with a progress bar.
+    type Results = Vec<anyhow::Result<FileInfo>>;
+    let (small, big): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(local, _)| {
+        std::fs::metadata(local).is_ok_and(|m| m.len() <= limits::BATCH_FILE_MAX)
+    });
+    let mut work: Vec<futures::future::BoxFuture<'static, Results>> = Vec::new();
+    for chunk in small.chunks(256) {
+        let client = client.clone();
+        let items: Vec<_> = chunk
+            .iter()
+            .map(|(l, r)| (l.clone(), r.clone(), None))
+            .collect();
+        let locals: Vec<PathBuf> = chunk.iter().map(|(l, _)| l.clone()).collect();
+        work.push(Box::pin(async move {
+            match client.upload_batch(items).await {
+                Ok(results) => results
+                    .into_iter()
+                    .zip(locals)
+                    .map(|(r, l)| r.with_context(|| format!("put {}", l.display())))
+                    .collect(),
+                Err(e) => {
+                    let e = anyhow::Error::from(e).context("put");
+                    vec![Err(e)]
+                }
+            }
+        }));
+    }
+    for (local, target) in big {
+        let client = client.clone();
+        work.push(Box::pin(async move {
+            let label = target.to_string();
+            vec![
                 client
                     .upload(&local, &target, None, progress::transfer(&label))
                     .await
-                    .with_context(|| format!("put {}", local.display()))
-            }
-        })
-        .buffer_unordered(PARALLEL_UPLOADS);
+                    .with_context(|| format!("put {}", local.display())),
+            ]
+        }));
+    }
+    let uploads = futures::stream::iter(work)
+        .buffer_unordered(PARALLEL_UPLOADS)
+        .flat_map(futures::stream::iter);
     futures::pin_mut!(uploads);
     let mut out = std::io::stdout().lock();
     let mut failed = 0usize;
