@@ -185,13 +185,15 @@ impl FilesClient {
         ClientError::from_status(s, &self.addr)
     }
 
-    /// Uploads the local file at `local` as `remote`. With `if_revision`,
-    /// the server refuses if the file's current revision differs (0: it
-    /// must not exist yet).
+    /// Uploads the local file at `local` as `remote`, reading it once: the
+    /// content hash is computed while sending and follows the data. With
+    /// `if_revision`, the server refuses if the file's current revision
+    /// differs (0: it must not exist yet).
     ///
     /// # Errors
-    /// Local read errors, a revision mismatch, or any refusal of the server
-    /// (including a file that changed while it was being read).
+    /// Local read errors, a file that changed while it was being sent
+    /// ([`ClientError::Stale`]), a revision mismatch, or any refusal of the
+    /// server.
     pub async fn upload(
         &self,
         local: &Path,
@@ -200,70 +202,82 @@ impl FilesClient {
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
         let path = local.to_owned();
-        let (hash, size, modified) = tokio::task::spawn_blocking(move || {
-            let (hash, size) = hash_local(&path)?;
-            let modified = fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .map_err(|e| ClientError::local(&path, e))?;
-            Ok::<_, ClientError>((hash, size, modified))
+        let (file, before) = tokio::task::spawn_blocking(move || {
+            let file = File::open(&path).map_err(|e| ClientError::local(&path, e))?;
+            let meta = file.metadata().map_err(|e| ClientError::local(&path, e))?;
+            Ok::<_, ClientError>((file, meta))
         })
         .await
         .map_err(|e| ClientError::local(local, std::io::Error::other(e)))??;
+        let size = before.len();
+        let modified = before
+            .modified()
+            .map_err(|e| ClientError::local(local, e))?;
         let header = v1::UploadHeader {
             path: remote.to_string(),
             size,
-            hash: hash.0.to_vec(),
+            hash: Vec::new(), // follows the data
             modified: Some(distribusync_proto::timestamp(modified)),
             if_revision,
         };
         progress.start(size, 0);
         let (tx, rx) = mpsc::channel(4);
         let path = local.to_owned();
-        tokio::task::spawn_blocking(move || {
+        // Reads, hashes and sends; the hash goes last, and only if the file
+        // did not change while it was read (else the stream just ends and
+        // the server refuses it).
+        let reader = tokio::task::spawn_blocking(move || -> Result<()> {
             use v1::upload_request::Msg;
-            if tx
-                .blocking_send(v1::UploadRequest {
-                    msg: Some(Msg::Header(header)),
-                })
-                .is_err()
-            {
-                return;
-            }
-            let Ok(mut file) = File::open(&path) else {
-                return; // The server sees a short stream and refuses it.
+            let send = |msg| {
+                tx.blocking_send(v1::UploadRequest { msg: Some(msg) })
+                    .is_ok()
             };
-            // Send exactly the announced size; a file that grew is cut off
-            // and refused by hash, one that shrank is refused by size.
+            if !send(Msg::Header(header)) {
+                return Ok(());
+            }
+            let mut file = file;
+            let mut hasher = blake3::Hasher::new();
             let mut left = size;
             while left > 0 {
                 let n = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(limits::CHUNK_SIZE);
                 let mut buf = vec![0; n];
-                let got = match file.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(got) => got,
-                };
+                let got = file
+                    .read(&mut buf)
+                    .map_err(|e| ClientError::local(&path, e))?;
+                if got == 0 {
+                    break;
+                }
                 buf.truncate(got);
+                hasher.update(&buf);
                 left -= got as u64;
                 progress.advance(got as u64);
-                if tx
-                    .blocking_send(v1::UploadRequest {
-                        msg: Some(Msg::Chunk(buf)),
-                    })
-                    .is_err()
-                {
-                    return;
+                if !send(Msg::Chunk(buf)) {
+                    return Ok(());
                 }
             }
+            let after = file.metadata().map_err(|e| ClientError::local(&path, e))?;
+            let changed =
+                left > 0 || after.len() != size || after.modified().ok() != before.modified().ok();
+            if changed {
+                return Err(ClientError::Stale(format!(
+                    "{}: changed while it was being sent; send it again",
+                    path.display()
+                )));
+            }
+            send(Msg::TrailerHash(hasher.finalize().as_bytes().to_vec()));
+            Ok(())
         });
         let mut inner = self.inner.clone();
-        let reply = inner
-            .upload(ReceiverStream::new(rx))
+        let reply = inner.upload(ReceiverStream::new(rx)).await;
+        // A local problem explains a refusal better than the refusal does.
+        reader
             .await
-            .map_err(|s| self.err(s))?
-            .into_inner();
+            .map_err(|e| ClientError::local(local, std::io::Error::other(e)))??;
         reply
+            .map_err(|s| self.err(s))?
+            .into_inner()
             .file
             .ok_or_else(|| protocol("upload reply without file"))?
             .try_into()

@@ -70,23 +70,38 @@ fn change(c: &ChangeRecord) -> v1::Change {
     }
 }
 
-fn upload_header(h: v1::UploadHeader) -> Result<UploadHeader, ServiceError> {
+fn content_hash(path: &RemotePath, bytes: &[u8]) -> Result<ContentHash, ServiceError> {
+    ContentHash::from_slice(bytes)
+        .map_err(|e| ServiceError::InvalidArgument(format!("{path}: {e}")))
+}
+
+/// A wire header as the store's; with `trailer`, an empty hash means "it
+/// follows the data" (returned as `true`).
+fn upload_header(h: v1::UploadHeader, trailer: bool) -> Result<(UploadHeader, bool), ServiceError> {
     let path = path(&h.path)?;
-    let hash = ContentHash::from_slice(&h.hash)
-        .map_err(|e| ServiceError::InvalidArgument(format!("{path}: {e}")))?;
+    let in_trailer = trailer && h.hash.is_empty();
+    // Until the trailer arrives, the hash is unknown; it is set before use.
+    let hash = if in_trailer {
+        ContentHash([0; 32])
+    } else {
+        content_hash(&path, &h.hash)?
+    };
     let modified = match h.modified {
         None => SystemTime::now(),
         Some(t) => distribusync_proto::system_time(&t).ok_or_else(|| {
             ServiceError::InvalidArgument(format!("{path}: modified time is out of range"))
         })?,
     };
-    Ok(UploadHeader {
-        path,
-        size: h.size,
-        hash,
-        modified,
-        if_revision: h.if_revision,
-    })
+    Ok((
+        UploadHeader {
+            path,
+            size: h.size,
+            hash,
+            modified,
+            if_revision: h.if_revision,
+        },
+        in_trailer,
+    ))
 }
 
 #[tonic::async_trait]
@@ -98,10 +113,10 @@ impl Files for FilesService {
     ) -> Result<Response<v1::UploadResponse>, Status> {
         use v1::upload_request::Msg;
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let (header, in_trailer) = match stream.message().await? {
             Some(v1::UploadRequest {
                 msg: Some(Msg::Header(h)),
-            }) => upload_header(h)?,
+            }) => upload_header(h, true)?,
             _ => {
                 return Err(ServiceError::InvalidArgument(
                     "an upload must start with a header".into(),
@@ -109,17 +124,31 @@ impl Files for FilesService {
                 .into());
             }
         };
+        let path = header.path.clone();
         let mut upload = self.store.begin_upload(header).await?;
+        let mut got_trailer = false;
         while let Some(msg) = stream.message().await? {
             match msg.msg {
-                Some(Msg::Chunk(data)) => upload.write(data).await?,
+                Some(Msg::Chunk(data)) if !got_trailer => upload.write(data).await?,
+                Some(Msg::TrailerHash(h)) if in_trailer && !got_trailer => {
+                    upload.set_hash(content_hash(&path, &h)?);
+                    got_trailer = true;
+                }
                 _ => {
                     return Err(ServiceError::InvalidArgument(
-                        "an upload carries one header, then only chunks".into(),
+                        "an upload carries one header, then chunks, then (if the header had \
+                         no hash) the trailer hash"
+                            .into(),
                     )
                     .into());
                 }
             }
+        }
+        if in_trailer && !got_trailer {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{path}: the upload ended without its content hash"
+            ))
+            .into());
         }
         let record = upload.finish().await?;
         Ok(Response::new(v1::UploadResponse {
@@ -146,7 +175,7 @@ impl Files for FilesService {
                         }
                         .into());
                     }
-                    let h = upload_header(h)?;
+                    let (h, _) = upload_header(h, false)?;
                     if files.iter().any(|(f, _)| f.path == h.path) {
                         return Err(ServiceError::InvalidArgument(format!(
                             "{}: appears twice in one batch",
@@ -184,6 +213,12 @@ impl Files for FilesService {
                         .into());
                     }
                     buf.extend_from_slice(&data);
+                }
+                Some(Msg::TrailerHash(_)) => {
+                    return Err(ServiceError::InvalidArgument(
+                        "a batch carries each file's hash in its header".into(),
+                    )
+                    .into());
                 }
                 None => {
                     return Err(ServiceError::InvalidArgument("empty batch message".into()).into());

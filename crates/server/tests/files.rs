@@ -182,6 +182,32 @@ async fn wrong_hash_and_overlong_data_are_refused_and_change_nothing() {
     let err = rc.upload(tokio_stream::iter(msgs)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
+    // A header without a hash promises a trailer; ending without it is refused.
+    let mut no_hash = header("doc", 3, b"abc");
+    if let Some(v1::upload_request::Msg::Header(h)) = &mut no_hash.msg {
+        h.hash.clear();
+    }
+    let err = rc
+        .upload(tokio_stream::iter(vec![no_hash.clone(), chunk(b"abc")]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("without its content hash"),
+        "{}",
+        err.message()
+    );
+    // And a trailer that does not match the data is a hash mismatch.
+    let trailer = v1::UploadRequest {
+        msg: Some(v1::upload_request::Msg::TrailerHash(
+            ContentHash::of(b"xyz").0.to_vec(),
+        )),
+    };
+    let err = rc
+        .upload(tokio_stream::iter(vec![no_hash, chunk(b"abc"), trailer]))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("hash mismatch"), "{}", err.message());
+
     // Chunks without a header.
     let err = rc
         .upload(tokio_stream::iter(vec![chunk(b"x")]))

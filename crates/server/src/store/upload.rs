@@ -44,11 +44,32 @@ pub struct Upload {
 /// Writes and hashes chunks until the sender goes away.
 fn writer(mut file: File, mut rx: mpsc::Receiver<Vec<u8>>) -> Written {
     let mut hasher = blake3::Hasher::new();
+    let (mut written, mut flushed) = (0u64, 0u64);
     while let Some(chunk) = rx.blocking_recv() {
         hasher.update(&chunk);
         file.write_all(&chunk)?;
+        written += chunk.len() as u64;
+        if written - flushed >= WRITEBACK_STEP {
+            start_writeback(&file, flushed, written - flushed);
+            flushed = written;
+        }
     }
     Ok((file, hasher))
+}
+
+/// Data written since the last writeback hint before the next one.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Asks the kernel to start writing a range to disk now (and not to keep it
+/// cached), so the fsync at the end of a big upload has little left to do
+/// and the upload does not fill the page cache. A hint: failure is ignored.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
 }
 
 impl Upload {
@@ -75,6 +96,11 @@ impl Upload {
             .await
             .map_err(|e| ServiceError::io("staging file", std::io::Error::other(e)))?
             .map_err(|e| ServiceError::io("staging file", e))
+    }
+
+    /// Sets the content hash given after the data (a trailer).
+    pub fn set_hash(&mut self, hash: ContentHash) {
+        self.header.hash = hash;
     }
 
     /// Appends a chunk.
