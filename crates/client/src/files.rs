@@ -1,7 +1,7 @@
 //! [`FilesClient`]: typed access to the Files service.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -475,9 +475,20 @@ impl FilesClient {
                 if offset > 0 {
                     hasher.update_reader((&file).take(offset))?;
                 }
+                let mut since_hint = 0u64;
                 while let Some(chunk) = rx.blocking_recv() {
                     hasher.update(&chunk);
                     file.write_all(&chunk)?;
+                    // Start writeback as we go (as the server does for
+                    // uploads), so the fsync below has little left to do.
+                    since_hint += chunk.len() as u64;
+                    if since_hint >= 8 << 20 {
+                        let end = file.stream_position()?;
+                        let range = std::num::NonZeroU64::new(since_hint);
+                        let advice = rustix::fs::Advice::DontNeed;
+                        let _ = rustix::fs::fadvise(&file, end - since_hint, range, advice);
+                        since_hint = 0;
+                    }
                 }
                 file.sync_all()?;
                 Ok((file, hasher.finalize().into()))
