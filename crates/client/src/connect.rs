@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use distribusync_core::limits;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, Result};
@@ -24,6 +25,9 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
         })
         .map(|e| {
             e.tcp_nodelay(true)
+                // Big frames: bulk streams (files, number lists) cost far
+                // fewer frames than with HTTP/2's 16 KiB default.
+                .max_frame_size(limits::HTTP2_MAX_FRAME)
                 .http2_adaptive_window(true)
                 .connect_timeout(Duration::from_secs(5))
                 .http2_keep_alive_interval(Duration::from_secs(20))

@@ -7,6 +7,9 @@ pub const CHUNK_SIZE: usize = 1024 * 1024;
 /// Largest gRPC message either side accepts (a chunk plus headroom).
 pub const MAX_MESSAGE_SIZE: usize = 8 * 1024 * 1024;
 
+/// Largest HTTP/2 frame either side accepts (the protocol's default is 16 KiB).
+pub const HTTP2_MAX_FRAME: u32 = 1 << 20;
+
 /// Files per page of a List stream.
 pub const LIST_PAGE_SIZE: u32 = 1000;
 

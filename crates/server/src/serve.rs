@@ -125,6 +125,7 @@ pub async fn serve(
     let server = Server::builder()
         .http2_adaptive_window(Some(true))
         .tcp_nodelay(true)
+        .max_frame_size(limits::HTTP2_MAX_FRAME)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
