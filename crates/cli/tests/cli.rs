@@ -16,9 +16,16 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// `serve` with extra flags (e.g. `--services compute`).
+    fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(dir.join("MASTER"))
+            .args(extra)
+            .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
             .spawn()
             .expect("starts");
@@ -51,12 +58,25 @@ impl Drop for Server {
     }
 }
 
-fn run(dir: &Path, server: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
+/// The binary in `dir`, with its own config folder (so a persisted client
+/// id is this test's), none of the caller's DistribuSync settings, and
+/// `env` on top.
+fn cmd(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
         .current_dir(dir)
-        .env("DISTRIBUSYNC_SERVER", server)
-        .env_remove("RUST_LOG")
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env_remove("DISTRIBUSYNC_CLIENT_ID")
+        .env_remove("DISTRIBUSYNC_COMPUTE_SERVER")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn run(dir: &Path, server: &str, args: &[&str]) -> Output {
+    cmd(dir, &[("DISTRIBUSYNC_SERVER", server)], args)
         .output()
         .expect("runs")
 }

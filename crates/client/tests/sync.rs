@@ -101,6 +101,19 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// What the server's change log holds after `seq`.
+async fn logged_since(fc: &FilesClient, seq: u64) -> Vec<distribusync_client::ChangeKind> {
+    let mut w = fc.watch(seq).await.unwrap();
+    let mut changes = Vec::new();
+    loop {
+        match w.next().await.unwrap().unwrap() {
+            WatchEvent::Change(c) => changes.push(c.kind),
+            WatchEvent::CaughtUp(_) => return changes,
+            WatchEvent::Resync(_) => panic!("unexpected resync"),
+        }
+    }
+}
+
 fn read(p: PathBuf) -> Option<String> {
     std::fs::read_to_string(p).ok()
 }
@@ -211,15 +224,7 @@ async fn changes_in_one_folder_appear_in_the_other() {
     })
     .await;
     // One rename on the server, not 33 uploads and deletes.
-    let mut w = fc.watch(seq_before).await.unwrap();
-    let mut changes = Vec::new();
-    loop {
-        match w.next().await.unwrap().unwrap() {
-            WatchEvent::Change(c) => changes.push(c),
-            WatchEvent::CaughtUp(_) => break,
-            WatchEvent::Resync(_) => panic!("resync"),
-        }
-    }
+    let changes = logged_since(&fc, seq_before).await;
     assert_eq!(changes.len(), 1, "{changes:?}");
 
     // Delete.
@@ -331,11 +336,7 @@ async fn an_editor_style_save_is_one_modification() {
         read(s.b.join("doc.txt")).as_deref() == Some("v2 saved by an editor")
     })
     .await;
-    let mut w = fc.watch(seq).await.unwrap();
-    let mut changes = Vec::new();
-    while let WatchEvent::Change(c) = w.next().await.unwrap().unwrap() {
-        changes.push(c.kind);
-    }
+    let changes = logged_since(&fc, seq).await;
     assert_eq!(changes.len(), 1, "one modification: {changes:?}");
     assert!(
         matches!(&changes[0], distribusync_client::ChangeKind::Put(f) if f.path.as_str() == "doc.txt")

@@ -2,74 +2,11 @@
 //! binary.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::{BIN, Server, tmp};
-
-/// `serve` with extra flags (e.g. `--services compute`).
-fn serve(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
-        .arg(dir.join("MASTER"))
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(i) = line.find("http://") {
-            break line[i..].trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
-}
-
-/// The binary with its own config folder (so the persisted client id is
-/// this test's) and `env` on top.
-fn cmd(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .current_dir(dir)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env_remove("DISTRIBUSYNC_CLIENT_ID")
-        .env_remove("DISTRIBUSYNC_COMPUTE_SERVER")
-        .env_remove("RUST_LOG");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
-}
-
-fn run(dir: &Path, server: &str, args: &[&str]) -> Output {
-    cmd(dir, &[("DISTRIBUSYNC_SERVER", server)], args)
-        .output()
-        .expect("runs")
-}
-
-fn ok(dir: &Path, server: &str, args: &[&str]) -> String {
-    let out = run(dir, server, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fail(dir: &Path, server: &str, args: &[&str], code: i32) -> String {
-    let out = run(dir, server, args);
-    assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.starts_with("distribusync: "), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    err
-}
+use super::{Server, cmd, fail, ok, run, tmp};
 
 #[test]
 fn add_and_sort_answer_directly() {
@@ -218,8 +155,8 @@ fn a_killed_client_with_a_job_in_flight_leaves_the_server_serving() {
 #[test]
 fn dedicated_files_and_compute_servers() {
     let (_t, dir) = tmp();
-    let files = serve(&dir, &["--services", "files"]);
-    let compute = serve(&dir, &["--services", "compute"]);
+    let files = Server::start_with(&dir, &["--services", "files"]);
+    let compute = Server::start_with(&dir, &["--services", "compute"]);
     let env = [
         ("DISTRIBUSYNC_SERVER", files.addr.as_str()),
         ("DISTRIBUSYNC_COMPUTE_SERVER", compute.addr.as_str()),
