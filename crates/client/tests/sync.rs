@@ -553,3 +553,37 @@ async fn a_symlinked_folder_is_never_written_through() {
     assert_eq!(fc.list_all(None).await.unwrap().len(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_trees_unicode_forms_and_a_file_replaced_by_a_folder() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    // A name written in NFD (as macOS does) travels in NFC.
+    std::fs::write(s.a.join("cafe\u{301}.txt"), "nfd").unwrap();
+    std::fs::write(s.a.join("x"), "a file first").unwrap();
+    once(&s.a, &server.addr, "a").await.unwrap();
+    let fc = client(&server.addr);
+    let names: Vec<String> = fc
+        .list_all(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    assert_eq!(names, ["caf\u{e9}.txt", "x"]);
+    // Re-syncing does not see the NFD file as new or deleted.
+    let engine = once(&s.a, &server.addr, "a").await.unwrap();
+    assert_eq!(engine.status().borrow().uploaded, 0);
+    once(&s.b, &server.addr, "b").await.unwrap();
+    assert_eq!(read(s.b.join("caf\u{e9}.txt")).as_deref(), Some("nfd"));
+
+    // The file `x` becomes a folder `x` with a file in it.
+    std::fs::remove_file(s.a.join("x")).unwrap();
+    std::fs::create_dir(s.a.join("x")).unwrap();
+    std::fs::write(s.a.join("x/inside"), "now a folder").unwrap();
+    once(&s.a, &server.addr, "a").await.unwrap();
+    once(&s.b, &server.addr, "b").await.unwrap();
+    assert!(s.b.join("x").is_dir());
+    assert_eq!(read(s.b.join("x/inside")).as_deref(), Some("now a folder"));
+    server.shutdown().await;
+}
