@@ -213,3 +213,27 @@ fn serve_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(dir.join("MASTER/a").exists());
 }
+
+#[test]
+fn put_r_of_many_files_fits_them_in_batches_within_the_server_limits() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    std::fs::create_dir_all(dir.join("pics")).unwrap();
+    // 120 files of 200 KiB: 24 MiB, more than one upload batch may carry.
+    for i in 0..120 {
+        std::fs::write(
+            dir.join(format!("pics/{i:03}.jpg")),
+            vec![i as u8; 200 * 1024],
+        )
+        .unwrap();
+    }
+    ok(&dir, s, &["put", "-r", "pics"]);
+    let listed = ok(&dir, s, &["ls", "pics"]);
+    assert_eq!(listed.lines().count(), 120);
+    ok(&dir, s, &["get", "pics/077.jpg", "back.jpg"]);
+    assert_eq!(
+        std::fs::read(dir.join("back.jpg")).unwrap(),
+        vec![77u8; 200 * 1024]
+    );
+}

@@ -22,5 +22,45 @@ pub const MAX_BATCH_FILES: usize = 1000;
 /// Most data bytes in one UploadBatch.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
-/// Files up to this size travel in batches during sync.
+/// Files up to this size travel in batches (sync, `put -r`).
 pub const BATCH_FILE_MAX: u64 = 256 * 1024;
+
+/// Data bytes a client puts in one batch: a quarter of what the server
+/// accepts, so a few batches in flight stay small in memory on both sides.
+pub const BATCH_TARGET_BYTES: u64 = (MAX_BATCH_BYTES / 4) as u64;
+
+/// Cuts a list of file sizes into consecutive batches of at most
+/// [`MAX_BATCH_FILES`] files and [`BATCH_TARGET_BYTES`] bytes (a file larger
+/// than that goes alone). Fewer, fuller batches mean fewer group commits.
+pub fn batches(sizes: &[u64]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, &size) in sizes.iter().enumerate() {
+        let full = i - start >= MAX_BATCH_FILES || (i > start && bytes + size > BATCH_TARGET_BYTES);
+        if full {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_both_limits() {
+        assert!(batches(&[]).is_empty());
+        assert_eq!(batches(&[1; 2500]), [0..1000, 1000..2000, 2000..2500]);
+        let quarter = BATCH_TARGET_BYTES / 4;
+        assert_eq!(batches(&[quarter; 9]), [0..4, 4..8, 8..9]);
+        // A file over the budget still goes, alone.
+        assert_eq!(batches(&[1, BATCH_TARGET_BYTES + 1, 1]), [0..1, 1..2, 2..3]);
+    }
+}

@@ -107,17 +107,26 @@ pub async fn put(global: &Global, args: PutArgs) -> anyhow::Result<()> {
     // Small files go many to a request (one group commit on the server);
     // the rest stream one by one with a progress bar.
     type Results = Vec<anyhow::Result<FileInfo>>;
-    let (small, big): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(local, _)| {
-        std::fs::metadata(local).is_ok_and(|m| m.len() <= limits::BATCH_FILE_MAX)
-    });
+    let sized: Vec<(PathBuf, RemotePath, Option<u64>)> = jobs
+        .into_iter()
+        .map(|(local, remote)| {
+            let size = std::fs::metadata(&local).ok().map(|m| m.len());
+            (local, remote, size)
+        })
+        .collect();
+    let (small, big): (Vec<_>, Vec<_>) = sized
+        .into_iter()
+        .partition(|(_, _, size)| size.is_some_and(|s| s <= limits::BATCH_FILE_MAX));
+    let sizes: Vec<u64> = small.iter().map(|(_, _, s)| s.unwrap_or(0)).collect();
     let mut work: Vec<futures::future::BoxFuture<'static, Results>> = Vec::new();
-    for chunk in small.chunks(256) {
+    for range in limits::batches(&sizes) {
+        let chunk = &small[range];
         let client = client.clone();
         let items: Vec<_> = chunk
             .iter()
-            .map(|(l, r)| (l.clone(), r.clone(), None))
+            .map(|(l, r, _)| (l.clone(), r.clone(), None))
             .collect();
-        let locals: Vec<PathBuf> = chunk.iter().map(|(l, _)| l.clone()).collect();
+        let locals: Vec<PathBuf> = chunk.iter().map(|(l, _, _)| l.clone()).collect();
         work.push(Box::pin(async move {
             match client.upload_batch(items).await {
                 Ok(results) => results
@@ -132,7 +141,7 @@ pub async fn put(global: &Global, args: PutArgs) -> anyhow::Result<()> {
             }
         }));
     }
-    for (local, target) in big {
+    for (local, target, _) in big {
         let client = client.clone();
         work.push(Box::pin(async move {
             let label = target.to_string();

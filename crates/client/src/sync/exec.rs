@@ -391,24 +391,22 @@ impl SyncEngine {
                 if self.local.files.get(path).is_some_and(|e| e.stat.size <= limits::BATCH_FILE_MAX))
         });
         let mut jobs: Vec<Job> = Vec::new();
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0u64;
-        for op in small {
-            let Operation::Upload { path, if_revision } = op else {
-                unreachable!("partitioned above")
-            };
-            let size = self.local.files.get(&path).map_or(0, |e| e.stat.size);
-            if batch.len() >= BATCH_FILES || batch_bytes + size > BATCH_BYTES {
-                jobs.push(Box::pin(upload_batch(
-                    self.client.clone(),
-                    std::mem::take(&mut batch),
-                )));
-                batch_bytes = 0;
-            }
-            batch_bytes += size;
-            batch.push((self.local_path(&path), path, if_revision));
-        }
-        if !batch.is_empty() {
+        let small: Vec<(PathBuf, RemotePath, u64, u64)> = small
+            .into_iter()
+            .filter_map(|op| match op {
+                Operation::Upload { path, if_revision } => {
+                    let size = self.local.files.get(&path).map_or(0, |e| e.stat.size);
+                    Some((self.local_path(&path), path, if_revision, size))
+                }
+                _ => None,
+            })
+            .collect();
+        let sizes: Vec<u64> = small.iter().map(|(_, _, _, size)| *size).collect();
+        for range in limits::batches(&sizes) {
+            let batch = small[range]
+                .iter()
+                .map(|(local, path, rev, _)| (local.clone(), path.clone(), *rev))
+                .collect();
             jobs.push(Box::pin(upload_batch(self.client.clone(), batch)));
         }
         let singles = ops
@@ -558,11 +556,6 @@ impl SyncEngine {
         Ok(())
     }
 }
-
-/// Files per upload batch during sync.
-const BATCH_FILES: usize = 256;
-/// Data bytes per upload batch during sync.
-const BATCH_BYTES: u64 = (limits::MAX_BATCH_BYTES / 4) as u64;
 
 /// Uploads a batch of small files; one result per file.
 async fn upload_batch(
