@@ -260,53 +260,68 @@ fn match_renames(
     pairs
 }
 
-fn local_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
+/// What the rename detector needs to know of a file on either side.
+trait Content {
+    fn hash(&self) -> ContentHash;
+    fn size(&self) -> u64;
+}
+
+impl Content for super::LocalFile {
+    fn hash(&self) -> ContentHash {
+        self.hash
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Content for RemoteFile {
+    fn hash(&self) -> ContentHash {
+        self.hash
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// Renames made on the `moved` side: a base path it lost while the `other`
+/// side kept it unchanged, matched with a path it gained that neither the
+/// base nor the other side has.
+fn renames_on<M: Content, O: Content>(
+    input: &SyncInput,
+    moved: &BTreeMap<RemotePath, M>,
+    other: &BTreeMap<RemotePath, O>,
+) -> Vec<(RemotePath, RemotePath)> {
     let gone = input
         .base
         .iter()
         .filter(|(p, b)| {
             b.size > 0
-                && !input.local.contains_key(*p)
+                && !moved.contains_key(*p)
                 && !left_alone(input, p)
-                && input.remote.get(*p).is_some_and(|r| r.hash == b.hash)
+                && other.get(*p).is_some_and(|o| o.hash() == b.hash)
         })
         .map(|(p, b)| (p, b.hash))
         .collect();
-    let new = input
-        .local
+    let new = moved
         .iter()
-        .filter(|(p, l)| {
-            l.size > 0 && !input.base.contains_key(*p) && !input.remote.contains_key(*p)
+        .filter(|(p, m)| {
+            m.size() > 0
+                && !input.base.contains_key(*p)
+                && !other.contains_key(*p)
+                && !left_alone(input, p)
         })
-        .map(|(p, l)| (p, l.hash))
+        .map(|(p, m)| (p, m.hash()))
         .collect();
     match_renames(gone, new)
 }
 
+fn local_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
+    renames_on(input, &input.local, &input.remote)
+}
+
 fn remote_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
-    let gone = input
-        .base
-        .iter()
-        .filter(|(p, b)| {
-            b.size > 0
-                && !input.remote.contains_key(*p)
-                && !left_alone(input, p)
-                && input.local.get(*p).is_some_and(|l| l.hash == b.hash)
-        })
-        .map(|(p, b)| (p, b.hash))
-        .collect();
-    let new = input
-        .remote
-        .iter()
-        .filter(|(p, r)| {
-            r.size > 0
-                && !input.base.contains_key(*p)
-                && !input.local.contains_key(*p)
-                && !left_alone(input, p)
-        })
-        .map(|(p, r)| (p, r.hash))
-        .collect();
-    match_renames(gone, new)
+    renames_on(input, &input.remote, &input.local)
 }
 
 /// The folders a file rename implies: strip the longest common tail of
