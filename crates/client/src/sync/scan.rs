@@ -85,6 +85,53 @@ impl<'a> Known<'a> {
     }
 }
 
+/// Files found whose hash is not known yet: hashed together, in parallel,
+/// once the walk is done.
+#[derive(Default)]
+struct ToHash {
+    files: Vec<(RemotePath, String, FileStat, Option<String>)>,
+    paths: std::collections::HashSet<RemotePath>,
+}
+
+impl ToHash {
+    /// Hashes everything listed (both cores) and adds it to `view`.
+    fn finish(self, dir: &Path, view: &mut LocalView) {
+        use rayon::prelude::*;
+        let hashed: Vec<_> = self
+            .files
+            .into_par_iter()
+            .map(|(path, rel, stat, disk_name)| {
+                let r = crate::files::hash_local(&dir.join(&rel));
+                (path, stat, disk_name, r)
+            })
+            .collect();
+        for (path, stat, disk_name, r) in hashed {
+            match r {
+                // The file changed while it was read: hash what is there
+                // next time rather than trust a torn read.
+                Ok((hash, n)) if n == stat.size => {
+                    view.files.insert(
+                        path,
+                        LocalEntry {
+                            stat,
+                            hash,
+                            disk_name,
+                        },
+                    );
+                }
+                Ok(_) => {
+                    view.unreadable.insert(path);
+                    view.busy = true;
+                }
+                Err(e) => {
+                    tracing::warn!(%path, error = %e, "cannot read local file; skipped, will retry");
+                    view.unreadable.insert(path);
+                }
+            }
+        }
+    }
+}
+
 /// Scans one synced folder.
 #[derive(Debug)]
 pub struct Scanner {
@@ -120,7 +167,9 @@ impl Scanner {
     ) -> LocalView {
         let mut view = LocalView::default();
         let known = Known::new(&old.files, base);
-        self.walk("", &known, settle, &mut view);
+        let mut to_hash = ToHash::default();
+        self.walk("", &known, settle, &mut view, &mut to_hash);
+        to_hash.finish(&self.dir, &mut view);
         view
     }
 
@@ -154,6 +203,7 @@ impl Scanner {
             view.unreadable.retain(|p| !under(p.as_str()));
         }
         let known = Known::new(&old, base);
+        let mut to_hash = ToHash::default();
         // A folder's walk covers everything inside it.
         let covered = |rel: &str| {
             rels.iter().any(|r| {
@@ -167,16 +217,24 @@ impl Scanner {
                 continue;
             }
             match fs::symlink_metadata(self.dir.join(rel)) {
-                Ok(m) if m.is_dir() => self.walk(rel, &known, settle, view),
+                Ok(m) if m.is_dir() => self.walk(rel, &known, settle, view, &mut to_hash),
                 // A path from an event is already settled (its writer closed it,
                 // or it has been quiet long enough).
-                Ok(m) if m.is_file() => self.add_file(rel, &m, &known, None, view),
+                Ok(m) if m.is_file() => self.add_file(rel, &m, &known, None, view, &mut to_hash),
                 _ => {}
             }
         }
+        to_hash.finish(&self.dir, view);
     }
 
-    fn walk(&self, rel: &str, known: &Known<'_>, settle: Option<Duration>, view: &mut LocalView) {
+    fn walk(
+        &self,
+        rel: &str,
+        known: &Known<'_>,
+        settle: Option<Duration>,
+        view: &mut LocalView,
+        to_hash: &mut ToHash,
+    ) {
         let mut stack = vec![rel.to_owned()];
         while let Some(dir_rel) = stack.pop() {
             let dir = if dir_rel.is_empty() {
@@ -220,7 +278,7 @@ impl Scanner {
                 if ft.is_dir() {
                     stack.push(sub);
                 } else if ft.is_file() {
-                    self.add_file(&sub, &meta, known, settle, view);
+                    self.add_file(&sub, &meta, known, settle, view, to_hash);
                 } else if ft.is_symlink() {
                     tracing::debug!(path = %sub, "symbolic link: not synced");
                 }
@@ -235,6 +293,7 @@ impl Scanner {
         known: &Known<'_>,
         settle: Option<Duration>,
         view: &mut LocalView,
+        to_hash: &mut ToHash,
     ) {
         let path = match RemotePath::normalized(rel) {
             Ok(p) => p,
@@ -246,6 +305,17 @@ impl Scanner {
         let disk_name = (path.as_str() != rel).then(|| rel.to_owned());
         if let Some(existing) = view.files.get(&path) {
             if existing.disk_name.as_deref().unwrap_or(path.as_str()) != rel {
+                tracing::warn!(%path, "two local names differ only in Unicode form; the second is not synced");
+                view.unreadable.insert(path);
+            }
+            return;
+        }
+        if to_hash.paths.contains(&path) {
+            if !to_hash
+                .files
+                .iter()
+                .any(|(p, r, _, _)| *p == path && r == rel)
+            {
                 tracing::warn!(%path, "two local names differ only in Unicode form; the second is not synced");
                 view.unreadable.insert(path);
             }
@@ -264,31 +334,21 @@ impl Scanner {
                 return;
             }
         }
-        let hash = match known.hash(&path, &stat) {
-            Some(h) => h,
-            None => match crate::files::hash_local(&self.dir.join(rel)) {
-                // The file changed while it was read: hash what is there
-                // next time rather than trust a torn read.
-                Ok((h, n)) if n == stat.size => h,
-                Ok(_) => {
-                    view.unreadable.insert(path);
-                    view.busy = true;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(%path, error = %e, "cannot read local file; skipped, will retry");
-                    view.unreadable.insert(path);
-                    return;
-                }
-            },
-        };
-        view.files.insert(
-            path,
-            LocalEntry {
-                stat,
-                hash,
-                disk_name,
-            },
-        );
+        match known.hash(&path, &stat) {
+            Some(hash) => {
+                view.files.insert(
+                    path,
+                    LocalEntry {
+                        stat,
+                        hash,
+                        disk_name,
+                    },
+                );
+            }
+            None => {
+                to_hash.paths.insert(path.clone());
+                to_hash.files.push((path, rel.to_owned(), stat, disk_name));
+            }
+        }
     }
 }
