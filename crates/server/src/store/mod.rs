@@ -220,8 +220,10 @@ impl Store {
         &self,
         staged: Vec<(UploadHeader, std::path::PathBuf)>,
     ) -> Result<Vec<Result<FileRecord>>> {
+        let started = std::time::Instant::now();
         let targets: Vec<&RemotePath> = staged.iter().map(|(h, _)| &h.path).collect();
         let _guard = self.inner.locks.lock(&targets).await;
+        let locked = started.elapsed();
         let s = self.clone();
         let (results, changes) = blocking(move || {
             let Inner { disk, index, .. } = &*s.inner;
@@ -248,10 +250,12 @@ impl Store {
                     Err(e) => results.push(Some(Err(e))),
                 }
             }
+            let installed_at = started.elapsed();
             for folder in &folders {
                 disk::sync_dir(folder)
                     .map_err(|e| ServiceError::io(folder.display().to_string(), e))?;
             }
+            tracing::debug!(files = staged.len(), folders = folders.len(), ?locked, installed = ?installed_at, dirs_synced = ?started.elapsed(), "group installed");
             let puts: Vec<_> = installed
                 .iter()
                 .map(|&i| {
@@ -295,6 +299,7 @@ impl Store {
     ) -> Result<Vec<Result<FileRecord>>> {
         let s = self.clone();
         let max = self.inner.config.max_file_size;
+        let started = std::time::Instant::now();
         let (mut results, staged, slots) = blocking(move || {
             let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(files.len());
             let mut staged = Vec::new();
@@ -321,7 +326,9 @@ impl Store {
                 slots.push(i);
                 staged.push((h, path));
             }
+            let written = started.elapsed();
             s.inner.disk.sync_staging()?;
+            tracing::debug!(files = staged.len(), ?written, synced = ?started.elapsed(), "batch staged");
             Ok((results, staged, slots))
         })
         .await?;
