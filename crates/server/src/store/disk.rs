@@ -142,7 +142,15 @@ impl Disk {
         let mut cur = self.root.clone();
         for dir in path.ancestors() {
             cur.push(dir.file_name());
-            match self.kind(&dir)? {
+            // One lstat per component: the ones before it were just checked.
+            let kind = match fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(dir.as_str())),
+                Ok(m) if m.is_dir() => Kind::Folder,
+                Ok(_) => Kind::File,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Kind::Missing,
+                Err(e) => return Err(ServiceError::io(dir.to_string(), e)),
+            };
+            match kind {
                 Kind::Folder => {}
                 Kind::File => {
                     return Err(ServiceError::Conflict(format!(
@@ -183,25 +191,52 @@ impl Disk {
     /// Moves a verified, durable staging file to `path`, atomically
     /// replacing any previous version. Returns the folder that changed: the
     /// caller fsyncs it (once per folder for a group of installs).
-    pub fn install(&self, staged: &Path, path: &RemotePath) -> Result<PathBuf> {
-        if self.kind(path)? == Kind::Folder {
-            return Err(ServiceError::Conflict(format!(
-                "{path}: is a folder; cannot replace it with a file"
-            )));
+    /// `checked` holds folders already made and checked in this group of
+    /// installs (the caller's locks keep them as they are), so a group of
+    /// files in one folder checks that folder once.
+    pub fn install(
+        &self,
+        staged: &Path,
+        path: &RemotePath,
+        checked: &mut std::collections::HashSet<PathBuf>,
+    ) -> Result<PathBuf> {
+        let target = self.local(path);
+        match fs::symlink_metadata(&target) {
+            Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(path.as_str())),
+            Ok(m) if m.is_dir() => {
+                return Err(ServiceError::Conflict(format!(
+                    "{path}: is a folder; cannot replace it with a file"
+                )));
+            }
+            _ => {}
         }
-        self.rename_into(staged, path)
+        self.rename_into(staged, path, checked)
     }
 
     /// Renames `src` to `path`, creating its folders. A concurrent delete in
     /// the same folder may prune a folder just created (it holds only a
     /// shared lock on it), so a vanished parent is created again.
-    fn rename_into(&self, src: &Path, path: &RemotePath) -> Result<PathBuf> {
+    fn rename_into(
+        &self,
+        src: &Path,
+        path: &RemotePath,
+        checked: &mut std::collections::HashSet<PathBuf>,
+    ) -> Result<PathBuf> {
+        let target = self.local(path);
         let mut attempts = 0;
         loop {
-            let parent = self.make_parents(path)?;
-            match fs::rename(src, self.local(path)) {
+            let parent = match target.parent().filter(|p| checked.contains(*p)) {
+                Some(p) => p.to_owned(),
+                None => {
+                    let p = self.make_parents(path)?;
+                    checked.insert(p.clone());
+                    p
+                }
+            };
+            match fs::rename(src, &target) {
                 Ok(()) => return Ok(parent),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 && src.exists() => {
+                    checked.remove(&parent);
                     attempts += 1;
                 }
                 Err(e) => return Err(ServiceError::io(path.to_string(), e)),
@@ -236,7 +271,7 @@ impl Disk {
                 "{to}: is a folder; a rename never replaces a folder"
             )));
         }
-        let parent = self.rename_into(&self.local(from), to)?;
+        let parent = self.rename_into(&self.local(from), to, &mut Default::default())?;
         if let Some(from_parent) = self.local(from).parent() {
             sync_dir(from_parent).map_err(|e| ServiceError::io(from.to_string(), e))?;
         }

@@ -230,17 +230,12 @@ impl Store {
             let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(staged.len());
             let mut installed = Vec::new();
             let mut folders = std::collections::BTreeSet::new();
+            let mut checked = std::collections::HashSet::new();
             for (i, (h, file)) in staged.iter().enumerate() {
-                let attempt = (|| {
-                    if index.is_folder(&h.path)? {
-                        return Err(ServiceError::Conflict(format!(
-                            "{}: is a folder; cannot replace it with a file",
-                            h.path
-                        )));
-                    }
-                    check_revision(&h.path, index.get(&h.path)?.as_ref(), h.if_revision)?;
-                    disk.install(file, &h.path)
-                })();
+                // The disk says whether a folder is in the way (folders exist
+                // only while files are in them, so it agrees with the index).
+                let attempt = check_revision(&h.path, index.get(&h.path)?.as_ref(), h.if_revision)
+                    .and_then(|()| disk.install(file, &h.path, &mut checked));
                 match attempt {
                     Ok(folder) => {
                         folders.insert(folder);
