@@ -18,7 +18,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-bench.XXXXXX")
 cleanup() { kill "${SERVER_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 PORT=$(port)
 RUST_LOG=${SERVER_LOG:-warn} "$BIN" serve --services compute --listen "127.0.0.1:$PORT" --root "$WORK/master" \
   --max-numbers 20000000 2>"$WORK/server.log" &

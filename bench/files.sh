@@ -8,10 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
 
-if ! command -v rsync >/dev/null; then
-  echo "installing rsync from Debian's packages..." >&2
-  (apt-get update -qq && apt-get install -y -qq rsync) >/dev/null
-fi
+. bench/lib.sh
+need rsync rsync
 cargo build --release -q
 BIN=$PWD/target/release/distribusync
 
@@ -21,22 +19,11 @@ trap cleanup EXIT
 mkdir -p "$WORK/master" "$WORK/rsync-root" "$WORK/client"
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$WORK/client/big.bin"
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 DS_PORT=$(port); RS_PORT=$(port)
 
 "$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$WORK/master" 2>"$WORK/server.log" &
 SERVER_PID=$!
-cat > "$WORK/rsyncd.conf" <<CONF
-pid file = $WORK/rsyncd.pid
-use chroot = false
-uid = $(id -un)
-gid = $(id -gn)
-[bench]
-  path = $WORK/rsync-root
-  read only = false
-CONF
-rsync --daemon --no-detach --address=127.0.0.1 --port="$RS_PORT" --config="$WORK/rsyncd.conf" &
-RSYNCD_PID=$!
+start_rsyncd "$WORK" "$WORK/rsync-root" "$RS_PORT"
 export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
 for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && break; sleep 0.1; done
 

@@ -13,19 +13,14 @@ N=${1:-10000}
 EDITS=${2:-200}
 M=${3:-100000}
 
-if ! command -v rsync >/dev/null; then
-  echo "installing rsync from Debian's packages..." >&2
-  (apt-get update -qq && apt-get install -y -qq rsync) >/dev/null
-fi
-if [ ! -x /usr/bin/time ]; then
-  (apt-get update -qq && apt-get install -y -qq time) >/dev/null
-fi
+. bench/lib.sh
+need rsync rsync
+[ -x /usr/bin/time ] || need /usr/bin/time time
 cargo build --release -q
 BIN=$PWD/target/release/distribusync
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-sync-bench.XXXXXX")
 cleanup() { kill "${SERVER_PID:-}" "${RSYNCD_PID:-}" "${SYNC_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 DS_PORT=$(port); RS_PORT=$(port)
 export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
 mkdir -p "$WORK/master" "$WORK/rsync-root" "$WORK/small"
@@ -39,17 +34,7 @@ start_server() {
   echo "server did not start" >&2; exit 1
 }
 start_server
-cat > "$WORK/rsyncd.conf" <<CONF
-pid file = $WORK/rsyncd.pid
-use chroot = false
-uid = $(id -un)
-gid = $(id -gn)
-[bench]
-  path = $WORK/rsync-root
-  read only = false
-CONF
-rsync --daemon --no-detach --address=127.0.0.1 --port="$RS_PORT" --config="$WORK/rsyncd.conf" &
-RSYNCD_PID=$!
+start_rsyncd "$WORK" "$WORK/rsync-root" "$RS_PORT"
 
 python3 - "$WORK/small" "$N" <<'PY'
 import os, sys
