@@ -105,10 +105,7 @@ impl State {
                 .prepare("SELECT path, revision, hash, size, mtime_ns, inode FROM base")?;
             let mut rows = st.query([])?;
             while let Some(r) = rows.next()? {
-                let (Ok(path), Ok(hash)) = (
-                    RemotePath::parse(&r.get::<_, String>(0)?),
-                    ContentHash::from_slice(&r.get::<_, Vec<u8>>(2)?),
-                ) else {
+                let Some((path, hash)) = path_and_hash(r)? else {
                     continue;
                 };
                 let size = r.get::<_, i64>(3)? as u64;
@@ -132,10 +129,7 @@ impl State {
                 .prepare("SELECT path, revision, hash, size FROM remote")?;
             let mut rows = st.query([])?;
             while let Some(r) = rows.next()? {
-                let (Ok(path), Ok(hash)) = (
-                    RemotePath::parse(&r.get::<_, String>(0)?),
-                    ContentHash::from_slice(&r.get::<_, Vec<u8>>(2)?),
-                ) else {
+                let Some((path, hash)) = path_and_hash(r)? else {
                     continue;
                 };
                 remote.insert(
@@ -211,6 +205,14 @@ impl State {
             source: e,
         })
     }
+}
+
+/// Column 0 as a path and column 2 as a hash; `None` for a row that no
+/// longer parses (skipped: the next scan and listing recreate it).
+fn path_and_hash(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(RemotePath, ContentHash)>> {
+    let path = RemotePath::parse(&r.get::<_, String>(0)?).ok();
+    let hash = ContentHash::from_slice(&r.get::<_, Vec<u8>>(2)?).ok();
+    Ok(path.zip(hash))
 }
 
 /// One write to the state database.
