@@ -134,10 +134,12 @@ pub async fn put(global: &Global, args: PutArgs) -> anyhow::Result<()> {
                     .zip(locals)
                     .map(|(r, l)| r.with_context(|| format!("put {}", l.display())))
                     .collect(),
-                Err(e) => {
-                    let e = anyhow::Error::from(e).context("put");
-                    vec![Err(e)]
-                }
+                // The whole batch failed: every file in it did, and the
+                // count of failures says so.
+                Err(e) => locals
+                    .iter()
+                    .map(|l| Err(anyhow::anyhow!("put {}: {e}", l.display())))
+                    .collect(),
             }
         }));
     }
