@@ -112,12 +112,14 @@ fn submit(m: &mut Menu, job: Job, numbers: Numbers) {
             Job::Sort(order) => client.sort_async(numbers, order).await?,
         };
         let id = handle.id().to_owned();
-        let named = id.clone();
-        handle.on_result(move |r| callback(named, r));
-        Ok::<_, ComputeError>(id)
+        // The acknowledgment prints before the callback is registered, so
+        // an answer that comes back at once never shows up before it.
+        println!("accepted job {id}; the answer prints here when it arrives");
+        handle.on_result(move |r| callback(id, r));
+        Ok::<_, ComputeError>(())
     });
     match submitted {
-        Ok(id) => println!("accepted job {id}; the answer prints here when it arrives"),
+        Ok(()) => {}
         Err(e) => {
             pending.fetch_sub(1, Ordering::SeqCst);
             report(job.name(), e);
