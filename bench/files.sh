@@ -3,10 +3,11 @@
 # against rsync (daemon mode, --whole-file), in one run. Prints MB/s for
 # each, the ratio, and the distribusync server's peak RSS.
 #
-#   bench/files.sh [SIZE_MIB]      (default 1024)
+#   bench/files.sh [SIZE_MIB]      (default 1024; ROUNDS=3 rounds, medians)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
+ROUNDS=${ROUNDS:-3}
 
 . bench/lib.sh
 need rsync rsync
@@ -29,24 +30,32 @@ for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && break; sleep 0.1; done
 
 now() { date +%s.%N; }
 mbps() { python3 -c "print(f'{$SIZE_MIB*1.048576/($2-$1):.0f}')"; }
-sync_caches() { sync; }
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.0f}')" "$@"; }
 
-sync_caches; t0=$(now); "$BIN" put "$WORK/client/big.bin" big.bin >/dev/null; t1=$(now)
-DS_UP=$(mbps "$t0" "$t1")
-rm -f "$WORK/client/down.bin"
-sync_caches; t0=$(now); "$BIN" get big.bin "$WORK/client/down.bin" 2>/dev/null; t1=$(now)
-DS_DOWN=$(mbps "$t0" "$t1")
-cmp "$WORK/client/big.bin" "$WORK/client/down.bin"
-
-sync_caches; t0=$(now); rsync --whole-file "$WORK/client/big.bin" "rsync://127.0.0.1:$RS_PORT/bench/big.bin"; t1=$(now)
-RS_UP=$(mbps "$t0" "$t1")
-rm -f "$WORK/client/rdown.bin"
-sync_caches; t0=$(now); rsync --whole-file "rsync://127.0.0.1:$RS_PORT/bench/big.bin" "$WORK/client/rdown.bin"; t1=$(now)
-RS_DOWN=$(mbps "$t0" "$t1")
+# Rounds alternate the two tools, so neither always meets a cold page cache
+# (on this VM the first write of 1 GiB into fresh page cache runs at a third
+# of the speed of later ones, whoever does it). Each figure is the median.
+DS_UPS=(); DS_DOWNS=(); RS_UPS=(); RS_DOWNS=()
+for round in $(seq "$ROUNDS"); do
+  "$BIN" rm big.bin >/dev/null 2>&1 || true
+  rm -f "$WORK/rsync-root/big.bin" "$WORK/client/down.bin" "$WORK/client/rdown.bin"
+  sync; t0=$(now); "$BIN" put "$WORK/client/big.bin" big.bin >/dev/null; t1=$(now)
+  DS_UPS+=("$(mbps "$t0" "$t1")")
+  sync; t0=$(now); rsync --whole-file "$WORK/client/big.bin" "rsync://127.0.0.1:$RS_PORT/bench/big.bin"; t1=$(now)
+  RS_UPS+=("$(mbps "$t0" "$t1")")
+  sync; t0=$(now); "$BIN" get big.bin "$WORK/client/down.bin" 2>/dev/null; t1=$(now)
+  DS_DOWNS+=("$(mbps "$t0" "$t1")")
+  cmp "$WORK/client/big.bin" "$WORK/client/down.bin"
+  sync; t0=$(now); rsync --whole-file "rsync://127.0.0.1:$RS_PORT/bench/big.bin" "$WORK/client/rdown.bin"; t1=$(now)
+  RS_DOWNS+=("$(mbps "$t0" "$t1")")
+  echo "round $round: upload ${DS_UPS[-1]} vs rsync ${RS_UPS[-1]} MB/s; download ${DS_DOWNS[-1]} vs rsync ${RS_DOWNS[-1]} MB/s"
+done
+DS_UP=$(median "${DS_UPS[@]}"); RS_UP=$(median "${RS_UPS[@]}")
+DS_DOWN=$(median "${DS_DOWNS[@]}"); RS_DOWN=$(median "${RS_DOWNS[@]}")
 
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
-echo "file size:            $SIZE_MIB MiB (random), loopback, $(nproc) cores"
+echo "file size:            $SIZE_MIB MiB (random), loopback, $(nproc) cores, median of $ROUNDS rounds"
 echo "upload   distribusync $DS_UP MB/s   rsync $RS_UP MB/s   ratio $(ratio "$DS_UP" "$RS_UP")x"
 echo "download distribusync $DS_DOWN MB/s   rsync $RS_DOWN MB/s   ratio $(ratio "$DS_DOWN" "$RS_DOWN")x"
 echo "server peak RSS:      $((RSS_KB / 1024)) MiB"

@@ -123,7 +123,8 @@ pub async fn serve(
     };
     tracing::info!(addr = ?addr, root = %config.root.display(), services = ?config.services, "serving");
     let server = Server::builder()
-        .http2_adaptive_window(Some(true))
+        .initial_stream_window_size(Some(limits::SERVER_STREAM_WINDOW))
+        .initial_connection_window_size(Some(limits::SERVER_CONNECTION_WINDOW))
         .tcp_nodelay(true)
         .max_frame_size(limits::HTTP2_MAX_FRAME)
         .add_service(health_service)
