@@ -6,12 +6,14 @@
 #  (c) a no-change `sync --once` pass over M files (default 100,000): time
 #      and peak RSS.
 #
-#   bench/sync.sh [N_SMALL] [N_EDITS] [M_NOCHANGE]
+#   bench/sync.sh [N_SMALL] [N_EDITS] [M_NOCHANGE]   (ROUNDS=3 rounds of (a); PARTS=a: only (a))
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
 EDITS=${2:-200}
 M=${3:-100000}
+ROUNDS=${ROUNDS:-3}
+PARTS=${PARTS:-abc}
 
 . bench/lib.sh
 need rsync rsync
@@ -23,19 +25,22 @@ cleanup() { kill "${SERVER_PID:-}" "${RSYNCD_PID:-}" "${SYNC_PID:-}" 2>/dev/null
 trap cleanup EXIT
 DS_PORT=$(port); RS_PORT=$(port)
 export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
-mkdir -p "$WORK/master" "$WORK/rsync-root" "$WORK/small"
-# A fresh server (and MASTER) for each part, so parts do not see each other.
+mkdir -p "$WORK/rsync-root" "$WORK/small"
+# A fresh server with a fresh MASTER for each part and each round. Old ones
+# are left until the end: deleting 10,000 files would slow whoever creates
+# files next (ext4 skips inodes deleted in the last minute).
+SERVERS=0
 start_server() {
   kill "${SERVER_PID:-}" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
-  rm -rf "$WORK/master"; mkdir -p "$WORK/master"
-  "$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$WORK/master" 2>>"$WORK/server.log" &
+  SERVERS=$((SERVERS + 1)); MASTER="$WORK/master.$SERVERS"; mkdir -p "$MASTER"
+  "$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$MASTER" 2>>"$WORK/server.log" &
   SERVER_PID=$!
   for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && return; sleep 0.1; done
   echo "server did not start" >&2; exit 1
 }
-start_server
 start_rsyncd "$WORK" "$WORK/rsync-root" "$RS_PORT"
 
+if [[ $PARTS == *a* ]]; then
 python3 - "$WORK/small" "$N" <<'PY'
 import os, sys
 root, n = sys.argv[1], int(sys.argv[2])
@@ -46,24 +51,44 @@ for i in range(n):
         f.write(os.urandom(4096))
 PY
 now() { date +%s.%N; }
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
 # ext4 slows down creating files near inodes deleted in the last minute (it
 # skips "recently deleted" inodes); an earlier run that removed its 100,000
 # files would tax whichever tool goes first. Let that window pass.
 sync
 if [ -z "${NO_SETTLE:-}" ]; then sleep 65; fi
-t0=$(now); "$BIN" sync "$WORK/small" --once 2>>"$WORK/sync.log"; t1=$(now)
-DS_A=$(python3 -c "print(f'{$t1-$t0:.2f}')")
-t0=$(now); rsync -r --whole-file "$WORK/small/" "rsync://127.0.0.1:$RS_PORT/bench/"; t1=$(now)
-RS_A=$(python3 -c "print(f'{$t1-$t0:.2f}')")
-COUNT=$("$BIN" ls | wc -l)
-echo "(a) first sync of $N x 4 KiB: distribusync ${DS_A}s, rsync ${RS_A}s, ratio $(python3 -c "print(f'{$DS_A/$RS_A:.2f}')")x (server has $COUNT files)"
+ds_first_sync() {
+  start_server
+  rm -f "$WORK/small/.distribusync/state.db"*  # a first sync, every round
+  sync; t0=$(now); "$BIN" sync "$WORK/small" --once 2>>"$WORK/sync.log"; t1=$(now)
+  DS_AS+=("$(python3 -c "print(f'{$t1-$t0:.2f}')")")
+  COUNT=$("$BIN" ls | wc -l)
+  [ "$COUNT" -eq "$N" ] || { echo "server has $COUNT files, not $N" >&2; exit 1; }
+}
+rsync_first_sync() {
+  sync; t0=$(now); rsync -r --whole-file --exclude=.distribusync "$WORK/small/" "rsync://127.0.0.1:$RS_PORT/bench/round$1/"; t1=$(now)
+  RS_AS+=("$(python3 -c "print(f'{$t1-$t0:.2f}')")")
+}
+# Rounds alternate which tool goes first: whoever writes first into fresh
+# page cache and inode tables pays more on this VM.
+DS_AS=(); RS_AS=()
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then ds_first_sync; rsync_first_sync "$round"
+  else rsync_first_sync "$round"; ds_first_sync; fi
+  echo "    round $round: distribusync ${DS_AS[-1]}s, rsync ${RS_AS[-1]}s"
+done
+DS_A=$(median "${DS_AS[@]}"); RS_A=$(median "${RS_AS[@]}")
+echo "(a) first sync of $N x 4 KiB (median of $ROUNDS): distribusync ${DS_A}s, rsync ${RS_A}s, ratio $(python3 -c "print(f'{$DS_A/$RS_A:.2f}')")x"
 
+fi
+
+if [[ $PARTS == *b* ]]; then
 # (b) latency: edit a file in the synced folder, poll MASTER until it shows.
 start_server
 mkdir -p "$WORK/live"
 "$BIN" sync "$WORK/live" 2>>"$WORK/sync.log" &
 SYNC_PID=$!
-python3 - "$WORK/live" "$WORK/master" "$EDITS" <<'PY'
+python3 - "$WORK/live" "$MASTER" "$EDITS" <<'PY'
 import os, sys, time
 live, master, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def wait_for(path, want, limit=10.0):
@@ -97,6 +122,9 @@ print(f"(b) save-to-visible over {n} edits: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1
 PY
 kill "$SYNC_PID"; wait "$SYNC_PID" 2>/dev/null || true; SYNC_PID=
 
+fi
+
+if [[ $PARTS == *c* ]]; then
 # (c) a no-change pass over M files.
 start_server
 mkdir -p "$WORK/many"
@@ -114,4 +142,5 @@ echo "    (setup: first sync of $M files took $(python3 -c "print(f'{$t1-$t0:.1f
 /usr/bin/time -f "%e %M" -o "$WORK/time.txt" "$BIN" sync "$WORK/many" --once 2>>"$WORK/sync.log"
 read -r SECS KB < "$WORK/time.txt"
 echo "(c) no-change pass over $M files: ${SECS}s, peak RSS $((KB / 1024)) MiB"
+fi
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"

@@ -18,7 +18,7 @@ use distribusync_core::compute::{Number, Numbers, Order};
 use rayon::slice::ParallelSliceMut;
 
 /// The same allocator as the `distribusync` binary, so this client behaves
-/// like the CLI.
+/// like the CLI's `sort`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

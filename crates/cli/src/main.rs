@@ -29,6 +29,14 @@ pub struct UsageError(pub String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Sort(_)) {
+        // mimalloc asks for transparent huge pages, so a thread's first
+        // allocations fault in and zero 2 MiB at a time: a fifth of the
+        // server's CPU in a first sync of 10,000 small files. Only `sort`,
+        // whose answer can be one 80 MB vector, keeps them (a 10-million
+        // number sort gains ~20%); see docs/DESIGN.md.
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
     init_tracing(&cli.command);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -158,6 +158,47 @@ pub fn hash_local(path: &Path) -> Result<(ContentHash, u64)> {
     Ok((hasher.finalize().into(), hasher.count()))
 }
 
+/// One file of an upload batch, in memory.
+#[derive(Debug, Clone)]
+pub struct BatchFile {
+    pub remote: RemotePath,
+    pub if_revision: Option<Revision>,
+    pub data: Arc<[u8]>,
+    pub modified: SystemTime,
+    /// The hash of `data` when the caller knows it (else it is computed).
+    pub hash: Option<ContentHash>,
+}
+
+/// Reads a small file whole for a batch, refusing one that has grown past
+/// what a batch carries since it was listed.
+pub(crate) fn read_batch_file(
+    local: &Path,
+    remote: RemotePath,
+    if_revision: Option<Revision>,
+) -> Result<BatchFile> {
+    let file = File::open(local).map_err(|e| ClientError::local(local, e))?;
+    let meta = file.metadata().map_err(|e| ClientError::local(local, e))?;
+    let limit = limits::MAX_BATCH_BYTES as u64;
+    let mut data = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| ClientError::local(local, e))?;
+    if data.len() as u64 > limit {
+        return Err(ClientError::LimitExceeded(format!(
+            "{}: larger than the {limit} bytes an upload batch carries; upload it on its own",
+            local.display()
+        )));
+    }
+    let modified = meta.modified().map_err(|e| ClientError::local(local, e))?;
+    Ok(BatchFile {
+        remote,
+        if_revision,
+        data: data.into(),
+        modified,
+        hash: None,
+    })
+}
+
 impl FilesClient {
     /// Connects to the server at `addr` (`http://host:port` or `host:port`).
     ///
@@ -295,51 +336,47 @@ impl FilesClient {
         &self,
         items: Vec<(PathBuf, RemotePath, Option<Revision>)>,
     ) -> Result<Vec<Result<FileInfo>>> {
-        use v1::upload_request::Msg;
         let read = tokio::task::spawn_blocking(move || {
             items
                 .into_iter()
-                .map(|(local, remote, if_revision)| {
-                    let file = File::open(&local).map_err(|e| ClientError::local(&local, e))?;
-                    let meta = file.metadata().map_err(|e| ClientError::local(&local, e))?;
-                    // Read at most what a batch can carry, whatever the file
-                    // has grown to since it was listed.
-                    let limit = limits::MAX_BATCH_BYTES as u64;
-                    let mut data = Vec::with_capacity(meta.len().min(limit) as usize);
-                    file.take(limit + 1)
-                        .read_to_end(&mut data)
-                        .map_err(|e| ClientError::local(&local, e))?;
-                    if data.len() as u64 > limit {
-                        return Err(ClientError::LimitExceeded(format!(
-                            "{}: larger than the {limit} bytes an upload batch carries; upload it on its own",
-                            local.display()
-                        )));
-                    }
-                    let modified = meta.modified().map_err(|e| ClientError::local(&local, e))?;
-                    Ok((remote, if_revision, data, modified))
-                })
+                .map(|(local, remote, if_revision)| read_batch_file(&local, remote, if_revision))
                 .collect::<Vec<Result<_>>>()
         })
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.upload_batch_files(read).await
+    }
+
+    /// As [`FilesClient::upload_batch`], for files already in memory (the
+    /// sync engine keeps small files it has just read to hash them). An
+    /// `Err` item is a file that could not be read: it is answered with its
+    /// own error, in its place, and not sent.
+    ///
+    /// # Errors
+    /// As [`FilesClient::upload_batch`].
+    pub async fn upload_batch_files(
+        &self,
+        files: Vec<Result<BatchFile>>,
+    ) -> Result<Vec<Result<FileInfo>>> {
+        use v1::upload_request::Msg;
         let mut messages = Vec::new();
-        // Files that could not be read locally get their error in place.
-        let mut slots: Vec<Option<Result<FileInfo>>> = Vec::with_capacity(read.len());
-        for item in read {
+        let mut slots: Vec<Option<Result<FileInfo>>> = Vec::with_capacity(files.len());
+        for item in files {
             match item {
-                Ok((remote, if_revision, data, modified)) => {
+                Ok(f) => {
+                    let hash = f.hash.unwrap_or_else(|| ContentHash::of(&f.data));
                     messages.push(v1::UploadRequest {
                         msg: Some(Msg::Header(v1::UploadHeader {
-                            path: remote.to_string(),
-                            size: data.len() as u64,
-                            hash: ContentHash::of(&data).0.to_vec(),
-                            modified: Some(distribusync_proto::timestamp(modified)),
-                            if_revision,
+                            path: f.remote.to_string(),
+                            size: f.data.len() as u64,
+                            hash: hash.0.to_vec(),
+                            modified: Some(distribusync_proto::timestamp(f.modified)),
+                            if_revision: f.if_revision,
                         })),
                     });
-                    if !data.is_empty() {
+                    if !f.data.is_empty() {
                         messages.push(v1::UploadRequest {
-                            msg: Some(Msg::Chunk(data)),
+                            msg: Some(Msg::Chunk(f.data.to_vec())),
                         });
                     }
                     slots.push(None);

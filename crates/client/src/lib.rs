@@ -17,6 +17,6 @@ pub use compute::{ComputeClient, JobHandle};
 pub use connect::{channel, lazy_channel, normalize_addr};
 pub use error::{ClientError, Result};
 pub use files::{
-    Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent, WatchStream,
-    hash_local,
+    BatchFile, Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent,
+    WatchStream, hash_local,
 };

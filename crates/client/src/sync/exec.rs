@@ -15,7 +15,7 @@ use super::engine::{PassReport, SyncEngine, SyncError};
 use super::scan::{LocalEntry, stat_of};
 use super::state::{BaseEntry, FileStat, StateWrite};
 use crate::error::ClientError;
-use crate::files::{FileInfo, FilesClient};
+use crate::files::{BatchFile, FileInfo, FilesClient};
 
 /// Transfers in flight: each yields the results of its files.
 type Job = futures::future::BoxFuture<'static, Vec<(RemotePath, Result<Done, ClientError>)>>;
@@ -94,6 +94,16 @@ fn no_links_below(dir: &Path, path: &Path) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// The time a stat's mtime stands for.
+fn system_time(mtime_ns: i64) -> std::time::SystemTime {
+    let since = std::time::Duration::from_nanos(mtime_ns.unsigned_abs());
+    if mtime_ns >= 0 {
+        std::time::SystemTime::UNIX_EPOCH + since
+    } else {
+        std::time::SystemTime::UNIX_EPOCH - since
+    }
 }
 
 fn stat_path(path: &Path) -> Result<FileStat, ClientError> {
@@ -391,21 +401,32 @@ impl SyncEngine {
                 if self.local.files.get(path).is_some_and(|e| e.stat.size <= limits::BATCH_FILE_MAX))
         });
         let mut jobs: Vec<Job> = Vec::new();
-        let small: Vec<(PathBuf, RemotePath, u64, u64)> = small
+        let small: Vec<(BatchSource, RemotePath, u64, u64)> = small
             .into_iter()
             .filter_map(|op| match op {
                 Operation::Upload { path, if_revision } => {
-                    let size = self.local.files.get(&path).map_or(0, |e| e.stat.size);
-                    Some((self.local_path(&path), path, if_revision, size))
+                    let entry = self.local.files.get(&path)?;
+                    let (size, stat, hash) = (entry.stat.size, entry.stat, entry.hash);
+                    // What the scan read, if it is still what the view says.
+                    let source = match self.local.contents.remove(&path) {
+                        Some((at, data)) if at == stat => BatchSource::Memory { data, stat, hash },
+                        _ => BatchSource::Disk(self.local_path(&path)),
+                    };
+                    Some((source, path, if_revision, size))
                 }
                 _ => None,
             })
             .collect();
+        // Whatever the scan kept and this pass did not use is stale by the
+        // next one.
+        self.local.contents.clear();
         let sizes: Vec<u64> = small.iter().map(|(_, _, _, size)| *size).collect();
+        let mut small = small.into_iter();
         for range in limits::batches(&sizes) {
-            let batch = small[range]
-                .iter()
-                .map(|(local, path, rev, _)| (local.clone(), path.clone(), *rev))
+            let batch = small
+                .by_ref()
+                .take(range.len())
+                .map(|(source, path, rev, _)| (source, path, rev))
                 .collect();
             jobs.push(Box::pin(upload_batch(self.client.clone(), batch)));
         }
@@ -557,27 +578,81 @@ impl SyncEngine {
     }
 }
 
+/// Where a file of an upload batch comes from.
+enum BatchSource {
+    /// Read by the scan (with the stat it was read at, and its hash).
+    Memory {
+        data: std::sync::Arc<[u8]>,
+        stat: FileStat,
+        hash: ContentHash,
+    },
+    Disk(PathBuf),
+}
+
 /// Uploads a batch of small files; one result per file.
 async fn upload_batch(
     client: FilesClient,
-    items: Vec<(PathBuf, RemotePath, u64)>,
+    items: Vec<(BatchSource, RemotePath, u64)>,
 ) -> Vec<(RemotePath, Result<Done, ClientError>)> {
-    // Stat before reading, so a file changed meanwhile is seen as changed.
-    let stats: Vec<Result<FileStat, ClientError>> =
-        items.iter().map(|(l, _, _)| stat_path(l)).collect();
     let paths: Vec<RemotePath> = items.iter().map(|(_, p, _)| p.clone()).collect();
-    let request = items
-        .into_iter()
-        .map(|(l, p, rev)| (l, p, Some(rev)))
-        .collect();
-    match client.upload_batch(request).await {
+    let read = tokio::task::spawn_blocking(move || {
+        items
+            .into_iter()
+            .map(|(source, path, rev)| match source {
+                BatchSource::Memory { data, stat, hash } => Ok((
+                    stat,
+                    BatchFile {
+                        remote: path,
+                        if_revision: Some(rev),
+                        data,
+                        modified: system_time(stat.mtime_ns),
+                        hash: Some(hash),
+                    },
+                )),
+                BatchSource::Disk(local) => {
+                    // Stat before reading, so a file changed meanwhile is
+                    // seen as changed.
+                    let stat = stat_path(&local)?;
+                    let file = crate::files::read_batch_file(&local, path, Some(rev))?;
+                    Ok((stat, file))
+                }
+            })
+            .collect::<Vec<Result<(FileStat, BatchFile), ClientError>>>()
+    })
+    .await;
+    let read = match read {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            return paths
+                .into_iter()
+                .map(|p| (p, Err(ClientError::Protocol(msg.clone()))))
+                .collect();
+        }
+    };
+    // A file that could not be read is answered with its own error, in
+    // its place, by `upload_batch_files`.
+    let mut stats = Vec::with_capacity(read.len());
+    let mut request = Vec::with_capacity(read.len());
+    for r in read {
+        let (stat, file) = match r {
+            Ok((stat, file)) => (Some(stat), Ok(file)),
+            Err(e) => (None, Err(e)),
+        };
+        stats.push(stat);
+        request.push(file);
+    }
+    match client.upload_batch_files(request).await {
         Ok(results) => paths
             .into_iter()
             .zip(stats)
             .zip(results)
             .map(|((path, stat), r)| {
-                let done = stat.and_then(|stat| {
-                    r.map(|info| Done::Uploaded {
+                let done = r.and_then(|info| {
+                    let stat = stat.ok_or_else(|| {
+                        ClientError::Protocol("a file that was not read has a result".into())
+                    })?;
+                    Ok(Done::Uploaded {
                         path: path.clone(),
                         info,
                         stat,

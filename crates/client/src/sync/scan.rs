@@ -2,13 +2,14 @@
 //! A file whose size, mtime and inode match what is already known is not
 //! read again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use distribusync_core::{ContentHash, RemotePath};
+use distribusync_core::{ContentHash, RemotePath, limits};
 
 use super::ignore::IgnoreRules;
 use super::state::{BaseEntry, FileStat};
@@ -35,7 +36,18 @@ pub struct LocalView {
     pub busy: bool,
     /// The folder itself could not be read.
     pub root_error: Option<String>,
+    /// The content of small files this scan read to hash them, with the
+    /// stat it was read at: while `files` holds that same stat, the
+    /// executor uploads it without reading the file again. Bounded by
+    /// [`KEEP_TOTAL_MAX`]; the executor takes what it uses.
+    pub contents: HashMap<RemotePath, (FileStat, Arc<[u8]>)>,
 }
+
+/// Files up to this size (those that travel in upload batches) are kept in
+/// memory after a scan reads them...
+pub const KEEP_FILE_MAX: u64 = limits::BATCH_FILE_MAX;
+/// ...while all kept contents together stay within this.
+pub const KEEP_TOTAL_MAX: u64 = 64 << 20;
 
 pub fn stat_of(meta: &fs::Metadata) -> FileStat {
     FileStat {
@@ -94,14 +106,37 @@ struct ToHash {
 }
 
 impl ToHash {
-    /// Hashes everything listed (both cores) and adds it to `view`.
+    /// Hashes everything listed (both cores) and adds it to `view`; small
+    /// files are read whole and kept (see [`LocalView::contents`]).
     fn finish(self, dir: &Path, view: &mut LocalView) {
         use rayon::prelude::*;
-        let hashed: Vec<_> = self
+        let mut room = KEEP_TOTAL_MAX;
+        let listed: Vec<_> = self
             .files
+            .into_iter()
+            .map(|f| {
+                let size = f.2.size;
+                let keep = size <= KEEP_FILE_MAX && size <= room;
+                if keep {
+                    room -= size;
+                }
+                (f, keep)
+            })
+            .collect();
+        let hashed: Vec<_> = listed
             .into_par_iter()
-            .map(|(path, rel, stat, disk_name)| {
-                let r = crate::files::hash_local(&dir.join(&rel));
+            .map(|((path, rel, stat, disk_name), keep)| {
+                let local = dir.join(&rel);
+                let r = if keep {
+                    fs::read(&local)
+                        .map(|data| {
+                            let data: Arc<[u8]> = data.into();
+                            (ContentHash::of(&data), data.len() as u64, Some(data))
+                        })
+                        .map_err(|e| crate::ClientError::local(&local, e))
+                } else {
+                    crate::files::hash_local(&local).map(|(h, n)| (h, n, None))
+                };
                 (path, stat, disk_name, r)
             })
             .collect();
@@ -109,7 +144,10 @@ impl ToHash {
             match r {
                 // The file changed while it was read: hash what is there
                 // next time rather than trust a torn read.
-                Ok((hash, n)) if n == stat.size => {
+                Ok((hash, n, data)) if n == stat.size => {
+                    if let Some(data) = data {
+                        view.contents.insert(path.clone(), (stat, data));
+                    }
                     view.files.insert(
                         path,
                         LocalEntry {
@@ -196,6 +234,7 @@ impl Scanner {
                 .map(|(p, _)| p.clone())
                 .collect();
             for p in gone {
+                view.contents.remove(&p);
                 if let Some(e) = view.files.remove(&p) {
                     old.insert(p, e);
                 }

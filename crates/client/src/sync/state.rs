@@ -163,38 +163,41 @@ impl State {
             for w in batch {
                 match w {
                     StateWrite::Base(p, Some(b)) => {
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT OR REPLACE INTO base VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            params![
-                                p.as_str(),
-                                i(b.revision),
-                                b.hash.0.to_vec(),
-                                i(b.size),
-                                b.stat.mtime_ns,
-                                i(b.stat.inode)
-                            ],
-                        )?;
+                        )?
+                        .execute(params![
+                            p.as_str(),
+                            i(b.revision),
+                            b.hash.0.to_vec(),
+                            i(b.size),
+                            b.stat.mtime_ns,
+                            i(b.stat.inode)
+                        ])?;
                     }
                     StateWrite::Base(p, None) => {
-                        tx.execute("DELETE FROM base WHERE path = ?1", [p.as_str()])?;
+                        tx.prepare_cached("DELETE FROM base WHERE path = ?1")?
+                            .execute([p.as_str()])?;
                     }
                     StateWrite::Remote(p, Some(r)) => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO remote VALUES (?1, ?2, ?3, ?4)",
-                            params![p.as_str(), i(r.revision), r.hash.0.to_vec(), i(r.size)],
-                        )?;
+                        tx.prepare_cached("INSERT OR REPLACE INTO remote VALUES (?1, ?2, ?3, ?4)")?
+                            .execute(params![
+                                p.as_str(),
+                                i(r.revision),
+                                r.hash.0.to_vec(),
+                                i(r.size)
+                            ])?;
                     }
                     StateWrite::Remote(p, None) => {
-                        tx.execute("DELETE FROM remote WHERE path = ?1", [p.as_str()])?;
+                        tx.prepare_cached("DELETE FROM remote WHERE path = ?1")?
+                            .execute([p.as_str()])?;
                     }
                     StateWrite::ClearRemote => {
-                        tx.execute("DELETE FROM remote", [])?;
+                        tx.prepare_cached("DELETE FROM remote")?.execute([])?;
                     }
                     StateWrite::LastSeq(seq) => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO meta VALUES ('last_seq', ?1)",
-                            [i(*seq)],
-                        )?;
+                        tx.prepare_cached("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?1)")?
+                            .execute([i(*seq)])?;
                     }
                 }
             }

@@ -275,8 +275,20 @@ impl Store {
             Ok((results, changes))
         })
         .await?;
-        for change in changes {
+        // One line per file for a single upload; a group logs one summary
+        // (per file at debug): a first sync of 10,000 files otherwise spends
+        // a noticeable share of its time formatting and writing log lines.
+        if let [change] = changes.as_slice() {
             tracing::info!(path = %change.path, revision = change.revision, size = change.size, "uploaded");
+        } else if !changes.is_empty() {
+            let bytes: u64 = changes.iter().map(|c| c.size).sum();
+            let (first, last) = (&changes[0], &changes[changes.len() - 1]);
+            tracing::info!(files = changes.len(), bytes, first = %first.path, last = %last.path, "uploaded a group");
+        }
+        for change in changes {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(path = %change.path, revision = change.revision, size = change.size, "uploaded");
+            }
             self.announce(change);
         }
         Ok(results)
