@@ -141,6 +141,27 @@ impl Index {
         })
     }
 
+    /// The records of several paths (in order), read in one transaction:
+    /// one lock on the database instead of one per path.
+    pub fn get_many<'p>(
+        &self,
+        paths: impl IntoIterator<Item = &'p RemotePath>,
+    ) -> Result<Vec<Option<FileRecord>>> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut out = Vec::new();
+            {
+                let mut st =
+                    tx.prepare_cached(&format!("SELECT {FILE_COLS} FROM files WHERE path = ?1"))?;
+                for p in paths {
+                    out.push(st.query_row([p.as_str()], file_row).optional()?);
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
     /// True when at least one file lies inside folder `dir`.
     pub fn is_folder(&self, dir: &RemotePath) -> Result<bool> {
         let (lo, hi) = folder_range(dir);
@@ -191,26 +212,40 @@ impl Index {
         self.list_page(None, None, u32::MAX)
     }
 
-    fn append(tx: &Transaction<'_>, change: &ChangeRecord) -> Result<u64> {
+    /// The sequence number the next change will get.
+    fn next_seq(tx: &Transaction<'_>) -> Result<u64> {
+        let last: i64 = tx
+            .prepare_cached("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)")?
+            .query_row([], |r| r.get(0))?;
+        Ok(last as u64 + 1)
+    }
+
+    /// Appends `change` to the log as number `seq` (from [`Self::next_seq`],
+    /// counted up within one transaction). A deletion has no revision;
+    /// everything else takes its own seq.
+    fn append_at(tx: &Transaction<'_>, seq: u64, change: &ChangeRecord) -> Result<()> {
+        let revision = if change.op == ChangeOp::Delete { 0 } else { seq };
         tx.prepare_cached(
-            "INSERT INTO changes (op, path, new_path, revision, size, hash, modified_ns, folder) \
-             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)",
+            "INSERT INTO changes (seq, op, path, new_path, revision, size, hash, modified_ns, folder) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
+            to_i64(seq),
             change.op as i64,
             change.path.as_str(),
             change.new_path.as_ref().map(RemotePath::as_str),
+            to_i64(revision),
             to_i64(change.size),
             change.hash.map(|h| h.0.to_vec()),
             change.modified_ns,
             change.folder,
         ])?;
-        let seq = tx.last_insert_rowid() as u64;
-        // A deletion has no revision; everything else takes its own seq.
-        if change.op != ChangeOp::Delete {
-            tx.prepare_cached("UPDATE changes SET revision = ?1 WHERE seq = ?1")?
-                .execute([to_i64(seq)])?;
-        }
+        Ok(())
+    }
+
+    fn append(tx: &Transaction<'_>, change: &ChangeRecord) -> Result<u64> {
+        let seq = Self::next_seq(tx)?;
+        Self::append_at(tx, seq, change)?;
         Ok(seq)
     }
 
@@ -247,6 +282,7 @@ impl Index {
         self.with(|c| {
             let tx = c.transaction()?;
             let mut out = Vec::with_capacity(puts.len());
+            let mut next = Self::next_seq(&tx)?;
             for (path, size, hash, modified_ns) in puts {
                 let (size, hash, modified_ns) = (*size, *hash, *modified_ns);
                 let mut change = ChangeRecord {
@@ -260,7 +296,9 @@ impl Index {
                     modified_ns,
                     folder: false,
                 };
-                let seq = Self::append(&tx, &change)?;
+                let seq = next;
+                next += 1;
+                Self::append_at(&tx, seq, &change)?;
                 tx.prepare_cached(
                     "INSERT INTO files (path, size, hash, revision, modified_ns) VALUES (?1, ?2, ?3, ?4, ?5) \
                      ON CONFLICT(path) DO UPDATE SET size = ?2, hash = ?3, revision = ?4, modified_ns = ?5",

@@ -231,10 +231,11 @@ impl Store {
             let mut installed = Vec::new();
             let mut folders = std::collections::BTreeSet::new();
             let mut checked = std::collections::HashSet::new();
-            for (i, (h, file)) in staged.iter().enumerate() {
+            let current = index.get_many(staged.iter().map(|(h, _)| &h.path))?;
+            for (i, ((h, file), current)) in staged.iter().zip(current).enumerate() {
                 // The disk says whether a folder is in the way (folders exist
                 // only while files are in them, so it agrees with the index).
-                let attempt = check_revision(&h.path, index.get(&h.path)?.as_ref(), h.if_revision)
+                let attempt = check_revision(&h.path, current.as_ref(), h.if_revision)
                     .and_then(|()| disk.install(file, &h.path, &mut checked));
                 match attempt {
                     Ok(folder) => {
