@@ -170,6 +170,13 @@ impl ToHash {
     }
 }
 
+/// One entry of a folder listing.
+enum Listed {
+    Dir(String),
+    /// The path, its stat and its modification time.
+    File(String, FileStat, Option<SystemTime>),
+}
+
 /// Scans one synced folder.
 #[derive(Debug)]
 pub struct Scanner {
@@ -259,7 +266,10 @@ impl Scanner {
                 Ok(m) if m.is_dir() => self.walk(rel, &known, settle, view, &mut to_hash),
                 // A path from an event is already settled (its writer closed it,
                 // or it has been quiet long enough).
-                Ok(m) if m.is_file() => self.add_file(rel, &m, &known, None, view, &mut to_hash),
+                Ok(m) if m.is_file() => {
+                    let (stat, modified) = (stat_of(&m), m.modified().ok());
+                    self.add_file(rel, stat, modified, &known, None, view, &mut to_hash);
+                }
                 _ => {}
             }
         }
@@ -274,61 +284,96 @@ impl Scanner {
         view: &mut LocalView,
         to_hash: &mut ToHash,
     ) {
-        let mut stack = vec![rel.to_owned()];
-        while let Some(dir_rel) = stack.pop() {
-            let dir = if dir_rel.is_empty() {
-                self.dir.clone()
-            } else {
-                self.dir.join(&dir_rel)
-            };
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read folder; skipped this time");
-                    if dir_rel.is_empty() {
-                        view.root_error = Some(format!("{}: {e}", dir.display()));
-                        continue;
+        use rayon::prelude::*;
+        // Level by level: the folders of one level are listed and stat-ed
+        // in parallel (the syscalls are most of a scan), then their entries
+        // are taken in order.
+        let mut level = vec![rel.to_owned()];
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            // A few folders at a time, so a wide level of big folders is
+            // never all held in memory at once.
+            for folders in level.chunks(32) {
+                let listed: Vec<(&String, std::io::Result<Vec<Listed>>)> = folders
+                    .par_iter()
+                    .map(|dir_rel| (dir_rel, self.list_dir(dir_rel)))
+                    .collect();
+                for (dir_rel, listing) in listed {
+                    let entries = match listing {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let dir = self.dir.join(&dir_rel);
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot read folder; skipped this time");
+                            if dir_rel.is_empty() {
+                                view.root_error = Some(format!("{}: {e}", dir.display()));
+                                continue;
+                            }
+                            // Everything known below it stays as it was: an
+                            // unreadable folder is not a deleted one.
+                            if let Ok(p) = RemotePath::normalized(&dir_rel) {
+                                let below: Vec<RemotePath> =
+                                    known.inside(Some(&p)).cloned().collect();
+                                view.unreadable.extend(below);
+                            }
+                            continue;
+                        }
+                    };
+                    for entry in entries {
+                        match entry {
+                            Listed::Dir(sub) => next.push(sub),
+                            Listed::File(sub, stat, modified) => {
+                                self.add_file(&sub, stat, modified, known, settle, view, to_hash);
+                            }
+                        }
                     }
-                    // Everything known below it stays as it was: an
-                    // unreadable folder is not a deleted one.
-                    if let Ok(p) = RemotePath::normalized(&dir_rel) {
-                        let below: Vec<RemotePath> = known.inside(Some(&p)).cloned().collect();
-                        view.unreadable.extend(below);
-                    }
-                    continue;
-                }
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else {
-                    tracing::warn!(dir = %dir.display(), name = ?name, "file name is not UTF-8; not synced");
-                    continue;
-                };
-                let sub = if dir_rel.is_empty() {
-                    name.to_owned()
-                } else {
-                    format!("{dir_rel}/{name}")
-                };
-                let Ok(meta) = entry.metadata() else { continue };
-                let ft = meta.file_type();
-                if self.ignore.is_ignored(&sub, ft.is_dir()) {
-                    continue;
-                }
-                if ft.is_dir() {
-                    stack.push(sub);
-                } else if ft.is_file() {
-                    self.add_file(&sub, &meta, known, settle, view, to_hash);
-                } else if ft.is_symlink() {
-                    tracing::debug!(path = %sub, "symbolic link: not synced");
                 }
             }
+            level = next;
         }
     }
 
+    /// The folders and regular files directly in `dir_rel` that are not
+    /// ignored, with the files' metadata.
+    fn list_dir(&self, dir_rel: &str) -> std::io::Result<Vec<Listed>> {
+        let dir = if dir_rel.is_empty() {
+            self.dir.clone()
+        } else {
+            self.dir.join(dir_rel)
+        };
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                tracing::warn!(dir = %dir.display(), name = ?name, "file name is not UTF-8; not synced");
+                continue;
+            };
+            let sub = if dir_rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{dir_rel}/{name}")
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            let ft = meta.file_type();
+            if self.ignore.is_ignored(&sub, ft.is_dir()) {
+                continue;
+            }
+            if ft.is_dir() {
+                out.push(Listed::Dir(sub));
+            } else if ft.is_file() {
+                out.push(Listed::File(sub, stat_of(&meta), meta.modified().ok()));
+            } else if ft.is_symlink() {
+                tracing::debug!(path = %sub, "symbolic link: not synced");
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn add_file(
         &self,
         rel: &str,
-        meta: &fs::Metadata,
+        stat: FileStat,
+        modified: Option<SystemTime>,
         known: &Known<'_>,
         settle: Option<Duration>,
         view: &mut LocalView,
@@ -360,11 +405,8 @@ impl Scanner {
             }
             return;
         }
-        let stat = stat_of(meta);
         if let Some(window) = settle {
-            let young = meta
-                .modified()
-                .ok()
+            let young = modified
                 .and_then(|m| SystemTime::now().duration_since(m).ok())
                 .is_some_and(|age| age < window);
             if young && known.hash(&path, &stat).is_none() {

@@ -215,7 +215,9 @@ impl Index {
     /// The sequence number the next change will get.
     fn next_seq(tx: &Transaction<'_>) -> Result<u64> {
         let last: i64 = tx
-            .prepare_cached("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)")?
+            .prepare_cached(
+                "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
+            )?
             .query_row([], |r| r.get(0))?;
         Ok(last as u64 + 1)
     }
@@ -224,7 +226,11 @@ impl Index {
     /// counted up within one transaction). A deletion has no revision;
     /// everything else takes its own seq.
     fn append_at(tx: &Transaction<'_>, seq: u64, change: &ChangeRecord) -> Result<()> {
-        let revision = if change.op == ChangeOp::Delete { 0 } else { seq };
+        let revision = if change.op == ChangeOp::Delete {
+            0
+        } else {
+            seq
+        };
         tx.prepare_cached(
             "INSERT INTO changes (seq, op, path, new_path, revision, size, hash, modified_ns, folder) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
