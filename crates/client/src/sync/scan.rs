@@ -302,7 +302,7 @@ impl Scanner {
                     let entries = match listing {
                         Ok(e) => e,
                         Err(e) => {
-                            let dir = self.dir.join(&dir_rel);
+                            let dir = self.dir.join(dir_rel);
                             tracing::warn!(dir = %dir.display(), error = %e, "cannot read folder; skipped this time");
                             if dir_rel.is_empty() {
                                 view.root_error = Some(format!("{}: {e}", dir.display()));
@@ -310,7 +310,7 @@ impl Scanner {
                             }
                             // Everything known below it stays as it was: an
                             // unreadable folder is not a deleted one.
-                            if let Ok(p) = RemotePath::normalized(&dir_rel) {
+                            if let Ok(p) = RemotePath::normalized(dir_rel) {
                                 let below: Vec<RemotePath> =
                                     known.inside(Some(&p)).cloned().collect();
                                 view.unreadable.extend(below);
