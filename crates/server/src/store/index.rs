@@ -288,8 +288,8 @@ impl Index {
         self.with(|c| {
             let tx = c.transaction()?;
             let mut out = Vec::with_capacity(puts.len());
-            let mut next = Self::next_seq(&tx)?;
-            for (path, size, hash, modified_ns) in puts {
+            let first = Self::next_seq(&tx)?;
+            for (seq, (path, size, hash, modified_ns)) in (first..).zip(puts) {
                 let (size, hash, modified_ns) = (*size, *hash, *modified_ns);
                 let mut change = ChangeRecord {
                     seq: 0,
@@ -302,8 +302,6 @@ impl Index {
                     modified_ns,
                     folder: false,
                 };
-                let seq = next;
-                next += 1;
                 Self::append_at(&tx, seq, &change)?;
                 tx.prepare_cached(
                     "INSERT INTO files (path, size, hash, revision, modified_ns) VALUES (?1, ?2, ?3, ?4, ?5) \
