@@ -25,7 +25,7 @@ cleanup() { kill "${SERVER_PID:-}" "${RSYNCD_PID:-}" "${SYNC_PID:-}" 2>/dev/null
 trap cleanup EXIT
 DS_PORT=$(port); RS_PORT=$(port)
 export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
-mkdir -p "$WORK/rsync-root" "$WORK/small"
+
 # A fresh server with a fresh MASTER for each part and each round. Old ones
 # are left until the end: deleting 10,000 files would slow whoever creates
 # files next (ext4 skips inodes deleted in the last minute).
@@ -38,10 +38,12 @@ start_server() {
   for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && return; sleep 0.1; done
   echo "server did not start" >&2; exit 1
 }
-start_rsyncd "$WORK" "$WORK/rsync-root" "$RS_PORT"
 
 if [[ $PARTS == *a* ]]; then
-python3 - "$WORK/small" "$N" <<'PY'
+now() { date +%s.%N; }
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
+make_tree() {
+python3 - "$1" "$N" <<'PY'
 import os, sys
 root, n = sys.argv[1], int(sys.argv[2])
 for i in range(n):
@@ -50,35 +52,67 @@ for i in range(n):
     with open(os.path.join(d, f"f{i:05d}.bin"), "wb") as f:
         f.write(os.urandom(4096))
 PY
-now() { date +%s.%N; }
-median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
-# ext4 slows down creating files near inodes deleted in the last minute (it
-# skips "recently deleted" inodes); an earlier run that removed its 100,000
-# files would tax whichever tool goes first. Let that window pass.
-sync
-if [ -z "${NO_SETTLE:-}" ]; then sleep 65; fi
+}
+# Where each round runs. File creation on this VM's long-lived ext4 swings
+# 3-10x with its history (it skips inodes deleted in the last minute, and
+# its free-inode search slows as it fills), which drowned the comparison.
+# So, when the bench runs as root with mkfs.ext4 at hand (FRESH_FS=0 turns
+# it off), every round gets a new 2 GiB ext4 on a loop device: both tools
+# start from the same clean state. Otherwise rounds share $WORK, after a
+# 65 s pause for the deleted-inode window.
+FRESH=0
+if [ "${FRESH_FS:-1}" = 1 ] && [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null; then FRESH=1; fi
+AREA="$WORK/area"; mkdir -p "$AREA"
+if [ "$FRESH" = 1 ]; then
+  cleanup_fs() { umount "$AREA" 2>/dev/null || true; }
+  trap 'cleanup_fs; cleanup' EXIT
+else
+  make_tree "$AREA/src"
+  sync
+  if [ -z "${NO_SETTLE:-}" ]; then sleep 65; fi
+fi
+fresh_area() {
+  [ "$FRESH" = 1 ] || return 0
+  umount "$AREA" 2>/dev/null || true
+  rm -f "$WORK/fs.img"; truncate -s 2G "$WORK/fs.img"
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$WORK/fs.img"
+  mount -o loop "$WORK/fs.img" "$AREA"
+  make_tree "$AREA/src"
+  sync
+}
 ds_first_sync() {
-  start_server
-  rm -f "$WORK/small/.distribusync/state.db"*  # a first sync, every round
-  sync; t0=$(now); "$BIN" sync "$WORK/small" --once 2>>"$WORK/sync.log"; t1=$(now)
+  kill "${SERVER_PID:-}" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+  MASTER="$AREA/master.$1"; mkdir -p "$MASTER"
+  "$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$MASTER" 2>>"$WORK/server.log" &
+  SERVER_PID=$!
+  for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && break; sleep 0.1; done
+  rm -f "$AREA/src/.distribusync/state.db"*  # a first sync, every round
+  sync; t0=$(now); "$BIN" sync "$AREA/src" --once 2>>"$WORK/sync.log"; t1=$(now)
   DS_AS+=("$(python3 -c "print(f'{$t1-$t0:.2f}')")")
   COUNT=$("$BIN" ls | wc -l)
   [ "$COUNT" -eq "$N" ] || { echo "server has $COUNT files, not $N" >&2; exit 1; }
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
 }
 rsync_first_sync() {
-  sync; t0=$(now); rsync -r --whole-file --exclude=.distribusync "$WORK/small/" "rsync://127.0.0.1:$RS_PORT/bench/round$1/"; t1=$(now)
+  sync; t0=$(now); rsync -r --whole-file --exclude=.distribusync "$AREA/src/" "rsync://127.0.0.1:$RS_PORT/bench/rsync.$1/"; t1=$(now)
   RS_AS+=("$(python3 -c "print(f'{$t1-$t0:.2f}')")")
 }
+start_rsyncd "$WORK" "$AREA" "$RS_PORT"
+sleep 0.5
 # Rounds alternate which tool goes first: whoever writes first into fresh
 # page cache and inode tables pays more on this VM.
 DS_AS=(); RS_AS=()
 for round in $(seq "$ROUNDS"); do
-  if [ $((round % 2)) -eq 1 ]; then ds_first_sync; rsync_first_sync "$round"
-  else rsync_first_sync "$round"; ds_first_sync; fi
+  fresh_area
+  if [ $((round % 2)) -eq 1 ]; then ds_first_sync "$round"; rsync_first_sync "$round"
+  else rsync_first_sync "$round"; ds_first_sync "$round"; fi
   echo "    round $round: distribusync ${DS_AS[-1]}s, rsync ${RS_AS[-1]}s"
 done
+kill "$RSYNCD_PID" 2>/dev/null; wait "$RSYNCD_PID" 2>/dev/null || true; RSYNCD_PID=
+[ "$FRESH" = 1 ] && { umount "$AREA"; rm -f "$WORK/fs.img"; }
 DS_A=$(median "${DS_AS[@]}"); RS_A=$(median "${RS_AS[@]}")
-echo "(a) first sync of $N x 4 KiB (median of $ROUNDS): distribusync ${DS_A}s, rsync ${RS_A}s, ratio $(python3 -c "print(f'{$DS_A/$RS_A:.2f}')")x"
+WHERE=$([ "$FRESH" = 1 ] && echo "a fresh ext4 per round" || echo "$WORK")
+echo "(a) first sync of $N x 4 KiB on $WHERE (median of $ROUNDS): distribusync ${DS_A}s, rsync ${RS_A}s, ratio $(python3 -c "print(f'{$DS_A/$RS_A:.2f}')")x"
 
 fi
 

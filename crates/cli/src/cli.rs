@@ -198,6 +198,9 @@ pub struct SyncArgs {
     /// Seconds between full rescans.
     #[arg(long, default_value_t = 300)]
     pub rescan_secs: u64,
+    /// Transfers (single files or batches of small ones) in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub transfers: u16,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -237,3 +237,34 @@ fn put_r_of_many_files_fits_them_in_batches_within_the_server_limits() {
         vec![77u8; 200 * 1024]
     );
 }
+
+#[test]
+fn sync_once_uploads_a_folder_with_the_transfers_asked_for() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    let local = dir.join("work");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    for i in 0..30 {
+        std::fs::write(
+            local.join("sub").join(format!("f{i}.txt")),
+            format!("file {i}"),
+        )
+        .unwrap();
+    }
+    let dir_arg = local.to_str().unwrap();
+    // Zero transfers in flight is a usage mistake, named.
+    let out = run(&dir, s, &["sync", dir_arg, "--once", "--transfers", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--transfers"), "{err}");
+    ok(&dir, s, &["sync", dir_arg, "--once", "--transfers", "1"]);
+    let listed = ok(&dir, s, &["ls"]);
+    assert_eq!(listed.lines().count(), 30, "{listed}");
+    assert!(listed.contains("sub/f29.txt"), "{listed}");
+    ok(&dir, s, &["get", "sub/f7.txt", "got.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("got.txt")).unwrap(),
+        "file 7"
+    );
+}

@@ -18,6 +18,7 @@ pub fn options(args: &SyncArgs) -> SyncOptions {
         SyncMode::Pull => Mode::Pull,
     };
     opts.rescan_every = Duration::from_secs(args.rescan_secs.max(1));
+    opts.parallel = usize::from(args.transfers);
     opts
 }
 
