@@ -503,20 +503,8 @@ impl SyncEngine {
                 .collect(),
             // Lent to the planner and taken back below.
             remote: std::mem::take(&mut self.remote),
-            base: self
-                .base
-                .iter()
-                .map(|(p, b)| {
-                    (
-                        p.clone(),
-                        distribusync_core::sync::BaseFile {
-                            revision: b.revision,
-                            hash: b.hash,
-                            size: b.size,
-                        },
-                    )
-                })
-                .collect(),
+            // Lent too, and taken back below.
+            base: std::mem::take(&mut self.base),
             unreadable: self.local.unreadable.clone(),
             ignored,
             mode: self.opts.mode,
@@ -525,6 +513,7 @@ impl SyncEngine {
         };
         let plan = plan(&input);
         self.remote = input.remote;
+        self.base = input.base;
         plan
     }
 

@@ -6,26 +6,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use distribusync_core::sync::RemoteFile;
-use distribusync_core::{ContentHash, RemotePath, Revision};
+use distribusync_core::{ContentHash, RemotePath};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The merge base of one path, plus the local file's identity when it was
-/// recorded (so an unchanged file is never re-hashed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseEntry {
-    pub revision: Revision,
-    pub hash: ContentHash,
-    pub size: u64,
-    pub stat: FileStat,
-}
+/// recorded (so an unchanged file is never re-hashed). The planner's own
+/// type, so the engine lends its map to the planner instead of copying it.
+pub type BaseEntry = distribusync_core::sync::BaseFile;
 
 /// What identifies a local file's version without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct FileStat {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub inode: u64,
-}
+pub use distribusync_core::sync::FileStat;
 
 #[derive(Debug, thiserror::Error)]
 #[error("sync state ({path}): {source}")]

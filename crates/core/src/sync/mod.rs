@@ -47,6 +47,17 @@ pub struct BaseFile {
     pub revision: Revision,
     pub hash: ContentHash,
     pub size: u64,
+    /// The local file's stat when it last matched (the planner ignores
+    /// it; the client's scan uses it to skip re-hashing an unchanged file).
+    pub stat: FileStat,
+}
+
+/// What identifies a local file's version without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
 }
 
 /// Which way changes flow.

@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{BaseFile, LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, conflict_name};
+use super::{
+    BaseFile, FileStat, LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, conflict_name,
+};
 use crate::{ContentHash, RemotePath};
 
 /// Computes what to do to bring local and remote into agreement. Pure and
@@ -56,11 +58,14 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
         let b = input.base.get(path);
         if l.map(|f| f.hash) == r.map(|f| f.hash) {
             let agreed = r.map(|r| BaseFile {
+                stat: FileStat::default(),
                 revision: r.revision,
                 hash: r.hash,
                 size: r.size,
             });
-            if agreed.as_ref() != b {
+            // The stat is the client's business, not part of the agreement.
+            let key = |f: &BaseFile| (f.revision, f.hash, f.size);
+            if agreed.as_ref().map(key) != b.map(key) {
                 bookkeeping.push(Operation::SetBase {
                     path: path.clone(),
                     base: agreed,

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+#[allow(unused_imports)]
+use super::FileStat;
 use super::*;
 use crate::{ContentHash, RemotePath};
 
@@ -33,6 +35,7 @@ fn rf(s: &str, rev: u64) -> RemoteFile {
 
 fn bf(s: &str, rev: u64) -> BaseFile {
     BaseFile {
+        stat: FileStat::default(),
         revision: rev,
         hash: h(s),
         size: s.len() as u64,
@@ -355,6 +358,7 @@ impl World {
                     self.base.insert(
                         path.clone(),
                         BaseFile {
+                            stat: FileStat::default(),
                             revision: seq,
                             hash: l.hash,
                             size: l.size,
@@ -377,6 +381,7 @@ impl World {
                     self.base.insert(
                         path.clone(),
                         BaseFile {
+                            stat: FileStat::default(),
                             revision: remote.revision,
                             hash: remote.hash,
                             size: remote.size,
@@ -447,6 +452,7 @@ impl World {
                         self.base.insert(
                             copy.clone(),
                             BaseFile {
+                                stat: FileStat::default(),
                                 revision: seq,
                                 hash: l.hash,
                                 size: l.size,
@@ -463,6 +469,7 @@ impl World {
                     self.base.insert(
                         path.clone(),
                         BaseFile {
+                            stat: FileStat::default(),
                             revision: remote.revision,
                             hash: remote.hash,
                             size: remote.size,
