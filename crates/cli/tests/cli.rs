@@ -268,3 +268,142 @@ fn sync_once_uploads_a_folder_with_the_transfers_asked_for() {
         "file 7"
     );
 }
+
+/// Bytes that do not compress or repeat (xorshift), `len` of them.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+/// Every regular file below `root`, outside `.distribusync`, relative.
+fn visible_files(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if e.file_name() == ".distribusync" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Polls until `found` says yes (or panics after 60 s).
+fn wait_until(what: &str, mut found: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !found() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "never saw {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// A file below `dir` whose name passes `pick`, with some bytes but not all.
+fn part_way(dir: &Path, total: u64, pick: &dyn Fn(&str) -> bool) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            return part_way(&p, total, pick);
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+        pick(&name) && len > 0 && len < total
+    })
+}
+
+#[test]
+fn sync_killed_mid_transfer_leaves_nothing_partial_and_finishes_on_restart() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    let master = dir.join("MASTER");
+    let big = noise(128 << 20, 7);
+    let total = big.len() as u64;
+
+    // Upload: killed (SIGKILL) while the big file is being staged.
+    let a = dir.join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::write(a.join("small.txt"), b"small").unwrap();
+    std::fs::write(a.join("big.bin"), &big).unwrap();
+    let mut up = cmd(
+        &dir,
+        &[("DISTRIBUSYNC_SERVER", s)],
+        &["sync", a.to_str().unwrap()],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let staging = master.join(".distribusync").join("staging");
+    wait_until("the upload half way", || {
+        part_way(&staging, total, &|_| true)
+    });
+    up.kill().unwrap();
+    up.wait().unwrap();
+    // On the server: nothing partial where a user (or `ls`) can see it.
+    for f in visible_files(&master) {
+        match f.as_str() {
+            "small.txt" => assert_eq!(std::fs::read(master.join(&f)).unwrap(), b"small"),
+            "big.bin" => assert!(
+                std::fs::read(master.join(&f)).unwrap() == big,
+                "torn big.bin"
+            ),
+            other => panic!("unexpected file on the server: {other}"),
+        }
+    }
+    assert!(!ok(&dir, s, &["ls"]).contains("part"));
+    // Restarted, it finishes: the server has the whole file.
+    ok(&dir, s, &["sync", a.to_str().unwrap(), "--once"]);
+    assert!(std::fs::read(master.join("big.bin")).unwrap() == big);
+
+    // Download: a second folder, killed while the big file comes down.
+    let b = dir.join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    let mut down = cmd(
+        &dir,
+        &[("DISTRIBUSYNC_SERVER", s)],
+        &["sync", b.to_str().unwrap()],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_until("the download half way", || {
+        part_way(&b, total, &|n| n.ends_with(".distribusync-part"))
+    });
+    down.kill().unwrap();
+    down.wait().unwrap();
+    // Only whole files under their real names (the partial is hidden).
+    if b.join("big.bin").exists() {
+        assert!(
+            std::fs::read(b.join("big.bin")).unwrap() == big,
+            "torn big.bin"
+        );
+    }
+    ok(&dir, s, &["sync", b.to_str().unwrap(), "--once"]);
+    assert!(std::fs::read(b.join("big.bin")).unwrap() == big);
+    assert_eq!(std::fs::read(b.join("small.txt")).unwrap(), b"small");
+    assert_eq!(
+        visible_files(&b),
+        ["big.bin", "small.txt"],
+        "partial files left behind"
+    );
+}
