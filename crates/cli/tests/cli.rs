@@ -407,3 +407,71 @@ fn sync_killed_mid_transfer_leaves_nothing_partial_and_finishes_on_restart() {
         "partial files left behind"
     );
 }
+
+#[test]
+fn an_unreadable_file_is_reported_and_skipped_and_sent_once_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("ok.txt"), b"fine").unwrap();
+    std::fs::write(work.join("secret.txt"), b"hidden").unwrap();
+    std::fs::set_permissions(
+        work.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    // Root reads anything; as root, the sync runs as `nobody` (setpriv), who
+    // owns the folder but cannot read the file.
+    let as_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    if as_root {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&work)
+            .status();
+        assert!(chown.unwrap().success());
+    }
+    let sync_once = |dir: &Path| -> Output {
+        let args = ["sync", work.to_str().unwrap(), "--once"];
+        let mut c = if as_root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+                .args(args)
+                .env_clear()
+                .env("DISTRIBUSYNC_SERVER", s)
+                .env("HOME", &work)
+                .current_dir(&work);
+            c
+        } else {
+            cmd(dir, &[("DISTRIBUSYNC_SERVER", s)], &args)
+        };
+        c.output().unwrap()
+    };
+    let out = sync_once(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Reported by name, skipped, and the rest went on.
+    assert!(
+        err.contains("secret.txt") && err.contains("cannot read"),
+        "{err}"
+    );
+    assert_eq!(ok(&dir, s, &["ls"]), "ok.txt\n");
+    // Readable again: the next pass sends it.
+    std::fs::set_permissions(
+        work.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = sync_once(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ok(&dir, s, &["ls"]), "ok.txt\nsecret.txt\n");
+    ok(&dir, s, &["get", "secret.txt", "got.txt"]);
+    assert_eq!(std::fs::read(dir.join("got.txt")).unwrap(), b"hidden");
+}
