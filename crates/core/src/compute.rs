@@ -274,21 +274,6 @@ pub fn cmp_floats(a: &f64, b: &f64, order: Order) -> std::cmp::Ordering {
     }
 }
 
-/// Merges two slices, each sorted by `cmp`, into one sorted vector. Equal
-/// values keep `a` first. Branch-free in its inner loop: about twice as fast
-/// as a comparison-driven merge on random input.
-pub fn merge_two<T: Copy, F: Fn(&T, &T) -> std::cmp::Ordering>(
-    a: &[T],
-    b: &[T],
-    cmp: &F,
-) -> Vec<T> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (i, j) = merge_step(a, b, cmp, &mut out, usize::MAX);
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out
-}
-
 /// Appends to `out` the merge of `a` and `b` until `out` holds `max` values
 /// or one side runs out; returns how much of `a` and `b` was taken.
 fn merge_step<T: Copy, F: Fn(&T, &T) -> std::cmp::Ordering>(
@@ -322,67 +307,136 @@ fn merge_step<T: Copy, F: Fn(&T, &T) -> std::cmp::Ordering>(
 
 /// Merges runs, each already sorted by `cmp`, handing out the merged order
 /// a chunk at a time (so a server can send the start of a big sort while it
-/// merges the rest). More than two runs are first merged pairwise (a caller
-/// with threads to spare can do that itself with [`merge_two`]); the last
-/// two are merged lazily, chunk by chunk.
+/// merges the rest). The runs form a balanced tree of lazy two-way merges,
+/// each with a small buffer: no copy of the whole input is ever made.
 #[derive(Debug)]
 pub struct MergeRuns<T, F> {
-    a: Vec<T>,
-    b: Vec<T>,
-    i: usize,
-    j: usize,
+    root: Node<T>,
     cmp: F,
+}
+
+/// Values each inner merge prepares at a time.
+const MERGE_BUF: usize = 32 * 1024;
+
+#[derive(Debug)]
+enum Node<T> {
+    Run {
+        data: Vec<T>,
+        pos: usize,
+    },
+    Merge {
+        left: Box<Node<T>>,
+        right: Box<Node<T>>,
+        buf: Vec<T>,
+        pos: usize,
+    },
+}
+
+impl<T: Copy> Node<T> {
+    /// A balanced tree over `runs` (at least one).
+    fn build(mut runs: Vec<Vec<T>>) -> Self {
+        if runs.len() <= 1 {
+            return Node::Run {
+                data: runs.pop().unwrap_or_default(),
+                pos: 0,
+            };
+        }
+        let right = runs.split_off(runs.len() / 2);
+        Node::Merge {
+            left: Box::new(Self::build(runs)),
+            right: Box::new(Self::build(right)),
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Values ready to be taken, in order (empty only when all are out,
+    /// once [`Node::refill`] has been called).
+    fn ready(&self) -> &[T] {
+        match self {
+            Node::Run { data, pos } => &data[*pos..],
+            Node::Merge { buf, pos, .. } => &buf[*pos..],
+        }
+    }
+
+    fn take(&mut self, n: usize) {
+        match self {
+            Node::Run { pos, .. } | Node::Merge { pos, .. } => *pos += n,
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        match self {
+            Node::Run { data, pos } => data.len() - pos,
+            Node::Merge {
+                left,
+                right,
+                buf,
+                pos,
+            } => buf.len() - pos + left.remaining() + right.remaining(),
+        }
+    }
+
+    /// Makes values ready if none are and any are left.
+    fn refill<F: Fn(&T, &T) -> std::cmp::Ordering>(&mut self, cmp: &F) {
+        let Node::Merge {
+            left,
+            right,
+            buf,
+            pos,
+        } = self
+        else {
+            return;
+        };
+        if *pos < buf.len() {
+            return;
+        }
+        buf.clear();
+        *pos = 0;
+        left.refill(cmp);
+        right.refill(cmp);
+        let (i, j) = merge_step(left.ready(), right.ready(), cmp, buf, MERGE_BUF);
+        left.take(i);
+        right.take(j);
+        if buf.is_empty() {
+            // A side had nothing ready, so it is out for good (a refill
+            // makes values ready if any are left): the other's follow as
+            // they are.
+            let side = if left.ready().is_empty() { right } else { left };
+            let n = side.ready().len().min(MERGE_BUF);
+            buf.extend_from_slice(&side.ready()[..n]);
+            side.take(n);
+        }
+    }
 }
 
 impl<T: Copy, F: Fn(&T, &T) -> std::cmp::Ordering> MergeRuns<T, F> {
     /// Empty runs are allowed.
     pub fn new(runs: Vec<Vec<T>>, cmp: F) -> Self {
-        let mut runs: Vec<Vec<T>> = runs.into_iter().filter(|r| !r.is_empty()).collect();
-        while runs.len() > 2 {
-            let mut it = runs.into_iter();
-            let mut next = Vec::new();
-            while let Some(x) = it.next() {
-                next.push(match it.next() {
-                    Some(y) => merge_two(&x, &y, &cmp),
-                    None => x,
-                });
-            }
-            runs = next;
-        }
-        let b = runs.pop().unwrap_or_default();
-        let a = runs.pop().unwrap_or_default();
+        let runs: Vec<Vec<T>> = runs.into_iter().filter(|r| !r.is_empty()).collect();
         MergeRuns {
-            a,
-            b,
-            i: 0,
-            j: 0,
+            root: Node::build(runs),
             cmp,
         }
     }
 
     /// How many values are left.
     pub fn remaining(&self) -> usize {
-        (self.a.len() - self.i) + (self.b.len() - self.j)
+        self.root.remaining()
     }
 
     /// The next at most `max` values in order; `None` when all are out.
     pub fn next_chunk(&mut self, max: usize) -> Option<Vec<T>> {
         let mut out = Vec::with_capacity(max.min(self.remaining()));
-        let (di, dj) = merge_step(
-            &self.a[self.i..],
-            &self.b[self.j..],
-            &self.cmp,
-            &mut out,
-            max,
-        );
-        self.i += di;
-        self.j += dj;
-        // One side is out (or the chunk is full): the rest of the other is
-        // already in order.
-        for (run, pos) in [(&self.a, &mut self.i), (&self.b, &mut self.j)] {
-            let take = max.saturating_sub(out.len()).min(run.len() - *pos);
-            out.extend_from_slice(&run[*pos..*pos + take]);
-            *pos += take;
+        while out.len() < max {
+            self.root.refill(&self.cmp);
+            let ready = self.root.ready();
+            if ready.is_empty() {
+                break;
+            }
+            let n = ready.len().min(max - out.len());
+            out.extend_from_slice(&ready[..n]);
+            self.root.take(n);
         }
         (!out.is_empty()).then_some(out)
     }
@@ -584,6 +638,49 @@ mod tests {
         let mut m = Numbers::Ints(vec![1]);
         m.extend(Numbers::Ints(vec![2])).unwrap();
         assert_eq!(m, Numbers::Ints(vec![1, 2]));
+    }
+
+    #[test]
+    fn merging_runs_bigger_than_the_merge_buffers_keeps_every_value_in_order() {
+        // Runs of uneven lengths around and past the inner buffers' size,
+        // with many equal values, both orders.
+        let mut x = 12345u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for order in [Order::Ascending, Order::Descending] {
+            let lens = [
+                0,
+                1,
+                MERGE_BUF - 1,
+                MERGE_BUF,
+                MERGE_BUF + 1,
+                3 * MERGE_BUF + 7,
+                100_000,
+            ];
+            let runs: Vec<Vec<i64>> = lens
+                .iter()
+                .map(|&n| {
+                    let mut r: Vec<i64> = (0..n).map(|_| (next() % 1000) as i64 - 500).collect();
+                    r.sort_unstable_by(|a, b| cmp_ints(a, b, order));
+                    r
+                })
+                .collect();
+            let mut expected: Vec<i64> = runs.concat();
+            expected.sort_unstable_by(|a, b| cmp_ints(a, b, order));
+            let mut m = MergeRuns::new(runs, |a: &i64, b: &i64| cmp_ints(a, b, order));
+            assert_eq!(m.remaining(), expected.len());
+            let mut got = Vec::new();
+            while let Some(c) = m.next_chunk(10_007) {
+                assert!(c.len() <= 10_007);
+                got.extend(c);
+            }
+            assert_eq!(got, expected);
+            assert_eq!(m.remaining(), 0);
+        }
     }
 
     proptest! {

@@ -324,8 +324,7 @@ impl Compute for ComputeService {
     }
 }
 
-/// The merge of sorted runs as a stream of chunks: all but the last two
-/// runs are merged pairwise on the rayon pool, the last two on a blocking
+/// The merge of sorted runs as a stream of chunks, produced on a blocking
 /// thread a few chunks ahead of the transport. The producer stops when the
 /// client goes away.
 fn merged(runs: Vec<Numbers>, order: Order) -> ResponseStream<v1::SortResponse> {
@@ -346,7 +345,7 @@ fn merged(runs: Vec<Numbers>, order: Order) -> ResponseStream<v1::SortResponse> 
                 })
                 .collect();
             let cmp = move |a: &f64, b: &f64| arith::cmp_floats(a, b, order);
-            let mut m = MergeRuns::new(work::merge_pairs(runs, &cmp), cmp);
+            let mut m = MergeRuns::new(runs, cmp);
             while let Some(c) = m.next_chunk(CHUNK_NUMBERS) {
                 if !send(Numbers::Floats(c)) {
                     return;
@@ -361,7 +360,7 @@ fn merged(runs: Vec<Numbers>, order: Order) -> ResponseStream<v1::SortResponse> 
                 })
                 .collect();
             let cmp = move |a: &i64, b: &i64| arith::cmp_ints(a, b, order);
-            let mut m = MergeRuns::new(work::merge_pairs(runs, &cmp), cmp);
+            let mut m = MergeRuns::new(runs, cmp);
             while let Some(c) = m.next_chunk(CHUNK_NUMBERS) {
                 if !send(Numbers::Ints(c)) {
                     return;

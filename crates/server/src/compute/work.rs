@@ -5,7 +5,6 @@
 use std::panic::AssertUnwindSafe;
 
 use distribusync_core::compute::{Numbers, Order, cmp_floats, cmp_ints};
-use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 use tokio::sync::oneshot;
 
@@ -74,28 +73,4 @@ pub(crate) fn par_sort(numbers: &mut Numbers, order: Order) {
         },
         Numbers::Floats(v) => v.par_sort_unstable_by(|a, b| cmp_floats(a, b, order)),
     }
-}
-
-/// Merges sorted runs pairwise, the pairs in parallel, until at most two
-/// are left (which the caller merges lazily while it sends).
-pub(crate) fn merge_pairs<T, F>(mut runs: Vec<Vec<T>>, cmp: &F) -> Vec<Vec<T>>
-where
-    T: Copy + Send + Sync,
-    F: Fn(&T, &T) -> std::cmp::Ordering + Sync,
-{
-    while runs.len() > 2 {
-        let mut it = runs.into_iter();
-        let mut pairs = Vec::new();
-        while let Some(x) = it.next() {
-            pairs.push((x, it.next()));
-        }
-        runs = pairs
-            .into_par_iter()
-            .map(|(x, y)| match y {
-                Some(y) => distribusync_core::compute::merge_two(&x, &y, cmp),
-                None => x,
-            })
-            .collect();
-    }
-    runs
 }
