@@ -96,23 +96,28 @@ ds_first_sync() {
 rsync_first_sync() {
   sync; t0=$(now); rsync -r --whole-file --exclude=.distribusync "$AREA/src/" "rsync://127.0.0.1:$RS_PORT/bench/rsync.$1/"; t1=$(now)
   RS_AS+=("$(python3 -c "print(f'{$t1-$t0:.2f}')")")
+  # For reference, not the target: rsync made as durable as distribusync
+  # (--fsync: each received file is fsynced).
+  sync; t0=$(now); rsync -r --whole-file --fsync --exclude=.distribusync "$AREA/src/" "rsync://127.0.0.1:$RS_PORT/bench/rsync-fsync.$1/"; t1=$(now)
+  RSF_AS+=("$(python3 -c "print(f'{$t1-$t0:.2f}')")")
 }
 start_rsyncd "$WORK" "$AREA" "$RS_PORT"
 sleep 0.5
 # Rounds alternate which tool goes first: whoever writes first into fresh
 # page cache and inode tables pays more on this VM.
-DS_AS=(); RS_AS=()
+DS_AS=(); RS_AS=(); RSF_AS=()
 for round in $(seq "$ROUNDS"); do
   fresh_area
   if [ $((round % 2)) -eq 1 ]; then ds_first_sync "$round"; rsync_first_sync "$round"
   else rsync_first_sync "$round"; ds_first_sync "$round"; fi
-  echo "    round $round: distribusync ${DS_AS[-1]}s, rsync ${RS_AS[-1]}s"
+  echo "    round $round: distribusync ${DS_AS[-1]}s, rsync ${RS_AS[-1]}s (rsync --fsync ${RSF_AS[-1]}s)"
 done
 kill "$RSYNCD_PID" 2>/dev/null; wait "$RSYNCD_PID" 2>/dev/null || true; RSYNCD_PID=
 [ "$FRESH" = 1 ] && { umount "$AREA"; rm -f "$WORK/fs.img"; }
 DS_A=$(median "${DS_AS[@]}"); RS_A=$(median "${RS_AS[@]}")
 WHERE=$([ "$FRESH" = 1 ] && echo "a fresh ext4 per round" || echo "$WORK")
-echo "(a) first sync of $N x 4 KiB on $WHERE (median of $ROUNDS): distribusync ${DS_A}s, rsync ${RS_A}s, ratio $(python3 -c "print(f'{$DS_A/$RS_A:.2f}')")x"
+RSF_A=$(median "${RSF_AS[@]}")
+echo "(a) first sync of $N x 4 KiB on $WHERE (median of $ROUNDS): distribusync ${DS_A}s, rsync ${RS_A}s, ratio $(python3 -c "print(f'{$DS_A/$RS_A:.2f}')")x; rsync --fsync ${RSF_A}s, ratio $(python3 -c "print(f'{$DS_A/$RSF_A:.2f}')")x"
 
 fi
 
