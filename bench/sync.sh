@@ -21,10 +21,20 @@ need rsync rsync
 cargo build --release -q
 BIN=$PWD/target/release/distribusync
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-sync-bench.XXXXXX")
-cleanup() { kill "${SERVER_PID:-}" "${RSYNCD_PID:-}" "${SYNC_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
+# Stops what runs (and waits for it), unmounts the round's file system if
+# one is mounted, then removes everything.
+cleanup() {
+  for pid in "${SERVER_PID:-}" "${RSYNCD_PID:-}" "${SYNC_PID:-}"; do
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  done
+  if mountpoint -q "$WORK/area" 2>/dev/null; then umount "$WORK/area" || umount -l "$WORK/area"; fi
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 DS_PORT=$(port); RS_PORT=$(port)
 export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
+now() { date +%s.%N; }
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
 
 # A fresh server with a fresh MASTER for each part and each round. Old ones
 # are left until the end: deleting 10,000 files would slow whoever creates
@@ -40,8 +50,6 @@ start_server() {
 }
 
 if [[ $PARTS == *a* ]]; then
-now() { date +%s.%N; }
-median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
 make_tree() {
 python3 - "$1" "$N" <<'PY'
 import os, sys
@@ -63,17 +71,14 @@ PY
 FRESH=0
 if [ "${FRESH_FS:-1}" = 1 ] && [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null; then FRESH=1; fi
 AREA="$WORK/area"; mkdir -p "$AREA"
-if [ "$FRESH" = 1 ]; then
-  cleanup_fs() { umount "$AREA" 2>/dev/null || true; }
-  trap 'cleanup_fs; cleanup' EXIT
-else
+if [ "$FRESH" = 0 ]; then
   make_tree "$AREA/src"
   sync
   if [ -z "${NO_SETTLE:-}" ]; then sleep 65; fi
 fi
 fresh_area() {
   [ "$FRESH" = 1 ] || return 0
-  umount "$AREA" 2>/dev/null || true
+  if mountpoint -q "$AREA"; then umount "$AREA"; fi
   rm -f "$WORK/fs.img"; truncate -s 2G "$WORK/fs.img"
   mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$WORK/fs.img"
   mount -o loop "$WORK/fs.img" "$AREA"

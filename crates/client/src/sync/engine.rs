@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distribusync_core::RemotePath;
-use distribusync_core::sync::{LocalFile, Mode, RemoteFile, SyncInput, SyncPlan, plan};
+use distribusync_core::sync::{LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, plan};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -120,6 +120,9 @@ pub(super) struct PassReport {
     pub offline: bool,
     /// Some files were left for later because they are still being written.
     pub busy: bool,
+    /// The plan only sent files (no download, deletion, rename or conflict
+    /// copy): the one kind of pass `run_once` trusts without a second look.
+    pub only_uploads: bool,
 }
 
 /// Keeps one folder in sync with the server.
@@ -222,10 +225,12 @@ impl SyncEngine {
             // Our own changes and any concurrent ones: read them back.
             let news = self.catch_up().await?;
             // A plan carried out whole converges (the planner's property
-            // tests check exactly that), so with nothing failed, no file
-            // still being written and no change from anyone else, another
-            // full pass would find nothing to move.
-            if last_failures.is_empty() && !report.busy && news == 0 {
+            // tests check exactly that). So after a pass that only sent
+            // files, with nothing failed, no file still being written and
+            // no change from anyone else, another full pass would find
+            // nothing to move. (A rename re-lists folders, which can take in
+            // others' changes unseen: such passes are looked at again.)
+            if report.only_uploads && last_failures.is_empty() && !report.busy && news == 0 {
                 self.set_status(|s| s.phase = SyncPhase::Idle);
                 return Ok(());
             }
@@ -470,8 +475,13 @@ impl SyncEngine {
                 self.opts.dir.display()
             )));
         }
+        let only_uploads = plan
+            .operations
+            .iter()
+            .all(|op| matches!(op, Operation::Upload { .. } | Operation::SetBase { .. }));
         let mut report = self.execute(plan).await?;
         report.busy = self.local.busy;
+        report.only_uploads = only_uploads;
         self.set_status(|s| {
             s.phase = SyncPhase::Idle;
             if report.failures.is_empty() {

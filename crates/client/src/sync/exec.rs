@@ -409,7 +409,12 @@ impl SyncEngine {
                     let (size, stat, hash) = (entry.stat.size, entry.stat, entry.hash);
                     // What the scan read, if it is still what the view says.
                     let source = match self.local.contents.remove(&path) {
-                        Some((at, data)) if at == stat => BatchSource::Memory { data, stat, hash },
+                        Some((at, data)) if at == stat => BatchSource::Memory {
+                            local: self.local_path(&path),
+                            data,
+                            stat,
+                            hash,
+                        },
                         _ => BatchSource::Disk(self.local_path(&path)),
                     };
                     Some((source, path, if_revision, size))
@@ -582,6 +587,7 @@ impl SyncEngine {
 enum BatchSource {
     /// Read by the scan (with the stat it was read at, and its hash).
     Memory {
+        local: PathBuf,
         data: std::sync::Arc<[u8]>,
         stat: FileStat,
         hash: ContentHash,
@@ -599,7 +605,14 @@ async fn upload_batch(
         items
             .into_iter()
             .map(|(source, path, rev)| match source {
-                BatchSource::Memory { data, stat, hash } => Ok((
+                // What the scan read, while the file is still as it was
+                // then (else it is read again, or its absence reported).
+                BatchSource::Memory {
+                    local,
+                    data,
+                    stat,
+                    hash,
+                } if stat_path(&local).is_ok_and(|now| now == stat) => Ok((
                     stat,
                     BatchFile {
                         remote: path,
@@ -609,7 +622,7 @@ async fn upload_batch(
                         hash: Some(hash),
                     },
                 )),
-                BatchSource::Disk(local) => {
+                BatchSource::Memory { local, .. } | BatchSource::Disk(local) => {
                     // Stat before reading, so a file changed meanwhile is
                     // seen as changed.
                     let stat = stat_path(&local)?;

@@ -108,7 +108,7 @@ struct ToHash {
 impl ToHash {
     /// Hashes everything listed (both cores) and adds it to `view`; small
     /// files are read whole and kept (see [`LocalView::contents`]).
-    fn finish(self, dir: &Path, view: &mut LocalView) {
+    fn finish(self, dir: &Path, known: &Known<'_>, view: &mut LocalView) {
         use rayon::prelude::*;
         let mut room = KEEP_TOTAL_MAX;
         let listed: Vec<_> = self
@@ -128,7 +128,7 @@ impl ToHash {
             .map(|((path, rel, stat, disk_name), keep)| {
                 let local = dir.join(&rel);
                 let r = if keep {
-                    fs::read(&local)
+                    read_small(&local, &stat)
                         .map(|data| {
                             let data: Arc<[u8]> = data.into();
                             (ContentHash::of(&data), data.len() as u64, Some(data))
@@ -145,7 +145,10 @@ impl ToHash {
                 // The file changed while it was read: hash what is there
                 // next time rather than trust a torn read.
                 Ok((hash, n, data)) if n == stat.size => {
-                    if let Some(data) = data {
+                    // Kept only if it may be sent: content equal to the
+                    // base's (a file merely touched) never is.
+                    let unsent = known.base.get(&path).is_some_and(|b| b.hash == hash);
+                    if let Some(data) = data.filter(|_| !unsent) {
                         view.contents.insert(path.clone(), (stat, data));
                     }
                     view.files.insert(
@@ -168,6 +171,26 @@ impl ToHash {
             }
         }
     }
+}
+
+/// Reads a small file whole, but only the regular file the walk saw (same
+/// inode, never through a symlink swapped in since) and never more than
+/// its listed size plus one byte, so a file that grew cannot blow the
+/// memory bound (the caller sees the size differ and looks again later).
+fn read_small(local: &Path, stat: &FileStat) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(local)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.ino() != stat.inode {
+        return Err(std::io::Error::other("replaced while being read"));
+    }
+    let mut data = Vec::with_capacity(stat.size as usize);
+    file.take(stat.size + 1).read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// One entry of a folder listing.
@@ -214,7 +237,7 @@ impl Scanner {
         let known = Known::new(&old.files, base);
         let mut to_hash = ToHash::default();
         self.walk("", &known, settle, &mut view, &mut to_hash);
-        to_hash.finish(&self.dir, &mut view);
+        to_hash.finish(&self.dir, &known, &mut view);
         view
     }
 
@@ -273,7 +296,7 @@ impl Scanner {
                 _ => {}
             }
         }
-        to_hash.finish(&self.dir, view);
+        to_hash.finish(&self.dir, &known, view);
     }
 
     fn walk(
