@@ -96,16 +96,6 @@ fn no_links_below(dir: &Path, path: &Path) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// The time a stat's mtime stands for.
-fn system_time(mtime_ns: i64) -> std::time::SystemTime {
-    let since = std::time::Duration::from_nanos(mtime_ns.unsigned_abs());
-    if mtime_ns >= 0 {
-        std::time::SystemTime::UNIX_EPOCH + since
-    } else {
-        std::time::SystemTime::UNIX_EPOCH - since
-    }
-}
-
 fn stat_path(path: &Path) -> Result<FileStat, ClientError> {
     fs::symlink_metadata(path)
         .map(|m| stat_of(&m))
@@ -618,7 +608,7 @@ async fn upload_batch(
                         remote: path,
                         if_revision: Some(rev),
                         data,
-                        modified: system_time(stat.mtime_ns),
+                        modified: distribusync_proto::from_unix_nanos(stat.mtime_ns),
                         hash: Some(hash),
                     },
                 )),

@@ -110,7 +110,10 @@ impl ToHash {
     /// files are read whole and kept (see [`LocalView::contents`]).
     fn finish(self, dir: &Path, known: &Known<'_>, view: &mut LocalView) {
         use rayon::prelude::*;
-        let mut room = KEEP_TOTAL_MAX;
+        // The bound holds across the daemon's partial rescans too: what
+        // earlier ones kept (and no pass has sent yet) counts.
+        let kept: u64 = view.contents.values().map(|(_, d)| d.len() as u64).sum();
+        let mut room = KEEP_TOTAL_MAX.saturating_sub(kept);
         let listed: Vec<_> = self
             .files
             .into_iter()
