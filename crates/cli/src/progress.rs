@@ -4,14 +4,17 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use distribusync_client::Progress;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 /// An indicatif bar as a [`Progress`].
 #[derive(Debug)]
-struct Bar(ProgressBar);
+struct Bar(ProgressBar, String);
 
 impl Progress for Bar {
     fn start(&self, total: u64, done: u64) {
+        if done > 0 {
+            self.0.println(resuming(&self.1, total, done));
+        }
         self.0.set_length(total);
         self.0.set_position(done);
     }
@@ -26,10 +29,31 @@ impl Drop for Bar {
     }
 }
 
-/// A bar labelled `label` in a terminal, or no reporting.
+/// Without a terminal: one line when a transfer resumes, nothing else.
+#[derive(Debug)]
+struct Quiet(String);
+
+impl Progress for Quiet {
+    fn start(&self, total: u64, done: u64) {
+        if done > 0 {
+            eprintln!("{}", resuming(&self.0, total, done));
+        }
+    }
+}
+
+fn resuming(label: &str, total: u64, done: u64) -> String {
+    format!(
+        "{label}: resuming at {} of {}",
+        HumanBytes(done),
+        HumanBytes(total)
+    )
+}
+
+/// A bar labelled `label` in a terminal, or no reporting but a note when
+/// the transfer resumes an interrupted one.
 pub fn transfer(label: &str) -> Arc<dyn Progress> {
     if !std::io::stderr().is_terminal() {
-        return Arc::new(());
+        return Arc::new(Quiet(label.to_owned()));
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -40,5 +64,5 @@ pub fn transfer(label: &str) -> Arc<dyn Progress> {
         .progress_chars("=> "),
     );
     bar.set_message(label.to_owned());
-    Arc::new(Bar(bar))
+    Arc::new(Bar(bar, label.to_owned()))
 }

@@ -409,6 +409,39 @@ fn sync_killed_mid_transfer_leaves_nothing_partial_and_finishes_on_restart() {
 }
 
 #[test]
+fn a_put_killed_mid_transfer_resumes_when_run_again() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    let master = dir.join("MASTER");
+    std::fs::write(dir.join("big.iso"), b"old").unwrap();
+    ok(&dir, s, &["put", "big.iso"]);
+    let big = noise(128 << 20, 11);
+    let total = big.len() as u64;
+    std::fs::write(dir.join("big.iso"), &big).unwrap();
+    let mut put = cmd(&dir, &[("DISTRIBUSYNC_SERVER", s)], &["put", "big.iso"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let meta = master.join(".distribusync");
+    wait_until("the upload part way", || {
+        part_way(&meta.join("staging"), total, &|_| true)
+    });
+    put.kill().unwrap();
+    put.wait().unwrap();
+    // The old version is still what the server has.
+    assert_eq!(std::fs::read(master.join("big.iso")).unwrap(), b"old");
+    wait_until("the server keeping the part it received", || {
+        part_way(&meta.join("partial"), total, &|_| true)
+    });
+    let out = run(&dir, s, &["put", "big.iso"]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("big.iso: resuming at "), "{err}");
+    assert!(std::fs::read(master.join("big.iso")).unwrap() == big);
+}
+
+#[test]
 fn an_unreadable_file_is_reported_and_skipped_and_sent_once_readable() {
     use std::os::unix::fs::PermissionsExt;
     let (_t, dir) = tmp();

@@ -42,6 +42,10 @@ pub enum ClientError {
     Protocol(String),
     #[error("{0}")]
     Stale(String),
+    /// The server cannot go on with this request as it stands but would
+    /// take it from the start (a resumed upload whose kept part is gone).
+    #[error("{0}")]
+    Restart(String),
     #[error("{path}: downloaded data does not match the server's hash; try again")]
     Corrupt { path: String },
 }
@@ -78,6 +82,7 @@ impl ClientError {
                 Self::Rejected(msg)
             }
             Code::ResourceExhausted => Self::LimitExceeded(msg),
+            Code::Aborted => Self::Restart(msg),
             Code::Unavailable | Code::Cancelled => Self::Unreachable {
                 addr: addr.to_owned(),
             },

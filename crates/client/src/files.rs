@@ -231,6 +231,12 @@ impl FilesClient {
     /// `if_revision`, the server refuses if the file's current revision
     /// differs (0: it must not exist yet).
     ///
+    /// An upload of at least [`limits::RESUME_MIN_BYTES`] that broke off
+    /// earlier resumes where the server stopped receiving, provided the
+    /// local file has the same size and modified time; `progress` then
+    /// starts part-way. Should the server have lost that part, or the whole
+    /// not hash right, the file is sent again from the start.
+    ///
     /// # Errors
     /// Local read errors, a file that changed while it was being sent
     /// ([`ClientError::Stale`]), a revision mismatch, or any refusal of the
@@ -243,10 +249,8 @@ impl FilesClient {
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
         let path = local.to_owned();
-        let (file, before) = tokio::task::spawn_blocking(move || {
-            let file = File::open(&path).map_err(|e| ClientError::local(&path, e))?;
-            let meta = file.metadata().map_err(|e| ClientError::local(&path, e))?;
-            Ok::<_, ClientError>((file, meta))
+        let before = tokio::task::spawn_blocking(move || {
+            fs::metadata(&path).map_err(|e| ClientError::local(&path, e))
         })
         .await
         .map_err(|e| ClientError::local(local, std::io::Error::other(e)))??;
@@ -254,14 +258,77 @@ impl FilesClient {
         let modified = before
             .modified()
             .map_err(|e| ClientError::local(local, e))?;
+        let offset = if size >= limits::RESUME_MIN_BYTES {
+            self.upload_offset(remote, size, modified).await?
+        } else {
+            0
+        };
         let header = v1::UploadHeader {
             path: remote.to_string(),
             size,
             hash: Vec::new(), // follows the data
             modified: Some(distribusync_proto::timestamp(modified)),
             if_revision,
+            offset,
         };
-        progress.start(size, 0);
+        match self
+            .upload_from(local, header.clone(), &before, progress.clone())
+            .await
+        {
+            Err(ClientError::Restart(why)) if offset > 0 => {
+                tracing::info!(path = %remote, %why, "cannot resume; sending the whole file");
+                let header = v1::UploadHeader {
+                    offset: 0,
+                    ..header
+                };
+                self.upload_from(local, header, &before, progress).await
+            }
+            done => done,
+        }
+    }
+
+    /// How many bytes of an interrupted upload of a file with this size and
+    /// modified time the server kept for `remote` (0: none, or a server
+    /// that does not resume uploads).
+    ///
+    /// # Errors
+    /// An unreachable server or an invalid request.
+    pub async fn upload_offset(
+        &self,
+        remote: &RemotePath,
+        size: u64,
+        modified: SystemTime,
+    ) -> Result<u64> {
+        let request = v1::UploadOffsetRequest {
+            path: remote.to_string(),
+            size,
+            modified: Some(distribusync_proto::timestamp(modified)),
+        };
+        match self.inner.clone().upload_offset(request).await {
+            Ok(r) => Ok(r.into_inner().offset.min(size)),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(0),
+            Err(s) => Err(self.err(s)),
+        }
+    }
+
+    /// One attempt of [`Self::upload`]: sends `local` from `header.offset`
+    /// on, hashing the bytes before it without sending them.
+    async fn upload_from(
+        &self,
+        local: &Path,
+        header: v1::UploadHeader,
+        before: &fs::Metadata,
+        progress: Arc<dyn Progress>,
+    ) -> Result<FileInfo> {
+        let path = local.to_owned();
+        let file = tokio::task::spawn_blocking(move || {
+            File::open(&path).map_err(|e| ClientError::local(&path, e))
+        })
+        .await
+        .map_err(|e| ClientError::local(local, std::io::Error::other(e)))??;
+        let (size, offset) = (header.size, header.offset);
+        let before_modified = before.modified().ok();
+        progress.start(size, offset);
         let (tx, rx) = mpsc::channel(4);
         let path = local.to_owned();
         // Reads, hashes and sends; the hash goes last, and only if the file
@@ -273,13 +340,18 @@ impl FilesClient {
                 tx.blocking_send(v1::UploadRequest { msg: Some(msg) })
                     .is_ok()
             };
+            let mut file = std::io::BufReader::with_capacity(limits::CHUNK_SIZE, file);
+            let mut hasher = blake3::Hasher::new();
+            // The part the server kept is hashed here, not sent.
+            let skipped = hasher
+                .update_reader((&mut file).take(offset))
+                .map_err(|e| ClientError::local(&path, e))?
+                .count();
             if !send(Msg::Header(header)) {
                 return Ok(());
             }
-            let mut file = file;
-            let mut hasher = blake3::Hasher::new();
-            let mut left = size;
-            while left > 0 {
+            let mut left = size.saturating_sub(skipped);
+            while left > 0 && skipped == offset {
                 let n = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(limits::CHUNK_SIZE);
@@ -298,9 +370,14 @@ impl FilesClient {
                     return Ok(());
                 }
             }
-            let after = file.metadata().map_err(|e| ClientError::local(&path, e))?;
-            let changed =
-                left > 0 || after.len() != size || after.modified().ok() != before.modified().ok();
+            let after = file
+                .get_ref()
+                .metadata()
+                .map_err(|e| ClientError::local(&path, e))?;
+            let changed = left > 0
+                || skipped != offset
+                || after.len() != size
+                || after.modified().ok() != before_modified;
             if changed {
                 return Err(ClientError::Stale(format!(
                     "{}: changed while it was being sent; send it again",
@@ -372,6 +449,7 @@ impl FilesClient {
                             hash: hash.0.to_vec(),
                             modified: Some(distribusync_proto::timestamp(f.modified)),
                             if_revision: f.if_revision,
+                            offset: 0,
                         })),
                     });
                     if !f.data.is_empty() {

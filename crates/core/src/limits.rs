@@ -25,6 +25,11 @@ pub const SERVER_STREAM_WINDOW: u32 = 4 << 20;
 /// See [`CLIENT_STREAM_WINDOW`].
 pub const SERVER_CONNECTION_WINDOW: u32 = 8 << 20;
 
+/// An interrupted upload of a file at least this big is kept by the server
+/// (for a day) so that sending it again resumes where it broke; smaller
+/// ones just start over.
+pub const RESUME_MIN_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Files per page of a List stream.
 pub const LIST_PAGE_SIZE: u32 = 1000;
 

@@ -31,6 +31,10 @@ pub enum ServiceError {
     Conflict(String),
     #[error("{0}")]
     OutOfRange(String),
+    /// The operation cannot go on as asked, but the same request from the
+    /// start can (a resumed upload whose kept part is gone).
+    #[error("{0}")]
+    Aborted(String),
     #[error("{what} exceeds the limit of {limit}")]
     TooLarge { what: String, limit: String },
     #[error("{context}: {source}")]
@@ -64,6 +68,7 @@ impl From<ServiceError> for Status {
                 Code::FailedPrecondition
             }
             ServiceError::OutOfRange(_) => Code::OutOfRange,
+            ServiceError::Aborted(_) => Code::Aborted,
             ServiceError::TooLarge { .. } => Code::ResourceExhausted,
             ServiceError::Io { .. } | ServiceError::Index(_) => {
                 tracing::error!(error = %e, "internal error");

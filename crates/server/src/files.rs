@@ -99,6 +99,7 @@ fn upload_header(h: v1::UploadHeader, trailer: bool) -> Result<(UploadHeader, bo
             hash,
             modified,
             if_revision: h.if_revision,
+            offset: h.offset,
         },
         in_trailer,
     ))
@@ -127,24 +128,29 @@ impl Files for FilesService {
         let path = header.path.clone();
         let mut upload = self.store.begin_upload(header).await?;
         let mut got_trailer = false;
+        // A stream that breaks (`?` on `message()`) keeps what arrived for
+        // resuming; a client that breaks the protocol does not.
         while let Some(msg) = stream.message().await? {
-            match msg.msg {
-                Some(Msg::Chunk(data)) if !got_trailer => upload.write(data).await?,
-                Some(Msg::TrailerHash(h)) if in_trailer && !got_trailer => {
-                    upload.set_hash(content_hash(&path, &h)?);
-                    got_trailer = true;
-                }
-                _ => {
-                    return Err(ServiceError::InvalidArgument(
-                        "an upload carries one header, then chunks, then (if the header had \
-                         no hash) the trailer hash"
-                            .into(),
-                    )
-                    .into());
-                }
+            let step = match msg.msg {
+                Some(Msg::Chunk(data)) if !got_trailer => upload.write(data).await,
+                Some(Msg::TrailerHash(h)) if in_trailer && !got_trailer => content_hash(&path, &h)
+                    .map(|h| {
+                        upload.set_hash(h);
+                        got_trailer = true;
+                    }),
+                _ => Err(ServiceError::InvalidArgument(
+                    "an upload carries one header, then chunks, then (if the header had \
+                     no hash) the trailer hash"
+                        .into(),
+                )),
+            };
+            if let Err(e) = step {
+                upload.discard();
+                return Err(e.into());
             }
         }
         if in_trailer && !got_trailer {
+            upload.discard();
             return Err(ServiceError::InvalidArgument(format!(
                 "{path}: the upload ended without its content hash"
             ))
@@ -154,6 +160,26 @@ impl Files for FilesService {
         Ok(Response::new(v1::UploadResponse {
             file: Some(file_info(&record)),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn upload_offset(
+        &self,
+        request: Request<v1::UploadOffsetRequest>,
+    ) -> Result<Response<v1::UploadOffsetResponse>, Status> {
+        let r = request.into_inner();
+        let path = path(&r.path)?;
+        let modified = r
+            .modified
+            .as_ref()
+            .and_then(distribusync_proto::system_time)
+            .ok_or_else(|| {
+                ServiceError::InvalidArgument(format!(
+                    "{path}: modified time missing or out of range"
+                ))
+            })?;
+        let offset = self.store.upload_offset(path, r.size, modified).await?;
+        Ok(Response::new(v1::UploadOffsetResponse { offset }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -176,6 +202,13 @@ impl Files for FilesService {
                         .into());
                     }
                     let (h, _) = upload_header(h, false)?;
+                    if h.offset != 0 {
+                        return Err(ServiceError::InvalidArgument(format!(
+                            "{}: a batch cannot resume an upload; use Upload",
+                            h.path
+                        ))
+                        .into());
+                    }
                     if files.iter().any(|(f, _)| f.path == h.path) {
                         return Err(ServiceError::InvalidArgument(format!(
                             "{}: appears twice in one batch",

@@ -54,6 +54,7 @@ fn header(path: &str, size: u64, data: &[u8]) -> v1::UploadRequest {
             hash: ContentHash::of(data).0.to_vec(),
             modified: None,
             if_revision: None,
+            offset: 0,
         })),
     }
 }
@@ -246,6 +247,181 @@ async fn a_stream_cut_mid_upload_leaves_the_old_version() {
     assert_eq!(get_bytes(&c, tmp.path(), "doc").await, b"old version");
     let listed = c.list_all(None).await.unwrap();
     assert_eq!(listed.len(), 1);
+    server.stop().await;
+}
+
+/// Records where each transfer started.
+#[derive(Default)]
+struct Starts(std::sync::Mutex<Vec<(u64, u64)>>);
+
+impl distribusync_client::Progress for Starts {
+    fn start(&self, total: u64, done: u64) {
+        self.0.lock().unwrap().push((total, done));
+    }
+}
+
+/// Sends the first `sent` bytes of `data` as an upload of `path` announced
+/// as the local file `local` (its size and modified time), then breaks the
+/// connection once the server holds them; returns what the server kept.
+async fn break_upload(
+    server: &TestServer,
+    c: &FilesClient,
+    local: &std::path::Path,
+    path: &str,
+    data: &[u8],
+    sent: usize,
+) -> u64 {
+    let meta = std::fs::metadata(local).unwrap();
+    let modified = meta.modified().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::UploadRequest {
+        msg: Some(v1::upload_request::Msg::Header(v1::UploadHeader {
+            path: path.into(),
+            size: meta.len(),
+            hash: Vec::new(),
+            modified: Some(distribusync_proto::timestamp(modified)),
+            if_revision: None,
+            offset: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let relay = common::Relay::start(&server.addr).await;
+    let mut rc = raw(&relay.addr);
+    let call = tokio::spawn(async move { rc.upload(ReceiverStream::new(rx)).await });
+    for part in data[..sent].chunks(1 << 20) {
+        tx.send(chunk(part)).await.unwrap();
+    }
+    // The data is on its way; wait until the server has written all of it,
+    // then cut the connection under the stream.
+    eventually("data staged", || staged_bytes(&server.root) == sent as u64).await;
+    relay.cut();
+    assert!(call.await.unwrap().is_err(), "a cut upload fails");
+    drop(tx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let kept = c
+            .upload_offset(&p(path), meta.len(), modified)
+            .await
+            .unwrap();
+        if kept > 0 {
+            return kept;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Bytes in staging files.
+fn staged_bytes(root: &std::path::Path) -> u64 {
+    fn under(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => under(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    under(&root.join(".distribusync/staging"))
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_interrupted_upload_resumes_where_it_broke() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "big.iso", b"old version").await;
+    let data = pseudo_random(12 << 20, 1);
+    let local = tmp.path().join("big.iso");
+    std::fs::write(&local, &data).unwrap();
+
+    let kept = break_upload(&server, &c, &local, "big.iso", &data, 5 << 20).await;
+    assert_eq!(kept, 5 << 20);
+    // The break changed nothing a user can see.
+    assert_eq!(get_bytes(&c, tmp.path(), "big.iso").await, b"old version");
+    assert_eq!(c.list_all(None).await.unwrap().len(), 1);
+
+    let starts = Arc::new(Starts::default());
+    let info = c
+        .upload(&local, &p("big.iso"), None, starts.clone())
+        .await
+        .unwrap();
+    assert_eq!(*starts.0.lock().unwrap(), [(12 << 20, 5 << 20)]);
+    assert_eq!(info.hash, ContentHash::of(&data));
+    assert_eq!(get_bytes(&c, tmp.path(), "big.iso").await, data);
+    // The kept part was used up.
+    let modified = std::fs::metadata(&local).unwrap().modified().unwrap();
+    let left = c
+        .upload_offset(&p("big.iso"), 12 << 20, modified)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_resume_from_a_kept_part_that_differs_starts_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let data = pseudo_random(8 << 20, 2);
+    let local = tmp.path().join("video");
+    std::fs::write(&local, &data).unwrap();
+    // Another client's bytes under the same path, size and modified time.
+    let other = pseudo_random(8 << 20, 3);
+    break_upload(&server, &c, &local, "video", &other, 6 << 20).await;
+
+    let starts = Arc::new(Starts::default());
+    let info = c
+        .upload(&local, &p("video"), None, starts.clone())
+        .await
+        .unwrap();
+    // Resumed, found the whole did not hash right, sent it all again.
+    assert_eq!(
+        *starts.0.lock().unwrap(),
+        [(8 << 20, 6 << 20), (8 << 20, 0)]
+    );
+    assert_eq!(info.hash, ContentHash::of(&data));
+    assert_eq!(get_bytes(&c, tmp.path(), "video").await, data);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resuming_without_a_kept_part_is_aborted_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "doc", b"old version").await;
+    let data = vec![1u8; 5 << 20];
+    let mut first = header("doc", data.len() as u64, &data);
+    if let Some(v1::upload_request::Msg::Header(h)) = &mut first.msg {
+        h.offset = 1 << 20;
+    }
+    let stream = tokio_stream::iter(vec![first, chunk(&data[1 << 20..])]);
+    let err = raw(&server.addr).upload(stream).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
+    assert!(
+        err.message().contains("send the whole file again"),
+        "{err:?}"
+    );
+    assert_eq!(get_bytes(&c, tmp.path(), "doc").await, b"old version");
     server.stop().await;
 }
 

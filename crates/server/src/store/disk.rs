@@ -27,11 +27,47 @@ pub enum Kind {
     Folder,
 }
 
-/// The root folder and its staging area.
+/// How long the part of an interrupted upload is kept for resuming.
+const PARTIAL_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The root folder, its staging area and the kept parts of interrupted
+/// uploads.
 #[derive(Debug, Clone)]
 pub struct Disk {
     root: PathBuf,
     staging: PathBuf,
+    partials: PathBuf,
+}
+
+/// Name under which the part of an interrupted upload of `path` (with this
+/// size and modified time) is kept: the same file always maps to the same
+/// name, a changed file to another.
+fn partial_name(path: &RemotePath, size: u64, modified_ns: i64) -> String {
+    let mut key = blake3::Hasher::new();
+    key.update(path.as_str().as_bytes());
+    key.update(&[0]);
+    key.update(&size.to_le_bytes());
+    key.update(&modified_ns.to_le_bytes());
+    let hex = key.finalize().to_hex();
+    format!("{}.part", &hex[..32])
+}
+
+/// Removes kept parts older than [`PARTIAL_TTL`]; best effort.
+fn expire_partials(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age > PARTIAL_TTL);
+        if old {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn symlink_refused(path: &str) -> ServiceError {
@@ -47,7 +83,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 impl Disk {
     /// Opens MASTER at `root`, creating it and `ROOT/.distribusync/staging`;
-    /// leftovers of interrupted uploads are removed.
+    /// leftovers of interrupted uploads are removed, except the parts kept
+    /// for resuming (`ROOT/.distribusync/partial`) that are less than a day
+    /// old.
     ///
     /// # Errors
     /// When the folders cannot be created.
@@ -69,7 +107,15 @@ impl Disk {
             let dir = staging.join(shard.to_string());
             fs::create_dir_all(&dir).map_err(|e| ServiceError::io(dir.display().to_string(), e))?;
         }
-        Ok(Self { root, staging })
+        let partials = meta.join("partial");
+        fs::create_dir_all(&partials)
+            .map_err(|e| ServiceError::io(partials.display().to_string(), e))?;
+        expire_partials(&partials);
+        Ok(Self {
+            root,
+            staging,
+            partials,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -186,6 +232,77 @@ impl Disk {
             .open(&p)
             .map_err(|e| ServiceError::io("staging file", e))?;
         Ok((p, f))
+    }
+
+    /// Bytes kept of an interrupted upload of this file; 0 if none.
+    pub fn partial_len(&self, path: &RemotePath, size: u64, modified_ns: i64) -> u64 {
+        fs::symlink_metadata(self.partials.join(partial_name(path, size, modified_ns)))
+            .map_or(0, |m| m.len())
+    }
+
+    /// Takes the kept part of an interrupted upload of this file as a
+    /// staging file holding its first `offset` bytes, positioned at the
+    /// end. The rename makes the claim exclusive: two clients never resume
+    /// into one file. `None` when fewer than `offset` bytes are kept.
+    pub fn claim_partial(
+        &self,
+        path: &RemotePath,
+        size: u64,
+        modified_ns: i64,
+        offset: u64,
+    ) -> Result<Option<(PathBuf, File)>> {
+        let kept = self.partials.join(partial_name(path, size, modified_ns));
+        let (staged, _) = self.stage()?;
+        match fs::rename(&kept, &staged) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _ = fs::remove_file(&staged);
+                return Ok(None);
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&staged);
+                return Err(ServiceError::io("kept upload part", e));
+            }
+        }
+        let claimed = (|| {
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&staged)?;
+            if f.metadata()?.len() < offset {
+                return Ok(None);
+            }
+            f.set_len(offset)?;
+            io::Seek::seek(&mut f, io::SeekFrom::Start(offset))?;
+            Ok(Some(f))
+        })();
+        match claimed {
+            Ok(Some(f)) => Ok(Some((staged, f))),
+            Ok(None) => {
+                let _ = fs::remove_file(&staged);
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&staged);
+                Err(ServiceError::io("kept upload part", e))
+            }
+        }
+    }
+
+    /// Keeps the staging file of an interrupted upload for resuming,
+    /// replacing any older part of the same file.
+    pub fn keep_partial(
+        &self,
+        staged: &Path,
+        path: &RemotePath,
+        size: u64,
+        modified_ns: i64,
+    ) -> io::Result<()> {
+        fs::rename(
+            staged,
+            self.partials.join(partial_name(path, size, modified_ns)),
+        )
     }
 
     /// Moves a verified, durable staging file to `path`, atomically

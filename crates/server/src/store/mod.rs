@@ -195,9 +195,73 @@ impl Store {
             let current = self.stat_opt(&header.path).await?;
             check_revision(&header.path, current.as_ref(), header.if_revision)?;
         }
+        if header.offset > header.size {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{}: resume offset {} is past the announced size {}",
+                header.path, header.offset, header.size
+            )));
+        }
         let s = self.clone();
-        let staged = blocking(move || s.inner.disk.stage()).await?;
-        Ok(Upload::new(self.clone(), header, staged))
+        let h = header.clone();
+        let (staged, start) = blocking(move || {
+            if h.offset == 0 {
+                let (staged, file) = s.inner.disk.stage()?;
+                let start = upload::Start {
+                    file,
+                    hasher: blake3::Hasher::new(),
+                    written: 0,
+                };
+                return Ok((staged, start));
+            }
+            let modified_ns = distribusync_proto::unix_nanos(h.modified);
+            let claimed = s
+                .inner
+                .disk
+                .claim_partial(&h.path, h.size, modified_ns, h.offset)?;
+            let Some((staged, file)) = claimed else {
+                return Err(ServiceError::Aborted(format!(
+                    "{}: the server no longer holds the first {} bytes of this upload; \
+                     send the whole file again",
+                    h.path, h.offset
+                )));
+            };
+            // The bytes before the offset count towards the hash.
+            let mut hasher = blake3::Hasher::new();
+            let prefix = (|| {
+                let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+                std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))?;
+                hasher.update_reader(std::io::Read::take(reader, h.offset))?;
+                std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(h.offset))
+            })();
+            if let Err(e) = prefix {
+                let _ = std::fs::remove_file(&staged);
+                return Err(ServiceError::io("kept upload part", e));
+            }
+            let start = upload::Start {
+                file,
+                hasher,
+                written: h.offset,
+            };
+            Ok((staged, start))
+        })
+        .await?;
+        Ok(Upload::new(self.clone(), header, staged, start))
+    }
+
+    /// Bytes kept of an interrupted upload of this file (same path, size
+    /// and modified time), from which it can resume; 0 if none.
+    ///
+    /// # Errors
+    /// Only when the blocking pool fails.
+    pub async fn upload_offset(
+        &self,
+        path: RemotePath,
+        size: u64,
+        modified: std::time::SystemTime,
+    ) -> Result<u64> {
+        let s = self.clone();
+        let modified_ns = distribusync_proto::unix_nanos(modified);
+        blocking(move || Ok(s.inner.disk.partial_len(&path, size, modified_ns).min(size))).await
     }
 
     /// Installs a verified staging file as the new version of a file.

@@ -21,15 +21,22 @@ pub struct UploadHeader {
     pub hash: ContentHash,
     pub modified: SystemTime,
     pub if_revision: Option<Revision>,
+    /// Resume an interrupted upload: the data starts at this byte.
+    pub offset: u64,
 }
 
 type Written = std::io::Result<(File, blake3::Hasher)>;
 
 /// An upload being received. Chunks go to a writer on the blocking pool
 /// through a short queue, so receiving the next chunk overlaps writing and
-/// hashing the last. Dropping it before [`Upload::finish`] (a broken stream,
-/// a refused chunk) removes the staging file; the previous version of the
-/// file is never touched.
+/// hashing the last. The previous version of the file is never touched
+/// before [`Upload::finish`].
+///
+/// Dropped unfinished because the stream broke (the client went away, the
+/// connection failed), an upload of at least
+/// [`limits::RESUME_MIN_BYTES`](distribusync_core::limits::RESUME_MIN_BYTES)
+/// keeps what it received for resuming; any other failure (a refused chunk,
+/// a wrong hash, see [`Upload::discard`]) removes the staging file.
 #[derive(Debug)]
 pub struct Upload {
     store: Store,
@@ -38,13 +45,28 @@ pub struct Upload {
     chunks: Option<mpsc::Sender<Vec<u8>>>,
     writer: Option<JoinHandle<Written>>,
     received: u64,
-    installed: bool,
+    /// The staging file is gone (installed) or handed on.
+    done: bool,
+    /// Keep the received part for resuming if dropped unfinished.
+    keep: bool,
+}
+
+/// What a writer starts from: the file positioned where the data goes, the
+/// hash of the bytes before it and their count.
+pub(super) struct Start {
+    pub file: File,
+    pub hasher: blake3::Hasher,
+    pub written: u64,
 }
 
 /// Writes and hashes chunks until the sender goes away.
-fn writer(mut file: File, mut rx: mpsc::Receiver<Vec<u8>>) -> Written {
-    let mut hasher = blake3::Hasher::new();
-    let (mut written, mut flushed) = (0u64, 0u64);
+fn writer(start: Start, mut rx: mpsc::Receiver<Vec<u8>>) -> Written {
+    let Start {
+        mut file,
+        mut hasher,
+        written,
+    } = start;
+    let (mut written, mut flushed) = (written, written);
     while let Some(chunk) = rx.blocking_recv() {
         hasher.update(&chunk);
         file.write_all(&chunk)?;
@@ -73,17 +95,26 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 impl Upload {
-    pub(super) fn new(store: Store, header: UploadHeader, (staged, file): (PathBuf, File)) -> Self {
+    pub(super) fn new(store: Store, header: UploadHeader, staged: PathBuf, start: Start) -> Self {
         let (tx, rx) = mpsc::channel(4);
+        let received = start.written;
+        let keep = header.size >= distribusync_core::limits::RESUME_MIN_BYTES;
         Self {
             store,
             header,
             staged,
             chunks: Some(tx),
-            writer: Some(tokio::task::spawn_blocking(move || writer(file, rx))),
-            received: 0,
-            installed: false,
+            writer: Some(tokio::task::spawn_blocking(move || writer(start, rx))),
+            received,
+            done: false,
+            keep,
         }
+    }
+
+    /// Makes a failure final: the received part is removed, not kept for
+    /// resuming (for a client that broke the protocol, not the connection).
+    pub fn discard(&mut self) {
+        self.keep = false;
     }
 
     /// Ends the writer and returns the file and the hash of what it wrote.
@@ -111,6 +142,7 @@ impl Upload {
     pub async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
         let total = self.received + chunk.len() as u64;
         if total > self.header.size {
+            self.keep = false;
             return Err(ServiceError::InvalidArgument(format!(
                 "{}: received more than the {} bytes announced in the header",
                 self.header.path, self.header.size
@@ -139,8 +171,17 @@ impl Upload {
     /// InvalidArgument when the size or hash does not match; a revision
     /// mismatch or conflict found at commit time.
     pub async fn finish(mut self) -> Result<FileRecord> {
+        self.keep = false;
         let (file, hasher) = self.written().await?;
-        verify(&self.header, self.received, hasher.finalize().into())?;
+        let checked = verify(&self.header, self.received, hasher.finalize().into());
+        if let (Err(e), true) = (&checked, self.header.offset > 0) {
+            // The kept part may not be what this client has: start over.
+            return Err(ServiceError::Aborted(format!(
+                "{e} (the upload resumed at byte {}; send the whole file again)",
+                self.header.offset
+            )));
+        }
+        checked?;
         let modified = self.header.modified;
         blocking(move || {
             file.set_modified(modified)
@@ -154,7 +195,7 @@ impl Upload {
             .await;
         // Once installed the staging name no longer exists; on failure Drop
         // removes it.
-        self.installed = record.is_ok();
+        self.done = record.is_ok();
         record
     }
 }
@@ -182,8 +223,42 @@ pub fn verify(header: &UploadHeader, received: u64, actual: ContentHash) -> Resu
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if !self.installed {
-            let _ = std::fs::remove_file(&self.staged);
+        if self.done {
+            return;
         }
+        let staged = std::mem::take(&mut self.staged);
+        let keep = self.keep && self.received > 0;
+        let (writer, runtime) = (self.writer.take(), tokio::runtime::Handle::try_current());
+        let (Some(writer), true, Ok(runtime)) = (writer, keep, runtime) else {
+            let _ = std::fs::remove_file(&staged);
+            return;
+        };
+        // The writer may still hold queued chunks: let it finish, make what
+        // it wrote durable, then keep it under the file's resume name.
+        self.chunks = None;
+        let (store, header) = (self.store.clone(), self.header.clone());
+        runtime.spawn(async move {
+            let Ok(Ok((file, _))) = writer.await else {
+                let _ = std::fs::remove_file(&staged);
+                return;
+            };
+            let kept = blocking(move || {
+                let modified_ns = distribusync_proto::unix_nanos(header.modified);
+                let kept = file.sync_data().and_then(|()| {
+                    store
+                        .inner
+                        .disk
+                        .keep_partial(&staged, &header.path, header.size, modified_ns)
+                });
+                if kept.is_err() {
+                    let _ = std::fs::remove_file(&staged);
+                }
+                kept.map_err(|e| ServiceError::io("kept upload part", e))
+            })
+            .await;
+            if let Err(e) = kept {
+                tracing::warn!(error = %e, "could not keep an interrupted upload for resuming");
+            }
+        });
     }
 }
