@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use distribusync_client::Progress;
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 
 /// An indicatif bar as a [`Progress`].
 #[derive(Debug)]
@@ -55,6 +55,41 @@ pub fn transfer(label: &str) -> Arc<dyn Progress> {
     if !std::io::stderr().is_terminal() {
         return Arc::new(Quiet(label.to_owned()));
     }
+    Arc::new(Bar(new_bar(label), label.to_owned()))
+}
+
+/// Bars for transfers running side by side, stacked so they do not draw
+/// over each other.
+#[derive(Debug, Clone)]
+pub struct Transfers(Option<MultiProgress>);
+
+impl Transfers {
+    pub fn new() -> Self {
+        Self(std::io::stderr().is_terminal().then(MultiProgress::new))
+    }
+
+    /// What [`distribusync_client::FilesClient::upload_many`] asks for.
+    pub fn factory(&self) -> distribusync_client::tree::ProgressFor {
+        let multi = self.0.clone();
+        Arc::new(move |remote| -> Arc<dyn Progress> {
+            let label = remote.to_string();
+            match &multi {
+                Some(m) => Arc::new(Bar(m.add(new_bar(&label)), label)),
+                None => Arc::new(Quiet(label)),
+            }
+        })
+    }
+
+    /// Runs `f` (printing a line) with the bars out of the way.
+    pub fn suspend(&self, f: impl FnOnce()) {
+        match &self.0 {
+            Some(m) => m.suspend(f),
+            None => f(),
+        }
+    }
+}
+
+fn new_bar(label: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -64,5 +99,5 @@ pub fn transfer(label: &str) -> Arc<dyn Progress> {
         .progress_chars("=> "),
     );
     bar.set_message(label.to_owned());
-    Arc::new(Bar(bar, label.to_owned()))
+    bar
 }

@@ -187,6 +187,93 @@ fn mistakes_get_one_clear_line_and_the_right_exit_code() {
 }
 
 #[test]
+fn put_r_sends_what_it_can_and_names_what_it_cannot() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("sub/.distribusync")).unwrap();
+    std::fs::write(tree.join("top.txt"), b"top").unwrap();
+    std::fs::write(tree.join("sub/ok.txt"), b"ok").unwrap();
+    std::fs::write(tree.join("sub/back\\slash.txt"), b"bad name").unwrap();
+    std::fs::write(tree.join("sub/.distribusync/state.db"), b"sync state").unwrap();
+    std::os::unix::fs::symlink("top.txt", tree.join("link.txt")).unwrap();
+
+    let out = run(&dir, s, &["put", "-r", "tree"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("back\\slash.txt") && err.contains("skipped"),
+        "{err}"
+    );
+    assert!(
+        err.contains("link.txt") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(
+        err.contains(".distribusync") && err.contains("sync state"),
+        "{err}"
+    );
+    assert!(
+        err.trim_end().ends_with("put: 1 of 3 file(s) failed"),
+        "{err}"
+    );
+    // Everything else arrived; the sync state and the link did not.
+    assert_eq!(ok(&dir, s, &["ls"]), "tree/sub/ok.txt\ntree/top.txt\n");
+
+    // `put LINK` names the file after the link, not its target.
+    ok(&dir, s, &["put", "tree/link.txt"]);
+    assert_eq!(
+        ok(&dir, s, &["ls"]),
+        "link.txt\ntree/sub/ok.txt\ntree/top.txt\n"
+    );
+}
+
+#[test]
+fn mv_into_a_folder_and_get_onto_a_folder() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    std::fs::write(dir.join("a.txt"), b"a").unwrap();
+    std::fs::write(dir.join("b.txt"), b"b").unwrap();
+    ok(&dir, s, &["put", "a.txt", "docs/"]);
+    ok(&dir, s, &["put", "b.txt"]);
+    // A trailing slash means "into this folder", as for put.
+    let err = fail(&dir, s, &["mv", "b.txt", "docs"], 1);
+    assert!(err.contains("end TO with /"), "{err}");
+    ok(&dir, s, &["mv", "b.txt", "docs/"]);
+    assert_eq!(ok(&dir, s, &["ls"]), "docs/a.txt\ndocs/b.txt\n");
+    // A named folder is saved into; a folder where the file would go is
+    // refused at once, in one line.
+    std::fs::create_dir(dir.join("into")).unwrap();
+    ok(&dir, s, &["get", "docs/a.txt", "into"]);
+    assert_eq!(std::fs::read(dir.join("into/a.txt")).unwrap(), b"a");
+    std::fs::remove_file(dir.join("a.txt")).unwrap();
+    std::fs::create_dir(dir.join("a.txt")).unwrap();
+    let err = fail(&dir, s, &["get", "docs/a.txt"], 1);
+    assert!(err.contains("a.txt: is a folder"), "{err}");
+}
+
+#[test]
+fn a_second_server_on_the_same_folder_is_refused() {
+    let (_t, dir) = tmp();
+    let _first = Server::start(&dir);
+    let out = cmd(
+        &dir,
+        &[],
+        &["serve", "--listen", "127.0.0.1:0", "--root", "MASTER"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("another distribusync server is already serving this folder"),
+        "{err}"
+    );
+}
+
+#[test]
 fn no_server_means_a_clear_message() {
     let (_t, dir) = tmp();
     // A port nothing listens on: bind one, then drop it.

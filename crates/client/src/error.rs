@@ -13,6 +13,8 @@ pub const CURRENT_REVISION_KEY: &str = "x-distribusync-current-revision";
 pub enum ClientError {
     #[error("cannot reach server at {addr} (is \"distribusync serve\" running?)")]
     Unreachable { addr: String },
+    #[error("lost the connection to the server at {addr}; run it again to resume")]
+    ConnectionLost { addr: String },
     #[error("invalid server address {addr:?}: {why}")]
     BadAddress { addr: String, why: String },
     #[error(transparent)]
@@ -32,11 +34,12 @@ pub enum ClientError {
     LimitExceeded(String),
     #[error("server error: {0}")]
     Server(String),
-    #[error("{path}: {source}")]
+    /// The IO error is in the message, not also a source, so that a
+    /// chain printed whole names it once.
+    #[error("{path}: {error}")]
     Local {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Protocol(String),
@@ -54,7 +57,7 @@ impl ClientError {
     pub(crate) fn local(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Local {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
@@ -63,6 +66,11 @@ impl ClientError {
         let msg = status.message().to_owned();
         match status.code() {
             Code::Unavailable if is_transport(&status) => Self::Unreachable {
+                addr: addr.to_owned(),
+            },
+            // A connection that broke mid-call (the server stopped, the
+            // network failed) surfaces as UNKNOWN with a transport source.
+            Code::Unknown if is_transport(&status) => Self::ConnectionLost {
                 addr: addr.to_owned(),
             },
             Code::NotFound => Self::NotFound(msg),
@@ -90,9 +98,20 @@ impl ClientError {
         }
     }
 
-    /// True when the server could not be reached (worth retrying later).
+    /// The same error again, for each of several files one failure hit:
+    /// unreachable stays unreachable, anything else keeps its message.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::Unreachable { addr } => Self::Unreachable { addr: addr.clone() },
+            Self::ConnectionLost { addr } => Self::ConnectionLost { addr: addr.clone() },
+            other => Self::Rejected(other.to_string()),
+        }
+    }
+
+    /// True when the server could not be reached or the connection broke
+    /// (worth retrying later).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Unreachable { .. })
+        matches!(self, Self::Unreachable { .. } | Self::ConnectionLost { .. })
     }
 }
 

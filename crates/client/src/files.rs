@@ -145,6 +145,39 @@ fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
     ))
 }
 
+/// Removes parts left by interrupted downloads of other versions of
+/// `local` (a part is only ever continued for the version it began with);
+/// best effort.
+fn remove_stale_parts(local: &Path, keep: &Path) {
+    let Some(keep_name) = keep.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    // `.NAME.` + 16 hex digits + `.distribusync-part`
+    let Some(stem) =
+        keep_name.get(..keep_name.len() - ".0123456789abcdef.distribusync-part".len() + 1)
+    else {
+        return;
+    };
+    let dir = match local.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let same_file = name.len() == keep_name.len()
+            && name.starts_with(stem)
+            && name.ends_with(".distribusync-part")
+            && name != keep_name;
+        if same_file {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// BLAKE3 of a local file.
 ///
 /// # Errors
@@ -537,8 +570,18 @@ impl FilesClient {
         check: BeforeReplace,
         attempts: u32,
     ) -> Result<(FileInfo, fs::Metadata)> {
+        if local.is_dir() {
+            return Err(ClientError::local(
+                local,
+                std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "is a folder; name a file to save to, or a path inside the folder",
+                ),
+            ));
+        }
         let info = self.stat(remote).await?;
         let partial = partial_path(local, &info.hash);
+        remove_stale_parts(local, &partial);
         let offset = match fs::metadata(&partial) {
             Ok(m) if m.len() <= info.size => m.len(),
             _ => 0,
@@ -623,17 +666,28 @@ impl FilesClient {
             .await
             .map_err(|e| ClientError::local(&partial, std::io::Error::other(e)))?
             .map_err(|e| ClientError::local(&partial, e))?;
+        if hash != head.hash {
+            drop(file);
+            let _ = tokio::fs::remove_file(&partial).await;
+            // The part kept from an earlier attempt may be what went bad:
+            // once more, from the start.
+            if offset > 0 && attempts > 0 {
+                return Box::pin(self.download_attempt(
+                    remote,
+                    local,
+                    progress,
+                    check,
+                    attempts - 1,
+                ))
+                .await;
+            }
+            return Err(ClientError::Corrupt {
+                path: local.display().to_string(),
+            });
+        }
         let (partial2, local2) = (partial.clone(), local.to_owned());
         let modified = head.modified;
-        let expected = head.hash;
         let meta = tokio::task::spawn_blocking(move || -> Result<fs::Metadata> {
-            if hash != expected {
-                drop(file);
-                let _ = fs::remove_file(&partial2);
-                return Err(ClientError::Corrupt {
-                    path: local2.display().to_string(),
-                });
-            }
             file.set_modified(modified)
                 .map_err(|e| ClientError::local(&partial2, e))?;
             let meta = file

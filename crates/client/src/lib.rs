@@ -12,6 +12,7 @@ mod connect;
 pub mod error;
 pub mod files;
 pub mod sync;
+pub mod tree;
 
 pub use compute::{ComputeClient, JobHandle};
 pub use connect::{channel, lazy_channel, normalize_addr};
@@ -20,3 +21,4 @@ pub use files::{
     BatchFile, Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent,
     WatchStream, hash_local,
 };
+pub use tree::{LocalTree, Skipped, local_tree};

@@ -70,9 +70,44 @@ pub fn batches(sizes: &[u64]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// How a set of uploads travels (see [`plan_uploads`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UploadPlan {
+    /// Indexes of small files, grouped into batches (one UploadBatch each).
+    pub batches: Vec<Vec<usize>>,
+    /// Indexes of files that stream on their own (Upload, resumable).
+    pub singles: Vec<usize>,
+}
+
+/// Splits uploads by size: files up to [`BATCH_FILE_MAX`] go many to a
+/// batch (shared round trips, fsyncs and index transactions, cut by
+/// [`batches`]); bigger ones stream one by one. Order is kept within each.
+pub fn plan_uploads(sizes: &[u64]) -> UploadPlan {
+    let (small, singles): (Vec<usize>, Vec<usize>) =
+        (0..sizes.len()).partition(|&i| sizes[i] <= BATCH_FILE_MAX);
+    let small_sizes: Vec<u64> = small.iter().map(|&i| sizes[i]).collect();
+    let batches = batches(&small_sizes)
+        .into_iter()
+        .map(|r| small[r].to_vec())
+        .collect();
+    UploadPlan { batches, singles }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_files_batch_and_big_ones_stream_alone() {
+        let big = BATCH_FILE_MAX + 1;
+        let plan = plan_uploads(&[1, big, 2, BATCH_FILE_MAX, big]);
+        assert_eq!(plan.batches, [vec![0, 2, 3]]);
+        assert_eq!(plan.singles, [1, 4]);
+        assert_eq!(plan_uploads(&[]), UploadPlan::default());
+        let many = plan_uploads(&vec![1; MAX_BATCH_FILES + 1]);
+        assert_eq!(many.batches.len(), 2);
+        assert!(many.singles.is_empty());
+    }
 
     #[test]
     fn batches_respect_both_limits() {

@@ -646,6 +646,30 @@ async fn resumed_download_continues_from_the_partial_file() {
     assert_eq!(*count.0.lock().unwrap(), (data.len() as u64, 1_000_000));
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     assert!(!partial.exists());
+
+    // A new version: a part that went bad is noticed by the hash and the
+    // download starts over by itself; a part of an older version is
+    // removed, never continued.
+    let new = pseudo_random(2_500_000, 9);
+    let info2 = put_bytes(&c, tmp.path(), "big", &new).await;
+    let part_of = |h: &ContentHash| {
+        dest.with_file_name(format!(".big.{}.distribusync-part", &h.to_hex()[..16]))
+    };
+    std::fs::write(part_of(&info.hash), &data[..500_000]).unwrap();
+    std::fs::write(part_of(&info2.hash), vec![0u8; 700_000]).unwrap();
+    let starts = Arc::new(Starts::default());
+    c.download(&p("big"), &dest, starts.clone()).await.unwrap();
+    assert_eq!(
+        *starts.0.lock().unwrap(),
+        [(2_500_000, 700_000), (2_500_000, 0)]
+    );
+    assert!(std::fs::read(&dest).unwrap() == new);
+    let left: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["big"]);
     server.stop().await;
 }
 
@@ -708,10 +732,13 @@ async fn reconcile_at_start_sees_changes_made_by_hand() {
     put_bytes(&c, tmp.path(), "keep", b"keep").await;
     put_bytes(&c, tmp.path(), "edit", b"before").await;
     put_bytes(&c, tmp.path(), "gone", b"gone").await;
+    put_bytes(&c, tmp.path(), "emptied/sub/x", b"x").await;
     server.stop().await;
 
     std::fs::write(root.join("edit"), b"after, by hand").unwrap();
     std::fs::remove_file(root.join("gone")).unwrap();
+    std::fs::remove_file(root.join("emptied/sub/x")).unwrap();
+    std::fs::create_dir_all(root.join("made/by/hand")).unwrap();
     std::fs::create_dir_all(root.join("new/dir")).unwrap();
     std::fs::write(root.join("new/dir/file"), b"dropped in").unwrap();
 
@@ -725,10 +752,29 @@ async fn reconcile_at_start_sees_changes_made_by_hand() {
         .map(|f| f.path.to_string())
         .collect();
     assert_eq!(names, ["edit", "keep", "new/dir/file"]);
+    // Folders holding no file went, as they would have through the service,
+    // so those names are free for files.
+    assert!(!root.join("emptied").exists() && !root.join("made").exists());
+    put_bytes(&c, tmp.path(), "emptied", b"now a file").await;
     let edit = c.stat(&p("edit")).await.unwrap();
     assert_eq!(edit.hash, ContentHash::of(b"after, by hand"));
     assert!(edit.revision > 3);
     assert_eq!(c.stat(&p("keep")).await.unwrap().revision, 1);
+    // An empty folder made while the server runs gives way to a file too;
+    // one that holds a file does not.
+    std::fs::create_dir_all(root.join("later")).unwrap();
+    put_bytes(&c, tmp.path(), "later", b"file").await;
+    std::fs::write(tmp.path().join("onto-a-folder"), b"no").unwrap();
+    let err = c
+        .upload(
+            &tmp.path().join("onto-a-folder"),
+            &p("new"),
+            None,
+            Arc::new(()),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("new: is a folder"), "{err}");
 
     // The change log tells watchers what happened.
     let mut w = c.watch(3).await.unwrap();

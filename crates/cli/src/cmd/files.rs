@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use distribusync_client::{ClientError, FileInfo, FilesClient};
-use distribusync_core::{RemotePath, limits};
+use distribusync_client::{ClientError, FileInfo, FilesClient, local_tree};
+use distribusync_core::RemotePath;
 use futures::StreamExt;
 
 use crate::UsageError;
@@ -50,21 +50,29 @@ pub async fn ls(global: &Global, args: LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The name a local path is sent under: its own last component (a link is
+/// named as the link, not its target), or for `.` and `..` the folder's.
 fn local_name(local: &Path) -> anyhow::Result<String> {
-    local
-        .canonicalize()
-        .ok()
-        .as_deref()
-        .and_then(Path::file_name)
+    let own = local
+        .file_name()
         .and_then(|n| n.to_str())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            UsageError(format!(
-                "{}: cannot take a remote name from this path; give REMOTE",
-                local.display()
-            ))
-            .into()
-        })
+        .map(str::to_owned);
+    own.or_else(|| {
+        local
+            .canonicalize()
+            .ok()
+            .as_deref()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+    })
+    .ok_or_else(|| {
+        UsageError(format!(
+            "{}: cannot take a remote name from this path; give REMOTE",
+            local.display()
+        ))
+        .into()
+    })
 }
 
 /// The remote path for `put LOCAL [REMOTE]`.
@@ -91,130 +99,62 @@ pub async fn put(global: &Global, args: PutArgs) -> anyhow::Result<()> {
         .into());
     }
     let client = connect(global).await?;
-    let jobs: Vec<(PathBuf, RemotePath)> = if meta.is_dir() {
-        let base = match args.remote.as_deref().map(|r| r.trim_end_matches('/')) {
-            Some("") => None,
-            Some(r) => Some(remote(r)?),
-            None => Some(remote(&local_name(&args.local)?)?),
-        };
-        folder_files(&args.local, base.as_ref())?
-    } else {
-        vec![(
-            args.local.clone(),
-            put_target(&args.local, args.remote.as_deref())?,
-        )]
-    };
-    // Small files go many to a request (one group commit on the server);
-    // the rest stream one by one with a progress bar.
-    type Results = Vec<anyhow::Result<FileInfo>>;
-    let sized: Vec<(PathBuf, RemotePath, Option<u64>)> = jobs
-        .into_iter()
-        .map(|(local, remote)| {
-            let size = std::fs::metadata(&local).ok().map(|m| m.len());
-            (local, remote, size)
-        })
-        .collect();
-    let (small, big): (Vec<_>, Vec<_>) = sized
-        .into_iter()
-        .partition(|(_, _, size)| size.is_some_and(|s| s <= limits::BATCH_FILE_MAX));
-    let sizes: Vec<u64> = small.iter().map(|(_, _, s)| s.unwrap_or(0)).collect();
-    let mut work: Vec<futures::future::BoxFuture<'static, Results>> = Vec::new();
-    for range in limits::batches(&sizes) {
-        let chunk = &small[range];
-        let client = client.clone();
-        let items: Vec<_> = chunk
-            .iter()
-            .map(|(l, r, _)| (l.clone(), r.clone(), None))
-            .collect();
-        let locals: Vec<PathBuf> = chunk.iter().map(|(l, _, _)| l.clone()).collect();
-        work.push(Box::pin(async move {
-            match client.upload_batch(items).await {
-                Ok(results) => results
-                    .into_iter()
-                    .zip(locals)
-                    .map(|(r, l)| r.with_context(|| format!("put {}", l.display())))
-                    .collect(),
-                // The whole batch failed: every file in it did, and the
-                // count of failures says so.
-                Err(e) => locals
-                    .iter()
-                    .map(|l| Err(anyhow::anyhow!("put {}: {e}", l.display())))
-                    .collect(),
-            }
-        }));
-    }
-    for (local, target, _) in big {
-        let client = client.clone();
-        work.push(Box::pin(async move {
-            let label = target.to_string();
-            vec![
-                client
-                    .upload(&local, &target, None, progress::transfer(&label))
-                    .await
-                    .with_context(|| format!("put {}", local.display())),
-            ]
-        }));
-    }
-    let uploads = futures::stream::iter(work)
-        .buffer_unordered(PARALLEL_UPLOADS)
-        .flat_map(futures::stream::iter);
-    futures::pin_mut!(uploads);
     let mut out = std::io::stdout().lock();
+    if !meta.is_dir() {
+        let target = put_target(&args.local, args.remote.as_deref())?;
+        let f = client
+            .upload(
+                &args.local,
+                &target,
+                None,
+                progress::transfer(target.as_str()),
+            )
+            .await
+            .with_context(|| format!("put {}", args.local.display()))?;
+        return print_put(&mut out, &f, args.json);
+    }
+    let base = match args.remote.as_deref().map(|r| r.trim_end_matches('/')) {
+        Some("") => None,
+        Some(r) => Some(remote(r)?),
+        None => Some(remote(&local_name(&args.local)?)?),
+    };
+    let tree = local_tree(&args.local, base.as_ref())
+        .with_context(|| format!("put {}", args.local.display()))?;
     let mut failed = 0usize;
-    while let Some(result) = uploads.next().await {
+    for s in &tree.skipped {
+        eprintln!(
+            "distribusync: put {}: {}; skipped",
+            s.local.display(),
+            s.why
+        );
+        failed += usize::from(s.failed);
+    }
+    let total = tree.files.len() + failed;
+    let bars = progress::Transfers::new();
+    let uploads = client.upload_many(tree.files, PARALLEL_UPLOADS, bars.factory());
+    futures::pin_mut!(uploads);
+    while let Some((local, result)) = uploads.next().await {
         match result {
-            Ok(f) if args.json => output::json_line(&mut out, &f)?,
-            Ok(f) => writeln!(out, "{}  {} bytes  revision {}", f.path, f.size, f.revision)?,
+            Ok(f) => print_put(&mut out, &f, args.json)?,
             Err(e) => {
-                eprintln!("distribusync: {e:#}");
+                bars.suspend(|| eprintln!("distribusync: put {}: {e}", local.display()));
                 failed += 1;
             }
         }
     }
     if failed > 0 {
-        anyhow::bail!("put: {failed} file(s) failed");
+        anyhow::bail!("put: {failed} of {total} file(s) failed");
     }
     Ok(())
 }
 
-/// Every file under `dir`, paired with its remote path under `base`.
-fn folder_files(
-    dir: &Path,
-    base: Option<&RemotePath>,
-) -> anyhow::Result<Vec<(PathBuf, RemotePath)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![(dir.to_owned(), String::new())];
-    while let Some((d, rel)) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("put {}", d.display()))? {
-            let entry = entry.with_context(|| format!("put {}", d.display()))?;
-            let name = entry.file_name();
-            let name = name.to_str().ok_or_else(|| {
-                anyhow::anyhow!("put {}: name is not UTF-8", entry.path().display())
-            })?;
-            let sub = if rel.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let ft = entry.file_type()?;
-            if ft.is_dir() {
-                stack.push((entry.path(), sub));
-            } else if ft.is_file() {
-                let target = match base {
-                    Some(b) => format!("{b}/{sub}"),
-                    None => sub,
-                };
-                out.push((entry.path(), remote(&target)?));
-            } else {
-                eprintln!(
-                    "distribusync: put {}: not a regular file; skipped",
-                    entry.path().display()
-                );
-            }
-        }
+fn print_put(out: &mut impl Write, f: &FileInfo, json: bool) -> anyhow::Result<()> {
+    if json {
+        output::json_line(out, f)?;
+    } else {
+        writeln!(out, "{}  {} bytes  revision {}", f.path, f.size, f.revision)?;
     }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    Ok(out)
+    Ok(())
 }
 
 pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
@@ -242,13 +182,25 @@ pub async fn rm(global: &Global, args: RmArgs) -> anyhow::Result<()> {
 
 pub async fn mv(global: &Global, args: MvArgs) -> anyhow::Result<()> {
     let from = remote(args.from.trim_end_matches('/'))?;
-    let to = remote(args.to.trim_end_matches('/'))?;
+    // `mv FROM FOLDER/` moves into the folder, as `put` does.
+    let to = match args.to.strip_suffix('/') {
+        Some("") => remote(from.file_name())?,
+        Some(dir) => remote(&format!(
+            "{}/{}",
+            dir.trim_end_matches('/'),
+            from.file_name()
+        ))?,
+        None => remote(&args.to)?,
+    };
     let client = connect(global).await?;
     client
         .rename(&from, &to, args.force, None)
         .await
         .map_err(|e| match e {
             ClientError::AlreadyExists(m) => anyhow::anyhow!("{m} (use --force to replace it)"),
+            ClientError::Rejected(m) if m.contains("is a folder") && !args.to.ends_with('/') => {
+                anyhow::anyhow!("{m} (end TO with / to move into it)")
+            }
             e => e.into(),
         })
         .context("mv")?;

@@ -47,6 +47,10 @@ fn upload(m: &mut Menu) -> Result<(), Leave> {
         return Ok(());
     }
     let local = PathBuf::from(local);
+    if let Err(e) = std::fs::metadata(&local) {
+        report(&format!("upload {}", local.display()), e);
+        return Ok(());
+    }
     if local.is_dir() {
         report(
             &format!("upload {}", local.display()),

@@ -57,12 +57,9 @@ pub enum SyncError {
     FolderGone(String),
     #[error("{0}")]
     SafetyStop(String),
-    #[error("{path}: {source}")]
-    Local {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The IO error is in the message only (see `ClientError::Local`).
+    #[error("{path}: {error}")]
+    Local { path: String, error: std::io::Error },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("cannot watch the folder: {0}")]
@@ -159,14 +156,14 @@ impl SyncEngine {
         let meta = opts.dir.join(distribusync_core::RESERVED_DIR);
         std::fs::create_dir_all(&meta).map_err(|source| SyncError::Local {
             path: meta.display().to_string(),
-            source,
+            error: source,
         })?;
         let state = State::open(&meta.join("state.db"))?;
         let dir_inode = std::fs::metadata(&opts.dir)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .map_err(|source| SyncError::Local {
                 path: opts.dir.display().to_string(),
-                source,
+                error: source,
             })?;
         let (base, remote, last_seq) = state.load()?;
         let (status, _) = watch::channel(SyncStatus {
@@ -451,14 +448,14 @@ impl SyncEngine {
         .await
         .map_err(|e| SyncError::Local {
             path: self.opts.dir.display().to_string(),
-            source: std::io::Error::other(e),
+            error: std::io::Error::other(e),
         })?;
         self.local = view;
         self.base = base;
         if let Some(e) = self.local.root_error.take() {
             return Err(SyncError::Local {
                 path: e,
-                source: std::io::Error::other("the synced folder cannot be read"),
+                error: std::io::Error::other("the synced folder cannot be read"),
             });
         }
         let plan = self.plan();

@@ -47,7 +47,7 @@ enum Done {
 fn local_err(path: &Path, e: std::io::Error) -> ClientError {
     ClientError::Local {
         path: path.to_owned(),
-        source: e,
+        error: e,
     }
 }
 
@@ -386,45 +386,48 @@ impl SyncEngine {
     ) -> Result<(), SyncError> {
         // Small uploads travel in batches (shared round trips, fsyncs and
         // index transactions); everything else streams on its own.
-        let (small, ops): (Vec<Operation>, Vec<Operation>) = ops.into_iter().partition(|op| {
-            matches!(op, Operation::Upload { path, .. }
-                if self.local.files.get(path).is_some_and(|e| e.stat.size <= limits::BATCH_FILE_MAX))
-        });
-        let mut jobs: Vec<Job> = Vec::new();
-        let small: Vec<(BatchSource, RemotePath, u64, u64)> = small
+        let (uploads, others): (Vec<Operation>, Vec<Operation>) = ops
             .into_iter()
-            .filter_map(|op| match op {
-                Operation::Upload { path, if_revision } => {
-                    let entry = self.local.files.get(&path)?;
-                    let (size, stat, hash) = (entry.stat.size, entry.stat, entry.hash);
-                    // What the scan read, if it is still what the view says.
-                    let source = match self.local.contents.remove(&path) {
-                        Some((at, data)) if at == stat => BatchSource::Memory {
-                            local: self.local_path(&path),
-                            data,
-                            stat,
-                            hash,
-                        },
-                        _ => BatchSource::Disk(self.local_path(&path)),
-                    };
-                    Some((source, path, if_revision, size))
-                }
-                _ => None,
+            .partition(|op| matches!(op, Operation::Upload { path, .. } if self.local.files.contains_key(path)));
+        let sizes: Vec<u64> = uploads
+            .iter()
+            .map(|op| match op {
+                Operation::Upload { path, .. } => self.local.files[path].stat.size,
+                _ => unreachable!("partitioned above"),
             })
             .collect();
+        let plan = limits::plan_uploads(&sizes);
+        let mut uploads: Vec<Option<Operation>> = uploads.into_iter().map(Some).collect();
+        let mut ops = others;
+        ops.extend(plan.singles.iter().filter_map(|&i| uploads[i].take()));
+        let mut jobs: Vec<Job> = Vec::new();
+        for batch in plan.batches {
+            let mut items = Vec::with_capacity(batch.len());
+            for i in batch {
+                let Some(Operation::Upload { path, if_revision }) = uploads[i].take() else {
+                    continue;
+                };
+                let Some(entry) = self.local.files.get(&path) else {
+                    continue;
+                };
+                let (stat, hash) = (entry.stat, entry.hash);
+                // What the scan read, if it is still what the view says.
+                let source = match self.local.contents.remove(&path) {
+                    Some((at, data)) if at == stat => BatchSource::Memory {
+                        local: self.local_path(&path),
+                        data,
+                        stat,
+                        hash,
+                    },
+                    _ => BatchSource::Disk(self.local_path(&path)),
+                };
+                items.push((source, path, if_revision));
+            }
+            jobs.push(Box::pin(upload_batch(self.client.clone(), items)));
+        }
         // Whatever the scan kept and this pass did not use is stale by the
         // next one.
         self.local.contents.clear();
-        let sizes: Vec<u64> = small.iter().map(|(_, _, _, size)| *size).collect();
-        let mut small = small.into_iter();
-        for range in limits::batches(&sizes) {
-            let batch = small
-                .by_ref()
-                .take(range.len())
-                .map(|(source, path, rev, _)| (source, path, rev))
-                .collect();
-            jobs.push(Box::pin(upload_batch(self.client.clone(), batch)));
-        }
         let singles = ops
             .into_iter()
             .map(|op| {

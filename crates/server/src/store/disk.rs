@@ -37,6 +37,10 @@ pub struct Disk {
     root: PathBuf,
     staging: PathBuf,
     partials: PathBuf,
+    /// `ROOT/.distribusync/lock`, held (flock) while the server runs: one
+    /// server per folder, since a second would empty the first's staging
+    /// area and write to the same index with locks of its own.
+    _lock: std::sync::Arc<File>,
 }
 
 /// Name under which the part of an interrupted upload of `path` (with this
@@ -50,6 +54,26 @@ fn partial_name(path: &RemotePath, size: u64, modified_ns: i64) -> String {
     key.update(&modified_ns.to_le_bytes());
     let hex = key.finalize().to_hex();
     format!("{}.part", &hex[..32])
+}
+
+/// Takes the folder's lock, or says which folder another server holds.
+fn lock_root(root: &Path, meta: &Path) -> Result<File> {
+    let path = meta.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| ServiceError::io(path.display().to_string(), e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ServiceError::Conflict(format!(
+            "{}: another distribusync server is already serving this folder",
+            root.display()
+        ))),
+        Err(e) => Err(ServiceError::io(path.display().to_string(), e.into())),
+    }
 }
 
 /// Removes kept parts older than [`PARTIAL_TTL`]; best effort.
@@ -98,6 +122,8 @@ impl Disk {
         if fs::symlink_metadata(&meta).is_ok_and(|m| m.file_type().is_symlink()) {
             return Err(symlink_refused(RESERVED_DIR));
         }
+        fs::create_dir_all(&meta).map_err(|e| ServiceError::io(meta.display().to_string(), e))?;
+        let lock = lock_root(&root, &meta)?;
         let staging = meta.join("staging");
         if staging.exists() {
             fs::remove_dir_all(&staging)
@@ -115,6 +141,7 @@ impl Disk {
             root,
             staging,
             partials,
+            _lock: std::sync::Arc::new(lock),
         })
     }
 
@@ -320,6 +347,9 @@ impl Disk {
         let target = self.local(path);
         match fs::symlink_metadata(&target) {
             Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(path.as_str())),
+            // An empty folder holds nothing the server serves (one made by
+            // hand, say): the file takes its place.
+            Ok(m) if m.is_dir() && fs::remove_dir(&target).is_ok() => {}
             Ok(m) if m.is_dir() => {
                 return Err(ServiceError::Conflict(format!(
                     "{path}: is a folder; cannot replace it with a file"
@@ -460,6 +490,40 @@ impl Disk {
             }
         }
         out
+    }
+
+    /// Removes every folder below the root (outside `.distribusync`) that
+    /// holds no file, deepest first: folders exist only to hold files, so
+    /// one emptied by hand while the server was down goes as it would have
+    /// through the service. Returns how many went.
+    pub fn prune_empty_folders(&self) -> usize {
+        fn prune(dir: &Path, top: bool, removed: &mut usize) -> bool {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return false;
+            };
+            let (mut empty, mut removed_here) = (true, false);
+            for entry in entries.flatten() {
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                let reserved = top && entry.file_name() == RESERVED_DIR;
+                if is_dir
+                    && !reserved
+                    && prune(&entry.path(), false, removed)
+                    && fs::remove_dir(entry.path()).is_ok()
+                {
+                    *removed += 1;
+                    removed_here = true;
+                    continue;
+                }
+                empty = false;
+            }
+            if removed_here {
+                let _ = sync_dir(dir);
+            }
+            empty
+        }
+        let mut removed = 0;
+        prune(&self.root, true, &mut removed);
+        removed
     }
 
     /// The absolute local path (for the reconcile's hashing).

@@ -162,8 +162,15 @@ impl Store {
             index.commit_delete(path)?;
             removed += 1;
         }
-        if added + changed + removed > 0 {
-            tracing::info!(added, changed, removed, "reconciled the index with MASTER");
+        let folders = disk.prune_empty_folders();
+        if added + changed + removed + folders as u64 > 0 {
+            tracing::info!(
+                added,
+                changed,
+                removed,
+                empty_folders_removed = folders,
+                "reconciled the index with MASTER"
+            );
         }
         Ok(())
     }
