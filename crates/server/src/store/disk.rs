@@ -1,16 +1,24 @@
 //! MASTER on disk: resolving remote paths without ever leaving the root,
 //! staging uploads, and the renames and fsyncs that make changes atomic.
 //!
-//! Every component of a path is checked with `lstat`: a symlink anywhere
-//! below the root is refused rather than followed, and the final open uses
-//! `O_NOFOLLOW`. All methods are blocking.
+//! A symlink anywhere below the root is refused rather than followed. Every
+//! component of a path is checked with `lstat` (for clear errors), and the
+//! operations themselves resolve paths with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` from a descriptor of the root: reads open the file
+//! that way, and renames and deletes act on a descriptor of the parent
+//! folder opened that way. So a local user who swaps a folder for a link
+//! between the check and the act still cannot make the server read or
+//! write outside its root. All methods are blocking.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use distribusync_core::{RESERVED_DIR, RemotePath};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use crate::error::{Result, ServiceError};
 
@@ -41,6 +49,8 @@ pub struct Disk {
     /// server per folder, since a second would empty the first's staging
     /// area and write to the same index with locks of its own.
     _lock: std::sync::Arc<File>,
+    /// The root, for resolving paths beneath it.
+    root_fd: std::sync::Arc<OwnedFd>,
 }
 
 /// Name under which the part of an interrupted upload of `path` (with this
@@ -54,6 +64,16 @@ fn partial_name(path: &RemotePath, size: u64, modified_ns: i64) -> String {
     key.update(&modified_ns.to_le_bytes());
     let hex = key.finalize().to_hex();
     format!("{}.part", &hex[..32])
+}
+
+/// An error of an operation resolved beneath the root: a link met on the
+/// way (or a path that would leave the root) is refused as the checks
+/// before it would have refused it.
+fn beneath_error(path: &RemotePath, e: io::Error) -> ServiceError {
+    match e.raw_os_error() {
+        Some(libc::ELOOP | libc::EXDEV) => symlink_refused(path.as_str()),
+        _ => ServiceError::io(path.to_string(), e),
+    }
 }
 
 /// Takes the folder's lock, or says which folder another server holds.
@@ -137,11 +157,18 @@ impl Disk {
         fs::create_dir_all(&partials)
             .map_err(|e| ServiceError::io(partials.display().to_string(), e))?;
         expire_partials(&partials);
+        let root_fd = rustix::fs::open(
+            &root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ServiceError::io(root.display().to_string(), e.into()))?;
         Ok(Self {
             root,
             staging,
             partials,
             _lock: std::sync::Arc::new(lock),
+            root_fd: std::sync::Arc::new(root_fd),
         })
     }
 
@@ -152,6 +179,30 @@ impl Disk {
     /// `ROOT/.distribusync`.
     pub fn meta_dir(&self) -> PathBuf {
         self.root.join(RESERVED_DIR)
+    }
+
+    /// Opens `rel` (relative to the root) in one step that neither follows
+    /// a symlink nor leaves the root, whatever changes on disk meanwhile.
+    fn open_beneath(&self, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        let flags = flags | OFlags::CLOEXEC;
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+        match rustix::fs::openat2(&*self.root_fd, rel, flags, Mode::empty(), resolve) {
+            // Kernels before 5.6: the lstat checks before each call remain.
+            Err(Errno::NOSYS) => {
+                rustix::fs::openat(&*self.root_fd, rel, flags | OFlags::NOFOLLOW, Mode::empty())
+            }
+            r => r,
+        }
+        .map_err(Into::into)
+    }
+
+    /// The folder holding `path`, opened beneath the root (see
+    /// [`Disk::open_beneath`]).
+    fn parent_dir(&self, path: &RemotePath) -> io::Result<OwnedFd> {
+        let rel = path
+            .parent()
+            .map_or_else(|| ".".to_owned(), |p| p.to_string());
+        self.open_beneath(&rel, OFlags::PATH | OFlags::DIRECTORY)
     }
 
     fn local(&self, path: &RemotePath) -> PathBuf {
@@ -203,11 +254,9 @@ impl Disk {
             }
             Kind::Missing => return Err(ServiceError::NotFound(path.clone())),
         }
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.local(path))
-            .map_err(|e| ServiceError::io(path.to_string(), e))
+        self.open_beneath(path.as_str(), OFlags::RDONLY)
+            .map(File::from)
+            .map_err(|e| beneath_error(path, e))
     }
 
     /// Creates the folders above `path` (refusing files and links in the way).
@@ -357,15 +406,16 @@ impl Disk {
             }
             _ => {}
         }
-        self.rename_into(staged, path, checked)
+        self.rename_into((rustix::fs::CWD, staged), path, checked)
     }
 
-    /// Renames `src` to `path`, creating its folders. A concurrent delete in
-    /// the same folder may prune a folder just created (it holds only a
-    /// shared lock on it), so a vanished parent is created again.
+    /// Renames `src` (a path relative to `src_dir`) to `path`, creating its
+    /// folders. A concurrent delete in the same folder may prune a folder
+    /// just created (it holds only a shared lock on it), so a vanished
+    /// parent is created again.
     fn rename_into(
         &self,
-        src: &Path,
+        (src_dir, src): (BorrowedFd<'_>, &Path),
         path: &RemotePath,
         checked: &mut std::collections::HashSet<PathBuf>,
     ) -> Result<PathBuf> {
@@ -380,13 +430,20 @@ impl Disk {
                     p
                 }
             };
-            match fs::rename(src, &target) {
+            let renamed = self.parent_dir(path).and_then(|dir| {
+                rustix::fs::renameat(src_dir, src, &dir, path.file_name()).map_err(Into::into)
+            });
+            match renamed {
                 Ok(()) => return Ok(parent),
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 && src.exists() => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        && attempts < 3
+                        && rustix::fs::statat(src_dir, src, AtFlags::SYMLINK_NOFOLLOW).is_ok() =>
+                {
                     checked.remove(&parent);
                     attempts += 1;
                 }
-                Err(e) => return Err(ServiceError::io(path.to_string(), e)),
+                Err(e) => return Err(beneath_error(path, e)),
             }
         }
     }
@@ -403,8 +460,11 @@ impl Disk {
         if self.kind(path)? != Kind::File {
             return Err(ServiceError::NotFound(path.clone()));
         }
-        let local = self.local(path);
-        fs::remove_file(&local).map_err(|e| ServiceError::io(path.to_string(), e))?;
+        self.parent_dir(path)
+            .and_then(|dir| {
+                rustix::fs::unlinkat(&dir, path.file_name(), AtFlags::empty()).map_err(Into::into)
+            })
+            .map_err(|e| beneath_error(path, e))?;
         self.prune_empty_parents(path)
     }
 
@@ -418,7 +478,12 @@ impl Disk {
                 "{to}: is a folder; a rename never replaces a folder"
             )));
         }
-        let parent = self.rename_into(&self.local(from), to, &mut Default::default())?;
+        let from_dir = self.parent_dir(from).map_err(|e| beneath_error(from, e))?;
+        let parent = self.rename_into(
+            (from_dir.as_fd(), Path::new(from.file_name())),
+            to,
+            &mut Default::default(),
+        )?;
         if let Some(from_parent) = self.local(from).parent() {
             sync_dir(from_parent).map_err(|e| ServiceError::io(from.to_string(), e))?;
         }
@@ -529,5 +594,48 @@ impl Disk {
     /// The absolute local path (for the reconcile's hashing).
     pub fn local_path(&self, path: &RemotePath) -> PathBuf {
         self.local(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RemotePath {
+        RemotePath::parse(s).unwrap()
+    }
+
+    /// A folder swapped for a link to outside the root after it was checked
+    /// (here: marked checked, as an earlier install in the group would have)
+    /// does not lead the rename, the read or the delete outside.
+    #[test]
+    fn a_folder_swapped_for_a_link_after_its_check_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), b"secret").unwrap();
+        let disk = Disk::open(&tmp.path().join("MASTER")).unwrap();
+        let mut checked = std::collections::HashSet::new();
+        let (staged, _) = disk.stage().unwrap();
+        disk.install(&staged, &p("docs/a"), &mut checked).unwrap();
+
+        // The swap: docs becomes a link to a folder outside the root.
+        fs::remove_file(disk.root().join("docs/a")).unwrap();
+        fs::remove_dir(disk.root().join("docs")).unwrap();
+        std::os::unix::fs::symlink(&outside, disk.root().join("docs")).unwrap();
+
+        let (staged, _) = disk.stage().unwrap();
+        let err = disk.install(&staged, &p("docs/b"), &mut checked);
+        assert!(err.is_err(), "installed through a link");
+        assert!(!outside.join("b").exists());
+        // Past the checks, the operations themselves refuse too.
+        let err = disk
+            .open_beneath("docs/secret", OFlags::RDONLY)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        let err = disk.parent_dir(&p("docs/secret")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        assert!(disk.remove_file(&p("docs/secret")).is_err());
+        assert_eq!(fs::read(outside.join("secret")).unwrap(), b"secret");
     }
 }
