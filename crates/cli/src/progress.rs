@@ -58,6 +58,12 @@ pub fn transfer(label: &str) -> Arc<dyn Progress> {
     Arc::new(Bar(new_bar(label), label.to_owned()))
 }
 
+/// No bar, only a line when the transfer resumes an interrupted one (for
+/// output that is not a terminal).
+pub fn quiet(label: &str) -> Arc<dyn Progress> {
+    Arc::new(Quiet(label.to_owned()))
+}
+
 /// Bars for transfers running side by side, stacked so they do not draw
 /// over each other.
 #[derive(Debug, Clone)]

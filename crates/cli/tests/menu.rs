@@ -115,7 +115,7 @@ fn files_menu_uploads_lists_renames_downloads_deletes() {
 
     answer(&mut p, "files> ", "4");
     answer(&mut p, "rename: ", "docs/a.txt");
-    answer(&mut p, "to: ", "b.txt");
+    answer(&mut p, "to (a name, or FOLDER/ to move into it): ", "b.txt");
     p.exp_string("renamed docs/a.txt -> b.txt").unwrap();
 
     answer(&mut p, "files> ", "2");
@@ -165,21 +165,33 @@ fn compute_menu_and_bad_input() {
 
     answer(&mut p, "> ", "2");
     answer(&mut p, "compute> ", "1");
-    answer(&mut p, "numbers (separated by spaces): ", "1 2 3.5");
+    answer(
+        &mut p,
+        "numbers (separated by spaces or commas): ",
+        "1 2 3.5",
+    );
     p.exp_string("sum: 6.5").unwrap();
 
     answer(&mut p, "compute> ", "2");
-    answer(&mut p, "numbers (separated by spaces): ", "5 -1 3");
+    answer(
+        &mut p,
+        "numbers (separated by spaces or commas): ",
+        "5 -1 3",
+    );
     answer(&mut p, "largest first? [y/N]: ", "y");
     p.exp_string("sorted: 5 3 -1").unwrap();
 
     // An invalid list, and an add the server refuses.
     answer(&mut p, "compute> ", "1");
-    answer(&mut p, "numbers (separated by spaces): ", "1 two 3");
+    answer(
+        &mut p,
+        "numbers (separated by spaces or commas): ",
+        "1 two 3",
+    );
     p.exp_string("distribusync: numbers: ").unwrap();
     p.exp_string("\"two\" is not a number").unwrap();
     answer(&mut p, "compute> ", "1");
-    answer(&mut p, "numbers (separated by spaces): ", "42");
+    answer(&mut p, "numbers (separated by spaces or commas): ", "42");
     p.exp_string("distribusync: add: ").unwrap();
     answer(&mut p, "compute> ", "7");
     p.exp_string("Please choose a number from 1 to 3").unwrap();
@@ -205,16 +217,19 @@ fn async_result_prints_while_at_a_prompt() {
 
     p.send_line("3").unwrap();
     answer(&mut p, "async> ", "2");
-    answer(&mut p, "numbers (separated by spaces): ", "9 7 8");
+    answer(&mut p, "numbers (separated by spaces or commas): ", "9 7 8");
     answer(&mut p, "largest first? [y/N]: ", "");
     p.exp_string("accepted job ").unwrap();
-    // The person sits at the Async prompt; the result prints there when the
-    // server pushes it (the line editor clears the prompt line, prints the
-    // result and draws the prompt again).
+    // The person sits at the Async prompt, starting to type; the result
+    // prints there when the server pushes it (the line editor clears the
+    // prompt line, prints the result and draws the prompt again, with what
+    // was typed so far).
+    p.exp_string("async> ").unwrap();
+    p.send("3").unwrap();
     p.exp_regex(r"\[job [0-9a-f-]+\] sort done: sorted: 7 8 9")
         .unwrap();
-    // The prompt still takes input: "3" is Back.
-    p.send_line("3").unwrap();
+    // What was typed survived: Enter now sends "3", which is Back.
+    p.send_line("").unwrap();
     p.exp_string(" server http://").unwrap();
     answer(&mut p, "> ", "5");
     p.exp_string("Bye.").unwrap();
@@ -236,7 +251,7 @@ fn server_down_at_start_then_up() {
         .unwrap();
     answer(&mut p, "> ", "2");
     answer(&mut p, "compute> ", "1");
-    answer(&mut p, "numbers (separated by spaces): ", "1 2");
+    answer(&mut p, "numbers (separated by spaces or commas): ", "1 2");
     p.exp_string("distribusync: add: cannot reach server")
         .unwrap();
     answer(&mut p, "compute> ", "3");
@@ -258,7 +273,7 @@ fn server_down_at_start_then_up() {
     p.exp_string(&format!("server {addr} (connected)")).unwrap();
     answer(&mut p, "> ", "2");
     answer(&mut p, "compute> ", "1");
-    answer(&mut p, "numbers (separated by spaces): ", "1 2");
+    answer(&mut p, "numbers (separated by spaces or commas): ", "1 2");
     p.exp_string("sum: 3").unwrap();
     answer(&mut p, "compute> ", "3");
     answer(&mut p, "> ", "1");
@@ -407,4 +422,108 @@ fn driven_through_pipes_it_prints_plain_text() {
     );
     assert!(!out.contains('\x1b'), "escape codes on stdout:\n{out:?}");
     assert!(!err.contains('\x1b'), "escape codes on stderr:\n{err:?}");
+}
+
+#[test]
+fn a_script_gets_its_async_results_and_bad_lines_are_asked_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("MASTER"));
+    std::fs::write(tmp.path().join("a.txt"), "a\n").unwrap();
+    let mut child = menu_command(tmp.path(), &server.addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let out = Collected::new(child.stdout.take().unwrap());
+    let err = Collected::new(child.stderr.take().unwrap());
+    // Upload, with a line that is not UTF-8 first; rename into a folder;
+    // an async add with commas; then the input ends at once.
+    stdin.write_all(b"1\n1\ncaf\xe9.txt\na.txt\n\n").unwrap();
+    stdin.write_all(b"4\na.txt\ndocs/\n6\n").unwrap();
+    stdin.write_all(b"3\n1\n1,2,3\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let (out, err) = (out.rest(), err.rest());
+    assert!(status.success(), "{status:?}\n{out}\n{err}");
+    assert!(err.contains("not valid UTF-8; try again"), "{err}");
+    assert!(out.contains("uploaded a.txt"), "{out}");
+    assert!(out.contains("renamed a.txt -> docs/a.txt"), "{out}");
+    assert!(tmp.path().join("MASTER/docs/a.txt").is_file());
+    // The result came before the goodbye.
+    let result = out
+        .find("add done: sum: 6")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(result < out.find("Bye.").unwrap(), "{out}");
+}
+
+#[test]
+fn ctrl_c_during_a_transfer_cancels_it_and_the_menu_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("MASTER"));
+    // Big enough that the upload is still running when Ctrl-C comes (a
+    // sparse file: no disk used here, and the Ctrl-C comes long before
+    // the server has stored much).
+    let big = std::fs::File::create(tmp.path().join("big.bin")).unwrap();
+    big.set_len(64 << 30).unwrap();
+    let mut p = menu_in_terminal(tmp.path(), &server.addr);
+    p.send_line("1").unwrap();
+    answer(&mut p, "files> ", "1");
+    answer(&mut p, "local file: ", "big.bin");
+    answer(&mut p, "remote name (Enter: big.bin): ", "");
+    // The progress bar is up: the transfer runs.
+    p.exp_string("big.bin [").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("upload: interrupted").unwrap();
+    // Still in the menu, and nothing reached the server.
+    answer(&mut p, "files> ", "5");
+    answer(&mut p, "folder or file (Enter: everything): ", "");
+    p.exp_string("(no files)").unwrap();
+    assert!(!tmp.path().join("MASTER/big.bin").exists());
+    p.exp_string("files> ").unwrap();
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+    exits_with_zero(&p);
+}
+
+#[test]
+fn lines_pasted_together_answer_one_prompt_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("MASTER"));
+    let mut p = menu_in_terminal(tmp.path(), &server.addr);
+    // A terminal pastes several lines as one bracketed paste.
+    p.send("\x1b[200~2\r1\r40 2\r\x1b[201~").unwrap();
+    p.send_line("").unwrap();
+    p.exp_string("sum: 42").unwrap();
+    p.exp_string("compute> ").unwrap();
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+    exits_with_zero(&p);
+}
+
+#[test]
+fn a_hung_server_shows_as_not_responding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("MASTER"));
+    let pid = server.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let mut p = spawn_command(menu_command(tmp.path(), &server.addr), Some(TIMEOUT_MS)).unwrap();
+    let shown = p.exp_string("5) Exit");
+    signal("-CONT");
+    let header = shown.unwrap();
+    assert!(header.contains("(not responding)"), "{header}");
+    p.exp_string("> ").unwrap();
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+    exits_with_zero(&p);
 }

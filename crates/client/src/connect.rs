@@ -56,3 +56,54 @@ pub async fn channel(addr: &str) -> Result<Channel> {
 pub fn lazy_channel(addr: &str) -> Result<Channel> {
     Ok(endpoint(&normalize_addr(addr))?.connect_lazy())
 }
+
+/// What a probe of a server found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    /// It answers health checks and serves the service asked about.
+    Serving,
+    /// It answers, but does not serve that service.
+    NotServing,
+    /// A connection opens but nothing answers in time (a hung server).
+    NotResponding,
+    /// No connection.
+    Unreachable,
+}
+
+impl std::fmt::Display for Reachability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Serving => "connected",
+            Self::NotServing => "connected, but not serving this",
+            Self::NotResponding => "not responding",
+            Self::Unreachable => "unreachable",
+        })
+    }
+}
+
+/// Asks the server at `addr`, over a fresh connection and within `timeout`,
+/// whether it serves `service` (a full gRPC service name, e.g.
+/// `distribusync.v1.Files`), with a standard gRPC health check.
+pub async fn probe(addr: &str, service: &str, timeout: Duration) -> Reachability {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let check = async {
+        let Ok(channel) = channel(addr).await else {
+            return Reachability::Unreachable;
+        };
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        match health.check(request).await {
+            Ok(r) if r.get_ref().status() == ServingStatus::Serving => Reachability::Serving,
+            Ok(_) => Reachability::NotServing,
+            Err(s) if s.code() == tonic::Code::NotFound => Reachability::NotServing,
+            Err(_) => Reachability::NotResponding,
+        }
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Ok(r) => r,
+        // Connected (or connecting) but silent.
+        Err(_) => Reachability::NotResponding,
+    }
+}

@@ -178,6 +178,15 @@ fn remove_stale_parts(local: &Path, keep: &Path) {
     }
 }
 
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// BLAKE3 of a local file.
 ///
 /// # Errors
@@ -364,10 +373,17 @@ impl FilesClient {
         progress.start(size, offset);
         let (tx, rx) = mpsc::channel(4);
         let path = local.to_owned();
+        // The request body outlives this future if it is dropped (the
+        // caller gave up: Ctrl-C in the menu, a timeout); the reader then
+        // stops sending, and the stream ends without the hash, which the
+        // server refuses.
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _abandon_on_drop = SetOnDrop(abandoned.clone());
         // Reads, hashes and sends; the hash goes last, and only if the file
         // did not change while it was read (else the stream just ends and
         // the server refuses it).
         let reader = tokio::task::spawn_blocking(move || -> Result<()> {
+            let gone = || abandoned.load(std::sync::atomic::Ordering::Relaxed);
             use v1::upload_request::Msg;
             let send = |msg| {
                 tx.blocking_send(v1::UploadRequest { msg: Some(msg) })
@@ -399,9 +415,12 @@ impl FilesClient {
                 hasher.update(&buf);
                 left -= got as u64;
                 progress.advance(got as u64);
-                if !send(Msg::Chunk(buf)) {
+                if gone() || !send(Msg::Chunk(buf)) {
                     return Ok(());
                 }
+            }
+            if gone() {
+                return Ok(());
             }
             let after = file
                 .get_ref()

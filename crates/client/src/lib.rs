@@ -15,7 +15,7 @@ pub mod sync;
 pub mod tree;
 
 pub use compute::{ComputeClient, JobHandle};
-pub use connect::{channel, lazy_channel, normalize_addr};
+pub use connect::{Reachability, channel, lazy_channel, normalize_addr, probe};
 pub use error::{ClientError, Result};
 pub use files::{
     BatchFile, Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent,

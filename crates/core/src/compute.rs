@@ -96,12 +96,13 @@ pub enum ArithError {
     Cancelled,
 }
 
-/// A token that is not a number, with its 1-based line.
+/// A token that is not a number, with its 1-based line and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {token:?} is not a number")]
+#[error("line {line}: {why}")]
 pub struct ParseError {
     pub line: usize,
     pub token: String,
+    pub why: NumberError,
 }
 
 /// Why one token is not a number (without a line: command-line arguments).
@@ -468,8 +469,8 @@ pub fn parse_number(token: &str) -> Result<Number, NumberError> {
     }
 }
 
-/// Parses numbers separated by any whitespace, including newlines. Integers
-/// if every token is one, else decimals.
+/// Parses numbers separated by whitespace (newlines included) or commas.
+/// Integers if every token is one, else decimals.
 ///
 /// # Errors
 /// [`ParseError`] naming the first bad token and its line (1-based).
@@ -477,10 +478,14 @@ pub fn parse_numbers(text: &str) -> Result<Numbers, ParseError> {
     let mut ints: Vec<i64> = Vec::new();
     let mut floats: Option<Vec<f64>> = None;
     for (i, line) in text.lines().enumerate() {
-        for token in line.split_whitespace() {
-            let n = parse_number(token).map_err(|_| ParseError {
+        let tokens = line
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty());
+        for token in tokens {
+            let n = parse_number(token).map_err(|why| ParseError {
                 line: i + 1,
                 token: token.to_owned(),
+                why,
             })?;
             match (n, &mut floats) {
                 (Number::Int(x), None) => ints.push(x),
@@ -606,10 +611,25 @@ mod tests {
             e,
             ParseError {
                 line: 3,
-                token: "oops".into()
+                token: "oops".into(),
+                why: NumberError::NotANumber("oops".into()),
             }
         );
         assert_eq!(e.to_string(), "line 3: \"oops\" is not a number");
+        let e = parse_numbers("1\n99999999999999999999").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 2: \"99999999999999999999\" is out of the 64-bit integer range"
+        );
+    }
+
+    #[test]
+    fn commas_separate_too() {
+        assert_eq!(
+            parse_numbers("1,2, 3 ,4\n5"),
+            Ok(Numbers::Ints(vec![1, 2, 3, 4, 5]))
+        );
+        assert!(parse_numbers("1,,2").is_ok());
     }
 
     #[test]

@@ -88,6 +88,40 @@ pub(crate) fn put_target(local: &Path, target: Option<&str>) -> anyhow::Result<R
     }
 }
 
+/// The local path for `get REMOTE [LOCAL]`: LOCAL, or the remote's name
+/// inside LOCAL when that is a folder, or the remote's name here.
+pub(crate) fn get_target(src: &RemotePath, local: Option<&Path>) -> PathBuf {
+    match local {
+        None => PathBuf::from(src.file_name()),
+        Some(l) if l.is_dir() => l.join(src.file_name()),
+        Some(l) => l.to_owned(),
+    }
+}
+
+/// The remote path for `mv FROM TO`: `TO/` (a trailing slash) means into
+/// that folder, as for `put`.
+pub(crate) fn mv_target(from: &RemotePath, to: &str) -> anyhow::Result<RemotePath> {
+    match to.strip_suffix('/') {
+        Some(dir) if dir.trim_end_matches('/').is_empty() => remote(from.file_name()),
+        Some(dir) => remote(&format!(
+            "{}/{}",
+            dir.trim_end_matches('/'),
+            from.file_name()
+        )),
+        None => remote(to),
+    }
+}
+
+/// `~` or `~/…` at the start of a local path typed by a person: their home.
+pub(crate) fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix('~'), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
+            PathBuf::from(home).join(rest.trim_start_matches('/'))
+        }
+        _ => PathBuf::from(path),
+    }
+}
+
 pub async fn put(global: &Global, args: PutArgs) -> anyhow::Result<()> {
     let meta =
         std::fs::metadata(&args.local).with_context(|| format!("put {}", args.local.display()))?;
@@ -159,11 +193,7 @@ fn print_put(out: &mut impl Write, f: &FileInfo, json: bool) -> anyhow::Result<(
 
 pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
     let src = remote(&args.remote)?;
-    let dest = match args.local {
-        None => PathBuf::from(src.file_name()),
-        Some(l) if l.is_dir() => l.join(src.file_name()),
-        Some(l) => l,
-    };
+    let dest = get_target(&src, args.local.as_deref());
     let client = connect(global).await?;
     let info = client
         .download(&src, &dest, progress::transfer(src.as_str()))

@@ -98,7 +98,7 @@ fn start(m: &mut Menu) -> Result<(), Leave> {
     let dir = if answer.is_empty() {
         default
     } else {
-        PathBuf::from(answer)
+        crate::cmd::files::expand_home(&answer)
     };
     let opened = {
         let _runtime = m.rt.enter();

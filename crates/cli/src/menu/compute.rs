@@ -63,7 +63,7 @@ impl Job {
 /// Reads a list of numbers with the same parser as `sort --file`; an
 /// invalid list is reported and gives `None`.
 fn ask_numbers(m: &mut Menu) -> Result<Option<Numbers>, Leave> {
-    let text = m.ask("numbers (separated by spaces): ")?;
+    let text = m.ask("numbers (separated by spaces or commas): ")?;
     match parse_numbers(&text) {
         Ok(n) if n.is_empty() => {
             println!("no numbers given");
@@ -79,15 +79,16 @@ fn ask_numbers(m: &mut Menu) -> Result<Option<Numbers>, Leave> {
 
 fn run(m: &mut Menu, job: Job, numbers: Numbers) {
     let client = m.compute.clone();
-    let result = m.rt.block_on(async move {
+    let result = m.act(job.name(), async move {
         match job {
             Job::Add => client.add(numbers).await.map(JobOutput::Sum),
             Job::Sort(order) => client.sort(numbers, order).await.map(JobOutput::Sorted),
         }
     });
     match result {
-        Ok(out) => println!("{}", show(&out)),
-        Err(e) => report(job.name(), e),
+        None => {}
+        Some(Ok(out)) => println!("{}", show(&out)),
+        Some(Err(e)) => report(job.name(), e),
     }
 }
 
@@ -106,7 +107,7 @@ fn submit(m: &mut Menu, job: Job, numbers: Numbers) {
             });
         }
     };
-    let submitted = m.rt.block_on(async move {
+    let submitted = m.act(job.name(), async move {
         let handle = match job {
             Job::Add => client.add_async(numbers).await?,
             Job::Sort(order) => client.sort_async(numbers, order).await?,
@@ -119,10 +120,13 @@ fn submit(m: &mut Menu, job: Job, numbers: Numbers) {
         Ok::<_, ComputeError>(())
     });
     match submitted {
-        Ok(()) => {}
-        Err(e) => {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
             pending.fetch_sub(1, Ordering::SeqCst);
             report(job.name(), e);
+        }
+        None => {
+            pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

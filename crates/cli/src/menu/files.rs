@@ -1,13 +1,12 @@
 //! Menu item 1, Files: the same [`FilesClient`](distribusync_client::FilesClient)
 //! calls and remote-name rules as `put`, `get`, `rm`, `mv` and `ls`.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use distribusync_client::{ClientError, Progress};
 
 use super::{Leave, Menu, report};
-use crate::cmd::files::{put_target, remote};
+use crate::cmd::files::{expand_home, get_target, mv_target, put_target, remote};
 use crate::{output, progress};
 
 pub(super) fn menu(m: &mut Menu) -> Result<(), Leave> {
@@ -32,12 +31,13 @@ pub(super) fn menu(m: &mut Menu) -> Result<(), Leave> {
     }
 }
 
-/// A bar in a terminal; nothing when a script drives the menu.
+/// A bar in a terminal; when a script drives the menu, only a line when a
+/// transfer resumes.
 fn bar(m: &Menu, label: &str) -> Arc<dyn Progress> {
     if m.console.is_terminal() {
         progress::transfer(label)
     } else {
-        Arc::new(())
+        progress::quiet(label)
     }
 }
 
@@ -46,7 +46,7 @@ fn upload(m: &mut Menu) -> Result<(), Leave> {
     if local.is_empty() {
         return Ok(());
     }
-    let local = PathBuf::from(local);
+    let local = expand_home(&local);
     if let Err(e) = std::fs::metadata(&local) {
         report(&format!("upload {}", local.display()), e);
         return Ok(());
@@ -82,15 +82,17 @@ fn upload(m: &mut Menu) -> Result<(), Leave> {
         }
     };
     let progress = bar(m, target.as_str());
-    match m
-        .rt
-        .block_on(m.files.upload(&local, &target, None, progress))
-    {
-        Ok(f) => println!(
+    let files = m.files.clone();
+    let sent = m.act("upload", async {
+        files.upload(&local, &target, None, progress).await
+    });
+    match sent {
+        None => {}
+        Some(Ok(f)) => println!(
             "uploaded {}  {} bytes  revision {}",
             f.path, f.size, f.revision
         ),
-        Err(e) => report(&format!("upload {}", local.display()), e),
+        Some(Err(e)) => report(&format!("upload {}", local.display()), e),
     }
     Ok(())
 }
@@ -100,20 +102,33 @@ fn download(m: &mut Menu) -> Result<(), Leave> {
         return Ok(());
     };
     let answer = m.ask(&format!("save as (Enter: {}): ", src.file_name()))?;
-    let dest = match answer.as_str() {
-        "" => PathBuf::from(src.file_name()),
-        a if Path::new(a).is_dir() => Path::new(a).join(src.file_name()),
-        a => PathBuf::from(a),
-    };
+    let dest = get_target(
+        &src,
+        (!answer.is_empty())
+            .then(|| expand_home(&answer))
+            .as_deref(),
+    );
+    if dest.is_file() {
+        let replace = m.ask(&format!("{} exists; replace it? [y/N]: ", dest.display()))?;
+        if !replace.eq_ignore_ascii_case("y") {
+            println!("nothing downloaded");
+            return Ok(());
+        }
+    }
     let progress = bar(m, src.as_str());
-    match m.rt.block_on(m.files.download(&src, &dest, progress)) {
-        Ok(f) => println!(
+    let files = m.files.clone();
+    let got = m.act("download", async {
+        files.download(&src, &dest, progress).await
+    });
+    match got {
+        None => {}
+        Some(Ok(f)) => println!(
             "downloaded {} -> {} ({} bytes)",
             f.path,
             dest.display(),
             f.size
         ),
-        Err(e) => report(&format!("download {src}"), e),
+        Some(Err(e)) => report(&format!("download {src}"), e),
     }
     Ok(())
 }
@@ -122,9 +137,11 @@ fn delete(m: &mut Menu) -> Result<(), Leave> {
     let Some(p) = ask_remote(m, "remote file: ", "delete")? else {
         return Ok(());
     };
-    match m.rt.block_on(m.files.delete(&p, None)) {
-        Ok(_) => println!("deleted {p}"),
-        Err(e) => report(&format!("delete {p}"), e),
+    let files = m.files.clone();
+    match m.act("delete", async { files.delete(&p, None).await }) {
+        None => {}
+        Some(Ok(_)) => println!("deleted {p}"),
+        Some(Err(e)) => report(&format!("delete {p}"), e),
     }
     Ok(())
 }
@@ -133,12 +150,27 @@ fn rename(m: &mut Menu) -> Result<(), Leave> {
     let Some(from) = ask_remote(m, "rename: ", "rename")? else {
         return Ok(());
     };
-    let Some(to) = ask_remote(m, "to: ", "rename")? else {
+    let answer = m.ask("to (a name, or FOLDER/ to move into it): ")?;
+    if answer.is_empty() {
         return Ok(());
+    }
+    let to = match mv_target(&from, &answer) {
+        Ok(t) => t,
+        Err(e) => {
+            report("rename", format_args!("{e:#}"));
+            return Ok(());
+        }
     };
     let mut force = false;
     loop {
-        match m.rt.block_on(m.files.rename(&from, &to, force, None)) {
+        let files = m.files.clone();
+        let renamed = m.act("rename", async {
+            files.rename(&from, &to, force, None).await
+        });
+        let Some(renamed) = renamed else {
+            return Ok(());
+        };
+        match renamed {
             Ok(_) => {
                 println!("renamed {from} -> {to}");
                 return Ok(());
@@ -172,7 +204,7 @@ fn list(m: &mut Menu) -> Result<(), Leave> {
         },
     };
     let files = m.files.clone();
-    let listed = m.rt.block_on(async move {
+    let listed = m.act("list", async move {
         let mut pages = files.list(prefix.as_ref()).await?;
         let mut out = Vec::new();
         let mut count = 0usize;
@@ -186,12 +218,13 @@ fn list(m: &mut Menu) -> Result<(), Leave> {
         Ok::<_, ClientError>((out, count))
     });
     match listed {
-        Ok((_, 0)) => println!("(no files)"),
-        Ok((text, count)) => {
+        None => {}
+        Some(Ok((_, 0))) => println!("(no files)"),
+        Some(Ok((text, count))) => {
             print!("{}", String::from_utf8_lossy(&text));
             println!("{count} file(s)");
         }
-        Err(e) => report("list", e),
+        Some(Err(e)) => report("list", e),
     }
     Ok(())
 }

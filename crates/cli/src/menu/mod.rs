@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use distribusync_client::{ComputeClient, FilesClient, lazy_channel, normalize_addr};
+use distribusync_client::{
+    ComputeClient, FilesClient, Reachability, lazy_channel, normalize_addr, probe,
+};
 use tokio::runtime::Handle;
 
 use crate::cli::Global;
@@ -29,6 +31,13 @@ use console::{Console, Input, Printer};
 
 /// How long the header waits to learn whether a server answers.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a script's menu waits for its async results before it leaves.
+const JOB_WAIT: Duration = Duration::from_secs(60);
+
+/// The gRPC services the header asks about.
+const FILES_SERVICE: &str = "distribusync.v1.Files";
+const COMPUTE_SERVICE: &str = "distribusync.v1.Compute";
 
 pub async fn run(global: &Global) -> anyhow::Result<()> {
     let files_addr = normalize_addr(&global.server);
@@ -41,7 +50,7 @@ pub async fn run(global: &Global) -> anyhow::Result<()> {
     );
     let rt = Handle::current();
     tokio::task::spawn_blocking(move || {
-        let console = Console::open();
+        let console = Console::open(rt.clone());
         let printer = console.printer();
         let mut menu = Menu {
             rt,
@@ -110,33 +119,32 @@ impl Menu {
     }
 
     fn header(&mut self) {
-        let files_up = self.probe(&self.files_addr);
-        let mut line = format!(
-            "DistribuSync — server {} ({})",
-            self.files_addr,
-            reachability(files_up)
-        );
+        let files_up = self.probe(&self.files_addr, FILES_SERVICE);
+        let mut line = format!("DistribuSync — server {} ({files_up})", self.files_addr);
         if self.compute_addr != self.files_addr {
-            let up = self.probe(&self.compute_addr);
-            line.push_str(&format!(
-                "   compute {} ({})",
-                self.compute_addr,
-                reachability(up)
-            ));
+            let up = self.probe(&self.compute_addr, COMPUTE_SERVICE);
+            line.push_str(&format!("   compute {} ({up})", self.compute_addr));
         }
         line.push_str(&format!("   auto-sync: {}", self.autosync.summary()));
         println!("{line}");
     }
 
-    /// Whether a server answers at `addr` now (a fresh connection, so the
-    /// header is true also after a restart).
-    fn probe(&self, addr: &str) -> bool {
-        self.rt.block_on(async {
-            matches!(
-                tokio::time::timeout(PROBE_TIMEOUT, distribusync_client::channel(addr)).await,
-                Ok(Ok(_))
-            )
-        })
+    /// Whether the server at `addr` answers now, and serves `service` (a
+    /// fresh connection and a health check, so the header is true also
+    /// after a restart, and a hung server shows as one).
+    fn probe(&self, addr: &str, service: &str) -> Reachability {
+        self.rt.block_on(probe(addr, service, PROBE_TIMEOUT))
+    }
+
+    /// Runs an action until it is done or the person presses Ctrl-C (then
+    /// it is cancelled, `None`, and the menu carries on).
+    fn act<F: std::future::Future>(&mut self, what: &str, action: F) -> Option<F::Output> {
+        let done = self.console.interruptible(action);
+        if done.is_none() {
+            println!();
+            println!("{what}: interrupted");
+        }
+        done
     }
 
     /// Reads one line at `prompt`, trimmed.
@@ -178,9 +186,23 @@ impl Menu {
         }
     }
 
-    /// Stops auto-sync and says what is left behind.
+    /// Stops auto-sync and says what is left behind. A script (no
+    /// terminal) that ends its input with async jobs still running gets
+    /// their results first: it has no other way to see them.
     fn close(&mut self) {
         self.autosync.stop_quietly(&self.rt);
+        let pending = self.pending_jobs.load(Ordering::SeqCst);
+        if pending > 0 && !self.console.is_terminal() {
+            println!("waiting for {pending} async job(s) to answer (Ctrl-C to stop waiting)");
+            let jobs = self.pending_jobs.clone();
+            let _ = self
+                .console
+                .interruptible(tokio::time::timeout(JOB_WAIT, async move {
+                    while jobs.load(Ordering::SeqCst) > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }));
+        }
         let pending = self.pending_jobs.load(Ordering::SeqCst);
         if pending > 0 {
             println!(
@@ -190,10 +212,6 @@ impl Menu {
         }
         println!("Bye.");
     }
-}
-
-fn reachability(up: bool) -> &'static str {
-    if up { "connected" } else { "unreachable" }
 }
 
 /// Prints a failed action as the one-shot commands do.
