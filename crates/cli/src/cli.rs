@@ -14,11 +14,23 @@ use clap::{Args, Parser, Subcommand};
     propagate_version = true
 )]
 pub struct Cli {
-    #[command(flatten)]
-    pub global: Global,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// A client command: its own arguments plus the flags every client command
+/// shares (not `serve`'s, so `serve --help` shows only what serving takes).
+#[derive(Debug, Args)]
+pub struct Client<T: Args> {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(flatten)]
+    pub args: T,
+}
+
+/// `menu` takes only the shared client flags.
+#[derive(Debug, Args)]
+pub struct MenuArgs {}
 
 /// Flags every client command shares.
 #[derive(Debug, Args, Clone)]
@@ -26,23 +38,17 @@ pub struct Global {
     /// File server to talk to.
     #[arg(
         long,
-        global = true,
         env = "DISTRIBUSYNC_SERVER",
         default_value = "http://127.0.0.1:50000"
     )]
     pub server: String,
     /// Compute server to talk to; the --server when omitted (set it when
     /// files and compute run as separate servers).
-    #[arg(long, global = true, env = "DISTRIBUSYNC_COMPUTE_SERVER")]
+    #[arg(long, env = "DISTRIBUSYNC_COMPUTE_SERVER")]
     pub compute_server: Option<String>,
     /// Client id that names this client's compute jobs (`jobs`); kept in
     /// the user's config folder when omitted.
-    #[arg(
-        long,
-        global = true,
-        env = "DISTRIBUSYNC_CLIENT_ID",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "DISTRIBUSYNC_CLIENT_ID", hide_env_values = true)]
     pub client_id: Option<String>,
 }
 
@@ -51,30 +57,30 @@ pub enum Command {
     /// Run the server: serve the folder ROOT (MASTER) over gRPC.
     Serve(ServeArgs),
     /// List files under PREFIX (a file or folder), recursively.
-    Ls(LsArgs),
+    Ls(Client<LsArgs>),
     /// Upload a file (or a folder with -r).
-    Put(PutArgs),
+    Put(Client<PutArgs>),
     /// Download a file; an interrupted download resumes.
-    Get(GetArgs),
+    Get(Client<GetArgs>),
     /// Delete a file on the server.
-    Rm(RmArgs),
+    Rm(Client<RmArgs>),
     /// Rename or move a file or folder on the server.
-    Mv(MvArgs),
+    Mv(Client<MvArgs>),
     /// Show one file's metadata.
-    Stat(StatArgs),
+    Stat(Client<StatArgs>),
     /// Add two or more numbers on the compute server.
-    Add(crate::cmd::compute::AddArgs),
+    Add(Client<crate::cmd::compute::AddArgs>),
     /// Sort numbers on the compute server, one per line.
-    Sort(crate::cmd::compute::SortArgs),
+    Sort(Client<crate::cmd::compute::SortArgs>),
     /// Show a compute job (status and result), or cancel one.
-    Job(crate::cmd::compute::JobArgs),
+    Job(Client<crate::cmd::compute::JobArgs>),
     /// List this client's recent compute jobs.
-    Jobs(crate::cmd::compute::JobsArgs),
+    Jobs(Client<crate::cmd::compute::JobsArgs>),
     /// Keep a local folder in sync with the server (until Ctrl-C).
-    Sync(SyncArgs),
+    Sync(Client<SyncArgs>),
     /// The numbered menu: files, compute, async jobs and auto-sync in one
     /// place (for a person, or a script feeding standard input).
-    Menu,
+    Menu(Client<MenuArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -75,7 +75,7 @@ fn init_tracing(command: &Command) {
         Command::Sync(_) => "warn,distribusync_client::sync=info",
         // Log lines would land in the middle of prompts; the menu reports
         // failures itself (auto-sync errors are in its status).
-        Command::Menu => "error",
+        Command::Menu(_) => "error",
         _ => "warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -88,21 +88,20 @@ fn init_tracing(command: &Command) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let global = cli.global;
     match cli.command {
         Command::Serve(args) => cmd::serve::run(args).await,
-        Command::Ls(args) => cmd::files::ls(&global, args).await,
-        Command::Put(args) => cmd::files::put(&global, args).await,
-        Command::Get(args) => cmd::files::get(&global, args).await,
-        Command::Rm(args) => cmd::files::rm(&global, args).await,
-        Command::Mv(args) => cmd::files::mv(&global, args).await,
-        Command::Stat(args) => cmd::files::stat(&global, args).await,
-        Command::Add(args) => cmd::compute::add(&global, args).await,
-        Command::Sort(args) => cmd::compute::sort(&global, args).await,
-        Command::Job(args) => cmd::compute::job(&global, args).await,
-        Command::Jobs(args) => cmd::compute::jobs(&global, args).await,
-        Command::Sync(args) => cmd::sync::run(&global, args).await,
-        Command::Menu => menu::run(&global).await,
+        Command::Ls(c) => cmd::files::ls(&c.global, c.args).await,
+        Command::Put(c) => cmd::files::put(&c.global, c.args).await,
+        Command::Get(c) => cmd::files::get(&c.global, c.args).await,
+        Command::Rm(c) => cmd::files::rm(&c.global, c.args).await,
+        Command::Mv(c) => cmd::files::mv(&c.global, c.args).await,
+        Command::Stat(c) => cmd::files::stat(&c.global, c.args).await,
+        Command::Add(c) => cmd::compute::add(&c.global, c.args).await,
+        Command::Sort(c) => cmd::compute::sort(&c.global, c.args).await,
+        Command::Job(c) => cmd::compute::job(&c.global, c.args).await,
+        Command::Jobs(c) => cmd::compute::jobs(&c.global, c.args).await,
+        Command::Sync(c) => cmd::sync::run(&c.global, c.args).await,
+        Command::Menu(c) => menu::run(&c.global).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

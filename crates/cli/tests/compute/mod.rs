@@ -182,7 +182,7 @@ fn dedicated_files_and_compute_servers() {
     let out = cmd(
         &dir,
         &env,
-        &["--compute-server", &files.addr, "add", "1", "2"],
+        &["add", "--compute-server", &files.addr, "1", "2"],
     )
     .output()
     .unwrap();
