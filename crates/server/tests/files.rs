@@ -1005,3 +1005,42 @@ async fn deletes_and_uploads_in_one_folder_do_not_trip_over_each_other() {
     assert!(c.list_all(None).await.unwrap().is_empty());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_index_commit_that_fails_after_the_install_is_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("MASTER");
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "doc", b"old version").await;
+    put_bytes(&c, tmp.path(), "gone", b"to delete").await;
+
+    // Another process holds the index locked: the server's commits fail
+    // (after it has put the new content in place).
+    let blocker = rusqlite::Connection::open(root.join(".distribusync/index.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::fs::write(tmp.path().join("new"), b"new version").unwrap();
+    let err = c
+        .upload(&tmp.path().join("new"), &p("doc"), None, Arc::new(()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Server(_)), "{err:?}");
+    assert!(c.delete(&p("gone"), None).await.is_err());
+    // Until the lock goes, the index cannot be written at all.
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+
+    // The server brings the index in step with what is on disk.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let doc = c.stat(&p("doc")).await.unwrap();
+        let gone = c.stat(&p("gone")).await;
+        if doc.hash == ContentHash::of(b"new version") && gone.is_err() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never repaired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get_bytes(&c, tmp.path(), "doc").await, b"new version");
+    server.stop().await;
+}

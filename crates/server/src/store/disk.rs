@@ -514,8 +514,24 @@ impl Disk {
     /// Every regular file below the root (outside `.distribusync`), with its
     /// metadata; symlinks and invalid names are reported and skipped.
     pub fn walk(&self) -> Vec<(RemotePath, fs::Metadata)> {
+        self.walk_from(self.root.clone(), String::new())
+    }
+
+    /// The file at `path`, or every file under the folder at `path`, as
+    /// [`Disk::walk`] finds them; nothing if a link is on the way.
+    pub fn walk_under(&self, path: &RemotePath) -> Vec<(RemotePath, fs::Metadata)> {
+        match self.kind(path) {
+            Ok(Kind::File) => fs::symlink_metadata(self.local(path))
+                .map(|m| vec![(path.clone(), m)])
+                .unwrap_or_default(),
+            Ok(Kind::Folder) => self.walk_from(self.local(path), path.to_string()),
+            _ => Vec::new(),
+        }
+    }
+
+    fn walk_from(&self, dir: PathBuf, prefix: String) -> Vec<(RemotePath, fs::Metadata)> {
         let mut out = Vec::new();
-        let mut stack = vec![(self.root.clone(), String::new())];
+        let mut stack = vec![(dir, prefix)];
         while let Some((dir, prefix)) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,

@@ -129,31 +129,12 @@ impl Store {
         let mut seen = std::collections::HashSet::with_capacity(on_disk.len());
         let (mut added, mut changed, mut removed) = (0u64, 0u64, 0u64);
         for (path, meta) in on_disk {
-            let mtime = meta
-                .modified()
-                .map(distribusync_proto::unix_nanos)
-                .unwrap_or(0);
             let old = known.get(&path);
             seen.insert(path.clone());
-            if old.is_some_and(|f| f.size == meta.len() && f.modified_ns == mtime) {
-                continue;
-            }
-            let local = disk.local_path(&path);
-            let hash = match hash_file(&local) {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!(%path, error = %e, "cannot read file in MASTER; skipped");
-                    continue;
-                }
-            };
-            match old {
-                Some(f) if f.hash == hash && f.size == meta.len() => index.touch(&path, mtime)?,
-                Some(_) => {
-                    index.commit_put(&path, meta.len(), hash, mtime)?;
+            if self.reconcile_one(&path, Some(&meta), old)?.is_some() {
+                if old.is_some() {
                     changed += 1;
-                }
-                None => {
-                    index.commit_put(&path, meta.len(), hash, mtime)?;
+                } else {
                     added += 1;
                 }
             }
@@ -173,6 +154,105 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// Records what the disk holds at `path` (`meta`: its metadata, `None`
+    /// if nothing) where the index says `old`; the change, if one was made.
+    fn reconcile_one(
+        &self,
+        path: &RemotePath,
+        meta: Option<&std::fs::Metadata>,
+        old: Option<&FileRecord>,
+    ) -> Result<Option<ChangeRecord>> {
+        let Inner { disk, index, .. } = &*self.inner;
+        let Some(meta) = meta else {
+            return match old {
+                Some(_) => index.commit_delete(path).map(Some),
+                None => Ok(None),
+            };
+        };
+        let mtime = meta
+            .modified()
+            .map(distribusync_proto::unix_nanos)
+            .unwrap_or(0);
+        if old.is_some_and(|f| f.size == meta.len() && f.modified_ns == mtime) {
+            return Ok(None);
+        }
+        let hash = match hash_file(&disk.local_path(path)) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "cannot read file in MASTER; skipped");
+                return Ok(None);
+            }
+        };
+        match old {
+            Some(f) if f.hash == hash && f.size == meta.len() => {
+                index.touch(path, mtime)?;
+                Ok(None)
+            }
+            _ => Ok(Some(index.commit_put(path, meta.len(), hash, mtime)?.1)),
+        }
+    }
+
+    /// After the disk changed but the index commit failed (an IO error, a
+    /// locked database), brings the index in step with the disk for
+    /// everything at or under `paths`, retrying every second until it
+    /// succeeds or the store is gone, so clients never keep seeing the old
+    /// metadata of a file whose new content is in place.
+    fn repair_later(&self, paths: Vec<RemotePath>) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let store = Store { inner };
+                let targets: Vec<&RemotePath> = paths.iter().collect();
+                let guard = store.inner.locks.lock(&targets).await;
+                let s = store.clone();
+                let p = paths.clone();
+                let repaired = blocking(move || s.repair(&p)).await;
+                drop(guard);
+                match repaired {
+                    Ok(changes) => {
+                        tracing::info!(
+                            files = changes.len(),
+                            "index repaired after a failed commit"
+                        );
+                        for change in changes {
+                            store.announce(change);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "index still out of step with the disk; retrying")
+                    }
+                }
+                drop(store);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// One attempt of [`Store::repair_later`].
+    fn repair(&self, paths: &[RemotePath]) -> Result<Vec<ChangeRecord>> {
+        let Inner { disk, index, .. } = &*self.inner;
+        let mut state: std::collections::BTreeMap<
+            RemotePath,
+            (Option<FileRecord>, Option<std::fs::Metadata>),
+        > = Default::default();
+        for p in paths {
+            for f in index.list_page(Some(p), None, u32::MAX)? {
+                let path = f.path.clone();
+                state.entry(path).or_default().0 = Some(f);
+            }
+            for (path, meta) in disk.walk_under(p) {
+                state.entry(path).or_default().1 = Some(meta);
+            }
+        }
+        let mut changes = Vec::new();
+        for (path, (old, meta)) in &state {
+            changes.extend(self.reconcile_one(path, meta.as_ref(), old.as_ref())?);
+        }
+        Ok(changes)
     }
 
     fn announce(&self, change: ChangeRecord) {
@@ -335,8 +415,15 @@ impl Store {
                     )
                 })
                 .collect();
+            let committed = match index.commit_puts(&puts) {
+                Ok(c) => c,
+                Err(e) => {
+                    s.repair_later(puts.into_iter().map(|(p, ..)| p).collect());
+                    return Err(e);
+                }
+            };
             let mut changes = Vec::with_capacity(puts.len());
-            for (&i, (record, change)) in installed.iter().zip(index.commit_puts(&puts)?) {
+            for (&i, (record, change)) in installed.iter().zip(committed) {
                 results[i] = Some(Ok(record));
                 changes.push(change);
             }
@@ -521,7 +608,9 @@ impl Store {
                 Ok(()) | Err(ServiceError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
-            index.commit_delete(&p)
+            index
+                .commit_delete(&p)
+                .inspect_err(|_| s.repair_later(vec![p.clone()]))
         })
         .await?;
         let seq = change.seq;
@@ -579,7 +668,9 @@ impl Store {
                 return Err(ServiceError::AlreadyExists(t));
             }
             disk.rename(&f, &t)?;
-            index.commit_rename(&f, &t, folder)
+            index
+                .commit_rename(&f, &t, folder)
+                .inspect_err(|_| s.repair_later(vec![f.clone(), t.clone()]))
         })
         .await?;
         let seq = change.seq;
