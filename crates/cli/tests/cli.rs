@@ -230,6 +230,30 @@ fn put_r_sends_what_it_can_and_names_what_it_cannot() {
 }
 
 #[test]
+fn put_r_of_more_folders_than_open_files_allowed_sends_them_all() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    for i in 0..300 {
+        let sub = dir.join(format!("tree/d{i:03}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("f"), i.to_string()).unwrap();
+    }
+    // Run with at most 100 open files (the walk must not hold a handle per
+    // folder still to visit).
+    let out = Command::new("sh")
+        .current_dir(&dir)
+        .env("DISTRIBUSYNC_SERVER", s)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .arg("-c")
+        .arg(format!("ulimit -n 100 && exec {BIN} put -r tree"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(ok(&dir, s, &["ls"]).lines().count(), 300);
+}
+
+#[test]
 fn mv_into_a_folder_and_get_onto_a_folder() {
     let (_t, dir) = tmp();
     let server = Server::start(&dir);

@@ -481,6 +481,13 @@ fn ctrl_c_during_a_transfer_cancels_it_and_the_menu_carries_on() {
     answer(&mut p, "folder or file (Enter: everything): ", "");
     p.exp_string("(no files)").unwrap();
     assert!(!tmp.path().join("MASTER/big.bin").exists());
+    // What the server received is kept, so uploading it again resumes.
+    let partial = tmp.path().join("MASTER/.distribusync/partial");
+    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
+    while std::fs::read_dir(&partial).unwrap().next().is_none() {
+        assert!(Instant::now() < deadline, "nothing kept for resuming");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p.exp_string("files> ").unwrap();
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();

@@ -557,7 +557,7 @@ impl FilesClient {
         local: &Path,
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
-        self.download_checked(remote, local, progress, Box::new(|_| Ok(())))
+        self.download_attempt(remote, local, progress, Box::new(|_| Ok(())), 3, true)
             .await
             .map(|(info, _)| info)
     }
@@ -577,7 +577,9 @@ impl FilesClient {
         progress: Arc<dyn Progress>,
         check: BeforeReplace,
     ) -> Result<(FileInfo, fs::Metadata)> {
-        self.download_attempt(remote, local, progress, check, 3)
+        // Not clearing other versions' parts here: that lists the whole
+        // folder, once per file a sync pass downloads into it.
+        self.download_attempt(remote, local, progress, check, 3, false)
             .await
     }
 
@@ -588,6 +590,7 @@ impl FilesClient {
         progress: Arc<dyn Progress>,
         check: BeforeReplace,
         attempts: u32,
+        clear_stale: bool,
     ) -> Result<(FileInfo, fs::Metadata)> {
         if local.is_dir() {
             return Err(ClientError::local(
@@ -600,7 +603,9 @@ impl FilesClient {
         }
         let info = self.stat(remote).await?;
         let partial = partial_path(local, &info.hash);
-        remove_stale_parts(local, &partial);
+        if clear_stale {
+            remove_stale_parts(local, &partial);
+        }
         let offset = match fs::metadata(&partial) {
             Ok(m) if m.len() <= info.size => m.len(),
             _ => 0,
@@ -628,8 +633,15 @@ impl FilesClient {
                     "{remote}: keeps changing on the server while downloading; try again later"
                 )));
             }
-            return Box::pin(self.download_attempt(remote, local, progress, check, attempts - 1))
-                .await;
+            return Box::pin(self.download_attempt(
+                remote,
+                local,
+                progress,
+                check,
+                attempts - 1,
+                clear_stale,
+            ))
+            .await;
         }
         if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| ClientError::local(dir, e))?;
@@ -697,6 +709,7 @@ impl FilesClient {
                     progress,
                     check,
                     attempts - 1,
+                    clear_stale,
                 ))
                 .await;
             }

@@ -38,15 +38,28 @@ pub struct LocalTree {
 /// Only when `dir` itself cannot be read.
 pub fn local_tree(dir: &Path, base: Option<&RemotePath>) -> Result<LocalTree> {
     let mut tree = LocalTree::default();
-    let top = std::fs::read_dir(dir).map_err(|e| ClientError::local(dir, e))?;
-    let mut stack = vec![(top, String::new())];
-    while let Some((entries, rel)) = stack.pop() {
+    // Folders wait as paths, not open handles, so a tree with more folders
+    // than the open-file limit is listed whole.
+    let mut stack = vec![(dir.to_owned(), String::new())];
+    while let Some((folder, rel)) = stack.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(e) => e,
+            Err(e) if rel.is_empty() => return Err(ClientError::local(dir, e)),
+            Err(e) => {
+                tree.skipped.push(Skipped {
+                    local: folder,
+                    why: e.to_string(),
+                    failed: true,
+                });
+                continue;
+            }
+        };
         for entry in entries {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
                     tree.skipped.push(Skipped {
-                        local: dir.join(&rel),
+                        local: folder.clone(),
                         why: e.to_string(),
                         failed: true,
                     });
@@ -82,10 +95,7 @@ pub fn local_tree(dir: &Path, base: Option<&RemotePath>) -> Result<LocalTree> {
                     skip("DistribuSync's own folder (sync state)".into(), false);
                     continue;
                 }
-                match std::fs::read_dir(&local) {
-                    Ok(inner) => stack.push((inner, sub)),
-                    Err(e) => skip(e.to_string(), true),
-                }
+                stack.push((local.clone(), sub));
             } else if kind.is_file() {
                 let target = match base {
                     Some(b) => format!("{b}/{sub}"),
@@ -153,8 +163,10 @@ impl FilesClient {
                 continue;
             };
             let client = self.clone();
-            let progress = progress_for(&remote);
+            let progress_for = progress_for.clone();
             work.push(Box::pin(async move {
+                // The bar appears when the transfer starts, not before.
+                let progress = progress_for(&remote);
                 let r = client.upload(&local, &remote, None, progress).await;
                 vec![(local, r)]
             }));

@@ -86,6 +86,9 @@ fn upload_header(h: v1::UploadHeader, trailer: bool) -> Result<(UploadHeader, bo
     } else {
         content_hash(&path, &h.hash)?
     };
+    // Without a modified time no later request can name this upload, so an
+    // interrupted one is not kept for resuming (see `UploadHeader::resumable`).
+    let resumable = h.modified.is_some();
     let modified = match h.modified {
         None => SystemTime::now(),
         Some(t) => distribusync_proto::system_time(&t).ok_or_else(|| {
@@ -100,6 +103,7 @@ fn upload_header(h: v1::UploadHeader, trailer: bool) -> Result<(UploadHeader, bo
             modified,
             if_revision: h.if_revision,
             offset: h.offset,
+            resumable,
         },
         in_trailer,
     ))
@@ -150,7 +154,13 @@ impl Files for FilesService {
             }
         }
         if in_trailer && !got_trailer {
-            upload.discard();
+            // A client that gave up part way (Ctrl-C, a stopped sync) ends
+            // the stream early: what arrived is kept for resuming, as after
+            // a broken connection (the final hash still guards the whole).
+            // All data but no hash is a client that refused its own file.
+            if upload.received() == upload.size() {
+                upload.discard();
+            }
             return Err(ServiceError::InvalidArgument(format!(
                 "{path}: the upload ended without its content hash"
             ))

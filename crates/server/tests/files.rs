@@ -377,6 +377,45 @@ async fn an_interrupted_upload_resumes_where_it_broke() {
 }
 
 #[tokio::test]
+async fn an_upload_the_client_gives_up_on_is_kept_for_resuming() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let data = pseudo_random(64 << 20, 4);
+    let local = tmp.path().join("movie");
+    std::fs::write(&local, &data).unwrap();
+    // The caller drops the upload part way (Ctrl-C in the menu, a sync
+    // that stops): the stream ends early, not broken.
+    let (c2, l2) = (c.clone(), local.clone());
+    let upload = tokio::spawn(async move { c2.upload(&l2, &p("movie"), None, Arc::new(())).await });
+    eventually("data staged", || staged_bytes(&server.root) > 0).await;
+    upload.abort();
+    assert!(upload.await.unwrap_err().is_cancelled());
+    let modified = std::fs::metadata(&local).unwrap().modified().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let kept = loop {
+        let kept = c
+            .upload_offset(&p("movie"), 64 << 20, modified)
+            .await
+            .unwrap();
+        if kept > 0 {
+            break kept;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(c.stat(&p("movie")).await.is_err(), "nothing installed");
+    let starts = Arc::new(Starts::default());
+    let info = c
+        .upload(&local, &p("movie"), None, starts.clone())
+        .await
+        .unwrap();
+    assert_eq!(*starts.0.lock().unwrap(), [(64 << 20, kept)]);
+    assert_eq!(info.hash, ContentHash::of(&data));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_resume_from_a_kept_part_that_differs_starts_over() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start(&tmp.path().join("MASTER")).await;

@@ -102,14 +102,23 @@ enum ConsoleKind {
 /// numbers that big belongs in a file: `distribusync sort --file`).
 pub const MAX_LINE: usize = 4 << 20;
 
-/// Reads stdin line by line into `tx` until it ends (or the menu goes).
+/// Reads stdin line by line into `tx` until it ends (or the menu goes). A
+/// line longer than [`MAX_LINE`] is passed on cut at `MAX_LINE + 1` bytes
+/// (to be refused), and the rest of it skipped without being held.
 fn read_lines(tx: mpsc::UnboundedSender<PlainLine>) {
     let mut stdin = std::io::stdin().lock();
     loop {
         let mut line = Vec::new();
-        match stdin.read_until(b'\n', &mut line) {
+        let read =
+            std::io::Read::take(&mut stdin, MAX_LINE as u64 + 1).read_until(b'\n', &mut line);
+        match read {
             Ok(0) => return,
             Ok(_) => {
+                let cut = line.len() > MAX_LINE && line.last() != Some(&b'\n');
+                if cut && let Err(e) = skip_line(&mut stdin) {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
                 if tx.send(Ok(line)).is_err() {
                     return;
                 }
@@ -117,6 +126,26 @@ fn read_lines(tx: mpsc::UnboundedSender<PlainLine>) {
             Err(e) => {
                 let _ = tx.send(Err(e));
                 return;
+            }
+        }
+    }
+}
+
+/// Consumes input up to and including the next newline.
+fn skip_line(input: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                input.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                input.consume(n);
             }
         }
     }
@@ -171,12 +200,17 @@ impl Console {
         };
         // A Ctrl-C from before this action does not cancel it.
         drain(interrupts);
-        self.rt.block_on(async {
+        let done = self.rt.block_on(async {
             tokio::select! {
                 done = action => Some(done),
-                _ = interrupts.recv() => None,
+                Some(()) = interrupts.recv() => None,
             }
-        })
+        });
+        if done.is_none() {
+            // The rest of a paste was meant for what Ctrl-C just stopped.
+            self.queued.clear();
+        }
+        done
     }
 
     /// True in a terminal (progress bars, line editing).
@@ -256,7 +290,7 @@ impl Console {
                         self.rt.block_on(async {
                             tokio::select! {
                                 line = lines.recv() => Some(line),
-                                _ = interrupts.recv() => None,
+                                Some(()) = interrupts.recv() => None,
                             }
                         })
                     }

@@ -4,11 +4,15 @@
 //! A symlink anywhere below the root is refused rather than followed. Every
 //! component of a path is checked with `lstat` (for clear errors), and the
 //! operations themselves resolve paths with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS)` from a descriptor of the root: reads open the file
-//! that way, and renames and deletes act on a descriptor of the parent
-//! folder opened that way. So a local user who swaps a folder for a link
-//! between the check and the act still cannot make the server read or
-//! write outside its root. All methods are blocking.
+//! RESOLVE_NO_SYMLINKS)` from a descriptor of the root: reads (downloads,
+//! the reconcile's hashing) open the file that way, and installs, renames,
+//! deletes, new folders and the removal of emptied folders act on a
+//! descriptor of the parent folder opened that way. So a local user who
+//! swaps a folder for a link between the check and the act cannot make the
+//! server read, write or remove anything outside its root through it. Left
+//! path-based: the fsync of a folder (harmless), and the sweep of empty
+//! folders at start (before any client is served). All methods are
+//! blocking.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -199,10 +203,21 @@ impl Disk {
     /// The folder holding `path`, opened beneath the root (see
     /// [`Disk::open_beneath`]).
     fn parent_dir(&self, path: &RemotePath) -> io::Result<OwnedFd> {
+        self.parent_dir_with(path, OFlags::PATH | OFlags::DIRECTORY)
+    }
+
+    fn parent_dir_with(&self, path: &RemotePath, flags: OFlags) -> io::Result<OwnedFd> {
         let rel = path
             .parent()
             .map_or_else(|| ".".to_owned(), |p| p.to_string());
-        self.open_beneath(&rel, OFlags::PATH | OFlags::DIRECTORY)
+        self.open_beneath(&rel, flags)
+    }
+
+    /// Removes the empty folder at `path` through its parent opened beneath
+    /// the root; fails (harmlessly) when it is not empty.
+    fn remove_empty_dir(&self, path: &RemotePath) -> io::Result<()> {
+        let parent = self.parent_dir(path)?;
+        rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::REMOVEDIR).map_err(Into::into)
     }
 
     fn local(&self, path: &RemotePath) -> PathBuf {
@@ -279,15 +294,21 @@ impl Disk {
                         "{path}: {dir} is a file, not a folder"
                     )));
                 }
-                Kind::Missing => match fs::create_dir(&cur) {
-                    Ok(()) => {
-                        if let Some(parent) = cur.parent() {
-                            sync_dir(parent).map_err(|e| ServiceError::io(dir.to_string(), e))?;
-                        }
+                Kind::Missing => {
+                    // Made inside its parent as opened beneath the root, so
+                    // a parent swapped for a link meanwhile is refused.
+                    let parent = self
+                        .parent_dir_with(&dir, OFlags::RDONLY | OFlags::DIRECTORY)
+                        .map_err(|e| beneath_error(&dir, e))?;
+                    let made =
+                        rustix::fs::mkdirat(&parent, dir.file_name(), Mode::from_raw_mode(0o777));
+                    match made {
+                        Ok(()) => rustix::fs::fsync(&parent)
+                            .map_err(|e| ServiceError::io(dir.to_string(), e.into()))?,
+                        Err(Errno::EXIST) => {}
+                        Err(e) => return Err(ServiceError::io(dir.to_string(), e.into())),
                     }
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(ServiceError::io(dir.to_string(), e)),
-                },
+                }
             }
         }
         Ok(cur)
@@ -366,6 +387,16 @@ impl Disk {
         }
     }
 
+    /// Removes the kept part of an upload of this file, if any.
+    pub fn drop_partial(&self, path: &RemotePath, size: u64, modified_ns: i64) {
+        let _ = fs::remove_file(self.partials.join(partial_name(path, size, modified_ns)));
+    }
+
+    /// Removes kept parts older than a day (also run at start).
+    pub fn expire_partials(&self) {
+        expire_partials(&self.partials);
+    }
+
     /// Keeps the staging file of an interrupted upload for resuming,
     /// replacing any older part of the same file.
     pub fn keep_partial(
@@ -398,7 +429,7 @@ impl Disk {
             Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(path.as_str())),
             // An empty folder holds nothing the server serves (one made by
             // hand, say): the file takes its place.
-            Ok(m) if m.is_dir() && fs::remove_dir(&target).is_ok() => {}
+            Ok(m) if m.is_dir() && self.remove_empty_dir(path).is_ok() => {}
             Ok(m) if m.is_dir() => {
                 return Err(ServiceError::Conflict(format!(
                     "{path}: is a folder; cannot replace it with a file"
@@ -430,7 +461,12 @@ impl Disk {
                     p
                 }
             };
-            let renamed = self.parent_dir(path).and_then(|dir| {
+            let dir = match self.parent_dir(path) {
+                Ok(d) => Ok(d),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
+                Err(e) => return Err(beneath_error(path, e)),
+            };
+            let renamed = dir.and_then(|dir| {
                 rustix::fs::renameat(src_dir, src, &dir, path.file_name()).map_err(Into::into)
             });
             match renamed {
@@ -443,7 +479,7 @@ impl Disk {
                     checked.remove(&parent);
                     attempts += 1;
                 }
-                Err(e) => return Err(beneath_error(path, e)),
+                Err(e) => return Err(ServiceError::io(path.to_string(), e)),
             }
         }
     }
@@ -497,9 +533,8 @@ impl Disk {
         let mut cur = path.parent();
         let mut changed = self.local(path);
         while let Some(dir) = cur {
-            let local = self.local(&dir);
-            match fs::remove_dir(&local) {
-                Ok(()) => changed = local,
+            match self.remove_empty_dir(&dir) {
+                Ok(()) => changed = self.local(&dir),
                 // Not empty (or already gone): stop climbing.
                 Err(_) => break,
             }
@@ -605,11 +640,6 @@ impl Disk {
         let mut removed = 0;
         prune(&self.root, true, &mut removed);
         removed
-    }
-
-    /// The absolute local path (for the reconcile's hashing).
-    pub fn local_path(&self, path: &RemotePath) -> PathBuf {
-        self.local(path)
     }
 }
 

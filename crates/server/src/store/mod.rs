@@ -111,6 +111,18 @@ impl Store {
         .await?;
         let s = store.clone();
         blocking(move || s.reconcile()).await?;
+        // Kept parts of interrupted uploads expire also while the server
+        // runs; the task ends with the store.
+        let weak = Arc::downgrade(&store.inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            every.tick().await; // the first tick is now: done at open
+            loop {
+                every.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || inner.disk.expire_partials()).await;
+            }
+        });
         Ok(store)
     }
 
@@ -178,7 +190,15 @@ impl Store {
         if old.is_some_and(|f| f.size == meta.len() && f.modified_ns == mtime) {
             return Ok(None);
         }
-        let hash = match hash_file(&disk.local_path(path)) {
+        // Opened beneath the root like every read, never through a link.
+        let hashed = disk.open_file(path).and_then(|f| {
+            let mut hasher = blake3::Hasher::new();
+            hasher
+                .update_reader(f)
+                .map_err(|e| ServiceError::io(path.to_string(), e))?;
+            Ok(ContentHash::from(hasher.finalize()))
+        });
+        let hash = match hashed {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(%path, error = %e, "cannot read file in MASTER; skipped");
@@ -690,11 +710,4 @@ impl Store {
         let s = self.clone();
         blocking(move || s.inner.index.log_bounds()).await
     }
-}
-
-/// BLAKE3 of a local file, streamed.
-pub fn hash_file(path: &Path) -> std::io::Result<ContentHash> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
-    Ok(hasher.finalize().into())
 }

@@ -23,6 +23,9 @@ pub struct UploadHeader {
     pub if_revision: Option<Revision>,
     /// Resume an interrupted upload: the data starts at this byte.
     pub offset: u64,
+    /// Whether a later request can name this upload (the client sent its
+    /// modified time), so an interrupted one is worth keeping.
+    pub resumable: bool,
 }
 
 type Written = std::io::Result<(File, blake3::Hasher)>;
@@ -98,7 +101,7 @@ impl Upload {
     pub(super) fn new(store: Store, header: UploadHeader, staged: PathBuf, start: Start) -> Self {
         let (tx, rx) = mpsc::channel(4);
         let received = start.written;
-        let keep = header.size >= distribusync_core::limits::RESUME_MIN_BYTES;
+        let keep = header.resumable && header.size >= distribusync_core::limits::RESUME_MIN_BYTES;
         Self {
             store,
             header,
@@ -109,6 +112,16 @@ impl Upload {
             done: false,
             keep,
         }
+    }
+
+    /// Bytes received so far (with a resumed upload's kept part).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The size the header announced.
+    pub fn size(&self) -> u64 {
+        self.header.size
     }
 
     /// Makes a failure final: the received part is removed, not kept for
@@ -196,6 +209,16 @@ impl Upload {
         // Once installed the staging name no longer exists; on failure Drop
         // removes it.
         self.done = record.is_ok();
+        if record.is_ok() && self.header.size >= distribusync_core::limits::RESUME_MIN_BYTES {
+            // A part an earlier attempt left of this very file is moot now.
+            let (store, h) = (self.store.clone(), self.header.clone());
+            let _ = blocking(move || {
+                let modified_ns = distribusync_proto::unix_nanos(h.modified);
+                store.inner.disk.drop_partial(&h.path, h.size, modified_ns);
+                Ok(())
+            })
+            .await;
+        }
         record
     }
 }
