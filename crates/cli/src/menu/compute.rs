@@ -100,11 +100,12 @@ fn submit(m: &mut Menu, job: Job, numbers: Numbers) {
     let callback = {
         let pending = pending.clone();
         move |id: String, result: Result<JobOutput, ComputeError>| {
-            pending.fetch_sub(1, Ordering::SeqCst);
             printer.line(&match result {
                 Ok(out) => format!("[job {id}] {} done: {}", job.name(), show(&out)),
                 Err(e) => format!("[job {id}] {} failed: {e}", job.name()),
             });
+            // Only once it is printed: leaving waits for this count.
+            pending.fetch_sub(1, Ordering::SeqCst);
         }
     };
     let submitted = m.act(job.name(), async move {
