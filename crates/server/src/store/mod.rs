@@ -25,6 +25,45 @@ use crate::locks::PathLocks;
 use disk::Disk;
 use index::Index;
 
+/// A staging file between its creation (or claim) on the blocking pool and
+/// the [`Upload`] that takes it over. If the request goes away in between,
+/// the file is removed, or, if it was a kept part being resumed, put back.
+#[derive(Debug)]
+struct StagedGuard {
+    path: Option<std::path::PathBuf>,
+    store: Store,
+    kept_as: Option<(UploadHeader, i64)>,
+}
+
+impl StagedGuard {
+    fn new(store: &Store, path: std::path::PathBuf, kept_as: Option<(UploadHeader, i64)>) -> Self {
+        Self {
+            path: Some(path),
+            store: store.clone(),
+            kept_as,
+        }
+    }
+
+    /// Hands the file on; the guard no longer cares for it.
+    fn take(mut self) -> std::path::PathBuf {
+        self.path.take().expect("taken once")
+    }
+}
+
+impl Drop for StagedGuard {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else { return };
+        let back = self.kept_as.as_ref().is_some_and(|(h, modified_ns)| {
+            let disk = &self.store.inner.disk;
+            disk.keep_partial(&path, &h.path, h.size, *modified_ns)
+                .is_ok()
+        });
+        if !back {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Limits and tunables of the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -318,7 +357,7 @@ impl Store {
                     hasher: blake3::Hasher::new(),
                     written: 0,
                 };
-                return Ok((staged, start));
+                return Ok((StagedGuard::new(&s, staged, None), start));
             }
             let modified_ns = distribusync_proto::unix_nanos(h.modified);
             let claimed = s
@@ -332,6 +371,9 @@ impl Store {
                     h.path, h.offset
                 )));
             };
+            // Should the client go away while the prefix is hashed, the part
+            // goes back where it was kept.
+            let staged = StagedGuard::new(&s, staged, Some((h.clone(), modified_ns)));
             // The bytes before the offset count towards the hash.
             let mut hasher = blake3::Hasher::new();
             let prefix = (|| {
@@ -341,7 +383,7 @@ impl Store {
                 std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(h.offset))
             })();
             if let Err(e) = prefix {
-                let _ = std::fs::remove_file(&staged);
+                let _ = std::fs::remove_file(staged.take());
                 return Err(ServiceError::io("kept upload part", e));
             }
             let start = upload::Start {
@@ -352,7 +394,7 @@ impl Store {
             Ok((staged, start))
         })
         .await?;
-        Ok(Upload::new(self.clone(), header, staged, start))
+        Ok(Upload::new(self.clone(), header, staged.take(), start))
     }
 
     /// Bytes kept of an interrupted upload of this file (same path, size
