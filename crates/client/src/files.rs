@@ -178,6 +178,34 @@ fn remove_stale_parts(local: &Path, keep: &Path) {
     }
 }
 
+/// Hashes the next `len` bytes of `input` (fewer at its end), on all cores
+/// in big pieces; returns how many bytes it hashed.
+fn hash_prefix(
+    hasher: &mut blake3::Hasher,
+    input: &mut impl Read,
+    len: u64,
+) -> std::io::Result<u64> {
+    const PIECE: u64 = 16 << 20;
+    let mut buf = vec![0u8; usize::try_from(len.min(PIECE)).unwrap_or(0)];
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from((len - done).min(PIECE)).unwrap_or(0);
+        let mut got = 0;
+        while got < want {
+            match input.read(&mut buf[got..want])? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        hasher.update_rayon(&buf[..got]);
+        done += got as u64;
+        if got < want {
+            break;
+        }
+    }
+    Ok(done)
+}
+
 /// Sets its flag when dropped.
 struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
 
@@ -389,16 +417,15 @@ impl FilesClient {
                 tx.blocking_send(v1::UploadRequest { msg: Some(msg) })
                     .is_ok()
             };
-            let mut file = std::io::BufReader::with_capacity(limits::CHUNK_SIZE, file);
-            let mut hasher = blake3::Hasher::new();
-            // The part the server kept is hashed here, not sent.
-            let skipped = hasher
-                .update_reader((&mut file).take(offset))
-                .map_err(|e| ClientError::local(&path, e))?
-                .count();
+            // The header goes first, so the server re-reads the part it kept
+            // while the same part is hashed here (not sent).
             if !send(Msg::Header(header)) {
                 return Ok(());
             }
+            let mut file = std::io::BufReader::with_capacity(limits::CHUNK_SIZE, file);
+            let mut hasher = blake3::Hasher::new();
+            let skipped = hash_prefix(&mut hasher, &mut file, offset)
+                .map_err(|e| ClientError::local(&path, e))?;
             let mut left = size.saturating_sub(skipped);
             while left > 0 && skipped == offset {
                 let n = usize::try_from(left)

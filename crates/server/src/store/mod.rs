@@ -374,12 +374,21 @@ impl Store {
             // Should the client go away while the prefix is hashed, the part
             // goes back where it was kept.
             let staged = StagedGuard::new(&s, staged, Some((h.clone(), modified_ns)));
-            // The bytes before the offset count towards the hash.
+            // The bytes before the offset count towards the hash: read in
+            // pieces (memory stays flat; mapping the file would count it
+            // all in the server's RSS), each hashed on all cores.
             let mut hasher = blake3::Hasher::new();
             let prefix = (|| {
-                let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+                let mut buf = vec![0u8; 8 << 20];
+                let mut reader = &file;
                 std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))?;
-                hasher.update_reader(std::io::Read::take(reader, h.offset))?;
+                loop {
+                    let n = std::io::Read::read(&mut reader, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update_rayon(&buf[..n]);
+                }
                 std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(h.offset))
             })();
             if let Err(e) = prefix {
