@@ -152,7 +152,9 @@ pub async fn put(global: &Global, args: PutArgs) -> anyhow::Result<()> {
         Some(r) => Some(remote(r)?),
         None => Some(remote(&local_name(&args.local)?)?),
     };
-    let tree = local_tree(&args.local, base.as_ref())
+    let (dir, under) = (args.local.clone(), base.clone());
+    let tree = tokio::task::spawn_blocking(move || local_tree(&dir, under.as_ref()))
+        .await?
         .with_context(|| format!("put {}", args.local.display()))?;
     let mut failed = 0usize;
     for s in &tree.skipped {
