@@ -178,17 +178,19 @@ fn remove_stale_parts(local: &Path, keep: &Path) {
     }
 }
 
-/// Hashes the next `len` bytes of `input` (fewer at its end), on all cores
-/// in big pieces; returns how many bytes it hashed.
+/// Hashes the next `len` bytes of `input` (fewer at its end, or up to the
+/// piece when `stop` says so), on all cores in big pieces; returns how many
+/// bytes it hashed.
 fn hash_prefix(
     hasher: &mut blake3::Hasher,
     input: &mut impl Read,
     len: u64,
+    stop: &dyn Fn() -> bool,
 ) -> std::io::Result<u64> {
     const PIECE: u64 = 16 << 20;
     let mut buf = vec![0u8; usize::try_from(len.min(PIECE)).unwrap_or(0)];
     let mut done = 0u64;
-    while done < len {
+    while done < len && !stop() {
         let want = usize::try_from((len - done).min(PIECE)).unwrap_or(0);
         let mut got = 0;
         while got < want {
@@ -424,8 +426,13 @@ impl FilesClient {
             }
             let mut file = std::io::BufReader::with_capacity(limits::CHUNK_SIZE, file);
             let mut hasher = blake3::Hasher::new();
-            let skipped = hash_prefix(&mut hasher, &mut file, offset)
+            // Given up (dropped, or the stream closed): stop reading at once.
+            let stop = || gone() || tx.is_closed();
+            let skipped = hash_prefix(&mut hasher, &mut file, offset, &stop)
                 .map_err(|e| ClientError::local(&path, e))?;
+            if stop() {
+                return Ok(());
+            }
             let mut left = size.saturating_sub(skipped);
             while left > 0 && skipped == offset {
                 let n = usize::try_from(left)
@@ -458,6 +465,9 @@ impl FilesClient {
                 || after.len() != size
                 || after.modified().ok() != before_modified;
             if changed {
+                // A hash nothing matches: the server drops what it got
+                // rather than keep a part no later upload can resume.
+                send(Msg::TrailerHash(vec![0; 32]));
                 return Err(ClientError::Stale(format!(
                     "{}: changed while it was being sent; send it again",
                     path.display()
@@ -685,11 +695,18 @@ impl FilesClient {
         // A writer on the blocking pool hashes and writes while the next
         // chunk arrives; it starts by hashing the resumed prefix.
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _abandon_on_drop = SetOnDrop(abandoned.clone());
         let writer =
             tokio::task::spawn_blocking(move || -> std::io::Result<(File, ContentHash)> {
                 let mut hasher = blake3::Hasher::new();
                 if offset > 0 {
-                    hasher.update_reader((&file).take(offset))?;
+                    // Stops at once if the download is dropped meanwhile.
+                    let stop = || abandoned.load(std::sync::atomic::Ordering::Relaxed);
+                    let hashed = hash_prefix(&mut hasher, &mut &file, offset, &stop)?;
+                    if hashed < offset {
+                        return Err(std::io::Error::other("download stopped"));
+                    }
                 }
                 let mut since_hint = 0u64;
                 while let Some(chunk) = rx.blocking_recv() {

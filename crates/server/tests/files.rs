@@ -1058,7 +1058,17 @@ async fn an_index_commit_that_fails_after_the_install_is_repaired() {
     // (after it has put the new content in place).
     let blocker = rusqlite::Connection::open(root.join(".distribusync/index.db")).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // The new version has the old one's size and modified time (as after
+    // `cp -p`): only its hash tells them apart.
+    let old = c.stat(&p("doc")).await.unwrap();
     std::fs::write(tmp.path().join("new"), b"new version").unwrap();
+    assert_eq!(old.size, b"new version".len() as u64);
+    std::fs::File::options()
+        .write(true)
+        .open(tmp.path().join("new"))
+        .unwrap()
+        .set_modified(old.modified)
+        .unwrap();
     let err = c
         .upload(&tmp.path().join("new"), &p("doc"), None, Arc::new(()))
         .await

@@ -306,7 +306,9 @@ impl Console {
                 match line {
                     None => Ok(Input::Interrupted),
                     Some(None) => Ok(Input::Eof),
-                    Some(Some(Ok(bytes))) if bytes.len() > MAX_LINE => Err(too_long()),
+                    Some(Some(Ok(bytes))) if bytes.trim_ascii_end().len() > MAX_LINE => {
+                        Err(too_long())
+                    }
                     Some(Some(Ok(bytes))) => match String::from_utf8(bytes) {
                         Ok(line) => Ok(Input::Line(line.trim_end_matches(['\n', '\r']).to_owned())),
                         Err(_) => Err("that line is not valid UTF-8".into()),

@@ -106,12 +106,13 @@ fn expire_partials(dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
+        // An entry whose age cannot be read is left alone.
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .is_none_or(|age| age > PARTIAL_TTL);
+            .is_some_and(|age| age > PARTIAL_TTL);
         if old {
             let _ = fs::remove_file(entry.path());
         }
@@ -191,8 +192,10 @@ impl Disk {
         let flags = flags | OFlags::CLOEXEC;
         let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
         match rustix::fs::openat2(&*self.root_fd, rel, flags, Mode::empty(), resolve) {
-            // Kernels before 5.6: the lstat checks before each call remain.
-            Err(Errno::NOSYS) => {
+            // Kernels before 5.6 (ENOSYS), or sandboxes whose syscall filter
+            // does not know openat2 (EPERM): the lstat checks before each
+            // call remain.
+            Err(Errno::NOSYS | Errno::PERM) => {
                 rustix::fs::openat(&*self.root_fd, rel, flags | OFlags::NOFOLLOW, Mode::empty())
             }
             r => r,

@@ -182,7 +182,10 @@ impl Store {
         for (path, meta) in on_disk {
             let old = known.get(&path);
             seen.insert(path.clone());
-            if self.reconcile_one(&path, Some(&meta), old)?.is_some() {
+            if self
+                .reconcile_one(&path, Some(&meta), old, false)?
+                .is_some()
+            {
                 if old.is_some() {
                     changed += 1;
                 } else {
@@ -209,11 +212,14 @@ impl Store {
 
     /// Records what the disk holds at `path` (`meta`: its metadata, `None`
     /// if nothing) where the index says `old`; the change, if one was made.
+    /// With `rehash`, the file is hashed even when its size and modified
+    /// time match the index (a repair: a new version may have kept both).
     fn reconcile_one(
         &self,
         path: &RemotePath,
         meta: Option<&std::fs::Metadata>,
         old: Option<&FileRecord>,
+        rehash: bool,
     ) -> Result<Option<ChangeRecord>> {
         let Inner { disk, index, .. } = &*self.inner;
         let Some(meta) = meta else {
@@ -226,7 +232,7 @@ impl Store {
             .modified()
             .map(distribusync_proto::unix_nanos)
             .unwrap_or(0);
-        if old.is_some_and(|f| f.size == meta.len() && f.modified_ns == mtime) {
+        if !rehash && old.is_some_and(|f| f.size == meta.len() && f.modified_ns == mtime) {
             return Ok(None);
         }
         // Opened beneath the root like every read, never through a link.
@@ -255,12 +261,13 @@ impl Store {
 
     /// After the disk changed but the index commit failed (an IO error, a
     /// locked database), brings the index in step with the disk for
-    /// everything at or under `paths`, retrying every second until it
-    /// succeeds or the store is gone, so clients never keep seeing the old
+    /// everything at or under `paths`, retrying (after 1 s, then backing
+    /// off to 30 s) until it succeeds or the store is gone, so clients never keep seeing the old
     /// metadata of a file whose new content is in place.
     fn repair_later(&self, paths: Vec<RemotePath>) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
+            let mut pause = std::time::Duration::from_secs(1);
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let store = Store { inner };
@@ -286,7 +293,8 @@ impl Store {
                     }
                 }
                 drop(store);
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
             }
         });
     }
@@ -309,7 +317,7 @@ impl Store {
         }
         let mut changes = Vec::new();
         for (path, (old, meta)) in &state {
-            changes.extend(self.reconcile_one(path, meta.as_ref(), old.as_ref())?);
+            changes.extend(self.reconcile_one(path, meta.as_ref(), old.as_ref(), true)?);
         }
         Ok(changes)
     }
@@ -392,8 +400,12 @@ impl Store {
                 std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(h.offset))
             })();
             if let Err(e) = prefix {
+                tracing::warn!(path = %h.path, error = %e, "cannot read a kept upload part; dropped");
                 let _ = std::fs::remove_file(staged.take());
-                return Err(ServiceError::io("kept upload part", e));
+                return Err(ServiceError::Aborted(format!(
+                    "{}: the part kept of this upload cannot be read; send the whole file again",
+                    h.path
+                )));
             }
             let start = upload::Start {
                 file,

@@ -251,9 +251,17 @@ impl Drop for Upload {
         }
         let staged = std::mem::take(&mut self.staged);
         let keep = self.keep && self.received > 0;
-        let (writer, runtime) = (self.writer.take(), tokio::runtime::Handle::try_current());
-        let (Some(writer), true, Ok(runtime)) = (writer, keep, runtime) else {
-            let _ = std::fs::remove_file(&staged);
+        let (writer, runtime) = (
+            self.writer.take(),
+            tokio::runtime::Handle::try_current().ok(),
+        );
+        let (Some(writer), true, Some(runtime)) = (writer, keep, runtime.clone()) else {
+            // Unlinking a big file takes a while: off the async threads
+            // when there are any.
+            match runtime {
+                Some(rt) => drop(rt.spawn_blocking(move || std::fs::remove_file(&staged))),
+                None => drop(std::fs::remove_file(&staged)),
+            }
             return;
         };
         // The writer may still hold queued chunks: let it finish, make what
