@@ -60,7 +60,7 @@ pub struct Disk {
 /// Name under which the part of an interrupted upload of `path` (with this
 /// size and modified time) is kept: the same file always maps to the same
 /// name, a changed file to another.
-fn partial_name(path: &RemotePath, size: u64, modified_ns: i64) -> String {
+pub(crate) fn partial_name(path: &RemotePath, size: u64, modified_ns: i64) -> String {
     let mut key = blake3::Hasher::new();
     key.update(path.as_str().as_bytes());
     key.update(&[0]);

@@ -95,7 +95,15 @@ struct Inner {
     locks: PathLocks,
     changes: broadcast::Sender<ChangeRecord>,
     config: StoreConfig,
+    /// The hash state of kept upload parts at their end, by part name: a
+    /// resume continues from it instead of reading the part back (which
+    /// the upload told the kernel not to cache). Only a shortcut: lost at a
+    /// restart, and the whole file's hash is checked at the end anyway.
+    part_hashes: std::sync::Mutex<std::collections::HashMap<String, (u64, blake3::Hasher)>>,
 }
+
+/// Most part hashes remembered (a few KiB each).
+const PART_HASHES_MAX: usize = 1024;
 
 /// Runs blocking store work on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -144,6 +152,7 @@ impl Store {
                     locks: PathLocks::default(),
                     changes,
                     config,
+                    part_hashes: Default::default(),
                 }),
             })
         })
@@ -382,11 +391,17 @@ impl Store {
             // Should the client go away while the prefix is hashed, the part
             // goes back where it was kept.
             let staged = StagedGuard::new(&s, staged, Some((h.clone(), modified_ns)));
-            // The bytes before the offset count towards the hash: read in
+            // The bytes before the offset count towards the hash: from the
+            // state remembered when the part was kept, or read back in
             // pieces (memory stays flat; mapping the file would count it
             // all in the server's RSS), each hashed on all cores.
-            let mut hasher = blake3::Hasher::new();
+            let remembered = s.take_part_hash(&h.path, h.size, modified_ns, h.offset);
+            let reread = remembered.is_none();
+            let mut hasher = remembered.unwrap_or_default();
             let prefix = (|| {
+                if !reread {
+                    return std::io::Seek::seek(&mut &file, std::io::SeekFrom::Start(h.offset));
+                }
                 let mut buf = vec![0u8; 8 << 20];
                 let mut reader = &file;
                 std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))?;
@@ -416,6 +431,45 @@ impl Store {
         })
         .await?;
         Ok(Upload::new(self.clone(), header, staged.take(), start))
+    }
+
+    /// Remembers the hash state at the end of a part just kept.
+    pub(crate) fn remember_part_hash(
+        &self,
+        path: &RemotePath,
+        size: u64,
+        modified_ns: i64,
+        hasher: blake3::Hasher,
+    ) {
+        let name = disk::partial_name(path, size, modified_ns);
+        let mut map = self
+            .inner
+            .part_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if map.len() >= PART_HASHES_MAX {
+            map.clear();
+        }
+        map.insert(name, (hasher.count(), hasher));
+    }
+
+    /// Takes the remembered hash state of a part, if it covers exactly
+    /// `len` bytes.
+    fn take_part_hash(
+        &self,
+        path: &RemotePath,
+        size: u64,
+        modified_ns: i64,
+        len: u64,
+    ) -> Option<blake3::Hasher> {
+        let name = disk::partial_name(path, size, modified_ns);
+        let mut map = self
+            .inner
+            .part_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.remove(&name)
+            .and_then(|(count, hasher)| (count == len).then_some(hasher))
     }
 
     /// Bytes kept of an interrupted upload of this file (same path, size

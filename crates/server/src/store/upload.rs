@@ -269,7 +269,7 @@ impl Drop for Upload {
         self.chunks = None;
         let (store, header) = (self.store.clone(), self.header.clone());
         runtime.spawn(async move {
-            let Ok(Ok((file, _))) = writer.await else {
+            let Ok(Ok((file, hasher))) = writer.await else {
                 let _ = std::fs::remove_file(&staged);
                 return;
             };
@@ -284,7 +284,10 @@ impl Drop for Upload {
                 if kept.is_err() {
                     let _ = std::fs::remove_file(&staged);
                 }
-                kept.map_err(|e| ServiceError::io("kept upload part", e))
+                kept.map_err(|e| ServiceError::io("kept upload part", e))?;
+                // Its hash so far, so a resume need not read it back.
+                store.remember_part_hash(&header.path, header.size, modified_ns, hasher);
+                Ok(())
             })
             .await;
             if let Err(e) = kept {
