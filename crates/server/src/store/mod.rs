@@ -453,6 +453,17 @@ impl Store {
         map.insert(name, (hasher.count(), hasher));
     }
 
+    /// Forgets the hash state of a part that could not be kept.
+    pub(crate) fn forget_part_hash(&self, path: &RemotePath, size: u64, modified_ns: i64) {
+        let name = disk::partial_name(path, size, modified_ns);
+        let mut map = self
+            .inner
+            .part_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.remove(&name);
+    }
+
     /// Takes the remembered hash state of a part, if it covers exactly
     /// `len` bytes.
     fn take_part_hash(

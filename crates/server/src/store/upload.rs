@@ -275,19 +275,22 @@ impl Drop for Upload {
             };
             let kept = blocking(move || {
                 let modified_ns = distribusync_proto::unix_nanos(header.modified);
+                let (path, size) = (&header.path, header.size);
+                // Its hash so far, so a resume need not read it back;
+                // remembered before the part shows, so a client that sees
+                // the part at once finds its hash too.
+                store.remember_part_hash(path, size, modified_ns, hasher);
                 let kept = file.sync_data().and_then(|()| {
                     store
                         .inner
                         .disk
-                        .keep_partial(&staged, &header.path, header.size, modified_ns)
+                        .keep_partial(&staged, path, size, modified_ns)
                 });
                 if kept.is_err() {
                     let _ = std::fs::remove_file(&staged);
+                    store.forget_part_hash(path, size, modified_ns);
                 }
-                kept.map_err(|e| ServiceError::io("kept upload part", e))?;
-                // Its hash so far, so a resume need not read it back.
-                store.remember_part_hash(&header.path, header.size, modified_ns, hasher);
-                Ok(())
+                kept.map_err(|e| ServiceError::io("kept upload part", e))
             })
             .await;
             if let Err(e) = kept {
