@@ -1098,3 +1098,59 @@ async fn an_index_commit_that_fails_after_the_install_is_repaired() {
     assert_eq!(get_bytes(&c, tmp.path(), "doc").await, b"new version");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn bad_resume_requests_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let mut rc = raw(&server.addr);
+    let offset_request =
+        |path: &str, modified: Option<prost_types::Timestamp>| v1::UploadOffsetRequest {
+            path: path.into(),
+            size: 10,
+            modified,
+        };
+    let now = Some(distribusync_proto::timestamp(std::time::SystemTime::now()));
+    let err = rc
+        .upload_offset(offset_request("../x", now))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("../x"), "{err:?}");
+    let err = rc
+        .upload_offset(offset_request("a", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("modified time"), "{err:?}");
+    // Nothing kept: 0.
+    let kept = rc.upload_offset(offset_request("a", now)).await.unwrap();
+    assert_eq!(kept.into_inner().offset, 0);
+
+    // A resume offset past the announced size.
+    let data = b"0123456789";
+    let mut first = header("a", data.len() as u64, data);
+    if let Some(v1::upload_request::Msg::Header(h)) = &mut first.msg {
+        h.offset = 11;
+    }
+    let err = rc
+        .upload(tokio_stream::iter(vec![first]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("past the announced size"), "{err:?}");
+    // A batch cannot resume.
+    let mut first = header("b", data.len() as u64, data);
+    if let Some(v1::upload_request::Msg::Header(h)) = &mut first.msg {
+        h.offset = 1;
+    }
+    let err = rc
+        .upload_batch(tokio_stream::iter(vec![first, chunk(&data[1..])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("cannot resume"), "{err:?}");
+    let c = server.client().await;
+    assert!(c.list_all(None).await.unwrap().is_empty());
+    server.stop().await;
+}
