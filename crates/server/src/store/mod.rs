@@ -99,8 +99,11 @@ struct Inner {
     /// resume continues from it instead of reading the part back (which
     /// the upload told the kernel not to cache). Only a shortcut: lost at a
     /// restart, and the whole file's hash is checked at the end anyway.
-    part_hashes: std::sync::Mutex<std::collections::HashMap<String, (u64, blake3::Hasher)>>,
+    part_hashes: std::sync::Mutex<PartHashes>,
 }
+
+/// Hash state (and byte count) of kept upload parts, by part name.
+type PartHashes = std::collections::HashMap<String, (u64, blake3::Hasher)>;
 
 /// Most part hashes remembered (a few KiB each).
 const PART_HASHES_MAX: usize = 1024;
@@ -433,6 +436,24 @@ impl Store {
         Ok(Upload::new(self.clone(), header, staged.take(), start))
     }
 
+    /// Runs `f` on the remembered part hashes and the name of this file's
+    /// part.
+    fn part_hashes<T>(
+        &self,
+        path: &RemotePath,
+        size: u64,
+        modified_ns: i64,
+        f: impl FnOnce(&mut PartHashes, String) -> T,
+    ) -> T {
+        let name = disk::partial_name(path, size, modified_ns);
+        let mut map = self
+            .inner
+            .part_hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        f(&mut map, name)
+    }
+
     /// Remembers the hash state at the end of a part just kept.
     pub(crate) fn remember_part_hash(
         &self,
@@ -441,27 +462,17 @@ impl Store {
         modified_ns: i64,
         hasher: blake3::Hasher,
     ) {
-        let name = disk::partial_name(path, size, modified_ns);
-        let mut map = self
-            .inner
-            .part_hashes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if map.len() >= PART_HASHES_MAX {
-            map.clear();
-        }
-        map.insert(name, (hasher.count(), hasher));
+        self.part_hashes(path, size, modified_ns, |map, name| {
+            if map.len() >= PART_HASHES_MAX {
+                map.clear();
+            }
+            map.insert(name, (hasher.count(), hasher));
+        });
     }
 
     /// Forgets the hash state of a part that could not be kept.
     pub(crate) fn forget_part_hash(&self, path: &RemotePath, size: u64, modified_ns: i64) {
-        let name = disk::partial_name(path, size, modified_ns);
-        let mut map = self
-            .inner
-            .part_hashes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.remove(&name);
+        self.part_hashes(path, size, modified_ns, |map, name| map.remove(&name));
     }
 
     /// Takes the remembered hash state of a part, if it covers exactly
@@ -473,14 +484,10 @@ impl Store {
         modified_ns: i64,
         len: u64,
     ) -> Option<blake3::Hasher> {
-        let name = disk::partial_name(path, size, modified_ns);
-        let mut map = self
-            .inner
-            .part_hashes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.remove(&name)
-            .and_then(|(count, hasher)| (count == len).then_some(hasher))
+        self.part_hashes(path, size, modified_ns, |map, name| {
+            map.remove(&name)
+                .and_then(|(count, hasher)| (count == len).then_some(hasher))
+        })
     }
 
     /// Bytes kept of an interrupted upload of this file (same path, size
