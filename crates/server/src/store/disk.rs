@@ -9,10 +9,15 @@
 //! deletes, new folders and the removal of emptied folders act on a
 //! descriptor of the parent folder opened that way. So a local user who
 //! swaps a folder for a link between the check and the act cannot make the
-//! server read, write or remove anything outside its root through it. Left
-//! path-based: the fsync of a folder (harmless), and the sweep of empty
-//! folders at start (before any client is served). All methods are
-//! blocking.
+//! server read, write or remove anything outside its root through it.
+//!
+//! Nothing in MASTER is reached by its absolute path: every call names a
+//! path relative to the root's descriptor (or to a folder opened beneath
+//! it), and a relative path too long for one call (a [`RemotePath`] may be
+//! 4,096 bytes, the kernel takes at most 4,095 in one call) is walked in
+//! pieces. So every accepted path works for every operation whatever the
+//! length of the root's own path, and no file can be stored that cannot be
+//! read, renamed or removed again. All methods are blocking.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -30,6 +35,49 @@ use crate::error::{Result, ServiceError};
 /// folder at once serialises on the folder's lock in the kernel (measured:
 /// most of the server's CPU time in a batch of small uploads).
 const STAGING_SHARDS: u64 = 16;
+
+/// Longest path one system call takes, in bytes (`PATH_MAX` less the NUL).
+const MAX_CALL_PATH: usize = libc::PATH_MAX as usize - 1;
+
+/// A file's size and modified time as the disk holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    pub len: u64,
+    /// Nanoseconds since the epoch (0 before it), as the index keeps them.
+    pub modified_ns: i64,
+}
+
+impl FileMeta {
+    fn of(st: &rustix::fs::Stat) -> Self {
+        let ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
+        Self {
+            len: u64::try_from(st.st_size).unwrap_or(0),
+            modified_ns: i64::try_from(ns.max(0)).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// The folder `rel` names (`None`: the root), as a relative path for calls.
+fn folder_rel(folder: Option<&RemotePath>) -> &str {
+    folder.map_or(".", RemotePath::as_str)
+}
+
+/// Opens `rel` beneath `dir` in one call that neither follows a symlink
+/// nor leaves `dir`.
+fn open_at(dir: BorrowedFd<'_>, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+    match rustix::fs::openat2(dir, rel, flags, Mode::empty(), resolve) {
+        // Kernels before 5.6 (ENOSYS), or sandboxes whose syscall filter
+        // does not know openat2 (EPERM): the lstat checks before each
+        // call remain.
+        Err(Errno::NOSYS | Errno::PERM) => {
+            rustix::fs::openat(dir, rel, flags | OFlags::NOFOLLOW, Mode::empty())
+        }
+        r => r,
+    }
+    .map_err(Into::into)
+}
 
 /// What sits at a path in MASTER.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,11 +173,6 @@ fn symlink_refused(path: &str) -> ServiceError {
     ))
 }
 
-/// fsyncs a directory so a rename or creation inside it is durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl Disk {
     /// Opens MASTER at `root`, creating it and `ROOT/.distribusync/staging`;
     /// leftovers of interrupted uploads are removed, except the parts kept
@@ -186,21 +229,50 @@ impl Disk {
         self.root.join(RESERVED_DIR)
     }
 
-    /// Opens `rel` (relative to the root) in one step that neither follows
-    /// a symlink nor leaves the root, whatever changes on disk meanwhile.
+    /// Opens `rel` (relative to the root) so that no symlink is followed
+    /// and nothing outside the root is reached, whatever changes on disk
+    /// meanwhile. A path longer than one call takes is opened a piece of
+    /// folders at a time, each beneath the last.
     fn open_beneath(&self, rel: &str, flags: OFlags) -> io::Result<OwnedFd> {
-        let flags = flags | OFlags::CLOEXEC;
-        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
-        match rustix::fs::openat2(&*self.root_fd, rel, flags, Mode::empty(), resolve) {
-            // Kernels before 5.6 (ENOSYS), or sandboxes whose syscall filter
-            // does not know openat2 (EPERM): the lstat checks before each
-            // call remain.
-            Err(Errno::NOSYS | Errno::PERM) => {
-                rustix::fs::openat(&*self.root_fd, rel, flags | OFlags::NOFOLLOW, Mode::empty())
-            }
-            r => r,
+        let mut dir: Option<OwnedFd> = None;
+        let mut rest = rel;
+        while rest.len() > MAX_CALL_PATH {
+            // Cut at the last '/' that leaves a piece short enough ('/' is
+            // ASCII, so the cut is on a character boundary).
+            let cut = rest.as_bytes()[..=MAX_CALL_PATH]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+            let at = dir.as_ref().map_or(self.root_fd.as_fd(), AsFd::as_fd);
+            let next = open_at(at, &rest[..cut], OFlags::PATH | OFlags::DIRECTORY)?;
+            dir = Some(next);
+            rest = &rest[cut + 1..];
         }
-        .map_err(Into::into)
+        let at = dir.as_ref().map_or(self.root_fd.as_fd(), AsFd::as_fd);
+        open_at(at, rest, flags)
+    }
+
+    /// `lstat` of `rel` (relative to the root): links are reported, not
+    /// followed.
+    fn lstat(&self, rel: &str) -> io::Result<rustix::fs::Stat> {
+        if rel.len() <= MAX_CALL_PATH {
+            return rustix::fs::statat(&*self.root_fd, rel, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(Into::into);
+        }
+        let (parent, name) = rel
+            .rsplit_once('/')
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        let dir = self.open_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
+    }
+
+    /// fsyncs a folder (`None`: the root) so a rename or creation inside it
+    /// is durable.
+    pub fn sync_folder(&self, folder: Option<&RemotePath>) -> Result<()> {
+        let rel = folder_rel(folder);
+        self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+            .and_then(|d| rustix::fs::fsync(&d).map_err(Into::into))
+            .map_err(|e| ServiceError::io(rel.to_owned(), e))
     }
 
     /// The folder holding `path`, opened beneath the root (see
@@ -223,30 +295,24 @@ impl Disk {
         rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::REMOVEDIR).map_err(Into::into)
     }
 
-    fn local(&self, path: &RemotePath) -> PathBuf {
-        let mut p = self.root.clone();
-        p.extend(path.segments());
-        p
-    }
-
     /// What is at `path`, refusing symlinks on the way (a missing ancestor
     /// means `Missing`; a file as an ancestor is reported as a conflict).
     pub fn kind(&self, path: &RemotePath) -> Result<Kind> {
-        let mut cur = self.root.clone();
-        let segs: Vec<&str> = path.segments().collect();
-        for (i, seg) in segs.iter().enumerate() {
-            cur.push(seg);
-            let shown = segs[..=i].join("/");
-            let meta = match fs::symlink_metadata(&cur) {
+        let mut prefixes = path.ancestors();
+        prefixes.push(path.clone());
+        let count = prefixes.len();
+        for (i, cur) in prefixes.into_iter().enumerate() {
+            let shown = cur.as_str();
+            let meta = match self.lstat(shown) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Kind::Missing),
                 Err(e) => return Err(ServiceError::io(shown, e)),
             };
-            let ft = meta.file_type();
+            let ft = rustix::fs::FileType::from_raw_mode(meta.st_mode);
             if ft.is_symlink() {
-                return Err(symlink_refused(&shown));
+                return Err(symlink_refused(shown));
             }
-            let last = i + 1 == segs.len();
+            let last = i + 1 == count;
             if last {
                 return Ok(if ft.is_dir() {
                     Kind::Folder
@@ -278,14 +344,15 @@ impl Disk {
     }
 
     /// Creates the folders above `path` (refusing files and links in the way).
-    fn make_parents(&self, path: &RemotePath) -> Result<PathBuf> {
-        let mut cur = self.root.clone();
+    fn make_parents(&self, path: &RemotePath) -> Result<Option<RemotePath>> {
         for dir in path.ancestors() {
-            cur.push(dir.file_name());
             // One lstat per component: the ones before it were just checked.
-            let kind = match fs::symlink_metadata(&cur) {
-                Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(dir.as_str())),
-                Ok(m) if m.is_dir() => Kind::Folder,
+            let kind = match self
+                .lstat(dir.as_str())
+                .map(|m| rustix::fs::FileType::from_raw_mode(m.st_mode))
+            {
+                Ok(t) if t.is_symlink() => return Err(symlink_refused(dir.as_str())),
+                Ok(t) if t.is_dir() => Kind::Folder,
                 Ok(_) => Kind::File,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Kind::Missing,
                 Err(e) => return Err(ServiceError::io(dir.to_string(), e)),
@@ -314,7 +381,7 @@ impl Disk {
                 }
             }
         }
-        Ok(cur)
+        Ok(path.parent())
     }
 
     /// A fresh staging file for an upload.
@@ -425,15 +492,17 @@ impl Disk {
         &self,
         staged: &Path,
         path: &RemotePath,
-        checked: &mut std::collections::HashSet<PathBuf>,
-    ) -> Result<PathBuf> {
-        let target = self.local(path);
-        match fs::symlink_metadata(&target) {
-            Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(path.as_str())),
+        checked: &mut std::collections::HashSet<Option<RemotePath>>,
+    ) -> Result<Option<RemotePath>> {
+        let target = self
+            .lstat(path.as_str())
+            .map(|m| rustix::fs::FileType::from_raw_mode(m.st_mode));
+        match target {
+            Ok(t) if t.is_symlink() => return Err(symlink_refused(path.as_str())),
             // An empty folder holds nothing the server serves (one made by
             // hand, say): the file takes its place.
-            Ok(m) if m.is_dir() && self.remove_empty_dir(path).is_ok() => {}
-            Ok(m) if m.is_dir() => {
+            Ok(t) if t.is_dir() && self.remove_empty_dir(path).is_ok() => {}
+            Ok(t) if t.is_dir() => {
                 return Err(ServiceError::Conflict(format!(
                     "{path}: is a folder; cannot replace it with a file"
                 )));
@@ -451,13 +520,12 @@ impl Disk {
         &self,
         (src_dir, src): (BorrowedFd<'_>, &Path),
         path: &RemotePath,
-        checked: &mut std::collections::HashSet<PathBuf>,
-    ) -> Result<PathBuf> {
-        let target = self.local(path);
+        checked: &mut std::collections::HashSet<Option<RemotePath>>,
+    ) -> Result<Option<RemotePath>> {
         let mut attempts = 0;
         loop {
-            let parent = match target.parent().filter(|p| checked.contains(*p)) {
-                Some(p) => p.to_owned(),
+            let parent = match Some(path.parent()).filter(|p| checked.contains(p)) {
+                Some(p) => p,
                 None => {
                     let p = self.make_parents(path)?;
                     checked.insert(p.clone());
@@ -523,10 +591,10 @@ impl Disk {
             to,
             &mut Default::default(),
         )?;
-        if let Some(from_parent) = self.local(from).parent() {
-            sync_dir(from_parent).map_err(|e| ServiceError::io(from.to_string(), e))?;
+        self.sync_folder(from.parent().as_ref())?;
+        if parent != from.parent() {
+            self.sync_folder(parent.as_ref())?;
         }
-        sync_dir(&parent).map_err(|e| ServiceError::io(to.to_string(), e))?;
         self.prune_empty_parents(from)
     }
 
@@ -534,71 +602,91 @@ impl Disk {
     /// the folder goes too (and its parents, if they become empty).
     fn prune_empty_parents(&self, path: &RemotePath) -> Result<()> {
         let mut cur = path.parent();
-        let mut changed = self.local(path);
+        // The folder that lost an entry last.
+        let mut changed = path.parent();
         while let Some(dir) = cur {
             match self.remove_empty_dir(&dir) {
-                Ok(()) => changed = self.local(&dir),
+                Ok(()) => changed = dir.parent(),
                 // Not empty (or already gone): stop climbing.
                 Err(_) => break,
             }
             cur = dir.parent();
         }
-        if let Some(parent) = changed.parent() {
-            sync_dir(parent).map_err(|e| ServiceError::io(path.to_string(), e))?;
-        }
-        Ok(())
+        self.sync_folder(changed.as_ref())
     }
 
     /// Every regular file below the root (outside `.distribusync`), with its
-    /// metadata; symlinks and invalid names are reported and skipped.
-    pub fn walk(&self) -> Vec<(RemotePath, fs::Metadata)> {
-        self.walk_from(self.root.clone(), String::new())
+    /// size and modified time; symlinks and invalid names are reported and
+    /// skipped.
+    pub fn walk(&self) -> Vec<(RemotePath, FileMeta)> {
+        self.walk_from(None)
     }
 
     /// The file at `path`, or every file under the folder at `path`, as
     /// [`Disk::walk`] finds them; nothing if a link is on the way.
-    pub fn walk_under(&self, path: &RemotePath) -> Vec<(RemotePath, fs::Metadata)> {
+    pub fn walk_under(&self, path: &RemotePath) -> Vec<(RemotePath, FileMeta)> {
         match self.kind(path) {
-            Ok(Kind::File) => fs::symlink_metadata(self.local(path))
-                .map(|m| vec![(path.clone(), m)])
+            Ok(Kind::File) => self
+                .lstat(path.as_str())
+                .map(|m| vec![(path.clone(), FileMeta::of(&m))])
                 .unwrap_or_default(),
-            Ok(Kind::Folder) => self.walk_from(self.local(path), path.to_string()),
+            Ok(Kind::Folder) => self.walk_from(Some(path.clone())),
             _ => Vec::new(),
         }
     }
 
-    fn walk_from(&self, dir: PathBuf, prefix: String) -> Vec<(RemotePath, fs::Metadata)> {
+    /// The names in the folder `rel` (relative to the root), each with its
+    /// `lstat`, read through a descriptor opened beneath the root.
+    fn read_folder(&self, rel: &str) -> io::Result<Vec<(String, rustix::fs::Stat)>> {
+        let fd = self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut dir = rustix::fs::Dir::new(fd)?;
         let mut out = Vec::new();
-        let mut stack = vec![(dir, prefix)];
-        while let Some((dir, prefix)) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
+        while let Some(entry) = dir.read() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let Ok(name_str) = name.to_str() else {
+                tracing::warn!(folder = rel, name = ?name, "file name is not UTF-8; skipped");
+                continue;
+            };
+            match rustix::fs::statat(dir.fd()?, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => out.push((name_str.to_owned(), st)),
+                // Gone since it was listed.
+                Err(_) => continue,
+            }
+        }
+        Ok(out)
+    }
+
+    fn walk_from(&self, top: Option<RemotePath>) -> Vec<(RemotePath, FileMeta)> {
+        let mut out = Vec::new();
+        // Folders still to read, by relative path: one descriptor open at a
+        // time, however deep or wide the tree.
+        let mut stack = vec![top];
+        while let Some(dir) = stack.pop() {
+            let rel = folder_rel(dir.as_ref());
+            let entries = match self.read_folder(rel) {
                 Ok(e) => e,
                 Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read folder; skipped");
+                    tracing::warn!(dir = rel, error = %e, "cannot read folder; skipped");
                     continue;
                 }
             };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else {
-                    tracing::warn!(name = ?name, "file name is not UTF-8; skipped");
-                    continue;
-                };
-                if prefix.is_empty() && name == RESERVED_DIR {
+            for (name, st) in entries {
+                if dir.is_none() && name == RESERVED_DIR {
                     continue;
                 }
-                let rel = if prefix.is_empty() {
-                    name.to_owned()
-                } else {
-                    format!("{prefix}/{name}")
+                let rel = match &dir {
+                    None => name,
+                    Some(d) => format!("{d}/{name}"),
                 };
-                let Ok(meta) = entry.metadata() else { continue };
-                let ft = meta.file_type();
-                if ft.is_dir() {
-                    stack.push((entry.path(), rel));
-                } else if ft.is_file() {
+                let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+                if ft.is_dir() || ft.is_file() {
                     match RemotePath::parse(&rel) {
-                        Ok(p) => out.push((p, meta)),
+                        Ok(p) if ft.is_dir() => stack.push(Some(p)),
+                        Ok(p) => out.push((p, FileMeta::of(&st))),
                         Err(e) => {
                             tracing::warn!(error = %e, "file in MASTER has an invalid name; skipped")
                         }
@@ -616,18 +704,24 @@ impl Disk {
     /// one emptied by hand while the server was down goes as it would have
     /// through the service. Returns how many went.
     pub fn prune_empty_folders(&self) -> usize {
-        fn prune(dir: &Path, top: bool, removed: &mut usize) -> bool {
-            let Ok(entries) = fs::read_dir(dir) else {
+        /// True when `dir` is empty (after pruning inside it).
+        fn prune(disk: &Disk, dir: Option<&RemotePath>, removed: &mut usize) -> bool {
+            let Ok(entries) = disk.read_folder(folder_rel(dir)) else {
                 return false;
             };
             let (mut empty, mut removed_here) = (true, false);
-            for entry in entries.flatten() {
-                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                let reserved = top && entry.file_name() == RESERVED_DIR;
+            for (name, st) in entries {
+                let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
+                let reserved = dir.is_none() && name == RESERVED_DIR;
+                let child = match dir {
+                    None => RemotePath::parse(&name),
+                    Some(d) => RemotePath::parse(&format!("{d}/{name}")),
+                };
                 if is_dir
                     && !reserved
-                    && prune(&entry.path(), false, removed)
-                    && fs::remove_dir(entry.path()).is_ok()
+                    && let Ok(child) = child
+                    && prune(disk, Some(&child), removed)
+                    && disk.remove_empty_dir(&child).is_ok()
                 {
                     *removed += 1;
                     removed_here = true;
@@ -636,12 +730,12 @@ impl Disk {
                 empty = false;
             }
             if removed_here {
-                let _ = sync_dir(dir);
+                let _ = disk.sync_folder(dir);
             }
             empty
         }
         let mut removed = 0;
-        prune(&self.root, true, &mut removed);
+        prune(self, None, &mut removed);
         removed
     }
 }

@@ -229,7 +229,7 @@ impl Store {
     fn reconcile_one(
         &self,
         path: &RemotePath,
-        meta: Option<&std::fs::Metadata>,
+        meta: Option<&disk::FileMeta>,
         old: Option<&FileRecord>,
         rehash: bool,
     ) -> Result<Option<ChangeRecord>> {
@@ -240,11 +240,8 @@ impl Store {
                 None => Ok(None),
             };
         };
-        let mtime = meta
-            .modified()
-            .map(distribusync_proto::unix_nanos)
-            .unwrap_or(0);
-        if !rehash && old.is_some_and(|f| f.size == meta.len() && f.modified_ns == mtime) {
+        let mtime = meta.modified_ns;
+        if !rehash && old.is_some_and(|f| f.size == meta.len && f.modified_ns == mtime) {
             return Ok(None);
         }
         // Opened beneath the root like every read, never through a link.
@@ -263,11 +260,11 @@ impl Store {
             }
         };
         match old {
-            Some(f) if f.hash == hash && f.size == meta.len() => {
+            Some(f) if f.hash == hash && f.size == meta.len => {
                 index.touch(path, mtime)?;
                 Ok(None)
             }
-            _ => Ok(Some(index.commit_put(path, meta.len(), hash, mtime)?.1)),
+            _ => Ok(Some(index.commit_put(path, meta.len, hash, mtime)?.1)),
         }
     }
 
@@ -316,7 +313,7 @@ impl Store {
         let Inner { disk, index, .. } = &*self.inner;
         let mut state: std::collections::BTreeMap<
             RemotePath,
-            (Option<FileRecord>, Option<std::fs::Metadata>),
+            (Option<FileRecord>, Option<disk::FileMeta>),
         > = Default::default();
         for p in paths {
             for f in index.list_page(Some(p), None, u32::MAX)? {
@@ -554,8 +551,7 @@ impl Store {
             }
             let installed_at = started.elapsed();
             for folder in &folders {
-                disk::sync_dir(folder)
-                    .map_err(|e| ServiceError::io(folder.display().to_string(), e))?;
+                disk.sync_folder(folder.as_ref())?;
             }
             tracing::debug!(files = staged.len(), folders = folders.len(), ?locked, installed = ?installed_at, dirs_synced = ?started.elapsed(), "group installed");
             let puts: Vec<_> = installed
