@@ -9,11 +9,13 @@
 #![forbid(unsafe_code)]
 
 pub mod compute;
+pub mod echo;
 pub mod hash;
 pub mod limits;
 pub mod path;
 pub mod sync;
 
+pub use echo::echo;
 pub use hash::ContentHash;
 pub use path::{PathError, RESERVED_DIR, RemotePath};
 

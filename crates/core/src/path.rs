@@ -72,13 +72,14 @@ impl RemotePath {
     /// # Errors
     /// A [`PathError`] naming the first rule `s` breaks.
     pub fn parse(s: &str) -> Result<Self, PathError> {
-        let owned = || s.to_owned();
+        // An invalid path is echoed in the error, bounded.
+        let owned = || crate::echo(s).into_owned();
         if s.is_empty() {
             return Err(PathError::Empty(owned()));
         }
         if s.len() > MAX_PATH_BYTES {
             return Err(PathError::TooLong {
-                path: s.chars().take(64).collect::<String>() + "…",
+                path: crate::echo(s).into_owned(),
                 len: s.len(),
             });
         }
@@ -126,6 +127,12 @@ impl RemotePath {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The path as an error message shows it: cut past
+    /// [`MAX_ECHO_BYTES`](crate::echo::MAX_ECHO_BYTES) (see [`crate::echo`]).
+    pub fn shown(&self) -> std::borrow::Cow<'_, str> {
+        crate::echo(&self.0)
     }
 
     /// The segments, root first.

@@ -76,7 +76,7 @@ async fn the_longest_paths_work_for_every_operation_whatever_the_root() {
     assert_eq!(c.stat(&p(&long)).await.unwrap(), put);
     assert_eq!(get_bytes(&c, tmp.path(), &long).await, b"deep");
     let listed = c.list_all(Some(&p(&long[..240]))).await.unwrap();
-    assert_eq!(listed, [put.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&put));
 
     // A file rename, then a folder rename, between paths of that length.
     let renamed = longest_path('a', 'y');
@@ -103,5 +103,230 @@ async fn the_longest_paths_work_for_every_operation_whatever_the_root() {
     c.delete(&p(&moved), None).await.unwrap();
     assert!(c.list_all(None).await.unwrap().is_empty());
     assert_eq!(served_names(&root), Vec::<String>::new());
+    server.stop().await;
+}
+
+/// A small tmpfs mounted for one test (mounting needs root; CI runs as
+/// root here). Unmounted when dropped.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs (this test needs root)");
+            return None;
+        }
+        Some(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Fills the disk with a file `name`, until no byte more fits.
+    fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.join(name)).unwrap();
+        let block = vec![0u8; 4096];
+        loop {
+            match f.write_all(&block).and_then(|()| f.flush()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        // Smaller writes too, so not even a page is left.
+        while f.write_all(&[0]).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_resource_exhausted_naming_the_disk_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&tmp.path().join("disk"), "2m") else {
+        return;
+    };
+    let root = disk.dir.join("MASTER");
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    let old = put_bytes(&c, tmp.path(), "doc", b"old version").await;
+    put_bytes(&c, tmp.path(), "trip/a", b"a").await;
+    put_bytes(&c, tmp.path(), "trip/b", b"b").await;
+    disk.fill("filler");
+
+    let local = tmp.path().join("new-doc");
+    std::fs::write(&local, vec![7u8; 256 << 10]).unwrap();
+    let err = c
+        .upload(&local, &p("doc"), None, Arc::new(()))
+        .await
+        .unwrap_err();
+    let shown = root.canonicalize().unwrap().display().to_string();
+    assert!(
+        matches!(&err, distribusync_client::ClientError::LimitExceeded(m)
+            if m.contains(&format!("no space left on the server's disk ({shown})"))),
+        "{err:?}"
+    );
+    // Nothing lost, nothing left behind.
+    assert_eq!(c.stat(&p("doc")).await.unwrap(), old);
+    assert_eq!(get_bytes(&c, tmp.path(), "doc").await, b"old version");
+    assert!(staging_is_empty(&root));
+
+    // A folder rename on the full disk says truthfully what happened.
+    let err = c
+        .rename(&p("trip"), &p("trip2"), false, None)
+        .await
+        .unwrap_err();
+    let distribusync_client::ClientError::LimitExceeded(m) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(m.contains("no space left on the server's disk"), "{m}");
+    let made = m.contains("the rename of trip to trip2 was done on the server's disk");
+    assert_eq!(
+        served_names(&root),
+        ["doc", if made { "trip2" } else { "trip" }]
+    );
+
+    // Room again: everything works as before.
+    std::fs::remove_file(disk.dir.join("filler")).unwrap();
+    put_bytes(&c, tmp.path(), "doc", b"new version").await;
+    // A rename made but not recorded is recorded (once there is room) as
+    // the one rename it was.
+    let at = if made { "trip2/a" } else { "trip/a" };
+    let mut listed = Vec::new();
+    for _ in 0..1000 {
+        listed = c.list_all(None).await.unwrap();
+        if listed.iter().any(|f| f.path.as_str() == at) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let names: Vec<&str> = listed.iter().map(|f| f.path.as_str()).collect();
+    let want = if made {
+        ["doc", "trip2/a", "trip2/b"]
+    } else {
+        ["doc", "trip/a", "trip/b"]
+    };
+    assert_eq!(names, want);
+    server.stop().await;
+}
+
+/// True when no staged upload is left under the staging folder.
+fn staging_is_empty(root: &std::path::Path) -> bool {
+    let staging = root.join(".distribusync/staging");
+    staging.is_dir()
+        && std::fs::read_dir(&staging).unwrap().all(|shard| {
+            std::fs::read_dir(shard.unwrap().path())
+                .unwrap()
+                .next()
+                .is_none()
+        })
+}
+
+/// The change log from the start: (op, path, new path, folder).
+async fn log(c: &FilesClient) -> Vec<(String, String, bool)> {
+    let mut w = c.watch(0).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+            .await
+            .unwrap()
+            .unwrap();
+        match event {
+            Some(distribusync_client::WatchEvent::Change(ch)) => out.push(match ch.kind {
+                distribusync_client::ChangeKind::Put(f) => {
+                    ("put".into(), f.path.to_string(), false)
+                }
+                distribusync_client::ChangeKind::Delete(p) => {
+                    ("delete".into(), p.to_string(), false)
+                }
+                distribusync_client::ChangeKind::Rename {
+                    from, to, folder, ..
+                } => ("rename".into(), format!("{from} -> {to}"), folder),
+            }),
+            Some(distribusync_client::WatchEvent::CaughtUp(_)) => return out,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The state a crash leaves between a rename on disk and its commit: the
+/// intent recorded, the disk renamed, the index not.
+fn crash_mid_rename(root: &std::path::Path, from: &str, to: &str, on_disk: bool) {
+    let db = rusqlite::Connection::open(root.join(".distribusync/index.db")).unwrap();
+    db.execute(
+        "INSERT INTO pending_renames (from_path, to_path, folder) VALUES (?1, ?2, 1)",
+        [from, to],
+    )
+    .unwrap();
+    drop(db);
+    if on_disk {
+        std::fs::rename(root.join(from), root.join(to)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_folder_rename_cut_short_by_a_crash_is_completed_as_one_rename() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("MASTER");
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    let mut before = Vec::new();
+    for i in 0..50 {
+        before.push(
+            put_bytes(
+                &c,
+                tmp.path(),
+                &format!("trip/{i}"),
+                format!("{i}").as_bytes(),
+            )
+            .await,
+        );
+    }
+    put_bytes(&c, tmp.path(), "other/x", b"x").await;
+    server.stop().await;
+
+    crash_mid_rename(&root, "trip", "trip2", true);
+    // A rename begun whose disk part never happened is forgotten.
+    crash_mid_rename(&root, "other", "other2", false);
+
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    let changes = log(&c).await;
+    assert_eq!(changes.len(), 52, "{changes:?}");
+    assert_eq!(
+        changes[51],
+        ("rename".to_owned(), "trip -> trip2".to_owned(), true)
+    );
+    for f in &before {
+        let moved = format!("trip2/{}", f.path.file_name());
+        let now = c.stat(&p(&moved)).await.unwrap();
+        assert_eq!((now.hash, now.size), (f.hash, f.size));
+        assert_eq!(
+            now.revision, 52,
+            "moved with the rename, as any folder rename"
+        );
+    }
+    assert!(c.stat(&p("other/x")).await.is_ok());
+    // Nothing left to complete: a second start records nothing new.
+    server.stop().await;
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    assert_eq!(log(&c).await.len(), 52);
     server.stop().await;
 }

@@ -572,7 +572,12 @@ impl Disk {
                 rustix::fs::unlinkat(&dir, path.file_name(), AtFlags::empty()).map_err(Into::into)
             })
             .map_err(|e| beneath_error(path, e))?;
-        self.prune_empty_parents(path)
+        // The file is gone: a failure past this point must not make it
+        // look present (the caller records the delete), so it is logged.
+        if let Err(e) = self.prune_empty_parents(path) {
+            tracing::error!(%path, error = %e, "removed, but its folder could not be flushed or pruned");
+        }
+        Ok(())
     }
 
     /// Renames a file or folder; any file at `to` is replaced.
@@ -591,11 +596,19 @@ impl Disk {
             to,
             &mut Default::default(),
         )?;
-        self.sync_folder(from.parent().as_ref())?;
-        if parent != from.parent() {
-            self.sync_folder(parent.as_ref())?;
+        // The rename is done: a failure past this point must not make it
+        // look undone (the caller records it), so it is logged.
+        let flushed = self.sync_folder(from.parent().as_ref()).and_then(|()| {
+            if parent == from.parent() {
+                Ok(())
+            } else {
+                self.sync_folder(parent.as_ref())
+            }
+        });
+        if let Err(e) = flushed.and_then(|()| self.prune_empty_parents(from)) {
+            tracing::error!(%from, %to, error = %e, "renamed, but the folders could not be flushed or pruned");
         }
-        self.prune_empty_parents(from)
+        Ok(())
     }
 
     /// Folders exist only to hold files: when the last file of a folder goes,

@@ -76,7 +76,23 @@ CREATE TABLE IF NOT EXISTS changes (
     modified_ns INTEGER NOT NULL,
     folder INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS pending_renames (
+    id INTEGER PRIMARY KEY,
+    from_path TEXT NOT NULL,
+    to_path TEXT NOT NULL,
+    folder INTEGER NOT NULL
+);
 ";
+
+/// A rename recorded before it is made on disk (see
+/// [`Index::begin_rename`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRename {
+    pub id: i64,
+    pub from: RemotePath,
+    pub to: RemotePath,
+    pub folder: bool,
+}
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -348,8 +364,52 @@ impl Index {
         })
     }
 
+    /// Records that `from` is about to be renamed to `to`, before the disk
+    /// changes: should the server stop between the rename on disk and its
+    /// [`Index::commit_rename`] (which clears this), the next start
+    /// completes it as one rename ([`Index::pending_renames`]) instead of
+    /// seeing every file of a folder deleted and added anew.
+    pub fn begin_rename(&self, from: &RemotePath, to: &RemotePath, folder: bool) -> Result<i64> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO pending_renames (from_path, to_path, folder) VALUES (?1, ?2, ?3)",
+                params![from.as_str(), to.as_str(), folder],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Forgets a rename that was not made.
+    pub fn drop_rename(&self, id: i64) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM pending_renames WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
+    /// Renames begun and not committed, oldest first.
+    pub fn pending_renames(&self) -> Result<Vec<PendingRename>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, from_path, to_path, folder FROM pending_renames ORDER BY id",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(PendingRename {
+                        id: r.get(0)?,
+                        from: path_from(r.get(1)?)?,
+                        to: path_from(r.get(2)?)?,
+                        folder: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
     /// Records a file rename (`folder == false`, replacing any file at `to`)
-    /// or a folder rename. Returns the change and how many files moved.
+    /// or a folder rename, and clears its [`Index::begin_rename`] record.
+    /// Returns the change and how many files moved.
     pub fn commit_rename(
         &self,
         from: &RemotePath,
@@ -398,6 +458,10 @@ impl Index {
                     params![new.as_str(), to_i64(seq), f.path.as_str()],
                 )?;
             }
+            tx.execute(
+                "DELETE FROM pending_renames WHERE from_path = ?1 AND to_path = ?2",
+                [from.as_str(), to.as_str()],
+            )?;
             self.prune(&tx, seq)?;
             tx.commit()?;
             change.seq = seq;

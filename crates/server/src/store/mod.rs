@@ -143,6 +143,7 @@ impl Store {
     /// # Errors
     /// When the folder or the index cannot be opened.
     pub async fn open(root: &Path, config: StoreConfig) -> Result<Self> {
+        let shown = root.to_owned();
         let root = root.to_owned();
         let store = blocking(move || {
             let disk = Disk::open(&root)?;
@@ -159,9 +160,10 @@ impl Store {
                 }),
             })
         })
-        .await?;
+        .await
+        .map_err(|e| e.on_disk(&shown))?;
         let s = store.clone();
-        blocking(move || s.reconcile()).await?;
+        store.run(move || s.reconcile()).await?;
         // Kept parts of interrupted uploads expire also while the server
         // runs; the task ends with the store.
         let weak = Arc::downgrade(&store.inner);
@@ -181,7 +183,37 @@ impl Store {
         self.inner.disk.root()
     }
 
+    /// Runs blocking store work on the blocking pool; an error of a full
+    /// disk names the server's root.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        blocking(f).await.map_err(|e| e.on_disk(self.root()))
+    }
+
+    /// Completes the renames recorded as begun and not committed (the
+    /// server stopped, or the commit failed, in between): one made on disk
+    /// (its source gone, its target there) is recorded as the one rename it
+    /// was; one not made is forgotten. Returns the changes recorded.
+    fn complete_renames(&self) -> Result<Vec<ChangeRecord>> {
+        let Inner { disk, index, .. } = &*self.inner;
+        let mut changes = Vec::new();
+        for r in index.pending_renames()? {
+            let made = disk.kind(&r.from)? == Kind::Missing && disk.kind(&r.to)? != Kind::Missing;
+            if made {
+                let (change, files) = index.commit_rename(&r.from, &r.to, r.folder)?;
+                tracing::info!(from = %r.from, to = %r.to, files, "completed a rename begun before a stop");
+                changes.push(change);
+            } else {
+                index.drop_rename(r.id)?;
+            }
+        }
+        Ok(changes)
+    }
+
     fn reconcile(&self) -> Result<()> {
+        self.complete_renames()?;
         let Inner { disk, index, .. } = &*self.inner;
         let known: std::collections::HashMap<RemotePath, FileRecord> = index
             .all_files()?
@@ -284,7 +316,7 @@ impl Store {
                 let guard = store.inner.locks.lock(&targets).await;
                 let s = store.clone();
                 let p = paths.clone();
-                let repaired = blocking(move || s.repair(&p)).await;
+                let repaired = store.run(move || s.repair(&p)).await;
                 drop(guard);
                 match repaired {
                     Ok(changes) => {
@@ -310,6 +342,8 @@ impl Store {
 
     /// One attempt of [`Store::repair_later`].
     fn repair(&self, paths: &[RemotePath]) -> Result<Vec<ChangeRecord>> {
+        // A rename whose commit failed is recorded as the rename it was.
+        let mut changes = self.complete_renames()?;
         let Inner { disk, index, .. } = &*self.inner;
         let mut state: std::collections::BTreeMap<
             RemotePath,
@@ -324,7 +358,6 @@ impl Store {
                 state.entry(path).or_default().1 = Some(meta);
             }
         }
-        let mut changes = Vec::new();
         for (path, (old, meta)) in &state {
             changes.extend(self.reconcile_one(path, meta.as_ref(), old.as_ref(), true)?);
         }
@@ -366,7 +399,7 @@ impl Store {
         }
         let s = self.clone();
         let h = header.clone();
-        let (staged, start) = blocking(move || {
+        let (staged, start) = self.run(move || {
             if h.offset == 0 {
                 let (staged, file) = s.inner.disk.stage()?;
                 let start = upload::Start {
@@ -500,7 +533,8 @@ impl Store {
     ) -> Result<u64> {
         let s = self.clone();
         let modified_ns = distribusync_proto::unix_nanos(modified);
-        blocking(move || Ok(s.inner.disk.partial_len(&path, size, modified_ns).min(size))).await
+        self.run(move || Ok(s.inner.disk.partial_len(&path, size, modified_ns).min(size)))
+            .await
     }
 
     /// Installs a verified staging file as the new version of a file.
@@ -528,7 +562,7 @@ impl Store {
         let _guard = self.inner.locks.lock(&targets).await;
         let locked = started.elapsed();
         let s = self.clone();
-        let (results, changes) = blocking(move || {
+        let (results, changes) = self.run(move || {
             let Inner { disk, index, .. } = &*s.inner;
             let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(staged.len());
             let mut installed = Vec::new();
@@ -550,8 +584,12 @@ impl Store {
                 }
             }
             let installed_at = started.elapsed();
+            // The files are in place: a folder that cannot be flushed must
+            // not make them look absent (they are recorded below).
             for folder in &folders {
-                disk.sync_folder(folder.as_ref())?;
+                if let Err(e) = disk.sync_folder(folder.as_ref()) {
+                    tracing::error!(error = %e, "installed, but the folder could not be flushed");
+                }
             }
             tracing::debug!(files = staged.len(), folders = folders.len(), ?locked, installed = ?installed_at, dirs_synced = ?started.elapsed(), "group installed");
             let puts: Vec<_> = installed
@@ -569,8 +607,12 @@ impl Store {
             let committed = match index.commit_puts(&puts) {
                 Ok(c) => c,
                 Err(e) => {
+                    let what = match puts.as_slice() {
+                        [(p, ..)] => format!("the upload of {}", p.shown()),
+                        _ => format!("the upload of {} files", puts.len()),
+                    };
                     s.repair_later(puts.into_iter().map(|(p, ..)| p).collect());
-                    return Err(e);
+                    return Err(e.unrecorded(what));
                 }
             };
             let mut changes = Vec::with_capacity(puts.len());
@@ -617,7 +659,7 @@ impl Store {
         let s = self.clone();
         let max = self.inner.config.max_file_size;
         let started = std::time::Instant::now();
-        let (mut results, staged, slots) = blocking(move || {
+        let (mut results, staged, slots) = self.run(move || {
             let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(files.len());
             let mut staged = Vec::new();
             let mut slots = Vec::new();
@@ -675,7 +717,7 @@ impl Store {
     async fn stat_opt(&self, path: &RemotePath) -> Result<Option<FileRecord>> {
         let s = self.clone();
         let p = path.clone();
-        blocking(move || s.inner.index.get(&p)).await
+        self.run(move || s.inner.index.get(&p)).await
     }
 
     /// The metadata of one file.
@@ -695,7 +737,7 @@ impl Store {
     async fn is_folder(&self, path: &RemotePath) -> Result<bool> {
         let s = self.clone();
         let p = path.clone();
-        blocking(move || s.inner.index.is_folder(&p)).await
+        self.run(move || s.inner.index.is_folder(&p)).await
     }
 
     /// Opens a file for download: its metadata and an open handle on exactly
@@ -704,7 +746,7 @@ impl Store {
         let _guard = self.inner.locks.lock(&[path]).await;
         let s = self.clone();
         let p = path.clone();
-        blocking(move || {
+        self.run(move || {
             let record = s.inner.index.get(&p)?;
             let Some(record) = record else {
                 if s.inner.index.is_folder(&p)? {
@@ -726,7 +768,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<FileRecord>> {
         let s = self.clone();
-        blocking(move || {
+        self.run(move || {
             s.inner
                 .index
                 .list_page(prefix.as_ref(), after.as_deref(), limit)
@@ -742,28 +784,30 @@ impl Store {
         let _guard = self.inner.locks.lock(&[path]).await;
         let s = self.clone();
         let p = path.clone();
-        let change = blocking(move || {
-            let Inner { disk, index, .. } = &*s.inner;
-            let current = index.get(&p)?;
-            if current.is_none() {
-                if index.is_folder(&p)? {
-                    return Err(ServiceError::Conflict(format!(
-                        "{p}: is a folder; delete the files in it one by one"
-                    )));
+        let change = self
+            .run(move || {
+                let Inner { disk, index, .. } = &*s.inner;
+                let current = index.get(&p)?;
+                if current.is_none() {
+                    if index.is_folder(&p)? {
+                        return Err(ServiceError::Conflict(format!(
+                            "{p}: is a folder; delete the files in it one by one"
+                        )));
+                    }
+                    return Err(ServiceError::NotFound(p));
                 }
-                return Err(ServiceError::NotFound(p));
-            }
-            check_revision(&p, current.as_ref(), if_revision)?;
-            match disk.remove_file(&p) {
-                // Removed by hand behind the server's back: still record it.
-                Ok(()) | Err(ServiceError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-            index
-                .commit_delete(&p)
-                .inspect_err(|_| s.repair_later(vec![p.clone()]))
-        })
-        .await?;
+                check_revision(&p, current.as_ref(), if_revision)?;
+                match disk.remove_file(&p) {
+                    // Removed by hand behind the server's back: still record it.
+                    Ok(()) | Err(ServiceError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                index.commit_delete(&p).map_err(|e| {
+                    s.repair_later(vec![p.clone()]);
+                    e.unrecorded(format!("the delete of {}", p.shown()))
+                })
+            })
+            .await?;
         let seq = change.seq;
         tracing::info!(%path, seq, "deleted");
         self.announce(change);
@@ -797,33 +841,45 @@ impl Store {
         let _guard = self.inner.locks.lock(&[from, to]).await;
         let s = self.clone();
         let (f, t) = (from.clone(), to.clone());
-        let (change, moved) = blocking(move || {
-            let Inner { disk, index, .. } = &*s.inner;
-            let file = index.get(&f)?;
-            let folder = file.is_none() && index.is_folder(&f)?;
-            if file.is_none() && !folder {
-                return Err(ServiceError::NotFound(f));
-            }
-            if folder && if_revision.is_some() {
-                return Err(ServiceError::InvalidArgument(format!(
-                    "{f}: is a folder; if_revision applies to files only"
-                )));
-            }
-            check_revision(&f, file.as_ref(), if_revision)?;
-            if index.is_folder(&t)? {
-                return Err(ServiceError::Conflict(format!(
-                    "{t}: is a folder; a rename never replaces a folder"
-                )));
-            }
-            if index.get(&t)?.is_some() && (folder || !overwrite) {
-                return Err(ServiceError::AlreadyExists(t));
-            }
-            disk.rename(&f, &t)?;
-            index
-                .commit_rename(&f, &t, folder)
-                .inspect_err(|_| s.repair_later(vec![f.clone(), t.clone()]))
-        })
-        .await?;
+        let (change, moved) = self
+            .run(move || {
+                let Inner { disk, index, .. } = &*s.inner;
+                let file = index.get(&f)?;
+                let folder = file.is_none() && index.is_folder(&f)?;
+                if file.is_none() && !folder {
+                    return Err(ServiceError::NotFound(f));
+                }
+                if folder && if_revision.is_some() {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "{f}: is a folder; if_revision applies to files only"
+                    )));
+                }
+                check_revision(&f, file.as_ref(), if_revision)?;
+                if index.is_folder(&t)? {
+                    return Err(ServiceError::Conflict(format!(
+                        "{t}: is a folder; a rename never replaces a folder"
+                    )));
+                }
+                if index.get(&t)?.is_some() && (folder || !overwrite) {
+                    return Err(ServiceError::AlreadyExists(t));
+                }
+                // The intent first: if it cannot be recorded, nothing is done;
+                // if the server stops before the commit, the next start
+                // completes the rename from it.
+                let intent = index.begin_rename(&f, &t, folder)?;
+                if let Err(e) = disk.rename(&f, &t) {
+                    if let Err(dropped) = index.drop_rename(intent) {
+                        // Harmless: the next start sees the rename was not made.
+                        tracing::warn!(error = %dropped, "could not forget a rename not made");
+                    }
+                    return Err(e);
+                }
+                index.commit_rename(&f, &t, folder).map_err(|e| {
+                    s.repair_later(vec![f.clone(), t.clone()]);
+                    e.unrecorded(format!("the rename of {} to {}", f.shown(), t.shown()))
+                })
+            })
+            .await?;
         let seq = change.seq;
         tracing::info!(%from, %to, seq, files = moved, "renamed");
         self.announce(change);
@@ -833,12 +889,13 @@ impl Store {
     /// Up to `limit` changes after `since`.
     pub async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<ChangeRecord>> {
         let s = self.clone();
-        blocking(move || s.inner.index.changes_since(since, limit)).await
+        self.run(move || s.inner.index.changes_since(since, limit))
+            .await
     }
 
     /// `(floor, newest)`: watchers with `since < floor` must resync.
     pub async fn log_bounds(&self) -> Result<(u64, u64)> {
         let s = self.clone();
-        blocking(move || s.inner.index.log_bounds()).await
+        self.run(move || s.inner.index.log_bounds()).await
     }
 }

@@ -139,7 +139,7 @@ impl Upload {
         handle
             .await
             .map_err(|e| ServiceError::io("staging file", std::io::Error::other(e)))?
-            .map_err(|e| ServiceError::io("staging file", e))
+            .map_err(|e| ServiceError::io("staging file", e).on_disk(self.store.root()))
     }
 
     /// Sets the content hash given after the data (a trailer).
@@ -196,12 +196,13 @@ impl Upload {
         }
         checked?;
         let modified = self.header.modified;
-        blocking(move || {
-            file.set_modified(modified)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| ServiceError::io("staging file", e))
-        })
-        .await?;
+        self.store
+            .run(move || {
+                file.set_modified(modified)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| ServiceError::io("staging file", e))
+            })
+            .await?;
         let record = self
             .store
             .commit_upload(&self.header, self.staged.clone())
