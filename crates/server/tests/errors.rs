@@ -330,3 +330,40 @@ async fn a_folder_rename_cut_short_by_a_crash_is_completed_as_one_rename() {
     assert_eq!(log(&c).await.len(), 52);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_that_fails_on_a_full_disk_leaves_no_staged_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&tmp.path().join("disk"), "2m") else {
+        return;
+    };
+    let root = disk.dir.join("MASTER");
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    disk.fill("filler");
+    // Room for about two of the four files.
+    let filler = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk.dir.join("filler"))
+        .unwrap();
+    let len = filler.metadata().unwrap().len();
+    filler.set_len(len - (450 << 10)).unwrap();
+    let mut items = Vec::new();
+    for i in 0..4 {
+        let local = tmp.path().join(format!("f{i}"));
+        std::fs::write(&local, vec![i as u8; 200 << 10]).unwrap();
+        items.push((local, p(&format!("f{i}")), None));
+    }
+    let err = c.upload_batch(items).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no space left on the server's disk"),
+        "{err}"
+    );
+    assert!(
+        staging_is_empty(&root),
+        "staged files of a failed batch were left"
+    );
+    assert!(c.list_all(None).await.unwrap().is_empty());
+    server.stop().await;
+}

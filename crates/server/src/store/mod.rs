@@ -64,6 +64,22 @@ impl Drop for StagedGuard {
     }
 }
 
+/// The staging files of a batch not installed (yet): whatever ends the
+/// batch early (a failed write, a full disk, a failed commit, a client that
+/// goes away while it commits) removes them at once, not at the next start.
+#[derive(Debug, Default)]
+struct StagedFiles(Vec<std::path::PathBuf>);
+
+impl Drop for StagedFiles {
+    fn drop(&mut self) {
+        // Small files (a batch holds at most 16 MiB): removed at once, so
+        // the answer to the client comes after they are gone.
+        for f in self.0.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 /// Limits and tunables of the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -659,14 +675,16 @@ impl Store {
         let s = self.clone();
         let max = self.inner.config.max_file_size;
         let started = std::time::Instant::now();
-        let (mut results, staged, slots) = self.run(move || {
+        let (mut results, staged, slots, mut guard) = self.run(move || {
             let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(files.len());
             let mut staged = Vec::new();
             let mut slots = Vec::new();
+            // Removes what was staged should anything below fail.
+            let mut guard = StagedFiles::default();
             for (i, (h, data)) in files.into_iter().enumerate() {
                 let verdict = if h.size > max {
                     Err(ServiceError::TooLarge {
-                        what: format!("{}: size {} bytes", h.path, h.size),
+                        what: format!("{}: size {} bytes", h.path.shown(), h.size),
                         limit: format!("{max} bytes (max file size)"),
                     })
                 } else {
@@ -677,6 +695,7 @@ impl Store {
                     continue;
                 }
                 let (path, mut file) = s.inner.disk.stage()?;
+                guard.0.push(path.clone());
                 use std::io::Write;
                 file.write_all(&data)
                     .and_then(|()| file.set_modified(h.modified))
@@ -688,26 +707,22 @@ impl Store {
             let written = started.elapsed();
             s.inner.disk.sync_staging()?;
             tracing::debug!(files = staged.len(), ?written, synced = ?started.elapsed(), "batch staged");
-            Ok((results, staged, slots))
+            Ok((results, staged, slots, guard))
         })
         .await?;
-        let names: Vec<std::path::PathBuf> = staged.iter().map(|(_, p)| p.clone()).collect();
-        let committed = match self.commit_staged(staged).await {
-            Ok(c) => c,
-            Err(e) => {
-                for p in names {
-                    let _ = std::fs::remove_file(p);
-                }
-                return Err(e);
-            }
-        };
-        for ((i, r), name) in slots.into_iter().zip(committed).zip(names) {
-            // A refused file's staging copy is not needed any more.
+        // On a failure of the whole group, or if this future is dropped
+        // (the client left), the guard removes every staging file left.
+        let committed = self.commit_staged(staged).await?;
+        // Installed files left their staging name; a refused file's staging
+        // copy is not needed any more: the guard removes those.
+        let mut left = Vec::new();
+        for ((i, r), name) in slots.into_iter().zip(committed).zip(guard.0.drain(..)) {
             if r.is_err() {
-                let _ = std::fs::remove_file(name);
+                left.push(name);
             }
             results[i] = Some(r);
         }
+        guard.0 = left;
         Ok(results
             .into_iter()
             .map(|r| r.expect("every file has a result"))
