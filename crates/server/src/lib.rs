@@ -12,6 +12,7 @@ pub mod compute;
 pub mod error;
 pub mod files;
 pub mod locks;
+mod oversize;
 mod serve;
 pub mod store;
 

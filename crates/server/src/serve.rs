@@ -127,6 +127,9 @@ pub async fn serve(
         .initial_connection_window_size(Some(limits::SERVER_CONNECTION_WINDOW))
         .tcp_nodelay(true)
         .max_frame_size(limits::HTTP2_MAX_FRAME)
+        // A message over the size limit is RESOURCE_EXHAUSTED, not tonic's
+        // OUT_OF_RANGE (see `oversize`).
+        .layer(crate::oversize::OversizeLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

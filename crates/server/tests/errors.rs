@@ -367,3 +367,59 @@ async fn a_batch_that_fails_on_a_full_disk_leaves_no_staged_file() {
     assert!(c.list_all(None).await.unwrap().is_empty());
     server.stop().await;
 }
+
+fn raw(addr: &str) -> distribusync_proto::v1::files_client::FilesClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .unwrap()
+        .connect_lazy();
+    // Sends what the server will refuse.
+    distribusync_proto::v1::files_client::FilesClient::new(ch).max_encoding_message_size(64 << 20)
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_resource_exhausted() {
+    use distribusync_proto::v1;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let mut c = raw(&server.addr);
+    let over = distribusync_core::limits::MAX_MESSAGE_SIZE + (1 << 20);
+
+    // A unary call: refused before any handler runs.
+    let err = c
+        .stat(v1::StatRequest {
+            path: "x".repeat(over),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("too large"), "{err:?}");
+
+    // A message of a stream: the upload is refused, nothing is stored.
+    let data = vec![1u8; over];
+    let msgs = vec![
+        v1::UploadRequest {
+            msg: Some(v1::upload_request::Msg::Header(v1::UploadHeader {
+                path: "big".into(),
+                size: data.len() as u64,
+                hash: ContentHash::of(&data).0.to_vec(),
+                modified: None,
+                if_revision: None,
+                offset: 0,
+            })),
+        },
+        v1::UploadRequest {
+            msg: Some(v1::upload_request::Msg::Chunk(data)),
+        },
+    ];
+    let err = c.upload(futures::stream::iter(msgs)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    // Other errors keep their code.
+    let err = c
+        .stat(v1::StatRequest {
+            path: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    server.stop().await;
+}
