@@ -72,7 +72,7 @@ fn change(c: &ChangeRecord) -> v1::Change {
 
 fn content_hash(path: &RemotePath, bytes: &[u8]) -> Result<ContentHash, ServiceError> {
     ContentHash::from_slice(bytes)
-        .map_err(|e| ServiceError::InvalidArgument(format!("{path}: {e}")))
+        .map_err(|e| ServiceError::InvalidArgument(format!("{}: {e}", path.shown())))
 }
 
 /// A wire header as the store's; with `trailer`, an empty hash means "it
@@ -162,7 +162,8 @@ impl Files for FilesService {
                 upload.discard();
             }
             return Err(ServiceError::InvalidArgument(format!(
-                "{path}: the upload ended without its content hash"
+                "{}: the upload ended without its content hash",
+                path.shown()
             ))
             .into());
         }
@@ -185,7 +186,8 @@ impl Files for FilesService {
             .and_then(distribusync_proto::system_time)
             .ok_or_else(|| {
                 ServiceError::InvalidArgument(format!(
-                    "{path}: modified time missing or out of range"
+                    "{}: modified time missing or out of range",
+                    path.shown()
                 ))
             })?;
         let offset = self.store.upload_offset(path, r.size, modified).await?;
@@ -215,14 +217,14 @@ impl Files for FilesService {
                     if h.offset != 0 {
                         return Err(ServiceError::InvalidArgument(format!(
                             "{}: a batch cannot resume an upload; use Upload",
-                            h.path
+                            h.path.shown()
                         ))
                         .into());
                     }
                     if files.iter().any(|(f, _)| f.path == h.path) {
                         return Err(ServiceError::InvalidArgument(format!(
                             "{}: appears twice in one batch",
-                            h.path
+                            h.path.shown()
                         ))
                         .into());
                     }
@@ -251,7 +253,8 @@ impl Files for FilesService {
                     if (buf.len() + data.len()) as u64 > h.size {
                         return Err(ServiceError::InvalidArgument(format!(
                             "{}: received more than the {} bytes announced in the header",
-                            h.path, h.size
+                            h.path.shown(),
+                            h.size
                         ))
                         .into());
                     }
@@ -309,8 +312,10 @@ impl Files for FilesService {
         let (record, mut file) = self.store.open_read(&p).await?;
         if req.offset > record.size {
             return Err(ServiceError::OutOfRange(format!(
-                "{p}: offset {} is past the end of the file ({} bytes)",
-                req.offset, record.size
+                "{}: offset {} is past the end of the file ({} bytes)",
+                p.shown(),
+                req.offset,
+                record.size
             ))
             .into());
         }

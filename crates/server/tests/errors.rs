@@ -423,3 +423,64 @@ async fn a_message_over_the_size_limit_is_resource_exhausted() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn client_strings_are_echoed_bounded() {
+    use distribusync_proto::v1::{self, compute_client::ComputeClient};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let ch = tonic::transport::Endpoint::from_shared(server.addr.clone())
+        .unwrap()
+        .connect_lazy();
+    let mut compute = ComputeClient::new(ch).max_encoding_message_size(16 << 20);
+    let huge = "j".repeat(1 << 20);
+    let err = compute
+        .get_job(v1::GetJobRequest {
+            job_id: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().len() < 1024, "{} bytes", err.message().len());
+    assert!(
+        err.message().contains("(1048576 bytes)"),
+        "{}",
+        err.message()
+    );
+    let numbers: &[i64] = &[1, 2];
+    let err = compute
+        .submit(v1::SubmitRequest {
+            client_id: "me".into(),
+            job_id: huge.clone(),
+            deadline: None,
+            task: Some(v1::submit_request::Task::Add(v1::AddTask {
+                numbers: Some(numbers.into()),
+            })),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().len() < 1024, "{} bytes", err.message().len());
+
+    // A path is echoed bounded too, so a message naming two long paths
+    // still says what is wrong.
+    let c = server.client().await;
+    let long = longest_path('a', 'x');
+    let err = c
+        .rename(&p(&long[..240]), &p(&long), false, None)
+        .await
+        .unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.len() < 1024, "{} bytes", shown.len());
+    assert!(shown.contains("into itself"), "{shown}");
+    let mut files = raw(&server.addr);
+    let err = files
+        .stat(v1::StatRequest {
+            path: format!("{}\u{1}", "y".repeat(4000)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().len() < 1024, "{} bytes", err.message().len());
+    server.stop().await;
+}

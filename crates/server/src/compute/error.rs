@@ -20,7 +20,7 @@ pub enum ComputeError {
         "the job queue is full ({capacity} jobs queued or running, the server's job_queue_capacity); retry later"
     )]
     QueueFull { capacity: usize },
-    #[error("no job {0:?}: unknown, or finished and its result evicted")]
+    #[error("no job {:?}: unknown, or finished and its result evicted", distribusync_core::echo(.0))]
     NotFound(String),
     #[error("job {id} already finished: {state}")]
     AlreadyFinished { id: String, state: &'static str },

@@ -274,7 +274,10 @@ impl Compute for ComputeService {
             None
         } else {
             Some(Uuid::parse_str(&req.job_id).map_err(|_| {
-                ComputeError::InvalidArgument(format!("job_id {:?} is not a UUID", req.job_id))
+                ComputeError::InvalidArgument(format!(
+                    "job_id {:?} is not a UUID",
+                    distribusync_core::echo(&req.job_id)
+                ))
             })?)
         };
         let deadline = match &req.deadline {

@@ -169,7 +169,8 @@ fn expire_partials(dir: &Path) {
 
 fn symlink_refused(path: &str) -> ServiceError {
     ServiceError::Conflict(format!(
-        "{path}: is a symbolic link inside the server's folder; the server does not follow links"
+        "{}: is a symbolic link inside the server's folder; the server does not follow links",
+        distribusync_core::echo(path)
     ))
 }
 
@@ -322,7 +323,9 @@ impl Disk {
             }
             if !ft.is_dir() {
                 return Err(ServiceError::Conflict(format!(
-                    "{path}: {shown} is a file, not a folder"
+                    "{}: {} is a file, not a folder",
+                    path.shown(),
+                    distribusync_core::echo(shown)
                 )));
             }
         }
@@ -334,7 +337,10 @@ impl Disk {
         match self.kind(path)? {
             Kind::File => {}
             Kind::Folder => {
-                return Err(ServiceError::Conflict(format!("{path}: is a folder")));
+                return Err(ServiceError::Conflict(format!(
+                    "{}: is a folder",
+                    path.shown()
+                )));
             }
             Kind::Missing => return Err(ServiceError::NotFound(path.clone())),
         }
@@ -361,7 +367,9 @@ impl Disk {
                 Kind::Folder => {}
                 Kind::File => {
                     return Err(ServiceError::Conflict(format!(
-                        "{path}: {dir} is a file, not a folder"
+                        "{}: {} is a file, not a folder",
+                        path.shown(),
+                        dir.shown()
                     )));
                 }
                 Kind::Missing => {
@@ -504,7 +512,8 @@ impl Disk {
             Ok(t) if t.is_dir() && self.remove_empty_dir(path).is_ok() => {}
             Ok(t) if t.is_dir() => {
                 return Err(ServiceError::Conflict(format!(
-                    "{path}: is a folder; cannot replace it with a file"
+                    "{}: is a folder; cannot replace it with a file",
+                    path.shown()
                 )));
             }
             _ => {}
@@ -587,7 +596,8 @@ impl Disk {
         }
         if self.kind(to)? == Kind::Folder {
             return Err(ServiceError::Conflict(format!(
-                "{to}: is a folder; a rename never replaces a folder"
+                "{}: is a folder; a rename never replaces a folder",
+                to.shown()
             )));
         }
         let from_dir = self.parent_dir(from).map_err(|e| beneath_error(from, e))?;

@@ -398,7 +398,7 @@ impl Store {
     pub async fn begin_upload(&self, header: UploadHeader) -> Result<Upload> {
         if header.size > self.inner.config.max_file_size {
             return Err(ServiceError::TooLarge {
-                what: format!("{}: size {} bytes", header.path, header.size),
+                what: format!("{}: size {} bytes", header.path.shown(), header.size),
                 limit: format!("{} bytes (max file size)", self.inner.config.max_file_size),
             });
         }
@@ -410,7 +410,9 @@ impl Store {
         if header.offset > header.size {
             return Err(ServiceError::InvalidArgument(format!(
                 "{}: resume offset {} is past the announced size {}",
-                header.path, header.offset, header.size
+                header.path.shown(),
+                header.offset,
+                header.size
             )));
         }
         let s = self.clone();
@@ -434,7 +436,8 @@ impl Store {
                 return Err(ServiceError::Aborted(format!(
                     "{}: the server no longer holds the first {} bytes of this upload; \
                      send the whole file again",
-                    h.path, h.offset
+                    h.path.shown(),
+                    h.offset
                 )));
             };
             // Should the client go away while the prefix is hashed, the part
@@ -468,7 +471,7 @@ impl Store {
                 let _ = std::fs::remove_file(staged.take());
                 return Err(ServiceError::Aborted(format!(
                     "{}: the part kept of this upload cannot be read; send the whole file again",
-                    h.path
+                    h.path.shown()
                 )));
             }
             let start = upload::Start {
@@ -742,9 +745,10 @@ impl Store {
     pub async fn stat(&self, path: &RemotePath) -> Result<FileRecord> {
         match self.stat_opt(path).await? {
             Some(f) => Ok(f),
-            None if self.is_folder(path).await? => {
-                Err(ServiceError::Conflict(format!("{path}: is a folder")))
-            }
+            None if self.is_folder(path).await? => Err(ServiceError::Conflict(format!(
+                "{}: is a folder",
+                path.shown()
+            ))),
             None => Err(ServiceError::NotFound(path.clone())),
         }
     }
@@ -765,7 +769,10 @@ impl Store {
             let record = s.inner.index.get(&p)?;
             let Some(record) = record else {
                 if s.inner.index.is_folder(&p)? {
-                    return Err(ServiceError::Conflict(format!("{p}: is a folder")));
+                    return Err(ServiceError::Conflict(format!(
+                        "{}: is a folder",
+                        p.shown()
+                    )));
                 }
                 return Err(ServiceError::NotFound(p));
             };
@@ -806,7 +813,8 @@ impl Store {
                 if current.is_none() {
                     if index.is_folder(&p)? {
                         return Err(ServiceError::Conflict(format!(
-                            "{p}: is a folder; delete the files in it one by one"
+                            "{}: is a folder; delete the files in it one by one",
+                            p.shown()
                         )));
                     }
                     return Err(ServiceError::NotFound(p));
@@ -845,12 +853,15 @@ impl Store {
     ) -> Result<(u64, u64)> {
         if from == to {
             return Err(ServiceError::InvalidArgument(format!(
-                "cannot rename {from} onto itself"
+                "cannot rename {} onto itself",
+                from.shown()
             )));
         }
         if to.is_inside(from) {
             return Err(ServiceError::InvalidArgument(format!(
-                "cannot move {from} into itself ({to})"
+                "cannot move {} into itself ({})",
+                from.shown(),
+                to.shown()
             )));
         }
         let _guard = self.inner.locks.lock(&[from, to]).await;
@@ -866,13 +877,15 @@ impl Store {
                 }
                 if folder && if_revision.is_some() {
                     return Err(ServiceError::InvalidArgument(format!(
-                        "{f}: is a folder; if_revision applies to files only"
+                        "{}: is a folder; if_revision applies to files only",
+                        f.shown()
                     )));
                 }
                 check_revision(&f, file.as_ref(), if_revision)?;
                 if index.is_folder(&t)? {
                     return Err(ServiceError::Conflict(format!(
-                        "{t}: is a folder; a rename never replaces a folder"
+                        "{}: is a folder; a rename never replaces a folder",
+                        t.shown()
                     )));
                 }
                 if index.get(&t)?.is_some() && (folder || !overwrite) {

@@ -158,7 +158,8 @@ impl Upload {
             self.keep = false;
             return Err(ServiceError::InvalidArgument(format!(
                 "{}: received more than the {} bytes announced in the header",
-                self.header.path, self.header.size
+                self.header.path.shown(),
+                self.header.size
             )));
         }
         let sent = match &self.chunks {
@@ -233,13 +234,15 @@ pub fn verify(header: &UploadHeader, received: u64, actual: ContentHash) -> Resu
     if received != header.size {
         return Err(ServiceError::InvalidArgument(format!(
             "{}: received {received} bytes, the header announced {}",
-            header.path, header.size
+            header.path.shown(),
+            header.size
         )));
     }
     if actual != header.hash {
         return Err(ServiceError::InvalidArgument(format!(
             "{}: content hash mismatch: header says {}, data hashes to {actual}",
-            header.path, header.hash
+            header.path.shown(),
+            header.hash
         )));
     }
     Ok(())
