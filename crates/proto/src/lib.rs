@@ -28,9 +28,17 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
-/// A system time from a wire timestamp; `None` when before the epoch or
+/// Latest second a wire timestamp may name: times are kept as i64
+/// nanoseconds since the epoch ([`unix_nanos`]), which end in April 2262.
+pub const MAX_TIMESTAMP_SECONDS: i64 = i64::MAX / 1_000_000_000 - 1;
+
+/// A system time from a wire timestamp; `None` when before the epoch, after
+/// [`MAX_TIMESTAMP_SECONDS`] (it could not be kept as it was given) or
 /// malformed.
 pub fn system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
+    if t.seconds > MAX_TIMESTAMP_SECONDS {
+        return None;
+    }
     let secs = u64::try_from(t.seconds).ok()?;
     let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000)?;
     UNIX_EPOCH.checked_add(Duration::new(secs, nanos))

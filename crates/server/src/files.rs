@@ -75,6 +75,18 @@ fn content_hash(path: &RemotePath, bytes: &[u8]) -> Result<ContentHash, ServiceE
         .map_err(|e| ServiceError::InvalidArgument(format!("{}: {e}", path.shown())))
 }
 
+/// The error of a modified time the server cannot keep as given.
+fn modified_out_of_range(path: &RemotePath, t: &prost_types::Timestamp) -> ServiceError {
+    ServiceError::InvalidArgument(format!(
+        "{}: modified time out of range (seconds {}, nanos {}): the server keeps times \
+         from 0 to {} seconds after 1970-01-01 (April 2262), nanos 0 to 999999999",
+        path.shown(),
+        t.seconds,
+        t.nanos,
+        distribusync_proto::MAX_TIMESTAMP_SECONDS
+    ))
+}
+
 /// A wire header as the store's; with `trailer`, an empty hash means "it
 /// follows the data" (returned as `true`).
 fn upload_header(h: v1::UploadHeader, trailer: bool) -> Result<(UploadHeader, bool), ServiceError> {
@@ -91,9 +103,9 @@ fn upload_header(h: v1::UploadHeader, trailer: bool) -> Result<(UploadHeader, bo
     let resumable = h.modified.is_some();
     let modified = match h.modified {
         None => SystemTime::now(),
-        Some(t) => distribusync_proto::system_time(&t).ok_or_else(|| {
-            ServiceError::InvalidArgument(format!("{path}: modified time is out of range"))
-        })?,
+        Some(t) => {
+            distribusync_proto::system_time(&t).ok_or_else(|| modified_out_of_range(&path, &t))?
+        }
     };
     Ok((
         UploadHeader {
@@ -180,16 +192,15 @@ impl Files for FilesService {
     ) -> Result<Response<v1::UploadOffsetResponse>, Status> {
         let r = request.into_inner();
         let path = path(&r.path)?;
-        let modified = r
-            .modified
-            .as_ref()
-            .and_then(distribusync_proto::system_time)
-            .ok_or_else(|| {
-                ServiceError::InvalidArgument(format!(
-                    "{}: modified time missing or out of range",
-                    path.shown()
-                ))
-            })?;
+        let Some(modified) = r.modified else {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{}: modified time missing",
+                path.shown()
+            ))
+            .into());
+        };
+        let modified = distribusync_proto::system_time(&modified)
+            .ok_or_else(|| modified_out_of_range(&path, &modified))?;
         let offset = self.store.upload_offset(path, r.size, modified).await?;
         Ok(Response::new(v1::UploadOffsetResponse { offset }))
     }

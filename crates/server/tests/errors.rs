@@ -340,6 +340,8 @@ async fn a_batch_that_fails_on_a_full_disk_leaves_no_staged_file() {
     let root = disk.dir.join("MASTER");
     let server = TestServer::start(&root).await;
     let c = server.client().await;
+    // The server has opened its folder (it does so after binding).
+    assert!(c.list_all(None).await.unwrap().is_empty());
     disk.fill("filler");
     // Room for about two of the four files.
     let filler = std::fs::OpenOptions::new()
@@ -482,5 +484,84 @@ async fn client_strings_are_echoed_bounded() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().len() < 1024, "{} bytes", err.message().len());
+    server.stop().await;
+}
+
+/// Uploads `data` to `path` with the modified time `modified`, raw.
+async fn upload_with_time(
+    addr: &str,
+    path: &str,
+    data: &[u8],
+    modified: prost_types::Timestamp,
+) -> Result<distribusync_proto::v1::UploadResponse, tonic::Status> {
+    use distribusync_proto::v1;
+    let msgs = vec![
+        v1::UploadRequest {
+            msg: Some(v1::upload_request::Msg::Header(v1::UploadHeader {
+                path: path.into(),
+                size: data.len() as u64,
+                hash: ContentHash::of(data).0.to_vec(),
+                modified: Some(modified),
+                if_revision: None,
+                offset: 0,
+            })),
+        },
+        v1::UploadRequest {
+            msg: Some(v1::upload_request::Msg::Chunk(data.to_vec())),
+        },
+    ];
+    raw(addr)
+        .upload(futures::stream::iter(msgs))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_modified_time_the_server_cannot_keep_is_refused_and_others_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("MASTER");
+    let server = TestServer::start(&root).await;
+    let far = prost_types::Timestamp {
+        seconds: 1 << 62,
+        nanos: 0,
+    };
+    let err = upload_with_time(&server.addr, "f", b"data", far)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("modified time out of range") && err.message().contains("2262"),
+        "{}",
+        err.message()
+    );
+    assert!(!root.join("f").exists());
+
+    // Far, but within range: kept to the nanosecond, in the index and on disk.
+    let c = server.client().await;
+    for (seconds, nanos) in [
+        (7_258_118_400, 123_456_789),
+        (1, 1),
+        (9_000_000_000, 999_999_999),
+    ] {
+        let t = prost_types::Timestamp { seconds, nanos };
+        upload_with_time(&server.addr, "f", b"data", t)
+            .await
+            .unwrap();
+        let want = distribusync_proto::system_time(&t).unwrap();
+        assert_eq!(c.stat(&p("f")).await.unwrap().modified, want);
+        assert_eq!(
+            std::fs::metadata(root.join("f"))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            want
+        );
+    }
+    // And a restart finds index and disk agreeing: no new revision.
+    let rev = c.stat(&p("f")).await.unwrap().revision;
+    server.stop().await;
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    assert_eq!(c.stat(&p("f")).await.unwrap().revision, rev);
     server.stop().await;
 }

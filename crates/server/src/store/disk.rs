@@ -79,6 +79,46 @@ fn open_at(dir: BorrowedFd<'_>, rel: &str, flags: OFlags) -> io::Result<OwnedFd>
     .map_err(Into::into)
 }
 
+/// Latest time every file system holds (32-bit seconds end in January
+/// 2038); a file set to a later modified time is read back.
+const SURELY_HELD_SECS: u64 = i32::MAX as u64;
+
+/// Sets the modified time of `file` (a staged upload of `path`) to `t`,
+/// refusing a time its file system cannot hold (it would keep another,
+/// and the index and the disk would disagree).
+///
+/// # Errors
+/// InvalidArgument for a time the file system cannot hold; IO errors.
+pub fn set_modified(file: &File, path: &RemotePath, t: std::time::SystemTime) -> Result<()> {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let refused = || {
+        ServiceError::InvalidArgument(format!(
+            "{}: modified time {secs} seconds after 1970-01-01 is past what the server's \
+             file system can hold",
+            path.shown()
+        ))
+    };
+    match file.set_modified(t) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOVERFLOW)) => {
+            return Err(refused());
+        }
+        Err(e) => return Err(ServiceError::io("staging file", e)),
+    }
+    if secs > SURELY_HELD_SECS {
+        let held = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(|e| ServiceError::io("staging file", e))?;
+        if held != t {
+            return Err(refused());
+        }
+    }
+    Ok(())
+}
+
 /// What sits at a path in MASTER.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

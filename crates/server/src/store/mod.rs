@@ -701,8 +701,18 @@ impl Store {
                 guard.0.push(path.clone());
                 use std::io::Write;
                 file.write_all(&data)
-                    .and_then(|()| file.set_modified(h.modified))
                     .map_err(|e| ServiceError::io("staging file", e))?;
+                match disk::set_modified(&file, &h.path, h.modified) {
+                    Ok(()) => {}
+                    // This file's own fault: it alone is refused.
+                    Err(e @ ServiceError::InvalidArgument(_)) => {
+                        guard.0.pop();
+                        let _ = std::fs::remove_file(&path);
+                        results.push(Some(Err(e)));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
                 results.push(None);
                 slots.push(i);
                 staged.push((h, path));

@@ -196,11 +196,11 @@ impl Upload {
             )));
         }
         checked?;
-        let modified = self.header.modified;
+        let (modified, path) = (self.header.modified, self.header.path.clone());
         self.store
             .run(move || {
-                file.set_modified(modified)
-                    .and_then(|()| file.sync_all())
+                super::disk::set_modified(&file, &path, modified)?;
+                file.sync_all()
                     .map_err(|e| ServiceError::io("staging file", e))
             })
             .await?;
