@@ -565,3 +565,37 @@ async fn a_modified_time_the_server_cannot_keep_is_refused_and_others_round_trip
     assert_eq!(c.stat(&p("f")).await.unwrap().revision, rev);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_folder_that_cannot_be_made_on_a_full_disk_names_the_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Room for data, but few inodes: the staged file takes the last one,
+    // so the folder it goes into cannot be made.
+    let Some(disk) = SmallDisk::mount(&tmp.path().join("disk"), "4m,nr_inodes=64") else {
+        return;
+    };
+    let root = disk.dir.join("MASTER");
+    let server = TestServer::start(&root).await;
+    let c = server.client().await;
+    put_bytes(&c, tmp.path(), "first", b"1").await;
+    let mut n = 0;
+    while std::fs::File::create(disk.dir.join(format!("inode-{n}"))).is_ok() {
+        n += 1;
+    }
+    std::fs::remove_file(disk.dir.join(format!("inode-{}", n - 1))).unwrap();
+    let local = tmp.path().join("src");
+    std::fs::write(&local, b"data").unwrap();
+    let err = c
+        .upload(&local, &p("new-folder/f"), None, Arc::new(()))
+        .await
+        .unwrap_err();
+    let shown = root.canonicalize().unwrap().display().to_string();
+    assert!(
+        matches!(&err, distribusync_client::ClientError::LimitExceeded(m)
+            if m.contains(&format!("no space left on the server's disk ({shown})"))),
+        "{err:?}"
+    );
+    assert!(staging_is_empty(&root));
+    assert!(!root.join("new-folder").exists());
+    server.stop().await;
+}

@@ -646,6 +646,12 @@ impl Store {
             Ok((results, changes))
         })
         .await?;
+        // A file refused for want of space names the disk, as a group's
+        // failure does.
+        let results = results
+            .into_iter()
+            .map(|r| r.map_err(|e| e.on_disk(self.root())))
+            .collect();
         // One line per file for a single upload; a group logs one summary
         // (per file at debug): a first sync of 10,000 files otherwise spends
         // a noticeable share of its time formatting and writing log lines.
