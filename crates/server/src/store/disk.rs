@@ -844,4 +844,78 @@ mod tests {
         assert!(disk.remove_file(&p("docs/secret")).is_err());
         assert_eq!(fs::read(outside.join("secret")).unwrap(), b"secret");
     }
+
+    /// Paths longer than one call takes are opened in pieces; a link in
+    /// either piece is refused as in a short path.
+    #[test]
+    fn a_link_in_a_path_longer_than_one_call_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("x".repeat(240)), b"secret").unwrap();
+        let disk = Disk::open(&tmp.path().join("MASTER")).unwrap();
+        // 15 folders of 240 bytes, made through descriptors (their whole
+        // path is past what one call takes).
+        let mut dir = rustix::fs::open(
+            disk.root(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let mut segs = Vec::new();
+        for i in 0..15u8 {
+            let name = char::from(b'a' + i).to_string().repeat(240);
+            rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+            dir = rustix::fs::openat(
+                &dir,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .unwrap();
+            segs.push(name);
+        }
+        // In the first piece: a link standing for the last folder.
+        let link = "l".repeat(240);
+        rustix::fs::symlinkat(&outside, &dir, link.as_str()).unwrap();
+        let through_link = format!("{}/{link}/{}", segs.join("/"), "x".repeat(240));
+        assert_eq!(through_link.len(), 4096);
+        let err = disk
+            .open_beneath(&through_link, OFlags::RDONLY)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        assert!(disk.kind(&p(&through_link)).is_err());
+        assert!(disk.remove_file(&p(&through_link)).is_err());
+
+        // In the last piece: the file itself is a link.
+        let real = "r".repeat(240);
+        rustix::fs::mkdirat(&dir, real.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        let last = rustix::fs::openat(
+            &dir,
+            real.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let secret = outside.join("x".repeat(240));
+        rustix::fs::symlinkat(&secret, &last, "y".repeat(240).as_str()).unwrap();
+        let to_link = format!("{}/{real}/{}", segs.join("/"), "y".repeat(240));
+        let err = disk.open_beneath(&to_link, OFlags::RDONLY).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        assert!(disk.open_file(&p(&to_link)).is_err());
+        // A real file there is read.
+        let f = rustix::fs::openat(
+            &last,
+            "z".repeat(240).as_str(),
+            OFlags::WRONLY | OFlags::CREATE,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::io::write(&f, b"deep").unwrap();
+        let real_file = format!("{}/{real}/{}", segs.join("/"), "z".repeat(240));
+        let mut read = String::new();
+        io::Read::read_to_string(&mut disk.open_file(&p(&real_file)).unwrap(), &mut read).unwrap();
+        assert_eq!(read, "deep");
+        assert_eq!(fs::read(&secret).unwrap(), b"secret");
+    }
 }
