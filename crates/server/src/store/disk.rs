@@ -119,6 +119,26 @@ pub fn set_modified(file: &File, path: &RemotePath, t: std::time::SystemTime) ->
     Ok(())
 }
 
+/// What a walk of MASTER found: the files, and the folders it could not
+/// read. What the index holds under those is unknown, not gone: nothing
+/// there may be recorded as deleted.
+#[derive(Debug, Default)]
+pub struct Walk {
+    pub files: Vec<(RemotePath, FileMeta)>,
+    /// Folders (`None`: the root) or files that could not be read.
+    pub unread: Vec<Option<RemotePath>>,
+}
+
+impl Walk {
+    /// True when the walk cannot tell whether `path` exists: it is, or is
+    /// inside, something that could not be read.
+    pub fn unknown(&self, path: &RemotePath) -> bool {
+        self.unread
+            .iter()
+            .any(|u| u.as_ref().is_none_or(|d| path == d || path.is_inside(d)))
+    }
+}
+
 /// What sits at a path in MASTER.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -680,21 +700,31 @@ impl Disk {
 
     /// Every regular file below the root (outside `.distribusync`), with its
     /// size and modified time; symlinks and invalid names are reported and
-    /// skipped.
-    pub fn walk(&self) -> Vec<(RemotePath, FileMeta)> {
+    /// skipped, folders that cannot be read are reported in
+    /// [`Walk::unread`].
+    pub fn walk(&self) -> Walk {
         self.walk_from(None)
     }
 
     /// The file at `path`, or every file under the folder at `path`, as
     /// [`Disk::walk`] finds them; nothing if a link is on the way.
-    pub fn walk_under(&self, path: &RemotePath) -> Vec<(RemotePath, FileMeta)> {
+    pub fn walk_under(&self, path: &RemotePath) -> Walk {
+        let unread = || Walk {
+            files: Vec::new(),
+            unread: vec![Some(path.clone())],
+        };
         match self.kind(path) {
-            Ok(Kind::File) => self
-                .lstat(path.as_str())
-                .map(|m| vec![(path.clone(), FileMeta::of(&m))])
-                .unwrap_or_default(),
+            Ok(Kind::File) => match self.lstat(path.as_str()) {
+                Ok(m) => Walk {
+                    files: vec![(path.clone(), FileMeta::of(&m))],
+                    unread: Vec::new(),
+                },
+                Err(_) => unread(),
+            },
             Ok(Kind::Folder) => self.walk_from(Some(path.clone())),
-            _ => Vec::new(),
+            // A link (not served) or a file where a folder should be.
+            Ok(Kind::Missing) | Err(ServiceError::Conflict(_)) => Walk::default(),
+            Err(_) => unread(),
         }
     }
 
@@ -723,8 +753,8 @@ impl Disk {
         Ok(out)
     }
 
-    fn walk_from(&self, top: Option<RemotePath>) -> Vec<(RemotePath, FileMeta)> {
-        let mut out = Vec::new();
+    fn walk_from(&self, top: Option<RemotePath>) -> Walk {
+        let mut out = Walk::default();
         // Folders still to read, by relative path: one descriptor open at a
         // time, however deep or wide the tree.
         let mut stack = vec![top];
@@ -734,6 +764,7 @@ impl Disk {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(dir = rel, error = %e, "cannot read folder; skipped");
+                    out.unread.push(dir);
                     continue;
                 }
             };
@@ -749,7 +780,7 @@ impl Disk {
                 if ft.is_dir() || ft.is_file() {
                     match RemotePath::parse(&rel) {
                         Ok(p) if ft.is_dir() => stack.push(Some(p)),
-                        Ok(p) => out.push((p, FileMeta::of(&st))),
+                        Ok(p) => out.files.push((p, FileMeta::of(&st))),
                         Err(e) => {
                             tracing::warn!(error = %e, "file in MASTER has an invalid name; skipped")
                         }
@@ -917,5 +948,27 @@ mod tests {
         io::Read::read_to_string(&mut disk.open_file(&p(&real_file)).unwrap(), &mut read).unwrap();
         assert_eq!(read, "deep");
         assert_eq!(fs::read(&secret).unwrap(), b"secret");
+    }
+
+    /// What is in or under a folder a walk could not read is unknown, not
+    /// gone; everything else is known.
+    #[test]
+    fn a_walk_knows_nothing_under_what_it_could_not_read() {
+        let walk = Walk {
+            files: Vec::new(),
+            unread: vec![Some(p("trips/2026")), Some(p("f"))],
+        };
+        for unknown in ["trips/2026", "trips/2026/a", "trips/2026/x/y", "f"] {
+            assert!(walk.unknown(&p(unknown)), "{unknown}");
+        }
+        for known in ["trips/a", "trips/2026-old/a", "trips", "f0", "g/f"] {
+            assert!(!walk.unknown(&p(known)), "{known}");
+        }
+        let root = Walk {
+            files: Vec::new(),
+            unread: vec![None],
+        };
+        assert!(root.unknown(&p("anything/at/all")));
+        assert!(!Walk::default().unknown(&p("a")));
     }
 }

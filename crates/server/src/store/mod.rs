@@ -236,10 +236,11 @@ impl Store {
             .into_iter()
             .map(|f| (f.path.clone(), f))
             .collect();
-        let on_disk = disk.walk();
-        let mut seen = std::collections::HashSet::with_capacity(on_disk.len());
+        let walk = disk.walk();
+        let mut seen = std::collections::HashSet::with_capacity(walk.files.len());
         let (mut added, mut changed, mut removed) = (0u64, 0u64, 0u64);
-        for (path, meta) in on_disk {
+        for (path, meta) in &walk.files {
+            let (path, meta) = (path.clone(), *meta);
             let old = known.get(&path);
             seen.insert(path.clone());
             if self
@@ -253,7 +254,13 @@ impl Store {
                 }
             }
         }
+        // A file under a folder that could not be read is not known to be
+        // gone: it stays in the index (the reconcile at the next start sees
+        // it again).
         for path in known.keys().filter(|p| !seen.contains(*p)) {
+            if walk.unknown(path) {
+                continue;
+            }
             index.commit_delete(path)?;
             removed += 1;
         }
@@ -370,7 +377,18 @@ impl Store {
                 let path = f.path.clone();
                 state.entry(path).or_default().0 = Some(f);
             }
-            for (path, meta) in disk.walk_under(p) {
+            let walk = disk.walk_under(p);
+            if let Some(unread) = walk.unread.first() {
+                // Not known to be gone: try again later.
+                let shown = unread
+                    .as_ref()
+                    .map_or_else(|| ".".to_owned(), |u| u.to_string());
+                return Err(ServiceError::io(
+                    shown,
+                    std::io::Error::other("cannot read it to bring the index in step"),
+                ));
+            }
+            for (path, meta) in walk.files {
                 state.entry(path).or_default().1 = Some(meta);
             }
         }
