@@ -770,8 +770,17 @@ impl FilesClient {
                 .metadata()
                 .map_err(|e| ClientError::local(&partial2, e))?;
             drop(file);
-            check(&local2)?;
-            fs::rename(&partial2, &local2).map_err(|e| ClientError::local(&local2, e))?;
+            // A part that will not be renamed into place is removed, whole
+            // and verified as it is: the caller's next attempt starts from
+            // what is there then, and may want another version (or none).
+            if let Err(e) = check(&local2) {
+                let _ = fs::remove_file(&partial2);
+                return Err(e);
+            }
+            if let Err(e) = fs::rename(&partial2, &local2) {
+                let _ = fs::remove_file(&partial2);
+                return Err(ClientError::local(&local2, e));
+            }
             if let Some(dir) = local2.parent().filter(|d| !d.as_os_str().is_empty())
                 && let Ok(d) = File::open(dir)
             {
