@@ -353,7 +353,13 @@ impl SyncEngine {
                 .min();
             let recheck_at = recheck.values().map(|r| r.at).min();
             let wake = if online {
-                [Some(next_rescan), retry_at, settle_at, batch_until, recheck_at]
+                [
+                    Some(next_rescan),
+                    retry_at,
+                    settle_at,
+                    batch_until,
+                    recheck_at,
+                ]
             } else {
                 [Some(next_rescan), retry_at, None, None, None]
             }
@@ -504,7 +510,10 @@ impl SyncEngine {
                 retry_attempt = 0;
             }
             if !report.failed.is_empty() {
-                tracing::warn!(failed = report.failed.len(), "some changes did not go through; will look at them again");
+                tracing::warn!(
+                    failed = report.failed.len(),
+                    "some changes did not go through; will look at them again"
+                );
             }
         }
     }
@@ -682,9 +691,8 @@ impl SyncEngine {
                 .iter()
                 .filter_map(|r| RemotePath::normalized(r).ok())
                 .collect();
-            let is_held = |p: &RemotePath| {
-                held.contains(p) || p.ancestors().iter().any(|a| held.contains(a))
-            };
+            let is_held =
+                |p: &RemotePath| held.contains(p) || p.ancestors().iter().any(|a| held.contains(a));
             unreadable.extend(
                 self.local
                     .files
@@ -749,15 +757,21 @@ impl SyncEngine {
                 self.remote
                     .get(&p)
                     .is_some_and(|r| r.hash.to_hex().starts_with(hash))
-                    && self.local.files.get(&p).is_none_or(|l| {
-                        self.remote.get(&p).is_some_and(|r| r.hash != l.hash)
-                    })
+                    && self
+                        .local
+                        .files
+                        .get(&p)
+                        .is_none_or(|l| self.remote.get(&p).is_some_and(|r| r.hash != l.hash))
             });
             if !wanted {
                 let local = self.opts.dir.join(&rel);
                 match std::fs::remove_file(&local) {
-                    Ok(()) => tracing::debug!(part = %rel, "removed a partial download no longer wanted"),
-                    Err(e) => tracing::debug!(part = %rel, error = %e, "could not remove a partial download"),
+                    Ok(()) => {
+                        tracing::debug!(part = %rel, "removed a partial download no longer wanted")
+                    }
+                    Err(e) => {
+                        tracing::debug!(part = %rel, error = %e, "could not remove a partial download")
+                    }
                 }
             }
         }

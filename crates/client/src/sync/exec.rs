@@ -574,7 +574,8 @@ impl SyncEngine {
                         stat,
                     }) => {
                         tracing::warn!(%path, %copy, "conflict: both sides changed; kept this side's version as a copy");
-                        let (local, copy_local) = (self.local_path(&path), self.opts.dir.join(copy.as_str()));
+                        let (local, copy_local) =
+                            (self.local_path(&path), self.opts.dir.join(copy.as_str()));
                         self.expect_written(&local);
                         self.expect_written(&copy_local);
                         match copy_upload {
