@@ -128,7 +128,7 @@ fn change_from(c: v1::Change) -> Result<Change> {
 
 /// Name of the partial file a download into `local` resumes from; keyed by
 /// the content hash so a partial of another version is never continued.
-fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
+pub(crate) fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
     let name = local
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

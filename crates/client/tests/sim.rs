@@ -281,7 +281,11 @@ impl Sim {
 
 fn seeds() -> Vec<u64> {
     match std::env::var("DISTRIBUSYNC_SIM_SEEDS") {
-        Ok(v) if v.contains(',') => v.split(',').map(|s| s.trim().parse().unwrap()).collect(),
+        Ok(v) if v.contains(',') => v
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse().unwrap())
+            .collect(),
         Ok(v) => (1..=v.trim().parse::<u64>().unwrap()).collect(),
         Err(_) => vec![1, 2, 3],
     }

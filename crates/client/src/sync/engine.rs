@@ -152,14 +152,19 @@ pub struct SyncEngine {
     /// user's: an event whose path is still as the engine left it is the
     /// engine's own echo.
     pub(super) own: HashMap<String, (Expect, Instant)>,
+    /// Partial downloads (relative) that may be on disk: found by a scan,
+    /// or where a download of this session kept its data. Each pass
+    /// removes those no download will continue.
+    pub(super) parts: BTreeSet<String>,
 }
 
-/// How the engine left a local path.
+/// How the engine left a local path. Folders it made or moved in are not
+/// recorded: a folder's event makes the engine walk it, and that walk is
+/// what finds files put in a new folder before the watcher watched it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Expect {
     Gone,
     File(FileStat),
-    Dir,
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -220,6 +225,7 @@ impl SyncEngine {
             status,
             dir_inode,
             own: HashMap::new(),
+            parts: BTreeSet::new(),
         })
     }
 
@@ -546,20 +552,12 @@ impl SyncEngine {
         self.own.insert(rel.to_owned(), (what, now));
     }
 
-    /// Notes that the engine wrote `local` (a file or a folder it moved
-    /// in) and, as it may have created them, the folders above it.
+    /// Notes that the engine wrote the file `local` (nothing for a folder).
     pub(super) fn expect_written(&mut self, local: &std::path::Path) {
-        let what = match std::fs::symlink_metadata(local) {
-            Ok(m) if m.is_dir() => Expect::Dir,
-            Ok(m) => Expect::File(super::scan::stat_of(&m)),
-            Err(_) => return,
-        };
-        self.expect_own(local, what);
-        let dir = self.opts.dir.clone();
-        let mut cur = local.parent();
-        while let Some(d) = cur.filter(|d| *d != dir && d.starts_with(&dir)) {
-            self.expect_own(d, Expect::Dir);
-            cur = d.parent();
+        if let Ok(m) = std::fs::symlink_metadata(local)
+            && m.is_file()
+        {
+            self.expect_own(local, Expect::File(super::scan::stat_of(&m)));
         }
     }
 
@@ -574,8 +572,8 @@ impl SyncEngine {
             return false;
         }
         let now = match std::fs::symlink_metadata(self.opts.dir.join(rel)) {
-            Ok(m) if m.is_dir() => Expect::Dir,
-            Ok(m) => Expect::File(super::scan::stat_of(&m)),
+            Ok(m) if m.is_file() => Expect::File(super::scan::stat_of(&m)),
+            Ok(_) => return false,
             Err(_) => Expect::Gone,
         };
         now == what
@@ -609,7 +607,6 @@ impl SyncEngine {
         } else {
             scope
         };
-        let full = scope.is_none();
         let scanner = self.scanner.clone();
         // Moved into the scan and back rather than copied: with 100,000
         // files every copy of a view costs megabytes.
@@ -656,9 +653,7 @@ impl SyncEngine {
         let mut report = self.execute(plan).await?;
         report.busy = self.local.busy;
         report.busy_paths = std::mem::take(&mut self.local.busy_paths);
-        if full {
-            self.sweep_parts();
-        }
+        self.sweep_parts();
         report.only_uploads = only_uploads;
         self.set_status(|s| {
             s.phase = SyncPhase::Idle;
@@ -734,12 +729,13 @@ impl SyncEngine {
         plan
     }
 
-    /// Removes the partial downloads a full scan found that no download
-    /// will continue: the server no longer has that version for that name,
-    /// or the file already holds it. (Called between passes: no download
-    /// is under way.)
+    /// Removes the partial downloads known (see `parts`) that no download
+    /// will continue: the server no longer has that version for that
+    /// name, or the file already holds it. (Called at the end of a pass:
+    /// no download is under way.)
     fn sweep_parts(&mut self) {
-        for rel in std::mem::take(&mut self.local.parts) {
+        self.parts.extend(std::mem::take(&mut self.local.parts));
+        for rel in std::mem::take(&mut self.parts) {
             let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
             let target = name
                 .strip_prefix('.')
@@ -763,8 +759,12 @@ impl SyncEngine {
                         .get(&p)
                         .is_none_or(|l| self.remote.get(&p).is_some_and(|r| r.hash != l.hash))
             });
-            if !wanted {
-                let local = self.opts.dir.join(&rel);
+            let local = self.opts.dir.join(&rel);
+            if wanted {
+                if local.exists() {
+                    self.parts.insert(rel);
+                }
+            } else {
                 match std::fs::remove_file(&local) {
                     Ok(()) => {
                         tracing::debug!(part = %rel, "removed a partial download no longer wanted")

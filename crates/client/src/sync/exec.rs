@@ -456,6 +456,23 @@ impl SyncEngine {
         // Whatever the scan kept and this pass did not use is stale by the
         // next one.
         self.local.contents.clear();
+        // Where each download keeps its partial file, so that one left
+        // behind (the transfer failed, the server went away) is removed
+        // once no download will continue it.
+        for op in &ops {
+            if let Operation::Download { path, remote, .. }
+            | Operation::Conflict { path, remote, .. } = op
+            {
+                let part = crate::files::partial_path(&self.local_path(path), &remote.hash);
+                if let Some(rel) = part
+                    .strip_prefix(&self.opts.dir)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                {
+                    self.parts.insert(rel.to_owned());
+                }
+            }
+        }
         let singles = ops
             .into_iter()
             .map(|op| {
