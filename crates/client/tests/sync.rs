@@ -755,3 +755,39 @@ async fn a_file_still_being_written_is_sent_soon_whatever_else_keeps_failing() {
     la.stop().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_rules_edited_while_running_apply_at_once() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    std::fs::write(s.a.join("first.txt"), "1").unwrap();
+    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
+    until_idle(&mut status).await;
+    let wait_for = |name: &'static str| {
+        let fc = fc.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while server_has(&fc, name).await.is_none() {
+                assert!(tokio::time::Instant::now() < deadline, "timed out: {name}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for("first.txt").await;
+
+    // A rule added while the daemon runs, then a file it matches, then
+    // one it does not: once the second is on the server, the first would
+    // have been sent with it or before.
+    std::fs::write(s.a.join(".distribusyncignore"), "*.log\n").unwrap();
+    std::fs::write(s.a.join("debug.log"), "noise").unwrap();
+    std::fs::write(s.a.join("marker.txt"), "after").unwrap();
+    wait_for("marker.txt").await;
+    assert_eq!(server_has(&fc, "debug.log").await, None);
+
+    // The rule removed: the file is no longer ignored and is sent.
+    std::fs::write(s.a.join(".distribusyncignore"), "*.tmp\n").unwrap();
+    wait_for("debug.log").await;
+    la.stop().await;
+    server.shutdown().await;
+}
