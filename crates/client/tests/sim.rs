@@ -541,9 +541,7 @@ async fn run(seed: u64, nops: usize) -> Duration {
         );
     }
     // The server removes a dropped upload's staging file off the async
-    // threads: give it a moment. A file still there is the server's
-    // (outside this test's subject: reported, not failed; see
-    // bench/RESULTS.md).
+    // threads: give it a moment.
     let staging = root.join(".distribusync/staging");
     let until = Instant::now() + Duration::from_secs(5);
     let mut staged = walk_files(&staging);
@@ -551,13 +549,10 @@ async fn run(seed: u64, nops: usize) -> Duration {
         tokio::time::sleep(Duration::from_millis(50)).await;
         staged = walk_files(&staging);
     }
-    for f in &staged {
-        let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-        println!(
-            "sim seed {seed}: server staging leftover {} ({size} bytes)",
-            f.display()
-        );
-    }
+    assert!(
+        staged.is_empty(),
+        "seed {seed}: server staging leftovers {staged:?}"
+    );
 
     for e in engines.into_iter().flatten() {
         e.abort();
