@@ -791,3 +791,55 @@ async fn ignore_rules_edited_while_running_apply_at_once() {
     la.stop().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emptying_the_folder_stops_sync_even_while_a_path_waits_for_a_retry() {
+    let s = setup();
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    for i in 0..20 {
+        std::fs::write(s.a.join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    once(&s.a, &server.addr, "a").await.unwrap();
+    // A path that fails on every pass, so it is left alone, waiting for
+    // its retry: a server file whose local folder is a symbolic link.
+    let outside = s.b.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, s.a.join("docs")).unwrap();
+    let src = s.b.join("x");
+    std::fs::write(&src, "from the server").unwrap();
+    fc.upload(
+        &src,
+        &"docs/new.txt".parse().unwrap(),
+        None,
+        std::sync::Arc::new(()),
+    )
+    .await
+    .unwrap();
+    let engine = SyncEngine::open(options(&s.a, "a"), client(&server.addr)).unwrap();
+    let mut status = engine.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(engine.run(stop.clone()));
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("symbolic link"))
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    for i in 0..20 {
+        std::fs::remove_file(s.a.join(format!("f{i}"))).unwrap();
+    }
+    let result = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, SyncError::SafetyStop(_)), "{err}");
+    assert_eq!(fc.list_all(None).await.unwrap().len(), 21);
+    server.shutdown().await;
+}

@@ -680,23 +680,40 @@ impl SyncEngine {
             .cloned()
             .collect();
         let mut unreadable = self.local.unreadable.clone();
+        let mut held = BTreeSet::new();
         if !hold.is_empty() {
-            // A held path, or anything inside a held folder.
-            let held: BTreeSet<RemotePath> = hold
+            // Each held path (a file or a folder), and whether it is on
+            // disk: only then is it evidence that the folder is not empty.
+            let roots: BTreeMap<RemotePath, bool> = hold
                 .iter()
-                .filter_map(|r| RemotePath::normalized(r).ok())
+                .filter_map(|r| {
+                    let exists = std::fs::symlink_metadata(self.opts.dir.join(r)).is_ok();
+                    RemotePath::normalized(r).ok().map(|p| (p, exists))
+                })
                 .collect();
-            let is_held =
-                |p: &RemotePath| held.contains(p) || p.ancestors().iter().any(|a| held.contains(a));
-            unreadable.extend(
-                self.local
-                    .files
-                    .keys()
-                    .chain(self.remote.keys())
-                    .chain(self.base.keys())
-                    .filter(|p| is_held(p))
-                    .cloned(),
-            );
+            let held_as = |p: &RemotePath| {
+                roots
+                    .get(p)
+                    .or_else(|| p.ancestors().iter().find_map(|a| roots.get(a)))
+                    .copied()
+            };
+            for p in self
+                .local
+                .files
+                .keys()
+                .chain(self.remote.keys())
+                .chain(self.base.keys())
+            {
+                match held_as(p) {
+                    Some(true) => {
+                        unreadable.insert(p.clone());
+                    }
+                    Some(false) => {
+                        held.insert(p.clone());
+                    }
+                    None => {}
+                }
+            }
         }
         let input = SyncInput {
             local: self
@@ -718,6 +735,7 @@ impl SyncEngine {
             // Lent too, and taken back below.
             base: std::mem::take(&mut self.base),
             unreadable,
+            held,
             ignored,
             mode: self.opts.mode,
             host: self.opts.host.clone(),

@@ -113,7 +113,7 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
 
 /// Paths the plan must not touch this time.
 fn left_alone(input: &SyncInput, p: &RemotePath) -> bool {
-    input.unreadable.contains(p) || input.ignored.contains(p)
+    input.unreadable.contains(p) || input.ignored.contains(p) || input.held.contains(p)
 }
 
 fn safety_stop(input: &SyncInput) -> Option<String> {

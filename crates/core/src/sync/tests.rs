@@ -375,6 +375,25 @@ fn push_mirrors_and_pull_keeps_local_edits_as_copies() {
 }
 
 #[test]
+fn held_paths_are_left_alone_but_do_not_hide_an_emptied_folder() {
+    let mut i = input();
+    for n in ["a", "b", "c"] {
+        i.base.insert(p(n), bf(n, 1));
+        i.remote.insert(p(n), rf(n, 1));
+    }
+    i.local.insert(p("a"), lf("a"));
+    i.local.insert(p("b"), lf("b"));
+    i.remote.insert(p("c"), rf("c, edited there", 2));
+    i.held.insert(p("c"));
+    // c waits (nothing planned for it); a and b are in sync.
+    assert!(plan(&i).operations.is_empty());
+
+    // Everything gone locally: held paths are no evidence of content.
+    i.local.clear();
+    assert!(plan(&i).refused.is_some());
+}
+
+#[test]
 fn unreadable_files_are_left_alone() {
     let mut i = input();
     i.base.insert(p("locked"), bf("v1", 1));
