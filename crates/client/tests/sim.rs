@@ -271,7 +271,7 @@ impl Sim {
         }
         let _ = renameat_with(
             CWD,
-            &self.dirs[c].join(from),
+            self.dirs[c].join(from),
             CWD,
             &dst,
             RenameFlags::NOREPLACE,
