@@ -128,7 +128,7 @@ fn change_from(c: v1::Change) -> Result<Change> {
 
 /// Name of the partial file a download into `local` resumes from; keyed by
 /// the content hash so a partial of another version is never continued.
-fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
+pub(crate) fn partial_path(local: &Path, hash: &ContentHash) -> PathBuf {
     let name = local
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -770,8 +770,17 @@ impl FilesClient {
                 .metadata()
                 .map_err(|e| ClientError::local(&partial2, e))?;
             drop(file);
-            check(&local2)?;
-            fs::rename(&partial2, &local2).map_err(|e| ClientError::local(&local2, e))?;
+            // A part that will not be renamed into place is removed, whole
+            // and verified as it is: the caller's next attempt starts from
+            // what is there then, and may want another version (or none).
+            if let Err(e) = check(&local2) {
+                let _ = fs::remove_file(&partial2);
+                return Err(e);
+            }
+            if let Err(e) = fs::rename(&partial2, &local2) {
+                let _ = fs::remove_file(&partial2);
+                return Err(ClientError::local(&local2, e));
+            }
             if let Some(dir) = local2.parent().filter(|d| !d.as_os_str().is_empty())
                 && let Ok(d) = File::open(dir)
             {

@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distribusync_core::RemotePath;
-use distribusync_core::sync::{LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, plan};
+use distribusync_core::sync::{
+    IGNORE_FILE, LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, plan,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::remote::{self, RemoteMsg};
 use super::scan::{LocalView, Scanner};
-use super::state::{BaseEntry, State, StateError, StateWrite};
+use super::state::{BaseEntry, FileStat, State, StateError, StateWrite};
 use super::watcher::{self, LocalEvent};
 use crate::files::{ChangeKind, FilesClient};
 
@@ -113,6 +115,12 @@ pub struct SyncStatus {
 pub(super) struct PassReport {
     pub transfers: usize,
     pub failures: Vec<String>,
+    /// The paths (relative, as on disk) of the failures that were not the
+    /// server being unreachable: each is looked at again on its own
+    /// schedule, and left alone until then.
+    pub failed: Vec<String>,
+    /// Files left for later because they are still being written.
+    pub busy_paths: BTreeSet<String>,
     /// A failure that means "the server is not there".
     pub offline: bool,
     /// Some files were left for later because they are still being written.
@@ -139,6 +147,36 @@ pub struct SyncEngine {
     pub(super) status: watch::Sender<SyncStatus>,
     /// The synced folder's inode when the engine opened it.
     pub(super) dir_inode: u64,
+    /// What the engine itself just did to local paths (relative, as on
+    /// disk), so the watcher's events about it are not taken for the
+    /// user's: an event whose path is still as the engine left it is the
+    /// engine's own echo.
+    pub(super) own: HashMap<String, (Expect, Instant)>,
+    /// Partial downloads (relative) that may be on disk: found by a scan,
+    /// or where a download of this session kept its data. Each pass
+    /// removes those no download will continue.
+    pub(super) parts: BTreeSet<String>,
+}
+
+/// How the engine left a local path. Folders it made or moved in are not
+/// recorded: a folder's event makes the engine walk it, and that walk is
+/// what finds files put in a new folder before the watcher watched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expect {
+    Gone,
+    File(FileStat),
+}
+
+/// How long the engine's own changes are recognised in events (they
+/// arrive within milliseconds; this is a bound for a loaded machine).
+const OWN_FOR: Duration = Duration::from_secs(5);
+
+/// A path to look at again.
+#[derive(Debug, Clone, Copy)]
+struct Recheck {
+    at: Instant,
+    /// Still being written (looked at once quiet), or a step that failed.
+    busy: bool,
 }
 
 /// Most passes `run_once` makes before giving up on converging.
@@ -186,6 +224,8 @@ impl SyncEngine {
             local: LocalView::default(),
             status,
             dir_inode,
+            own: HashMap::new(),
+            parts: BTreeSet::new(),
         })
     }
 
@@ -207,7 +247,7 @@ impl SyncEngine {
         self.catch_up().await?;
         let mut last_failures = Vec::new();
         for _ in 0..MAX_ONCE_PASSES {
-            let report = self.pass(None, None).await?;
+            let report = self.pass(None, None, &BTreeSet::new()).await?;
             if report.offline {
                 return Err(crate::ClientError::Unreachable {
                     addr: self.client.addr().to_owned(),
@@ -292,38 +332,66 @@ impl SyncEngine {
         let mut online = false;
         let mut full_due = true; // the first pass is a full one
         let mut pending: HashMap<String, (Instant, bool)> = HashMap::new();
+        // Paths looked at again on their own schedule, and left alone
+        // until then: files still being written, steps that failed.
+        let mut recheck: HashMap<String, Recheck> = HashMap::new();
+        // Failures in a row per path: its own backoff.
+        let mut failing: HashMap<String, u32> = HashMap::new();
         let mut remote_dirty = false;
         let mut next_rescan = Instant::now() + self.opts.rescan_every;
+        // The server was unreachable: when to try it again.
         let mut retry_at: Option<Instant> = None;
         let mut retry_attempt = 0u32;
         let mut batch_until: Option<Instant> = None;
-        // When the folder last saw any event: unsettled changes (writes
-        // without a close, deletions) wait until it has been quiet.
+        // When the folder last saw an event of the user's: unsettled
+        // changes (writes without a close, deletions) wait until it has
+        // been quiet.
         let mut last_event = Instant::now();
 
         loop {
-            // When to wake up next without an event.
+            // When to wake up next without an event. Offline, only the
+            // retry (or the rescan) can do anything.
             let now = Instant::now();
             let settle_at = pending
                 .values()
                 .filter(|(_, settled)| !settled)
                 .map(|(t, _)| (*t).max(last_event) + self.opts.settle)
                 .min();
-            let wake = [Some(next_rescan), retry_at, settle_at, batch_until]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(now + Duration::from_secs(3600));
+            let recheck_at = recheck.values().map(|r| r.at).min();
+            let wake = if online {
+                [
+                    Some(next_rescan),
+                    retry_at,
+                    settle_at,
+                    batch_until,
+                    recheck_at,
+                ]
+            } else {
+                [Some(next_rescan), retry_at, None, None, None]
+            }
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(3600));
 
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 ev = local_rx.recv() => match ev {
                     Some(LocalEvent::Path { rel, settled }) => {
-                        // The latest event decides: a write after a close
-                        // means the file is being written again.
-                        last_event = Instant::now();
-                        pending.insert(rel, (last_event, settled));
-                        batch_until.get_or_insert(last_event + BATCH);
+                        if rel == IGNORE_FILE && self.scanner.reload_ignore() {
+                            full_due = true;
+                        }
+                        // Neither our own partial downloads and echoes nor
+                        // ignored files keep the folder from being quiet.
+                        if !self.scanner.ignore().is_ignored(&rel, false) && !self.is_own(&rel) {
+                            // The latest event decides: a write after a close
+                            // means the file is being written again.
+                            last_event = Instant::now();
+                            pending.insert(rel, (last_event, settled));
+                            batch_until.get_or_insert(last_event + BATCH);
+                        } else if full_due {
+                            batch_until.get_or_insert(Instant::now() + BATCH);
+                        }
                     }
                     Some(LocalEvent::Rescan) => full_due = true,
                     None => return Err(SyncError::FolderGone(self.opts.dir.display().to_string())),
@@ -379,48 +447,147 @@ impl SyncEngine {
             }
             batch_until = None;
             let quiet = now >= last_event + self.opts.settle;
-            let ready: BTreeSet<String> = pending
+            let mut ready: BTreeSet<String> = pending
                 .iter()
                 .filter(|(_, (t, settled))| *settled || (quiet && now >= *t + self.opts.settle))
                 .map(|(rel, _)| rel.clone())
                 .collect();
+            for (rel, r) in recheck.iter_mut().filter(|(_, r)| now >= r.at) {
+                // A file still being written is looked at once it has not
+                // been modified for `settle`.
+                match r.busy.then(|| self.young(rel)).flatten() {
+                    Some(until) => r.at = until.max(now + BATCH),
+                    None => {
+                        ready.insert(rel.clone());
+                    }
+                }
+            }
             if !full_due && ready.is_empty() && !remote_dirty {
                 continue;
             }
             for rel in &ready {
                 pending.remove(rel);
+                recheck.remove(rel);
             }
-            let scope = if full_due { None } else { Some(ready) };
+            // Everything still waiting is left alone by this pass: a path
+            // with a change not yet settled must not be planned from what
+            // the engine saw of it before that change.
+            let hold: BTreeSet<String> = pending.keys().chain(recheck.keys()).cloned().collect();
+            let scope = if full_due { None } else { Some(ready.clone()) };
             full_due = false;
             remote_dirty = false;
-            let report = self.pass(scope, Some(self.opts.settle)).await?;
+            let report = self.pass(scope, Some(self.opts.settle), &hold).await?;
+            let now = Instant::now();
             if !report.offline {
                 online = true;
             }
-            if report.busy && retry_at.is_none() {
-                // Files still being written: look again once they settle.
-                retry_at = Some(Instant::now() + self.opts.settle);
+            for rel in &report.busy_paths {
+                recheck.insert(
+                    rel.clone(),
+                    Recheck {
+                        at: now + self.opts.settle,
+                        busy: true,
+                    },
+                );
             }
-            if report.failures.is_empty() {
-                retry_attempt = 0;
-            } else {
+            let failed: BTreeSet<&String> = report.failed.iter().collect();
+            for rel in &failed {
+                let n = failing.entry((*rel).clone()).or_insert(0);
+                let delay = remote::backoff(*n);
+                *n += 1;
+                tracing::debug!(path = %rel, retry_in = ?delay, "will look at it again");
+                recheck.insert(
+                    (*rel).clone(),
+                    Recheck {
+                        at: now + delay,
+                        busy: false,
+                    },
+                );
+            }
+            // A path whose look came and went without failing is fine again.
+            failing.retain(|rel, _| failed.contains(rel) || recheck.contains_key(rel));
+            if report.offline {
                 let delay = remote::backoff(retry_attempt);
                 retry_attempt += 1;
-                retry_at = Some(Instant::now() + delay);
-                tracing::warn!(failed = report.failures.len(), retry_in = ?delay, "some changes did not go through; will retry");
-                if report.offline {
-                    online = false;
-                }
+                retry_at = Some(now + delay);
+                online = false;
+                tracing::warn!(retry_in = ?delay, "the server is unreachable; will retry");
+            } else {
+                retry_attempt = 0;
+            }
+            if !report.failed.is_empty() {
+                tracing::warn!(
+                    failed = report.failed.len(),
+                    "some changes did not go through; will look at them again"
+                );
             }
         }
     }
 
+    /// When a file seen as still being written will have been left alone
+    /// long enough (`None`: it has, or it is gone).
+    fn young(&self, rel: &str) -> Option<Instant> {
+        let meta = std::fs::symlink_metadata(self.opts.dir.join(rel)).ok()?;
+        let age = std::time::SystemTime::now()
+            .duration_since(meta.modified().ok()?)
+            .unwrap_or_default();
+        (age < self.opts.settle).then(|| Instant::now() + (self.opts.settle - age))
+    }
+
+    /// Notes what the engine just did to `local`, so the events it raises
+    /// are recognised as its own.
+    pub(super) fn expect_own(&mut self, local: &std::path::Path, what: Expect) {
+        let Some(rel) = local
+            .strip_prefix(&self.opts.dir)
+            .ok()
+            .and_then(|r| r.to_str())
+            .filter(|r| !r.is_empty())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        if self.own.len() > 4096 {
+            self.own.retain(|_, (_, at)| now < *at + OWN_FOR);
+        }
+        self.own.insert(rel.to_owned(), (what, now));
+    }
+
+    /// Notes that the engine wrote the file `local` (nothing for a folder).
+    pub(super) fn expect_written(&mut self, local: &std::path::Path) {
+        if let Ok(m) = std::fs::symlink_metadata(local)
+            && m.is_file()
+        {
+            self.expect_own(local, Expect::File(super::scan::stat_of(&m)));
+        }
+    }
+
+    /// True when `rel` is still exactly as the engine itself left it a
+    /// moment ago: the event about it is the engine's own echo.
+    fn is_own(&mut self, rel: &str) -> bool {
+        let Some((what, at)) = self.own.get(rel).copied() else {
+            return false;
+        };
+        if at.elapsed() > OWN_FOR {
+            self.own.remove(rel);
+            return false;
+        }
+        let now = match std::fs::symlink_metadata(self.opts.dir.join(rel)) {
+            Ok(m) if m.is_file() => Expect::File(super::scan::stat_of(&m)),
+            Ok(_) => return false,
+            Err(_) => Expect::Gone,
+        };
+        now == what
+    }
+
     /// One pass: refresh the local view (all of it, or just `scope`),
     /// plan, execute.
+    /// Paths (relative, as on disk) in `hold` are left alone: neither read
+    /// nor planned.
     pub(super) async fn pass(
         &mut self,
         scope: Option<BTreeSet<String>>,
         settle: Option<Duration>,
+        hold: &BTreeSet<String>,
     ) -> Result<PassReport, SyncError> {
         // Gone, or replaced by another folder of the same name: stop rather
         // than read the absence of files as deletions.
@@ -433,6 +600,13 @@ impl SyncEngine {
             s.phase = SyncPhase::Syncing;
             s.passes += 1;
         });
+        // New ignore rules (edited here, or downloaded): everything is
+        // judged by them again.
+        let scope = if self.scanner.reload_ignore() {
+            None
+        } else {
+            scope
+        };
         let scanner = self.scanner.clone();
         // Moved into the scan and back rather than copied: with 100,000
         // files every copy of a view costs megabytes.
@@ -458,7 +632,7 @@ impl SyncEngine {
                 error: std::io::Error::other("the synced folder cannot be read"),
             });
         }
-        let plan = self.plan();
+        let plan = self.plan(hold);
         tracing::debug!(
             files = self.local.files.len(),
             remote = self.remote.len(),
@@ -478,6 +652,8 @@ impl SyncEngine {
             .all(|op| matches!(op, Operation::Upload { .. } | Operation::SetBase { .. }));
         let mut report = self.execute(plan).await?;
         report.busy = self.local.busy;
+        report.busy_paths = std::mem::take(&mut self.local.busy_paths);
+        self.sweep_parts();
         report.only_uploads = only_uploads;
         self.set_status(|s| {
             s.phase = SyncPhase::Idle;
@@ -490,18 +666,55 @@ impl SyncEngine {
         Ok(report)
     }
 
-    fn plan(&mut self) -> SyncPlan {
+    fn plan(&mut self, hold: &BTreeSet<String>) -> SyncPlan {
         let now = std::time::SystemTime::now();
         // Files on the server (or in the base) that this folder ignores are
         // never touched: the scan cannot see them, which must not read as
         // a deletion.
+        let rules = self.scanner.ignore();
         let ignored = self
             .remote
             .keys()
             .chain(self.base.keys())
-            .filter(|p| self.scanner.ignore.is_ignored(p.as_str(), false))
+            .filter(|p| rules.is_ignored(p.as_str(), false))
             .cloned()
             .collect();
+        let mut unreadable = self.local.unreadable.clone();
+        let mut held = BTreeSet::new();
+        if !hold.is_empty() {
+            // Each held path (a file or a folder), and whether it is on
+            // disk: only then is it evidence that the folder is not empty.
+            let roots: BTreeMap<RemotePath, bool> = hold
+                .iter()
+                .filter_map(|r| {
+                    let exists = std::fs::symlink_metadata(self.opts.dir.join(r)).is_ok();
+                    RemotePath::normalized(r).ok().map(|p| (p, exists))
+                })
+                .collect();
+            let held_as = |p: &RemotePath| {
+                roots
+                    .get(p)
+                    .or_else(|| p.ancestors().iter().find_map(|a| roots.get(a)))
+                    .copied()
+            };
+            for p in self
+                .local
+                .files
+                .keys()
+                .chain(self.remote.keys())
+                .chain(self.base.keys())
+            {
+                match held_as(p) {
+                    Some(true) => {
+                        unreadable.insert(p.clone());
+                    }
+                    Some(false) => {
+                        held.insert(p.clone());
+                    }
+                    None => {}
+                }
+            }
+        }
         let input = SyncInput {
             local: self
                 .local
@@ -521,7 +734,8 @@ impl SyncEngine {
             remote: std::mem::take(&mut self.remote),
             // Lent too, and taken back below.
             base: std::mem::take(&mut self.base),
-            unreadable: self.local.unreadable.clone(),
+            unreadable,
+            held,
             ignored,
             mode: self.opts.mode,
             host: self.opts.host.clone(),
@@ -531,6 +745,54 @@ impl SyncEngine {
         self.remote = input.remote;
         self.base = input.base;
         plan
+    }
+
+    /// Removes the partial downloads known (see `parts`) that no download
+    /// will continue: the server no longer has that version for that
+    /// name, or the file already holds it. (Called at the end of a pass:
+    /// no download is under way.)
+    fn sweep_parts(&mut self) {
+        self.parts.extend(std::mem::take(&mut self.local.parts));
+        for rel in std::mem::take(&mut self.parts) {
+            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+            let target = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(super::scan::PART_SUFFIX))
+                .and_then(|n| n.rsplit_once('.'))
+                .and_then(|(file, hash)| {
+                    let path = if dir.is_empty() {
+                        file.to_owned()
+                    } else {
+                        format!("{dir}/{file}")
+                    };
+                    RemotePath::normalized(&path).ok().map(|p| (p, hash))
+                });
+            let wanted = target.is_some_and(|(p, hash)| {
+                self.remote
+                    .get(&p)
+                    .is_some_and(|r| r.hash.to_hex().starts_with(hash))
+                    && self
+                        .local
+                        .files
+                        .get(&p)
+                        .is_none_or(|l| self.remote.get(&p).is_some_and(|r| r.hash != l.hash))
+            });
+            let local = self.opts.dir.join(&rel);
+            if wanted {
+                if local.exists() {
+                    self.parts.insert(rel);
+                }
+            } else {
+                match std::fs::remove_file(&local) {
+                    Ok(()) => {
+                        tracing::debug!(part = %rel, "removed a partial download no longer wanted")
+                    }
+                    Err(e) => {
+                        tracing::debug!(part = %rel, error = %e, "could not remove a partial download")
+                    }
+                }
+            }
+        }
     }
 
     /// Records server-side changes in the remote view (one state write).

@@ -11,7 +11,7 @@ use distribusync_core::sync::{Operation, RemoteFile, SyncPlan};
 use distribusync_core::{ContentHash, RemotePath, limits};
 use futures::StreamExt;
 
-use super::engine::{PassReport, SyncEngine, SyncError};
+use super::engine::{Expect, PassReport, SyncEngine, SyncError};
 use super::scan::{LocalEntry, stat_of};
 use super::state::{BaseEntry, FileStat, StateWrite};
 use crate::error::ClientError;
@@ -102,15 +102,19 @@ fn stat_path(path: &Path) -> Result<FileStat, ClientError> {
         .map_err(|e| local_err(path, e))
 }
 
-/// Removes folders left empty below `root`, from `path`'s parent upwards.
-fn prune_empty_dirs(root: &Path, path: &Path) {
+/// Removes folders left empty below `root`, from `path`'s parent upwards;
+/// returns those removed.
+fn prune_empty_dirs(root: &Path, path: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     let mut cur = path.parent();
     while let Some(dir) = cur {
         if dir == root || !dir.starts_with(root) || fs::remove_dir(dir).is_err() {
             break;
         }
+        removed.push(dir.to_owned());
         cur = dir.parent();
     }
+    removed
 }
 
 async fn download(
@@ -138,6 +142,25 @@ async fn download(
 }
 
 impl SyncEngine {
+    /// Notes a step that did not go through: reported, and (unless the
+    /// server is unreachable, which the engine retries as a whole) looked
+    /// at again on the path's own schedule.
+    fn failed(&self, report: &mut PassReport, path: &RemotePath, e: &ClientError) {
+        tracing::warn!(%path, error = %e, "not synced this time");
+        report.failures.push(format!("{path}: {e}"));
+        if e.is_unreachable() {
+            report.offline = true;
+        } else {
+            let rel = self
+                .local
+                .files
+                .get(path)
+                .and_then(|e| e.disk_name.clone())
+                .unwrap_or_else(|| path.to_string());
+            report.failed.push(rel);
+        }
+    }
+
     fn local_path(&self, path: &RemotePath) -> PathBuf {
         self.scanner.local_path(path, &self.local)
     }
@@ -231,7 +254,7 @@ impl SyncEngine {
                             });
                             Ok(())
                         }
-                        Err(e) => Err((from.to_string(), e)),
+                        Err(e) => Err((from, e)),
                     }
                 }
                 Operation::RenameLocal { from, to, folder } => {
@@ -245,7 +268,7 @@ impl SyncEngine {
                             });
                             Ok(())
                         }
-                        Err(e) => Err((from.to_string(), e)),
+                        Err(e) => Err((from, e)),
                     }
                 }
                 Operation::DeleteRemote { path, if_revision } => {
@@ -264,7 +287,7 @@ impl SyncEngine {
                             self.forget(&mut writes, &path);
                             Ok(())
                         }
-                        Err(e) => Err((path.to_string(), e)),
+                        Err(e) => Err((path, e)),
                     }
                 }
                 Operation::DeleteLocal { path, local_hash } => {
@@ -275,7 +298,10 @@ impl SyncEngine {
                         .and_then(|()| fs::remove_file(&local).map_err(|e| local_err(&local, e)))
                     {
                         Ok(()) => {
-                            prune_empty_dirs(&self.opts.dir, &local);
+                            self.expect_own(&local, Expect::Gone);
+                            for dir in prune_empty_dirs(&self.opts.dir, &local) {
+                                self.expect_own(&dir, Expect::Gone);
+                            }
                             self.local.files.remove(&path);
                             self.forget(&mut writes, &path);
                             tracing::info!(%path, "deleted locally");
@@ -284,7 +310,7 @@ impl SyncEngine {
                             });
                             Ok(())
                         }
-                        Err(e) => Err((path.to_string(), e)),
+                        Err(e) => Err((path, e)),
                     }
                 }
                 Operation::SetBase { path, base } => {
@@ -315,10 +341,8 @@ impl SyncEngine {
                 }
             };
             self.state.write(&writes)?;
-            if let Err((what, e)) = result {
-                report.offline |= e.is_unreachable();
-                tracing::warn!(path = %what, error = %e, "not synced this time");
-                report.failures.push(format!("{what}: {e}"));
+            if let Err((path, e)) = result {
+                self.failed(&mut report, &path, &e);
             }
         }
         report.transfers += transfers.len();
@@ -362,7 +386,11 @@ impl SyncEngine {
             fs::create_dir_all(parent).map_err(|e| local_err(parent, e))?;
         }
         fs::rename(&src, &dst).map_err(|e| local_err(&src, e))?;
-        prune_empty_dirs(&self.opts.dir, &src);
+        self.expect_own(&src, Expect::Gone);
+        self.expect_written(&dst);
+        for dir in prune_empty_dirs(&self.opts.dir, &src) {
+            self.expect_own(&dir, Expect::Gone);
+        }
         // Keep the local view in step so the next plan sees the new names.
         let moved: Vec<_> = self
             .local
@@ -428,6 +456,23 @@ impl SyncEngine {
         // Whatever the scan kept and this pass did not use is stale by the
         // next one.
         self.local.contents.clear();
+        // Where each download keeps its partial file, so that one left
+        // behind (the transfer failed, the server went away) is removed
+        // once no download will continue it.
+        for op in &ops {
+            if let Operation::Download { path, remote, .. }
+            | Operation::Conflict { path, remote, .. } = op
+            {
+                let part = crate::files::partial_path(&self.local_path(path), &remote.hash);
+                if let Some(rel) = part
+                    .strip_prefix(&self.opts.dir)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                {
+                    self.parts.insert(rel.to_owned());
+                }
+            }
+        }
         let singles = ops
             .into_iter()
             .map(|op| {
@@ -528,6 +573,8 @@ impl SyncEngine {
                     }
                     Ok(Done::Downloaded { path, info, stat }) => {
                         tracing::info!(%path, size = info.size, revision = info.revision, "downloaded");
+                        let local = self.local_path(&path);
+                        self.expect_written(&local);
                         self.record(&mut writes, &path, &info, stat);
                         self.set_status(|s| {
                             s.downloaded += 1;
@@ -544,6 +591,10 @@ impl SyncEngine {
                         stat,
                     }) => {
                         tracing::warn!(%path, %copy, "conflict: both sides changed; kept this side's version as a copy");
+                        let (local, copy_local) =
+                            (self.local_path(&path), self.opts.dir.join(copy.as_str()));
+                        self.expect_written(&local);
+                        self.expect_written(&copy_local);
                         match copy_upload {
                             Some(ci) => self.record(&mut writes, &copy, &ci, copy_stat),
                             None => {
@@ -563,11 +614,7 @@ impl SyncEngine {
                                 Some(format!("conflict on {path}: local version kept as {copy}"))
                         });
                     }
-                    Err(e) => {
-                        report.offline |= e.is_unreachable();
-                        tracing::warn!(%path, error = %e, "not synced this time");
-                        report.failures.push(format!("{path}: {e}"));
-                    }
+                    Err(e) => self.failed(report, &path, &e),
                 }
             }
             self.state.write(&writes)?;

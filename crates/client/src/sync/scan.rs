@@ -34,6 +34,12 @@ pub struct LocalView {
     /// True when some file was left alone because it is still being
     /// written: worth another look once it settles.
     pub busy: bool,
+    /// The paths (relative, as on disk) of those files: the engine looks
+    /// at just them again shortly, whatever else is waiting.
+    pub busy_paths: BTreeSet<String>,
+    /// Partial downloads (`*.distribusync-part`, relative) a full scan
+    /// came across: the engine removes those no download will continue.
+    pub parts: Vec<String>,
     /// The folder itself could not be read.
     pub root_error: Option<String>,
     /// The content of small files this scan read to hash them, with the
@@ -48,6 +54,13 @@ pub struct LocalView {
 pub const KEEP_FILE_MAX: u64 = limits::BATCH_FILE_MAX;
 /// ...while all kept contents together stay within this.
 pub const KEEP_TOTAL_MAX: u64 = 64 << 20;
+
+/// The ignore file's stat, `None` when there is none.
+fn ignore_stat(dir: &Path) -> Option<FileStat> {
+    fs::symlink_metadata(dir.join(distribusync_core::sync::IGNORE_FILE))
+        .ok()
+        .map(|m| stat_of(&m))
+}
 
 pub fn stat_of(meta: &fs::Metadata) -> FileStat {
     FileStat {
@@ -130,6 +143,7 @@ impl ToHash {
             .into_par_iter()
             .map(|((path, rel, stat, disk_name), keep)| {
                 let local = dir.join(&rel);
+                let rel_kept = rel;
                 let r = if keep {
                     read_small(&local, &stat)
                         .map(|data| {
@@ -140,10 +154,10 @@ impl ToHash {
                 } else {
                     crate::files::hash_local(&local).map(|(h, n)| (h, n, None))
                 };
-                (path, stat, disk_name, r)
+                (path, rel_kept, stat, disk_name, r)
             })
             .collect();
-        for (path, stat, disk_name, r) in hashed {
+        for (path, rel, stat, disk_name, r) in hashed {
             match r {
                 // The file changed while it was read: hash what is there
                 // next time rather than trust a torn read.
@@ -166,6 +180,7 @@ impl ToHash {
                 Ok(_) => {
                     view.unreadable.insert(path);
                     view.busy = true;
+                    view.busy_paths.insert(rel);
                 }
                 Err(e) => {
                     tracing::warn!(%path, error = %e, "cannot read local file; skipped, will retry");
@@ -201,21 +216,54 @@ enum Listed {
     Dir(String),
     /// The path, its stat and its modification time.
     File(String, FileStat, Option<SystemTime>),
+    /// A partial download of ours.
+    Part(String),
 }
+
+/// How partial downloads are named (see `files::partial_path`).
+pub const PART_SUFFIX: &str = ".distribusync-part";
 
 /// Scans one synced folder.
 #[derive(Debug)]
 pub struct Scanner {
     pub dir: PathBuf,
-    pub ignore: IgnoreRules,
+    /// The rules in force, and the ignore file's stat they were read from
+    /// (`None`: no file). Replaced whole when the file changes; a scan
+    /// keeps the rules it started with. (A std lock: never held across
+    /// an await.)
+    ignore: std::sync::RwLock<(Option<FileStat>, Arc<IgnoreRules>)>,
 }
 
 impl Scanner {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
-            ignore: IgnoreRules::load(dir),
+            ignore: std::sync::RwLock::new((ignore_stat(dir), Arc::new(IgnoreRules::load(dir)))),
         }
+    }
+
+    /// The ignore rules in force.
+    pub fn ignore(&self) -> Arc<IgnoreRules> {
+        match self.ignore.read() {
+            Ok(g) => g.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    /// Reads `.distribusyncignore` again if it changed (or appeared, or
+    /// went) since it was last read; true when the rules were replaced.
+    pub fn reload_ignore(&self) -> bool {
+        let now = ignore_stat(&self.dir);
+        let mut g = match self.ignore.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if g.0 == now {
+            return false;
+        }
+        tracing::info!("ignore rules changed; reloading them");
+        *g = (now, Arc::new(IgnoreRules::load(&self.dir)));
+        true
     }
 
     /// The local path of a remote path (using the on-disk name if known).
@@ -254,6 +302,8 @@ impl Scanner {
         settle: Option<Duration>,
     ) {
         view.busy = false;
+        view.busy_paths.clear();
+        view.parts.clear();
         view.root_error = None;
         // Take out what was known at or under each path (no copy of the
         // rest), then read those paths afresh.
@@ -284,8 +334,9 @@ impl Scanner {
                     && rel.as_bytes()[r.len()] == b'/'
             })
         };
+        let rules = self.ignore();
         for rel in rels.iter().filter(|r| !covered(r)) {
-            if self.ignore.is_ignored(rel, false) {
+            if rules.is_ignored(rel, false) {
                 continue;
             }
             match fs::symlink_metadata(self.dir.join(rel)) {
@@ -350,6 +401,7 @@ impl Scanner {
                             Listed::File(sub, stat, modified) => {
                                 self.add_file(&sub, stat, modified, known, settle, view, to_hash);
                             }
+                            Listed::Part(sub) => view.parts.push(sub),
                         }
                     }
                 }
@@ -366,6 +418,7 @@ impl Scanner {
         } else {
             self.dir.join(dir_rel)
         };
+        let rules = self.ignore();
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir)?.flatten() {
             let name = entry.file_name();
@@ -380,7 +433,10 @@ impl Scanner {
             };
             let Ok(meta) = entry.metadata() else { continue };
             let ft = meta.file_type();
-            if self.ignore.is_ignored(&sub, ft.is_dir()) {
+            if rules.is_ignored(&sub, ft.is_dir()) {
+                if ft.is_file() && name.ends_with(PART_SUFFIX) {
+                    out.push(Listed::Part(sub));
+                }
                 continue;
             }
             if ft.is_dir() {
@@ -438,6 +494,7 @@ impl Scanner {
             if young && known.hash(&path, &stat).is_none() {
                 view.unreadable.insert(path);
                 view.busy = true;
+                view.busy_paths.insert(rel.to_owned());
                 return;
             }
         }

@@ -83,6 +83,11 @@ pub struct SyncInput {
     /// Local files the scan could not read, or that are still being
     /// written: left alone entirely this time (and the folder is not empty).
     pub unreadable: std::collections::BTreeSet<RemotePath>,
+    /// Paths left alone this time for the caller's own reasons (a change
+    /// not yet settled, a step waiting for its retry) that are not on disk:
+    /// unlike `unreadable`, they are no evidence that the folder still
+    /// holds something.
+    pub held: std::collections::BTreeSet<RemotePath>,
     /// Paths the ignore rules exclude: never touched on either side, even
     /// when they exist on the server or in the base.
     pub ignored: std::collections::BTreeSet<RemotePath>,

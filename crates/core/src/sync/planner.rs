@@ -41,6 +41,20 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
         });
         handled.extend(pairs.iter().flat_map(|(f, t)| [f.clone(), t.clone()]));
     }
+    // Deleted here while the server moved it (a folder renamed there):
+    // the deletion wins, at the new name, unless the file was modified.
+    let mut moved_deletes = Vec::new();
+    if input.mode == Mode::TwoWay {
+        for (_, to) in deleted_while_moved(input, &handled) {
+            if let Some(r) = input.remote.get(&to) {
+                moved_deletes.push(Operation::DeleteRemote {
+                    path: to.clone(),
+                    if_revision: r.revision,
+                });
+                handled.insert(to);
+            }
+        }
+    }
 
     let paths: BTreeSet<&RemotePath> = input
         .local
@@ -51,7 +65,7 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
         .collect();
     // Conflict copies chosen so far (every other name in use is in the views).
     let mut taken: BTreeSet<RemotePath> = BTreeSet::new();
-    let (mut deletes, mut transfers, mut bookkeeping) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut deletes, mut transfers, mut bookkeeping) = (moved_deletes, Vec::new(), Vec::new());
     for path in paths {
         let l = input.local.get(path);
         let r = input.remote.get(path);
@@ -99,7 +113,7 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
 
 /// Paths the plan must not touch this time.
 fn left_alone(input: &SyncInput, p: &RemotePath) -> bool {
-    input.unreadable.contains(p) || input.ignored.contains(p)
+    input.unreadable.contains(p) || input.ignored.contains(p) || input.held.contains(p)
 }
 
 fn safety_stop(input: &SyncInput) -> Option<String> {
@@ -261,6 +275,46 @@ fn match_renames(
             .position(|c| c.file_name() == from.file_name())
             .unwrap_or(0);
         pairs.push((from.clone(), cands.remove(i).clone()));
+    }
+    pairs
+}
+
+/// Pairs `(old, new)` where the local side deleted a synced file while the
+/// server moved it: the base path is gone from both sides, and the server
+/// gained a path with the same file name and the same (non-empty) content
+/// that neither the base nor the local side has. Only this direction: a
+/// local file is never deleted unless the base holds it at that path, so
+/// a file moved here and deleted on the server is sent back instead.
+fn deleted_while_moved(
+    input: &SyncInput,
+    handled: &BTreeSet<RemotePath>,
+) -> Vec<(RemotePath, RemotePath)> {
+    let mut new: BTreeMap<(ContentHash, &str), Vec<&RemotePath>> = BTreeMap::new();
+    for (p, r) in &input.remote {
+        if r.size > 0
+            && !input.base.contains_key(p)
+            && !input.local.contains_key(p)
+            && !handled.contains(p)
+            && !left_alone(input, p)
+        {
+            new.entry((r.hash, p.file_name())).or_default().push(p);
+        }
+    }
+    let mut pairs = Vec::new();
+    for (p, b) in &input.base {
+        if b.size == 0
+            || input.local.contains_key(p)
+            || input.remote.contains_key(p)
+            || handled.contains(p)
+            || left_alone(input, p)
+        {
+            continue;
+        }
+        if let Some(cands) = new.get_mut(&(b.hash, p.file_name()))
+            && !cands.is_empty()
+        {
+            pairs.push((p.clone(), cands.remove(0).clone()));
+        }
     }
     pairs
 }

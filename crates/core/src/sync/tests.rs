@@ -140,6 +140,85 @@ fn modification_beats_deletion() {
 }
 
 #[test]
+fn a_deletion_wins_over_a_remote_folder_rename() {
+    // Deleted here; there, its folder was renamed (and `kept` edited).
+    let mut i = input();
+    i.base.insert(p("docs/gone.txt"), bf("old", 1));
+    i.base.insert(p("docs/kept.txt"), bf("kept", 2));
+    i.base.insert(p("other"), bf("x", 3));
+    i.local.insert(p("other"), lf("x"));
+    i.remote.insert(p("other"), rf("x", 3));
+    i.remote.insert(p("papers/gone.txt"), rf("old", 4));
+    i.remote.insert(p("papers/kept.txt"), rf("kept, edited", 5));
+    assert_eq!(
+        plan(&i).operations,
+        [
+            Operation::DeleteRemote {
+                path: p("papers/gone.txt"),
+                if_revision: 4
+            },
+            // Modification beats deletion: the edited file comes back.
+            Operation::Download {
+                path: p("papers/kept.txt"),
+                remote: rf("kept, edited", 5),
+                local_hash: None
+            },
+            Operation::SetBase {
+                path: p("docs/gone.txt"),
+                base: None
+            },
+            Operation::SetBase {
+                path: p("docs/kept.txt"),
+                base: None
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_local_move_of_a_file_deleted_on_the_server_is_sent_back() {
+    // The other direction never deletes a local file the base does not
+    // hold at that path: the moved file survives.
+    let mut i = input();
+    i.base.insert(p("docs/a.txt"), bf("a", 1));
+    i.base.insert(p("other"), bf("x", 2));
+    i.local.insert(p("other"), lf("x"));
+    i.remote.insert(p("other"), rf("x", 2));
+    i.local.insert(p("papers/a.txt"), lf("a"));
+    assert_eq!(
+        plan(&i).operations,
+        [
+            Operation::Upload {
+                path: p("papers/a.txt"),
+                if_revision: 0
+            },
+            Operation::SetBase {
+                path: p("docs/a.txt"),
+                base: None
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_file_name_that_differs_is_no_move() {
+    // Same content under another name in another folder: not a move,
+    // nothing is deleted.
+    let mut i = input();
+    i.base.insert(p("docs/a.txt"), bf("a", 1));
+    i.base.insert(p("other"), bf("x", 2));
+    i.local.insert(p("other"), lf("x"));
+    i.remote.insert(p("other"), rf("x", 2));
+    i.remote.insert(p("papers/b.txt"), rf("a", 3));
+    let ops = plan(&i).operations;
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, Operation::DeleteRemote { .. })),
+        "{ops:?}"
+    );
+}
+
+#[test]
 fn a_folder_renamed_locally_is_one_remote_rename() {
     let mut i = input();
     for n in 0..100 {
@@ -293,6 +372,25 @@ fn push_mirrors_and_pull_keeps_local_edits_as_copies() {
         ),
         "{ops:?}"
     );
+}
+
+#[test]
+fn held_paths_are_left_alone_but_do_not_hide_an_emptied_folder() {
+    let mut i = input();
+    for n in ["a", "b", "c"] {
+        i.base.insert(p(n), bf(n, 1));
+        i.remote.insert(p(n), rf(n, 1));
+    }
+    i.local.insert(p("a"), lf("a"));
+    i.local.insert(p("b"), lf("b"));
+    i.remote.insert(p("c"), rf("c, edited there", 2));
+    i.held.insert(p("c"));
+    // c waits (nothing planned for it); a and b are in sync.
+    assert!(plan(&i).operations.is_empty());
+
+    // Everything gone locally: held paths are no evidence of content.
+    i.local.clear();
+    assert!(plan(&i).refused.is_some());
 }
 
 #[test]
@@ -489,7 +587,8 @@ impl World {
     }
 }
 
-const NAMES: [&str; 6] = ["a", "b", "d/c", "d/e", "f/g", "f/h"];
+// `g/c` shares a file name with `d/c`: moves between folders happen too.
+const NAMES: [&str; 7] = ["a", "b", "d/c", "d/e", "f/g", "f/h", "g/c"];
 const CONTENTS: [&str; 4] = ["one", "two", "three", ""];
 
 fn side() -> impl Strategy<Value = BTreeMap<usize, usize>> {
@@ -582,5 +681,56 @@ proptest! {
     fn planning_is_deterministic(w in world()) {
         let i = w.input(Mode::TwoWay);
         prop_assert_eq!(plan(&i), plan(&i.clone()));
+    }
+}
+
+proptest! {
+    /// A folder renamed on the server while files in it were deleted here
+    /// (and some edited there): the deleted, unedited files are gone
+    /// everywhere; edited ones come back under the new name; the rest
+    /// moves; the plan converges.
+    #[test]
+    fn deletions_win_over_a_remote_folder_rename_unless_modified(
+        deleted in prop::collection::btree_set(0..5usize, 0..5),
+        edited in prop::collection::btree_set(0..5usize, 0..5),
+    ) {
+        let mut w = World::default();
+        for n in 0..5u64 {
+            let content = format!("file {n}");
+            let path = p(&format!("docs/f{n}"));
+            w.base.insert(path.clone(), bf(&content, n + 1));
+            w.remote.insert(path.clone(), rf(&content, n + 1));
+            if !deleted.contains(&(n as usize)) {
+                w.local.insert(path, lf(&content));
+            }
+        }
+        w.base.insert(p("other"), bf("x", 9));
+        w.local.insert(p("other"), lf("x"));
+        w.remote.insert(p("other"), rf("x", 9));
+        w.seq = 20;
+        move_prefix(&mut w.remote, &p("docs"), &p("papers"));
+        for n in &edited {
+            w.seq += 1;
+            w.remote.insert(p(&format!("papers/f{n}")), rf(&format!("edited {n}"), w.seq));
+        }
+        let first = plan(&w.input(Mode::TwoWay));
+        prop_assume!(first.refused.is_none());
+        w.apply(&first);
+        let second = plan(&w.input(Mode::TwoWay));
+        prop_assert!(second.operations.is_empty(), "not converged: {:?}", second.operations);
+        for n in 0..5usize {
+            let path = p(&format!("papers/f{n}"));
+            let want = if edited.contains(&n) {
+                Some(h(&format!("edited {n}")))
+            } else if deleted.contains(&n) {
+                None
+            } else {
+                Some(h(&format!("file {n}")))
+            };
+            prop_assert_eq!(w.remote.get(&path).map(|r| r.hash), want);
+            prop_assert_eq!(w.local.get(&path).map(|l| l.hash), want);
+            let old = p(&format!("docs/f{n}"));
+            prop_assert!(!w.local.contains_key(&old));
+        }
     }
 }
