@@ -51,6 +51,27 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
 }
 
 #[test]
+fn an_exact_sum_that_fits_comes_back_in_any_order_and_negative_zero_keeps_its_sign() {
+    // Issue 9, item 7: the first order overflowed while the others answered.
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    let max = "9223372036854775807";
+    for args in [[max, "1", "-1"], ["1", "-1", max], ["1", max, "-1"]] {
+        let mut argv = vec!["add"];
+        argv.extend(args);
+        assert_eq!(ok(&dir, s, &argv), format!("{max}\n"), "{args:?}");
+        argv.push("--async");
+        assert_eq!(ok(&dir, s, &argv), format!("{max}\n"), "{args:?} --async");
+    }
+    let err = fail(&dir, s, &["add", "-1", max, "1", "1"], 1);
+    assert!(err.contains("overflow"), "{err}");
+    assert_eq!(ok(&dir, s, &["add", "-0.0", "-0.0"]), "-0.0\n");
+    assert_eq!(ok(&dir, s, &["add", "-0.0", "-0.0", "--async"]), "-0.0\n");
+    assert_eq!(ok(&dir, s, &["add", "-0.0", "0.0"]), "0.0\n");
+}
+
+#[test]
 fn async_detach_job_and_jobs() {
     let (_t, dir) = tmp();
     let server = Server::start(&dir);
