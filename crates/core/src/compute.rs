@@ -50,6 +50,12 @@ impl Default for Numbers {
     }
 }
 
+impl AsRef<Numbers> for Numbers {
+    fn as_ref(&self) -> &Numbers {
+        self
+    }
+}
+
 impl From<&[Number]> for Numbers {
     fn from(n: &[Number]) -> Self {
         Numbers::from_numbers(n)
