@@ -70,7 +70,11 @@ impl Tally {
 }
 
 /// Submits a sort job and waits until it finished.
-async fn run_job(rpc: &mut Grpc<Channel>, client_id: &str, numbers: &[i64]) -> Result<String, tonic::Status> {
+async fn run_job(
+    rpc: &mut Grpc<Channel>,
+    client_id: &str,
+    numbers: &[i64],
+) -> Result<String, tonic::Status> {
     let req = v1::SubmitRequest {
         client_id: client_id.to_owned(),
         job_id: String::new(),
@@ -176,7 +180,9 @@ async fn one_sort(addr: String, input: Arc<Vec<i64>>) -> Result<(), tonic::Statu
         }
     }
     if got != n {
-        return Err(tonic::Status::internal(format!("{got} numbers back of {n}")));
+        return Err(tonic::Status::internal(format!(
+            "{got} numbers back of {n}"
+        )));
     }
     Ok(())
 }

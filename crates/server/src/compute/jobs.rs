@@ -108,6 +108,30 @@ pub(crate) struct KeptNumbers {
     _reservation: Reservation,
 }
 
+impl KeptNumbers {
+    /// The numbers as a wire result (a copy: small results only).
+    fn inline(&self) -> v1::JobResult {
+        v1::JobResult {
+            value: Some(v1::job_result::Value::Sorted(match &self.numbers {
+                Numbers::Ints(v) => v1::Numbers::from(&v[..]),
+                Numbers::Floats(v) => v1::Numbers::from(&v[..]),
+            })),
+        }
+    }
+}
+
+/// A finished job's event as subscriber queues hold it: one per job, shared
+/// by every queue, pointing at the kept result rather than holding a copy
+/// (so what a queue keeps alive is counted in the budget, once). Each
+/// subscriber's message is built from it as its transport takes it.
+#[derive(Debug)]
+struct Event {
+    /// The job without an inline sorted result.
+    job: v1::Job,
+    /// A sorted result small enough to go inline, filled in when sent.
+    inline: Option<Arc<KeptNumbers>>,
+}
+
 impl AsRef<Numbers> for KeptNumbers {
     fn as_ref(&self) -> &Numbers {
         &self.numbers
@@ -142,12 +166,7 @@ impl JobEntry {
                 value: Some(v1::job_result::Value::Sum((*n).into())),
             }),
             (Some(Output::Sorted(n)), true) if n.numbers.len() <= INLINE_RESULT_MAX => {
-                Some(v1::JobResult {
-                    value: Some(v1::job_result::Value::Sorted(match &n.numbers {
-                        Numbers::Ints(v) => v1::Numbers::from(&v[..]),
-                        Numbers::Floats(v) => v1::Numbers::from(&v[..]),
-                    })),
-                })
+                Some(n.inline())
             }
             (Some(Output::Sorted(_)), true) => {
                 result_in_stream = true;
@@ -188,7 +207,7 @@ fn state_word(s: v1::JobState) -> &'static str {
     }
 }
 
-type Subscriber = (u64, mpsc::Sender<Arc<v1::JobEvent>>);
+type Subscriber = (u64, mpsc::Sender<Arc<Event>>);
 
 #[derive(Debug, Default)]
 struct State {
@@ -242,9 +261,14 @@ impl State {
         };
         // One event shared by every subscriber (at most INLINE_RESULT_MAX
         // numbers: bigger results are streamed by GetJobResult).
-        let event = Arc::new(v1::JobEvent {
-            job: Some(job.to_wire(id, true)),
-        });
+        let inline = match &job.output {
+            Some(Output::Sorted(k)) if k.numbers.len() <= INLINE_RESULT_MAX => Some(k.clone()),
+            _ => None,
+        };
+        // With `inline` set, the wire job leaves the result out: each
+        // subscriber's message gets it when sent.
+        let wire = job.to_wire(id, inline.is_none());
+        let event = Arc::new(Event { job: wire, inline });
         subs.retain(|(sub, tx)| match tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -751,7 +775,7 @@ impl Drop for Unsubscribe {
 
 /// The server side of a Callbacks stream.
 pub struct CallbackStream {
-    rx: mpsc::Receiver<Arc<v1::JobEvent>>,
+    rx: mpsc::Receiver<Arc<Event>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     _guard: Unsubscribe,
     _reservation: Reservation,
@@ -774,8 +798,14 @@ impl Stream for CallbackStream {
         }
         // The shared event becomes this subscriber's own message only as
         // the transport takes it (at most INLINE_RESULT_MAX numbers).
-        self.rx
-            .poll_recv(cx)
-            .map(|e| e.map(|e| Ok(Arc::unwrap_or_clone(e))))
+        self.rx.poll_recv(cx).map(|e| {
+            e.map(|e| {
+                let mut job = e.job.clone();
+                if let Some(kept) = &e.inline {
+                    job.result = Some(kept.inline());
+                }
+                Ok(v1::JobEvent { job: Some(job) })
+            })
+        })
     }
 }
