@@ -107,6 +107,12 @@ pub struct ServeArgs {
     /// Most numbers one add, sort or job may carry.
     #[arg(long, env = "DISTRIBUSYNC_MAX_NUMBERS", default_value_t = distribusync_server::ComputeConfig::default().max_numbers)]
     pub max_numbers: usize,
+    /// Memory the compute service may hold for numbers (sorts in flight,
+    /// job inputs, kept results, result and callback streams), e.g. 1GiB,
+    /// 512MiB. Past it requests are refused (RESOURCE_EXHAUSTED) after kept
+    /// results are evicted, oldest first.
+    #[arg(long, env = "DISTRIBUSYNC_COMPUTE_MEMORY", default_value = "1GiB", value_parser = distribusync_core::size::parse_byte_size)]
+    pub compute_memory: u64,
     /// Most compute jobs queued or running at once.
     #[arg(long, env = "DISTRIBUSYNC_JOB_QUEUE", default_value_t = distribusync_server::ComputeConfig::default().job_queue_capacity)]
     pub job_queue: usize,

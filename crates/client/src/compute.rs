@@ -8,7 +8,9 @@
 //! Job ids are chosen here (UUIDs) and registered before the job is
 //! submitted, so a result that beats the acknowledgment is not lost. When the
 //! stream has to be reopened, results that finished meanwhile are fetched
-//! with GetJob.
+//! with GetJob. A big sorted result does not travel inside the event or the
+//! GetJob answer (`result_in_stream`): it is fetched with GetJobResult, a
+//! chunk at a time, before the handle sees it.
 
 use std::{
     collections::HashMap,
@@ -572,7 +574,7 @@ impl ComputeClient {
             .get_job(req)
             .await
             .map_err(|s| self.status(s))?;
-        JobInfo::from_wire(job.into_inner())
+        complete(&self.inner, job.into_inner()).await
     }
 
     /// Cancels a queued or running job.
@@ -649,6 +651,44 @@ async fn open_callbacks(inner: &Inner) -> Result<tonic::Streaming<v1::JobEvent>,
         .map_err(|s| ComputeError::from_status(s, &inner.addr))
 }
 
+/// The job with its result: fetched with GetJobResult when the server did
+/// not carry it inline.
+async fn complete(inner: &Inner, job: v1::Job) -> Result<JobInfo, ComputeError> {
+    let streamed = job.result_in_stream;
+    let mut info = JobInfo::from_wire(job)?;
+    if streamed {
+        info.output = Some(JobOutput::Sorted(fetch_result(inner, &info.id).await?));
+    }
+    Ok(info)
+}
+
+/// A sorted result streamed by GetJobResult.
+async fn fetch_result(inner: &Inner, id: &str) -> Result<Numbers, ComputeError> {
+    let req = v1::GetJobRequest {
+        job_id: id.to_owned(),
+    };
+    let status = |s| ComputeError::from_status(s, &inner.addr);
+    let mut stream = inner
+        .rpc
+        .clone()
+        .get_job_result(req)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut sorted = Numbers::default();
+    while let Some(chunk) = stream.message().await.map_err(status)? {
+        let chunk: Numbers = chunk
+            .numbers
+            .ok_or_else(|| ComputeError::Protocol("a result chunk without numbers".into()))?
+            .try_into()
+            .map_err(|e| ComputeError::Protocol(format!("{e}")))?;
+        sorted
+            .extend(chunk)
+            .map_err(|_| ComputeError::Protocol("a result of mixed kinds".into()))?;
+    }
+    Ok(sorted)
+}
+
 /// Fetches the state of every job a handle waits for and delivers those
 /// that finished (or are gone) meanwhile.
 async fn reconcile(inner: &Inner) {
@@ -662,8 +702,11 @@ async fn reconcile(inner: &Inner) {
     for id in ids {
         let req = v1::GetJobRequest { job_id: id.clone() };
         match inner.rpc.clone().get_job(req).await {
-            Ok(job) => match JobInfo::from_wire(job.into_inner()) {
+            Ok(job) => match complete(inner, job.into_inner()).await {
                 Ok(info) => inner.deliver(info),
+                // A transient error: the stream will bring it, or the next
+                // reconcile.
+                Err(ComputeError::Unreachable { .. }) => {}
                 Err(e) => fail(inner, &id, e),
             },
             Err(s) if s.code() == Code::NotFound => {
@@ -690,10 +733,27 @@ async fn read_callbacks(inner: Weak<Inner>, mut stream: tonic::Streaming<v1::Job
     loop {
         match stream.message().await {
             Ok(Some(event)) => {
-                let Some(inner) = inner.upgrade() else { return };
-                match event.job.map(JobInfo::from_wire) {
-                    Some(Ok(job)) => inner.deliver(job),
-                    Some(Err(e)) => warn!(error = %e, "malformed job event"),
+                let Some(strong) = inner.upgrade() else {
+                    return;
+                };
+                match event.job {
+                    // The result is fetched on its own task, so a big one
+                    // does not hold up the events behind it.
+                    Some(job) if job.result_in_stream => {
+                        let weak = inner.clone();
+                        tokio::spawn(async move {
+                            let Some(inner) = weak.upgrade() else { return };
+                            let id = job.job_id.clone();
+                            match complete(&inner, job).await {
+                                Ok(info) => inner.deliver(info),
+                                Err(e) => fail(&inner, &id, e),
+                            }
+                        });
+                    }
+                    Some(job) => match JobInfo::from_wire(job) {
+                        Ok(job) => strong.deliver(job),
+                        Err(e) => warn!(error = %e, "malformed job event"),
+                    },
                     None => warn!("job event without a job"),
                 }
                 continue;

@@ -4,9 +4,11 @@
 //! Rules, the same on every layer:
 //! - A list is all integers (exact `i64`) or all decimals (`f64`). Text with at
 //!   least one decimal token becomes decimals.
-//! - An integer sum that leaves the `i64` range is [`ArithError::IntegerOverflow`],
-//!   never a wrap. A decimal sum that leaves the finite range is
-//!   [`ArithError::FloatOverflow`].
+//! - An integer sum whose exact value leaves the `i64` range is
+//!   [`ArithError::IntegerOverflow`], never a wrap; a sum that fits comes back
+//!   whatever the order of the numbers (partial sums are exact, in `i128`).
+//!   A decimal sum that leaves the finite range is [`ArithError::FloatOverflow`];
+//!   decimals add as IEEE says, so `-0.0 + -0.0` is `-0.0`.
 //! - NaN and infinities are rejected as inputs ([`ArithError::NotFinite`]), so
 //!   every result is finite and decimal sorting is a total order
 //!   ([`f64::total_cmp`], which puts `-0.0` before `0.0`).
@@ -45,6 +47,12 @@ pub enum Numbers {
 impl Default for Numbers {
     fn default() -> Self {
         Numbers::Ints(Vec::new())
+    }
+}
+
+impl AsRef<Numbers> for Numbers {
+    fn as_ref(&self) -> &Numbers {
+        self
     }
 }
 
@@ -203,10 +211,18 @@ pub fn add(numbers: &Numbers) -> Result<Number, ArithError> {
 /// The sum of two or more numbers, giving up with [`ArithError::Cancelled`]
 /// once `cancelled()` answers true (checked every 65,536 numbers).
 ///
-/// Integers are summed exactly, with a check at every step: an intermediate
-/// overflow is an overflow even if later numbers would bring the sum back in
-/// range, which is what a left-to-right `checked_add` means. Decimals are
-/// summed left to right.
+/// Integers are summed exactly in `i128` (which cannot overflow for any
+/// list a computer can hold: 2^64 numbers of at most 2^63 each fit), and the
+/// sum is an overflow only if the exact total leaves the `i64` range, so the
+/// answer never depends on the order of the numbers.
+///
+/// Decimals are summed left to right starting from `-0.0`, the IEEE additive
+/// identity, so a sum of negative zeros is `-0.0` (and any `+0.0` makes it
+/// `+0.0`), as IEEE addition says. If a partial sum leaves the finite range,
+/// the sum is taken again with every number scaled down by a power of two
+/// (exact, bar subnormals), so a total that fits is not lost to the order
+/// in which big numbers came; only a total beyond the finite range is
+/// [`ArithError::FloatOverflow`].
 ///
 /// # Errors
 /// As [`add`], plus [`ArithError::Cancelled`].
@@ -219,32 +235,62 @@ pub fn add_cancellable(
     }
     numbers.validate()?;
     match numbers {
-        Numbers::Ints(v) => {
-            let mut sum: i64 = 0;
-            for chunk in v.chunks(CANCEL_CHECK_EVERY) {
-                if cancelled() {
-                    return Err(ArithError::Cancelled);
-                }
-                for &x in chunk {
-                    sum = sum.checked_add(x).ok_or(ArithError::IntegerOverflow)?;
-                }
-            }
-            Ok(Number::Int(sum))
+        Numbers::Ints(v) => sum_ints(v, cancelled).map(Number::Int),
+        Numbers::Floats(v) => sum_floats(v, cancelled).map(Number::Float),
+    }
+}
+
+/// The exact sum of `v`, whatever its order. See [`add_cancellable`].
+fn sum_ints(v: &[i64], cancelled: impl Fn() -> bool) -> Result<i64, ArithError> {
+    let mut sum: i128 = 0;
+    for chunk in v.chunks(CANCEL_CHECK_EVERY) {
+        if cancelled() {
+            return Err(ArithError::Cancelled);
         }
-        Numbers::Floats(v) => {
-            let mut sum: f64 = 0.0;
-            for chunk in v.chunks(CANCEL_CHECK_EVERY) {
-                if cancelled() {
-                    return Err(ArithError::Cancelled);
-                }
-                sum += chunk.iter().sum::<f64>();
-                if !sum.is_finite() {
-                    return Err(ArithError::FloatOverflow);
-                }
-            }
-            Ok(Number::Float(sum))
+        sum += chunk.iter().map(|&x| i128::from(x)).sum::<i128>();
+    }
+    i64::try_from(sum).map_err(|_| ArithError::IntegerOverflow)
+}
+
+/// The sum of finite `v`, left to right. See [`add_cancellable`].
+fn sum_floats(v: &[f64], cancelled: impl Fn() -> bool) -> Result<f64, ArithError> {
+    let plain = sum_scaled(v, 1.0, &cancelled)?;
+    if plain.is_finite() {
+        return Ok(plain);
+    }
+    // A partial sum overflowed. Every partial sum of `v` scaled by 2^-k is
+    // at most len * f64::MAX * 2^-k, finite once 2^k >= 2 * len.
+    let k = (v.len() as u64)
+        .saturating_mul(2)
+        .next_power_of_two()
+        .trailing_zeros();
+    let scale = 2f64.powi(i32::try_from(k).unwrap_or(i32::MAX));
+    let scaled = sum_scaled(v, 1.0 / scale, &cancelled)?;
+    let total = scaled * scale;
+    if total.is_finite() {
+        Ok(total)
+    } else {
+        Err(ArithError::FloatOverflow)
+    }
+}
+
+/// The left-to-right sum of `v`, each number times `factor` (a power of
+/// two), starting from `-0.0`; infinite if a partial sum overflowed.
+fn sum_scaled(v: &[f64], factor: f64, cancelled: &impl Fn() -> bool) -> Result<f64, ArithError> {
+    let mut sum: f64 = -0.0;
+    for chunk in v.chunks(CANCEL_CHECK_EVERY) {
+        if cancelled() {
+            return Err(ArithError::Cancelled);
+        }
+        for &x in chunk {
+            sum += x * factor;
+        }
+        if !sum.is_finite() {
+            // Once infinite it stays infinite or turns NaN: stop here.
+            return Ok(f64::INFINITY);
         }
     }
+    Ok(sum)
 }
 
 /// Sorts in place on the calling thread. Decimals by [`f64::total_cmp`].
@@ -532,6 +578,75 @@ mod tests {
     }
 
     #[test]
+    fn integer_add_does_not_depend_on_order() {
+        // Issue 9, item 7: `add 9223372036854775807 1 -1` overflowed while
+        // `add 1 -1 9223372036854775807` answered.
+        for v in [
+            vec![i64::MAX, 1, -1],
+            vec![1, -1, i64::MAX],
+            vec![1, i64::MAX, -1],
+            vec![-1, i64::MAX, 1],
+        ] {
+            assert_eq!(
+                add(&Numbers::Ints(v.clone())),
+                Ok(Number::Int(i64::MAX)),
+                "{v:?}"
+            );
+        }
+        assert_eq!(
+            add(&Numbers::Ints(vec![i64::MIN, -1, 1])),
+            Ok(Number::Int(i64::MIN))
+        );
+        assert_eq!(
+            add(&Numbers::Ints(vec![
+                i64::MAX,
+                i64::MAX,
+                i64::MIN,
+                i64::MIN,
+                1
+            ])),
+            Ok(Number::Int(-1))
+        );
+        assert_eq!(
+            add(&Numbers::Ints(vec![-1, i64::MAX, 1, 1])),
+            Err(ArithError::IntegerOverflow)
+        );
+    }
+
+    #[test]
+    fn negative_zeros_add_to_negative_zero() {
+        let sign = |n: Result<Number, ArithError>| match n {
+            Ok(Number::Float(x)) => (x, x.is_sign_negative()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sign(add(&Numbers::Floats(vec![-0.0, -0.0]))), (0.0, true));
+        assert_eq!(
+            sign(add(&Numbers::Floats(vec![-0.0; 200_000]))),
+            (0.0, true)
+        );
+        assert_eq!(sign(add(&Numbers::Floats(vec![-0.0, 0.0]))), (0.0, false));
+        assert_eq!(sign(add(&Numbers::Floats(vec![0.0, -0.0]))), (0.0, false));
+        assert_eq!(sign(add(&Numbers::Floats(vec![1.5, -1.5]))), (0.0, false));
+        assert_eq!(Number::Float(-0.0).to_string(), "-0.0");
+    }
+
+    #[test]
+    fn a_decimal_sum_that_fits_survives_an_overflowing_partial_sum() {
+        assert_eq!(
+            add(&Numbers::Floats(vec![f64::MAX, f64::MAX, -f64::MAX])),
+            Ok(Number::Float(f64::MAX))
+        );
+        assert_eq!(
+            add(&Numbers::Floats(vec![-f64::MAX, -f64::MAX, 1.0, f64::MAX])),
+            Ok(Number::Float(-f64::MAX))
+        );
+        assert_eq!(
+            add(&Numbers::Floats(vec![f64::MAX, f64::MAX, -1.0])),
+            Err(ArithError::FloatOverflow)
+        );
+    }
+
+    #[test]
     fn too_few_numbers() {
         assert_eq!(add(&Numbers::Ints(vec![1])), Err(ArithError::TooFew(1)));
         assert_eq!(add(&Numbers::Floats(vec![])), Err(ArithError::TooFew(0)));
@@ -705,22 +820,46 @@ mod tests {
 
     proptest! {
         #[test]
-        fn integer_add_matches_i128(v in proptest::collection::vec(any::<i64>(), 2..50)) {
-            let mut acc: i128 = 0;
-            let mut overflowed = false;
-            for &x in &v {
-                acc += i128::from(x);
-                if acc > i128::from(i64::MAX) || acc < i128::from(i64::MIN) {
-                    overflowed = true;
-                    break;
-                }
+        fn integer_add_is_the_exact_sum_in_any_order(
+            v in proptest::collection::vec(
+                prop_oneof![any::<i64>(), Just(i64::MAX), Just(i64::MIN), -3i64..3],
+                2..40,
+            ),
+            seed in any::<u64>(),
+        ) {
+            let exact: i128 = v.iter().map(|&x| i128::from(x)).sum();
+            let expected = i64::try_from(exact).map_err(|_| ArithError::IntegerOverflow);
+            // The given order, its reverse and a shuffle all agree with the
+            // exact sum.
+            let mut shuffled = v.clone();
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
             }
-            let got = add(&Numbers::Ints(v));
-            if overflowed {
-                prop_assert_eq!(got, Err(ArithError::IntegerOverflow));
-            } else {
-                prop_assert_eq!(got, Ok(Number::Int(acc as i64)));
+            let mut reversed = v.clone();
+            reversed.reverse();
+            for order in [v, reversed, shuffled] {
+                prop_assert_eq!(add(&Numbers::Ints(order)), expected.clone().map(Number::Int));
             }
+        }
+
+        #[test]
+        fn integer_add_of_a_fitting_sum_never_overflows_midway(
+            big in prop_oneof![Just(i64::MAX), Just(i64::MIN)],
+            n in 1usize..6,
+        ) {
+            // big, then n pushes past the range, then n pulls back: the exact
+            // sum is big, whatever the order.
+            let step = if big > 0 { 1 } else { -1 };
+            let mut v = vec![big];
+            v.extend(std::iter::repeat_n(step, n));
+            v.extend(std::iter::repeat_n(-step, n));
+            prop_assert_eq!(add(&Numbers::Ints(v.clone())), Ok(Number::Int(big)));
+            v.reverse();
+            prop_assert_eq!(add(&Numbers::Ints(v)), Ok(Number::Int(big)));
         }
 
         #[test]

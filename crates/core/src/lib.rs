@@ -3,6 +3,7 @@
 //! - [`RemotePath`]: the one validated path type every layer uses.
 //! - [`Revision`] and [`ContentHash`]: how versions are named.
 //! - [`limits`]: sizes every layer agrees on.
+//! - [`size`]: byte sizes as written on a command line (`1GiB`).
 //! - [`compute`]: the arithmetic of the Compute service ([`compute::Numbers`], checked add, sort, parsing).
 //!
 //! If this crate cannot do IO, nobody can make it do IO by accident.
@@ -13,6 +14,7 @@ pub mod echo;
 pub mod hash;
 pub mod limits;
 pub mod path;
+pub mod size;
 pub mod sync;
 
 pub use echo::echo;

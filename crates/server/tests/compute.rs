@@ -543,3 +543,6 @@ async fn the_callback_stream_is_reopened_after_a_server_restart() {
     assert_eq!(second.svc.callback_subscribers(), 1);
     second.stop().await;
 }
+
+#[path = "compute/memory.rs"]
+mod memory;

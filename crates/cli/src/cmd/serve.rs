@@ -27,6 +27,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         default_deadline: args.job_deadline,
         max_deadline: args.max_job_deadline,
         result_ttl: args.result_ttl,
+        memory_budget: args.compute_memory,
         ..defaults
     };
     let what = match (config.services.files, config.services.compute) {

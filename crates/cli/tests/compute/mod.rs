@@ -51,6 +51,52 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
 }
 
 #[test]
+fn an_exact_sum_that_fits_comes_back_in_any_order_and_negative_zero_keeps_its_sign() {
+    // Issue 9, item 7: the first order overflowed while the others answered.
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    let max = "9223372036854775807";
+    for args in [[max, "1", "-1"], ["1", "-1", max], ["1", max, "-1"]] {
+        let mut argv = vec!["add"];
+        argv.extend(args);
+        assert_eq!(ok(&dir, s, &argv), format!("{max}\n"), "{args:?}");
+        argv.push("--async");
+        assert_eq!(ok(&dir, s, &argv), format!("{max}\n"), "{args:?} --async");
+    }
+    let err = fail(&dir, s, &["add", "-1", max, "1", "1"], 1);
+    assert!(err.contains("overflow"), "{err}");
+    assert_eq!(ok(&dir, s, &["add", "-0.0", "-0.0"]), "-0.0\n");
+    assert_eq!(ok(&dir, s, &["add", "-0.0", "-0.0", "--async"]), "-0.0\n");
+    assert_eq!(ok(&dir, s, &["add", "-0.0", "0.0"]), "0.0\n");
+}
+
+#[test]
+fn serve_compute_memory_bounds_what_a_sort_may_hold() {
+    let (_t, dir) = tmp();
+    let server = Server::start_with(&dir, &["--compute-memory", "1MiB"]);
+    let s = &server.addr;
+    let text: String = (0..200_000)
+        .map(|i| format!("{}\n", (i * 7919) % 200_000))
+        .collect();
+    std::fs::write(dir.join("big.txt"), text).unwrap();
+    let err = fail(&dir, s, &["sort", "--file", "big.txt"], 1);
+    assert!(
+        err.contains("compute memory budget (1 MiB, serve --compute-memory)"),
+        "{err}"
+    );
+    assert_eq!(ok(&dir, s, &["sort", "3", "1", "2"]), "1\n2\n3\n");
+    let out = cmd(&dir, &[], &["serve", "--compute-memory", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a byte size"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn async_detach_job_and_jobs() {
     let (_t, dir) = tmp();
     let server = Server::start(&dir);

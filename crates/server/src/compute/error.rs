@@ -3,7 +3,7 @@
 //! setting involved); the one `From<ComputeError> for tonic::Status` below
 //! chooses the gRPC code. Handlers never build a `Status` themselves.
 
-use distribusync_core::compute::ArithError;
+use distribusync_core::{compute::ArithError, size::ByteSize};
 use tonic::{Code, Status};
 
 /// Why a Compute request or job failed.
@@ -22,6 +22,19 @@ pub enum ComputeError {
     QueueFull { capacity: usize },
     #[error("no job {:?}: unknown, or finished and its result evicted", distribusync_core::echo(.0))]
     NotFound(String),
+    /// Past the compute memory budget (`serve --compute-memory`).
+    #[error("{}", budget_message(*needed, *limit))]
+    MemoryBudget { needed: u64, limit: u64 },
+    #[error(
+        "job {0}'s result was evicted to make room for newer work in the compute memory budget (serve --compute-memory); submit the job again"
+    )]
+    Evicted(String),
+    #[error(
+        "too many callback streams open {scope} (limit {limit}); close one, or try again later"
+    )]
+    TooManyStreams { scope: &'static str, limit: usize },
+    #[error("job {id} has no sorted result to stream: {why}")]
+    NoStreamedResult { id: String, why: &'static str },
     #[error("job {id} already finished: {state}")]
     AlreadyFinished { id: String, state: &'static str },
     #[error("job id {0} is already in use")]
@@ -47,16 +60,35 @@ impl ComputeError {
             }
             ComputeError::Arith(ArithError::Cancelled) | ComputeError::Cancelled => Code::Cancelled,
             ComputeError::Arith(_) | ComputeError::InvalidArgument(_) => Code::InvalidArgument,
-            ComputeError::TooMany { .. } | ComputeError::QueueFull { .. } => {
-                Code::ResourceExhausted
+            ComputeError::TooMany { .. }
+            | ComputeError::QueueFull { .. }
+            | ComputeError::MemoryBudget { .. }
+            | ComputeError::TooManyStreams { .. } => Code::ResourceExhausted,
+            ComputeError::NotFound(_) | ComputeError::Evicted(_) => Code::NotFound,
+            ComputeError::AlreadyFinished { .. } | ComputeError::NoStreamedResult { .. } => {
+                Code::FailedPrecondition
             }
-            ComputeError::NotFound(_) => Code::NotFound,
-            ComputeError::AlreadyFinished { .. } => Code::FailedPrecondition,
             ComputeError::AlreadyExists(_) => Code::AlreadyExists,
             ComputeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ComputeError::ShuttingDown => Code::Unavailable,
             ComputeError::WorkerLost => Code::Internal,
         }
+    }
+}
+
+fn budget_message(needed: u64, limit: u64) -> String {
+    if needed > limit {
+        format!(
+            "this request needs {} of compute memory, more than the whole compute memory budget ({}, serve --compute-memory)",
+            ByteSize(needed),
+            ByteSize(limit)
+        )
+    } else {
+        format!(
+            "the compute memory budget ({}, serve --compute-memory) is in use; try again later (this request needs {})",
+            ByteSize(limit),
+            ByteSize(needed)
+        )
     }
 }
 
@@ -98,5 +130,25 @@ mod tests {
         });
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert!(s.message().contains("already finished"));
+        let s = Status::from(ComputeError::MemoryBudget {
+            needed: 1 << 20,
+            limit: 1 << 30,
+        });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(
+            s.message()
+                .contains("compute memory budget (1 GiB, serve --compute-memory) is in use"),
+            "{}",
+            s.message()
+        );
+        let s = Status::from(ComputeError::MemoryBudget {
+            needed: 2 << 30,
+            limit: 1 << 30,
+        });
+        assert!(
+            s.message().contains("more than the whole"),
+            "{}",
+            s.message()
+        );
     }
 }

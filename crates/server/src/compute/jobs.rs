@@ -6,6 +6,16 @@
 //! worker slot, then runs the computation on the rayon pool, racing its
 //! cancellation token and its deadline. The registry lives behind a std
 //! `Mutex`: no `.await` happens while it is held.
+//!
+//! Memory (see [`super::budget`]): a job reserves its input's bytes when it
+//! is accepted; a sort's result is its input sorted in place, so the
+//! reservation moves into the kept result ([`KeptNumbers`], behind an `Arc`
+//! that every reader shares: a result is never copied per subscriber).
+//! When new work does not fit the budget, kept results are evicted oldest
+//! first to make room (their jobs then answer NOT_FOUND, saying so). Events
+//! carry a sorted result only up to [`INLINE_RESULT_MAX`] numbers; bigger
+//! ones are streamed by GetJobResult a chunk at a time as the client reads,
+//! so a client that does not read holds at most a chunk in the transport.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -29,7 +39,11 @@ use tokio_util::{
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::{ComputeConfig, ComputeError, work};
+use super::{
+    ComputeConfig, ComputeError,
+    budget::{MemoryBudget, Reservation},
+    work,
+};
 
 /// Events a callback subscriber may have waiting before it counts as stuck;
 /// a stuck subscriber's stream is ended and the client library resubscribes
@@ -39,6 +53,24 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 const MAX_CLIENT_ID_BYTES: usize = 128;
 /// Most jobs one ListJobs answer carries.
 const LIST_LIMIT: usize = 1000;
+/// Largest sorted result carried inside a JobEvent or a GetJob answer
+/// (64 KiB); bigger ones are streamed by GetJobResult.
+pub(crate) const INLINE_RESULT_MAX: usize = 8192;
+/// Bytes of the budget an open Callbacks stream holds: what the transport
+/// may buffer for a subscriber that does not read (hyper's 400 KiB send
+/// buffer plus one event, at most [`INLINE_RESULT_MAX`] numbers).
+pub(crate) const SUBSCRIBER_RESERVE: u64 = 512 * 1024;
+/// Bytes of the budget a Sort's answer stream holds besides its numbers:
+/// the merge's buffers, four chunks queued ahead, one being encoded and
+/// the transport's send buffer.
+pub(crate) const SORT_STREAM_RESERVE: u64 = 6 * 1024 * 1024;
+/// Bytes of the budget a GetJobResult stream holds: one encoded chunk and
+/// the transport's send buffer (the numbers are the kept result's).
+pub(crate) const RESULT_STREAM_RESERVE: u64 = 2 * 1024 * 1024;
+/// Bytes a list of `n` numbers holds.
+pub(crate) fn numbers_bytes(n: usize) -> u64 {
+    (n as u64).saturating_mul(8)
+}
 
 /// What a job computes.
 #[derive(Debug)]
@@ -65,7 +97,45 @@ impl Task {
 #[derive(Debug)]
 enum Output {
     Sum(Number),
-    Sorted(Numbers),
+    Sorted(Arc<KeptNumbers>),
+}
+
+/// A sorted result and the share of the memory budget it holds, together:
+/// the reservation ends when the last reader of the numbers lets go.
+#[derive(Debug)]
+pub(crate) struct KeptNumbers {
+    numbers: Numbers,
+    _reservation: Reservation,
+}
+
+impl KeptNumbers {
+    /// The numbers as a wire result (a copy: small results only).
+    fn inline(&self) -> v1::JobResult {
+        v1::JobResult {
+            value: Some(v1::job_result::Value::Sorted(match &self.numbers {
+                Numbers::Ints(v) => v1::Numbers::from(&v[..]),
+                Numbers::Floats(v) => v1::Numbers::from(&v[..]),
+            })),
+        }
+    }
+}
+
+/// A finished job's event as subscriber queues hold it: one per job, shared
+/// by every queue, pointing at the kept result rather than holding a copy
+/// (so what a queue keeps alive is counted in the budget, once). Each
+/// subscriber's message is built from it as its transport takes it.
+#[derive(Debug)]
+struct Event {
+    /// The job without an inline sorted result.
+    job: v1::Job,
+    /// A sorted result small enough to go inline, filled in when sent.
+    inline: Option<Arc<KeptNumbers>>,
+}
+
+impl AsRef<Numbers> for KeptNumbers {
+    fn as_ref(&self) -> &Numbers {
+        &self.numbers
+    }
 }
 
 #[derive(Debug)]
@@ -78,6 +148,8 @@ struct JobEntry {
     deadline_wall: SystemTime,
     finished: Option<SystemTime>,
     output: Option<Output>,
+    /// The result was evicted to make room (see [`Jobs::reserve`]).
+    evicted: bool,
     error: Option<ComputeError>,
     cancel: CancellationToken,
 }
@@ -88,13 +160,18 @@ impl JobEntry {
     }
 
     fn to_wire(&self, id: &Uuid, with_result: bool) -> v1::Job {
+        let mut result_in_stream = false;
         let result = match (&self.output, with_result) {
             (Some(Output::Sum(n)), true) => Some(v1::JobResult {
                 value: Some(v1::job_result::Value::Sum((*n).into())),
             }),
-            (Some(Output::Sorted(n)), true) => Some(v1::JobResult {
-                value: Some(v1::job_result::Value::Sorted(n.clone().into())),
-            }),
+            (Some(Output::Sorted(n)), true) if n.numbers.len() <= INLINE_RESULT_MAX => {
+                Some(n.inline())
+            }
+            (Some(Output::Sorted(_)), true) => {
+                result_in_stream = true;
+                None
+            }
             _ => None,
         };
         v1::Job {
@@ -112,6 +189,7 @@ impl JobEntry {
                 .error
                 .as_ref()
                 .map_or_else(String::new, ToString::to_string),
+            result_in_stream,
         }
     }
 }
@@ -129,7 +207,7 @@ fn state_word(s: v1::JobState) -> &'static str {
     }
 }
 
-type Subscriber = (u64, mpsc::Sender<v1::JobEvent>);
+type Subscriber = (u64, mpsc::Sender<Arc<Event>>);
 
 #[derive(Debug, Default)]
 struct State {
@@ -154,6 +232,26 @@ impl State {
         }
     }
 
+    /// Takes the oldest kept sorted result out of the registry (its job
+    /// then answers NOT_FOUND, saying it was evicted for space).
+    fn evict_oldest_result(&mut self) -> Option<Arc<KeptNumbers>> {
+        let jobs = &mut self.jobs;
+        self.finished.iter().find_map(|(_, id)| {
+            let job = jobs.get_mut(id)?;
+            if !matches!(job.output, Some(Output::Sorted(_))) {
+                return None;
+            }
+            job.evicted = true;
+            match job.output.take() {
+                Some(Output::Sorted(kept)) => {
+                    info!(job = %id, bytes = numbers_bytes(kept.numbers.len()), "result evicted for space");
+                    Some(kept)
+                }
+                _ => None,
+            }
+        })
+    }
+
     /// Pushes the event for a finished job to its client's subscribers,
     /// dropping those that left or fell too far behind.
     fn notify(&mut self, id: &Uuid) {
@@ -161,9 +259,16 @@ impl State {
         let Some(subs) = self.subscribers.get_mut(&job.client_id) else {
             return;
         };
-        let event = v1::JobEvent {
-            job: Some(job.to_wire(id, true)),
+        // One event shared by every subscriber (at most INLINE_RESULT_MAX
+        // numbers: bigger results are streamed by GetJobResult).
+        let inline = match &job.output {
+            Some(Output::Sorted(k)) if k.numbers.len() <= INLINE_RESULT_MAX => Some(k.clone()),
+            _ => None,
         };
+        // With `inline` set, the wire job leaves the result out: each
+        // subscriber's message gets it when sent.
+        let wire = job.to_wire(id, inline.is_none());
+        let event = Arc::new(Event { job: wire, inline });
         subs.retain(|(sub, tx)| match tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -185,6 +290,7 @@ impl State {
 #[derive(Debug)]
 struct Shared {
     config: ComputeConfig,
+    budget: MemoryBudget,
     state: Mutex<State>,
     workers: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -210,6 +316,7 @@ impl Jobs {
         Jobs {
             shared: Arc::new(Shared {
                 workers: Arc::new(Semaphore::new(config.workers.max(1))),
+                budget: MemoryBudget::new(config.memory_budget),
                 config,
                 state: Mutex::new(State::default()),
                 shutdown,
@@ -234,6 +341,50 @@ impl Jobs {
         let mut st = self.lock();
         st.evict_expired(self.shared.config.result_ttl, Instant::now());
         st
+    }
+
+    /// Reserves `bytes` of the memory budget, evicting kept results oldest
+    /// first while that makes room. Never waits.
+    ///
+    /// # Errors
+    /// [`ComputeError::MemoryBudget`] when what is left (after evicting
+    /// every kept result nobody is reading) is too small.
+    pub(crate) fn reserve(&self, bytes: u64) -> Result<Reservation, ComputeError> {
+        loop {
+            let refused = match self.shared.budget.try_reserve(bytes) {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            if bytes > self.shared.budget.limit() {
+                return Err(refused);
+            }
+            let victim = self.lock().evict_oldest_result();
+            match victim {
+                // Dropped outside the lock: freeing a big result takes time.
+                // Its bytes come back now unless a stream still reads it.
+                Some(kept) => drop(kept),
+                None => return Err(refused),
+            }
+        }
+    }
+
+    /// A reservation of nothing, grown with [`Reservation::absorb`].
+    pub(crate) fn unreserved(&self) -> Reservation {
+        self.shared.budget.empty()
+    }
+
+    /// Bytes of the memory budget in use, and by kept results.
+    pub(crate) fn memory(&self) -> (u64, u64) {
+        let kept = self
+            .lock()
+            .jobs
+            .values()
+            .filter_map(|j| match &j.output {
+                Some(Output::Sorted(k)) => Some(k._reservation.bytes()),
+                _ => None,
+            })
+            .sum();
+        (self.shared.budget.in_use(), kept)
     }
 
     /// Waits until every job task has ended (after shutdown).
@@ -278,6 +429,9 @@ impl Jobs {
             None | Some(Duration::ZERO) => cfg.default_deadline,
             Some(d) => d.min(cfg.max_deadline),
         };
+        // The input is already decoded; it stays held while the job waits
+        // and runs, and a sort's result is the same memory.
+        let reservation = self.reserve(numbers_bytes(task.len()))?;
         self.start_sweeper();
         let id = job_id.unwrap_or_else(Uuid::new_v4);
         let now = Instant::now();
@@ -306,6 +460,7 @@ impl Jobs {
                     deadline_wall,
                     finished: None,
                     output: None,
+                    evicted: false,
                     error: None,
                     cancel: cancel.clone(),
                 },
@@ -314,7 +469,7 @@ impl Jobs {
         debug!(job = %id, kind = ?task.kind(), count = task.len(), ?timeout, "job accepted");
         let jobs = self.clone();
         self.shared.tasks.spawn(async move {
-            let outcome = jobs.run(id, task, cancel, now + timeout).await;
+            let outcome = jobs.run(id, task, reservation, cancel, now + timeout).await;
             jobs.finish(id, outcome, timeout);
         });
         Ok((id, deadline_wall))
@@ -324,6 +479,7 @@ impl Jobs {
         &self,
         id: Uuid,
         task: Task,
+        reservation: Reservation,
         cancel: CancellationToken,
         deadline: Instant,
     ) -> Outcome {
@@ -352,7 +508,9 @@ impl Jobs {
                 let _permit = permit;
                 match task {
                     Task::Add(n) => {
-                        arith::add_cancellable(&n, || stop.load(Ordering::Relaxed)).map(Output::Sum)
+                        let sum = arith::add_cancellable(&n, || stop.load(Ordering::Relaxed));
+                        drop((n, reservation));
+                        sum.map(Output::Sum)
                     }
                     Task::Sort(mut n, order) => {
                         // A sort is one unit of work that cannot stop midway
@@ -362,7 +520,10 @@ impl Jobs {
                             return Err(arith::ArithError::Cancelled);
                         }
                         work::par_sort(&mut n, order);
-                        Ok(Output::Sorted(n))
+                        Ok(Output::Sorted(Arc::new(KeptNumbers {
+                            numbers: n,
+                            _reservation: reservation,
+                        })))
                     }
                 }
             })
@@ -421,10 +582,37 @@ impl Jobs {
     pub(crate) fn get(&self, id: &str) -> Result<v1::Job, ComputeError> {
         let uuid = parse_id(id)?;
         let st = self.lock_fresh();
-        st.jobs
+        match st.jobs.get(&uuid) {
+            None => Err(ComputeError::NotFound(id.to_owned())),
+            Some(j) if j.evicted => Err(ComputeError::Evicted(id.to_owned())),
+            Some(j) => Ok(j.to_wire(&uuid, true)),
+        }
+    }
+
+    /// The kept sorted result of job `id`, shared (not copied).
+    pub(crate) fn result(&self, id: &str) -> Result<Arc<KeptNumbers>, ComputeError> {
+        let uuid = parse_id(id)?;
+        let st = self.lock_fresh();
+        let job = st
+            .jobs
             .get(&uuid)
-            .map(|j| j.to_wire(&uuid, true))
-            .ok_or_else(|| ComputeError::NotFound(id.to_owned()))
+            .ok_or_else(|| ComputeError::NotFound(id.to_owned()))?;
+        match &job.output {
+            Some(Output::Sorted(kept)) => Ok(kept.clone()),
+            _ if job.evicted => Err(ComputeError::Evicted(id.to_owned())),
+            Some(Output::Sum(_)) => Err(ComputeError::NoStreamedResult {
+                id: id.to_owned(),
+                why: "an add's sum comes with GetJob",
+            }),
+            None => Err(ComputeError::NoStreamedResult {
+                id: id.to_owned(),
+                why: if job.is_final() {
+                    "the job did not succeed"
+                } else {
+                    "the job has not finished"
+                },
+            }),
+        }
     }
 
     pub(crate) fn cancel(&self, id: &str) -> Result<v1::Job, ComputeError> {
@@ -477,9 +665,25 @@ impl Jobs {
                 "client_id must be 1 to {MAX_CLIENT_ID_BYTES} bytes"
             )));
         }
+        let cfg = &self.shared.config;
+        let reservation = self.reserve(SUBSCRIBER_RESERVE)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let sub = {
             let mut st = self.lock();
+            let total: usize = st.subscribers.values().map(Vec::len).sum();
+            if total >= cfg.max_callback_streams {
+                return Err(ComputeError::TooManyStreams {
+                    scope: "on this server",
+                    limit: cfg.max_callback_streams,
+                });
+            }
+            let mine = st.subscribers.get(&client_id).map_or(0, Vec::len);
+            if mine >= cfg.max_callback_streams_per_client {
+                return Err(ComputeError::TooManyStreams {
+                    scope: "for this client id",
+                    limit: cfg.max_callback_streams_per_client,
+                });
+            }
             st.next_subscriber += 1;
             let sub = st.next_subscriber;
             st.subscribers
@@ -497,6 +701,7 @@ impl Jobs {
                 client_id,
                 sub,
             },
+            _reservation: reservation,
         })
     }
 
@@ -563,15 +768,17 @@ impl Drop for Unsubscribe {
                 st.subscribers.remove(&self.client_id);
             }
         }
+        drop(st);
         debug!(client = %self.client_id, subscriber = self.sub, "callbacks unsubscribed");
     }
 }
 
 /// The server side of a Callbacks stream.
 pub struct CallbackStream {
-    rx: mpsc::Receiver<v1::JobEvent>,
+    rx: mpsc::Receiver<Arc<Event>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     _guard: Unsubscribe,
+    _reservation: Reservation,
 }
 
 impl std::fmt::Debug for CallbackStream {
@@ -589,6 +796,16 @@ impl Stream for CallbackStream {
         if self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        self.rx.poll_recv(cx).map(|e| e.map(Ok))
+        // The shared event becomes this subscriber's own message only as
+        // the transport takes it (at most INLINE_RESULT_MAX numbers).
+        self.rx.poll_recv(cx).map(|e| {
+            e.map(|e| {
+                let mut job = e.job.clone();
+                if let Some(kept) = &e.inline {
+                    job.result = Some(kept.inline());
+                }
+                Ok(v1::JobEvent { job: Some(job) })
+            })
+        })
     }
 }

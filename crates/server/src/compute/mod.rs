@@ -6,7 +6,13 @@
 //! The arithmetic itself (checked add, sort order, NaN policy) lives in
 //! [`distribusync_core::compute`]; this module adds limits, scheduling and
 //! the wire.
+//!
+//! Everything that holds numbers for a while takes its bytes from one
+//! memory budget first ([`budget`], `memory_budget`): a Sort reserves each
+//! run before allocating it, and its answer stream keeps the reservation
+//! until the numbers are freed.
 
+mod budget;
 mod error;
 mod jobs;
 mod work;
@@ -25,9 +31,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 use uuid::Uuid;
 
+use budget::Reservation;
 pub use error::ComputeError;
 pub use jobs::CallbackStream;
-use jobs::{Jobs, Task};
+use jobs::{Jobs, RESULT_STREAM_RESERVE, SORT_STREAM_RESERVE, Task, numbers_bytes};
 
 /// Adds of at most this many numbers are computed on the request's own task;
 /// bigger ones go to the rayon pool.
@@ -56,6 +63,15 @@ pub struct ComputeConfig {
     /// is sorted as soon as it is complete, and the runs are merged while
     /// the answer streams out); smaller sorts are sorted in one piece.
     pub sort_run_min: usize,
+    /// Bytes the service may hold for numbers: sorts in flight, inputs of
+    /// queued and running jobs, kept results, and the transport buffers of
+    /// open result and callback streams. Past it a request is
+    /// RESOURCE_EXHAUSTED (after evicting kept results, oldest first).
+    pub memory_budget: u64,
+    /// Most Callbacks streams open at once for one client id.
+    pub max_callback_streams_per_client: usize,
+    /// Most Callbacks streams open at once in all.
+    pub max_callback_streams: usize,
 }
 
 impl Default for ComputeConfig {
@@ -68,6 +84,9 @@ impl Default for ComputeConfig {
             max_deadline: Duration::from_secs(3600),
             result_ttl: Duration::from_secs(600),
             sort_run_min: 1 << 20,
+            memory_budget: 1 << 30,
+            max_callback_streams_per_client: 64,
+            max_callback_streams: 1024,
         }
     }
 }
@@ -122,6 +141,17 @@ impl ComputeService {
         self.jobs.subscriber_count()
     }
 
+    /// Bytes of the compute memory budget in use now.
+    pub fn memory_in_use(&self) -> u64 {
+        self.jobs.memory().0
+    }
+
+    /// Bytes held by kept job results (each counted once, however many
+    /// clients read it).
+    pub fn kept_result_bytes(&self) -> u64 {
+        self.jobs.memory().1
+    }
+
     /// The tonic server for this service, with message limits sized for
     /// `max_numbers`.
     pub fn into_server(self) -> ComputeServer<ComputeService> {
@@ -129,6 +159,14 @@ impl ComputeService {
         ComputeServer::new(self)
             .max_decoding_message_size(size)
             .max_encoding_message_size(size)
+    }
+
+    /// Grows `reserved` to at least `bytes`.
+    fn reserve_up_to(&self, reserved: &mut Reservation, bytes: u64) -> Result<(), ComputeError> {
+        if bytes > reserved.bytes() {
+            reserved.absorb(self.jobs.reserve(bytes - reserved.bytes())?);
+        }
+        Ok(())
     }
 
     fn check_count(&self, count: u64) -> Result<(), ComputeError> {
@@ -154,6 +192,7 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl Compute for ComputeService {
     type SortStream = ResponseStream<v1::SortResponse>;
+    type GetJobResultStream = ResponseStream<v1::JobResultChunk>;
     type CallbacksStream = CallbackStream;
 
     #[instrument(skip_all)]
@@ -163,7 +202,14 @@ impl Compute for ComputeService {
         let sum = if n.len() <= INLINE_ADD_MAX {
             arith::add(&n)
         } else {
-            work::on_rayon(move || arith::add(&n)).await?
+            // Decoded before the budget could be asked; held while summed.
+            let reserved = self.jobs.reserve(numbers_bytes(n.len()))?;
+            work::on_rayon(move || {
+                let sum = arith::add(&n);
+                drop((n, reserved));
+                sum
+            })
+            .await?
         }
         .map_err(ComputeError::from)?;
         Ok(Response::new(v1::AddResponse {
@@ -178,15 +224,21 @@ impl Compute for ComputeService {
     ) -> Result<Response<Self::SortStream>, Status> {
         // The numbers are cut into runs as they arrive; each full run is
         // sorted on the rayon pool while the rest is still arriving, and the
-        // sorted runs are merged while the answer streams out.
+        // sorted runs are merged while the answer streams out. Every run is
+        // allocated at its final size once its bytes are reserved (all of
+        // them at once when the first message announces the total).
         let started = std::time::Instant::now();
         let mut input = req.into_inner();
         let mut order = Order::Ascending;
         let mut run_len = DEFAULT_RUN.max(self.config.sort_run_min.max(1));
+        let mut announced: usize = 0;
         let mut first = true;
         let mut count: u64 = 0;
         let mut floats: Option<bool> = None;
         let mut current: Option<Numbers> = None;
+        let mut run_cap = 0;
+        let mut allocated: usize = 0;
+        let mut reserved = self.jobs.unreserved();
         let mut sorting = Vec::new();
         while let Some(msg) = input.message().await? {
             if first {
@@ -194,9 +246,13 @@ impl Compute for ComputeService {
                 order = msg.order().into();
                 self.check_count(msg.total)?;
                 if msg.total > 0 {
-                    run_len = (msg.total as usize)
+                    announced = msg.total as usize;
+                    run_len = announced
                         .div_ceil(RUNS)
                         .max(self.config.sort_run_min.max(1));
+                    // All of it at once, so a sort is refused before any
+                    // of its data is taken, or never.
+                    self.reserve_up_to(&mut reserved, sort_bytes(announced))?;
                 }
             }
             let Some(chunk) = msg.numbers else { continue };
@@ -214,25 +270,39 @@ impl Compute for ComputeService {
             chunk.validate().map_err(ComputeError::from)?;
             count += chunk.len() as u64;
             self.check_count(count)?;
-            let run = current.get_or_insert_with(|| {
-                if is_float {
-                    Numbers::Floats(Vec::with_capacity(run_len))
-                } else {
-                    Numbers::Ints(Vec::with_capacity(run_len))
+            let mut taken = 0;
+            while taken < chunk.len() {
+                if current.is_none() {
+                    // Runs end where the announced total does; past it
+                    // (a client that announced too few), runs of run_len.
+                    run_cap = if allocated < announced {
+                        run_len.min(announced - allocated)
+                    } else {
+                        run_len
+                    };
+                    self.reserve_up_to(&mut reserved, numbers_bytes(allocated + run_cap))?;
+                    allocated += run_cap;
+                    current = Some(if is_float {
+                        Numbers::Floats(Vec::with_capacity(run_cap))
+                    } else {
+                        Numbers::Ints(Vec::with_capacity(run_cap))
+                    });
                 }
-            });
-            run.extend(chunk)
-                .map_err(|_| ComputeError::InvalidArgument("mixed kinds".into()))?;
-            if run.len() >= run_len
-                && let Some(mut run) = current.take()
-            {
-                sorting.push(work::start_on_rayon(move || {
-                    work::seq_sort(&mut run, order);
-                    run
-                }));
+                let Some(run) = current.as_mut() else { break };
+                taken += append_front(run, &chunk, taken, run_cap - run.len());
+                if run.len() >= run_cap
+                    && let Some(mut run) = current.take()
+                {
+                    sorting.push(work::start_on_rayon(move || {
+                        work::seq_sort(&mut run, order);
+                        run
+                    }));
+                }
             }
         }
         let received = started.elapsed();
+        // What the answer stream buffers on its way out.
+        self.reserve_up_to(&mut reserved, sort_bytes(allocated))?;
         if let Some(mut run) = current.take() {
             let alone = sorting.is_empty();
             sorting.push(work::start_on_rayon(move || {
@@ -248,11 +318,15 @@ impl Compute for ComputeService {
         for task in sorting {
             runs.push(task.join().await?);
         }
-        debug!(count, runs = runs.len(), ?received, sorted = ?(started.elapsed() - received), "sort");
+        debug!(count, runs = runs.len(), ?received, sorted = ?(started.elapsed() - received), reserved = reserved.bytes(), "sort");
         Ok(Response::new(match runs.len() {
-            0 => chunked(Numbers::default()),
-            1 => chunked(runs.pop().unwrap_or_default()),
-            _ => merged(runs, order),
+            0 => chunked(Arc::new(Numbers::default()), reserved, sort_response),
+            1 => chunked(
+                Arc::new(runs.pop().unwrap_or_default()),
+                reserved,
+                sort_response,
+            ),
+            _ => merged(runs, order, reserved),
         }))
     }
 
@@ -309,6 +383,22 @@ impl Compute for ComputeService {
     }
 
     #[instrument(skip_all)]
+    async fn get_job_result(
+        &self,
+        req: Request<v1::GetJobRequest>,
+    ) -> Result<Response<Self::GetJobResultStream>, Status> {
+        // Reserved first: making room may evict results, this one too
+        // (which then answers NOT_FOUND, as GetJob would).
+        let reserved = self.jobs.reserve(RESULT_STREAM_RESERVE)?;
+        let kept = self.jobs.result(&req.into_inner().job_id)?;
+        Ok(Response::new(chunked(kept, reserved, |numbers| {
+            v1::JobResultChunk {
+                numbers: Some(numbers),
+            }
+        })))
+    }
+
+    #[instrument(skip_all)]
     async fn cancel_job(
         &self,
         req: Request<v1::CancelJobRequest>,
@@ -327,12 +417,50 @@ impl Compute for ComputeService {
     }
 }
 
+/// Moves up to `room` numbers of `chunk`, from position `from`, onto the
+/// end of `run` (of the same kind); returns how many.
+fn append_front(run: &mut Numbers, chunk: &Numbers, from: usize, room: usize) -> usize {
+    match (run, chunk) {
+        (Numbers::Ints(r), Numbers::Ints(c)) => {
+            let n = room.min(c.len() - from);
+            r.extend_from_slice(&c[from..from + n]);
+            n
+        }
+        (Numbers::Floats(r), Numbers::Floats(c)) => {
+            let n = room.min(c.len() - from);
+            r.extend_from_slice(&c[from..from + n]);
+            n
+        }
+        // Kinds are checked before a chunk is appended; taking all of it
+        // ends the caller's loop either way.
+        _ => chunk.len() - from,
+    }
+}
+
+/// Bytes a sort of `n` numbers holds: its runs, and its answer stream's
+/// buffers (no more than the numbers themselves for a small sort).
+fn sort_bytes(n: usize) -> u64 {
+    numbers_bytes(n) + SORT_STREAM_RESERVE.min(numbers_bytes(n))
+}
+
+fn sort_response(numbers: v1::Numbers) -> v1::SortResponse {
+    v1::SortResponse {
+        numbers: Some(numbers),
+    }
+}
+
 /// The merge of sorted runs as a stream of chunks, produced on a blocking
 /// thread a few chunks ahead of the transport. The producer stops when the
-/// client goes away.
-fn merged(runs: Vec<Numbers>, order: Order) -> ResponseStream<v1::SortResponse> {
+/// client goes away; `reserved` (the runs' bytes and the stream's) is given
+/// back when it ends and the runs are freed.
+fn merged(
+    runs: Vec<Numbers>,
+    order: Order,
+    reserved: Reservation,
+) -> ResponseStream<v1::SortResponse> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
+        let _reserved = reserved;
         let send = |n: Numbers| {
             tx.blocking_send(Ok(v1::SortResponse {
                 numbers: Some(n.into()),
@@ -374,19 +502,28 @@ fn merged(runs: Vec<Numbers>, order: Order) -> ResponseStream<v1::SortResponse> 
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// The sorted numbers as a stream of chunks, each encoded only when the
-/// transport asks for it.
-fn chunked(sorted: Numbers) -> ResponseStream<v1::SortResponse> {
-    let sorted = Arc::new(sorted);
-    let chunks = sorted.len().div_ceil(CHUNK_NUMBERS);
+/// Sorted numbers (shared, never copied whole) as a stream of chunks, each
+/// encoded only when the transport asks for it, so a client that does not
+/// read holds at most a chunk in flight. `reserved` lives as long as the
+/// stream.
+fn chunked<N, T>(
+    sorted: Arc<N>,
+    reserved: Reservation,
+    wrap: fn(v1::Numbers) -> T,
+) -> ResponseStream<T>
+where
+    N: AsRef<Numbers> + Send + Sync + 'static,
+    T: Send + 'static,
+{
+    let len = (*sorted).as_ref().len();
+    let chunks = len.div_ceil(CHUNK_NUMBERS);
     Box::pin(futures::stream::iter(0..chunks).map(move |i| {
-        let range = i * CHUNK_NUMBERS..((i + 1) * CHUNK_NUMBERS).min(sorted.len());
-        let numbers = match &*sorted {
+        let _reserved = &reserved;
+        let range = i * CHUNK_NUMBERS..((i + 1) * CHUNK_NUMBERS).min(len);
+        let numbers = match (*sorted).as_ref() {
             Numbers::Ints(v) => v1::Numbers::from(&v[range]),
             Numbers::Floats(v) => v1::Numbers::from(&v[range]),
         };
-        Ok(v1::SortResponse {
-            numbers: Some(numbers),
-        })
+        Ok(wrap(numbers))
     }))
 }
