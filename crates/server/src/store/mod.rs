@@ -925,12 +925,17 @@ impl Store {
                 if index.get(&t)?.is_some() && (folder || !overwrite) {
                     return Err(ServiceError::AlreadyExists(t));
                 }
-                // The intent first: if it cannot be recorded, nothing is done;
-                // if the server stops before the commit, the next start
-                // completes the rename from it.
-                let intent = index.begin_rename(&f, &t, folder)?;
+                // A folder's intent first: if it cannot be recorded, nothing
+                // is done; if the server stops before the commit, the next
+                // start completes the rename from it (instead of seeing every
+                // file deleted and added anew). A file rename goes without
+                // (a fsynced index write each): a crash there costs one
+                // delete and one add, which the reconcile records.
+                let intent = folder
+                    .then(|| index.begin_rename(&f, &t, folder))
+                    .transpose()?;
                 if let Err(e) = disk.rename(&f, &t) {
-                    if let Err(dropped) = index.drop_rename(intent) {
+                    if let Some(Err(dropped)) = intent.map(|i| index.drop_rename(i)) {
                         // Harmless: the next start sees the rename was not made.
                         tracing::warn!(error = %dropped, "could not forget a rename not made");
                     }
