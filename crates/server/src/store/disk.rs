@@ -112,7 +112,11 @@ pub fn set_modified(file: &File, path: &RemotePath, t: std::time::SystemTime) ->
             .metadata()
             .and_then(|m| m.modified())
             .map_err(|e| ServiceError::io("staging file", e))?;
-        if held != t {
+        // Whole seconds: a clamp changes them; a coarse clock alone does not.
+        let held_secs = held
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if held_secs != secs {
             return Err(refused());
         }
     }

@@ -364,8 +364,8 @@ impl Index {
         })
     }
 
-    /// Records that `from` is about to be renamed to `to`, before the disk
-    /// changes: should the server stop between the rename on disk and its
+    /// Records that folder `from` is about to be renamed to `to` (file
+    /// renames may use it too), before the disk changes: should the server stop between the rename on disk and its
     /// [`Index::commit_rename`] (which clears this), the next start
     /// completes it as one rename ([`Index::pending_renames`]) instead of
     /// seeing every file of a folder deleted and added anew.

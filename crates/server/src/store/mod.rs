@@ -212,10 +212,18 @@ impl Store {
     /// server stopped, or the commit failed, in between): one made on disk
     /// (its source gone, its target there) is recorded as the one rename it
     /// was; one not made is forgotten. Returns the changes recorded.
-    fn complete_renames(&self) -> Result<Vec<ChangeRecord>> {
+    ///
+    /// With `only`, just the renames between those paths (which the caller
+    /// holds locked): a rename of other paths may be in flight, between its
+    /// disk rename and its own commit.
+    fn complete_renames(&self, only: Option<&[RemotePath]>) -> Result<Vec<ChangeRecord>> {
         let Inner { disk, index, .. } = &*self.inner;
         let mut changes = Vec::new();
-        for r in index.pending_renames()? {
+        let pending = index
+            .pending_renames()?
+            .into_iter()
+            .filter(|r| only.is_none_or(|paths| paths.contains(&r.from) && paths.contains(&r.to)));
+        for r in pending {
             let made = disk.kind(&r.from)? == Kind::Missing && disk.kind(&r.to)? != Kind::Missing;
             if made {
                 let (change, files) = index.commit_rename(&r.from, &r.to, r.folder)?;
@@ -229,7 +237,8 @@ impl Store {
     }
 
     fn reconcile(&self) -> Result<()> {
-        self.complete_renames()?;
+        // At start: nothing is in flight.
+        self.complete_renames(None)?;
         let Inner { disk, index, .. } = &*self.inner;
         let known: std::collections::HashMap<RemotePath, FileRecord> = index
             .all_files()?
@@ -366,7 +375,7 @@ impl Store {
     /// One attempt of [`Store::repair_later`].
     fn repair(&self, paths: &[RemotePath]) -> Result<Vec<ChangeRecord>> {
         // A rename whose commit failed is recorded as the rename it was.
-        let mut changes = self.complete_renames()?;
+        let mut changes = self.complete_renames(Some(paths))?;
         let Inner { disk, index, .. } = &*self.inner;
         let mut state: std::collections::BTreeMap<
             RemotePath,
@@ -925,12 +934,17 @@ impl Store {
                 if index.get(&t)?.is_some() && (folder || !overwrite) {
                     return Err(ServiceError::AlreadyExists(t));
                 }
-                // The intent first: if it cannot be recorded, nothing is done;
-                // if the server stops before the commit, the next start
-                // completes the rename from it.
-                let intent = index.begin_rename(&f, &t, folder)?;
+                // A folder's intent first: if it cannot be recorded, nothing
+                // is done; if the server stops before the commit, the next
+                // start completes the rename from it (instead of seeing every
+                // file deleted and added anew). A file rename goes without
+                // (a fsynced index write each): a crash there costs one
+                // delete and one add, which the reconcile records.
+                let intent = folder
+                    .then(|| index.begin_rename(&f, &t, folder))
+                    .transpose()?;
                 if let Err(e) = disk.rename(&f, &t) {
-                    if let Err(dropped) = index.drop_rename(intent) {
+                    if let Some(Err(dropped)) = intent.map(|i| index.drop_rename(i)) {
                         // Harmless: the next start sees the rename was not made.
                         tracing::warn!(error = %dropped, "could not forget a rename not made");
                     }
