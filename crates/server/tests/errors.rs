@@ -185,7 +185,8 @@ async fn a_full_disk_is_resource_exhausted_naming_the_disk_and_loses_nothing() {
     // Nothing lost, nothing left behind.
     assert_eq!(c.stat(&p("doc")).await.unwrap(), old);
     assert_eq!(get_bytes(&c, tmp.path(), "doc").await, b"old version");
-    assert!(staging_is_empty(&root));
+    // Staged files are removed off the async threads: soon, not at once.
+    common::eventually("staging emptied", || staging_is_empty(&root)).await;
 
     // A folder rename on the full disk says truthfully what happened.
     let err = c
@@ -362,10 +363,10 @@ async fn a_batch_that_fails_on_a_full_disk_leaves_no_staged_file() {
             .contains("no space left on the server's disk"),
         "{err}"
     );
-    assert!(
-        staging_is_empty(&root),
-        "staged files of a failed batch were left"
-    );
+    common::eventually("staged files of a failed batch removed", || {
+        staging_is_empty(&root)
+    })
+    .await;
     assert!(c.list_all(None).await.unwrap().is_empty());
     server.stop().await;
 }
@@ -595,7 +596,8 @@ async fn a_folder_that_cannot_be_made_on_a_full_disk_names_the_disk() {
             if m.contains(&format!("no space left on the server's disk ({shown})"))),
         "{err:?}"
     );
-    assert!(staging_is_empty(&root));
+    // Staged files are removed off the async threads: soon, not at once.
+    common::eventually("staging emptied", || staging_is_empty(&root)).await;
     assert!(!root.join("new-folder").exists());
     server.stop().await;
 }
