@@ -279,3 +279,45 @@ async fn callback_streams_are_bounded_per_client_id_and_in_total() {
     drop((a2, b1, c1));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn sorts_that_announce_no_total_or_a_wrong_one_are_cut_into_runs_and_come_back_right() {
+    let server = TestServer::start(ComputeConfig {
+        sort_run_min: 30_000,
+        memory_budget: 64 * MIB,
+        ..ComputeConfig::default()
+    })
+    .await;
+    let mut rpc = grpc(&server).await;
+    let v = random_ints(250_003, 31);
+    // Uneven chunks, so runs end in the middle of chunks.
+    for total in [0u64, 100_000, 250_003, 400_000] {
+        let mut reqs = Vec::new();
+        let mut at = 0;
+        for (i, len) in [1usize, 77_777, 12_345, 99_999].iter().cycle().enumerate() {
+            if at >= v.len() {
+                break;
+            }
+            let end = (at + len).min(v.len());
+            reqs.push(v1::SortRequest {
+                order: 0,
+                numbers: Some(v[at..end].into()),
+                total: if i == 0 { total } else { 0 },
+            });
+            at = end;
+        }
+        let mut answer = rpc
+            .sort(tokio_stream::iter(reqs))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Numbers::default();
+        while let Some(chunk) = answer.message().await.unwrap() {
+            got.extend(chunk.numbers.unwrap().try_into().unwrap())
+                .unwrap();
+        }
+        assert_eq!(got, sorted(v.clone()), "total {total}");
+    }
+    memory_settles_at(&server, 0).await;
+    server.stop().await;
+}
