@@ -77,11 +77,12 @@ impl ComputeError {
 }
 
 fn budget_message(needed: u64, limit: u64) -> String {
-    if needed > limit {
+    if needed > super::budget::usable(limit) {
         format!(
-            "this request needs {} of compute memory, more than the whole compute memory budget ({}, serve --compute-memory)",
+            "this request needs {} of compute memory, more than the whole compute memory budget ({}, serve --compute-memory) lets requests hold ({})",
             ByteSize(needed),
-            ByteSize(limit)
+            ByteSize(limit),
+            ByteSize(super::budget::usable(limit))
         )
     } else {
         format!(
