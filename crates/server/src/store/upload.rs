@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use distribusync_core::{ContentHash, RemotePath, Revision};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{FileRecord, Store, blocking};
@@ -28,16 +27,17 @@ pub struct UploadHeader {
     pub resumable: bool,
 }
 
-type Written = std::io::Result<(File, blake3::Hasher)>;
-
-/// An upload being received. Chunks go to a writer on the blocking pool
-/// through a short queue, so receiving the next chunk overlaps writing and
-/// hashing the last. The previous version of the file is never touched
-/// before [`Upload::finish`].
+/// An upload being received. Chunks are written and hashed on the blocking
+/// pool in short, bounded pieces (one batch of queued chunks per task);
+/// waiting for the next chunk from the network happens on the async side,
+/// so a client that stalls holds no thread, only its file and hash state.
+/// While one batch is written the next chunks queue (up to
+/// [`QUEUE_BYTES`]), so receiving overlaps writing. The previous version of
+/// the file is never touched before [`Upload::finish`].
 ///
 /// Dropped unfinished because the stream broke (the client went away, the
-/// connection failed), an upload of at least
-/// [`limits::RESUME_MIN_BYTES`](distribusync_core::limits::RESUME_MIN_BYTES)
+/// connection failed, the stream stayed idle too long), an upload of at
+/// least [`limits::RESUME_MIN_BYTES`](distribusync_core::limits::RESUME_MIN_BYTES)
 /// keeps what it received for resuming; any other failure (a refused chunk,
 /// a wrong hash, see [`Upload::discard`]) removes the staging file.
 #[derive(Debug)]
@@ -45,8 +45,7 @@ pub struct Upload {
     store: Store,
     header: UploadHeader,
     staged: PathBuf,
-    chunks: Option<mpsc::Sender<Vec<u8>>>,
-    writer: Option<JoinHandle<Written>>,
+    writer: Writer,
     received: u64,
     /// The staging file is gone (installed) or handed on.
     done: bool,
@@ -62,24 +61,145 @@ pub(super) struct Start {
     pub written: u64,
 }
 
-/// Writes and hashes chunks until the sender goes away.
-fn writer(start: Start, mut rx: mpsc::Receiver<Vec<u8>>) -> Written {
-    let Start {
-        mut file,
-        mut hasher,
-        written,
-    } = start;
-    let (mut written, mut flushed) = (written, written);
-    while let Some(chunk) = rx.blocking_recv() {
-        hasher.update(&chunk);
-        file.write_all(&chunk)?;
-        written += chunk.len() as u64;
-        if written - flushed >= WRITEBACK_STEP {
-            start_writeback(&file, flushed, written - flushed);
-            flushed = written;
+/// The staging file between writes: owned by at most one blocking task at
+/// a time.
+struct WriteState {
+    file: File,
+    hasher: blake3::Hasher,
+    written: u64,
+    /// Bytes written when the last writeback hint was given.
+    flushed: u64,
+}
+
+impl std::fmt::Debug for WriteState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteState")
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteState {
+    /// Writes and hashes one batch of chunks: bounded work, never a wait.
+    fn write(mut self, chunks: Vec<Vec<u8>>) -> std::io::Result<Self> {
+        for chunk in chunks {
+            self.hasher.update(&chunk);
+            self.file.write_all(&chunk)?;
+            self.written += chunk.len() as u64;
+            if self.written - self.flushed >= WRITEBACK_STEP {
+                start_writeback(&self.file, self.flushed, self.written - self.flushed);
+                self.flushed = self.written;
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Chunks received while a write is in progress, at most this many bytes,
+/// before receiving waits for the write (the same depth as the four-chunk
+/// queue it replaces).
+const QUEUE_BYTES: usize = 4 * distribusync_core::limits::CHUNK_SIZE;
+
+/// Writes chunks on the blocking pool, one bounded task at a time.
+#[derive(Debug)]
+struct Writer {
+    /// The state when no write runs.
+    idle: Option<WriteState>,
+    /// The write in progress, which hands the state back.
+    running: Option<JoinHandle<std::io::Result<WriteState>>>,
+    queued: Vec<Vec<u8>>,
+    queued_bytes: usize,
+    /// A write failed: later writes fail too.
+    failed: bool,
+}
+
+fn writer_gone(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::io("staging file", std::io::Error::other(e.to_string()))
+}
+
+impl Writer {
+    fn new(start: Start) -> Self {
+        Self {
+            idle: Some(WriteState {
+                file: start.file,
+                hasher: start.hasher,
+                written: start.written,
+                flushed: start.written,
+            }),
+            running: None,
+            queued: Vec::new(),
+            queued_bytes: 0,
+            failed: false,
         }
     }
-    Ok((file, hasher))
+
+    /// Waits for the write in progress, if any, and takes the state back.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(task) = self.running.take() {
+            let state = task
+                .await
+                .map_err(writer_gone)?
+                .map_err(|e| ServiceError::io("staging file", e));
+            match state {
+                Ok(s) => self.idle = Some(s),
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        }
+        if self.failed {
+            return Err(writer_gone("an earlier write failed"));
+        }
+        Ok(())
+    }
+
+    /// Starts writing the queued chunks; the state must be idle.
+    fn start(&mut self) -> Result<()> {
+        let state = self.idle.take().ok_or_else(|| writer_gone("writer busy"))?;
+        let chunks = std::mem::take(&mut self.queued);
+        self.queued_bytes = 0;
+        self.running = Some(tokio::task::spawn_blocking(move || state.write(chunks)));
+        Ok(())
+    }
+
+    /// Queues a chunk; starts a write when none runs, waits for the one
+    /// running only when the queue is full.
+    async fn push(&mut self, chunk: Vec<u8>) -> Result<()> {
+        self.queued_bytes += chunk.len();
+        self.queued.push(chunk);
+        let busy = self.running.as_ref().is_some_and(|t| !t.is_finished());
+        if busy && self.queued_bytes < QUEUE_BYTES {
+            return Ok(());
+        }
+        self.settle().await?;
+        self.start()
+    }
+
+    /// Takes the writer out of an upload being dropped.
+    fn take(&mut self) -> Self {
+        std::mem::replace(
+            self,
+            Self {
+                idle: None,
+                running: None,
+                queued: Vec::new(),
+                queued_bytes: 0,
+                failed: true,
+            },
+        )
+    }
+
+    /// Writes everything queued and returns the file and its hash.
+    async fn finish(&mut self) -> Result<(File, blake3::Hasher)> {
+        self.settle().await?;
+        if !self.queued.is_empty() {
+            self.start()?;
+            self.settle().await?;
+        }
+        let s = self.idle.take().ok_or_else(|| writer_gone("writer gone"))?;
+        Ok((s.file, s.hasher))
+    }
 }
 
 /// Data written since the last writeback hint before the next one.
@@ -99,15 +219,13 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 
 impl Upload {
     pub(super) fn new(store: Store, header: UploadHeader, staged: PathBuf, start: Start) -> Self {
-        let (tx, rx) = mpsc::channel(4);
         let received = start.written;
         let keep = header.resumable && header.size >= distribusync_core::limits::RESUME_MIN_BYTES;
         Self {
             store,
             header,
             staged,
-            chunks: Some(tx),
-            writer: Some(tokio::task::spawn_blocking(move || writer(start, rx))),
+            writer: Writer::new(start),
             received,
             done: false,
             keep,
@@ -130,18 +248,6 @@ impl Upload {
         self.keep = false;
     }
 
-    /// Ends the writer and returns the file and the hash of what it wrote.
-    async fn written(&mut self) -> Result<(File, blake3::Hasher)> {
-        self.chunks = None;
-        let handle = self.writer.take().ok_or_else(|| {
-            ServiceError::io("staging file", std::io::Error::other("writer gone"))
-        })?;
-        handle
-            .await
-            .map_err(|e| ServiceError::io("staging file", std::io::Error::other(e)))?
-            .map_err(|e| ServiceError::io("staging file", e))
-    }
-
     /// Sets the content hash given after the data (a trailer).
     pub fn set_hash(&mut self, hash: ContentHash) {
         self.header.hash = hash;
@@ -161,19 +267,9 @@ impl Upload {
                 self.header.path, self.header.size
             )));
         }
-        let sent = match &self.chunks {
-            Some(tx) => tx.send(chunk).await.is_ok(),
-            None => false,
-        };
-        if !sent {
-            // The writer stopped early: report its error.
-            self.written().await?;
-            return Err(ServiceError::io(
-                "staging file",
-                std::io::Error::other("writer stopped"),
-            ));
-        }
-        self.received = total;
+        let len = chunk.len() as u64;
+        self.writer.push(chunk).await?;
+        self.received += len;
         Ok(())
     }
 
@@ -185,7 +281,7 @@ impl Upload {
     /// mismatch or conflict found at commit time.
     pub async fn finish(mut self) -> Result<FileRecord> {
         self.keep = false;
-        let (file, hasher) = self.written().await?;
+        let (file, hasher) = self.writer.finish().await?;
         let checked = verify(&self.header, self.received, hasher.finalize().into());
         if let (Err(e), true) = (&checked, self.header.offset > 0) {
             // The kept part may not be what this client has: start over.
@@ -251,11 +347,8 @@ impl Drop for Upload {
         }
         let staged = std::mem::take(&mut self.staged);
         let keep = self.keep && self.received > 0;
-        let (writer, runtime) = (
-            self.writer.take(),
-            tokio::runtime::Handle::try_current().ok(),
-        );
-        let (Some(writer), true, Some(runtime)) = (writer, keep, runtime.clone()) else {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let (true, Some(runtime)) = (keep, runtime.clone()) else {
             // Unlinking a big file takes a while: off the async threads
             // when there are any.
             match runtime {
@@ -264,12 +357,13 @@ impl Drop for Upload {
             }
             return;
         };
-        // The writer may still hold queued chunks: let it finish, make what
-        // it wrote durable, then keep it under the file's resume name.
-        self.chunks = None;
+        // Chunks may still be queued or being written: let the writer
+        // finish, make what it wrote durable, then keep it under the file's
+        // resume name.
+        let mut writer = self.writer.take();
         let (store, header) = (self.store.clone(), self.header.clone());
         runtime.spawn(async move {
-            let Ok(Ok((file, hasher))) = writer.await else {
+            let Ok((file, hasher)) = writer.finish().await else {
                 let _ = std::fs::remove_file(&staged);
                 return;
             };
@@ -280,7 +374,10 @@ impl Drop for Upload {
                 // remembered before the part shows, so a client that sees
                 // the part at once finds its hash too.
                 store.remember_part_hash(path, size, modified_ns, hasher);
-                let kept = file.sync_data().and_then(|()| {
+                // Dated now: the bound removes the least recently kept
+                // parts first, and the age limit counts from here.
+                let kept = file.set_modified(std::time::SystemTime::now());
+                let kept = kept.and_then(|()| file.sync_data()).and_then(|()| {
                     store
                         .inner
                         .disk
@@ -289,6 +386,8 @@ impl Drop for Upload {
                 if kept.is_err() {
                     let _ = std::fs::remove_file(&staged);
                     store.forget_part_hash(path, size, modified_ns);
+                } else {
+                    store.trim_kept_parts();
                 }
                 kept.map_err(|e| ServiceError::io("kept upload part", e))
             })
