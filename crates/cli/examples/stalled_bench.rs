@@ -83,6 +83,13 @@ async fn main() {
         std::process::exit(2);
     };
     let (pid, n): (u32, usize) = (pid.parse().expect("pid"), n.parse().expect("N"));
+    // STALL=uploads or STALL=downloads: only that kind (to see what each costs).
+    let only = std::env::var("STALL").unwrap_or_default();
+    let (n_up, n_down) = match only.as_str() {
+        "uploads" => (n, 0),
+        "downloads" => (0, n),
+        _ => (n, n),
+    };
     let root = std::path::PathBuf::from(root);
     let conns = n.div_ceil(PER_CONNECTION).max(1);
     let up_clients: Vec<_> = (0..conns).map(|_| raw(addr)).collect();
@@ -90,7 +97,7 @@ async fn main() {
 
     let before = staged(&root);
     let mut uploads = Vec::new();
-    for i in 0..n {
+    for i in 0..n_up {
         let mut c = up_clients[i % conns].clone();
         let header = v1::UploadRequest {
             msg: Some(v1::upload_request::Msg::Header(v1::UploadHeader {
@@ -106,13 +113,13 @@ async fn main() {
         uploads.push(tokio::spawn(async move { c.upload(stream).await }));
     }
     let started = Instant::now();
-    while staged(&root) < before + n && started.elapsed() < Duration::from_secs(60) {
+    while staged(&root) < before + n_up && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let uploads_begun = staged(&root) - before;
 
     let mut opening = Vec::new();
-    for i in 0..n {
+    for i in 0..n_down {
         let mut c = down_clients[i % conns].clone();
         let path = file.clone();
         opening.push(tokio::spawn(async move {
@@ -150,7 +157,7 @@ async fn main() {
     times.sort();
     let (rss, hwm) = memory(pid);
     println!(
-        "stalled={n} uploads_begun={uploads_begun} downloads_open={} stats_ok={} stat_timeouts={timeouts} \
+        "stalled={n}{only} uploads_begun={uploads_begun} downloads_open={} stats_ok={} stat_timeouts={timeouts} \
          stat_p50_ms={:.2} stat_p99_ms={:.2} stat_max_ms={:.2} server_rss_mib={rss} server_peak_mib={hwm}",
         downloads.len(),
         times.len(),

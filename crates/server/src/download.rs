@@ -5,12 +5,13 @@
 //! short task on the blocking pool; the stream asks for the next one only
 //! when polled, i.e. when the transport has room to send it. A peer that
 //! stops reading therefore costs the chunk the transport holds for it plus
-//! at most one chunk read ahead, and no thread (the previous producer held
+//! at most one chunk read ahead (only once chunks are big), and no thread (the previous producer held
 //! one of the pool's 512 threads per unread download; 512 of them starved
 //! every file operation of every client).
 //!
-//! Chunks start small and grow while the peer keeps up, so a download that
-//! is never read holds [`MIN_CHUNK`]-sized buffers, while a fast one reaches
+//! Chunks start small and double after every [`STREAK`] chunks the peer
+//! takes promptly, so a download that is never read holds
+//! [`MIN_CHUNK`]-sized buffers, while a fast one reaches
 //! [`limits::CHUNK_SIZE`] messages (see docs/DESIGN.md, "Stalled peers").
 
 use std::fs::File;
@@ -25,9 +26,19 @@ use tokio::task::JoinHandle;
 use crate::error::ServiceError;
 
 /// The first chunk of a download, and the smallest.
-pub(crate) const MIN_CHUNK: usize = 64 * 1024;
+pub(crate) const MIN_CHUNK: usize = 16 * 1024;
 
-/// The peer came back for more within this time: the next chunk doubles.
+/// Chunks the peer must take promptly, one after another, before the size
+/// doubles: a peer that reads nothing still takes its first flow-control
+/// window (64 KiB by default) without being asked, and should not be
+/// mistaken for a fast one.
+const STREAK: u32 = 4;
+
+/// From this chunk size on, the next chunk is read while this one is sent
+/// (below it the overlap gains little, and a stalled peer would hold it).
+const READ_AHEAD_FROM: usize = 256 * 1024;
+
+/// The peer came back for more within this time: it keeps up.
 const KEEPS_UP: Duration = Duration::from_millis(10);
 
 /// The peer took longer than this: the next chunk halves.
@@ -45,6 +56,8 @@ struct Reader {
     ahead: Option<JoinHandle<std::io::Result<Vec<u8>>>>,
     /// When the last chunk was handed on.
     handed: Option<Instant>,
+    /// Chunks taken promptly since the size last changed.
+    streak: u32,
 }
 
 impl Reader {
@@ -70,15 +83,21 @@ impl Reader {
         let Some(handed) = self.handed else { return };
         let gap = handed.elapsed();
         if gap <= KEEPS_UP {
-            self.chunk = (self.chunk * 2).min(limits::CHUNK_SIZE);
+            self.streak += 1;
+            if self.streak >= STREAK {
+                self.chunk = (self.chunk * 2).min(limits::CHUNK_SIZE);
+                self.streak = 0;
+            }
         } else if gap >= FALLS_BEHIND {
             self.chunk = (self.chunk / 2).max(MIN_CHUNK);
+            self.streak = 0;
         }
     }
 }
 
 /// The bytes of `file` from `offset` to `size`, in chunks read only as the
-/// stream is polled (plus one read ahead). Ends after the first error.
+/// stream is polled (plus one read ahead once the peer has shown it keeps
+/// up). Ends after the first error.
 pub(crate) fn file_chunks(
     path: RemotePath,
     file: File,
@@ -93,6 +112,7 @@ pub(crate) fn file_chunks(
         chunk: MIN_CHUNK,
         ahead: None,
         handed: None,
+        streak: 0,
     };
     futures::stream::unfold(Some(reader), |reader| async move {
         let mut r = reader?;
@@ -106,7 +126,9 @@ pub(crate) fn file_chunks(
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         match read {
             Ok(data) => {
-                r.ahead = r.read_ahead();
+                if r.chunk >= READ_AHEAD_FROM {
+                    r.ahead = r.read_ahead();
+                }
                 r.handed = Some(Instant::now());
                 Some((Ok(data), Some(r)))
             }

@@ -100,6 +100,36 @@ async fn closed_by_server(tcp: &mut tokio::net::TcpStream) -> bool {
     }
 }
 
+/// Stat, List, Upload and Download from a new client all work (within the
+/// safety net).
+async fn still_served(server: &TestServer, dir: &std::path::Path, big: &[u8], while_: &str) {
+    let other = FilesClient::connect(&server.addr).await.unwrap();
+    let work = async {
+        assert_eq!(
+            other.stat(&p("big.bin")).await.unwrap().size,
+            big.len() as u64
+        );
+        let listed = other.list_all(None).await.unwrap();
+        assert!(listed.iter().any(|f| f.path == p("big.bin")));
+        let small = dir.join("small.txt");
+        std::fs::write(&small, b"still served").unwrap();
+        other
+            .upload(&small, &p("small.txt"), None, Arc::new(()))
+            .await
+            .unwrap();
+        let back = dir.join("back.bin");
+        let _ = std::fs::remove_file(&back);
+        other
+            .download(&p("big.bin"), &back, Arc::new(()))
+            .await
+            .unwrap();
+        assert!(std::fs::read(&back).unwrap() == big);
+    };
+    tokio::time::timeout(SAFETY, work)
+        .await
+        .unwrap_or_else(|_| panic!("other clients are served while {while_}"));
+}
+
 /// Uploads that sent a header and then nothing, and downloads nobody
 /// reads, twice as many of each as the blocking pool has threads: every
 /// other client's Stat, List, Upload and Download still work. (Each used to
@@ -146,6 +176,7 @@ fn stalled_uploads_and_unread_downloads_starve_no_other_client() {
             async move { n == stalled }
         })
         .await;
+        still_served(&server, dir.path(), &big, "uploads stall").await;
         let mut downloads = Vec::new();
         for _ in 0..stalled {
             let mut c = staller.clone();
@@ -166,30 +197,7 @@ fn stalled_uploads_and_unread_downloads_starve_no_other_client() {
             downloads.push(s);
         }
 
-        let other = FilesClient::connect(&server.addr).await.unwrap();
-        let work = async {
-            assert_eq!(
-                other.stat(&p("big.bin")).await.unwrap().size,
-                big.len() as u64
-            );
-            let listed = other.list_all(None).await.unwrap();
-            assert!(listed.iter().any(|f| f.path == p("big.bin")));
-            let small = dir.path().join("small.txt");
-            std::fs::write(&small, b"still served").unwrap();
-            other
-                .upload(&small, &p("small.txt"), None, Arc::new(()))
-                .await
-                .unwrap();
-            let back = dir.path().join("back.bin");
-            other
-                .download(&p("big.bin"), &back, Arc::new(()))
-                .await
-                .unwrap();
-            assert!(std::fs::read(&back).unwrap() == big);
-        };
-        tokio::time::timeout(SAFETY, work)
-            .await
-            .expect("other clients are served while streams stall");
+        still_served(&server, dir.path(), &big, "downloads stall").await;
 
         drop(downloads);
         for u in uploads {

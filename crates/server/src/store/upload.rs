@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use distribusync_core::{ContentHash, RemotePath, Revision};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{FileRecord, Store, blocking};
@@ -32,7 +33,7 @@ pub struct UploadHeader {
 /// waiting for the next chunk from the network happens on the async side,
 /// so a client that stalls holds no thread, only its file and hash state.
 /// While one batch is written the next chunks queue (up to
-/// [`QUEUE_BYTES`]), so receiving overlaps writing. The previous version of
+/// [`QUEUE_CHUNKS`]), so receiving overlaps writing. The previous version of
 /// the file is never touched before [`Upload::finish`].
 ///
 /// Dropped unfinished because the stream broke (the client went away, the
@@ -95,22 +96,35 @@ impl WriteState {
     }
 }
 
-/// Chunks received while a write is in progress, at most this many bytes,
-/// before receiving waits for the write (the same depth as the four-chunk
-/// queue it replaces).
-const QUEUE_BYTES: usize = 4 * distribusync_core::limits::CHUNK_SIZE;
+/// Chunks received but not yet written, at most (the queue between the
+/// stream and the writer).
+const QUEUE_CHUNKS: usize = 4;
 
-/// Writes chunks on the blocking pool, one bounded task at a time.
+/// Writes an upload's chunks as they arrive: an async task waits for them
+/// (holding no thread) and hands each batch of queued chunks to one short
+/// task on the blocking pool.
 #[derive(Debug)]
 struct Writer {
-    /// The state when no write runs.
-    idle: Option<WriteState>,
-    /// The write in progress, which hands the state back.
-    running: Option<JoinHandle<std::io::Result<WriteState>>>,
-    queued: Vec<Vec<u8>>,
-    queued_bytes: usize,
-    /// A write failed: later writes fail too.
-    failed: bool,
+    chunks: Option<mpsc::Sender<Vec<u8>>>,
+    task: Option<JoinHandle<std::io::Result<WriteState>>>,
+}
+
+/// The writer's loop: everything queued goes to disk in one blocking task,
+/// then it waits (async) for more, until the sender goes away.
+async fn write_chunks(
+    mut state: WriteState,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<WriteState> {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        state = tokio::task::spawn_blocking(move || state.write(batch))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+    }
+    Ok(state)
 }
 
 fn writer_gone(e: impl std::fmt::Display) -> ServiceError {
@@ -119,86 +133,50 @@ fn writer_gone(e: impl std::fmt::Display) -> ServiceError {
 
 impl Writer {
     fn new(start: Start) -> Self {
+        let state = WriteState {
+            file: start.file,
+            hasher: start.hasher,
+            written: start.written,
+            flushed: start.written,
+        };
+        let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         Self {
-            idle: Some(WriteState {
-                file: start.file,
-                hasher: start.hasher,
-                written: start.written,
-                flushed: start.written,
-            }),
-            running: None,
-            queued: Vec::new(),
-            queued_bytes: 0,
-            failed: false,
+            chunks: Some(tx),
+            task: Some(tokio::spawn(write_chunks(state, rx))),
         }
     }
 
-    /// Waits for the write in progress, if any, and takes the state back.
-    async fn settle(&mut self) -> Result<()> {
-        if let Some(task) = self.running.take() {
-            let state = task
-                .await
-                .map_err(writer_gone)?
-                .map_err(|e| ServiceError::io("staging file", e));
-            match state {
-                Ok(s) => self.idle = Some(s),
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e);
-                }
-            }
-        }
-        if self.failed {
-            return Err(writer_gone("an earlier write failed"));
-        }
-        Ok(())
-    }
-
-    /// Starts writing the queued chunks; the state must be idle.
-    fn start(&mut self) -> Result<()> {
-        let state = self.idle.take().ok_or_else(|| writer_gone("writer busy"))?;
-        let chunks = std::mem::take(&mut self.queued);
-        self.queued_bytes = 0;
-        self.running = Some(tokio::task::spawn_blocking(move || state.write(chunks)));
-        Ok(())
-    }
-
-    /// Queues a chunk; starts a write when none runs, waits for the one
-    /// running only when the queue is full.
+    /// Queues a chunk; waits only while the queue is full.
     async fn push(&mut self, chunk: Vec<u8>) -> Result<()> {
-        self.queued_bytes += chunk.len();
-        self.queued.push(chunk);
-        let busy = self.running.as_ref().is_some_and(|t| !t.is_finished());
-        if busy && self.queued_bytes < QUEUE_BYTES {
+        let sent = match &self.chunks {
+            Some(tx) => tx.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
             return Ok(());
         }
-        self.settle().await?;
-        self.start()
+        // The writer stopped early: report its error.
+        self.finish().await?;
+        Err(writer_gone("writer stopped"))
     }
 
     /// Takes the writer out of an upload being dropped.
     fn take(&mut self) -> Self {
-        std::mem::replace(
-            self,
-            Self {
-                idle: None,
-                running: None,
-                queued: Vec::new(),
-                queued_bytes: 0,
-                failed: true,
-            },
-        )
+        Self {
+            chunks: self.chunks.take(),
+            task: self.task.take(),
+        }
     }
 
     /// Writes everything queued and returns the file and its hash.
     async fn finish(&mut self) -> Result<(File, blake3::Hasher)> {
-        self.settle().await?;
-        if !self.queued.is_empty() {
-            self.start()?;
-            self.settle().await?;
-        }
-        let s = self.idle.take().ok_or_else(|| writer_gone("writer gone"))?;
-        Ok((s.file, s.hasher))
+        self.chunks = None;
+        let task = self.task.take().ok_or_else(|| writer_gone("writer gone"))?;
+        let state = task
+            .await
+            .map_err(writer_gone)?
+            .map_err(|e| ServiceError::io("staging file", e))?;
+        Ok((state.file, state.hasher))
     }
 }
 
