@@ -131,8 +131,9 @@ async fn main() {
         }));
     }
     let mut downloads = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for o in opening {
-        if let Ok(Ok(Some(s))) = tokio::time::timeout(Duration::from_secs(30), o).await {
+        if let Ok(Ok(Some(s))) = tokio::time::timeout_at(deadline, o).await {
             downloads.push(s);
         }
     }
