@@ -94,6 +94,13 @@ pub struct ServeArgs {
     /// Largest file accepted, in bytes.
     #[arg(long, env = "DISTRIBUSYNC_MAX_FILE_SIZE", default_value_t = distribusync_core::limits::DEFAULT_MAX_FILE_SIZE)]
     pub max_file_size: u64,
+    /// Most parts of interrupted uploads kept for resuming (the oldest are
+    /// removed first).
+    #[arg(long, env = "DISTRIBUSYNC_MAX_KEPT_PARTS", default_value_t = distribusync_server::store::StoreConfig::default().max_kept_parts)]
+    pub max_kept_parts: usize,
+    /// Most bytes those parts may hold together.
+    #[arg(long, env = "DISTRIBUSYNC_MAX_KEPT_BYTES", default_value_t = distribusync_server::store::StoreConfig::default().max_kept_bytes)]
+    pub max_kept_bytes: u64,
     /// Services this process hosts: files, compute, or files,compute (one
     /// port for both). Dedicated servers: one process each.
     #[arg(
@@ -128,6 +135,22 @@ pub struct ServeArgs {
     /// How long finished job results are kept for `job ID`.
     #[arg(long, env = "DISTRIBUSYNC_RESULT_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub result_ttl: std::time::Duration,
+    /// A new connection that has not sent its HTTP/2 handshake in this
+    /// time is closed.
+    #[arg(long, env = "DISTRIBUSYNC_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: std::time::Duration,
+    /// An upload that sends nothing for this long ends (a resumable one
+    /// keeps what arrived).
+    #[arg(long, env = "DISTRIBUSYNC_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// Interval of HTTP/2 keepalive pings; a client that does not answer
+    /// one in 20 s is disconnected. 0 turns pings off.
+    #[arg(long, env = "DISTRIBUSYNC_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive: std::time::Duration,
+    /// Most client connections open at once; more are closed as they
+    /// arrive (default: half the open-file limit, `ulimit -n`).
+    #[arg(long, env = "DISTRIBUSYNC_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// A service `serve` can host.

@@ -1,11 +1,11 @@
 //! `FilesService`: the gRPC face of the [`Store`].
 
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use distribusync_core::{ContentHash, RemotePath, limits};
 use distribusync_proto::v1::{self, files_server::Files};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +21,51 @@ type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct FilesService {
     store: Store,
     shutdown: CancellationToken,
+    /// An upload stream that brings nothing for this long ends.
+    idle_timeout: Duration,
 }
 
 impl FilesService {
     /// `shutdown` ends long-lived Watch streams when the server stops.
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
-        Self { store, shutdown }
+        Self {
+            store,
+            shutdown,
+            idle_timeout: crate::TransportConfig::default().idle_timeout,
+        }
+    }
+
+    /// Sets how long an upload stream may bring nothing before it ends.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+}
+
+/// The next message of an upload stream, or DEADLINE_EXCEEDED when none
+/// arrives within `idle`: a stalled client must not hold its upload (a
+/// staging file, a descriptor) for ever. The caller treats it as a broken
+/// stream, so a resumable upload keeps what arrived.
+async fn next_message(
+    stream: &mut Streaming<v1::UploadRequest>,
+    idle: Duration,
+) -> Result<Option<v1::UploadRequest>, Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the upload sent nothing for {} (the server's --idle-timeout)",
+            humanize(idle)
+        ))),
+    }
+}
+
+/// "60s", "1.5s": a duration as a flag would take it.
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 
@@ -130,7 +169,8 @@ impl Files for FilesService {
     ) -> Result<Response<v1::UploadResponse>, Status> {
         use v1::upload_request::Msg;
         let mut stream = request.into_inner();
-        let (header, in_trailer) = match stream.message().await? {
+        let idle = self.idle_timeout;
+        let (header, in_trailer) = match next_message(&mut stream, idle).await? {
             Some(v1::UploadRequest {
                 msg: Some(Msg::Header(h)),
             }) => upload_header(h, true)?,
@@ -146,7 +186,7 @@ impl Files for FilesService {
         let mut got_trailer = false;
         // A stream that breaks (`?` on `message()`) keeps what arrived for
         // resuming; a client that breaks the protocol does not.
-        while let Some(msg) = stream.message().await? {
+        while let Some(msg) = next_message(&mut stream, idle).await? {
             let step = match msg.msg {
                 Some(Msg::Chunk(data)) if !got_trailer => upload.write(data).await,
                 Some(Msg::TrailerHash(h)) if in_trailer && !got_trailer => content_hash(&path, &h)
@@ -214,7 +254,7 @@ impl Files for FilesService {
         let mut stream = request.into_inner();
         let mut files: Vec<(UploadHeader, Vec<u8>)> = Vec::new();
         let mut total = 0usize;
-        while let Some(msg) = stream.message().await? {
+        while let Some(msg) = next_message(&mut stream, self.idle_timeout).await? {
             match msg.msg {
                 Some(Msg::Header(h)) => {
                     if files.len() >= limits::MAX_BATCH_FILES {
@@ -316,11 +356,10 @@ impl Files for FilesService {
         &self,
         request: Request<v1::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        use std::io::{Read, Seek, SeekFrom};
         use v1::download_response::Msg;
         let req = request.into_inner();
         let p = path(&req.path)?;
-        let (record, mut file) = self.store.open_read(&p).await?;
+        let (record, file) = self.store.open_read(&p).await?;
         if req.offset > record.size {
             return Err(ServiceError::OutOfRange(format!(
                 "{}: offset {} is past the end of the file ({} bytes)",
@@ -330,42 +369,17 @@ impl Files for FilesService {
             ))
             .into());
         }
-        let (tx, rx) = mpsc::channel(4);
-        let offset = req.offset;
-        let size = record.size;
         let first = v1::DownloadResponse {
             msg: Some(Msg::Info(file_info(&record))),
         };
-        // A blocking producer: reads stay off the async runtime, and a failed
-        // send means the client left, which ends the loop.
-        tokio::task::spawn_blocking(move || {
-            if tx.blocking_send(Ok(first)).is_err() {
-                return;
-            }
-            if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-                let _ = tx.blocking_send(Err(ServiceError::io(p.to_string(), e).into()));
-                return;
-            }
-            let mut left = size - offset;
-            while left > 0 {
-                let n = usize::try_from(left)
-                    .unwrap_or(usize::MAX)
-                    .min(limits::CHUNK_SIZE);
-                let mut buf = vec![0; n];
-                if let Err(e) = file.read_exact(&mut buf) {
-                    let _ = tx.blocking_send(Err(ServiceError::io(p.to_string(), e).into()));
-                    return;
-                }
-                left -= n as u64;
-                let msg = v1::DownloadResponse {
-                    msg: Some(Msg::Chunk(buf)),
-                };
-                if tx.blocking_send(Ok(msg)).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let chunks = crate::download::file_chunks(p, file, req.offset, record.size);
+        let stream = futures::stream::once(async { Ok(first) }).chain(chunks.map(|r| {
+            r.map(|data| v1::DownloadResponse {
+                msg: Some(Msg::Chunk(data)),
+            })
+            .map_err(Status::from)
+        }));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn stat(

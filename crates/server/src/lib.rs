@@ -9,13 +9,16 @@
 #![forbid(unsafe_code)]
 
 pub mod compute;
+mod download;
 pub mod error;
 pub mod files;
 pub mod locks;
 mod oversize;
 mod serve;
 pub mod store;
+mod transport;
 
 pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
 pub use serve::{ServeError, ServerConfig, Services, serve};
+pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig};

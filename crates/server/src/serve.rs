@@ -9,11 +9,11 @@ use distribusync_proto::v1::{compute_server::ComputeServer, files_server::FilesS
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::compute::{ComputeConfig, ComputeService};
 use crate::files::FilesService;
 use crate::store::{Store, StoreConfig};
+use crate::transport::{self, KEEPALIVE_TIMEOUT, TransportConfig};
 
 /// Which services one server process hosts (`serve --services`). The
 /// default hosts both on one port; the seed's layout of dedicated servers
@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub compute: ComputeConfig,
     /// After shutdown is triggered, how long in-flight requests may take.
     pub shutdown_grace: Duration,
+    /// Connection bound and timeouts.
+    pub transport: TransportConfig,
 }
 
 impl ServerConfig {
@@ -54,6 +56,7 @@ impl ServerConfig {
             services: Services::default(),
             compute: ComputeConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            transport: TransportConfig::default(),
         }
     }
 }
@@ -88,9 +91,12 @@ pub async fn serve(
             .set_serving::<FilesServer<FilesService>>()
             .await;
         Some(
-            FilesServer::new(FilesService::new(store, token.clone()))
-                .max_decoding_message_size(limits::MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(limits::MAX_MESSAGE_SIZE),
+            FilesServer::new(
+                FilesService::new(store, token.clone())
+                    .with_idle_timeout(config.transport.idle_timeout),
+            )
+            .max_decoding_message_size(limits::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(limits::MAX_MESSAGE_SIZE),
         )
     } else {
         None
@@ -114,14 +120,20 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let addr = listener.local_addr().ok();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = transport::incoming(listener, &config.transport);
     let signal_token = token.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         signal_token.cancel();
     };
-    tracing::info!(addr = ?addr, root = %config.root.display(), services = ?config.services, "serving");
+    tracing::info!(
+        addr = ?addr,
+        root = %config.root.display(),
+        services = ?config.services,
+        max_connections = config.transport.max_connections,
+        "serving"
+    );
     let server = Server::builder()
         .initial_stream_window_size(Some(limits::SERVER_STREAM_WINDOW))
         .initial_connection_window_size(Some(limits::SERVER_CONNECTION_WINDOW))
@@ -130,6 +142,8 @@ pub async fn serve(
         // A message over the size limit is RESOURCE_EXHAUSTED, not tonic's
         // OUT_OF_RANGE (see `oversize`).
         .layer(crate::oversize::OversizeLayer)
+        .http2_keepalive_interval(config.transport.keepalive)
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1,7 +1,7 @@
 //! `distribusync serve`.
 
 use anyhow::Context;
-use distribusync_server::{ComputeConfig, ServerConfig, Services};
+use distribusync_server::{ComputeConfig, ServerConfig, Services, TransportConfig};
 
 use crate::UsageError;
 use crate::cli::{ServeArgs, Service};
@@ -15,6 +15,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut config = ServerConfig::new(&args.root);
     config.store.max_file_size = args.max_file_size;
+    config.store.max_kept_parts = args.max_kept_parts;
+    config.store.max_kept_bytes = args.max_kept_bytes;
     config.services = Services {
         files: args.services.contains(&Service::Files),
         compute: args.services.contains(&Service::Compute),
@@ -29,6 +31,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         result_ttl: args.result_ttl,
         memory_budget: args.compute_memory,
         ..defaults
+    };
+    config.transport = TransportConfig {
+        handshake_timeout: args.handshake_timeout,
+        idle_timeout: args.idle_timeout,
+        keepalive: (!args.keepalive.is_zero()).then_some(args.keepalive),
+        max_connections: args
+            .max_connections
+            .unwrap_or(config.transport.max_connections),
     };
     let what = match (config.services.files, config.services.compute) {
         (true, true) => format!("{} and compute", args.root.display()),

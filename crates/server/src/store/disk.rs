@@ -534,6 +534,11 @@ impl Disk {
         let _ = fs::remove_file(self.partials.join(partial_name(path, size, modified_ns)));
     }
 
+    /// The folder of kept parts.
+    pub fn partials_dir(&self) -> &Path {
+        &self.partials
+    }
+
     /// Removes kept parts older than a day (also run at start).
     pub fn expire_partials(&self) {
         expire_partials(&self.partials);

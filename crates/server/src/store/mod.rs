@@ -8,6 +8,7 @@
 
 mod disk;
 mod index;
+mod parts;
 mod upload;
 
 use std::path::Path;
@@ -18,6 +19,7 @@ use tokio::sync::broadcast;
 
 pub use disk::Kind;
 pub use index::{ChangeOp, ChangeRecord, FileRecord};
+pub use parts::KeptParts;
 pub use upload::{Upload, UploadHeader, verify};
 
 use crate::error::{Result, ServiceError};
@@ -87,6 +89,11 @@ pub struct StoreConfig {
     pub max_file_size: u64,
     /// How many change-log entries are kept for watchers.
     pub max_changes: u64,
+    /// Most parts of interrupted uploads kept for resuming; the oldest go
+    /// first (see `store/parts.rs`).
+    pub max_kept_parts: usize,
+    /// Most bytes those parts may hold together.
+    pub max_kept_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -94,6 +101,8 @@ impl Default for StoreConfig {
         Self {
             max_file_size: distribusync_core::limits::DEFAULT_MAX_FILE_SIZE,
             max_changes: 1_000_000,
+            max_kept_parts: 64,
+            max_kept_bytes: 8 << 30,
         }
     }
 }
@@ -180,6 +189,13 @@ impl Store {
         .map_err(|e| e.on_disk(&shown))?;
         let s = store.clone();
         store.run(move || s.reconcile()).await?;
+        let s = store.clone();
+        let kept = store.run(move || Ok(s.trim_kept_parts())).await?;
+        tracing::info!(
+            kept_parts = kept.count,
+            kept_bytes = kept.bytes,
+            "parts of interrupted uploads kept for resuming"
+        );
         // Kept parts of interrupted uploads expire also while the server
         // runs; the task ends with the store.
         let weak = Arc::downgrade(&store.inner);

@@ -28,16 +28,17 @@ pub struct UploadHeader {
     pub resumable: bool,
 }
 
-type Written = std::io::Result<(File, blake3::Hasher)>;
-
-/// An upload being received. Chunks go to a writer on the blocking pool
-/// through a short queue, so receiving the next chunk overlaps writing and
-/// hashing the last. The previous version of the file is never touched
-/// before [`Upload::finish`].
+/// An upload being received. Chunks are written and hashed on the blocking
+/// pool in short, bounded pieces (one batch of queued chunks per task);
+/// waiting for the next chunk from the network happens on the async side,
+/// so a client that stalls holds no thread, only its file and hash state.
+/// While one batch is written the next chunks queue (up to
+/// [`QUEUE_CHUNKS`]), so receiving overlaps writing. The previous version of
+/// the file is never touched before [`Upload::finish`].
 ///
 /// Dropped unfinished because the stream broke (the client went away, the
-/// connection failed), an upload of at least
-/// [`limits::RESUME_MIN_BYTES`](distribusync_core::limits::RESUME_MIN_BYTES)
+/// connection failed, the stream stayed idle too long), an upload of at
+/// least [`limits::RESUME_MIN_BYTES`](distribusync_core::limits::RESUME_MIN_BYTES)
 /// keeps what it received for resuming; any other failure (a refused chunk,
 /// a wrong hash, see [`Upload::discard`]) removes the staging file.
 #[derive(Debug)]
@@ -45,8 +46,7 @@ pub struct Upload {
     store: Store,
     header: UploadHeader,
     staged: PathBuf,
-    chunks: Option<mpsc::Sender<Vec<u8>>>,
-    writer: Option<JoinHandle<Written>>,
+    writer: Writer,
     received: u64,
     /// The staging file is gone (installed) or handed on.
     done: bool,
@@ -62,24 +62,122 @@ pub(super) struct Start {
     pub written: u64,
 }
 
-/// Writes and hashes chunks until the sender goes away.
-fn writer(start: Start, mut rx: mpsc::Receiver<Vec<u8>>) -> Written {
-    let Start {
-        mut file,
-        mut hasher,
-        written,
-    } = start;
-    let (mut written, mut flushed) = (written, written);
-    while let Some(chunk) = rx.blocking_recv() {
-        hasher.update(&chunk);
-        file.write_all(&chunk)?;
-        written += chunk.len() as u64;
-        if written - flushed >= WRITEBACK_STEP {
-            start_writeback(&file, flushed, written - flushed);
-            flushed = written;
+/// The staging file between writes: owned by at most one blocking task at
+/// a time.
+struct WriteState {
+    file: File,
+    hasher: blake3::Hasher,
+    written: u64,
+    /// Bytes written when the last writeback hint was given.
+    flushed: u64,
+}
+
+impl std::fmt::Debug for WriteState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteState")
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteState {
+    /// Writes and hashes one batch of chunks: bounded work, never a wait.
+    fn write(mut self, chunks: Vec<Vec<u8>>) -> std::io::Result<Self> {
+        for chunk in chunks {
+            self.hasher.update(&chunk);
+            self.file.write_all(&chunk)?;
+            self.written += chunk.len() as u64;
+            if self.written - self.flushed >= WRITEBACK_STEP {
+                start_writeback(&self.file, self.flushed, self.written - self.flushed);
+                self.flushed = self.written;
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Chunks received but not yet written, at most (the queue between the
+/// stream and the writer).
+const QUEUE_CHUNKS: usize = 4;
+
+/// Writes an upload's chunks as they arrive: an async task waits for them
+/// (holding no thread) and hands each batch of queued chunks to one short
+/// task on the blocking pool.
+#[derive(Debug)]
+struct Writer {
+    chunks: Option<mpsc::Sender<Vec<u8>>>,
+    task: Option<JoinHandle<std::io::Result<WriteState>>>,
+}
+
+/// The writer's loop: everything queued goes to disk in one blocking task,
+/// then it waits (async) for more, until the sender goes away.
+async fn write_chunks(
+    mut state: WriteState,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<WriteState> {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        state = tokio::task::spawn_blocking(move || state.write(batch))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+    }
+    Ok(state)
+}
+
+fn writer_gone(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::io("staging file", std::io::Error::other(e.to_string()))
+}
+
+impl Writer {
+    fn new(start: Start) -> Self {
+        let state = WriteState {
+            file: start.file,
+            hasher: start.hasher,
+            written: start.written,
+            flushed: start.written,
+        };
+        let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
+        Self {
+            chunks: Some(tx),
+            task: Some(tokio::spawn(write_chunks(state, rx))),
         }
     }
-    Ok((file, hasher))
+
+    /// Queues a chunk; waits only while the queue is full.
+    async fn push(&mut self, chunk: Vec<u8>) -> Result<()> {
+        let sent = match &self.chunks {
+            Some(tx) => tx.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The writer stopped early: report its error.
+        self.finish().await?;
+        Err(writer_gone("writer stopped"))
+    }
+
+    /// Takes the writer out of an upload being dropped.
+    fn take(&mut self) -> Self {
+        Self {
+            chunks: self.chunks.take(),
+            task: self.task.take(),
+        }
+    }
+
+    /// Writes everything queued and returns the file and its hash.
+    async fn finish(&mut self) -> Result<(File, blake3::Hasher)> {
+        self.chunks = None;
+        let task = self.task.take().ok_or_else(|| writer_gone("writer gone"))?;
+        let state = task
+            .await
+            .map_err(writer_gone)?
+            .map_err(|e| ServiceError::io("staging file", e))?;
+        Ok((state.file, state.hasher))
+    }
 }
 
 /// Data written since the last writeback hint before the next one.
@@ -99,15 +197,13 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 
 impl Upload {
     pub(super) fn new(store: Store, header: UploadHeader, staged: PathBuf, start: Start) -> Self {
-        let (tx, rx) = mpsc::channel(4);
         let received = start.written;
         let keep = header.resumable && header.size >= distribusync_core::limits::RESUME_MIN_BYTES;
         Self {
             store,
             header,
             staged,
-            chunks: Some(tx),
-            writer: Some(tokio::task::spawn_blocking(move || writer(start, rx))),
+            writer: Writer::new(start),
             received,
             done: false,
             keep,
@@ -130,18 +226,6 @@ impl Upload {
         self.keep = false;
     }
 
-    /// Ends the writer and returns the file and the hash of what it wrote.
-    async fn written(&mut self) -> Result<(File, blake3::Hasher)> {
-        self.chunks = None;
-        let handle = self.writer.take().ok_or_else(|| {
-            ServiceError::io("staging file", std::io::Error::other("writer gone"))
-        })?;
-        handle
-            .await
-            .map_err(|e| ServiceError::io("staging file", std::io::Error::other(e)))?
-            .map_err(|e| ServiceError::io("staging file", e).on_disk(self.store.root()))
-    }
-
     /// Sets the content hash given after the data (a trailer).
     pub fn set_hash(&mut self, hash: ContentHash) {
         self.header.hash = hash;
@@ -162,19 +246,10 @@ impl Upload {
                 self.header.size
             )));
         }
-        let sent = match &self.chunks {
-            Some(tx) => tx.send(chunk).await.is_ok(),
-            None => false,
-        };
-        if !sent {
-            // The writer stopped early: report its error.
-            self.written().await?;
-            return Err(ServiceError::io(
-                "staging file",
-                std::io::Error::other("writer stopped"),
-            ));
-        }
-        self.received = total;
+        let len = chunk.len() as u64;
+        let root = self.store.root();
+        self.writer.push(chunk).await.map_err(|e| e.on_disk(root))?;
+        self.received += len;
         Ok(())
     }
 
@@ -186,7 +261,8 @@ impl Upload {
     /// mismatch or conflict found at commit time.
     pub async fn finish(mut self) -> Result<FileRecord> {
         self.keep = false;
-        let (file, hasher) = self.written().await?;
+        let root = self.store.root().to_owned();
+        let (file, hasher) = self.writer.finish().await.map_err(|e| e.on_disk(&root))?;
         let checked = verify(&self.header, self.received, hasher.finalize().into());
         if let (Err(e), true) = (&checked, self.header.offset > 0) {
             // The kept part may not be what this client has: start over.
@@ -255,11 +331,8 @@ impl Drop for Upload {
         }
         let staged = std::mem::take(&mut self.staged);
         let keep = self.keep && self.received > 0;
-        let (writer, runtime) = (
-            self.writer.take(),
-            tokio::runtime::Handle::try_current().ok(),
-        );
-        let (Some(writer), true, Some(runtime)) = (writer, keep, runtime.clone()) else {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let (true, Some(runtime)) = (keep, runtime.clone()) else {
             // Unlinking a big file takes a while: off the async threads
             // when there are any.
             match runtime {
@@ -268,12 +341,13 @@ impl Drop for Upload {
             }
             return;
         };
-        // The writer may still hold queued chunks: let it finish, make what
-        // it wrote durable, then keep it under the file's resume name.
-        self.chunks = None;
+        // Chunks may still be queued or being written: let the writer
+        // finish, make what it wrote durable, then keep it under the file's
+        // resume name.
+        let mut writer = self.writer.take();
         let (store, header) = (self.store.clone(), self.header.clone());
         runtime.spawn(async move {
-            let Ok(Ok((file, hasher))) = writer.await else {
+            let Ok((file, hasher)) = writer.finish().await else {
                 let _ = std::fs::remove_file(&staged);
                 return;
             };
@@ -284,7 +358,10 @@ impl Drop for Upload {
                 // remembered before the part shows, so a client that sees
                 // the part at once finds its hash too.
                 store.remember_part_hash(path, size, modified_ns, hasher);
-                let kept = file.sync_data().and_then(|()| {
+                // Dated now: the bound removes the least recently kept
+                // parts first, and the age limit counts from here.
+                let kept = file.set_modified(std::time::SystemTime::now());
+                let kept = kept.and_then(|()| file.sync_data()).and_then(|()| {
                     store
                         .inner
                         .disk
@@ -293,6 +370,8 @@ impl Drop for Upload {
                 if kept.is_err() {
                     let _ = std::fs::remove_file(&staged);
                     store.forget_part_hash(path, size, modified_ns);
+                } else {
+                    store.trim_kept_parts();
                 }
                 kept.map_err(|e| ServiceError::io("kept upload part", e))
             })

@@ -1,0 +1,234 @@
+//! Accepting connections: a bound on how many are open, and a deadline for
+//! the HTTP/2 handshake.
+//!
+//! Invariants: at most [`TransportConfig::max_connections`] accepted
+//! connections are open at once (each holds a semaphore permit until it is
+//! dropped); one over the bound is accepted and closed at once, so the
+//! client learns at once and established connections are not touched. A
+//! connection whose peer has not sent the HTTP/2 preface and its first
+//! frame header within [`TransportConfig::handshake_timeout`] is closed.
+//! Silent or half-open connections therefore cannot pile up until the
+//! process runs out of descriptors and locks every client out.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Timeouts and bounds of the transport; `serve` flags set them.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// A new connection must complete the HTTP/2 handshake within this.
+    pub handshake_timeout: Duration,
+    /// An upload that receives nothing for this long ends (its part is kept
+    /// for resuming, as after a broken connection).
+    pub idle_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings; a peer that does not answer one
+    /// within [`KEEPALIVE_TIMEOUT`] is disconnected. `None`: no pings.
+    pub keepalive: Option<Duration>,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+/// How long a keepalive ping may go unanswered.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            keepalive: Some(Duration::from_secs(30)),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// Half the descriptors the process may open (the rest are for the files
+/// being transferred, the index and the listener), at least 16.
+pub fn default_max_connections() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(limit / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1 << 20)
+}
+
+/// Bytes a client sends first: the 24-byte preface and the header of its
+/// SETTINGS frame.
+const HANDSHAKE_BYTES: usize = 24 + 9;
+
+/// How often refused connections are logged, at most.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+struct Acceptor {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    handshake_timeout: Duration,
+    max: usize,
+    /// Refused since the last log line, and when that was.
+    refused: u64,
+    logged: Option<Instant>,
+}
+
+impl Acceptor {
+    fn refuse(&mut self, tcp: TcpStream) {
+        drop(tcp);
+        self.refused += 1;
+        if self.logged.is_none_or(|t| t.elapsed() >= REFUSED_LOG_EVERY) {
+            tracing::warn!(
+                refused = self.refused,
+                max_connections = self.max,
+                "connection limit reached: new connections are closed (--max-connections)"
+            );
+            self.refused = 0;
+            self.logged = Some(Instant::now());
+        }
+    }
+}
+
+/// Connections accepted on `listener`, bounded and with a handshake
+/// deadline (see the module's invariants). An accept that fails (out of
+/// descriptors, most often) is retried after a pause that grows to a
+/// second, rather than at once in a loop that would take a core.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    config: &TransportConfig,
+) -> impl Stream<Item = std::io::Result<Conn>> + Send + 'static {
+    let max = config.max_connections.max(1);
+    let acceptor = Acceptor {
+        listener,
+        permits: Arc::new(Semaphore::new(max)),
+        handshake_timeout: config.handshake_timeout,
+        max,
+        refused: 0,
+        logged: None,
+    };
+    futures::stream::unfold(acceptor, |mut a| async move {
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match a.listener.accept().await {
+                Ok((tcp, _)) => {
+                    let Ok(permit) = a.permits.clone().try_acquire_owned() else {
+                        a.refuse(tcp);
+                        continue;
+                    };
+                    // Small messages must not wait for Nagle (docs/DESIGN.md).
+                    let _ = tcp.set_nodelay(true);
+                    let conn = Conn {
+                        io: tcp,
+                        _permit: permit,
+                        handshake: Some(Handshake {
+                            deadline: Box::pin(tokio::time::sleep(a.handshake_timeout)),
+                            left: HANDSHAKE_BYTES,
+                        }),
+                    };
+                    return Some((Ok(conn), a));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?pause, "cannot accept a connection; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    })
+}
+
+struct Handshake {
+    deadline: Pin<Box<Sleep>>,
+    /// Handshake bytes not yet received.
+    left: usize,
+}
+
+/// An accepted connection: holds its place under the bound until dropped,
+/// and fails its reads once the handshake deadline passes unmet.
+pub(crate) struct Conn {
+    io: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    handshake: Option<Handshake>,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if let Some(h) = &mut this.handshake {
+                    h.left = h.left.saturating_sub(buf.filled().len() - before);
+                    if h.left == 0 {
+                        this.handshake = None;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = this
+                    .handshake
+                    .as_mut()
+                    .is_some_and(|h| h.deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    tracing::debug!("closing a connection that did not complete its handshake");
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no HTTP/2 handshake within --handshake-timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
