@@ -14,6 +14,10 @@ OPS=${2:-300}
 
 echo "machine: $(nproc) cores, $(uname -m), $(date -u +%Y-%m-%d)"
 echo "simulation: $SEEDS seeds x $OPS operations, 3 clients, release build"
+# The whole output (a failing seed prints its operations and every
+# folder's state) goes to $LOG; the summary to stdout.
+LOG=${LOG:-$(mktemp "${TMPDIR:-/tmp}/sync-sim.XXXXXX.log")}
+echo "full output: $LOG"
 DISTRIBUSYNC_SIM_SEEDS=$SEEDS DISTRIBUSYNC_SIM_OPS=$OPS \
-  cargo test --release -q -p distribusync-client --test sim -- --nocapture 2>&1 |
-  grep -E '^sim |panicked|^seed|test result'
+  cargo test --release -q -p distribusync-client --test sim -- --nocapture >"$LOG" 2>&1 || true
+grep -E '^sim |panicked|^seed|test result' "$LOG"

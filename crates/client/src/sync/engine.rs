@@ -147,24 +147,15 @@ pub struct SyncEngine {
     pub(super) status: watch::Sender<SyncStatus>,
     /// The synced folder's inode when the engine opened it.
     pub(super) dir_inode: u64,
-    /// What the engine itself just did to local paths (relative, as on
-    /// disk), so the watcher's events about it are not taken for the
-    /// user's: an event whose path is still as the engine left it is the
-    /// engine's own echo.
-    pub(super) own: HashMap<String, (Expect, Instant)>,
+    /// Files the engine itself just wrote (relative, as on disk), with
+    /// their stat, so the watcher's events about them are not taken for
+    /// the user's: an event whose file is still exactly as the engine left
+    /// it is the engine's own echo.
+    pub(super) own: HashMap<String, (FileStat, Instant)>,
     /// Partial downloads (relative) that may be on disk: found by a scan,
     /// or where a download of this session kept its data. Each pass
     /// removes those no download will continue.
     pub(super) parts: BTreeSet<String>,
-}
-
-/// How the engine left a local path. Folders it made or moved in are not
-/// recorded: a folder's event makes the engine walk it, and that walk is
-/// what finds files put in a new folder before the watcher watched it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Expect {
-    Gone,
-    File(FileStat),
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -534,14 +525,22 @@ impl SyncEngine {
         (age < self.opts.settle).then(|| Instant::now() + (self.opts.settle - age))
     }
 
-    /// Notes what the engine just did to `local`, so the events it raises
-    /// are recognised as its own.
-    pub(super) fn expect_own(&mut self, local: &std::path::Path, what: Expect) {
+    /// Notes that the engine wrote the file `local`, so the events it
+    /// raises are recognised as its own. Only files, whose stat (inode,
+    /// size, mtime) names one version: not folders (a folder's event makes
+    /// the engine walk it, and that walk is what finds files put into a
+    /// new folder before the watcher watched it), and not removals (a path
+    /// can be gone, come back and go again before the events are read; the
+    /// simulation lost a user's folder rename to that).
+    pub(super) fn expect_written(&mut self, local: &std::path::Path) {
+        let Ok(m) = std::fs::symlink_metadata(local) else {
+            return;
+        };
         let Some(rel) = local
             .strip_prefix(&self.opts.dir)
             .ok()
             .and_then(|r| r.to_str())
-            .filter(|r| !r.is_empty())
+            .filter(|r| !r.is_empty() && m.is_file())
         else {
             return;
         };
@@ -549,34 +548,22 @@ impl SyncEngine {
         if self.own.len() > 4096 {
             self.own.retain(|_, (_, at)| now < *at + OWN_FOR);
         }
-        self.own.insert(rel.to_owned(), (what, now));
+        self.own
+            .insert(rel.to_owned(), (super::scan::stat_of(&m), now));
     }
 
-    /// Notes that the engine wrote the file `local` (nothing for a folder).
-    pub(super) fn expect_written(&mut self, local: &std::path::Path) {
-        if let Ok(m) = std::fs::symlink_metadata(local)
-            && m.is_file()
-        {
-            self.expect_own(local, Expect::File(super::scan::stat_of(&m)));
-        }
-    }
-
-    /// True when `rel` is still exactly as the engine itself left it a
-    /// moment ago: the event about it is the engine's own echo.
+    /// True when `rel` is a file still exactly as the engine itself wrote
+    /// it a moment ago: the event about it is the engine's own echo.
     fn is_own(&mut self, rel: &str) -> bool {
-        let Some((what, at)) = self.own.get(rel).copied() else {
+        let Some((stat, at)) = self.own.get(rel).copied() else {
             return false;
         };
         if at.elapsed() > OWN_FOR {
             self.own.remove(rel);
             return false;
         }
-        let now = match std::fs::symlink_metadata(self.opts.dir.join(rel)) {
-            Ok(m) if m.is_file() => Expect::File(super::scan::stat_of(&m)),
-            Ok(_) => return false,
-            Err(_) => Expect::Gone,
-        };
-        now == what
+        std::fs::symlink_metadata(self.opts.dir.join(rel))
+            .is_ok_and(|m| m.is_file() && super::scan::stat_of(&m) == stat)
     }
 
     /// One pass: refresh the local view (all of it, or just `scope`),

@@ -11,7 +11,7 @@ use distribusync_core::sync::{Operation, RemoteFile, SyncPlan};
 use distribusync_core::{ContentHash, RemotePath, limits};
 use futures::StreamExt;
 
-use super::engine::{Expect, PassReport, SyncEngine, SyncError};
+use super::engine::{PassReport, SyncEngine, SyncError};
 use super::scan::{LocalEntry, stat_of};
 use super::state::{BaseEntry, FileStat, StateWrite};
 use crate::error::ClientError;
@@ -102,19 +102,15 @@ fn stat_path(path: &Path) -> Result<FileStat, ClientError> {
         .map_err(|e| local_err(path, e))
 }
 
-/// Removes folders left empty below `root`, from `path`'s parent upwards;
-/// returns those removed.
-fn prune_empty_dirs(root: &Path, path: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
+/// Removes folders left empty below `root`, from `path`'s parent upwards.
+fn prune_empty_dirs(root: &Path, path: &Path) {
     let mut cur = path.parent();
     while let Some(dir) = cur {
         if dir == root || !dir.starts_with(root) || fs::remove_dir(dir).is_err() {
             break;
         }
-        removed.push(dir.to_owned());
         cur = dir.parent();
     }
-    removed
 }
 
 async fn download(
@@ -298,10 +294,7 @@ impl SyncEngine {
                         .and_then(|()| fs::remove_file(&local).map_err(|e| local_err(&local, e)))
                     {
                         Ok(()) => {
-                            self.expect_own(&local, Expect::Gone);
-                            for dir in prune_empty_dirs(&self.opts.dir, &local) {
-                                self.expect_own(&dir, Expect::Gone);
-                            }
+                            prune_empty_dirs(&self.opts.dir, &local);
                             self.local.files.remove(&path);
                             self.forget(&mut writes, &path);
                             tracing::info!(%path, "deleted locally");
@@ -386,11 +379,8 @@ impl SyncEngine {
             fs::create_dir_all(parent).map_err(|e| local_err(parent, e))?;
         }
         fs::rename(&src, &dst).map_err(|e| local_err(&src, e))?;
-        self.expect_own(&src, Expect::Gone);
         self.expect_written(&dst);
-        for dir in prune_empty_dirs(&self.opts.dir, &src) {
-            self.expect_own(&dir, Expect::Gone);
-        }
+        prune_empty_dirs(&self.opts.dir, &src);
         // Keep the local view in step so the next plan sees the new names.
         let moved: Vec<_> = self
             .local
