@@ -31,8 +31,9 @@ pub(crate) const MIN_CHUNK: usize = 16 * 1024;
 /// Chunks the peer must take promptly, one after another, before the size
 /// doubles: a peer that reads nothing still takes its first flow-control
 /// window (64 KiB by default) without being asked, and should not be
-/// mistaken for a fast one.
-const STREAK: u32 = 4;
+/// mistaken for a fast one. Twice that window, so such a peer never gets a
+/// bigger chunk (with 4, it got 32 KiB ones; bench/RESULTS.md).
+const STREAK: u32 = 8;
 
 /// From this chunk size on, the next chunk is read while this one is sent
 /// (below it the overlap gains little, and a stalled peer would hold it).
