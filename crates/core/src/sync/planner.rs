@@ -308,10 +308,12 @@ fn deleted_while_moved(
     }
     let (mut pairs, mut waiting) = (Vec::new(), Vec::new());
     for (p, b) in &input.base {
+        // A held path is not on disk; the local view may still list it
+        // (a partial pass has not looked at it yet).
         let held =
             input.held.contains(p) && !input.unreadable.contains(p) && !input.ignored.contains(p);
         if b.size == 0
-            || input.local.contains_key(p)
+            || (input.local.contains_key(p) && !held)
             || input.remote.contains_key(p)
             || handled.contains(p)
             || (left_alone(input, p) && !held)

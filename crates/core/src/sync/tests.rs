@@ -188,6 +188,11 @@ fn a_deletion_not_yet_settled_is_not_undone_by_a_remote_folder_rename() {
     i.remote.insert(p("papers/gone.txt"), rf("old", 3));
     i.held.insert(p("docs/gone.txt"));
     assert_eq!(plan(&i).operations, []);
+    // The same while a partial pass's view still lists the held path (its
+    // deletion event is pending): a held path is not on disk.
+    i.local.insert(p("docs/gone.txt"), lf("old"));
+    assert_eq!(plan(&i).operations, []);
+    i.local.remove(&p("docs/gone.txt"));
     // Once it settles, the deletion wins at the new name.
     i.held.clear();
     assert_eq!(
