@@ -45,7 +45,11 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
     // the deletion wins, at the new name, unless the file was modified.
     let mut moved_deletes = Vec::new();
     if input.mode == Mode::TwoWay {
-        for (_, to) in deleted_while_moved(input, &handled) {
+        let (pairs, waiting) = deleted_while_moved(input, &handled);
+        // The deletion is not settled yet (its path is held): the moved
+        // file waits with it, or this pass would download it back.
+        handled.extend(waiting);
+        for (_, to) in pairs {
             if let Some(r) = input.remote.get(&to) {
                 moved_deletes.push(Operation::DeleteRemote {
                     path: to.clone(),
@@ -285,10 +289,12 @@ fn match_renames(
 /// that neither the base nor the local side has. Only this direction: a
 /// local file is never deleted unless the base holds it at that path, so
 /// a file moved here and deleted on the server is sent back instead.
+/// Also returns the new paths of such files whose local deletion is still
+/// held (not settled): they are left alone until it settles.
 fn deleted_while_moved(
     input: &SyncInput,
     handled: &BTreeSet<RemotePath>,
-) -> Vec<(RemotePath, RemotePath)> {
+) -> (Vec<(RemotePath, RemotePath)>, Vec<RemotePath>) {
     let mut new: BTreeMap<(ContentHash, &str), Vec<&RemotePath>> = BTreeMap::new();
     for (p, r) in &input.remote {
         if r.size > 0
@@ -300,23 +306,32 @@ fn deleted_while_moved(
             new.entry((r.hash, p.file_name())).or_default().push(p);
         }
     }
-    let mut pairs = Vec::new();
+    let (mut pairs, mut waiting) = (Vec::new(), Vec::new());
     for (p, b) in &input.base {
+        // A held path is not on disk; the local view may still list it
+        // (a partial pass has not looked at it yet).
+        let held =
+            input.held.contains(p) && !input.unreadable.contains(p) && !input.ignored.contains(p);
         if b.size == 0
-            || input.local.contains_key(p)
+            || (input.local.contains_key(p) && !held)
             || input.remote.contains_key(p)
             || handled.contains(p)
-            || left_alone(input, p)
+            || (left_alone(input, p) && !held)
         {
             continue;
         }
         if let Some(cands) = new.get_mut(&(b.hash, p.file_name()))
             && !cands.is_empty()
         {
-            pairs.push((p.clone(), cands.remove(0).clone()));
+            let to = cands.remove(0).clone();
+            if held {
+                waiting.push(to);
+            } else {
+                pairs.push((p.clone(), to));
+            }
         }
     }
-    pairs
+    (pairs, waiting)
 }
 
 /// What the rename detector needs to know of a file on either side.

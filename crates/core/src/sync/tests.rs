@@ -176,6 +176,41 @@ fn a_deletion_wins_over_a_remote_folder_rename() {
 }
 
 #[test]
+fn a_deletion_not_yet_settled_is_not_undone_by_a_remote_folder_rename() {
+    // Deleted here a moment ago (the deletion waits for the folder to be
+    // quiet, so its path is held) when the server's folder rename arrives:
+    // the moved file waits with it instead of being downloaded back.
+    let mut i = input();
+    i.base.insert(p("docs/gone.txt"), bf("old", 1));
+    i.base.insert(p("other"), bf("x", 2));
+    i.local.insert(p("other"), lf("x"));
+    i.remote.insert(p("other"), rf("x", 2));
+    i.remote.insert(p("papers/gone.txt"), rf("old", 3));
+    i.held.insert(p("docs/gone.txt"));
+    assert_eq!(plan(&i).operations, []);
+    // The same while a partial pass's view still lists the held path (its
+    // deletion event is pending): a held path is not on disk.
+    i.local.insert(p("docs/gone.txt"), lf("old"));
+    assert_eq!(plan(&i).operations, []);
+    i.local.remove(&p("docs/gone.txt"));
+    // Once it settles, the deletion wins at the new name.
+    i.held.clear();
+    assert_eq!(
+        plan(&i).operations,
+        [
+            Operation::DeleteRemote {
+                path: p("papers/gone.txt"),
+                if_revision: 3
+            },
+            Operation::SetBase {
+                path: p("docs/gone.txt"),
+                base: None
+            },
+        ]
+    );
+}
+
+#[test]
 fn a_local_move_of_a_file_deleted_on_the_server_is_sent_back() {
     // The other direction never deletes a local file the base does not
     // hold at that path: the moved file survives.
