@@ -14,6 +14,8 @@
 
 mod budget;
 mod error;
+mod inbound;
+pub use inbound::Budgeted;
 mod jobs;
 mod work;
 
@@ -154,11 +156,15 @@ impl ComputeService {
 
     /// The tonic server for this service, with message limits sized for
     /// `max_numbers`.
-    pub fn into_server(self) -> ComputeServer<ComputeService> {
+    /// The gRPC service, with the bytes of Add and Submit requests counted
+    /// against the compute memory budget while they arrive (see `inbound`).
+    pub fn into_server(self) -> inbound::Budgeted<ComputeServer<ComputeService>> {
         let size = self.config.max_message_size();
-        ComputeServer::new(self)
+        let jobs = self.jobs.clone();
+        let server = ComputeServer::new(self)
             .max_decoding_message_size(size)
-            .max_encoding_message_size(size)
+            .max_encoding_message_size(size);
+        inbound::Budgeted::new(server, jobs)
     }
 
     /// Grows `reserved` to at least `bytes`.

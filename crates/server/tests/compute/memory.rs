@@ -137,28 +137,41 @@ async fn concurrent_sorts_past_the_budget_are_refused_or_right_and_leave_nothing
 
 #[tokio::test]
 async fn kept_results_past_the_budget_are_evicted_oldest_first() {
-    // Each job's result is 4 MiB; a result stream holds 2 MiB while it is
-    // read and the callback stream 0.5 MiB: two results fit in 12 MiB,
-    // three do not.
-    let server = TestServer::start(small_budget(12 * MIB)).await;
+    // Each job's result is 4 MiB; while a job's request arrives it also
+    // holds its message and the list decoded from it (8 MiB). Five results
+    // fit at rest in 24 MiB (21 MiB of it reservable, less 0.5 MiB for the
+    // callback stream), but the fifth job's arrival beside four does not:
+    // room is made by evicting the oldest results.
+    let server = TestServer::start(small_budget(24 * MIB)).await;
     let c = server.client().await;
     let mut ids = Vec::new();
-    for seed in 0..3 {
+    for seed in 0..5 {
         let v = random_ints(512 * 1024, 20 + seed);
         let handle = c.sort_async(v.clone(), Order::Ascending).await.unwrap();
         ids.push((handle.id().to_owned(), v));
         let got = timeout(LIMIT, handle.result()).await.unwrap().unwrap();
         assert_eq!(got, JobOutput::Sorted(sorted(ids[seed as usize].1.clone())));
     }
-    let e = c.get_job(&ids[0].0).await.unwrap_err();
-    assert_eq!(code(&e), Some(Code::NotFound), "{e}");
-    assert!(e.to_string().contains("evicted to make room"), "{e}");
-    assert!(e.to_string().contains("serve --compute-memory"), "{e}");
-    for (id, v) in &ids[1..] {
-        let job = c.get_job(id).await.unwrap();
-        assert_eq!(job.output, Some(JobOutput::Sorted(sorted(v.clone()))));
+    let mut kept = Vec::new();
+    for (id, v) in &ids {
+        match c.get_job(id).await {
+            Ok(job) => {
+                assert_eq!(job.output, Some(JobOutput::Sorted(sorted(v.clone()))));
+                kept.push(true);
+            }
+            Err(e) => {
+                assert_eq!(code(&e), Some(Code::NotFound), "{e}");
+                assert!(e.to_string().contains("evicted to make room"), "{e}");
+                assert!(e.to_string().contains("serve --compute-memory"), "{e}");
+                kept.push(false);
+            }
+        }
     }
-    assert_eq!(server.svc.kept_result_bytes(), 2 * 4 * MIB);
+    // Oldest first: no kept result is older than an evicted one.
+    assert!(!kept[0] && kept[4], "{kept:?}");
+    assert!(kept.windows(2).all(|w| w[0] <= w[1]), "{kept:?}");
+    let n = kept.iter().filter(|k| **k).count() as u64;
+    assert_eq!(server.svc.kept_result_bytes(), n * 4 * MIB);
     server.stop().await;
 }
 
@@ -320,4 +333,24 @@ async fn sorts_that_announce_no_total_or_a_wrong_one_are_cut_into_runs_and_come_
     }
     memory_settles_at(&server, 0).await;
     server.stop().await;
+}
+
+#[tokio::test]
+async fn an_add_is_counted_while_its_message_arrives_not_only_once_decoded() {
+    // 8 MiB budget: 7 MiB of it reservable.
+    let server = TestServer::start(small_budget(8 * MIB)).await;
+    let mut g = grpc(&server).await;
+    let add = |n: i64| v1::AddRequest {
+        numbers: Some(Numbers::Ints((0..n).collect()).into()),
+    };
+    // 3.8 MB of numbers fit once decoded, but not beside the 3.8 MB message
+    // they were decoded from: refused before tonic decodes them.
+    let e = g.add(add(475_000)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("serve --compute-memory"), "{e:?}");
+    memory_settles_at(&server, 0).await;
+    // Half that fits both ways, and gives everything back.
+    let sum = g.add(add(200_000)).await.unwrap().into_inner();
+    assert!(format!("{sum:?}").contains("19999900000"), "{sum:?}");
+    memory_settles_at(&server, 0).await;
 }
