@@ -298,7 +298,7 @@ pub async fn job(global: &Global, args: JobArgs) -> anyhow::Result<()> {
         let info = client
             .cancel_job(&id)
             .await
-            .with_context(|| format!("job cancel {id}"))?;
+            .with_context(|| format!("job cancel {}", distribusync_core::echo(&id)))?;
         println!("job {}: {}", info.id, info.state);
         return Ok(());
     }
@@ -308,7 +308,7 @@ pub async fn job(global: &Global, args: JobArgs) -> anyhow::Result<()> {
     let info = client
         .get_job(&id)
         .await
-        .with_context(|| format!("job {id}"))?;
+        .with_context(|| format!("job {}", distribusync_core::echo(&id)))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         serde_json::to_writer(&mut out, &job_json(&info))?;

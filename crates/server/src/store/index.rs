@@ -128,12 +128,34 @@ fn folder_range(dir: &RemotePath) -> (String, String) {
     (format!("{dir}/"), format!("{dir}0"))
 }
 
+/// Longest path SQLite's unix file layer opens (`MAX_PATHNAME` in its
+/// source, fixed at compile time), less the longest suffix it adds for its
+/// own files (`-journal`).
+const SQLITE_MAX_PATH: usize = 512 - 1 - "-journal".len();
+
+/// Refuses up front an index path SQLite could not open, naming the limit
+/// (else the server stops with "unable to open database file").
+fn check_path_length(path: &Path) -> Result<()> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let len = absolute.as_os_str().len();
+    if len > SQLITE_MAX_PATH {
+        let over = len - SQLITE_MAX_PATH;
+        return Err(crate::error::ServiceError::InvalidArgument(format!(
+            "the index's path ({}) is {len} bytes; SQLite, which keeps the index, opens paths of at \
+             most {SQLITE_MAX_PATH} bytes: choose a server folder (--root) at least {over} bytes shorter",
+            distribusync_core::echo(&absolute.to_string_lossy())
+        )));
+    }
+    Ok(())
+}
+
 impl Index {
     /// Opens (creating if needed) the index at `path`.
     ///
     /// # Errors
     /// When SQLite cannot open or initialise the database.
     pub fn open(path: &Path, max_changes: u64) -> Result<Self> {
+        check_path_length(path)?;
         let conn = Connection::open(path)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
@@ -607,5 +629,32 @@ mod tests {
         let (floor, newest) = ix.log_bounds().unwrap();
         assert_eq!(newest, 40);
         assert!((40 - 17..40).contains(&floor), "{floor}");
+    }
+}
+
+#[cfg(test)]
+mod path_limit_tests {
+    use super::*;
+
+    #[test]
+    fn an_index_path_sqlite_cannot_open_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().to_owned();
+        while deep.as_os_str().len() <= SQLITE_MAX_PATH {
+            deep.push("d".repeat(100));
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let Err(e) = Index::open(&deep.join("index.db"), 10) else {
+            panic!("opened an index SQLite cannot keep");
+        };
+        let shown = e.to_string();
+        assert!(shown.contains("opens paths of at most"), "{shown}");
+        assert!(shown.contains("--root"), "{shown}");
+        // Just under the limit works.
+        let mut near = dir.path().to_owned();
+        let room = SQLITE_MAX_PATH - near.as_os_str().len() - "/index.db".len() - 1;
+        near.push("n".repeat(room.min(255)));
+        std::fs::create_dir_all(&near).unwrap();
+        Index::open(&near.join("index.db"), 10).unwrap();
     }
 }
