@@ -118,10 +118,12 @@ fn content_hash(path: &RemotePath, bytes: &[u8]) -> Result<ContentHash, ServiceE
 fn modified_out_of_range(path: &RemotePath, t: &prost_types::Timestamp) -> ServiceError {
     ServiceError::InvalidArgument(format!(
         "{}: modified time out of range (seconds {}, nanos {}): the server keeps times \
-         from 0 to {} seconds after 1970-01-01 (April 2262), nanos 0 to 999999999",
+         from {} to {} seconds after 1970-01-01 (September 1677 to April 2262), nanos 0 to \
+         999999999",
         path.shown(),
         t.seconds,
         t.nanos,
+        distribusync_proto::MIN_TIMESTAMP_SECONDS,
         distribusync_proto::MAX_TIMESTAMP_SECONDS
     ))
 }

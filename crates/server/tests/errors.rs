@@ -543,6 +543,9 @@ async fn a_modified_time_the_server_cannot_keep_is_refused_and_others_round_trip
         (7_258_118_400, 123_456_789),
         (1, 1),
         (9_000_000_000, 999_999_999),
+        // 1969 and 1905: before the epoch, kept too (once came back as 1970).
+        (-1, 750_000_000),
+        (-2_051_222_400, 5),
     ] {
         let t = prost_types::Timestamp { seconds, nanos };
         upload_with_time(&server.addr, "f", b"data", t)

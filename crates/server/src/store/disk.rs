@@ -79,9 +79,10 @@ fn open_at(dir: BorrowedFd<'_>, rel: &str, flags: OFlags) -> io::Result<OwnedFd>
     .map_err(Into::into)
 }
 
-/// Latest time every file system holds (32-bit seconds end in January
-/// 2038); a file set to a later modified time is read back.
-const SURELY_HELD_SECS: u64 = i32::MAX as u64;
+/// Times every file system holds are within this many seconds of the
+/// epoch (32-bit seconds: December 1901 to January 2038); a file set to a
+/// time outside is read back, since some file systems clamp silently.
+const SURELY_HELD_SECS: i64 = i32::MAX as i64;
 
 /// Sets the modified time of `file` (a staged upload of `path`) to `t`,
 /// refusing a time its file system cannot hold (it would keep another,
@@ -90,12 +91,12 @@ const SURELY_HELD_SECS: u64 = i32::MAX as u64;
 /// # Errors
 /// InvalidArgument for a time the file system cannot hold; IO errors.
 pub fn set_modified(file: &File, path: &RemotePath, t: std::time::SystemTime) -> Result<()> {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    // Whole seconds since the epoch, negative before it.
+    let seconds = |t: std::time::SystemTime| distribusync_proto::timestamp(t).seconds;
+    let secs = seconds(t);
     let refused = || {
         ServiceError::InvalidArgument(format!(
-            "{}: modified time {secs} seconds after 1970-01-01 is past what the server's \
+            "{}: modified time {secs} seconds after 1970-01-01 is outside what the server's \
              file system can hold",
             path.shown()
         ))
@@ -107,15 +108,13 @@ pub fn set_modified(file: &File, path: &RemotePath, t: std::time::SystemTime) ->
         }
         Err(e) => return Err(ServiceError::io("staging file", e)),
     }
-    if secs > SURELY_HELD_SECS {
+    if !(-SURELY_HELD_SECS..=SURELY_HELD_SECS).contains(&secs) {
         let held = file
             .metadata()
             .and_then(|m| m.modified())
             .map_err(|e| ServiceError::io("staging file", e))?;
         // Whole seconds: a clamp changes them; a coarse clock alone does not.
-        let held_secs = held
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let held_secs = seconds(held);
         if held_secs != secs {
             return Err(refused());
         }
