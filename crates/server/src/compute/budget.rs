@@ -118,6 +118,17 @@ impl Reservation {
         self.bytes
     }
 
+    /// Splits off up to `bytes` of this reservation as one of its own
+    /// (held by a piece of work that may outlive the rest).
+    pub(crate) fn split(&mut self, bytes: u64) -> Reservation {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        Reservation {
+            budget: self.budget.clone(),
+            bytes,
+        }
+    }
+
     /// Takes over `other`'s bytes (both from the same budget).
     pub(crate) fn absorb(&mut self, mut other: Reservation) {
         debug_assert!(Arc::ptr_eq(&self.budget, &other.budget));
@@ -159,5 +170,21 @@ mod tests {
         assert_eq!((r2.bytes(), b.in_use()), (410, 410));
         drop(r2);
         assert_eq!(b.in_use(), 0);
+    }
+
+    #[test]
+    fn a_split_share_stays_counted_until_it_is_dropped_itself() {
+        let b = MemoryBudget::new(1000);
+        let mut whole = b.try_reserve(300).unwrap();
+        let share = whole.split(100);
+        assert_eq!((whole.bytes(), share.bytes()), (200, 100));
+        // The rest goes (a refused sort), its run still being sorted.
+        drop(whole);
+        assert_eq!(b.in_use(), 100);
+        drop(share);
+        assert_eq!(b.in_use(), 0);
+        let mut small = b.try_reserve(10).unwrap();
+        assert_eq!(small.split(50).bytes(), 10);
+        assert_eq!(small.bytes(), 0);
     }
 }

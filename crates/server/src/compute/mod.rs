@@ -245,6 +245,11 @@ impl Compute for ComputeService {
         let mut run_cap = 0;
         let mut allocated: usize = 0;
         let mut reserved = self.jobs.unreserved();
+        // Bytes of `reserved` lent to runs being sorted on rayon: each run
+        // carries its share there, so a sort that fails or is refused while
+        // runs are still being sorted (rayon cannot stop them) keeps them
+        // counted until they are freed.
+        let mut lent: u64 = 0;
         let mut sorting = Vec::new();
         while let Some(msg) = input.message().await? {
             if first {
@@ -286,7 +291,7 @@ impl Compute for ComputeService {
                     } else {
                         run_len
                     };
-                    self.reserve_up_to(&mut reserved, numbers_bytes(allocated + run_cap))?;
+                    self.reserve_up_to(&mut reserved, numbers_bytes(allocated + run_cap) - lent)?;
                     allocated += run_cap;
                     current = Some(if is_float {
                         Numbers::Floats(Vec::with_capacity(run_cap))
@@ -299,31 +304,39 @@ impl Compute for ComputeService {
                 if run.len() >= run_cap
                     && let Some(mut run) = current.take()
                 {
+                    let share = reserved.split(numbers_bytes(run_cap));
+                    lent += share.bytes();
                     sorting.push(work::start_on_rayon(move || {
                         work::seq_sort(&mut run, order);
-                        run
+                        (run, share)
                     }));
                 }
             }
         }
         let received = started.elapsed();
         // What the answer stream buffers on its way out.
-        self.reserve_up_to(&mut reserved, sort_bytes(allocated))?;
+        self.reserve_up_to(&mut reserved, sort_bytes(allocated) - lent)?;
         if let Some(mut run) = current.take() {
             let alone = sorting.is_empty();
+            let share = reserved.split(numbers_bytes(run_cap));
+            lent += share.bytes();
             sorting.push(work::start_on_rayon(move || {
                 if alone {
                     work::par_sort(&mut run, order);
                 } else {
                     work::seq_sort(&mut run, order);
                 }
-                run
+                (run, share)
             }));
         }
         let mut runs = Vec::with_capacity(sorting.len());
         for task in sorting {
-            runs.push(task.join().await?);
+            let (run, share) = task.join().await?;
+            lent -= share.bytes();
+            reserved.absorb(share);
+            runs.push(run);
         }
+        debug_assert_eq!(lent, 0);
         debug!(count, runs = runs.len(), ?received, sorted = ?(started.elapsed() - received), reserved = reserved.bytes(), "sort");
         Ok(Response::new(match runs.len() {
             0 => chunked(Arc::new(Numbers::default()), reserved, sort_response),
