@@ -619,3 +619,47 @@ fn an_unreadable_file_is_reported_and_skipped_and_sent_once_readable() {
     ok(&dir, s, &["get", "secret.txt", "got.txt"]);
     assert_eq!(std::fs::read(dir.join("got.txt")).unwrap(), b"hidden");
 }
+
+/// The soft and hard limits on open files of a process, from /proc.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    let (_t, dir) = tmp();
+    // Started with a low soft limit (as a login shell's 1,024 is), through
+    // prlimit, which then runs the server as itself.
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=64:")
+        .arg(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(dir.join("MASTER"))
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    // Serving means the limit was raised already (it is raised first).
+    while !lines
+        .next()
+        .expect("server printed its address")
+        .unwrap()
+        .contains("http://")
+    {}
+    let (soft, hard) = open_file_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(soft, hard, "soft limit not raised");
+}

@@ -21,4 +21,4 @@ mod transport;
 pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
 pub use serve::{ServeError, ServerConfig, Services, serve};
-pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig};
+pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig, raise_descriptor_limit};

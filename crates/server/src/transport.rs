@@ -52,6 +52,23 @@ impl Default for TransportConfig {
     }
 }
 
+/// Raises the process's soft limit on open descriptors to its hard limit
+/// (as nginx's `worker_rlimit_nofile` and Go's runtime do) and returns the
+/// limit in force. Every connection and every file in transfer holds one;
+/// the default soft limit (1,024 here) is what let a thousand silent
+/// connections lock everyone out, while the hard limit is far higher.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 /// Half the descriptors the process may open (the rest are for the files
 /// being transferred, the index and the listener), at least 16.
 pub fn default_max_connections() -> usize {

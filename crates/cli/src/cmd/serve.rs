@@ -13,6 +13,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let open_files = distribusync_server::raise_descriptor_limit();
+    tracing::debug!(?open_files, "open-file limit");
     let mut config = ServerConfig::new(&args.root);
     config.store.max_file_size = args.max_file_size;
     config.store.max_kept_parts = args.max_kept_parts;
