@@ -468,24 +468,21 @@ fn sort_response(numbers: v1::Numbers) -> v1::SortResponse {
     }
 }
 
-/// The merge of sorted runs as a stream of chunks, produced on a blocking
-/// thread a few chunks ahead of the transport. The producer stops when the
-/// client goes away; `reserved` (the runs' bytes and the stream's) is given
-/// back when it ends and the runs are freed.
+/// The merge of sorted runs as a stream of chunks, produced a few chunks
+/// ahead of the transport, one chunk per short step on the blocking pool:
+/// no thread waits while the client is slow to read (a producer that did
+/// held one of the pool's threads per unread answer, which file
+/// operations share). The producer stops when the client goes away;
+/// `reserved` (the runs' bytes and the stream's) is given back when it ends
+/// and the runs are freed.
 fn merged(
     runs: Vec<Numbers>,
     order: Order,
     reserved: Reservation,
 ) -> ResponseStream<v1::SortResponse> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         let _reserved = reserved;
-        let send = |n: Numbers| {
-            tx.blocking_send(Ok(v1::SortResponse {
-                numbers: Some(n.into()),
-            }))
-            .is_ok()
-        };
         if matches!(runs.first(), Some(Numbers::Floats(_))) {
             let runs = runs
                 .into_iter()
@@ -495,12 +492,7 @@ fn merged(
                 })
                 .collect();
             let cmp = move |a: &f64, b: &f64| arith::cmp_floats(a, b, order);
-            let mut m = MergeRuns::new(runs, cmp);
-            while let Some(c) = m.next_chunk(CHUNK_NUMBERS) {
-                if !send(Numbers::Floats(c)) {
-                    return;
-                }
-            }
+            feed(MergeRuns::new(runs, cmp), Numbers::Floats, &tx).await;
         } else {
             let runs = runs
                 .into_iter()
@@ -510,15 +502,46 @@ fn merged(
                 })
                 .collect();
             let cmp = move |a: &i64, b: &i64| arith::cmp_ints(a, b, order);
-            let mut m = MergeRuns::new(runs, cmp);
-            while let Some(c) = m.next_chunk(CHUNK_NUMBERS) {
-                if !send(Numbers::Ints(c)) {
-                    return;
-                }
-            }
+            feed(MergeRuns::new(runs, cmp), Numbers::Ints, &tx).await;
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Sends the chunks of a merge until it ends or the client goes away.
+async fn feed<T, F>(
+    mut merge: MergeRuns<T, F>,
+    wrap: fn(Vec<T>) -> Numbers,
+    tx: &tokio::sync::mpsc::Sender<Result<v1::SortResponse, Status>>,
+) where
+    T: Copy + Send + 'static,
+    F: Fn(&T, &T) -> std::cmp::Ordering + Send + 'static,
+{
+    loop {
+        let step = tokio::task::spawn_blocking(move || {
+            let chunk = merge.next_chunk(CHUNK_NUMBERS);
+            (merge, chunk)
+        })
+        .await;
+        let (back, chunk) = match step {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "a sort's merge failed");
+                let _ = tx
+                    .send(Err(Status::internal("the sort's merge failed")))
+                    .await;
+                return;
+            }
+        };
+        let Some(chunk) = chunk else { return };
+        merge = back;
+        let msg = v1::SortResponse {
+            numbers: Some(wrap(chunk).into()),
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Sorted numbers (shared, never copied whole) as a stream of chunks, each
