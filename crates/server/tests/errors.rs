@@ -6,37 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::TestServer;
+use common::{TestServer, get_bytes, p, put_bytes};
 use distribusync_client::FilesClient;
-use distribusync_core::{ContentHash, RemotePath};
-
-fn p(s: &str) -> RemotePath {
-    RemotePath::parse(s).unwrap()
-}
-
-async fn put_bytes(
-    c: &FilesClient,
-    dir: &std::path::Path,
-    path: &str,
-    data: &[u8],
-) -> distribusync_client::FileInfo {
-    let local = dir.join(format!("src-{}", local_name(path)));
-    std::fs::write(&local, data).unwrap();
-    c.upload(&local, &p(path), None, Arc::new(()))
-        .await
-        .unwrap()
-}
-
-fn local_name(s: &str) -> String {
-    ContentHash::of(s.as_bytes()).to_hex()[..16].to_owned()
-}
-
-async fn get_bytes(c: &FilesClient, dir: &std::path::Path, path: &str) -> Vec<u8> {
-    let local = dir.join(format!("dst-{}", local_name(path)));
-    let _ = std::fs::remove_file(&local);
-    c.download(&p(path), &local, Arc::new(())).await.unwrap();
-    std::fs::read(local).unwrap()
-}
+use distribusync_core::ContentHash;
 
 /// Names in `root` other than the server's own folder.
 fn served_names(root: &std::path::Path) -> Vec<String> {

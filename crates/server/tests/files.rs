@@ -5,39 +5,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestServer, eventually};
+use common::{TestServer, eventually, get_bytes, p, put_bytes};
 use distribusync_client::{ChangeKind, ClientError, FilesClient, WatchEvent};
-use distribusync_core::{ContentHash, RemotePath};
+use distribusync_core::ContentHash;
 use distribusync_proto::v1::{self, files_client};
 use tokio_stream::wrappers::ReceiverStream;
-
-fn p(s: &str) -> RemotePath {
-    RemotePath::parse(s).unwrap()
-}
-
-async fn put_bytes(
-    c: &FilesClient,
-    dir: &std::path::Path,
-    path: &str,
-    data: &[u8],
-) -> distribusync_client::FileInfo {
-    let local = dir.join(format!("src-{}", uuid_like(path)));
-    std::fs::write(&local, data).unwrap();
-    c.upload(&local, &p(path), None, Arc::new(()))
-        .await
-        .unwrap()
-}
-
-fn uuid_like(s: &str) -> String {
-    ContentHash::of(s.as_bytes()).to_hex()[..16].to_owned()
-}
-
-async fn get_bytes(c: &FilesClient, dir: &std::path::Path, path: &str) -> Vec<u8> {
-    let local = dir.join(format!("dst-{}", uuid_like(path)));
-    let _ = std::fs::remove_file(&local);
-    c.download(&p(path), &local, Arc::new(())).await.unwrap();
-    std::fs::read(local).unwrap()
-}
 
 fn raw(addr: &str) -> files_client::FilesClient<tonic::transport::Channel> {
     let ch = tonic::transport::Endpoint::from_shared(addr.to_owned())

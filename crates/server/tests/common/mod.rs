@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use distribusync_client::FilesClient;
+use distribusync_core::{ContentHash, RemotePath};
 use distribusync_server::ServerConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -110,4 +112,36 @@ impl Drop for Relay {
         self.task.abort();
         self.cut();
     }
+}
+
+/// A validated remote path (tests only: panics on a bad one).
+pub fn p(s: &str) -> RemotePath {
+    RemotePath::parse(s).unwrap()
+}
+
+/// A local name derived from a remote path, distinct per path.
+fn local_name(s: &str) -> String {
+    ContentHash::of(s.as_bytes()).to_hex()[..16].to_owned()
+}
+
+/// Uploads `data` as `path` through the real client.
+pub async fn put_bytes(
+    c: &FilesClient,
+    dir: &Path,
+    path: &str,
+    data: &[u8],
+) -> distribusync_client::FileInfo {
+    let local = dir.join(format!("src-{}", local_name(path)));
+    std::fs::write(&local, data).unwrap();
+    c.upload(&local, &p(path), None, Arc::new(()))
+        .await
+        .unwrap()
+}
+
+/// Downloads `path` through the real client and returns its bytes.
+pub async fn get_bytes(c: &FilesClient, dir: &Path, path: &str) -> Vec<u8> {
+    let local = dir.join(format!("dst-{}", local_name(path)));
+    let _ = std::fs::remove_file(&local);
+    c.download(&p(path), &local, Arc::new(())).await.unwrap();
+    std::fs::read(local).unwrap()
 }
