@@ -43,32 +43,6 @@ impl FilesService {
     }
 }
 
-/// The next message of an upload stream, or DEADLINE_EXCEEDED when none
-/// arrives within `idle`: a stalled client must not hold its upload (a
-/// staging file, a descriptor) for ever. The caller treats it as a broken
-/// stream, so a resumable upload keeps what arrived.
-async fn next_message(
-    stream: &mut Streaming<v1::UploadRequest>,
-    idle: Duration,
-) -> Result<Option<v1::UploadRequest>, Status> {
-    match tokio::time::timeout(idle, stream.message()).await {
-        Ok(r) => r,
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "the upload sent nothing for {} (the server's --idle-timeout)",
-            humanize(idle)
-        ))),
-    }
-}
-
-/// "60s", "1.5s": a duration as a flag would take it.
-fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
 fn path(s: &str) -> Result<RemotePath, ServiceError> {
     Ok(RemotePath::parse(s)?)
 }
@@ -172,23 +146,24 @@ impl Files for FilesService {
         use v1::upload_request::Msg;
         let mut stream = request.into_inner();
         let idle = self.idle_timeout;
-        let (header, in_trailer) = match next_message(&mut stream, idle).await? {
-            Some(v1::UploadRequest {
-                msg: Some(Msg::Header(h)),
-            }) => upload_header(h, true)?,
-            _ => {
-                return Err(ServiceError::InvalidArgument(
-                    "an upload must start with a header".into(),
-                )
-                .into());
-            }
-        };
+        let (header, in_trailer) =
+            match crate::transport::next_message(&mut stream, idle, "upload").await? {
+                Some(v1::UploadRequest {
+                    msg: Some(Msg::Header(h)),
+                }) => upload_header(h, true)?,
+                _ => {
+                    return Err(ServiceError::InvalidArgument(
+                        "an upload must start with a header".into(),
+                    )
+                    .into());
+                }
+            };
         let path = header.path.clone();
         let mut upload = self.store.begin_upload(header).await?;
         let mut got_trailer = false;
         // A stream that breaks (`?` on `message()`) keeps what arrived for
         // resuming; a client that breaks the protocol does not.
-        while let Some(msg) = next_message(&mut stream, idle).await? {
+        while let Some(msg) = crate::transport::next_message(&mut stream, idle, "upload").await? {
             let step = match msg.msg {
                 Some(Msg::Chunk(data)) if !got_trailer => upload.write(data).await,
                 Some(Msg::TrailerHash(h)) if in_trailer && !got_trailer => content_hash(&path, &h)
@@ -256,7 +231,9 @@ impl Files for FilesService {
         let mut stream = request.into_inner();
         let mut files: Vec<(UploadHeader, Vec<u8>)> = Vec::new();
         let mut total = 0usize;
-        while let Some(msg) = next_message(&mut stream, self.idle_timeout).await? {
+        while let Some(msg) =
+            crate::transport::next_message(&mut stream, self.idle_timeout, "upload").await?
+        {
             match msg.msg {
                 Some(Msg::Header(h)) => {
                     if files.len() >= limits::MAX_BATCH_FILES {

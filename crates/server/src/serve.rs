@@ -105,7 +105,11 @@ pub async fn serve(
         health_reporter
             .set_serving::<ComputeServer<ComputeService>>()
             .await;
-        Some(ComputeService::with_shutdown(config.compute.clone(), token.clone()).into_server())
+        let compute = ComputeConfig {
+            idle_timeout: config.transport.idle_timeout,
+            ..config.compute.clone()
+        };
+        Some(ComputeService::with_shutdown(compute, token.clone()).into_server())
     } else {
         None
     };

@@ -249,3 +249,32 @@ impl AsyncWrite for Conn {
         self.io.is_write_vectored()
     }
 }
+
+/// The next message of a client stream (an upload, a sort's input), or
+/// DEADLINE_EXCEEDED naming `--idle-timeout` when none arrives within
+/// `idle`: a stalled client must not hold what its stream holds (a staging
+/// file, a descriptor, a share of the compute memory budget) for ever. For
+/// an upload the caller treats it as a broken stream, so a resumable upload
+/// keeps what arrived.
+pub(crate) async fn next_message<T>(
+    stream: &mut tonic::Streaming<T>,
+    idle: Duration,
+    what: &str,
+) -> Result<Option<T>, tonic::Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(r) => r,
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "the {what} sent nothing for {} (the server's --idle-timeout)",
+            humanize(idle)
+        ))),
+    }
+}
+
+/// "60s", "1.5s": a duration as a flag would take it.
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}

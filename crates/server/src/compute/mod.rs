@@ -74,6 +74,10 @@ pub struct ComputeConfig {
     pub max_callback_streams_per_client: usize,
     /// Most Callbacks streams open at once in all.
     pub max_callback_streams: usize,
+    /// A Sort whose client sends nothing for this long ends
+    /// DEADLINE_EXCEEDED (`serve --idle-timeout`): an announced total holds
+    /// its share of the memory budget while the input arrives.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ComputeConfig {
@@ -89,6 +93,7 @@ impl Default for ComputeConfig {
             memory_budget: 1 << 30,
             max_callback_streams_per_client: 64,
             max_callback_streams: 1024,
+            idle_timeout: crate::TransportConfig::default().idle_timeout,
         }
     }
 }
@@ -251,7 +256,9 @@ impl Compute for ComputeService {
         // counted until they are freed.
         let mut lent: u64 = 0;
         let mut sorting = Vec::new();
-        while let Some(msg) = input.message().await? {
+        while let Some(msg) =
+            crate::transport::next_message(&mut input, self.config.idle_timeout, "sort").await?
+        {
             if first {
                 first = false;
                 order = msg.order().into();

@@ -354,3 +354,34 @@ async fn an_add_is_counted_while_its_message_arrives_not_only_once_decoded() {
     assert!(format!("{sum:?}").contains("19999900000"), "{sum:?}");
     memory_settles_at(&server, 0).await;
 }
+
+#[tokio::test]
+async fn a_sort_that_announces_a_total_then_sends_nothing_ends_at_the_idle_timeout() {
+    let server = TestServer::start(ComputeConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..small_budget(64 * MIB)
+    })
+    .await;
+    let mut g = grpc(&server).await;
+    // Announces 4M numbers (32 MiB of the budget), then goes silent while
+    // keeping its stream open.
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(v1::SortRequest {
+        order: 0,
+        numbers: Some(Numbers::Ints(vec![3, 1, 2]).into()),
+        total: 4 << 20,
+    })
+    .await
+    .unwrap();
+    let e = timeout(
+        LIMIT,
+        g.sort(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("--idle-timeout"), "{e:?}");
+    drop(tx);
+    memory_settles_at(&server, 0).await;
+}
