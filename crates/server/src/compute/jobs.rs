@@ -31,7 +31,7 @@ use std::{
 use distribusync_core::compute::{self as arith, Number, Numbers, Order};
 use distribusync_proto::{timestamp, v1};
 use futures::Stream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::{
     sync::{CancellationToken, WaitForCancellationFutureOwned},
     task::TaskTracker,
@@ -469,8 +469,11 @@ impl Jobs {
         debug!(job = %id, kind = ?task.kind(), count = task.len(), ?timeout, "job accepted");
         let jobs = self.clone();
         self.shared.tasks.spawn(async move {
-            let outcome = jobs.run(id, task, reservation, cancel, now + timeout).await;
+            let (outcome, worker) = jobs.run(id, task, reservation, cancel, now + timeout).await;
             jobs.finish(id, outcome, timeout);
+            // The worker slot frees only once the outcome is recorded, so
+            // jobs queued behind this one never finish before it is final.
+            drop(worker);
         });
         Ok((id, deadline_wall))
     }
@@ -482,7 +485,7 @@ impl Jobs {
         reservation: Reservation,
         cancel: CancellationToken,
         deadline: Instant,
-    ) -> Outcome {
+    ) -> (Outcome, Option<OwnedSemaphorePermit>) {
         // Set when this future is dropped (cancel or deadline won the race),
         // so an add in progress stops at its next check.
         let stop = Arc::new(AtomicBool::new(false));
@@ -494,19 +497,23 @@ impl Jobs {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| ComputeError::ShuttingDown)?;
+                .map_err(|_| ComputeError::ShuttingDown);
+            let permit = match permit {
+                Ok(p) => p,
+                Err(e) => return (Err(e), None),
+            };
             {
                 let mut st = self.lock();
                 match st.jobs.get_mut(&id) {
                     Some(j) if !j.is_final() => j.state = v1::JobState::Running,
-                    _ => return Err(ComputeError::Cancelled),
+                    _ => return (Err(ComputeError::Cancelled), None),
                 }
             }
-            // The permit moves into the computation, so a worker slot stays
-            // taken until the CPU work really ends, even after a cancel.
-            work::on_rayon(move || {
-                let _permit = permit;
-                match task {
+            // The permit moves into the computation and comes back with its
+            // result, so a worker slot stays taken until the CPU work really
+            // ends, even after a cancel (the unreceived result drops it).
+            match work::on_rayon(move || {
+                let result = match task {
                     Task::Add(n) => {
                         let sum = arith::add_cancellable(&n, || stop.load(Ordering::Relaxed));
                         drop((n, reservation));
@@ -517,24 +524,29 @@ impl Jobs {
                         // (at most about a second for ten million numbers);
                         // a cancelled sort's result is discarded.
                         if stop.load(Ordering::Relaxed) {
-                            return Err(arith::ArithError::Cancelled);
+                            Err(arith::ArithError::Cancelled)
+                        } else {
+                            work::par_sort(&mut n, order);
+                            Ok(Output::Sorted(Arc::new(KeptNumbers {
+                                numbers: n,
+                                _reservation: reservation,
+                            })))
                         }
-                        work::par_sort(&mut n, order);
-                        Ok(Output::Sorted(Arc::new(KeptNumbers {
-                            numbers: n,
-                            _reservation: reservation,
-                        })))
                     }
-                }
+                };
+                (result, permit)
             })
-            .await?
-            .map_err(ComputeError::from)
+            .await
+            {
+                Ok((result, permit)) => (result.map_err(ComputeError::from), Some(permit)),
+                Err(e) => (Err(e), None),
+            }
         };
         tokio::select! {
             biased;
-            () = cancel.cancelled() => Outcome::Cancelled,
-            () = tokio::time::sleep_until(deadline.into()) => Outcome::DeadlineExceeded,
-            r = work => Outcome::Done(r),
+            () = cancel.cancelled() => (Outcome::Cancelled, None),
+            () = tokio::time::sleep_until(deadline.into()) => (Outcome::DeadlineExceeded, None),
+            (r, permit) = work => (Outcome::Done(r), permit),
         }
     }
 
