@@ -484,6 +484,20 @@ fn ctrl_c_during_a_transfer_cancels_it_and_the_menu_carries_on() {
     answer(&mut p, "remote name (Enter: big.bin): ", "");
     // The progress bar is up: the transfer runs.
     p.exp_string("big.bin [").unwrap();
+    // The server keeps an interrupted upload only once it has received
+    // something of it: wait for the first bytes to land in staging.
+    let staging = tmp.path().join("MASTER/.distribusync/staging");
+    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
+    while !std::fs::read_dir(&staging)
+        .unwrap()
+        .any(|e| e.and_then(|e| e.metadata()).is_ok_and(|m| m.len() > 0))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the upload never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p.send_control('c').unwrap();
     p.exp_string("upload: interrupted").unwrap();
     // Still in the menu, and nothing reached the server.
