@@ -4,12 +4,14 @@
 //! - [`Revision`] and [`ContentHash`]: how versions are named.
 //! - [`limits`]: sizes every layer agrees on.
 //! - [`size`]: byte sizes as written on a command line (`1GiB`).
+//! - [`delta`]: content-defined chunks, manifests and delta-transfer plans.
 //! - [`compute`]: the arithmetic of the Compute service ([`compute::Numbers`], checked add, sort, parsing).
 //!
 //! If this crate cannot do IO, nobody can make it do IO by accident.
 #![forbid(unsafe_code)]
 
 pub mod compute;
+pub mod delta;
 pub mod echo;
 pub mod hash;
 pub mod limits;
