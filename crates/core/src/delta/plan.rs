@@ -473,7 +473,8 @@ pub fn assemble(
             expected,
         });
     }
-    let mut out = Vec::with_capacity(usize::try_from(new.size).unwrap_or(0));
+    // The announced size is the peer's word: reserve at most 64 MiB on it.
+    let mut out = Vec::with_capacity(usize::try_from(new.size.min(64 << 20)).unwrap_or(0));
     let mut lit = 0usize;
     for op in ops {
         let len = op.len() as usize;
