@@ -489,3 +489,69 @@ fn assembly_refuses_bytes_that_do_not_match_their_hash() {
     let e = assemble(&m, &ops, &[&old[..10]], &new[range]).unwrap_err();
     assert!(e.to_string().starts_with("source 0 has no bytes at"), "{e}");
 }
+
+/// A reader that hands out a few bytes at a time and is sometimes
+/// interrupted, as pipes and sockets are.
+struct Trickle<'a> {
+    data: &'a [u8],
+    calls: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        if self.calls % 5 == 0 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let n = ((self.calls % 7 + 1) * 997)
+            .min(buf.len())
+            .min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn the_streaming_chunker_survives_short_and_interrupted_reads() {
+    let p = params();
+    let data = random_bytes(11, 150_000);
+    let streamed = manifest_of_reader(
+        Trickle {
+            data: &data,
+            calls: 0,
+        },
+        &p,
+    )
+    .expect("interruptions are retried");
+    assert_eq!(streamed, manifest_of_bytes(&data, &p));
+}
+
+#[test]
+fn a_read_error_is_returned_not_a_short_manifest() {
+    struct Broken;
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk gone"))
+        }
+    }
+    let e = manifest_of_reader(Broken, &params()).unwrap_err();
+    assert_eq!(e.to_string(), "disk gone");
+}
+
+#[test]
+fn an_insertion_at_the_start_finds_the_old_first_chunk_and_moves_little() {
+    let p = params();
+    let old = random_bytes(12, 300_000);
+    let mut new = random_bytes(13, 100);
+    new.extend_from_slice(&old);
+    let (mo, mn) = (manifest_of_bytes(&old, &p), manifest_of_bytes(&new, &p));
+    let regions = regions_to_refine(&mo, &mn);
+    assert!(!regions.is_empty() && regions[0].offset == 0, "{regions:?}");
+    let (rebuilt, moved) = transfer(&old, &new, &p);
+    assert_eq!(rebuilt, new);
+    assert!(
+        moved.literal_bytes < 100 + 4 * p.fine().max as usize,
+        "{moved:?}"
+    );
+}
