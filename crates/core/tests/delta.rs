@@ -500,7 +500,7 @@ struct Trickle<'a> {
 impl std::io::Read for Trickle<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.calls += 1;
-        if self.calls % 5 == 0 {
+        if self.calls.is_multiple_of(5) {
             return Err(std::io::ErrorKind::Interrupted.into());
         }
         let n = ((self.calls % 7 + 1) * 997)
@@ -554,4 +554,22 @@ fn an_insertion_at_the_start_finds_the_old_first_chunk_and_moves_little() {
         moved.literal_bytes < 100 + 4 * p.fine().max as usize,
         "{moved:?}"
     );
+}
+
+#[test]
+fn an_empty_file_has_an_empty_manifest_and_transfers() {
+    let p = params();
+    let m = manifest_of_bytes(&[], &p);
+    assert_eq!(
+        (m.size, m.chunks.len(), m.hash),
+        (0, 0, ContentHash::of(b""))
+    );
+    m.validate(&p, &Default::default()).expect("valid");
+    assert_eq!(
+        transfer(&random_bytes(5, 50_000), &[], &p).0,
+        Vec::<u8>::new()
+    );
+    let (rebuilt, moved) = transfer(&[], &random_bytes(6, 50_000), &p);
+    assert_eq!(rebuilt, random_bytes(6, 50_000));
+    assert_eq!(moved.literal_bytes, 50_000);
 }

@@ -12,8 +12,8 @@
 //!   cutting restarting at the chunk's first byte, so a chunk's pieces are a
 //!   function of that chunk's bytes alone ([`fine_chunks`]). They are computed
 //!   on demand, only for the few coarse chunks that the receiver lacks, and
-//!   compared with the pieces of the base chunks that the new file no longer
-//!   uses ([`regions_to_refine`]).
+//!   compared with the pieces of the base chunks around the edit
+//!   ([`regions_to_refine`]).
 //!
 //! Invariants (checked by the property tests in `tests/delta.rs`):
 //! - chunking is deterministic, and feeding the bytes in any pieces
