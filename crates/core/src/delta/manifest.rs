@@ -26,9 +26,11 @@ pub struct Manifest {
     pub chunks: Vec<ChunkRef>,
 }
 
-/// Most chunks a manifest may list by default: a 1 TiB file (the server's
-/// default largest file) cut entirely into 256 KiB minimum-size chunks.
-pub const MAX_MANIFEST_CHUNKS: usize = 1 << 22;
+/// Most chunks a manifest may list by default (4,194,304): the server's
+/// default largest file (1 TiB) cut entirely into minimum-size chunks of
+/// [`super::PARAMS_V1`] (256 KiB).
+pub const MAX_MANIFEST_CHUNKS: usize =
+    (crate::limits::DEFAULT_MAX_FILE_SIZE / super::PARAMS_V1.coarse.min as u64) as usize;
 
 /// Bounds on what a peer may make this side hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

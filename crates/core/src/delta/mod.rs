@@ -185,6 +185,11 @@ mod tests {
     }
 
     #[test]
+    fn the_default_chunk_limit_admits_the_largest_file_cut_at_the_minimum() {
+        assert_eq!(MAX_MANIFEST_CHUNKS, 4_194_304);
+    }
+
+    #[test]
     fn sizes_fastcdc_cannot_use_are_refused_naming_the_level() {
         let fine = PARAMS_V1.fine;
         let odd = Level {
