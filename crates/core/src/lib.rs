@@ -4,6 +4,7 @@
 //! - [`Revision`] and [`ContentHash`]: how versions are named.
 //! - [`limits`]: sizes every layer agrees on.
 //! - [`size`]: byte sizes as written on a command line (`1GiB`).
+//! - [`token`]: access tokens (text form, scopes, expiry).
 //! - [`compute`]: the arithmetic of the Compute service ([`compute::Numbers`], checked add, sort, parsing).
 //!
 //! If this crate cannot do IO, nobody can make it do IO by accident.
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod path;
 pub mod size;
 pub mod sync;
+pub mod token;
 
 pub use echo::echo;
 pub use hash::ContentHash;
