@@ -117,7 +117,15 @@ where
                     )))
                 }
                 _ => {
+                    // Mutations log inside this span: each log line names
+                    // who made the change.
+                    let span = matches!(needed, Some(Scope::Write | Scope::Admin))
+                        .then(|| tracing::info_span!("call", who = %identity.name));
                     req.extensions_mut().insert::<Identity>(identity);
+                    if let Some(span) = span {
+                        use tracing::Instrument;
+                        return Box::pin(self.inner.call(req).instrument(span));
+                    }
                     None
                 }
             },
