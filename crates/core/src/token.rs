@@ -357,7 +357,20 @@ fn parse_date(s: &str) -> Option<i64> {
     };
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(1..=12).contains(&m) || d < 1 || d > month_days[usize::try_from(m - 1).ok()?] {
         return None;
     }
@@ -459,8 +472,17 @@ mod tests {
             Ok(UNIX_EPOCH + Duration::from_secs(1_798_761_600))
         );
         for bad in [
-            "", "90", "d", "90y", "-1d", "0d", "2020-01-01", "2027-02-30", "2027-1-01",
-            "99999999999999999999d", "18446744073709551615w",
+            "",
+            "90",
+            "d",
+            "90y",
+            "-1d",
+            "0d",
+            "2020-01-01",
+            "2027-02-30",
+            "2027-1-01",
+            "99999999999999999999d",
+            "18446744073709551615w",
         ] {
             assert!(parse_expiry(bad, now).is_err(), "{bad:?}");
         }
@@ -488,11 +510,13 @@ mod tests {
         ) {
             let t = Token::from_parts(id, secret);
             let mut s: Vec<char> = t.reveal().chars().collect();
+            let same = s[at] == c;
             s[at] = c;
             let s: String = s.into_iter().collect();
-            match Token::parse(&s) {
-                Ok(u) => prop_assert!(u == t || u.keyed_hash(&[9; 32]) != t.keyed_hash(&[9; 32])),
-                Err(_) => {}
+            // Another character is never the same token: no folding of
+            // case, no ignored separator.
+            if let Ok(u) = Token::parse(&s) {
+                prop_assert_eq!(u == t, same);
             }
         }
     }

@@ -43,7 +43,10 @@ pub enum ServiceError {
     /// A path outside the caller's token's folder (whether or not it
     /// exists: the answer must not tell).
     #[error("{}: outside this token's folder {}/", path.shown(), prefix.shown())]
-    OutsidePrefix { path: RemotePath, prefix: RemotePath },
+    OutsidePrefix {
+        path: RemotePath,
+        prefix: RemotePath,
+    },
     #[error("{0}")]
     OutOfRange(String),
     /// The operation cannot go on as asked, but the same request from the

@@ -56,16 +56,21 @@ async fn channel(addr: &str) -> Channel {
         .expect("connects")
 }
 
-/// An interceptor sending `value` as the authorization header.
-fn bearer(value: Option<String>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |mut r: Request<()>| {
-        if let Some(v) = &value {
+/// Sends `authorization: <value>` (as the other helper's client will).
+#[derive(Clone)]
+struct Bearer(Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
             r.metadata_mut()
                 .insert("authorization", v.parse().expect("ascii"));
         }
         Ok(r)
     }
 }
+
+type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 fn token(t: &str) -> Option<String> {
     Some(format!("Bearer {t}"))
@@ -84,35 +89,14 @@ impl Clients {
             auth,
         }
     }
-    fn files(
-        &self,
-    ) -> FilesClient<
-        tonic::service::interceptor::InterceptedService<
-            Channel,
-            impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone,
-        >,
-    > {
-        FilesClient::with_interceptor(self.ch.clone(), bearer(self.auth.clone()))
+    fn files(&self) -> FilesClient<Authed> {
+        FilesClient::with_interceptor(self.ch.clone(), Bearer(self.auth.clone()))
     }
-    fn compute(
-        &self,
-    ) -> ComputeClient<
-        tonic::service::interceptor::InterceptedService<
-            Channel,
-            impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone,
-        >,
-    > {
-        ComputeClient::with_interceptor(self.ch.clone(), bearer(self.auth.clone()))
+    fn compute(&self) -> ComputeClient<Authed> {
+        ComputeClient::with_interceptor(self.ch.clone(), Bearer(self.auth.clone()))
     }
-    fn admin(
-        &self,
-    ) -> AdminClient<
-        tonic::service::interceptor::InterceptedService<
-            Channel,
-            impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone,
-        >,
-    > {
-        AdminClient::with_interceptor(self.ch.clone(), bearer(self.auth.clone()))
+    fn admin(&self) -> AdminClient<Authed> {
+        AdminClient::with_interceptor(self.ch.clone(), Bearer(self.auth.clone()))
     }
 }
 
@@ -279,15 +263,17 @@ async fn call(rpc: &str, c: &Clients, job: &str, n: usize) -> Code {
                 })
                 .await,
         ),
-        "Watch" => code(async {
-            let mut s = c
-                .files()
-                .watch(v1::WatchRequest { since: 0 })
-                .await?
-                .into_inner();
-            s.next().await.expect("an event")
-        }
-        .await),
+        "Watch" => code(
+            async {
+                let mut s = c
+                    .files()
+                    .watch(v1::WatchRequest { since: 0 })
+                    .await?
+                    .into_inner();
+                s.next().await.expect("an event")
+            }
+            .await,
+        ),
         "Add" => code(
             c.compute()
                 .add(v1::AddRequest {
@@ -295,21 +281,23 @@ async fn call(rpc: &str, c: &Clients, job: &str, n: usize) -> Code {
                 })
                 .await,
         ),
-        "Sort" => code(async {
-            let mut s = c
-                .compute()
-                .sort(futures::stream::iter(vec![v1::SortRequest {
-                    numbers: ints(&[2, 1]),
-                    ..Default::default()
-                }]))
-                .await?
-                .into_inner();
-            while let Some(m) = s.next().await {
-                m?;
+        "Sort" => code(
+            async {
+                let mut s = c
+                    .compute()
+                    .sort(futures::stream::iter(vec![v1::SortRequest {
+                        numbers: ints(&[2, 1]),
+                        ..Default::default()
+                    }]))
+                    .await?
+                    .into_inner();
+                while let Some(m) = s.next().await {
+                    m?;
+                }
+                Ok(())
             }
-            Ok(())
-        }
-        .await),
+            .await,
+        ),
         "Submit" => code(submit(c, "dev").await),
         "Callbacks" => code(
             c.compute()
@@ -323,18 +311,20 @@ async fn call(rpc: &str, c: &Clients, job: &str, n: usize) -> Code {
                 .get_job(v1::GetJobRequest { job_id: job.into() })
                 .await,
         ),
-        "GetJobResult" => code(async {
-            let mut s = c
-                .compute()
-                .get_job_result(v1::GetJobRequest { job_id: job.into() })
-                .await?
-                .into_inner();
-            while let Some(m) = s.next().await {
-                m?;
+        "GetJobResult" => code(
+            async {
+                let mut s = c
+                    .compute()
+                    .get_job_result(v1::GetJobRequest { job_id: job.into() })
+                    .await?
+                    .into_inner();
+                while let Some(m) = s.next().await {
+                    m?;
+                }
+                Ok(())
             }
-            Ok(())
-        }
-        .await),
+            .await,
+        ),
         "CancelJob" => code(
             c.compute()
                 .cancel_job(v1::CancelJobRequest { job_id: job.into() })
@@ -425,7 +415,11 @@ async fn every_rpc_answers_each_kind_of_token_with_the_right_code() {
             .to_owned()
     };
     // The right id with the wrong secret, and a token nobody made.
-    let wrong = format!("{}{}", &all[..all.len() - 1], if all.ends_with('0') { '1' } else { '0' });
+    let wrong = format!(
+        "{}{}",
+        &all[..all.len() - 1],
+        if all.ends_with('0') { '1' } else { '0' }
+    );
     let unknown = format!("dst_{}_{}", "0".repeat(16), "0".repeat(64));
     make(root, "victim", "read", None);
 
@@ -445,7 +439,11 @@ async fn every_rpc_answers_each_kind_of_token_with_the_right_code() {
     for (n, (rpc, scope, right)) in table.iter().enumerate() {
         let cases: Vec<(&str, Option<String>, Code)> = vec![
             ("no token", None, Code::Unauthenticated),
-            ("malformed", Some("Bearer nope".into()), Code::Unauthenticated),
+            (
+                "malformed",
+                Some("Bearer nope".into()),
+                Code::Unauthenticated,
+            ),
             ("not bearer", Some(all.clone()), Code::Unauthenticated),
             ("wrong secret", token(&wrong), Code::Unauthenticated),
             ("unknown", token(&unknown), Code::Unauthenticated),
@@ -464,13 +462,28 @@ async fn every_rpc_answers_each_kind_of_token_with_the_right_code() {
     assert!(failures.is_empty(), "{failures:#?}");
 
     // Every bad token reads alike; a missing scope is named.
-    let a = Clients::new(&ch, token(&wrong)).files().stat(v1::StatRequest { path: "seed/x".into() }).await.unwrap_err();
-    let b = Clients::new(&ch, None).files().stat(v1::StatRequest { path: "seed/x".into() }).await.unwrap_err();
+    let a = Clients::new(&ch, token(&wrong))
+        .files()
+        .stat(v1::StatRequest {
+            path: "seed/x".into(),
+        })
+        .await
+        .unwrap_err();
+    let b = Clients::new(&ch, None)
+        .files()
+        .stat(v1::StatRequest {
+            path: "seed/x".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(a.message(), "invalid or missing token");
     assert_eq!(a.message(), b.message());
     let d = Clients::new(&ch, token(&only["read"]))
         .files()
-        .delete(v1::DeleteRequest { path: "seed/x".into(), if_revision: None })
+        .delete(v1::DeleteRequest {
+            path: "seed/x".into(),
+            if_revision: None,
+        })
         .await
         .unwrap_err();
     assert!(d.message().contains("`write` scope"), "{}", d.message());
@@ -526,7 +539,9 @@ async fn a_huge_authorization_header_fails_cleanly_and_the_server_goes_on() {
     let server = TestServer::start_with(config(dir.path())).await;
     let ch = channel(&server.addr).await;
     let huge = Clients::new(&ch, Some(format!("Bearer {}", "a".repeat(1 << 20))));
-    let got = tokio::time::timeout(T, list(&huge, "")).await.expect("answers");
+    let got = tokio::time::timeout(T, list(&huge, ""))
+        .await
+        .expect("answers");
     assert!(got.is_err(), "a 1 MiB header must not pass");
     // A fresh connection with the right token still works.
     let ch = channel(&server.addr).await;
@@ -553,7 +568,10 @@ async fn loopback_without_tokens_stays_open_and_the_first_token_closes_it() {
     })
     .await
     .expect("tokens become required");
-    assert_eq!(list(&Clients::new(&ch, token(&t)), "").await.unwrap(), ["a"]);
+    assert_eq!(
+        list(&Clients::new(&ch, token(&t)), "").await.unwrap(),
+        ["a"]
+    );
     server.stop().await;
 }
 
@@ -599,7 +617,10 @@ async fn a_running_server_takes_new_tokens_and_drops_revoked_ones() {
         .unwrap()
         .into_inner();
     let first = watch.next().await.expect("caught up").unwrap();
-    assert!(matches!(first.event, Some(v1::watch_response::Event::CaughtUp(_))));
+    assert!(matches!(
+        first.event,
+        Some(v1::watch_response::Event::CaughtUp(_))
+    ));
     revoke(root, "late");
     let end = tokio::time::timeout(T, watch.next())
         .await
@@ -632,19 +653,28 @@ async fn a_running_server_takes_new_tokens_and_drops_revoked_ones() {
         .await
         .unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
-    let listed = admin.admin().list_tokens(v1::ListTokensRequest {}).await.unwrap().into_inner();
+    let listed = admin
+        .admin()
+        .list_tokens(v1::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let names: HashSet<String> = listed.tokens.iter().map(|t| t.name.clone()).collect();
     assert!(names.contains("remote") && names.contains("late"));
     assert!(listed.tokens.iter().all(|t| t.created.is_some()));
     admin
         .admin()
-        .revoke_token(v1::RevokeTokenRequest { name: "remote".into() })
+        .revoke_token(v1::RevokeTokenRequest {
+            name: "remote".into(),
+        })
         .await
         .unwrap();
     assert_eq!(code(list(&remote, "").await), Code::Unauthenticated);
     let unknown = admin
         .admin()
-        .revoke_token(v1::RevokeTokenRequest { name: "remote".into() })
+        .revoke_token(v1::RevokeTokenRequest {
+            name: "remote".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
@@ -686,10 +716,16 @@ async fn a_prefix_token_sees_and_changes_only_its_folder() {
         "the answer must not tell whether it exists"
     );
     stat("photos/1.jpg").await.expect("inside");
-    assert_eq!(code(get(&p, "docs/secret.txt").await), Code::PermissionDenied);
+    assert_eq!(
+        code(get(&p, "docs/secret.txt").await),
+        Code::PermissionDenied
+    );
     assert_eq!(get(&p, "photos/1.jpg").await.unwrap(), b"one");
     assert_eq!(code(put(&p, "docs/x", b"x").await), Code::PermissionDenied);
-    assert_eq!(code(put(&p, "photos.txt", b"x").await), Code::PermissionDenied);
+    assert_eq!(
+        code(put(&p, "photos.txt", b"x").await),
+        Code::PermissionDenied
+    );
     put(&p, "photos/2.jpg", b"two").await.expect("inside");
     let batch = p
         .files()
@@ -702,7 +738,10 @@ async fn a_prefix_token_sees_and_changes_only_its_folder() {
         .await
         .unwrap()
         .into_inner();
-    assert!(matches!(batch.results[0].result, Some(v1::upload_result::Result::File(_))));
+    assert!(matches!(
+        batch.results[0].result,
+        Some(v1::upload_result::Result::File(_))
+    ));
     match &batch.results[1].result {
         Some(v1::upload_result::Result::Error(e)) => {
             assert_eq!(e.code, Code::PermissionDenied as i32)
@@ -714,7 +753,10 @@ async fn a_prefix_token_sees_and_changes_only_its_folder() {
         let path = path.to_owned();
         async move {
             p.files()
-                .delete(v1::DeleteRequest { path, if_revision: None })
+                .delete(v1::DeleteRequest {
+                    path,
+                    if_revision: None,
+                })
                 .await
         }
     };
@@ -725,16 +767,34 @@ async fn a_prefix_token_sees_and_changes_only_its_folder() {
         let (from, to) = (from.to_owned(), to.to_owned());
         async move {
             p.files()
-                .rename(v1::RenameRequest { from, to, ..Default::default() })
+                .rename(v1::RenameRequest {
+                    from,
+                    to,
+                    ..Default::default()
+                })
                 .await
         }
     };
-    assert_eq!(code(ren("photos/2.jpg", "docs/2.jpg").await), Code::PermissionDenied);
-    assert_eq!(code(ren("docs/secret.txt", "photos/s").await), Code::PermissionDenied);
-    assert_eq!(code(ren("photos/2.jpg", "photos/old/2.jpg").await), Code::Ok);
+    assert_eq!(
+        code(ren("photos/2.jpg", "docs/2.jpg").await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(ren("docs/secret.txt", "photos/s").await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(ren("photos/2.jpg", "photos/old/2.jpg").await),
+        Code::Ok
+    );
     assert_eq!(
         list(&a, "").await.unwrap(),
-        ["docs/secret.txt", "photos.txt", "photos/1.jpg", "photos/old/2.jpg"]
+        [
+            "docs/secret.txt",
+            "photos.txt",
+            "photos/1.jpg",
+            "photos/old/2.jpg"
+        ]
     );
 
     // Watch: a folder rename across the edge reads as deletes and puts.
@@ -758,7 +818,11 @@ async fn a_prefix_token_sees_and_changes_only_its_folder() {
         let (from, to) = (from.to_owned(), to.to_owned());
         async move {
             a.files()
-                .rename(v1::RenameRequest { from, to, ..Default::default() })
+                .rename(v1::RenameRequest {
+                    from,
+                    to,
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
         }
@@ -813,45 +877,69 @@ async fn two_identities_never_see_each_others_jobs() {
     // Bob listens for callbacks under the same client id Alice uses.
     let mut bob_events = bob
         .compute()
-        .callbacks(v1::CallbacksRequest { client_id: "laptop".into() })
+        .callbacks(v1::CallbacksRequest {
+            client_id: "laptop".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     let mut alice_events = alice
         .compute()
-        .callbacks(v1::CallbacksRequest { client_id: "laptop".into() })
+        .callbacks(v1::CallbacksRequest {
+            client_id: "laptop".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     let job = submit(&alice, "laptop").await.unwrap();
-    let ev = tokio::time::timeout(T, alice_events.next()).await.unwrap().unwrap().unwrap();
+    let ev = tokio::time::timeout(T, alice_events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.job.unwrap().job_id, job);
     wait_done(&alice, &job).await;
 
     let not_found = |r: Result<(), Status>| r.unwrap_err().code() == Code::NotFound;
     assert!(not_found(
-        bob.compute().get_job(v1::GetJobRequest { job_id: job.clone() }).await.map(drop)
-    ));
-    assert!(not_found(
-        bob.compute().cancel_job(v1::CancelJobRequest { job_id: job.clone() }).await.map(drop)
+        bob.compute()
+            .get_job(v1::GetJobRequest {
+                job_id: job.clone()
+            })
+            .await
+            .map(drop)
     ));
     assert!(not_found(
         bob.compute()
-            .get_job_result(v1::GetJobRequest { job_id: job.clone() })
+            .cancel_job(v1::CancelJobRequest {
+                job_id: job.clone()
+            })
+            .await
+            .map(drop)
+    ));
+    assert!(not_found(
+        bob.compute()
+            .get_job_result(v1::GetJobRequest {
+                job_id: job.clone()
+            })
             .await
             .map(drop)
     ));
     for client_id in ["", "laptop"] {
         let bobs = bob
             .compute()
-            .list_jobs(v1::ListJobsRequest { client_id: client_id.into() })
+            .list_jobs(v1::ListJobsRequest {
+                client_id: client_id.into(),
+            })
             .await
             .unwrap()
             .into_inner();
         assert!(bobs.jobs.is_empty(), "{client_id:?}: {:?}", bobs.jobs);
         let alices = alice
             .compute()
-            .list_jobs(v1::ListJobsRequest { client_id: client_id.into() })
+            .list_jobs(v1::ListJobsRequest {
+                client_id: client_id.into(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -859,12 +947,19 @@ async fn two_identities_never_see_each_others_jobs() {
     }
     // Bob's stream got nothing: a job of his own arrives first.
     let own = submit(&bob, "laptop").await.unwrap();
-    let ev = tokio::time::timeout(T, bob_events.next()).await.unwrap().unwrap().unwrap();
+    let ev = tokio::time::timeout(T, bob_events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.job.unwrap().job_id, own);
 
     // Revoking Bob ends his callback stream, saying why.
     revoke(root, "bob");
-    let end = tokio::time::timeout(T, bob_events.next()).await.expect("ends").expect("a status");
+    let end = tokio::time::timeout(T, bob_events.next())
+        .await
+        .expect("ends")
+        .expect("a status");
     assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
     server.stop().await;
 }

@@ -93,7 +93,9 @@ fn time(t: SystemTime) -> String {
 }
 
 fn wire_time(t: Option<prost_types::Timestamp>) -> Option<String> {
-    t.as_ref().and_then(distribusync_proto::system_time).map(time)
+    t.as_ref()
+        .and_then(distribusync_proto::system_time)
+        .map(time)
 }
 
 impl From<&TokenRow> for Listed {
@@ -101,7 +103,11 @@ impl From<&TokenRow> for Listed {
         Listed {
             name: r.name.clone(),
             scopes: r.scopes.to_string(),
-            prefix: r.prefix.as_ref().map(|p| format!("{p}/")).unwrap_or_default(),
+            prefix: r
+                .prefix
+                .as_ref()
+                .map(|p| format!("{p}/"))
+                .unwrap_or_default(),
             created: Some(time(r.created)),
             last_used: r.last_used.map(time),
             expires: r.expires.map(time),
@@ -187,8 +193,8 @@ fn print_list(rows: &[Listed], json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<20} {:<26} {:<16} {:<20} {:<20} {}",
-        "NAME", "SCOPES", "PREFIX", "CREATED", "LAST USED", "EXPIRES"
+        "{:<20} {:<26} {:<16} {:<20} {:<20} EXPIRES",
+        "NAME", "SCOPES", "PREFIX", "CREATED", "LAST USED"
     )?;
     let dash = || "-".to_owned();
     for r in rows {
@@ -239,7 +245,12 @@ fn run_local(root: &std::path::Path, command: TokenCommand) -> anyhow::Result<()
             print_created(token.reveal(), &Listed::from(&row))
         }
         TokenCommand::List { json } => {
-            let rows: Vec<Listed> = store.list().map_err(refusal)?.iter().map(Listed::from).collect();
+            let rows: Vec<Listed> = store
+                .list()
+                .map_err(refusal)?
+                .iter()
+                .map(Listed::from)
+                .collect();
             print_list(&rows, json)
         }
         TokenCommand::Revoke { name } => {
@@ -251,34 +262,34 @@ fn run_local(root: &std::path::Path, command: TokenCommand) -> anyhow::Result<()
     }
 }
 
-/// The Admin client. The token comes from DISTRIBUSYNC_TOKEN until the
+/// Sends the admin token. It comes from DISTRIBUSYNC_TOKEN until the
 /// shared connection settings (profiles, --token-file) carry it.
-async fn admin(
-    server: &str,
-) -> anyhow::Result<
-    AdminClient<
-        tonic::service::interceptor::InterceptedService<
-            tonic::transport::Channel,
-            impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone,
-        >,
-    >,
-> {
-    let channel = distribusync_client::channel(server).await?;
-    let value: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
-        match std::env::var("DISTRIBUSYNC_TOKEN") {
-            Ok(t) => Some(
-                format!("Bearer {}", t.trim())
-                    .parse()
-                    .map_err(|_| UsageError("DISTRIBUSYNC_TOKEN is not a token".into()))?,
-            ),
-            Err(_) => None,
-        };
-    Ok(AdminClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        if let Some(v) = &value {
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
             r.metadata_mut().insert("authorization", v.clone());
         }
         Ok(r)
-    }))
+    }
+}
+
+type Admin =
+    AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+async fn admin(server: &str) -> anyhow::Result<Admin> {
+    let channel = distribusync_client::channel(server).await?;
+    let value = match std::env::var("DISTRIBUSYNC_TOKEN") {
+        Ok(t) => Some(
+            format!("Bearer {}", t.trim())
+                .parse()
+                .map_err(|_| UsageError("DISTRIBUSYNC_TOKEN is not a token".into()))?,
+        ),
+        Err(_) => None,
+    };
+    Ok(AdminClient::with_interceptor(channel, Bearer(value)))
 }
 
 async fn run_remote(server: &str, command: TokenCommand) -> anyhow::Result<()> {
@@ -291,8 +302,14 @@ async fn run_remote(server: &str, command: TokenCommand) -> anyhow::Result<()> {
             expires,
         } => {
             // Checked here too, so a typo is a usage error without a round trip.
-            NewToken::parse(&name, &scopes, prefix.as_deref(), expires.as_deref(), SystemTime::now())
-                .map_err(refusal)?;
+            NewToken::parse(
+                &name,
+                &scopes,
+                prefix.as_deref(),
+                expires.as_deref(),
+                SystemTime::now(),
+            )
+            .map_err(refusal)?;
             let r = client
                 .create_token(v1::CreateTokenRequest {
                     name,

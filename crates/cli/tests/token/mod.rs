@@ -15,28 +15,53 @@ fn one_line_exit(out: &std::process::Output, code: i32, says: &str) {
     assert_eq!(out.status.code(), Some(code), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("distribusync: ") && err.contains(says), "{err}");
+    assert!(
+        err.starts_with("distribusync: ") && err.contains(says),
+        "{err}"
+    );
 }
 
 #[test]
 fn token_mistakes_get_one_clear_line_and_the_right_exit_code() {
     let (_t, dir) = tmp();
-    one_line_exit(&token(&dir, &["create", "a", "--scopes", "read,root"]), 2, "unknown scope `root`");
     one_line_exit(
-        &token(&dir, &["create", "a", "--scopes", "read", "--expires", "soon"]),
+        &token(&dir, &["create", "a", "--scopes", "read,root"]),
+        2,
+        "unknown scope `root`",
+    );
+    one_line_exit(
+        &token(
+            &dir,
+            &["create", "a", "--scopes", "read", "--expires", "soon"],
+        ),
         2,
         "--expires `soon`",
     );
     one_line_exit(
-        &token(&dir, &["create", "a", "--scopes", "read", "--expires", "2001-01-01"]),
+        &token(
+            &dir,
+            &["create", "a", "--scopes", "read", "--expires", "2001-01-01"],
+        ),
         2,
         "in the future",
     );
-    one_line_exit(&token(&dir, &["create", "a b", "--scopes", "read"]), 2, "token name");
-    one_line_exit(&token(&dir, &["revoke", "nobody"]), 1, "no token named `nobody`");
+    one_line_exit(
+        &token(&dir, &["create", "a b", "--scopes", "read"]),
+        2,
+        "token name",
+    );
+    one_line_exit(
+        &token(&dir, &["revoke", "nobody"]),
+        1,
+        "no token named `nobody`",
+    );
     let made = token(&dir, &["create", "a", "--scopes", "read"]);
     assert!(made.status.success(), "{made:?}");
-    one_line_exit(&token(&dir, &["create", "a", "--scopes", "read"]), 1, "already exists");
+    one_line_exit(
+        &token(&dir, &["create", "a", "--scopes", "read"]),
+        1,
+        "already exists",
+    );
 }
 
 #[test]
@@ -47,7 +72,17 @@ fn tokens_made_on_root_while_serving_lock_the_server_and_admin_works_remotely() 
     std::fs::write(dir.join("f.txt"), "hello").unwrap();
     // Loopback and no token: the zero-set-up default still works.
     ok(&dir, s, &["put", "f.txt"]);
-    let made = token(&dir, &["create", "boss", "--scopes", "admin,read", "--expires", "90d"]);
+    let made = token(
+        &dir,
+        &[
+            "create",
+            "boss",
+            "--scopes",
+            "admin,read",
+            "--expires",
+            "90d",
+        ],
+    );
     assert!(made.status.success(), "{made:?}");
     let boss = String::from_utf8(made.stdout).unwrap().trim().to_owned();
     assert!(boss.starts_with("dst_"), "{boss}");
@@ -62,9 +97,14 @@ fn tokens_made_on_root_while_serving_lock_the_server_and_admin_works_remotely() 
         let mut all = vec!["token"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--server", s]);
-        cmd(&dir, &[("DISTRIBUSYNC_TOKEN", token)], &all).output().unwrap()
+        cmd(&dir, &[("DISTRIBUSYNC_TOKEN", token)], &all)
+            .output()
+            .unwrap()
     };
-    let out = remote(&["create", "frame", "--scopes", "read", "--prefix", "photos/"], &boss);
+    let out = remote(
+        &["create", "frame", "--scopes", "read", "--prefix", "photos/"],
+        &boss,
+    );
     assert!(out.status.success(), "{out:?}");
     let listed = remote(&["list", "--json"], &boss);
     assert!(listed.status.success(), "{listed:?}");
@@ -80,10 +120,23 @@ fn tokens_made_on_root_while_serving_lock_the_server_and_admin_works_remotely() 
     let boss_row = rows.iter().find(|r| r["name"] == "boss").unwrap();
     assert!(boss_row["expires"].is_string() && boss_row["created"].is_string());
     one_line_exit(&remote(&["revoke", "nobody"], &boss), 1, "no token named");
-    one_line_exit(&remote(&["list"], "dst_nope"), 1, "invalid or missing token");
+    one_line_exit(
+        &remote(&["list"], "dst_nope"),
+        1,
+        "invalid or missing token",
+    );
     // The plain table names every column.
     let table = String::from_utf8(token(&dir, &["list"]).stdout).unwrap();
-    for col in ["NAME", "SCOPES", "PREFIX", "CREATED", "LAST USED", "EXPIRES", "frame", "photos/"] {
+    for col in [
+        "NAME",
+        "SCOPES",
+        "PREFIX",
+        "CREATED",
+        "LAST USED",
+        "EXPIRES",
+        "frame",
+        "photos/",
+    ] {
         assert!(table.contains(col), "{col}: {table}");
     }
     let out = token(&dir, &["revoke", "boss"]);
@@ -99,7 +152,15 @@ fn serve_with_auth_off_beyond_loopback_refuses_naming_insecure() {
     let err = fail(
         &dir,
         "http://127.0.0.1:1",
-        &["serve", "--listen", "0.0.0.0:0", "--auth", "off", "--root", "M"],
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--auth",
+            "off",
+            "--root",
+            "M",
+        ],
         2,
     );
     assert!(err.contains("--insecure"), "{err}");

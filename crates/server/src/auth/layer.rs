@@ -158,7 +158,10 @@ mod tests {
             assert_eq!(required_scope(&format!("/distribusync.v1.Files/{m}")), read);
         }
         for m in ["Upload", "UploadOffset", "UploadBatch", "Delete", "Rename"] {
-            assert_eq!(required_scope(&format!("/distribusync.v1.Files/{m}")), write);
+            assert_eq!(
+                required_scope(&format!("/distribusync.v1.Files/{m}")),
+                write
+            );
         }
         assert_eq!(
             required_scope("/distribusync.v1.Compute/Add"),

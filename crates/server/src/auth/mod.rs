@@ -214,7 +214,11 @@ impl Auth {
         let limit = FailureLimit::new(config.failure_burst, config.failures_per_second);
         Auth {
             inner: Arc::new(Inner {
-                store: if config.mode == AuthMode::Off { None } else { store },
+                store: if config.mode == AuthMode::Off {
+                    None
+                } else {
+                    store
+                },
                 always,
                 cache: RwLock::new(Cache::default()),
                 limit: Mutex::new(limit),

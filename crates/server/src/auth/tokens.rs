@@ -120,9 +120,7 @@ impl NewToken {
             None | Some("") => None,
             Some(p) => Some(RemotePath::parse(p)?),
         };
-        let expires = expires
-            .map(|e| token::parse_expiry(e, now))
-            .transpose()?;
+        let expires = expires.map(|e| token::parse_expiry(e, now)).transpose()?;
         Ok(NewToken {
             name: name.to_owned(),
             scopes,
@@ -362,8 +360,11 @@ impl TokenStore {
     /// When the table cannot be read.
     pub fn list(&self) -> Result<Vec<TokenRow>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens ORDER BY name"))?;
-            let rows = st.query_map([], row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut st =
+                c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens ORDER BY name"))?;
+            let rows = st
+                .query_map([], row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
     }
@@ -375,8 +376,10 @@ impl TokenStore {
     /// When the table cannot be read.
     pub fn generation(&self) -> Result<i64> {
         self.with(|c| {
-            Ok(c.prepare_cached("SELECT generation FROM token_meta WHERE one = 1")?
-                .query_row([], |r| r.get(0))?)
+            Ok(
+                c.prepare_cached("SELECT generation FROM token_meta WHERE one = 1")?
+                    .query_row([], |r| r.get(0))?,
+            )
         })
     }
 
@@ -424,7 +427,10 @@ mod tests {
         ));
         let listed = store.list().expect("list");
         assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].prefix.as_ref().map(RemotePath::as_str), Some("photos"));
+        assert_eq!(
+            listed[0].prefix.as_ref().map(RemotePath::as_str),
+            Some("photos")
+        );
         assert_eq!(listed[0].scopes.to_string(), "read,write");
         store
             .record_use(&[(row.id.clone(), now + Duration::from_secs(1))])

@@ -388,7 +388,9 @@ impl Compute for ComputeService {
                 ComputeError::InvalidArgument("deadline must not be negative".into())
             })?),
         };
-        let (id, deadline) = self.jobs.submit(who.owner, req.client_id, job_id, deadline, task)?;
+        let (id, deadline) = self
+            .jobs
+            .submit(who.owner, req.client_id, job_id, deadline, task)?;
         Ok(Response::new(v1::SubmitResponse {
             job_id: id.to_string(),
             deadline: Some(timestamp(deadline)),
@@ -450,7 +452,9 @@ impl Compute for ComputeService {
         req: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
         Ok(Response::new(v1::ListJobsResponse {
-            jobs: self.jobs.list(&Identity::of(&req).owner, &req.into_inner().client_id),
+            jobs: self
+                .jobs
+                .list(&Identity::of(&req).owner, &req.into_inner().client_id),
         }))
     }
 }
