@@ -72,6 +72,10 @@ fn tokens_made_on_root_while_serving_lock_the_server_and_admin_works_remotely() 
     std::fs::write(dir.join("f.txt"), "hello").unwrap();
     // Loopback and no token: the zero-set-up default still works.
     ok(&dir, s, &["put", "f.txt"]);
+    // Each mutation is logged once, naming who made it.
+    wait_until("the upload logged with its identity", || {
+        server.logged(&["who=local", "uploaded", "f.txt"])
+    });
     let made = token(
         &dir,
         &[
