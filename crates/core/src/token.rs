@@ -115,24 +115,7 @@ impl Token {
     /// # Errors
     /// A [`TokenError`] saying what is wrong; the length is checked first.
     pub fn parse(s: &str) -> Result<Token, TokenError> {
-        if s.len() != TOKEN_LEN {
-            return Err(TokenError::Length(s.len()));
-        }
-        let Some(rest) = s.strip_prefix(TOKEN_PREFIX) else {
-            return Err(TokenError::Prefix);
-        };
-        // Only ASCII may follow; it also makes the split below fall on a
-        // character boundary.
-        if !rest.is_ascii() {
-            return Err(TokenError::Shape);
-        }
-        let (id, secret) = rest.split_at(2 * ID_BYTES);
-        let Some(secret) = secret.strip_prefix('_') else {
-            return Err(TokenError::Shape);
-        };
-        if !is_lower_hex(id) || !is_lower_hex(secret) {
-            return Err(TokenError::Shape);
-        }
+        let id = id_of(s)?;
         Ok(Token {
             id: TokenId(id.to_owned()),
             text: s.to_owned(),
@@ -152,8 +135,41 @@ impl Token {
     /// the server stores. Compare two with [`blake3::Hash`]'s `==`, which
     /// runs in constant time.
     pub fn keyed_hash(&self, key: &[u8; 32]) -> blake3::Hash {
-        blake3::keyed_hash(key, self.text.as_bytes())
+        keyed_hash(key, &self.text)
     }
+}
+
+/// [`Token::keyed_hash`] of a text already checked by [`id_of`] (the
+/// server's per-call path: no allocation).
+pub fn keyed_hash(key: &[u8; 32], text: &str) -> blake3::Hash {
+    blake3::keyed_hash(key, text.as_bytes())
+}
+
+/// The id part of a token's text, checking the whole text as
+/// [`Token::parse`] does, without allocating.
+///
+/// # Errors
+/// As [`Token::parse`].
+pub fn id_of(s: &str) -> Result<&str, TokenError> {
+    if s.len() != TOKEN_LEN {
+        return Err(TokenError::Length(s.len()));
+    }
+    let Some(rest) = s.strip_prefix(TOKEN_PREFIX) else {
+        return Err(TokenError::Prefix);
+    };
+    // Only ASCII may follow; it also makes the split below fall on a
+    // character boundary.
+    if !rest.is_ascii() {
+        return Err(TokenError::Shape);
+    }
+    let (id, secret) = rest.split_at(2 * ID_BYTES);
+    let Some(secret) = secret.strip_prefix('_') else {
+        return Err(TokenError::Shape);
+    };
+    if !is_lower_hex(id) || !is_lower_hex(secret) {
+        return Err(TokenError::Shape);
+    }
+    Ok(id)
 }
 
 /// What a token may do.

@@ -268,6 +268,12 @@ impl TokenStore {
         token.keyed_hash(&self.key)
     }
 
+    /// [`TokenStore::hash`] of a token's text checked by
+    /// [`token::id_of`].
+    pub fn hash_text(&self, text: &str) -> blake3::Hash {
+        token::keyed_hash(&self.key, text)
+    }
+
     /// Makes a token; its text is returned once and stored nowhere.
     ///
     /// # Errors
