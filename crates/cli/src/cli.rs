@@ -78,6 +78,9 @@ pub enum Command {
     Jobs(Client<crate::cmd::compute::JobsArgs>),
     /// Keep a local folder in sync with the server (until Ctrl-C).
     Sync(Client<SyncArgs>),
+    /// Make, list and revoke access tokens (on the server's ROOT, or
+    /// remotely with --server and an admin token).
+    Token(crate::cmd::token::TokenArgs),
     /// The numbered menu: files, compute, async jobs and auto-sync in one
     /// place (for a person, or a script feeding standard input).
     Menu(Client<MenuArgs>),
@@ -151,6 +154,22 @@ pub struct ServeArgs {
     /// arrive (default: half the open-file limit, `ulimit -n`).
     #[arg(long, env = "DISTRIBUSYNC_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// When calls need a token: auto (when listening beyond loopback, or
+    /// once any token was created on ROOT), on, or off.
+    #[arg(long, env = "DISTRIBUSYNC_AUTH", value_enum, default_value_t = AuthArg::Auto)]
+    pub auth: AuthArg,
+    /// Serve beyond loopback without protection (here: with --auth off);
+    /// warns at every start.
+    #[arg(long, env = "DISTRIBUSYNC_INSECURE")]
+    pub insecure: bool,
+}
+
+/// `serve --auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthArg {
+    Auto,
+    On,
+    Off,
 }
 
 /// A service `serve` can host.

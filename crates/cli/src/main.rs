@@ -102,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(c) => cmd::compute::jobs(&c.global, c.args).await,
         Command::Sync(c) => cmd::sync::run(&c.global, c.args).await,
         Command::Menu(c) => menu::run(&c.global).await,
+        Command::Token(args) => cmd::token::run(args).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

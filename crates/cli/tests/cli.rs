@@ -7,11 +7,14 @@ use std::process::{Child, Command, Output, Stdio};
 const BIN: &str = env!("CARGO_BIN_EXE_distribusync");
 
 mod compute;
+mod token;
 
 /// `distribusync serve` on a free port; killed (SIGTERM) on drop.
 struct Server {
     child: Child,
     addr: String,
+    /// What the server logged so far (its stderr).
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -38,8 +41,23 @@ impl Server {
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self { child, addr, logs }
+    }
+
+    /// True once the server logged a line containing every one of `words`.
+    fn logged(&self, words: &[&str]) -> bool {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| words.iter().all(|w| l.contains(w)))
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {

@@ -5,6 +5,7 @@
 //! - [`limits`]: sizes every layer agrees on.
 //! - [`size`]: byte sizes as written on a command line (`1GiB`).
 //! - [`delta`]: content-defined chunks, manifests and delta-transfer plans.
+//! - [`token`]: access tokens (text form, scopes, expiry).
 //! - [`compute`]: the arithmetic of the Compute service ([`compute::Numbers`], checked add, sort, parsing).
 //!
 //! If this crate cannot do IO, nobody can make it do IO by accident.
@@ -18,6 +19,7 @@ pub mod limits;
 pub mod path;
 pub mod size;
 pub mod sync;
+pub mod token;
 
 pub use echo::echo;
 pub use hash::ContentHash;

@@ -40,6 +40,13 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// A path outside the caller's token's folder (whether or not it
+    /// exists: the answer must not tell).
+    #[error("{}: outside this token's folder {}/", path.shown(), prefix.shown())]
+    OutsidePrefix {
+        path: RemotePath,
+        prefix: RemotePath,
+    },
     #[error("{0}")]
     OutOfRange(String),
     /// The operation cannot go on as asked, but the same request from the
@@ -157,6 +164,7 @@ impl ServiceError {
                 Code::FailedPrecondition
             }
             ServiceError::OutOfRange(_) => Code::OutOfRange,
+            ServiceError::OutsidePrefix { .. } => Code::PermissionDenied,
             ServiceError::Aborted(_) => Code::Aborted,
             ServiceError::TooLarge { .. } => Code::ResourceExhausted,
             ServiceError::NoSpace { .. } => Code::ResourceExhausted,

@@ -11,8 +11,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Identity;
 use crate::error::ServiceError;
-use crate::store::{ChangeOp, ChangeRecord, FileRecord, Store, UploadHeader};
+use crate::store::{ChangeOp, ChangeRecord, FileRecord, Store, UploadHeader, View};
 
 type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -33,6 +34,11 @@ impl FilesService {
             shutdown,
             idle_timeout: crate::TransportConfig::default().idle_timeout,
         }
+    }
+
+    /// The store as the caller of `request` sees it (see [`View`]).
+    fn view<T>(&self, request: &Request<T>) -> View {
+        self.store.view(Identity::of(request))
     }
 
     /// Sets how long an upload stream may bring nothing before it ends.
@@ -144,6 +150,7 @@ impl Files for FilesService {
         request: Request<Streaming<v1::UploadRequest>>,
     ) -> Result<Response<v1::UploadResponse>, Status> {
         use v1::upload_request::Msg;
+        let view = self.view(&request);
         let mut stream = request.into_inner();
         let idle = self.idle_timeout;
         let (header, in_trailer) =
@@ -159,7 +166,7 @@ impl Files for FilesService {
                 }
             };
         let path = header.path.clone();
-        let mut upload = self.store.begin_upload(header).await?;
+        let mut upload = view.begin_upload(header).await?;
         let mut got_trailer = false;
         // A stream that breaks (`?` on `message()`) keeps what arrived for
         // resuming; a client that breaks the protocol does not.
@@ -207,6 +214,7 @@ impl Files for FilesService {
         &self,
         request: Request<v1::UploadOffsetRequest>,
     ) -> Result<Response<v1::UploadOffsetResponse>, Status> {
+        let view = self.view(&request);
         let r = request.into_inner();
         let path = path(&r.path)?;
         let Some(modified) = r.modified else {
@@ -218,7 +226,7 @@ impl Files for FilesService {
         };
         let modified = distribusync_proto::system_time(&modified)
             .ok_or_else(|| modified_out_of_range(&path, &modified))?;
-        let offset = self.store.upload_offset(path, r.size, modified).await?;
+        let offset = view.upload_offset(path, r.size, modified).await?;
         Ok(Response::new(v1::UploadOffsetResponse { offset }))
     }
 
@@ -228,6 +236,7 @@ impl Files for FilesService {
         request: Request<Streaming<v1::UploadRequest>>,
     ) -> Result<Response<v1::UploadBatchResponse>, Status> {
         use v1::upload_request::Msg;
+        let view = self.view(&request);
         let mut stream = request.into_inner();
         let mut files: Vec<(UploadHeader, Vec<u8>)> = Vec::new();
         let mut total = 0usize;
@@ -302,7 +311,7 @@ impl Files for FilesService {
             }
         }
         let paths: Vec<String> = files.iter().map(|(h, _)| h.path.to_string()).collect();
-        let results = self.store.upload_batch(files).await?;
+        let results = view.upload_batch(files).await?;
         let results = paths
             .into_iter()
             .zip(results)
@@ -336,9 +345,10 @@ impl Files for FilesService {
         request: Request<v1::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
         use v1::download_response::Msg;
+        let view = self.view(&request);
         let req = request.into_inner();
         let p = path(&req.path)?;
-        let (record, file) = self.store.open_read(&p).await?;
+        let (record, file) = view.open_read(&p).await?;
         if req.offset > record.size {
             return Err(ServiceError::OutOfRange(format!(
                 "{}: offset {} is past the end of the file ({} bytes)",
@@ -365,8 +375,9 @@ impl Files for FilesService {
         &self,
         request: Request<v1::StatRequest>,
     ) -> Result<Response<v1::FileInfo>, Status> {
+        let view = self.view(&request);
         let p = path(&request.into_inner().path)?;
-        let record = self.store.stat(&p).await?;
+        let record = view.stat(&p).await?;
         Ok(Response::new(file_info(&record)))
     }
 
@@ -376,22 +387,30 @@ impl Files for FilesService {
         &self,
         request: Request<v1::ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
+        let view = self.view(&request);
         let req = request.into_inner();
         let prefix = if req.prefix.is_empty() {
             None
         } else {
             Some(path(req.prefix.trim_end_matches('/'))?)
         };
+        // Outside the caller's folder: an empty listing, as for a prefix
+        // that matches nothing.
+        let Some(prefix) = view.list_prefix(prefix) else {
+            let empty = v1::ListResponse { files: Vec::new() };
+            return Ok(Response::new(Box::pin(futures::stream::once(async {
+                Ok(empty)
+            }))));
+        };
         let page = match req.page_size {
             0 => limits::LIST_PAGE_SIZE,
             n => n.min(limits::LIST_PAGE_SIZE),
         };
-        let store = self.store.clone();
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             let mut after: Option<String> = None;
             loop {
-                let files = match store.list_page(prefix.clone(), after.clone(), page).await {
+                let files = match view.list_page(prefix.clone(), after.clone(), page).await {
                     Ok(f) => f,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
@@ -418,9 +437,10 @@ impl Files for FilesService {
         &self,
         request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
+        let view = self.view(&request);
         let req = request.into_inner();
         let p = path(&req.path)?;
-        let seq = self.store.delete(&p, req.if_revision).await?;
+        let seq = view.delete(&p, req.if_revision).await?;
         Ok(Response::new(v1::DeleteResponse { seq }))
     }
 
@@ -428,11 +448,11 @@ impl Files for FilesService {
         &self,
         request: Request<v1::RenameRequest>,
     ) -> Result<Response<v1::RenameResponse>, Status> {
+        let view = self.view(&request);
         let req = request.into_inner();
         let from = path(&req.from)?;
         let to = path(&req.to)?;
-        let (seq, files) = self
-            .store
+        let (seq, files) = view
             .rename(&from, &to, req.overwrite, req.if_revision)
             .await?;
         Ok(Response::new(v1::RenameResponse { seq, files }))
@@ -444,13 +464,14 @@ impl Files for FilesService {
         &self,
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let view = self.view(&request);
         let since = request.into_inner().since;
         // Subscribe before reading the backlog so nothing falls in between.
         let live = self.store.subscribe();
         let (floor, newest) = self.store.log_bounds().await?;
         let (tx, rx) = mpsc::channel(64);
-        let store = self.store.clone();
         let shutdown = self.shutdown.clone();
+        let revoked = view.who().revoked();
         tokio::spawn(async move {
             let start = if since < floor || since > newest {
                 let resync = v1::watch_response::Event::Resync(v1::Resync {
@@ -471,7 +492,11 @@ impl Files for FilesService {
             };
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                r = feed_watch(store, live, start, &tx) => {
+                // A revoked token's watch ends at once, saying why.
+                () = revoked => {
+                    let _ = tx.send(Err(Identity::revoked_status())).await;
+                }
+                r = feed_watch(view, live, start, &tx) => {
                     if let Err(e) = r {
                         let _ = tx.send(Err(e.into())).await;
                     }
@@ -484,6 +509,16 @@ impl Files for FilesService {
 
 type WatchTx = mpsc::Sender<Result<v1::WatchResponse, Status>>;
 
+/// Sends what `view` may see of `c`; false when the client has gone.
+async fn send_change(view: &View, c: ChangeRecord, tx: &WatchTx) -> Result<bool, ServiceError> {
+    for c in view.visible(c).await? {
+        if !send_event(tx, v1::watch_response::Event::Change(change(&c))).await {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Sends one event; false when the client has gone.
 async fn send_event(tx: &WatchTx, event: v1::watch_response::Event) -> bool {
     tx.send(Ok(v1::WatchResponse { event: Some(event) }))
@@ -492,17 +527,18 @@ async fn send_event(tx: &WatchTx, event: v1::watch_response::Event) -> bool {
 }
 
 /// Sends every logged change after `*last`; false when the client has gone.
-async fn catch_up(store: &Store, last: &mut u64, tx: &WatchTx) -> Result<bool, ServiceError> {
+async fn catch_up(view: &View, last: &mut u64, tx: &WatchTx) -> Result<bool, ServiceError> {
     loop {
-        let batch = store.changes_since(*last, 1000).await?;
+        let batch = view.store().changes_since(*last, 1000).await?;
         if batch.is_empty() {
             return Ok(true);
         }
-        for c in &batch {
-            if !send_event(tx, v1::watch_response::Event::Change(change(c))).await {
+        for c in batch {
+            let seq = c.seq;
+            if !send_change(view, c, tx).await? {
                 return Ok(false);
             }
-            *last = c.seq;
+            *last = seq;
         }
     }
 }
@@ -510,13 +546,13 @@ async fn catch_up(store: &Store, last: &mut u64, tx: &WatchTx) -> Result<bool, S
 /// Sends the log after `last`, then live changes, filling any gap from the
 /// index. Returns when the client goes away.
 async fn feed_watch(
-    store: Store,
+    view: View,
     mut live: broadcast::Receiver<ChangeRecord>,
     mut last: u64,
     tx: &WatchTx,
 ) -> Result<(), ServiceError> {
     use v1::watch_response::Event;
-    if !catch_up(&store, &mut last, tx).await? {
+    if !catch_up(&view, &mut last, tx).await? {
         return Ok(());
     }
     if !send_event(tx, Event::CaughtUp(v1::CaughtUp { seq: last })).await {
@@ -526,15 +562,16 @@ async fn feed_watch(
         match live.recv().await {
             Ok(c) if c.seq <= last => {}
             Ok(c) if c.seq == last + 1 => {
-                if !send_event(tx, Event::Change(change(&c))).await {
+                let seq = c.seq;
+                if !send_change(&view, c, tx).await? {
                     return Ok(());
                 }
-                last = c.seq;
+                last = seq;
             }
             // A gap (announcements raced) or a lagging receiver: the index
             // has everything, in order.
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                if !catch_up(&store, &mut last, tx).await? {
+                if !catch_up(&view, &mut last, tx).await? {
                     return Ok(());
                 }
             }

@@ -8,6 +8,8 @@
 //! [`ComputeConfig`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod auth;
 pub mod compute;
 mod download;
 pub mod error;
@@ -18,6 +20,7 @@ mod serve;
 pub mod store;
 mod transport;
 
+pub use auth::{AuthConfig, AuthMode, Identity};
 pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
 pub use serve::{ServeError, ServerConfig, Services, serve};

@@ -5,11 +5,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use distribusync_core::limits;
-use distribusync_proto::v1::{compute_server::ComputeServer, files_server::FilesServer};
+use std::sync::Arc;
+
+use distribusync_proto::v1::{
+    admin_server::AdminServer, compute_server::ComputeServer, files_server::FilesServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+use crate::admin::AdminService;
+use crate::auth::{Auth, AuthConfig, AuthLayer, AuthMode, TokenStore};
 use crate::compute::{ComputeConfig, ComputeService};
 use crate::files::FilesService;
 use crate::store::{Store, StoreConfig};
@@ -46,6 +52,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Connection bound and timeouts.
     pub transport: TransportConfig,
+    /// When tokens are required (docs/DESIGN.md, "Identity").
+    pub auth: AuthConfig,
 }
 
 impl ServerConfig {
@@ -57,6 +65,7 @@ impl ServerConfig {
             compute: ComputeConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             transport: TransportConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -69,6 +78,15 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot open the token table: {0}")]
+    Tokens(#[from] crate::auth::TokenStoreError),
+    #[error(
+        "refusing to serve {0} without authentication (--auth off) beyond loopback: \
+         anyone who reaches the port could read, change and delete every file; \
+         use --auth auto (the default) and `distribusync token create`, or pass \
+         --insecure to do it anyway"
+    )]
+    Insecure(std::net::SocketAddr),
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting,
@@ -83,6 +101,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let token = CancellationToken::new();
+    let addr = listener.local_addr().ok();
+    let loopback = addr.is_none_or(|a| a.ip().is_loopback());
+    if config.auth.mode == AuthMode::Off && !loopback {
+        let addr = addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        if !config.auth.insecure {
+            return Err(ServeError::Insecure(addr));
+        }
+        tracing::warn!(
+            %addr,
+            "--insecure: serving without authentication beyond loopback; anyone who reaches \
+             the port can read, change and delete every file"
+        );
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
 
     let files = if config.services.files {
@@ -114,6 +145,27 @@ pub async fn serve(
         None
     };
 
+    let tokens = if config.auth.mode == AuthMode::Off {
+        None
+    } else {
+        let root = config.root.clone();
+        let opened = tokio::task::spawn_blocking(move || TokenStore::open(&root))
+            .await
+            .map_err(|e| crate::auth::TokenStoreError::Io {
+                context: "opening the token table".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        Some(Arc::new(opened))
+    };
+    let auth = Auth::new(config.auth.clone(), tokens.clone(), loopback);
+    auth.start(token.clone()).await?;
+    tracing::info!(
+        mode = ?config.auth.mode,
+        required = auth.required(),
+        "authentication"
+    );
+    let admin = tokens.map(|t| AdminServer::new(AdminService::new(t, auth.clone())));
+
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(distribusync_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -123,7 +175,6 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let addr = listener.local_addr().ok();
     let incoming = transport::incoming(listener, &config.transport);
     let signal_token = token.clone();
     let signal = async move {
@@ -146,6 +197,9 @@ pub async fn serve(
         // A message over the size limit is RESOURCE_EXHAUSTED, not tonic's
         // OUT_OF_RANGE (see `oversize`).
         .layer(crate::oversize::OversizeLayer)
+        // Every call but health and reflection needs a token with the
+        // method's scope (see `auth`).
+        .layer(AuthLayer::new(auth))
         .http2_keepalive_interval(config.transport.keepalive)
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
@@ -153,6 +207,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_optional_service(files)
         .add_optional_service(compute)
+        .add_optional_service(admin)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
     let grace = config.shutdown_grace;

@@ -4,3 +4,4 @@ pub mod compute;
 pub mod files;
 pub mod serve;
 pub mod sync;
+pub mod token;

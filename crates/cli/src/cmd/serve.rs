@@ -4,11 +4,15 @@ use anyhow::Context;
 use distribusync_server::{ComputeConfig, ServerConfig, Services, TransportConfig};
 
 use crate::UsageError;
-use crate::cli::{ServeArgs, Service};
+use crate::cli::{AuthArg, ServeArgs, Service};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.services.is_empty() {
         return Err(UsageError("serve: --services needs files, compute or both".into()).into());
+    }
+    if args.auth == AuthArg::Off && !args.listen.ip().is_loopback() && !args.insecure {
+        let refusal = distribusync_server::ServeError::Insecure(args.listen);
+        return Err(UsageError(format!("serve: {refusal}")).into());
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -41,6 +45,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args
             .max_connections
             .unwrap_or(config.transport.max_connections),
+    };
+    config.auth = distribusync_server::AuthConfig {
+        mode: match args.auth {
+            AuthArg::Auto => distribusync_server::AuthMode::Auto,
+            AuthArg::On => distribusync_server::AuthMode::On,
+            AuthArg::Off => distribusync_server::AuthMode::Off,
+        },
+        insecure: args.insecure,
+        ..distribusync_server::AuthConfig::default()
     };
     let what = match (config.services.files, config.services.compute) {
         (true, true) => format!("{} and compute", args.root.display()),

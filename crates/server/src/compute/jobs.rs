@@ -138,8 +138,17 @@ impl AsRef<Numbers> for KeptNumbers {
     }
 }
 
+/// Whose jobs and callbacks these are: an identity's device (an
+/// identity's devices tell themselves apart by client id).
+fn owner_key(owner: &str, client_id: &str) -> String {
+    format!("{owner}\n{client_id}")
+}
+
 #[derive(Debug)]
 struct JobEntry {
+    /// The identity that submitted the job ([`crate::Identity::owner`]):
+    /// nobody else sees it.
+    owner: Arc<str>,
     client_id: String,
     kind: v1::JobKind,
     count: usize,
@@ -256,7 +265,8 @@ impl State {
     /// dropping those that left or fell too far behind.
     fn notify(&mut self, id: &Uuid) {
         let Some(job) = self.jobs.get(id) else { return };
-        let Some(subs) = self.subscribers.get_mut(&job.client_id) else {
+        let key = owner_key(&job.owner, &job.client_id);
+        let Some(subs) = self.subscribers.get_mut(&key) else {
             return;
         };
         // One event shared by every subscriber (at most INLINE_RESULT_MAX
@@ -281,8 +291,7 @@ impl State {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         if subs.is_empty() {
-            let client = job.client_id.clone();
-            self.subscribers.remove(&client);
+            self.subscribers.remove(&key);
         }
     }
 }
@@ -396,6 +405,7 @@ impl Jobs {
     /// Accepts a job: validates it, reserves a queue slot and starts its task.
     pub(crate) fn submit(
         &self,
+        owner: Arc<str>,
         client_id: String,
         job_id: Option<Uuid>,
         deadline: Option<Duration>,
@@ -452,6 +462,7 @@ impl Jobs {
             st.jobs.insert(
                 id,
                 JobEntry {
+                    owner,
                     client_id,
                     kind: task.kind(),
                     count: task.len(),
@@ -591,10 +602,10 @@ impl Jobs {
         st.evict_expired(self.shared.config.result_ttl, Instant::now());
     }
 
-    pub(crate) fn get(&self, id: &str) -> Result<v1::Job, ComputeError> {
+    pub(crate) fn get(&self, owner: &str, id: &str) -> Result<v1::Job, ComputeError> {
         let uuid = parse_id(id)?;
         let st = self.lock_fresh();
-        match st.jobs.get(&uuid) {
+        match st.jobs.get(&uuid).filter(|j| &*j.owner == owner) {
             None => Err(ComputeError::NotFound(id.to_owned())),
             Some(j) if j.evicted => Err(ComputeError::Evicted(id.to_owned())),
             Some(j) => Ok(j.to_wire(&uuid, true)),
@@ -602,12 +613,13 @@ impl Jobs {
     }
 
     /// The kept sorted result of job `id`, shared (not copied).
-    pub(crate) fn result(&self, id: &str) -> Result<Arc<KeptNumbers>, ComputeError> {
+    pub(crate) fn result(&self, owner: &str, id: &str) -> Result<Arc<KeptNumbers>, ComputeError> {
         let uuid = parse_id(id)?;
         let st = self.lock_fresh();
         let job = st
             .jobs
             .get(&uuid)
+            .filter(|j| &*j.owner == owner)
             .ok_or_else(|| ComputeError::NotFound(id.to_owned()))?;
         match &job.output {
             Some(Output::Sorted(kept)) => Ok(kept.clone()),
@@ -627,12 +639,13 @@ impl Jobs {
         }
     }
 
-    pub(crate) fn cancel(&self, id: &str) -> Result<v1::Job, ComputeError> {
+    pub(crate) fn cancel(&self, owner: &str, id: &str) -> Result<v1::Job, ComputeError> {
         let uuid = parse_id(id)?;
         let mut st = self.lock_fresh();
         let job = st
             .jobs
             .get_mut(&uuid)
+            .filter(|j| &*j.owner == owner)
             .ok_or_else(|| ComputeError::NotFound(id.to_owned()))?;
         if job.is_final() {
             return Err(ComputeError::AlreadyFinished {
@@ -652,11 +665,14 @@ impl Jobs {
         Ok(wire)
     }
 
-    pub(crate) fn list(&self, client_id: &str) -> Vec<v1::Job> {
+    /// `owner`'s jobs: those of one device (`client_id`), or of all its
+    /// devices (an empty `client_id`); never another identity's.
+    pub(crate) fn list(&self, owner: &str, client_id: &str) -> Vec<v1::Job> {
         let st = self.lock_fresh();
         let mut jobs: Vec<(&Uuid, &JobEntry)> = st
             .jobs
             .iter()
+            .filter(|(_, j)| &*j.owner == owner)
             .filter(|(_, j)| client_id.is_empty() || j.client_id == client_id)
             .collect();
         jobs.sort_by(|a, b| b.1.submitted.cmp(&a.1.submitted).then(a.0.cmp(b.0)));
@@ -666,9 +682,16 @@ impl Jobs {
             .collect()
     }
 
-    /// Opens a callback subscription for `client_id`. The returned stream
-    /// ends at shutdown, and unsubscribes when dropped (the client left).
-    pub(crate) fn subscribe(&self, client_id: String) -> Result<CallbackStream, ComputeError> {
+    /// Opens a callback subscription for `owner`'s device `client_id`. The
+    /// returned stream ends at shutdown, ends with UNAUTHENTICATED when
+    /// `revoked` completes (the token was revoked), and unsubscribes when
+    /// dropped (the client left).
+    pub(crate) fn subscribe(
+        &self,
+        owner: &str,
+        client_id: String,
+        revoked: WaitForCancellationFutureOwned,
+    ) -> Result<CallbackStream, ComputeError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(ComputeError::ShuttingDown);
         }
@@ -677,6 +700,7 @@ impl Jobs {
                 "client_id must be 1 to {MAX_CLIENT_ID_BYTES} bytes"
             )));
         }
+        let client_id = owner_key(owner, &client_id);
         let cfg = &self.shared.config;
         let reservation = self.reserve(SUBSCRIBER_RESERVE)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
@@ -708,6 +732,7 @@ impl Jobs {
         Ok(CallbackStream {
             rx,
             shutdown: Box::pin(self.shared.shutdown.clone().cancelled_owned()),
+            revoked: Some(Box::pin(revoked)),
             _guard: Unsubscribe {
                 shared: Arc::downgrade(&self.shared),
                 client_id,
@@ -761,6 +786,7 @@ impl Drop for StopOnDrop {
 #[derive(Debug)]
 struct Unsubscribe {
     shared: Weak<Shared>,
+    /// The [`owner_key`].
     client_id: String,
     sub: u64,
 }
@@ -789,6 +815,8 @@ impl Drop for Unsubscribe {
 pub struct CallbackStream {
     rx: mpsc::Receiver<Arc<Event>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Taken once it completed (the stream then ends).
+    revoked: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     _guard: Unsubscribe,
     _reservation: Reservation,
 }
@@ -807,6 +835,15 @@ impl Stream for CallbackStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
+        }
+        match self.revoked.as_mut().map(|r| r.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                self.revoked = None;
+                return Poll::Ready(Some(Err(crate::auth::Identity::revoked_status())));
+            }
+            Some(Poll::Pending) => {}
+            // Revoked and already told.
+            None => return Poll::Ready(None),
         }
         // The shared event becomes this subscriber's own message only as
         // the transport takes it (at most INLINE_RESULT_MAX numbers).

@@ -33,6 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 use uuid::Uuid;
 
+use crate::auth::Identity;
 use budget::Reservation;
 pub use error::ComputeError;
 pub use jobs::CallbackStream;
@@ -361,6 +362,7 @@ impl Compute for ComputeService {
         &self,
         req: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let who = Identity::of(&req);
         let req = req.into_inner();
         let task = match req.task {
             Some(v1::submit_request::Task::Add(a)) => Task::Add(numbers(a.numbers)?),
@@ -386,7 +388,9 @@ impl Compute for ComputeService {
                 ComputeError::InvalidArgument("deadline must not be negative".into())
             })?),
         };
-        let (id, deadline) = self.jobs.submit(req.client_id, job_id, deadline, task)?;
+        let (id, deadline) = self
+            .jobs
+            .submit(who.owner, req.client_id, job_id, deadline, task)?;
         Ok(Response::new(v1::SubmitResponse {
             job_id: id.to_string(),
             deadline: Some(timestamp(deadline)),
@@ -398,14 +402,20 @@ impl Compute for ComputeService {
         &self,
         req: Request<v1::CallbacksRequest>,
     ) -> Result<Response<Self::CallbacksStream>, Status> {
-        Ok(Response::new(
-            self.jobs.subscribe(req.into_inner().client_id)?,
-        ))
+        let who = Identity::of(&req);
+        Ok(Response::new(self.jobs.subscribe(
+            &who.owner,
+            req.into_inner().client_id,
+            who.revoked(),
+        )?))
     }
 
     #[instrument(skip_all)]
     async fn get_job(&self, req: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
-        Ok(Response::new(self.jobs.get(&req.into_inner().job_id)?))
+        let who = Identity::of(&req);
+        Ok(Response::new(
+            self.jobs.get(&who.owner, &req.into_inner().job_id)?,
+        ))
     }
 
     #[instrument(skip_all)]
@@ -416,7 +426,8 @@ impl Compute for ComputeService {
         // Reserved first: making room may evict results, this one too
         // (which then answers NOT_FOUND, as GetJob would).
         let reserved = self.jobs.reserve(RESULT_STREAM_RESERVE)?;
-        let kept = self.jobs.result(&req.into_inner().job_id)?;
+        let who = Identity::of(&req);
+        let kept = self.jobs.result(&who.owner, &req.into_inner().job_id)?;
         Ok(Response::new(chunked(kept, reserved, |numbers| {
             v1::JobResultChunk {
                 numbers: Some(numbers),
@@ -429,7 +440,10 @@ impl Compute for ComputeService {
         &self,
         req: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
-        Ok(Response::new(self.jobs.cancel(&req.into_inner().job_id)?))
+        let who = Identity::of(&req);
+        Ok(Response::new(
+            self.jobs.cancel(&who.owner, &req.into_inner().job_id)?,
+        ))
     }
 
     #[instrument(skip_all)]
@@ -438,7 +452,9 @@ impl Compute for ComputeService {
         req: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
         Ok(Response::new(v1::ListJobsResponse {
-            jobs: self.jobs.list(&req.into_inner().client_id),
+            jobs: self
+                .jobs
+                .list(&Identity::of(&req).owner, &req.into_inner().client_id),
         }))
     }
 }

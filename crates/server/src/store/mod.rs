@@ -10,6 +10,7 @@ mod disk;
 mod index;
 mod parts;
 mod upload;
+mod view;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use disk::Kind;
 pub use index::{ChangeOp, ChangeRecord, FileRecord};
 pub use parts::KeptParts;
 pub use upload::{Upload, UploadHeader, verify};
+pub use view::View;
 
 use crate::error::{Result, ServiceError};
 use crate::locks::PathLocks;

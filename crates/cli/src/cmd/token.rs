@@ -1,0 +1,348 @@
+//! `distribusync token create|list|revoke`: on the server's ROOT directly
+//! (also while it serves: it sees the change within a second), or through
+//! a server's Admin service with an admin token (`--server`).
+//!
+//! Exit codes: 2 for input that does not parse (a bad name, scope or
+//! `--expires`), 1 for a refusal (a taken name, an unknown one, a server
+//! that says no).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use distribusync_proto::v1::{self, admin_client::AdminClient};
+use distribusync_server::auth::{NewToken, TokenRow, TokenStore, TokenStoreError};
+use serde::Serialize;
+
+use crate::UsageError;
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Where the token table is.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The server's folder (as `serve --root`): work on its token table
+    /// directly.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUSYNC_ROOT",
+        default_value = "./MASTER",
+        conflicts_with = "server"
+    )]
+    pub root: PathBuf,
+    /// A server to manage remotely instead, with an admin token (sent from
+    /// DISTRIBUSYNC_TOKEN).
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is printed once, on standard output, and stored
+    /// nowhere.
+    Create {
+        /// A name for it (letters, digits, - _ .), shown in `token list`
+        /// and in the server's log.
+        name: String,
+        /// What it may do: read, write, compute, admin (comma-separated).
+        #[arg(long, required = true)]
+        scopes: String,
+        /// Confine it to this folder (e.g. photos/): it sees and changes
+        /// nothing else.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// When it stops working: a duration (90d, 12h, 2w) or a date
+        /// (2027-01-01, UTC). Default: never.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens: name, scopes, prefix, created, last used, expires.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it stops working within a second, and its open
+    /// streams end.
+    Revoke { name: String },
+}
+
+/// A token as listed.
+#[derive(Debug, Serialize)]
+struct Listed {
+    name: String,
+    scopes: String,
+    prefix: String,
+    created: Option<String>,
+    last_used: Option<String>,
+    expires: Option<String>,
+    revoked: Option<String>,
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn wire_time(t: Option<prost_types::Timestamp>) -> Option<String> {
+    t.as_ref()
+        .and_then(distribusync_proto::system_time)
+        .map(time)
+}
+
+impl From<&TokenRow> for Listed {
+    fn from(r: &TokenRow) -> Self {
+        Listed {
+            name: r.name.clone(),
+            scopes: r.scopes.to_string(),
+            prefix: r
+                .prefix
+                .as_ref()
+                .map(|p| format!("{p}/"))
+                .unwrap_or_default(),
+            created: Some(time(r.created)),
+            last_used: r.last_used.map(time),
+            expires: r.expires.map(time),
+            revoked: r.revoked.map(time),
+        }
+    }
+}
+
+impl From<v1::TokenInfo> for Listed {
+    fn from(t: v1::TokenInfo) -> Self {
+        Listed {
+            name: t.name,
+            scopes: t.scopes.join(","),
+            prefix: t.prefix,
+            created: wire_time(t.created),
+            last_used: wire_time(t.last_used),
+            expires: wire_time(t.expires),
+            revoked: wire_time(t.revoked),
+        }
+    }
+}
+
+/// A table error as the command reports it: bad input is a usage error.
+fn refusal(e: TokenStoreError) -> anyhow::Error {
+    match e {
+        TokenStoreError::Name(_)
+        | TokenStoreError::Scope(_)
+        | TokenStoreError::Expiry(_)
+        | TokenStoreError::Prefix(_) => UsageError(format!("token: {e}")).into(),
+        e => anyhow::anyhow!("token: {e}"),
+    }
+}
+
+/// A server's refusal as the command reports it.
+fn remote(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::InvalidArgument => UsageError(format!("token: {}", status.message())).into(),
+        _ => anyhow::anyhow!("token: {} ({:?})", status.message(), status.code()),
+    }
+}
+
+pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
+    match &args.target.server {
+        Some(server) => run_remote(server, args.command).await,
+        None => {
+            let root = args.target.root.clone();
+            tokio::task::spawn_blocking(move || run_local(&root, args.command))
+                .await
+                .context("token")?
+        }
+    }
+}
+
+fn print_created(token: &str, listed: &Listed) -> anyhow::Result<()> {
+    eprintln!(
+        "distribusync: token `{}` created ({}{}{}); it is shown only this once:",
+        listed.name,
+        listed.scopes,
+        if listed.prefix.is_empty() {
+            String::new()
+        } else {
+            format!(", only {}", listed.prefix)
+        },
+        listed
+            .expires
+            .as_ref()
+            .map(|e| format!(", expires {e}"))
+            .unwrap_or_default()
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{token}")?;
+    Ok(())
+}
+
+fn print_list(rows: &[Listed], json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        for r in rows {
+            serde_json::to_writer(&mut out, r)?;
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<20} {:<26} {:<16} {:<20} {:<20} EXPIRES",
+        "NAME", "SCOPES", "PREFIX", "CREATED", "LAST USED"
+    )?;
+    let dash = || "-".to_owned();
+    for r in rows {
+        let expires = match (&r.revoked, &r.expires) {
+            (Some(t), _) => format!("revoked {t}"),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "never".into(),
+        };
+        writeln!(
+            out,
+            "{:<20} {:<26} {:<16} {:<20} {:<20} {}",
+            r.name,
+            r.scopes,
+            if r.prefix.is_empty() { "/" } else { &r.prefix },
+            r.created.clone().unwrap_or_else(dash),
+            r.last_used.clone().unwrap_or_else(dash),
+            expires
+        )?;
+    }
+    Ok(())
+}
+
+fn run_local(root: &std::path::Path, command: TokenCommand) -> anyhow::Result<()> {
+    let now = SystemTime::now();
+    // Input is checked before the table is opened (or made).
+    if let TokenCommand::Create {
+        name,
+        scopes,
+        prefix,
+        expires,
+    } = &command
+    {
+        NewToken::parse(name, scopes, prefix.as_deref(), expires.as_deref(), now)
+            .map_err(refusal)?;
+    }
+    let store = TokenStore::open(root).map_err(refusal)?;
+    match command {
+        TokenCommand::Create {
+            name,
+            scopes,
+            prefix,
+            expires,
+        } => {
+            let new = NewToken::parse(&name, &scopes, prefix.as_deref(), expires.as_deref(), now)
+                .map_err(refusal)?;
+            let (token, row) = store.create(&new, now).map_err(refusal)?;
+            tracing::info!(by = "local", token = %row.name, scopes = %row.scopes, "token created");
+            print_created(token.reveal(), &Listed::from(&row))
+        }
+        TokenCommand::List { json } => {
+            let rows: Vec<Listed> = store
+                .list()
+                .map_err(refusal)?
+                .iter()
+                .map(Listed::from)
+                .collect();
+            print_list(&rows, json)
+        }
+        TokenCommand::Revoke { name } => {
+            let row = store.revoke(&name, now).map_err(refusal)?;
+            tracing::info!(by = "local", token = %row.name, "token revoked");
+            eprintln!("distribusync: token `{}` revoked", row.name);
+            Ok(())
+        }
+    }
+}
+
+/// Sends the admin token. It comes from DISTRIBUSYNC_TOKEN until the
+/// shared connection settings (profiles, --token-file) carry it.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+type Admin =
+    AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+async fn admin(server: &str) -> anyhow::Result<Admin> {
+    let channel = distribusync_client::channel(server).await?;
+    let value = match std::env::var("DISTRIBUSYNC_TOKEN") {
+        Ok(t) => Some(
+            format!("Bearer {}", t.trim())
+                .parse()
+                .map_err(|_| UsageError("DISTRIBUSYNC_TOKEN is not a token".into()))?,
+        ),
+        Err(_) => None,
+    };
+    Ok(AdminClient::with_interceptor(channel, Bearer(value)))
+}
+
+async fn run_remote(server: &str, command: TokenCommand) -> anyhow::Result<()> {
+    let mut client = admin(server).await?;
+    match command {
+        TokenCommand::Create {
+            name,
+            scopes,
+            prefix,
+            expires,
+        } => {
+            // Checked here too, so a typo is a usage error without a round trip.
+            NewToken::parse(
+                &name,
+                &scopes,
+                prefix.as_deref(),
+                expires.as_deref(),
+                SystemTime::now(),
+            )
+            .map_err(refusal)?;
+            let r = client
+                .create_token(v1::CreateTokenRequest {
+                    name,
+                    scopes: scopes.split(',').map(|s| s.trim().to_owned()).collect(),
+                    prefix: prefix.unwrap_or_default(),
+                    expires: expires.unwrap_or_default(),
+                })
+                .await
+                .map_err(remote)?
+                .into_inner();
+            let info = r.info.unwrap_or_default();
+            print_created(&r.token, &Listed::from(info))
+        }
+        TokenCommand::List { json } => {
+            let r = client
+                .list_tokens(v1::ListTokensRequest {})
+                .await
+                .map_err(remote)?
+                .into_inner();
+            let rows: Vec<Listed> = r.tokens.into_iter().map(Listed::from).collect();
+            print_list(&rows, json)
+        }
+        TokenCommand::Revoke { name } => {
+            let r = client
+                .revoke_token(v1::RevokeTokenRequest { name })
+                .await
+                .map_err(remote)?
+                .into_inner();
+            eprintln!(
+                "distribusync: token `{}` revoked",
+                r.info.map(|i| i.name).unwrap_or_default()
+            );
+            Ok(())
+        }
+    }
+}
