@@ -28,16 +28,38 @@ impl IgnoreRules {
     /// Reads `DIR/.distribusyncignore` (if any) on top of the built-ins.
     /// Bad lines are reported and skipped.
     pub fn load(dir: &Path) -> Self {
-        let mut b = GitignoreBuilder::new(dir);
-        for pat in BUILTIN {
-            let _ = b.add_line(None, pat);
-        }
+        let mut b = Self::builder(dir);
         let file = dir.join(".distribusyncignore");
         if file.exists()
             && let Some(e) = b.add(&file)
         {
             tracing::warn!(error = %e, "some lines of .distribusyncignore were skipped");
         }
+        Self::build(b)
+    }
+
+    /// The rules of an ignore file's `text` for the folder `dir`, on top
+    /// of the built-ins, as [`IgnoreRules::load`] reads them from disk
+    /// (bad lines are reported and skipped).
+    pub fn parse(dir: &Path, text: &str) -> Self {
+        let mut b = Self::builder(dir);
+        for line in text.lines() {
+            if let Err(e) = b.add_line(None, line) {
+                tracing::warn!(error = %e, "a line of .distribusyncignore was skipped");
+            }
+        }
+        Self::build(b)
+    }
+
+    fn builder(dir: &Path) -> GitignoreBuilder {
+        let mut b = GitignoreBuilder::new(dir);
+        for pat in BUILTIN {
+            let _ = b.add_line(None, pat);
+        }
+        b
+    }
+
+    fn build(b: GitignoreBuilder) -> Self {
         let rules = b.build().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "ignore rules could not be built; using none");
             Gitignore::empty()

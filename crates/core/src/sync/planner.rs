@@ -377,17 +377,34 @@ fn renames_on<M: Content, O: Content>(
         })
         .map(|(p, b)| (p, b.hash))
         .collect();
+    // A path the other side holds as a folder (or under a file) cannot be
+    // a rename's target there: the server refuses it and the model
+    // executor cannot apply it; it travels as a new file instead.
     let new = moved
         .iter()
         .filter(|(p, m)| {
             m.size() > 0
                 && !input.base.contains_key(*p)
                 && !other.contains_key(*p)
+                && !folder_clash(other, p)
                 && !left_alone(input, p)
         })
         .map(|(p, m)| (p, m.hash()))
         .collect();
     match_renames(gone, new)
+}
+
+/// True when `side` holds a file inside `p` or at one of its ancestors:
+/// a file cannot be put at `p` there.
+fn folder_clash<T>(side: &BTreeMap<RemotePath, T>, p: &RemotePath) -> bool {
+    use std::ops::Bound::{Excluded, Unbounded};
+    // Paths inside `p` sort after it, among those that start with it.
+    let inside = side
+        .range::<RemotePath, _>((Excluded(p), Unbounded))
+        .map(|(k, _)| k)
+        .take_while(|k| k.as_str().starts_with(p.as_str()))
+        .any(|k| k.is_inside(p));
+    inside || p.ancestors().iter().any(|a| side.contains_key(a))
 }
 
 fn local_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
