@@ -22,7 +22,7 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
 
     if input.mode != Mode::Pull {
         let pairs = local_renames(input);
-        renames_remote = coalesce(&pairs, &input.base, &input.remote, |from, to, folder| {
+        renames_remote = coalesce(&pairs, input, &input.remote, |from, to, folder| {
             // A file moves only if the server still has the version we saw.
             let if_revision = (!folder).then(|| input.remote.get(&from).map_or(0, |r| r.revision));
             Operation::RenameRemote {
@@ -36,7 +36,7 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
     }
     if input.mode != Mode::Push {
         let pairs = remote_renames(input);
-        renames_local = coalesce(&pairs, &input.base, &input.local, |from, to, folder| {
+        renames_local = coalesce(&pairs, input, &input.local, |from, to, folder| {
             Operation::RenameLocal { from, to, folder }
         });
         handled.extend(pairs.iter().flat_map(|(f, t)| [f.clone(), t.clone()]));
@@ -388,6 +388,7 @@ fn renames_on<M: Content, O: Content>(
                 && !other.contains_key(*p)
                 && !folder_clash(other, p)
                 && !left_alone(input, p)
+                && !p.ancestors().iter().any(|a| left_alone(input, a))
         })
         .map(|(p, m)| (p, m.hash()))
         .collect();
@@ -435,14 +436,27 @@ fn folder_mapping(from: &RemotePath, to: &RemotePath) -> Option<(RemotePath, Rem
 }
 
 /// Turns file renames into folder renames where a whole folder moved: every
-/// file the base had in it moved to the same place, and the side being
-/// changed holds exactly those files there and nothing at the target.
+/// file the base had in it moved to the same place, the side being changed
+/// holds exactly those files there and nothing at the target, and no path
+/// left alone this time lies in, at or above either folder (a folder
+/// rename would move it, or land on it).
 fn coalesce<T>(
     pairs: &[(RemotePath, RemotePath)],
-    base: &BTreeMap<RemotePath, BaseFile>,
+    input: &SyncInput,
     target_side: &BTreeMap<RemotePath, T>,
     make: impl Fn(RemotePath, RemotePath, bool) -> Operation,
 ) -> Vec<Operation> {
+    let base = &input.base;
+    let left: Vec<&RemotePath> = input
+        .unreadable
+        .iter()
+        .chain(&input.held)
+        .chain(&input.ignored)
+        .collect();
+    let near = |dir: &RemotePath| {
+        left.iter()
+            .any(|p| *p == dir || p.is_inside(dir) || dir.is_inside(p))
+    };
     let mut groups: BTreeMap<(RemotePath, RemotePath), Vec<&(RemotePath, RemotePath)>> =
         BTreeMap::new();
     let mut singles = Vec::new();
@@ -468,7 +482,9 @@ fn coalesce<T>(
                 .keys()
                 .any(|p| inside(&to_dir, p) || *p == to_dir)
             && !to_dir.is_inside(&from_dir)
-            && !from_dir.is_inside(&to_dir);
+            && !from_dir.is_inside(&to_dir)
+            && !near(&from_dir)
+            && !near(&to_dir);
         if whole {
             ops.push(make(from_dir, to_dir, true));
         } else {

@@ -357,6 +357,24 @@ fn a_file_renamed_onto_a_folder_the_server_still_has_is_sent_as_a_new_file() {
     assert_eq!(w.remote[&p("f")].hash, h("bee"));
 }
 
+/// Found by fuzzing (planner target): the server renamed folder `f` to
+/// `a` while a file `a` is being written here (unreadable this pass). The
+/// plan must not name `a`, a path left alone: no folder rename onto it.
+#[test]
+fn a_remote_folder_rename_onto_a_file_being_written_here_leaves_that_file_alone() {
+    let mut i = input();
+    i.base.insert(p("f/h"), bf("h", 1));
+    i.local.insert(p("f/h"), lf("h"));
+    i.remote.insert(p("a/h"), rf("h", 5));
+    i.unreadable.insert(p("a"));
+    let plan = plan(&i);
+    for op in &plan.operations {
+        if let Operation::RenameLocal { from, to, .. } = op {
+            assert!(to != &p("a") && from != &p("a"), "{op:?} touches a file left alone");
+        }
+    }
+}
+
 #[test]
 fn ignored_paths_are_never_touched_and_do_not_hide_an_emptied_folder() {
     let mut i = input();
