@@ -23,16 +23,40 @@ pub struct World {
     pub seq: u64,
 }
 
-/// Moves every key equal to or inside `from` to the same place under `to`.
-pub fn move_prefix<T: Clone>(m: &mut BTreeMap<RemotePath, T>, from: &RemotePath, to: &RemotePath) {
+/// Moves every key equal to or inside `from` to the same place under `to`;
+/// returns the new keys.
+pub fn move_prefix<T: Clone>(
+    m: &mut BTreeMap<RemotePath, T>,
+    from: &RemotePath,
+    to: &RemotePath,
+) -> Vec<RemotePath> {
     let moved: Vec<_> = m
         .keys()
         .filter_map(|k| k.rebase(from, to).map(|n| (k.clone(), n)))
         .collect();
+    let mut new_keys = Vec::new();
     for (old, new) in moved {
         let v = m.remove(&old).unwrap();
-        m.insert(new, v);
+        m.insert(new.clone(), v);
+        new_keys.push(new);
     }
+    new_keys
+}
+
+/// A rename's source holds something and its target is free: nothing at
+/// it, inside it, or at one of its ancestors (as the server and the
+/// client's executor require).
+fn assert_can_move<T>(side: &BTreeMap<RemotePath, T>, from: &RemotePath, to: &RemotePath) {
+    assert!(
+        side.keys().any(|k| k == from || k.is_inside(from)),
+        "rename of {from}: nothing there"
+    );
+    assert!(
+        !side
+            .keys()
+            .any(|k| k == to || k.is_inside(to) || to.is_inside(k)),
+        "rename to {to}: taken"
+    );
 }
 
 impl World {
@@ -46,6 +70,16 @@ impl World {
             host: "h".into(),
             stamp: "20261125-000000".into(),
             ..Default::default()
+        }
+    }
+
+    /// The base entries under `from` move to `to` and take the server's
+    /// revision there, as the client's executor records a rename.
+    fn moved_base(&mut self, from: &RemotePath, to: &RemotePath) {
+        for k in move_prefix(&mut self.base, from, to) {
+            if let Some(r) = self.remote.get(&k) {
+                self.base.get_mut(&k).unwrap().revision = r.revision;
+            }
         }
     }
 
@@ -123,29 +157,18 @@ impl World {
                     if let Some(rev) = if_revision {
                         assert_eq!(self.remote[from].revision, *rev);
                     }
-                    // The server gives every moved file the rename's revision.
-                    move_prefix(&mut self.remote, from, to);
-                    move_prefix(&mut self.base, from, to);
-                    for (k, r) in self
-                        .remote
-                        .iter_mut()
-                        .filter(|(k, _)| *k == to || k.is_inside(to))
-                    {
-                        r.revision = seq;
-                        self.base.get_mut(k).unwrap().revision = seq;
+                    assert_can_move(&self.remote, from, to);
+                    // The server gives every moved file the rename's
+                    // revision; the base entries that moved take it.
+                    for k in move_prefix(&mut self.remote, from, to) {
+                        self.remote.get_mut(&k).unwrap().revision = seq;
                     }
+                    self.moved_base(from, to);
                 }
                 Operation::RenameLocal { from, to, .. } => {
-                    // The base takes the server's view of the moved files.
+                    assert_can_move(&self.local, from, to);
                     move_prefix(&mut self.local, from, to);
-                    move_prefix(&mut self.base, from, to);
-                    for (k, b) in self
-                        .base
-                        .iter_mut()
-                        .filter(|(k, _)| *k == to || k.is_inside(to))
-                    {
-                        b.revision = self.remote[k].revision;
-                    }
+                    self.moved_base(from, to);
                 }
                 Operation::Conflict {
                     path,
@@ -205,4 +228,3 @@ impl World {
         }
     }
 }
-

@@ -370,7 +370,10 @@ fn a_remote_folder_rename_onto_a_file_being_written_here_leaves_that_file_alone(
     let plan = plan(&i);
     for op in &plan.operations {
         if let Operation::RenameLocal { from, to, .. } = op {
-            assert!(to != &p("a") && from != &p("a"), "{op:?} touches a file left alone");
+            assert!(
+                to != &p("a") && from != &p("a"),
+                "{op:?} touches a file left alone"
+            );
         }
     }
 }
