@@ -468,6 +468,7 @@ fn coalesce<T>(
     }
     let inside = |dir: &RemotePath, p: &RemotePath| p.is_inside(dir);
     let mut ops = Vec::new();
+    let mut folders = Vec::new();
     for ((from_dir, to_dir), members) in groups {
         let moved: BTreeSet<&RemotePath> = members.iter().map(|(f, _)| f).collect();
         let whole = base
@@ -486,9 +487,24 @@ fn coalesce<T>(
             && !near(&from_dir)
             && !near(&to_dir);
         if whole {
-            ops.push(make(from_dir, to_dir, true));
+            folders.push((from_dir, to_dir, members));
         } else {
             singles.extend(members);
+        }
+    }
+    // Two folders moved into one (or one into the other's target): the
+    // first rename would take the target and the second be refused, so
+    // their files move one by one.
+    let clash = |a: &RemotePath, b: &RemotePath| a == b || a.is_inside(b) || b.is_inside(a);
+    for (i, (from_dir, to_dir, members)) in folders.iter().enumerate() {
+        let shared = folders
+            .iter()
+            .enumerate()
+            .any(|(j, (_, other, _))| i != j && clash(to_dir, other));
+        if shared {
+            singles.extend(members.iter().copied());
+        } else {
+            ops.push(make(from_dir.clone(), to_dir.clone(), true));
         }
     }
     singles.sort();

@@ -378,6 +378,29 @@ fn a_remote_folder_rename_onto_a_file_being_written_here_leaves_that_file_alone(
     }
 }
 
+/// Found by fuzzing (planner target): `f/h` and `g/c` both moved here
+/// into a new folder `d`. Two folder renames onto `d` cannot both be
+/// applied on the server (the second finds `d` taken): the files move one
+/// by one, and the sides converge in one pass.
+#[test]
+fn two_folders_moved_into_one_are_file_renames() {
+    let mut w = World::default();
+    for (n, (path, content)) in [("f/h", "h"), ("g/c", "c")].into_iter().enumerate() {
+        let rev = n as u64 + 1;
+        w.base.insert(p(path), bf(content, rev));
+        w.remote.insert(p(path), rf(content, rev));
+    }
+    w.local.insert(p("d/h"), lf("h"));
+    w.local.insert(p("d/c"), lf("c"));
+    w.seq = 10;
+    let first = plan(&w.input(Mode::TwoWay));
+    w.apply(&first);
+    let second = plan(&w.input(Mode::TwoWay));
+    assert!(second.operations.is_empty(), "not converged: {second:?}");
+    let remote: Vec<_> = w.remote.keys().map(RemotePath::as_str).collect();
+    assert_eq!(remote, ["d/c", "d/h"]);
+}
+
 #[test]
 fn ignored_paths_are_never_touched_and_do_not_hide_an_emptied_folder() {
     let mut i = input();
