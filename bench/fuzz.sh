@@ -8,8 +8,10 @@
 # Each target starts from the committed corpus fuzz/corpus/TARGET (read
 # only) plus a scratch corpus fuzz/corpus-full/TARGET (git-ignored) that
 # keeps growing across runs; MINIMIZE=1 afterwards rewrites the committed
-# corpus as the minimal set of both that covers the same code
-# (libFuzzer's -merge, what `cargo fuzz cmin` does). A crash stops its
+# corpus from both: libFuzzer's -merge (what `cargo fuzz cmin` does) picks
+# the inputs that cover new code, and the KEEP (default 40) largest of
+# those are committed, to keep the repository small (the full minimised
+# set stays in fuzz/corpus-full). A crash stops its
 # target (libFuzzer's default); the input is kept in fuzz/artifacts/TARGET/
 # and `cargo +nightly fuzz run -s none TARGET FILE` replays it.
 #
@@ -48,16 +50,21 @@ for t in "${targets[@]}"; do
     rm -rf "corpus-min/$t" && mkdir -p "corpus-min/$t"
     cargo +nightly fuzz run "${flags[@]}" "$t" "corpus-min/$t" "corpus/$t" "corpus-full/$t" -- \
       -merge=1 >"$logs/$t.merge" 2>&1
-    rm -rf "corpus/$t" && mv "corpus-min/$t" "corpus/$t"
+    rm -rf "corpus/$t" && mkdir -p "corpus/$t"
+    ls -S "corpus-min/$t" | head -n "${KEEP:-40}" | while read -r f; do
+      mv "corpus-min/$t/$f" "corpus/$t/"
+    done
+    rm -rf "corpus-min/$t"
   fi
 done
 rmdir corpus-min 2>/dev/null || true
 
 printf '%-10s %10s %14s %8s  %s\n' target cpu_s executions crashes "new artifacts"
 for t in "${targets[@]}"; do
-  cpu=$(awk '{printf "%.0f", $1 + $2}' "$logs/$t.time")
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$logs/$t.log" | awk '{print $2}' | tail -1)
-  [ -n "$execs" ] || execs=$(grep -o '^#[0-9]*' "$logs/$t.log" | tail -1 | tr -d '#')
+  # The last line is "user system" (a failed run adds a line before it).
+  cpu=$(tail -n 1 "$logs/$t.time" | awk '{printf "%.0f", $1 + $2}')
+  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$logs/$t.log" | awk '{print $2}' | tail -1 || true)
+  [ -n "$execs" ] || execs=$(grep -o '^#[0-9]*' "$logs/$t.log" | tail -1 | tr -d '#' || true)
   crashes=$(cat "$logs/$t.crashes")
   new=$(ls -t "artifacts/$t" | head -n "$crashes" | tr '\n' ' ')
   printf '%-10s %10s %14s %8s  %s\n' "$t" "$cpu" "${execs:-?}" "$crashes" "$new"
