@@ -34,7 +34,8 @@ flags=(-s none)
 cargo +nightly fuzz build "${flags[@]}"
 
 logs=$(mktemp -d)
-[ -n "$(ls -A corpus/server 2>/dev/null)" ] || python3 seeds/server_seeds.py corpus/server
+mkdir -p corpus-full/server
+[ -n "$(ls -A corpus-full/server)" ] || python3 seeds/server_seeds.py corpus-full/server
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "corpus-full/$t" "artifacts/$t"
   before=$(ls "artifacts/$t" | wc -l)
