@@ -26,7 +26,14 @@ fuzz_target!(|input: (&str, Vec<&str>)| {
     assert!(rules.is_ignored(".distribusync", true));
     assert!(rules.is_ignored(".distribusync/state.db", false));
     if !text.lines().any(|l| l.trim_start().starts_with('!')) {
-        for temp in ["a.swp", "d/notes~", ".#lock", "~$doc.docx", "x/.DS_Store", "f.distribusync-part"] {
+        for temp in [
+            "a.swp",
+            "d/notes~",
+            ".#lock",
+            "~$doc.docx",
+            "x/.DS_Store",
+            "f.distribusync-part",
+        ] {
             assert!(rules.is_ignored(temp, false), "{temp:?} with {text:?}");
         }
     }
@@ -36,8 +43,14 @@ fuzz_target!(|input: (&str, Vec<&str>)| {
         if as_dir {
             for inner in ["x", "y/z.txt"] {
                 let path = format!("{p}/{inner}");
-                assert!(rules.is_ignored(&path, false), "{path:?} under ignored {p:?} with {text:?}");
-                assert!(rules.is_ignored(&path, true), "{path:?} under ignored {p:?} with {text:?}");
+                assert!(
+                    rules.is_ignored(&path, false),
+                    "{path:?} under ignored {p:?} with {text:?}"
+                );
+                assert!(
+                    rules.is_ignored(&path, true),
+                    "{path:?} under ignored {p:?} with {text:?}"
+                );
             }
         }
         let _ = as_file;

@@ -26,7 +26,10 @@ fn check_token(token: &str) {
         Ok(n @ Number::Int(_)) => {
             let t = token.trim();
             let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
-            assert!(!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()), "{token:?}");
+            assert!(
+                !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()),
+                "{token:?}"
+            );
             assert!(same(parse_number(&n.to_string()).unwrap(), n), "{token:?}");
         }
         Ok(n @ Number::Float(x)) => {
@@ -103,7 +106,10 @@ fn check_numbers(numbers: &Numbers, cuts: &[u8], chunk: usize, order: Order) {
             let mut want = v.clone();
             want.sort_by(|a, b| cmp_floats(a, b, order));
             assert_eq!(bits(&want), bits(s));
-            assert_eq!(bits(&merged(v, cuts, chunk, |a, b| cmp_floats(a, b, order))), bits(s));
+            assert_eq!(
+                bits(&merged(v, cuts, chunk, |a, b| cmp_floats(a, b, order))),
+                bits(s)
+            );
         }
         _ => panic!("sorting changed the kind"),
     }
@@ -111,7 +117,11 @@ fn check_numbers(numbers: &Numbers, cuts: &[u8], chunk: usize, order: Order) {
 
 fuzz_target!(|input: (&str, Vec<u8>, u8, bool)| {
     let (text, cuts, chunk, descending) = input;
-    let order = if descending { Order::Descending } else { Order::Ascending };
+    let order = if descending {
+        Order::Descending
+    } else {
+        Order::Ascending
+    };
     let chunk = usize::from(chunk).max(1);
     let tokens: Vec<&str> = text
         .split(|c: char| c.is_whitespace() || c == ',')

@@ -31,7 +31,10 @@ fn check_valid(p: &RemotePath) {
     let joined = root.join(s);
     assert!(joined.starts_with(root), "{s:?} escapes");
     let names: Vec<_> = joined.strip_prefix(root).unwrap().components().collect();
-    assert!(names.iter().all(|c| matches!(c, Component::Normal(_))), "{s:?}");
+    assert!(
+        names.iter().all(|c| matches!(c, Component::Normal(_))),
+        "{s:?}"
+    );
     assert_eq!(names.len(), p.segments().count(), "{s:?}");
 }
 

@@ -20,16 +20,27 @@ use distribusync_core::sync::{BaseFile, FileStat, LocalFile, Mode, Operation, Re
 use distribusync_core::{ContentHash, RemotePath};
 use libfuzzer_sys::fuzz_target;
 
-const NAMES: [&str; 10] = ["a", "b", "d/c", "d/e", "f/g", "f/h", "g/c", "d/x/c", "e.txt", "f/e.txt"];
+const NAMES: [&str; 10] = [
+    "a", "b", "d/c", "d/e", "f/g", "f/h", "g/c", "d/x/c", "e.txt", "f/e.txt",
+];
 const CONTENTS: [&str; 6] = ["", "one", "two", "three", "four", "five"];
 
 #[derive(Arbitrary, Debug)]
 enum Edit {
-    Write { name: u8, content: u8 },
-    Delete { name: u8 },
+    Write {
+        name: u8,
+        content: u8,
+    },
+    Delete {
+        name: u8,
+    },
     /// Moves the folder of `from` (or the file itself when `file`) to the
     /// folder of `to` (or to `to` itself).
-    Move { from: u8, to: u8, file: bool },
+    Move {
+        from: u8,
+        to: u8,
+        file: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -52,7 +63,9 @@ fn content(i: u8) -> (ContentHash, u64) {
 
 /// A file may not sit where a folder is, nor inside a file.
 fn fits<T>(side: &BTreeMap<RemotePath, T>, p: &RemotePath) -> bool {
-    !side.keys().any(|k| k != p && (k.is_inside(p) || p.is_inside(k)))
+    !side
+        .keys()
+        .any(|k| k != p && (k.is_inside(p) || p.is_inside(k)))
 }
 
 fn move_target(pool: &[RemotePath], from: u8, to: u8, file: bool) -> (RemotePath, RemotePath) {
@@ -70,11 +83,16 @@ fn movable<T>(side: &BTreeMap<RemotePath, T>, from: &RemotePath, to: &RemotePath
         && !to.is_inside(from)
         && !from.is_inside(to)
         && side.keys().any(|k| k == from || k.is_inside(from))
-        && !side.keys().any(|k| k == to || k.is_inside(to) || to.is_inside(k))
+        && !side
+            .keys()
+            .any(|k| k == to || k.is_inside(to) || to.is_inside(k))
 }
 
 fn build(input: &Input) -> Option<(World, Vec<RemotePath>)> {
-    let mut pool: Vec<RemotePath> = NAMES.iter().map(|n| RemotePath::parse(n).unwrap()).collect();
+    let mut pool: Vec<RemotePath> = NAMES
+        .iter()
+        .map(|n| RemotePath::parse(n).unwrap())
+        .collect();
     for n in input.extra_names.iter().take(6) {
         if let Ok(p) = RemotePath::normalized(n)
             && !pool.contains(&p)
@@ -94,9 +112,24 @@ fn build(input: &Input) -> Option<(World, Vec<RemotePath>)> {
         }
         let (hash, size) = content(c);
         let rev = i as u64 + 1;
-        w.base.insert(p.clone(), BaseFile { stat: FileStat::default(), revision: rev, hash, size });
+        w.base.insert(
+            p.clone(),
+            BaseFile {
+                stat: FileStat::default(),
+                revision: rev,
+                hash,
+                size,
+            },
+        );
         w.local.insert(p.clone(), LocalFile { hash, size });
-        w.remote.insert(p, RemoteFile { revision: rev, hash, size });
+        w.remote.insert(
+            p,
+            RemoteFile {
+                revision: rev,
+                hash,
+                size,
+            },
+        );
     }
     w.seq = 1000;
     for e in &input.local {
@@ -126,7 +159,14 @@ fn build(input: &Input) -> Option<(World, Vec<RemotePath>)> {
                 let p = pick(name);
                 if fits(&w.remote, &p) {
                     let (hash, size) = content(c);
-                    w.remote.insert(p, RemoteFile { revision: w.seq, hash, size });
+                    w.remote.insert(
+                        p,
+                        RemoteFile {
+                            revision: w.seq,
+                            hash,
+                            size,
+                        },
+                    );
                 }
             }
             Edit::Delete { name } => {
@@ -137,7 +177,11 @@ fn build(input: &Input) -> Option<(World, Vec<RemotePath>)> {
                 if movable(&w.remote, &f, &t) {
                     move_prefix(&mut w.remote, &f, &t);
                     let seq = w.seq;
-                    for (_, r) in w.remote.iter_mut().filter(|(k, _)| *k == &t || k.is_inside(&t)) {
+                    for (_, r) in w
+                        .remote
+                        .iter_mut()
+                        .filter(|(k, _)| *k == &t || k.is_inside(&t))
+                    {
                         r.revision = seq;
                     }
                 }
@@ -163,13 +207,17 @@ fn touched(op: &Operation) -> Vec<&RemotePath> {
 }
 
 fuzz_target!(|input: Input| {
-    let Some((mut w, pool)) = build(&input) else { return };
+    let Some((mut w, pool)) = build(&input) else {
+        return;
+    };
     let mode = [Mode::TwoWay, Mode::Push, Mode::Pull][usize::from(input.mode) % 3];
     let mut inp = w.input(mode);
     inp.host = input.host.chars().take(64).collect();
     inp.stamp = "20261125-101500".into();
     // The engine only ever names files one of the views holds.
-    let known = |p: &RemotePath| inp.local.contains_key(p) || inp.remote.contains_key(p) || inp.base.contains_key(p);
+    let known = |p: &RemotePath| {
+        inp.local.contains_key(p) || inp.remote.contains_key(p) || inp.base.contains_key(p)
+    };
     let set = |ix: &[u8]| -> BTreeSet<RemotePath> {
         ix.iter()
             .take(4)
@@ -184,8 +232,12 @@ fuzz_target!(|input: Input| {
     for p in inp.ignored.iter().chain(&inp.unreadable) {
         inp.local.remove(p);
     }
-    let left_alone: BTreeSet<&RemotePath> =
-        inp.held.iter().chain(&inp.ignored).chain(&inp.unreadable).collect();
+    let left_alone: BTreeSet<&RemotePath> = inp
+        .held
+        .iter()
+        .chain(&inp.ignored)
+        .chain(&inp.unreadable)
+        .collect();
 
     let first = plan(&inp);
     if std::env::var_os("PLANNER_DEBUG").is_some() {
@@ -207,12 +259,18 @@ fuzz_target!(|input: Input| {
             Operation::DeleteLocal { path, local_hash } => {
                 assert_ne!(mode, Mode::Push, "{op:?}");
                 assert_eq!(l.get(path).map(|f| f.hash), Some(*local_hash));
-                assert_eq!(base_hash(path), Some(*local_hash), "deletes a local edit: {op:?}");
+                assert_eq!(
+                    base_hash(path),
+                    Some(*local_hash),
+                    "deletes a local edit: {op:?}"
+                );
                 assert!(!r.contains_key(path), "{op:?}");
             }
             Operation::DeleteRemote { path, if_revision } => {
                 assert_ne!(mode, Mode::Pull, "{op:?}");
-                let rf = r.get(path).unwrap_or_else(|| panic!("{op:?}: nothing to delete"));
+                let rf = r
+                    .get(path)
+                    .unwrap_or_else(|| panic!("{op:?}: nothing to delete"));
                 assert_eq!(rf.revision, *if_revision);
                 assert!(!l.contains_key(path), "{op:?}");
                 if mode == Mode::TwoWay {
@@ -223,7 +281,11 @@ fuzz_target!(|input: Input| {
                     assert!(synced, "deletes a remote edit: {op:?}");
                 }
             }
-            Operation::Download { path, remote, local_hash } => {
+            Operation::Download {
+                path,
+                remote,
+                local_hash,
+            } => {
                 assert_ne!(mode, Mode::Push, "{op:?}");
                 assert_eq!(r.get(path), Some(remote));
                 assert_eq!(l.get(path).map(|f| f.hash), *local_hash);
@@ -235,11 +297,23 @@ fuzz_target!(|input: Input| {
                 assert_ne!(mode, Mode::Pull, "{op:?}");
                 assert!(l.contains_key(path), "{op:?}");
                 assert_eq!(r.get(path).map_or(0, |f| f.revision), *if_revision);
-                if mode == Mode::TwoWay && let Some(rf) = r.get(path) {
-                    assert_eq!(base_hash(path), Some(rf.hash), "overwrites a remote edit: {op:?}");
+                if mode == Mode::TwoWay
+                    && let Some(rf) = r.get(path)
+                {
+                    assert_eq!(
+                        base_hash(path),
+                        Some(rf.hash),
+                        "overwrites a remote edit: {op:?}"
+                    );
                 }
             }
-            Operation::Conflict { path, copy, remote, local_hash, .. } => {
+            Operation::Conflict {
+                path,
+                copy,
+                remote,
+                local_hash,
+                ..
+            } => {
                 assert_ne!(mode, Mode::Push, "{op:?}");
                 assert_eq!(r.get(path), Some(remote));
                 assert_eq!(l.get(path).map(|f| f.hash), Some(*local_hash));
@@ -247,12 +321,18 @@ fuzz_target!(|input: Input| {
                 assert_eq!(RemotePath::parse(copy.as_str()).as_ref(), Ok(copy));
                 // Beside the original, or at the top when its folder's
                 // path leaves no room for a conflict name.
-                assert!(copy.parent() == path.parent() || copy.parent().is_none(), "{op:?}");
+                assert!(
+                    copy.parent() == path.parent() || copy.parent().is_none(),
+                    "{op:?}"
+                );
                 assert!(
                     !l.contains_key(copy) && !r.contains_key(copy) && !b.contains_key(copy),
                     "conflict copy over an existing file: {op:?}"
                 );
-                assert!(copies.insert(copy.clone()), "two conflicts, one copy: {op:?}");
+                assert!(
+                    copies.insert(copy.clone()),
+                    "two conflicts, one copy: {op:?}"
+                );
             }
             Operation::RenameRemote { .. } => assert_ne!(mode, Mode::Pull, "{op:?}"),
             Operation::RenameLocal { .. } => assert_ne!(mode, Mode::Push, "{op:?}"),
@@ -278,7 +358,11 @@ fuzz_target!(|input: Input| {
     let remote_now = hashes(&mut w.remote.iter().map(|(k, f)| (k, f.hash)));
     match mode {
         Mode::TwoWay => {
-            assert!(second.operations.is_empty(), "not idempotent: {:?}", second.operations);
+            assert!(
+                second.operations.is_empty(),
+                "not idempotent: {:?}",
+                second.operations
+            );
             assert_eq!(local_now, remote_now, "sides differ after the plan");
             // Both versions of every edit survive somewhere (conflicts keep
             // both). An edit: content the base had nowhere (a moved file
@@ -286,23 +370,37 @@ fuzz_target!(|input: Input| {
             let edited = |h: ContentHash| !b.values().any(|f| f.hash == h);
             for (p, f) in &local_before {
                 if edited(f.hash) {
-                    assert!(local_now.values().any(|h| *h == f.hash), "lost the local edit of {p}");
+                    assert!(
+                        local_now.values().any(|h| *h == f.hash),
+                        "lost the local edit of {p}"
+                    );
                 }
             }
             for (p, f) in &remote_before {
                 if edited(f.hash) {
-                    assert!(remote_now.values().any(|h| *h == f.hash), "lost the remote edit of {p}");
+                    assert!(
+                        remote_now.values().any(|h| *h == f.hash),
+                        "lost the remote edit of {p}"
+                    );
                 }
             }
         }
         Mode::Push => {
-            assert!(second.is_in_sync(), "push not idempotent: {:?}", second.operations);
+            assert!(
+                second.is_in_sync(),
+                "push not idempotent: {:?}",
+                second.operations
+            );
             assert_eq!(w.local, local_before);
             let want = hashes(&mut local_before.iter().map(|(k, f)| (k, f.hash)));
             assert_eq!(remote_now, want, "the server does not mirror the folder");
         }
         Mode::Pull => {
-            assert!(second.is_in_sync(), "pull not idempotent: {:?}", second.operations);
+            assert!(
+                second.is_in_sync(),
+                "pull not idempotent: {:?}",
+                second.operations
+            );
             for (p, h) in &remote_now {
                 assert_eq!(local_now.get(p), Some(h), "{p} not pulled");
             }

@@ -68,7 +68,10 @@ fn outside(top: &Path, root: &Path) -> BTreeSet<PathBuf> {
     let mut seen = BTreeSet::new();
     let mut todo = vec![top.to_path_buf()];
     while let Some(dir) = todo.pop() {
-        for e in std::fs::read_dir(&dir).expect("read the test folder").flatten() {
+        for e in std::fs::read_dir(&dir)
+            .expect("read the test folder")
+            .flatten()
+        {
             let p = e.path();
             if p == root {
                 continue;
@@ -112,7 +115,8 @@ fn harness() -> &'static Harness {
             idle_timeout: Duration::from_secs(2),
             ..ComputeConfig::default()
         };
-        let compute = rt.block_on(async { ComputeService::with_shutdown(config, token).into_server() });
+        let compute =
+            rt.block_on(async { ComputeService::with_shutdown(config, token).into_server() });
         let outside = outside(&top, &root);
         Harness {
             rt,
@@ -148,32 +152,144 @@ const fn m(
     endless: bool,
     streamed: bool,
 ) -> Method {
-    Method { files, path, canon, endless, streamed }
+    Method {
+        files,
+        path,
+        canon,
+        endless,
+        streamed,
+    }
 }
 
 const METHODS: [Method; 17] = [
-    m(true, "/distribusync.v1.Files/Upload", canon::<pb::UploadRequest>, false, true),
-    m(true, "/distribusync.v1.Files/UploadOffset", canon::<pb::UploadOffsetRequest>, false, false),
-    m(true, "/distribusync.v1.Files/UploadBatch", canon::<pb::UploadRequest>, false, true),
-    m(true, "/distribusync.v1.Files/Download", canon::<pb::DownloadRequest>, false, false),
-    m(true, "/distribusync.v1.Files/Stat", canon::<pb::StatRequest>, false, false),
-    m(true, "/distribusync.v1.Files/List", canon::<pb::ListRequest>, false, false),
-    m(true, "/distribusync.v1.Files/Delete", canon::<pb::DeleteRequest>, false, false),
-    m(true, "/distribusync.v1.Files/Rename", canon::<pb::RenameRequest>, false, false),
-    m(true, "/distribusync.v1.Files/Watch", canon::<pb::WatchRequest>, true, false),
-    m(false, "/distribusync.v1.Compute/Add", canon::<pb::AddRequest>, false, false),
-    m(false, "/distribusync.v1.Compute/Sort", canon::<pb::SortRequest>, false, true),
-    m(false, "/distribusync.v1.Compute/Submit", canon::<pb::SubmitRequest>, false, false),
-    m(false, "/distribusync.v1.Compute/Callbacks", canon::<pb::CallbacksRequest>, true, false),
-    m(false, "/distribusync.v1.Compute/GetJob", canon::<pb::GetJobRequest>, false, false),
-    m(false, "/distribusync.v1.Compute/GetJobResult", canon::<pb::GetJobRequest>, false, false),
-    m(false, "/distribusync.v1.Compute/CancelJob", canon::<pb::CancelJobRequest>, false, false),
-    m(false, "/distribusync.v1.Compute/ListJobs", canon::<pb::ListJobsRequest>, false, false),
+    m(
+        true,
+        "/distribusync.v1.Files/Upload",
+        canon::<pb::UploadRequest>,
+        false,
+        true,
+    ),
+    m(
+        true,
+        "/distribusync.v1.Files/UploadOffset",
+        canon::<pb::UploadOffsetRequest>,
+        false,
+        false,
+    ),
+    m(
+        true,
+        "/distribusync.v1.Files/UploadBatch",
+        canon::<pb::UploadRequest>,
+        false,
+        true,
+    ),
+    m(
+        true,
+        "/distribusync.v1.Files/Download",
+        canon::<pb::DownloadRequest>,
+        false,
+        false,
+    ),
+    m(
+        true,
+        "/distribusync.v1.Files/Stat",
+        canon::<pb::StatRequest>,
+        false,
+        false,
+    ),
+    m(
+        true,
+        "/distribusync.v1.Files/List",
+        canon::<pb::ListRequest>,
+        false,
+        false,
+    ),
+    m(
+        true,
+        "/distribusync.v1.Files/Delete",
+        canon::<pb::DeleteRequest>,
+        false,
+        false,
+    ),
+    m(
+        true,
+        "/distribusync.v1.Files/Rename",
+        canon::<pb::RenameRequest>,
+        false,
+        false,
+    ),
+    m(
+        true,
+        "/distribusync.v1.Files/Watch",
+        canon::<pb::WatchRequest>,
+        true,
+        false,
+    ),
+    m(
+        false,
+        "/distribusync.v1.Compute/Add",
+        canon::<pb::AddRequest>,
+        false,
+        false,
+    ),
+    m(
+        false,
+        "/distribusync.v1.Compute/Sort",
+        canon::<pb::SortRequest>,
+        false,
+        true,
+    ),
+    m(
+        false,
+        "/distribusync.v1.Compute/Submit",
+        canon::<pb::SubmitRequest>,
+        false,
+        false,
+    ),
+    m(
+        false,
+        "/distribusync.v1.Compute/Callbacks",
+        canon::<pb::CallbacksRequest>,
+        true,
+        false,
+    ),
+    m(
+        false,
+        "/distribusync.v1.Compute/GetJob",
+        canon::<pb::GetJobRequest>,
+        false,
+        false,
+    ),
+    m(
+        false,
+        "/distribusync.v1.Compute/GetJobResult",
+        canon::<pb::GetJobRequest>,
+        false,
+        false,
+    ),
+    m(
+        false,
+        "/distribusync.v1.Compute/CancelJob",
+        canon::<pb::CancelJobRequest>,
+        false,
+        false,
+    ),
+    m(
+        false,
+        "/distribusync.v1.Compute/ListJobs",
+        canon::<pb::ListJobsRequest>,
+        false,
+        false,
+    ),
 ];
 
 fn status_of(headers: &http::HeaderMap) -> Option<i32> {
     headers.get("grpc-status").map(|v| {
-        let code: i32 = v.to_str().ok().and_then(|s| s.parse().ok()).expect("a numeric grpc-status");
+        let code: i32 = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .expect("a numeric grpc-status");
         assert!((0..=16).contains(&code), "grpc-status {code}");
         code
     })
@@ -203,7 +319,9 @@ async fn answer(resp: http::Response<Body>, endless: bool) -> Option<i32> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let [method, flags, rest @ ..] = data else { return };
+    let [method, flags, rest @ ..] = data else {
+        return;
+    };
     let method = &METHODS[usize::from(*method) % METHODS.len()];
     let mut body = Vec::new();
     let mut rest = rest;
@@ -245,7 +363,12 @@ fuzz_target!(|data: &[u8]| {
     // input is INVALID_ARGUMENT or the like (the only INTERNAL a client may
     // cause is a message that does not decode).
     if well_formed {
-        assert_ne!(code, Some(13), "{} answered INTERNAL to a well-formed request", method.path);
+        assert_ne!(
+            code,
+            Some(13),
+            "{} answered INTERNAL to a well-formed request",
+            method.path
+        );
     }
     let now = outside(&h.top, &h.root);
     assert_eq!(now, h.outside, "{} wrote outside ROOT", method.path);
