@@ -28,16 +28,38 @@ impl IgnoreRules {
     /// Reads `DIR/.distribusyncignore` (if any) on top of the built-ins.
     /// Bad lines are reported and skipped.
     pub fn load(dir: &Path) -> Self {
-        let mut b = GitignoreBuilder::new(dir);
-        for pat in BUILTIN {
-            let _ = b.add_line(None, pat);
-        }
+        let mut b = Self::builder(dir);
         let file = dir.join(".distribusyncignore");
         if file.exists()
             && let Some(e) = b.add(&file)
         {
             tracing::warn!(error = %e, "some lines of .distribusyncignore were skipped");
         }
+        Self::build(b)
+    }
+
+    /// The rules of an ignore file's `text` for the folder `dir`, on top
+    /// of the built-ins, as [`IgnoreRules::load`] reads them from disk
+    /// (bad lines are reported and skipped).
+    pub fn parse(dir: &Path, text: &str) -> Self {
+        let mut b = Self::builder(dir);
+        for line in text.lines() {
+            if let Err(e) = b.add_line(None, line) {
+                tracing::warn!(error = %e, "a line of .distribusyncignore was skipped");
+            }
+        }
+        Self::build(b)
+    }
+
+    fn builder(dir: &Path) -> GitignoreBuilder {
+        let mut b = GitignoreBuilder::new(dir);
+        for pat in BUILTIN {
+            let _ = b.add_line(None, pat);
+        }
+        b
+    }
+
+    fn build(b: GitignoreBuilder) -> Self {
         let rules = b.build().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "ignore rules could not be built; using none");
             Gitignore::empty()
@@ -50,9 +72,16 @@ impl IgnoreRules {
         if rel == distribusync_core::RESERVED_DIR || rel.starts_with(".distribusync/") {
             return true;
         }
-        self.rules
-            .matched_path_or_any_parents(rel, is_dir)
-            .is_ignore()
+        // As git: nothing inside an ignored folder can be re-included (the
+        // scan never descends into one, so the watcher must agree, or a
+        // file would flicker in and out of the local view and its next
+        // full scan would read as a deletion).
+        for (i, _) in rel.match_indices('/') {
+            if self.rules.matched(&rel[..i], true).is_ignore() {
+                return true;
+            }
+        }
+        self.rules.matched(rel, is_dir).is_ignore()
     }
 }
 
@@ -84,5 +113,18 @@ mod tests {
         for kept in ["a.txt", "keep.log", "builder", "docs/build.md"] {
             assert!(!r.is_ignored(kept, false), "{kept}");
         }
+    }
+
+    /// Found by fuzzing (ignore target): `build/` with `!keep.txt`
+    /// re-included `build/keep.txt` for the watcher while the scan never
+    /// looks inside `build/`.
+    #[test]
+    fn a_file_inside_an_ignored_folder_cannot_be_re_included() {
+        let r = IgnoreRules::parse(Path::new("/folder"), "build/\n!keep.txt\n");
+        assert!(r.is_ignored("build", true));
+        assert!(r.is_ignored("build/keep.txt", false));
+        assert!(r.is_ignored("build/sub/keep.txt", false));
+        assert!(!r.is_ignored("keep.txt", false));
+        assert!(!r.is_ignored("src/keep.txt", false));
     }
 }

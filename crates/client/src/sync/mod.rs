@@ -15,4 +15,4 @@ mod watcher;
 
 pub use distribusync_core::sync::Mode;
 pub use engine::{SyncEngine, SyncError, SyncOptions, SyncPhase, SyncStatus};
-pub use ignore::BUILTIN as BUILTIN_IGNORES;
+pub use ignore::{BUILTIN as BUILTIN_IGNORES, IgnoreRules};

@@ -17,6 +17,8 @@
 pub const IGNORE_FILE: &str = ".distribusyncignore";
 
 mod conflict;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 mod planner;
 
 pub use conflict::conflict_name;

@@ -22,7 +22,7 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
 
     if input.mode != Mode::Pull {
         let pairs = local_renames(input);
-        renames_remote = coalesce(&pairs, &input.base, &input.remote, |from, to, folder| {
+        renames_remote = coalesce(&pairs, input, &input.remote, |from, to, folder| {
             // A file moves only if the server still has the version we saw.
             let if_revision = (!folder).then(|| input.remote.get(&from).map_or(0, |r| r.revision));
             Operation::RenameRemote {
@@ -36,7 +36,7 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
     }
     if input.mode != Mode::Push {
         let pairs = remote_renames(input);
-        renames_local = coalesce(&pairs, &input.base, &input.local, |from, to, folder| {
+        renames_local = coalesce(&pairs, input, &input.local, |from, to, folder| {
             Operation::RenameLocal { from, to, folder }
         });
         handled.extend(pairs.iter().flat_map(|(f, t)| [f.clone(), t.clone()]));
@@ -377,17 +377,35 @@ fn renames_on<M: Content, O: Content>(
         })
         .map(|(p, b)| (p, b.hash))
         .collect();
+    // A path the other side holds as a folder (or under a file) cannot be
+    // a rename's target there: the server refuses it and the model
+    // executor cannot apply it; it travels as a new file instead.
     let new = moved
         .iter()
         .filter(|(p, m)| {
             m.size() > 0
                 && !input.base.contains_key(*p)
                 && !other.contains_key(*p)
+                && !folder_clash(other, p)
                 && !left_alone(input, p)
+                && !p.ancestors().iter().any(|a| left_alone(input, a))
         })
         .map(|(p, m)| (p, m.hash()))
         .collect();
     match_renames(gone, new)
+}
+
+/// True when `side` holds a file inside `p` or at one of its ancestors:
+/// a file cannot be put at `p` there.
+fn folder_clash<T>(side: &BTreeMap<RemotePath, T>, p: &RemotePath) -> bool {
+    use std::ops::Bound::{Excluded, Unbounded};
+    // Paths inside `p` sort after it, among those that start with it.
+    let inside = side
+        .range::<RemotePath, _>((Excluded(p), Unbounded))
+        .map(|(k, _)| k)
+        .take_while(|k| k.as_str().starts_with(p.as_str()))
+        .any(|k| k.is_inside(p));
+    inside || p.ancestors().iter().any(|a| side.contains_key(a))
 }
 
 fn local_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
@@ -418,14 +436,27 @@ fn folder_mapping(from: &RemotePath, to: &RemotePath) -> Option<(RemotePath, Rem
 }
 
 /// Turns file renames into folder renames where a whole folder moved: every
-/// file the base had in it moved to the same place, and the side being
-/// changed holds exactly those files there and nothing at the target.
+/// file the base had in it moved to the same place, the side being changed
+/// holds exactly those files there and nothing at the target, and no path
+/// left alone this time lies in, at or above either folder (a folder
+/// rename would move it, or land on it).
 fn coalesce<T>(
     pairs: &[(RemotePath, RemotePath)],
-    base: &BTreeMap<RemotePath, BaseFile>,
+    input: &SyncInput,
     target_side: &BTreeMap<RemotePath, T>,
     make: impl Fn(RemotePath, RemotePath, bool) -> Operation,
 ) -> Vec<Operation> {
+    let base = &input.base;
+    let left: Vec<&RemotePath> = input
+        .unreadable
+        .iter()
+        .chain(&input.held)
+        .chain(&input.ignored)
+        .collect();
+    let near = |dir: &RemotePath| {
+        left.iter()
+            .any(|p| *p == dir || p.is_inside(dir) || dir.is_inside(p))
+    };
     let mut groups: BTreeMap<(RemotePath, RemotePath), Vec<&(RemotePath, RemotePath)>> =
         BTreeMap::new();
     let mut singles = Vec::new();
@@ -437,6 +468,7 @@ fn coalesce<T>(
     }
     let inside = |dir: &RemotePath, p: &RemotePath| p.is_inside(dir);
     let mut ops = Vec::new();
+    let mut folders = Vec::new();
     for ((from_dir, to_dir), members) in groups {
         let moved: BTreeSet<&RemotePath> = members.iter().map(|(f, _)| f).collect();
         let whole = base
@@ -451,11 +483,28 @@ fn coalesce<T>(
                 .keys()
                 .any(|p| inside(&to_dir, p) || *p == to_dir)
             && !to_dir.is_inside(&from_dir)
-            && !from_dir.is_inside(&to_dir);
+            && !from_dir.is_inside(&to_dir)
+            && !near(&from_dir)
+            && !near(&to_dir);
         if whole {
-            ops.push(make(from_dir, to_dir, true));
+            folders.push((from_dir, to_dir, members));
         } else {
             singles.extend(members);
+        }
+    }
+    // Two folders moved into one (or one into the other's target): the
+    // first rename would take the target and the second be refused, so
+    // their files move one by one.
+    let clash = |a: &RemotePath, b: &RemotePath| a == b || a.is_inside(b) || b.is_inside(a);
+    for (i, (from_dir, to_dir, members)) in folders.iter().enumerate() {
+        let shared = folders
+            .iter()
+            .enumerate()
+            .any(|(j, (_, other, _))| i != j && clash(to_dir, other));
+        if shared {
+            singles.extend(members.iter().copied());
+        } else {
+            ops.push(make(from_dir.clone(), to_dir.clone(), true));
         }
     }
     singles.sort();

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 #[allow(unused_imports)]
 use super::FileStat;
+use super::model::{World, move_prefix};
 use super::*;
 use crate::{ContentHash, RemotePath};
 
@@ -327,6 +328,79 @@ fn a_file_rename_carries_the_revision_it_saw() {
     );
 }
 
+/// Found by fuzzing (planner target): folder `f` deleted here and file `b`
+/// renamed to `f`, while the server still has `f/e.txt`. A rename of `b`
+/// onto the server's folder cannot be applied; `f` travels as a new file
+/// after the folder's file is deleted, and the sides converge.
+#[test]
+fn a_file_renamed_onto_a_folder_the_server_still_has_is_sent_as_a_new_file() {
+    let mut w = World::default();
+    for (n, (path, content)) in [("b", "bee"), ("f/e.txt", "eee")].into_iter().enumerate() {
+        let rev = n as u64 + 1;
+        w.base.insert(p(path), bf(content, rev));
+        w.remote.insert(p(path), rf(content, rev));
+    }
+    w.local.insert(p("f"), lf("bee"));
+    w.seq = 10;
+    let first = plan(&w.input(Mode::TwoWay));
+    assert!(
+        !first
+            .operations
+            .iter()
+            .any(|op| matches!(op, Operation::RenameRemote { .. })),
+        "{first:?}"
+    );
+    w.apply(&first);
+    let second = plan(&w.input(Mode::TwoWay));
+    assert!(second.operations.is_empty(), "not converged: {second:?}");
+    assert_eq!(w.remote.keys().collect::<Vec<_>>(), [&p("f")]);
+    assert_eq!(w.remote[&p("f")].hash, h("bee"));
+}
+
+/// Found by fuzzing (planner target): the server renamed folder `f` to
+/// `a` while a file `a` is being written here (unreadable this pass). The
+/// plan must not name `a`, a path left alone: no folder rename onto it.
+#[test]
+fn a_remote_folder_rename_onto_a_file_being_written_here_leaves_that_file_alone() {
+    let mut i = input();
+    i.base.insert(p("f/h"), bf("h", 1));
+    i.local.insert(p("f/h"), lf("h"));
+    i.remote.insert(p("a/h"), rf("h", 5));
+    i.unreadable.insert(p("a"));
+    let plan = plan(&i);
+    for op in &plan.operations {
+        if let Operation::RenameLocal { from, to, .. } = op {
+            assert!(
+                to != &p("a") && from != &p("a"),
+                "{op:?} touches a file left alone"
+            );
+        }
+    }
+}
+
+/// Found by fuzzing (planner target): `f/h` and `g/c` both moved here
+/// into a new folder `d`. Two folder renames onto `d` cannot both be
+/// applied on the server (the second finds `d` taken): the files move one
+/// by one, and the sides converge in one pass.
+#[test]
+fn two_folders_moved_into_one_are_file_renames() {
+    let mut w = World::default();
+    for (n, (path, content)) in [("f/h", "h"), ("g/c", "c")].into_iter().enumerate() {
+        let rev = n as u64 + 1;
+        w.base.insert(p(path), bf(content, rev));
+        w.remote.insert(p(path), rf(content, rev));
+    }
+    w.local.insert(p("d/h"), lf("h"));
+    w.local.insert(p("d/c"), lf("c"));
+    w.seq = 10;
+    let first = plan(&w.input(Mode::TwoWay));
+    w.apply(&first);
+    let second = plan(&w.input(Mode::TwoWay));
+    assert!(second.operations.is_empty(), "not converged: {second:?}");
+    let remote: Vec<_> = w.remote.keys().map(RemotePath::as_str).collect();
+    assert_eq!(remote, ["d/c", "d/h"]);
+}
+
 #[test]
 fn ignored_paths_are_never_touched_and_do_not_hide_an_emptied_folder() {
     let mut i = input();
@@ -437,190 +511,7 @@ fn unreadable_files_are_left_alone() {
     assert!(plan(&i).operations.is_empty());
 }
 
-// ---- model executor and properties ----
-
-#[derive(Debug, Clone, Default)]
-struct World {
-    local: BTreeMap<RemotePath, LocalFile>,
-    remote: BTreeMap<RemotePath, RemoteFile>,
-    base: BTreeMap<RemotePath, BaseFile>,
-    seq: u64,
-}
-
-fn move_prefix<T: Clone>(m: &mut BTreeMap<RemotePath, T>, from: &RemotePath, to: &RemotePath) {
-    let moved: Vec<_> = m
-        .keys()
-        .filter_map(|k| k.rebase(from, to).map(|n| (k.clone(), n)))
-        .collect();
-    for (old, new) in moved {
-        let v = m.remove(&old).unwrap();
-        m.insert(new, v);
-    }
-}
-
-impl World {
-    fn input(&self, mode: Mode) -> SyncInput {
-        SyncInput {
-            local: self.local.clone(),
-            remote: self.remote.clone(),
-            base: self.base.clone(),
-            mode,
-            host: "h".into(),
-            stamp: "20261125-000000".into(),
-            ..Default::default()
-        }
-    }
-
-    fn apply(&mut self, plan: &SyncPlan) {
-        for op in &plan.operations {
-            self.seq += 1;
-            let seq = self.seq;
-            match op {
-                Operation::Upload { path, if_revision } => {
-                    assert_eq!(
-                        self.remote.get(path).map_or(0, |r| r.revision),
-                        *if_revision
-                    );
-                    let l = self.local[path].clone();
-                    let r = RemoteFile {
-                        revision: seq,
-                        hash: l.hash,
-                        size: l.size,
-                    };
-                    self.remote.insert(path.clone(), r.clone());
-                    self.base.insert(
-                        path.clone(),
-                        BaseFile {
-                            stat: FileStat::default(),
-                            revision: seq,
-                            hash: l.hash,
-                            size: l.size,
-                        },
-                    );
-                }
-                Operation::Download {
-                    path,
-                    remote,
-                    local_hash,
-                } => {
-                    assert_eq!(self.local.get(path).map(|l| l.hash), *local_hash);
-                    self.local.insert(
-                        path.clone(),
-                        LocalFile {
-                            hash: remote.hash,
-                            size: remote.size,
-                        },
-                    );
-                    self.base.insert(
-                        path.clone(),
-                        BaseFile {
-                            stat: FileStat::default(),
-                            revision: remote.revision,
-                            hash: remote.hash,
-                            size: remote.size,
-                        },
-                    );
-                }
-                Operation::DeleteRemote { path, .. } => {
-                    self.remote.remove(path);
-                    self.base.remove(path);
-                }
-                Operation::DeleteLocal { path, local_hash } => {
-                    assert_eq!(self.local[path].hash, *local_hash);
-                    self.local.remove(path);
-                    self.base.remove(path);
-                }
-                Operation::RenameRemote {
-                    from,
-                    to,
-                    if_revision,
-                    ..
-                } => {
-                    if let Some(rev) = if_revision {
-                        assert_eq!(self.remote[from].revision, *rev);
-                    }
-                    // The server gives every moved file the rename's revision.
-                    move_prefix(&mut self.remote, from, to);
-                    move_prefix(&mut self.base, from, to);
-                    for (k, r) in self
-                        .remote
-                        .iter_mut()
-                        .filter(|(k, _)| *k == to || k.is_inside(to))
-                    {
-                        r.revision = seq;
-                        self.base.get_mut(k).unwrap().revision = seq;
-                    }
-                }
-                Operation::RenameLocal { from, to, .. } => {
-                    // The base takes the server's view of the moved files.
-                    move_prefix(&mut self.local, from, to);
-                    move_prefix(&mut self.base, from, to);
-                    for (k, b) in self
-                        .base
-                        .iter_mut()
-                        .filter(|(k, _)| *k == to || k.is_inside(to))
-                    {
-                        b.revision = self.remote[k].revision;
-                    }
-                }
-                Operation::Conflict {
-                    path,
-                    copy,
-                    remote,
-                    local_hash,
-                    upload_copy,
-                } => {
-                    let l = self.local.remove(path).unwrap();
-                    assert_eq!(l.hash, *local_hash);
-                    self.local.insert(copy.clone(), l.clone());
-                    if *upload_copy {
-                        self.remote.insert(
-                            copy.clone(),
-                            RemoteFile {
-                                revision: seq,
-                                hash: l.hash,
-                                size: l.size,
-                            },
-                        );
-                        self.base.insert(
-                            copy.clone(),
-                            BaseFile {
-                                stat: FileStat::default(),
-                                revision: seq,
-                                hash: l.hash,
-                                size: l.size,
-                            },
-                        );
-                    }
-                    self.local.insert(
-                        path.clone(),
-                        LocalFile {
-                            hash: remote.hash,
-                            size: remote.size,
-                        },
-                    );
-                    self.base.insert(
-                        path.clone(),
-                        BaseFile {
-                            stat: FileStat::default(),
-                            revision: remote.revision,
-                            hash: remote.hash,
-                            size: remote.size,
-                        },
-                    );
-                }
-                Operation::SetBase { path, base } => match base {
-                    Some(b) => {
-                        self.base.insert(path.clone(), b.clone());
-                    }
-                    None => {
-                        self.base.remove(path);
-                    }
-                },
-            }
-        }
-    }
-}
+// ---- properties, on the model executor ----
 
 // `g/c` shares a file name with `d/c`: moves between folders happen too.
 const NAMES: [&str; 7] = ["a", "b", "d/c", "d/e", "f/g", "f/h", "g/c"];
