@@ -25,7 +25,7 @@ secs=${1:?usage: bench/fuzz.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(path size numbers ignore planner server)
+  targets=(path size numbers ignore token planner server)
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # Compute jobs sort on rayon: keep the server target on one core too.
