@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use distribusync_core::RemotePath;
 use distribusync_core::sync::{
-    IGNORE_FILE, LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, plan,
+    IGNORE_FILE, Mode, Operation, RemoteFile, SyncInput, SyncPlan, plan,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -108,6 +108,13 @@ pub struct SyncStatus {
     pub uploaded: u64,
     pub downloaded: u64,
     pub passes: u64,
+    /// Paths the last pass looked at: stat-ed or listed on disk, plus
+    /// those it planned. An incremental pass (one file saved, one change
+    /// from the server) looks at a handful; a full rescan at every file.
+    pub last_pass_examined: u64,
+    /// Passes that looked at the whole tree (the first, reconnections,
+    /// the periodic rescan, new ignore rules).
+    pub full_passes: u64,
 }
 
 /// Outcome of executing one plan.
@@ -156,6 +163,12 @@ pub struct SyncEngine {
     /// or where a download of this session kept its data. Each pass
     /// removes those no download will continue.
     pub(super) parts: BTreeSet<String>,
+    /// Paths whose remote (or base) entry changed since the last plan:
+    /// an incremental pass plans them, whatever the local events were.
+    pub(super) touched: BTreeSet<RemotePath>,
+    /// The whole remote view was replaced (a snapshot): the next pass is
+    /// a full one.
+    pub(super) remote_reset: bool,
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -202,6 +215,8 @@ impl SyncEngine {
             uploaded: 0,
             downloaded: 0,
             passes: 0,
+            last_pass_examined: 0,
+            full_passes: 0,
         });
         Ok(Self {
             scanner: Arc::new(Scanner::new(&opts.dir)),
@@ -217,6 +232,8 @@ impl SyncEngine {
             dir_inode,
             own: HashMap::new(),
             parts: BTreeSet::new(),
+            touched: BTreeSet::new(),
+            remote_reset: false,
         })
     }
 
@@ -589,7 +606,7 @@ impl SyncEngine {
         });
         // New ignore rules (edited here, or downloaded): everything is
         // judged by them again.
-        let scope = if self.scanner.reload_ignore() {
+        let scope = if self.scanner.reload_ignore() || std::mem::take(&mut self.remote_reset) {
             None
         } else {
             scope
@@ -599,12 +616,12 @@ impl SyncEngine {
         // files every copy of a view costs megabytes.
         let base = std::mem::take(&mut self.base);
         let mut view = std::mem::take(&mut self.local);
-        let (view, base) = tokio::task::spawn_blocking(move || {
-            match scope {
+        let (view, base, scope) = tokio::task::spawn_blocking(move || {
+            match &scope {
                 None => view = scanner.full(&view, &base, settle),
-                Some(rels) => scanner.refresh(&mut view, &rels, &base, settle),
+                Some(rels) => scanner.refresh(&mut view, rels, &base, settle),
             }
-            (view, base)
+            (view, base, scope)
         })
         .await
         .map_err(|e| SyncError::Local {
@@ -619,8 +636,30 @@ impl SyncEngine {
                 error: std::io::Error::other("the synced folder cannot be read"),
             });
         }
-        let plan = self.plan(hold);
+        // What an incremental pass plans: the paths its events named
+        // (a folder with everything known inside it) and those the server
+        // changed. A folder emptied on either side is planned whole, so
+        // the safety stop judges it as before.
+        let focus = scope.as_ref().and_then(|rels| self.focus_of(rels));
+        let full = focus.is_none();
+        let planned = match &focus {
+            Some(f) => f.len(),
+            None => self.local.files.len() + self.remote.len() + self.base.len(),
+        };
+        if full {
+            self.touched.clear();
+        }
+        let examined = (self.local.examined + planned) as u64;
+        self.set_status(|s| {
+            s.last_pass_examined = examined;
+            if full {
+                s.full_passes += 1;
+            }
+        });
+        let plan = self.plan(hold, focus);
         tracing::debug!(
+            examined,
+            full,
             files = self.local.files.len(),
             remote = self.remote.len(),
             left_alone = self.local.unreadable.len(),
@@ -653,19 +692,59 @@ impl SyncEngine {
         Ok(report)
     }
 
-    fn plan(&mut self, hold: &BTreeSet<String>) -> SyncPlan {
+    /// The focus of an incremental pass over `rels` (relative, as on
+    /// disk), taking the paths the server changed; `None` when the pass
+    /// must plan everything: a side that may be empty (the safety stop
+    /// needs the whole picture).
+    fn focus_of(&mut self, rels: &BTreeSet<String>) -> Option<BTreeSet<RemotePath>> {
+        let rules = self.scanner.ignore();
+        // Each test stops at the first file that is not the ignore file /
+        // not ignored: O(1) for any folder with files in it.
+        let local_empty = self.local.files.keys().all(|p| p.as_str() == IGNORE_FILE);
+        let remote_empty = self
+            .remote
+            .keys()
+            .all(|p| rules.is_ignored(p.as_str(), false));
+        if local_empty || remote_empty {
+            return None;
+        }
+        let mut focus = std::mem::take(&mut self.touched);
+        for rel in rels {
+            let Ok(at) = RemotePath::normalized(rel) else {
+                continue;
+            };
+            let found: Vec<RemotePath> = distribusync_core::path::at_or_inside(&self.local.files, &at)
+                .map(|(p, _)| p)
+                .chain(distribusync_core::path::at_or_inside(&self.remote, &at).map(|(p, _)| p))
+                .chain(distribusync_core::path::at_or_inside(&self.base, &at).map(|(p, _)| p))
+                .cloned()
+                .collect();
+            focus.extend(found);
+            focus.insert(at);
+        }
+        Some(focus)
+    }
+
+    fn plan(&mut self, hold: &BTreeSet<String>, focus: Option<BTreeSet<RemotePath>>) -> SyncPlan {
         let now = std::time::SystemTime::now();
         // Files on the server (or in the base) that this folder ignores are
         // never touched: the scan cannot see them, which must not read as
-        // a deletion.
+        // a deletion. (An incremental pass only plans its focus.)
         let rules = self.scanner.ignore();
-        let ignored = self
-            .remote
-            .keys()
-            .chain(self.base.keys())
-            .filter(|p| rules.is_ignored(p.as_str(), false))
-            .cloned()
-            .collect();
+        let ignored = match &focus {
+            Some(f) => f
+                .iter()
+                .filter(|p| rules.is_ignored(p.as_str(), false))
+                .cloned()
+                .collect(),
+            None => self
+                .remote
+                .keys()
+                .chain(self.base.keys())
+                .filter(|p| rules.is_ignored(p.as_str(), false))
+                .cloned()
+                .collect(),
+        };
         let mut unreadable = self.local.unreadable.clone();
         let mut held = BTreeSet::new();
         if !hold.is_empty() {
@@ -684,13 +763,17 @@ impl SyncEngine {
                     .or_else(|| p.ancestors().iter().find_map(|a| roots.get(a)))
                     .copied()
             };
-            for p in self
-                .local
-                .files
-                .keys()
-                .chain(self.remote.keys())
-                .chain(self.base.keys())
-            {
+            let all: Box<dyn Iterator<Item = &RemotePath>> = match &focus {
+                Some(f) => Box::new(f.iter()),
+                None => Box::new(
+                    self.local
+                        .files
+                        .keys()
+                        .chain(self.remote.keys())
+                        .chain(self.base.keys()),
+                ),
+            };
+            for p in all {
                 match held_as(p) {
                     Some(true) => {
                         unreadable.insert(p.clone());
@@ -702,21 +785,17 @@ impl SyncEngine {
                 }
             }
         }
+        // Paths left alone this time are planned again next time: what the
+        // server changed there (a folder renamed while a deletion in it
+        // settles) must not wait for the next full rescan.
+        if !hold.is_empty()
+            && let Some(f) = &focus
+        {
+            self.touched.extend(f.iter().cloned());
+        }
         let input = SyncInput {
-            local: self
-                .local
-                .files
-                .iter()
-                .map(|(p, e)| {
-                    (
-                        p.clone(),
-                        LocalFile {
-                            hash: e.hash,
-                            size: e.stat.size,
-                        },
-                    )
-                })
-                .collect(),
+            // Lent to the planner and taken back below.
+            local: std::mem::take(&mut self.local.files),
             // Lent to the planner and taken back below.
             remote: std::mem::take(&mut self.remote),
             // Lent too, and taken back below.
@@ -727,8 +806,10 @@ impl SyncEngine {
             mode: self.opts.mode,
             host: self.opts.host.clone(),
             stamp: stamp(now),
+            focus,
         };
         let plan = plan(&input);
+        self.local.files = input.local;
         self.remote = input.remote;
         self.base = input.base;
         plan
@@ -811,6 +892,7 @@ impl SyncEngine {
                     self.last_seq = self.last_seq.max(seq);
                 }
                 RemoteMsg::Snapshot(all, seq) => {
+                    self.remote_reset = true;
                     self.remote.clear();
                     self.seen.clear();
                     writes.clear();
@@ -853,6 +935,7 @@ impl SyncEngine {
             return;
         }
         self.seen.insert(path.clone(), seq);
+        self.touched.insert(path.clone());
         writes.push(StateWrite::Remote(path.clone(), file.clone()));
         match file {
             Some(f) => self.remote.insert(path.clone(), f),
@@ -870,9 +953,8 @@ impl SyncEngine {
         seq: u64,
         writes: &mut Vec<StateWrite>,
     ) {
-        let moved: Vec<(RemotePath, RemotePath, RemoteFile)> = self
-            .remote
-            .iter()
+        let moved: Vec<(RemotePath, RemotePath, RemoteFile)> =
+            distribusync_core::path::at_or_inside(&self.remote, from)
             .filter_map(|(p, f)| p.rebase(from, to).map(|n| (p.clone(), n, f.clone())))
             .collect();
         for (old, new, f) in moved {

@@ -189,6 +189,7 @@ impl SyncEngine {
         self.local.files.insert(
             path.clone(),
             LocalEntry {
+                size: stat.size,
                 stat,
                 hash: info.hash,
                 disk_name: None,
@@ -202,10 +203,8 @@ impl SyncEngine {
     }
 
     fn moved(&mut self, writes: &mut Vec<StateWrite>, from: &RemotePath, to: &RemotePath) {
-        let moved: Vec<_> = self
-            .base
-            .keys()
-            .filter_map(|p| p.rebase(from, to).map(|n| (p.clone(), n)))
+        let moved: Vec<_> = distribusync_core::path::at_or_inside(&self.base, from)
+            .filter_map(|(p, _)| p.rebase(from, to).map(|n| (p.clone(), n)))
             .collect();
         for (old, new) in moved {
             let mut b = self.base.remove(&old).expect("listed above");
@@ -356,6 +355,7 @@ impl SyncEngine {
                         size: f.size,
                     };
                     writes.push(StateWrite::Remote(f.path.clone(), Some(file.clone())));
+                    self.touched.insert(f.path.clone());
                     self.remote.insert(f.path, file);
                 }
             }
@@ -382,11 +382,8 @@ impl SyncEngine {
         self.expect_written(&dst);
         prune_empty_dirs(&self.opts.dir, &src);
         // Keep the local view in step so the next plan sees the new names.
-        let moved: Vec<_> = self
-            .local
-            .files
-            .keys()
-            .filter_map(|p| p.rebase(from, to).map(|n| (p.clone(), n)))
+        let moved: Vec<_> = distribusync_core::path::at_or_inside(&self.local.files, from)
+            .filter_map(|(p, _)| p.rebase(from, to).map(|n| (p.clone(), n)))
             .collect();
         for (old, new) in moved {
             if let Some(mut e) = self.local.files.remove(&old) {
@@ -591,6 +588,7 @@ impl SyncEngine {
                                 self.local.files.insert(
                                     copy.clone(),
                                     LocalEntry {
+                                        size: copy_stat.size,
                                         stat: copy_stat,
                                         hash: copy_hash,
                                         disk_name: None,

@@ -22,6 +22,8 @@ fn lf(s: &str) -> LocalFile {
     LocalFile {
         hash: h(s),
         size: s.len() as u64,
+        stat: FileStat::default(),
+        disk_name: None,
     }
 }
 
@@ -509,6 +511,8 @@ impl World {
                         LocalFile {
                             hash: remote.hash,
                             size: remote.size,
+                            stat: FileStat::default(),
+                            disk_name: None,
                         },
                     );
                     self.base.insert(
@@ -597,6 +601,8 @@ impl World {
                         LocalFile {
                             hash: remote.hash,
                             size: remote.size,
+                            stat: FileStat::default(),
+                            disk_name: None,
                         },
                     );
                     self.base.insert(
