@@ -108,10 +108,10 @@ pub struct SyncStatus {
     pub uploaded: u64,
     pub downloaded: u64,
     pub passes: u64,
-    /// Paths the last pass looked at: stat-ed or listed on disk, plus
-    /// those it planned. An incremental pass (one file saved, one change
-    /// from the server) looks at a handful; a full rescan at every file.
-    pub last_pass_examined: u64,
+    /// Paths all passes so far looked at: stat-ed or listed on disk, plus
+    /// those they planned. An incremental pass (one file saved, one
+    /// change from the server) adds a handful; a full rescan every file.
+    pub examined: u64,
     /// Passes that looked at the whole tree (the first, reconnections,
     /// the periodic rescan, new ignore rules).
     pub full_passes: u64,
@@ -169,6 +169,9 @@ pub struct SyncEngine {
     /// The whole remote view was replaced (a snapshot): the next pass is
     /// a full one.
     pub(super) remote_reset: bool,
+    /// Paths a folder rename's listing brought into the remote view
+    /// during a pass: planned by the next one.
+    pub(super) relisted: BTreeSet<RemotePath>,
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -215,7 +218,7 @@ impl SyncEngine {
             uploaded: 0,
             downloaded: 0,
             passes: 0,
-            last_pass_examined: 0,
+            examined: 0,
             full_passes: 0,
         });
         Ok(Self {
@@ -234,6 +237,7 @@ impl SyncEngine {
             parts: BTreeSet::new(),
             touched: BTreeSet::new(),
             remote_reset: false,
+            relisted: BTreeSet::new(),
         })
     }
 
@@ -651,7 +655,7 @@ impl SyncEngine {
         }
         let examined = (self.local.examined + planned) as u64;
         self.set_status(|s| {
-            s.last_pass_examined = examined;
+            s.examined += examined;
             if full {
                 s.full_passes += 1;
             }
@@ -676,7 +680,14 @@ impl SyncEngine {
             .operations
             .iter()
             .all(|op| matches!(op, Operation::Upload { .. } | Operation::SetBase { .. }));
-        let mut report = self.execute(plan).await?;
+        // What the plan's own steps record agrees on every side already:
+        // not worth planning again. (Folders a rename re-listed are: they
+        // can hold others' files, which `relisted` brings.)
+        let touched = std::mem::take(&mut self.touched);
+        let result = self.execute(plan).await;
+        self.touched = touched;
+        self.touched.append(&mut self.relisted);
+        let mut report = result?;
         report.busy = self.local.busy;
         report.busy_paths = std::mem::take(&mut self.local.busy_paths);
         self.sweep_parts();

@@ -355,7 +355,7 @@ impl SyncEngine {
                         size: f.size,
                     };
                     writes.push(StateWrite::Remote(f.path.clone(), Some(file.clone())));
-                    self.touched.insert(f.path.clone());
+                    self.relisted.insert(f.path.clone());
                     self.remote.insert(f.path, file);
                 }
             }
