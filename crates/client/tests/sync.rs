@@ -947,3 +947,76 @@ async fn one_change_in_a_big_tree_examines_a_handful_of_paths_not_the_tree() {
     la.stop().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_over_the_watch_limit_says_so_once_and_syncs_by_rescans() {
+    let s = setup();
+    // Seven folders (the root included); only two may be watched.
+    for d in ["p", "p/q", "r", "r/s", "r/s/t", "u"] {
+        std::fs::create_dir_all(s.a.join(d)).unwrap();
+        std::fs::write(s.a.join(d).join("f.txt"), d).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    let mut opts = options(&s.a, "a");
+    opts.watch_limit = Some(2);
+    opts.rescan_unwatched = Duration::from_millis(300);
+    let (la, mut status) = live_with(opts, &server.addr);
+    until_idle(&mut status).await;
+    let notice = tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.watch_notice.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .watch_notice
+    .clone()
+    .unwrap();
+    assert!(
+        notice.contains("7 folders") && notice.contains("this sync may watch 2"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("sudo sysctl fs.inotify.max_user_watches="),
+        "{notice}"
+    );
+    // A change deep in a folder no watch covers (the two watched are the
+    // root and one of its folders), and a new folder (which cannot be
+    // watched either: the limit is hit again): both arrive.
+    std::fs::write(s.a.join("r/s/t/f.txt"), "changed unwatched").unwrap();
+    std::fs::create_dir(s.a.join("v")).unwrap();
+    std::fs::write(s.a.join("v/g.txt"), "new and unwatched").unwrap();
+    until_on_server(&fc, "r/s/t/f.txt", "changed unwatched").await;
+    until_on_server(&fc, "v/g.txt", "new and unwatched").await;
+    // And from the server to a folder no watch covers.
+    let src = s.b.join("src");
+    std::fs::write(&src, "from the server").unwrap();
+    fc.upload(
+        &src,
+        &"u/h.txt".parse().unwrap(),
+        None,
+        std::sync::Arc::new(()),
+    )
+    .await
+    .unwrap();
+    eventually("the server's file arrives", || {
+        read(s.a.join("u/h.txt")).as_deref() == Some("from the server")
+    })
+    .await;
+    // Said once, however often the limit is hit again and rescans run.
+    let passes = status.borrow().full_passes;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.full_passes >= passes + 2 && s.watch_limit_hits >= 2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        status.borrow().watch_notice.as_deref(),
+        Some(notice.as_str())
+    );
+    la.stop().await;
+    server.shutdown().await;
+}

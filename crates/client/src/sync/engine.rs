@@ -34,6 +34,12 @@ pub struct SyncOptions {
     pub parallel: usize,
     /// Host name used in conflict copy names.
     pub host: String,
+    /// Full rescan this often while some folders cannot be watched (the
+    /// system's inotify watch limit is too low for the tree).
+    pub rescan_unwatched: Duration,
+    /// Watch at most this many folders (`None`: as many as the system
+    /// allows): stands in for a low system limit in tests.
+    pub watch_limit: Option<usize>,
 }
 
 impl SyncOptions {
@@ -48,6 +54,8 @@ impl SyncOptions {
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "host".into()),
+            rescan_unwatched: Duration::from_secs(30),
+            watch_limit: None,
         }
     }
 }
@@ -115,6 +123,12 @@ pub struct SyncStatus {
     /// Passes that looked at the whole tree (the first, reconnections,
     /// the periodic rescan, new ignore rules).
     pub full_passes: u64,
+    /// Set (once) when the folder has more folders than the system lets
+    /// the engine watch: the numbers, and the command that raises it.
+    pub watch_notice: Option<String>,
+    /// How many times the watcher hit the limit (the notice is given on
+    /// the first).
+    pub watch_limit_hits: u32,
 }
 
 /// Outcome of executing one plan.
@@ -220,6 +234,8 @@ impl SyncEngine {
             passes: 0,
             examined: 0,
             full_passes: 0,
+            watch_notice: None,
+            watch_limit_hits: 0,
         });
         Ok(Self {
             scanner: Arc::new(Scanner::new(&opts.dir)),
@@ -330,7 +346,9 @@ impl SyncEngine {
     }
 
     async fn run_inner(&mut self, shutdown: CancellationToken) -> Result<(), SyncError> {
-        let (_watcher, mut local_rx) = watcher::start(&self.opts.dir)?;
+        let (_watcher, mut local_rx) = watcher::start(&self.opts.dir, self.opts.watch_limit)?;
+        // Lowered to `rescan_unwatched` once some folders cannot be watched.
+        let mut rescan_every = self.opts.rescan_every;
         let (remote_tx, mut remote_rx) = mpsc::channel(1024);
         let follower = shutdown.child_token();
         let _stop_follower = follower.clone().drop_guard();
@@ -350,7 +368,7 @@ impl SyncEngine {
         // Failures in a row per path: its own backoff.
         let mut failing: HashMap<String, u32> = HashMap::new();
         let mut remote_dirty = false;
-        let mut next_rescan = Instant::now() + self.opts.rescan_every;
+        let mut next_rescan = Instant::now() + rescan_every;
         // The server was unreachable: when to try it again.
         let mut retry_at: Option<Instant> = None;
         let mut retry_attempt = 0u32;
@@ -406,6 +424,18 @@ impl SyncEngine {
                         }
                     }
                     Some(LocalEvent::Rescan) => full_due = true,
+                    Some(LocalEvent::LimitReached) => {
+                        self.set_status(|s| s.watch_limit_hits += 1);
+                        if self.status.borrow().watch_notice.is_none() {
+                            rescan_every = rescan_every.min(self.opts.rescan_unwatched);
+                            next_rescan = next_rescan.min(Instant::now() + rescan_every);
+                            // What it missed while the watches were being
+                            // added: a full pass soon.
+                            full_due = true;
+                            batch_until.get_or_insert(Instant::now() + BATCH);
+                            self.watch_limit_notice(rescan_every).await;
+                        }
+                    }
                     None => return Err(SyncError::FolderGone(self.opts.dir.display().to_string())),
                 },
                 msg = remote_rx.recv() => {
@@ -445,7 +475,7 @@ impl SyncEngine {
             let now = Instant::now();
             if now >= next_rescan {
                 full_due = true;
-                next_rescan = now + self.opts.rescan_every;
+                next_rescan = now + rescan_every;
             }
             let retry_due = retry_at.is_some_and(|t| now >= t);
             if retry_due {
@@ -534,6 +564,35 @@ impl SyncEngine {
                 );
             }
         }
+    }
+
+    /// Says (once) that not every folder can be watched: how many there
+    /// are, what the system allows, and the command that raises it.
+    async fn watch_limit_notice(&mut self, rescan_every: Duration) {
+        let dir = self.opts.dir.clone();
+        let count = tokio::task::spawn_blocking(move || watcher::folders(&dir).len())
+            .await
+            .unwrap_or(0);
+        let system: Option<usize> =
+            std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+        let allowed = match (self.opts.watch_limit, system) {
+            (Some(limit), _) => format!("this sync may watch {limit}"),
+            (None, Some(max)) => {
+                format!("the system allows {max} per user in all (fs.inotify.max_user_watches)")
+            }
+            (None, None) => "the system's limit (fs.inotify.max_user_watches) is lower".into(),
+        };
+        // Room for the tree to grow and for other programs' watches.
+        let suggest = (count * 2).max(system.unwrap_or(0) + count).max(65_536);
+        let notice = format!(
+            "{}: {count} folders need one inotify watch each, but {allowed}; changes in              the folders not watched are found by a full rescan every {} s until the limit              is raised: sudo sysctl fs.inotify.max_user_watches={suggest} (add              fs.inotify.max_user_watches={suggest} to /etc/sysctl.conf to keep it)",
+            self.opts.dir.display(),
+            rescan_every.as_secs().max(1),
+        );
+        tracing::warn!("{notice}");
+        self.set_status(|s| s.watch_notice = Some(notice));
     }
 
     /// When a file seen as still being written will have been left alone
@@ -724,12 +783,13 @@ impl SyncEngine {
             let Ok(at) = RemotePath::normalized(rel) else {
                 continue;
             };
-            let found: Vec<RemotePath> = distribusync_core::path::at_or_inside(&self.local.files, &at)
-                .map(|(p, _)| p)
-                .chain(distribusync_core::path::at_or_inside(&self.remote, &at).map(|(p, _)| p))
-                .chain(distribusync_core::path::at_or_inside(&self.base, &at).map(|(p, _)| p))
-                .cloned()
-                .collect();
+            let found: Vec<RemotePath> =
+                distribusync_core::path::at_or_inside(&self.local.files, &at)
+                    .map(|(p, _)| p)
+                    .chain(distribusync_core::path::at_or_inside(&self.remote, &at).map(|(p, _)| p))
+                    .chain(distribusync_core::path::at_or_inside(&self.base, &at).map(|(p, _)| p))
+                    .cloned()
+                    .collect();
             focus.extend(found);
             focus.insert(at);
         }
@@ -966,8 +1026,8 @@ impl SyncEngine {
     ) {
         let moved: Vec<(RemotePath, RemotePath, RemoteFile)> =
             distribusync_core::path::at_or_inside(&self.remote, from)
-            .filter_map(|(p, f)| p.rebase(from, to).map(|n| (p.clone(), n, f.clone())))
-            .collect();
+                .filter_map(|(p, f)| p.rebase(from, to).map(|n| (p.clone(), n, f.clone())))
+                .collect();
         for (old, new, f) in moved {
             if self.seen.get(&old).is_some_and(|s| *s >= seq) {
                 continue;
