@@ -249,7 +249,15 @@ impl SyncEngine {
                             });
                             Ok(())
                         }
-                        Err(e) => Err((from, e)),
+                        Err(e) => {
+                            // An incremental pass plans only what is
+                            // named: the new name must be looked at again
+                            // too, not just the old one.
+                            if !e.is_unreachable() {
+                                report.failed.push(to.to_string());
+                            }
+                            Err((from, e))
+                        }
                     }
                 }
                 Operation::RenameLocal { from, to, folder } => {
@@ -263,7 +271,15 @@ impl SyncEngine {
                             });
                             Ok(())
                         }
-                        Err(e) => Err((from, e)),
+                        Err(e) => {
+                            // An incremental pass plans only what is
+                            // named: the new name must be looked at again
+                            // too, not just the old one.
+                            if !e.is_unreachable() {
+                                report.failed.push(to.to_string());
+                            }
+                            Err((from, e))
+                        }
                     }
                 }
                 Operation::DeleteRemote { path, if_revision } => {
@@ -460,6 +476,15 @@ impl SyncEngine {
                 }
             }
         }
+        // A conflict that fails may have left the copy behind: it is looked
+        // at again with its path.
+        let copies: std::collections::HashMap<RemotePath, RemotePath> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Operation::Conflict { path, copy, .. } => Some((path.clone(), copy.clone())),
+                _ => None,
+            })
+            .collect();
         let singles = ops
             .into_iter()
             .map(|op| {
@@ -602,7 +627,14 @@ impl SyncEngine {
                                 Some(format!("conflict on {path}: local version kept as {copy}"))
                         });
                     }
-                    Err(e) => self.failed(report, &path, &e),
+                    Err(e) => {
+                        if let Some(copy) = copies.get(&path)
+                            && !e.is_unreachable()
+                        {
+                            report.failed.push(copy.to_string());
+                        }
+                        self.failed(report, &path, &e);
+                    }
                 }
             }
             self.state.write(&writes)?;
