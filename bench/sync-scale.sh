@@ -175,9 +175,9 @@ if [[ $PARTS == *4* ]]; then
   fi
   for c in $(seq "$CLIENTS"); do
     mkdir -p "$WORK/many/c$c"
-    for f in $(seq 10); do echo "client $c file $f" > "$WORK/many/c$c/f$f.txt"; done
+    for f in $(seq 2); do echo "client $c file $f" > "$WORK/many/c$c/c$c-f$f.txt"; done
   done
-  # Each folder's own files first (so the server holds 10 x CLIENTS), then
+  # Each folder's own files first (so the server holds 2 x CLIENTS), then
   # every daemon brings down the others'.
   for c in $(seq "$CLIENTS"); do
     "$BIN" sync "$WORK/many/c$c" --rescan-secs 3600 2>>"$WORK/many.log" &
