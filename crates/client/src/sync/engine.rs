@@ -1,4 +1,10 @@
 //! [`SyncEngine`]: the loop around scan → plan → execute.
+//!
+//! Invariant of incremental passes: every path whose local, remote or base
+//! entry changed since the last plan is either in the next pass's focus
+//! (named by an event, `touched` by the change log, re-listed, or a failed
+//! step's paths) or waits in `pending`/`recheck`, which brings it back;
+//! anything else is caught by the periodic full pass.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
