@@ -617,11 +617,21 @@ impl SyncEngine {
     /// the engine walk it, and that walk is what finds files put into a
     /// new folder before the watcher watched it), and not removals (a path
     /// can be gone, come back and go again before the events are read; the
-    /// simulation lost a user's folder rename to that).
-    pub(super) fn expect_written(&mut self, local: &std::path::Path) {
+    /// simulation lost a user's folder rename to that). With `written`, the
+    /// stat the engine left the file with: a file already changed since
+    /// (by the user, before this is noted) is not taken for the engine's,
+    /// or the user's change would be dropped as an echo.
+    pub(super) fn expect_written(
+        &mut self,
+        local: &std::path::Path,
+        written: Option<super::state::FileStat>,
+    ) {
         let Ok(m) = std::fs::symlink_metadata(local) else {
             return;
         };
+        if written.is_some_and(|w| w != super::scan::stat_of(&m)) {
+            return;
+        }
         let Some(rel) = local
             .strip_prefix(&self.opts.dir)
             .ok()

@@ -395,7 +395,7 @@ impl SyncEngine {
             fs::create_dir_all(parent).map_err(|e| local_err(parent, e))?;
         }
         fs::rename(&src, &dst).map_err(|e| local_err(&src, e))?;
-        self.expect_written(&dst);
+        self.expect_written(&dst, None);
         prune_empty_dirs(&self.opts.dir, &src);
         // Keep the local view in step so the next plan sees the new names.
         let moved: Vec<_> = distribusync_core::path::at_or_inside(&self.local.files, from)
@@ -586,7 +586,7 @@ impl SyncEngine {
                     Ok(Done::Downloaded { path, info, stat }) => {
                         tracing::info!(%path, size = info.size, revision = info.revision, "downloaded");
                         let local = self.local_path(&path);
-                        self.expect_written(&local);
+                        self.expect_written(&local, Some(stat));
                         self.record(&mut writes, &path, &info, stat);
                         self.set_status(|s| {
                             s.downloaded += 1;
@@ -605,8 +605,8 @@ impl SyncEngine {
                         tracing::warn!(%path, %copy, "conflict: both sides changed; kept this side's version as a copy");
                         let (local, copy_local) =
                             (self.local_path(&path), self.opts.dir.join(copy.as_str()));
-                        self.expect_written(&local);
-                        self.expect_written(&copy_local);
+                        self.expect_written(&local, Some(stat));
+                        self.expect_written(&copy_local, Some(copy_stat));
                         match copy_upload {
                             Some(ci) => self.record(&mut writes, &copy, &ci, copy_stat),
                             None => {
