@@ -121,7 +121,12 @@ fn build(input: &Input) -> Option<(World, Vec<RemotePath>)> {
                 size,
             },
         );
-        w.local.insert(p.clone(), LocalFile { hash, size });
+        w.local.insert(p.clone(), LocalFile {
+            hash,
+            size,
+            stat: FileStat::default(),
+            disk_name: None,
+        });
         w.remote.insert(
             p,
             RemoteFile {
@@ -138,7 +143,12 @@ fn build(input: &Input) -> Option<(World, Vec<RemotePath>)> {
                 let p = pick(name);
                 if fits(&w.local, &p) {
                     let (hash, size) = content(c);
-                    w.local.insert(p, LocalFile { hash, size });
+                    w.local.insert(p, LocalFile {
+            hash,
+            size,
+            stat: FileStat::default(),
+            disk_name: None,
+        });
                 }
             }
             Edit::Delete { name } => {

@@ -848,3 +848,175 @@ async fn emptying_the_folder_stops_sync_even_while_a_path_waits_for_a_retry() {
     assert_eq!(fc.list_all(None).await.unwrap().len(), 21);
     server.shutdown().await;
 }
+
+/// Waits until the server holds `want` at `path`.
+async fn until_on_server(fc: &FilesClient, path: &str, want: &str) {
+    let want = distribusync_core::ContentHash::of(want.as_bytes());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server_has(fc, path).await != Some(want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {path} on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_change_in_a_big_tree_examines_a_handful_of_paths_not_the_tree() {
+    // 3,000 files in 30 folders of 100: a pass over the tree examines
+    // thousands of paths; one over a change, a handful.
+    const FILES: usize = 3000;
+    let s = setup();
+    for i in 0..FILES {
+        let dir = s.a.join(format!("d{:02}", i / 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
+    until_idle(&mut status).await;
+    until_on_server(&fc, "d29/f2999", "file 2999").await;
+    let before = status.borrow().clone();
+    assert!(
+        before.examined >= FILES as u64,
+        "the first pass looks at every file"
+    );
+    let full_passes = before.full_passes;
+    // Work a change costs: what the passes examined since `from`. Waits
+    // for the engine to be idle first, so every pass of it is counted.
+    let cost = |from: u64, status: &mut tokio::sync::watch::Receiver<_>| {
+        let status: &mut tokio::sync::watch::Receiver<distribusync_client::sync::SyncStatus> =
+            status;
+        status.borrow_and_update().examined - from
+    };
+
+    // 1. Saved in place.
+    std::fs::write(s.a.join("d07/f0712"), "edited in place").unwrap();
+    until_on_server(&fc, "d07/f0712", "edited in place").await;
+    until_idle(&mut status).await;
+    let after_edit = cost(before.examined, &mut status);
+
+    // 2. Saved by writing a new file and renaming it over the old one.
+    let mark = status.borrow().examined;
+    std::fs::write(s.a.join("d11/f1105.new"), "replaced by rename").unwrap();
+    std::fs::rename(s.a.join("d11/f1105.new"), s.a.join("d11/f1105")).unwrap();
+    until_on_server(&fc, "d11/f1105", "replaced by rename").await;
+    until_idle(&mut status).await;
+    let after_rename = cost(mark, &mut status);
+
+    // 3. Changed on the server by someone else.
+    let mark = status.borrow().examined;
+    let src = s.b.join("src");
+    std::fs::write(&src, "changed on the server").unwrap();
+    let info = fc.stat(&"d23/f2301".parse().unwrap()).await.unwrap();
+    fc.upload(
+        &src,
+        &"d23/f2301".parse().unwrap(),
+        Some(info.revision),
+        std::sync::Arc::new(()),
+    )
+    .await
+    .unwrap();
+    eventually("the server's change arrives", || {
+        read(s.a.join("d23/f2301")).as_deref() == Some("changed on the server")
+    })
+    .await;
+    until_idle(&mut status).await;
+    let after_remote = cost(mark, &mut status);
+
+    // A handful of paths each (the file, its temporary name, the echo of
+    // the engine's own upload), nowhere near the 3,000 of a full pass.
+    for (what, n) in [
+        ("an edit in place", after_edit),
+        ("a write-then-rename save", after_rename),
+        ("a change from the server", after_remote),
+    ] {
+        assert!(
+            n <= 30,
+            "{what} made the engine examine {n} paths in a tree of {FILES}"
+        );
+    }
+    assert_eq!(
+        status.borrow().full_passes,
+        full_passes,
+        "no pass over the whole tree"
+    );
+    assert_eq!(tree(&s.a).len(), FILES);
+    la.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_over_the_watch_limit_says_so_once_and_syncs_by_rescans() {
+    let s = setup();
+    // Seven folders (the root included); only two may be watched.
+    for d in ["p", "p/q", "r", "r/s", "r/s/t", "u"] {
+        std::fs::create_dir_all(s.a.join(d)).unwrap();
+        std::fs::write(s.a.join(d).join("f.txt"), d).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    let mut opts = options(&s.a, "a");
+    opts.watch_limit = Some(2);
+    opts.rescan_unwatched = Duration::from_millis(300);
+    let (la, mut status) = live_with(opts, &server.addr);
+    until_idle(&mut status).await;
+    let notice = tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.watch_notice.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .watch_notice
+    .clone()
+    .unwrap();
+    assert!(
+        notice.contains("7 folders") && notice.contains("this sync may watch 2"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("sudo sysctl fs.inotify.max_user_watches="),
+        "{notice}"
+    );
+    // A change deep in a folder no watch covers (the two watched are the
+    // root and one of its folders), and a new folder (which cannot be
+    // watched either: the limit is hit again): both arrive.
+    std::fs::write(s.a.join("r/s/t/f.txt"), "changed unwatched").unwrap();
+    std::fs::create_dir(s.a.join("v")).unwrap();
+    std::fs::write(s.a.join("v/g.txt"), "new and unwatched").unwrap();
+    until_on_server(&fc, "r/s/t/f.txt", "changed unwatched").await;
+    until_on_server(&fc, "v/g.txt", "new and unwatched").await;
+    // And from the server to a folder no watch covers.
+    let src = s.b.join("src");
+    std::fs::write(&src, "from the server").unwrap();
+    fc.upload(
+        &src,
+        &"u/h.txt".parse().unwrap(),
+        None,
+        std::sync::Arc::new(()),
+    )
+    .await
+    .unwrap();
+    eventually("the server's file arrives", || {
+        read(s.a.join("u/h.txt")).as_deref() == Some("from the server")
+    })
+    .await;
+    // Said once, however often the limit is hit again and rescans run.
+    let passes = status.borrow().full_passes;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.full_passes >= passes + 2 && s.watch_limit_hits >= 2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        status.borrow().watch_notice.as_deref(),
+        Some(notice.as_str())
+    );
+    la.stop().await;
+    server.shutdown().await;
+}

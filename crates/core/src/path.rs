@@ -206,6 +206,29 @@ impl std::str::FromStr for RemotePath {
     }
 }
 
+/// Paths compare as their strings (`Ord`, `Eq` and `Hash` are the
+/// string's), so maps keyed by `RemotePath` can be searched by `&str`.
+impl std::borrow::Borrow<str> for RemotePath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The entries of `map` at `dir` or inside it, in order. Paths inside a
+/// folder sort together (every one starts with `dir/`), so this is a
+/// range query: O(log n + found), never a pass over the map.
+pub fn at_or_inside<'m, V>(
+    map: &'m std::collections::BTreeMap<RemotePath, V>,
+    dir: &RemotePath,
+) -> impl Iterator<Item = (&'m RemotePath, &'m V)> + 'm {
+    use std::ops::Bound;
+    let prefix = format!("{}/", dir.0);
+    let inside = map
+        .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+        .take_while(move |(p, _)| p.0.starts_with(&prefix));
+    map.get_key_value(dir.as_str()).into_iter().chain(inside)
+}
+
 impl AsRef<str> for RemotePath {
     fn as_ref(&self) -> &str {
         &self.0

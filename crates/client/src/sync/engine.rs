@@ -1,4 +1,10 @@
 //! [`SyncEngine`]: the loop around scan → plan → execute.
+//!
+//! Invariant of incremental passes: every path whose local, remote or base
+//! entry changed since the last plan is either in the next pass's focus
+//! (named by an event, `touched` by the change log, re-listed, or a failed
+//! step's paths) or waits in `pending`/`recheck`, which brings it back;
+//! anything else is caught by the periodic full pass.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -7,7 +13,7 @@ use std::time::Duration;
 
 use distribusync_core::RemotePath;
 use distribusync_core::sync::{
-    IGNORE_FILE, LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, plan,
+    IGNORE_FILE, Mode, Operation, RemoteFile, SyncInput, SyncPlan, plan,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -34,6 +40,12 @@ pub struct SyncOptions {
     pub parallel: usize,
     /// Host name used in conflict copy names.
     pub host: String,
+    /// Full rescan this often while some folders cannot be watched (the
+    /// system's inotify watch limit is too low for the tree).
+    pub rescan_unwatched: Duration,
+    /// Watch at most this many folders (`None`: as many as the system
+    /// allows): stands in for a low system limit in tests.
+    pub watch_limit: Option<usize>,
 }
 
 impl SyncOptions {
@@ -48,6 +60,8 @@ impl SyncOptions {
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "host".into()),
+            rescan_unwatched: Duration::from_secs(30),
+            watch_limit: None,
         }
     }
 }
@@ -108,6 +122,19 @@ pub struct SyncStatus {
     pub uploaded: u64,
     pub downloaded: u64,
     pub passes: u64,
+    /// Paths all passes so far looked at: stat-ed or listed on disk, plus
+    /// those they planned. An incremental pass (one file saved, one
+    /// change from the server) adds a handful; a full rescan every file.
+    pub examined: u64,
+    /// Passes that looked at the whole tree (the first, reconnections,
+    /// the periodic rescan, new ignore rules).
+    pub full_passes: u64,
+    /// Set (once) when the folder has more folders than the system lets
+    /// the engine watch: the numbers, and the command that raises it.
+    pub watch_notice: Option<String>,
+    /// How many times the watcher hit the limit (the notice is given on
+    /// the first).
+    pub watch_limit_hits: u32,
 }
 
 /// Outcome of executing one plan.
@@ -156,6 +183,15 @@ pub struct SyncEngine {
     /// or where a download of this session kept its data. Each pass
     /// removes those no download will continue.
     pub(super) parts: BTreeSet<String>,
+    /// Paths whose remote (or base) entry changed since the last plan:
+    /// an incremental pass plans them, whatever the local events were.
+    pub(super) touched: BTreeSet<RemotePath>,
+    /// The whole remote view was replaced (a snapshot): the next pass is
+    /// a full one.
+    pub(super) remote_reset: bool,
+    /// Paths a folder rename's listing brought into the remote view
+    /// during a pass: planned by the next one.
+    pub(super) relisted: BTreeSet<RemotePath>,
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -202,6 +238,10 @@ impl SyncEngine {
             uploaded: 0,
             downloaded: 0,
             passes: 0,
+            examined: 0,
+            full_passes: 0,
+            watch_notice: None,
+            watch_limit_hits: 0,
         });
         Ok(Self {
             scanner: Arc::new(Scanner::new(&opts.dir)),
@@ -217,6 +257,9 @@ impl SyncEngine {
             dir_inode,
             own: HashMap::new(),
             parts: BTreeSet::new(),
+            touched: BTreeSet::new(),
+            remote_reset: false,
+            relisted: BTreeSet::new(),
         })
     }
 
@@ -309,7 +352,9 @@ impl SyncEngine {
     }
 
     async fn run_inner(&mut self, shutdown: CancellationToken) -> Result<(), SyncError> {
-        let (_watcher, mut local_rx) = watcher::start(&self.opts.dir)?;
+        let (_watcher, mut local_rx) = watcher::start(&self.opts.dir, self.opts.watch_limit)?;
+        // Lowered to `rescan_unwatched` once some folders cannot be watched.
+        let mut rescan_every = self.opts.rescan_every;
         let (remote_tx, mut remote_rx) = mpsc::channel(1024);
         let follower = shutdown.child_token();
         let _stop_follower = follower.clone().drop_guard();
@@ -329,7 +374,7 @@ impl SyncEngine {
         // Failures in a row per path: its own backoff.
         let mut failing: HashMap<String, u32> = HashMap::new();
         let mut remote_dirty = false;
-        let mut next_rescan = Instant::now() + self.opts.rescan_every;
+        let mut next_rescan = Instant::now() + rescan_every;
         // The server was unreachable: when to try it again.
         let mut retry_at: Option<Instant> = None;
         let mut retry_attempt = 0u32;
@@ -385,6 +430,18 @@ impl SyncEngine {
                         }
                     }
                     Some(LocalEvent::Rescan) => full_due = true,
+                    Some(LocalEvent::LimitReached) => {
+                        self.set_status(|s| s.watch_limit_hits += 1);
+                        if self.status.borrow().watch_notice.is_none() {
+                            rescan_every = rescan_every.min(self.opts.rescan_unwatched);
+                            next_rescan = next_rescan.min(Instant::now() + rescan_every);
+                            // What it missed while the watches were being
+                            // added: a full pass soon.
+                            full_due = true;
+                            batch_until.get_or_insert(Instant::now() + BATCH);
+                            self.watch_limit_notice(rescan_every).await;
+                        }
+                    }
                     None => return Err(SyncError::FolderGone(self.opts.dir.display().to_string())),
                 },
                 msg = remote_rx.recv() => {
@@ -424,7 +481,7 @@ impl SyncEngine {
             let now = Instant::now();
             if now >= next_rescan {
                 full_due = true;
-                next_rescan = now + self.opts.rescan_every;
+                next_rescan = now + rescan_every;
             }
             let retry_due = retry_at.is_some_and(|t| now >= t);
             if retry_due {
@@ -515,6 +572,35 @@ impl SyncEngine {
         }
     }
 
+    /// Says (once) that not every folder can be watched: how many there
+    /// are, what the system allows, and the command that raises it.
+    async fn watch_limit_notice(&mut self, rescan_every: Duration) {
+        let dir = self.opts.dir.clone();
+        let count = tokio::task::spawn_blocking(move || watcher::folders(&dir).len())
+            .await
+            .unwrap_or(0);
+        let system: Option<usize> =
+            std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+        let allowed = match (self.opts.watch_limit, system) {
+            (Some(limit), _) => format!("this sync may watch {limit}"),
+            (None, Some(max)) => {
+                format!("the system allows {max} per user in all (fs.inotify.max_user_watches)")
+            }
+            (None, None) => "the system's limit (fs.inotify.max_user_watches) is lower".into(),
+        };
+        // Room for the tree to grow and for other programs' watches.
+        let suggest = (count * 2).max(system.unwrap_or(0) + count).max(65_536);
+        let notice = format!(
+            "{}: {count} folders need one inotify watch each, but {allowed}; changes in              the folders not watched are found by a full rescan every {} s until the limit              is raised: sudo sysctl fs.inotify.max_user_watches={suggest} (add              fs.inotify.max_user_watches={suggest} to /etc/sysctl.conf to keep it)",
+            self.opts.dir.display(),
+            rescan_every.as_secs().max(1),
+        );
+        tracing::warn!("{notice}");
+        self.set_status(|s| s.watch_notice = Some(notice));
+    }
+
     /// When a file seen as still being written will have been left alone
     /// long enough (`None`: it has, or it is gone).
     fn young(&self, rel: &str) -> Option<Instant> {
@@ -531,11 +617,21 @@ impl SyncEngine {
     /// the engine walk it, and that walk is what finds files put into a
     /// new folder before the watcher watched it), and not removals (a path
     /// can be gone, come back and go again before the events are read; the
-    /// simulation lost a user's folder rename to that).
-    pub(super) fn expect_written(&mut self, local: &std::path::Path) {
+    /// simulation lost a user's folder rename to that). With `written`, the
+    /// stat the engine left the file with: a file already changed since
+    /// (by the user, before this is noted) is not taken for the engine's,
+    /// or the user's change would be dropped as an echo.
+    pub(super) fn expect_written(
+        &mut self,
+        local: &std::path::Path,
+        written: Option<super::state::FileStat>,
+    ) {
         let Ok(m) = std::fs::symlink_metadata(local) else {
             return;
         };
+        if written.is_some_and(|w| w != super::scan::stat_of(&m)) {
+            return;
+        }
         let Some(rel) = local
             .strip_prefix(&self.opts.dir)
             .ok()
@@ -589,7 +685,7 @@ impl SyncEngine {
         });
         // New ignore rules (edited here, or downloaded): everything is
         // judged by them again.
-        let scope = if self.scanner.reload_ignore() {
+        let scope = if self.scanner.reload_ignore() || std::mem::take(&mut self.remote_reset) {
             None
         } else {
             scope
@@ -599,12 +695,12 @@ impl SyncEngine {
         // files every copy of a view costs megabytes.
         let base = std::mem::take(&mut self.base);
         let mut view = std::mem::take(&mut self.local);
-        let (view, base) = tokio::task::spawn_blocking(move || {
-            match scope {
+        let (view, base, scope) = tokio::task::spawn_blocking(move || {
+            match &scope {
                 None => view = scanner.full(&view, &base, settle),
-                Some(rels) => scanner.refresh(&mut view, &rels, &base, settle),
+                Some(rels) => scanner.refresh(&mut view, rels, &base, settle),
             }
-            (view, base)
+            (view, base, scope)
         })
         .await
         .map_err(|e| SyncError::Local {
@@ -619,8 +715,30 @@ impl SyncEngine {
                 error: std::io::Error::other("the synced folder cannot be read"),
             });
         }
-        let plan = self.plan(hold);
+        // What an incremental pass plans: the paths its events named
+        // (a folder with everything known inside it) and those the server
+        // changed. A folder emptied on either side is planned whole, so
+        // the safety stop judges it as before.
+        let focus = scope.as_ref().and_then(|rels| self.focus_of(rels));
+        let full = focus.is_none();
+        let planned = match &focus {
+            Some(f) => f.len(),
+            None => self.local.files.len() + self.remote.len() + self.base.len(),
+        };
+        if full {
+            self.touched.clear();
+        }
+        let examined = (self.local.examined + planned) as u64;
+        self.set_status(|s| {
+            s.examined += examined;
+            if full {
+                s.full_passes += 1;
+            }
+        });
+        let plan = self.plan(hold, focus);
         tracing::debug!(
+            examined,
+            full,
             files = self.local.files.len(),
             remote = self.remote.len(),
             left_alone = self.local.unreadable.len(),
@@ -637,7 +755,14 @@ impl SyncEngine {
             .operations
             .iter()
             .all(|op| matches!(op, Operation::Upload { .. } | Operation::SetBase { .. }));
-        let mut report = self.execute(plan).await?;
+        // What the plan's own steps record agrees on every side already:
+        // not worth planning again. (Folders a rename re-listed are: they
+        // can hold others' files, which `relisted` brings.)
+        let touched = std::mem::take(&mut self.touched);
+        let result = self.execute(plan).await;
+        self.touched = touched;
+        self.touched.append(&mut self.relisted);
+        let mut report = result?;
         report.busy = self.local.busy;
         report.busy_paths = std::mem::take(&mut self.local.busy_paths);
         self.sweep_parts();
@@ -653,19 +778,60 @@ impl SyncEngine {
         Ok(report)
     }
 
-    fn plan(&mut self, hold: &BTreeSet<String>) -> SyncPlan {
+    /// The focus of an incremental pass over `rels` (relative, as on
+    /// disk), taking the paths the server changed; `None` when the pass
+    /// must plan everything: a side that may be empty (the safety stop
+    /// needs the whole picture).
+    fn focus_of(&mut self, rels: &BTreeSet<String>) -> Option<BTreeSet<RemotePath>> {
+        let rules = self.scanner.ignore();
+        // Each test stops at the first file that is not the ignore file /
+        // not ignored: O(1) for any folder with files in it.
+        let local_empty = self.local.files.keys().all(|p| p.as_str() == IGNORE_FILE);
+        let remote_empty = self
+            .remote
+            .keys()
+            .all(|p| rules.is_ignored(p.as_str(), false));
+        if local_empty || remote_empty {
+            return None;
+        }
+        let mut focus = std::mem::take(&mut self.touched);
+        for rel in rels {
+            let Ok(at) = RemotePath::normalized(rel) else {
+                continue;
+            };
+            let found: Vec<RemotePath> =
+                distribusync_core::path::at_or_inside(&self.local.files, &at)
+                    .map(|(p, _)| p)
+                    .chain(distribusync_core::path::at_or_inside(&self.remote, &at).map(|(p, _)| p))
+                    .chain(distribusync_core::path::at_or_inside(&self.base, &at).map(|(p, _)| p))
+                    .cloned()
+                    .collect();
+            focus.extend(found);
+            focus.insert(at);
+        }
+        Some(focus)
+    }
+
+    fn plan(&mut self, hold: &BTreeSet<String>, focus: Option<BTreeSet<RemotePath>>) -> SyncPlan {
         let now = std::time::SystemTime::now();
         // Files on the server (or in the base) that this folder ignores are
         // never touched: the scan cannot see them, which must not read as
-        // a deletion.
+        // a deletion. (An incremental pass only plans its focus.)
         let rules = self.scanner.ignore();
-        let ignored = self
-            .remote
-            .keys()
-            .chain(self.base.keys())
-            .filter(|p| rules.is_ignored(p.as_str(), false))
-            .cloned()
-            .collect();
+        let ignored = match &focus {
+            Some(f) => f
+                .iter()
+                .filter(|p| rules.is_ignored(p.as_str(), false))
+                .cloned()
+                .collect(),
+            None => self
+                .remote
+                .keys()
+                .chain(self.base.keys())
+                .filter(|p| rules.is_ignored(p.as_str(), false))
+                .cloned()
+                .collect(),
+        };
         let mut unreadable = self.local.unreadable.clone();
         let mut held = BTreeSet::new();
         if !hold.is_empty() {
@@ -684,13 +850,17 @@ impl SyncEngine {
                     .or_else(|| p.ancestors().iter().find_map(|a| roots.get(a)))
                     .copied()
             };
-            for p in self
-                .local
-                .files
-                .keys()
-                .chain(self.remote.keys())
-                .chain(self.base.keys())
-            {
+            let all: Box<dyn Iterator<Item = &RemotePath>> = match &focus {
+                Some(f) => Box::new(f.iter()),
+                None => Box::new(
+                    self.local
+                        .files
+                        .keys()
+                        .chain(self.remote.keys())
+                        .chain(self.base.keys()),
+                ),
+            };
+            for p in all {
                 match held_as(p) {
                     Some(true) => {
                         unreadable.insert(p.clone());
@@ -702,21 +872,17 @@ impl SyncEngine {
                 }
             }
         }
+        // Paths left alone this time are planned again next time: what the
+        // server changed there (a folder renamed while a deletion in it
+        // settles) must not wait for the next full rescan.
+        if !hold.is_empty()
+            && let Some(f) = &focus
+        {
+            self.touched.extend(f.iter().cloned());
+        }
         let input = SyncInput {
-            local: self
-                .local
-                .files
-                .iter()
-                .map(|(p, e)| {
-                    (
-                        p.clone(),
-                        LocalFile {
-                            hash: e.hash,
-                            size: e.stat.size,
-                        },
-                    )
-                })
-                .collect(),
+            // Lent to the planner and taken back below.
+            local: std::mem::take(&mut self.local.files),
             // Lent to the planner and taken back below.
             remote: std::mem::take(&mut self.remote),
             // Lent too, and taken back below.
@@ -727,8 +893,10 @@ impl SyncEngine {
             mode: self.opts.mode,
             host: self.opts.host.clone(),
             stamp: stamp(now),
+            focus,
         };
         let plan = plan(&input);
+        self.local.files = input.local;
         self.remote = input.remote;
         self.base = input.base;
         plan
@@ -811,6 +979,7 @@ impl SyncEngine {
                     self.last_seq = self.last_seq.max(seq);
                 }
                 RemoteMsg::Snapshot(all, seq) => {
+                    self.remote_reset = true;
                     self.remote.clear();
                     self.seen.clear();
                     writes.clear();
@@ -853,6 +1022,7 @@ impl SyncEngine {
             return;
         }
         self.seen.insert(path.clone(), seq);
+        self.touched.insert(path.clone());
         writes.push(StateWrite::Remote(path.clone(), file.clone()));
         match file {
             Some(f) => self.remote.insert(path.clone(), f),
@@ -870,11 +1040,10 @@ impl SyncEngine {
         seq: u64,
         writes: &mut Vec<StateWrite>,
     ) {
-        let moved: Vec<(RemotePath, RemotePath, RemoteFile)> = self
-            .remote
-            .iter()
-            .filter_map(|(p, f)| p.rebase(from, to).map(|n| (p.clone(), n, f.clone())))
-            .collect();
+        let moved: Vec<(RemotePath, RemotePath, RemoteFile)> =
+            distribusync_core::path::at_or_inside(&self.remote, from)
+                .filter_map(|(p, f)| p.rebase(from, to).map(|n| (p.clone(), n, f.clone())))
+                .collect();
         for (old, new, f) in moved {
             if self.seen.get(&old).is_some_and(|s| *s >= seq) {
                 continue;

@@ -189,6 +189,7 @@ impl SyncEngine {
         self.local.files.insert(
             path.clone(),
             LocalEntry {
+                size: stat.size,
                 stat,
                 hash: info.hash,
                 disk_name: None,
@@ -202,10 +203,8 @@ impl SyncEngine {
     }
 
     fn moved(&mut self, writes: &mut Vec<StateWrite>, from: &RemotePath, to: &RemotePath) {
-        let moved: Vec<_> = self
-            .base
-            .keys()
-            .filter_map(|p| p.rebase(from, to).map(|n| (p.clone(), n)))
+        let moved: Vec<_> = distribusync_core::path::at_or_inside(&self.base, from)
+            .filter_map(|(p, _)| p.rebase(from, to).map(|n| (p.clone(), n)))
             .collect();
         for (old, new) in moved {
             let mut b = self.base.remove(&old).expect("listed above");
@@ -250,7 +249,15 @@ impl SyncEngine {
                             });
                             Ok(())
                         }
-                        Err(e) => Err((from, e)),
+                        Err(e) => {
+                            // An incremental pass plans only what is
+                            // named: the new name must be looked at again
+                            // too, not just the old one.
+                            if !e.is_unreachable() {
+                                report.failed.push(to.to_string());
+                            }
+                            Err((from, e))
+                        }
                     }
                 }
                 Operation::RenameLocal { from, to, folder } => {
@@ -264,7 +271,15 @@ impl SyncEngine {
                             });
                             Ok(())
                         }
-                        Err(e) => Err((from, e)),
+                        Err(e) => {
+                            // An incremental pass plans only what is
+                            // named: the new name must be looked at again
+                            // too, not just the old one.
+                            if !e.is_unreachable() {
+                                report.failed.push(to.to_string());
+                            }
+                            Err((from, e))
+                        }
                     }
                 }
                 Operation::DeleteRemote { path, if_revision } => {
@@ -356,6 +371,7 @@ impl SyncEngine {
                         size: f.size,
                     };
                     writes.push(StateWrite::Remote(f.path.clone(), Some(file.clone())));
+                    self.relisted.insert(f.path.clone());
                     self.remote.insert(f.path, file);
                 }
             }
@@ -379,14 +395,11 @@ impl SyncEngine {
             fs::create_dir_all(parent).map_err(|e| local_err(parent, e))?;
         }
         fs::rename(&src, &dst).map_err(|e| local_err(&src, e))?;
-        self.expect_written(&dst);
+        self.expect_written(&dst, None);
         prune_empty_dirs(&self.opts.dir, &src);
         // Keep the local view in step so the next plan sees the new names.
-        let moved: Vec<_> = self
-            .local
-            .files
-            .keys()
-            .filter_map(|p| p.rebase(from, to).map(|n| (p.clone(), n)))
+        let moved: Vec<_> = distribusync_core::path::at_or_inside(&self.local.files, from)
+            .filter_map(|(p, _)| p.rebase(from, to).map(|n| (p.clone(), n)))
             .collect();
         for (old, new) in moved {
             if let Some(mut e) = self.local.files.remove(&old) {
@@ -463,6 +476,15 @@ impl SyncEngine {
                 }
             }
         }
+        // A conflict that fails may have left the copy behind: it is looked
+        // at again with its path.
+        let copies: std::collections::HashMap<RemotePath, RemotePath> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Operation::Conflict { path, copy, .. } => Some((path.clone(), copy.clone())),
+                _ => None,
+            })
+            .collect();
         let singles = ops
             .into_iter()
             .map(|op| {
@@ -564,7 +586,7 @@ impl SyncEngine {
                     Ok(Done::Downloaded { path, info, stat }) => {
                         tracing::info!(%path, size = info.size, revision = info.revision, "downloaded");
                         let local = self.local_path(&path);
-                        self.expect_written(&local);
+                        self.expect_written(&local, Some(stat));
                         self.record(&mut writes, &path, &info, stat);
                         self.set_status(|s| {
                             s.downloaded += 1;
@@ -583,14 +605,15 @@ impl SyncEngine {
                         tracing::warn!(%path, %copy, "conflict: both sides changed; kept this side's version as a copy");
                         let (local, copy_local) =
                             (self.local_path(&path), self.opts.dir.join(copy.as_str()));
-                        self.expect_written(&local);
-                        self.expect_written(&copy_local);
+                        self.expect_written(&local, Some(stat));
+                        self.expect_written(&copy_local, Some(copy_stat));
                         match copy_upload {
                             Some(ci) => self.record(&mut writes, &copy, &ci, copy_stat),
                             None => {
                                 self.local.files.insert(
                                     copy.clone(),
                                     LocalEntry {
+                                        size: copy_stat.size,
                                         stat: copy_stat,
                                         hash: copy_hash,
                                         disk_name: None,
@@ -604,7 +627,14 @@ impl SyncEngine {
                                 Some(format!("conflict on {path}: local version kept as {copy}"))
                         });
                     }
-                    Err(e) => self.failed(report, &path, &e),
+                    Err(e) => {
+                        if let Some(copy) = copies.get(&path)
+                            && !e.is_unreachable()
+                        {
+                            report.failed.push(copy.to_string());
+                        }
+                        self.failed(report, &path, &e);
+                    }
                 }
             }
             self.state.write(&writes)?;

@@ -14,15 +14,10 @@ use distribusync_core::{ContentHash, RemotePath, limits};
 use super::ignore::IgnoreRules;
 use super::state::{BaseEntry, FileStat};
 
-/// A local file as last scanned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalEntry {
-    pub stat: FileStat,
-    pub hash: ContentHash,
-    /// The name on disk when it differs from the remote path (a name in
-    /// Unicode NFD, as macOS writes them).
-    pub disk_name: Option<String>,
-}
+/// A local file as last scanned: the planner's own type, so the view is
+/// lent to the planner for a pass instead of copied (with a million files
+/// every copy of a view costs a hundred megabytes and a pass over it).
+pub type LocalEntry = distribusync_core::sync::LocalFile;
 
 /// The local view of the folder.
 #[derive(Debug, Default, Clone)]
@@ -42,6 +37,9 @@ pub struct LocalView {
     pub parts: Vec<String>,
     /// The folder itself could not be read.
     pub root_error: Option<String>,
+    /// How many paths the last scan or refresh looked at on disk (stat-ed
+    /// or listed): the work a pass did, for tests and tracing.
+    pub examined: usize,
     /// The content of small files this scan read to hash them, with the
     /// stat it was read at: while `files` holds that same stat, the
     /// executor uploads it without reading the file again. Bounded by
@@ -171,6 +169,7 @@ impl ToHash {
                     view.files.insert(
                         path,
                         LocalEntry {
+                            size: stat.size,
                             stat,
                             hash,
                             disk_name,
@@ -305,17 +304,22 @@ impl Scanner {
         view.busy_paths.clear();
         view.parts.clear();
         view.root_error = None;
+        view.examined = 0;
         // Take out what was known at or under each path (no copy of the
-        // rest), then read those paths afresh.
+        // rest), then read those paths afresh. Found by a range query on
+        // the path (a name on disk normalizes to it, folder by folder), so
+        // the cost follows the paths, not the size of the tree.
         let mut old = BTreeMap::new();
         for rel in rels {
             let under = |name: &str| name == rel || name.starts_with(&format!("{rel}/"));
-            let gone: Vec<RemotePath> = view
-                .files
-                .iter()
-                .filter(|(p, e)| under(e.disk_name.as_deref().unwrap_or(p.as_str())))
-                .map(|(p, _)| p.clone())
-                .collect();
+            let gone: Vec<RemotePath> = match RemotePath::normalized(rel) {
+                Ok(at) => distribusync_core::path::at_or_inside(&view.files, &at)
+                    .filter(|(p, e)| under(e.disk_name.as_deref().unwrap_or(p.as_str())))
+                    .map(|(p, _)| p.clone())
+                    .collect(),
+                // Not a name sync can hold: nothing was known under it.
+                Err(_) => Vec::new(),
+            };
             for p in gone {
                 view.contents.remove(&p);
                 if let Some(e) = view.files.remove(&p) {
@@ -339,6 +343,7 @@ impl Scanner {
             if rules.is_ignored(rel, false) {
                 continue;
             }
+            view.examined += 1;
             match fs::symlink_metadata(self.dir.join(rel)) {
                 Ok(m) if m.is_dir() => self.walk(rel, &known, settle, view, &mut to_hash),
                 // A path from an event is already settled (its writer closed it,
@@ -395,6 +400,7 @@ impl Scanner {
                             continue;
                         }
                     };
+                    view.examined += entries.len();
                     for entry in entries {
                         match entry {
                             Listed::Dir(sub) => next.push(sub),
@@ -503,6 +509,7 @@ impl Scanner {
                 view.files.insert(
                     path,
                     LocalEntry {
+                        size: stat.size,
                         stat,
                         hash,
                         disk_name,

@@ -33,6 +33,14 @@ use crate::{ContentHash, RemotePath, Revision};
 pub struct LocalFile {
     pub hash: ContentHash,
     pub size: u64,
+    /// The file's stat when it was hashed (the planner ignores it; the
+    /// client's scan uses it to skip re-hashing an unchanged file). Kept
+    /// here so the client's local view *is* the planner's input, lent to
+    /// it rather than copied for every pass.
+    pub stat: FileStat,
+    /// The name on disk when it differs from the path (a name in Unicode
+    /// NFD, as macOS writes them); the planner ignores it.
+    pub disk_name: Option<String>,
 }
 
 /// A file on the server.
@@ -98,6 +106,14 @@ pub struct SyncInput {
     pub host: String,
     /// `yyyymmdd-hhmmss` used in conflict copy names.
     pub stamp: String,
+    /// When set, only these paths are planned (an incremental pass): the
+    /// views are still whole and every lookup (conflict names, whether a
+    /// whole folder moved) uses all of them, but no pass is made over
+    /// them. The caller's promise: every path whose local, remote or base
+    /// entry changed since the last plan is in it, a folder together with
+    /// everything inside it, and neither side is (nearly) empty, so the
+    /// safety stop could not apply (it is checked anyway, cheaply).
+    pub focus: Option<std::collections::BTreeSet<RemotePath>>,
 }
 
 /// One step of a plan. Preconditions (`if_revision`, expected local hashes)

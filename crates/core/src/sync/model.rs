@@ -123,6 +123,8 @@ impl World {
                         LocalFile {
                             hash: remote.hash,
                             size: remote.size,
+                            stat: FileStat::default(),
+                            disk_name: None,
                         },
                     );
                     self.base.insert(
@@ -204,6 +206,8 @@ impl World {
                         LocalFile {
                             hash: remote.hash,
                             size: remote.size,
+                            stat: FileStat::default(),
+                            disk_name: None,
                         },
                     );
                     self.base.insert(

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{
     BaseFile, FileStat, LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, conflict_name,
 };
+use crate::path::at_or_inside;
 use crate::{ContentHash, RemotePath};
 
 /// Computes what to do to bring local and remote into agreement. Pure and
@@ -60,11 +61,17 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
         }
     }
 
-    let paths: BTreeSet<&RemotePath> = input
-        .local
-        .keys()
-        .chain(input.remote.keys())
-        .chain(input.base.keys())
+    let all: Box<dyn Iterator<Item = &RemotePath>> = match &input.focus {
+        Some(focus) => Box::new(focus.iter()),
+        None => Box::new(
+            input
+                .local
+                .keys()
+                .chain(input.remote.keys())
+                .chain(input.base.keys()),
+        ),
+    };
+    let paths: BTreeSet<&RemotePath> = all
         .filter(|p| !left_alone(input, p) && !handled.contains(*p))
         .collect();
     // Conflict copies chosen so far (every other name in use is in the views).
@@ -115,12 +122,32 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
     }
 }
 
+/// The entries of `map` the plan looks at: all of them, or (in an
+/// incremental pass) those of the focus, in the same order.
+fn considered<'a, V>(
+    input: &'a SyncInput,
+    map: &'a BTreeMap<RemotePath, V>,
+) -> Box<dyn Iterator<Item = (&'a RemotePath, &'a V)> + 'a> {
+    match &input.focus {
+        Some(focus) => Box::new(focus.iter().filter_map(|p| map.get_key_value(p))),
+        None => Box::new(map.iter()),
+    }
+}
+
 /// Paths the plan must not touch this time.
 fn left_alone(input: &SyncInput, p: &RemotePath) -> bool {
     input.unreadable.contains(p) || input.ignored.contains(p) || input.held.contains(p)
 }
 
 fn safety_stop(input: &SyncInput) -> Option<String> {
+    // Both tests stop at the first file found, so a folder with files in
+    // it costs O(1) here; only then are the synced files counted.
+    let emptied =
+        input.local.keys().all(|p| p.as_str() == super::IGNORE_FILE) && input.unreadable.is_empty();
+    let remote_gone = input.remote.keys().all(|p| input.ignored.contains(p));
+    if !(emptied || remote_gone) {
+        return None;
+    }
     let synced = input
         .base
         .keys()
@@ -129,8 +156,6 @@ fn safety_stop(input: &SyncInput) -> Option<String> {
     if synced < 2 {
         return None;
     }
-    let emptied =
-        input.local.keys().all(|p| p.as_str() == super::IGNORE_FILE) && input.unreadable.is_empty();
     if input.mode != Mode::Pull && emptied {
         return Some(format!(
             "the folder is empty, but {synced} files were in sync before; refusing to delete \
@@ -138,7 +163,6 @@ fn safety_stop(input: &SyncInput) -> Option<String> {
              the server with `distribusync rm`, or remove .distribusync/state.db to start over)"
         ));
     }
-    let remote_gone = input.remote.keys().all(|p| input.ignored.contains(p));
     if input.mode != Mode::Push && remote_gone {
         return Some(format!(
             "the server has none of the {synced} files that were in sync before (was it wiped, \
@@ -296,7 +320,7 @@ fn deleted_while_moved(
     handled: &BTreeSet<RemotePath>,
 ) -> (Vec<(RemotePath, RemotePath)>, Vec<RemotePath>) {
     let mut new: BTreeMap<(ContentHash, &str), Vec<&RemotePath>> = BTreeMap::new();
-    for (p, r) in &input.remote {
+    for (p, r) in considered(input, &input.remote) {
         if r.size > 0
             && !input.base.contains_key(p)
             && !input.local.contains_key(p)
@@ -307,7 +331,7 @@ fn deleted_while_moved(
         }
     }
     let (mut pairs, mut waiting) = (Vec::new(), Vec::new());
-    for (p, b) in &input.base {
+    for (p, b) in considered(input, &input.base) {
         // A held path is not on disk; the local view may still list it
         // (a partial pass has not looked at it yet).
         let held =
@@ -366,9 +390,7 @@ fn renames_on<M: Content, O: Content>(
     moved: &BTreeMap<RemotePath, M>,
     other: &BTreeMap<RemotePath, O>,
 ) -> Vec<(RemotePath, RemotePath)> {
-    let gone = input
-        .base
-        .iter()
+    let gone = considered(input, &input.base)
         .filter(|(p, b)| {
             b.size > 0
                 && !moved.contains_key(*p)
@@ -380,8 +402,7 @@ fn renames_on<M: Content, O: Content>(
     // A path the other side holds as a folder (or under a file) cannot be
     // a rename's target there: the server refuses it and the model
     // executor cannot apply it; it travels as a new file instead.
-    let new = moved
-        .iter()
+    let new = considered(input, moved)
         .filter(|(p, m)| {
             m.size() > 0
                 && !input.base.contains_key(*p)
@@ -466,22 +487,19 @@ fn coalesce<T>(
             None => singles.push(pair),
         }
     }
+    // Range queries: what lies inside a folder sorts together.
     let inside = |dir: &RemotePath, p: &RemotePath| p.is_inside(dir);
     let mut ops = Vec::new();
     let mut folders = Vec::new();
     for ((from_dir, to_dir), members) in groups {
         let moved: BTreeSet<&RemotePath> = members.iter().map(|(f, _)| f).collect();
-        let whole = base
-            .keys()
-            .filter(|p| inside(&from_dir, p))
-            .all(|p| moved.contains(p))
-            && target_side
-                .keys()
-                .filter(|p| inside(&from_dir, p))
-                .all(|p| moved.contains(p))
-            && !target_side
-                .keys()
-                .any(|p| inside(&to_dir, p) || *p == to_dir)
+        let whole = at_or_inside(base, &from_dir)
+            .filter(|(p, _)| inside(&from_dir, p))
+            .all(|(p, _)| moved.contains(p))
+            && at_or_inside(target_side, &from_dir)
+                .filter(|(p, _)| inside(&from_dir, p))
+                .all(|(p, _)| moved.contains(p))
+            && at_or_inside(target_side, &to_dir).next().is_none()
             && !to_dir.is_inside(&from_dir)
             && !from_dir.is_inside(&to_dir)
             && !near(&from_dir)

@@ -23,6 +23,8 @@ fn lf(s: &str) -> LocalFile {
     LocalFile {
         hash: h(s),
         size: s.len() as u64,
+        stat: FileStat::default(),
+        disk_name: None,
     }
 }
 
@@ -659,4 +661,82 @@ proptest! {
             prop_assert!(!w.local.contains_key(&old));
         }
     }
+}
+
+/// A synced tree of `folders` x `per` files, the same on every side.
+fn synced_tree(folders: usize, per: usize) -> SyncInput {
+    let mut i = input();
+    for d in 0..folders {
+        for f in 0..per {
+            let path = p(&format!("d{d}/f{f}.txt"));
+            let content = format!("{d}/{f}");
+            i.base.insert(path.clone(), bf(&content, 1));
+            i.remote.insert(path.clone(), rf(&content, 1));
+            i.local.insert(path, lf(&content));
+        }
+    }
+    i
+}
+
+#[test]
+fn a_focused_plan_is_the_full_plan_when_the_focus_holds_every_change() {
+    let focus = |paths: &[&str]| Some(paths.iter().map(|s| p(s)).collect());
+    // A file moved to another folder that keeps other files: a file
+    // rename, not a folder rename, though only the two paths are planned.
+    let mut i = synced_tree(3, 4);
+    let moved = i.local.remove(&p("d0/f1.txt")).unwrap();
+    i.local.insert(p("n/f1.txt"), moved);
+    let full = plan(&i);
+    i.focus = focus(&["d0/f1.txt", "n/f1.txt"]);
+    assert_eq!(plan(&i), full);
+    assert!(matches!(
+        full.operations[..],
+        [Operation::RenameRemote { folder: false, .. }]
+    ));
+
+    // A whole folder renamed: everything in both folders is in focus.
+    let mut i = synced_tree(3, 4);
+    let files: Vec<_> = i
+        .local
+        .keys()
+        .filter(|k| k.as_str().starts_with("d1/"))
+        .cloned()
+        .collect();
+    let mut names = vec!["d1".to_owned(), "e1".to_owned()];
+    for f in files {
+        let v = i.local.remove(&f).unwrap();
+        let to = f.rebase(&p("d1"), &p("e1")).unwrap();
+        names.push(f.to_string());
+        names.push(to.to_string());
+        i.local.insert(to, v);
+    }
+    let full = plan(&i);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    i.focus = focus(&names);
+    assert_eq!(plan(&i), full);
+    assert!(matches!(
+        full.operations[..],
+        [Operation::RenameRemote { folder: true, .. }]
+    ));
+
+    // A conflict whose first copy name is taken by a file outside the
+    // focus: the copy gets the next free name, as in a full plan.
+    let mut i = synced_tree(2, 2);
+    i.local.insert(p("d0/f0.txt"), lf("local edit"));
+    i.remote.insert(p("d0/f0.txt"), rf("remote edit", 2));
+    let first = conflict_name(&p("d0/f0.txt"), &i.host, &i.stamp, |_| false);
+    i.local.insert(first.clone(), lf("an older copy"));
+    i.remote.insert(first.clone(), rf("an older copy", 1));
+    i.base.insert(first, bf("an older copy", 1));
+    let full = plan(&i);
+    i.focus = focus(&["d0/f0.txt"]);
+    assert_eq!(plan(&i), full);
+    assert!(matches!(full.operations[..], [Operation::Conflict { .. }]));
+
+    // Nothing changed outside the focus: nothing else is planned, and
+    // a change outside it waits (for its own event, or the full rescan).
+    let mut i = synced_tree(3, 4);
+    i.local.insert(p("d2/f3.txt"), lf("edited"));
+    i.focus = focus(&["d0/f0.txt"]);
+    assert!(plan(&i).operations.is_empty());
 }
