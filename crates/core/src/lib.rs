@@ -4,6 +4,7 @@
 //! - [`Revision`] and [`ContentHash`]: how versions are named.
 //! - [`limits`]: sizes every layer agrees on.
 //! - [`size`]: byte sizes as written on a command line (`1GiB`).
+//! - [`Fingerprint`]: a certificate's SHA-256, shown and parsed as openssl does.
 //! - [`compute`]: the arithmetic of the Compute service ([`compute::Numbers`], checked add, sort, parsing).
 //!
 //! If this crate cannot do IO, nobody can make it do IO by accident.
@@ -11,6 +12,7 @@
 
 pub mod compute;
 pub mod echo;
+pub mod fingerprint;
 pub mod hash;
 pub mod limits;
 pub mod path;
@@ -18,6 +20,7 @@ pub mod size;
 pub mod sync;
 
 pub use echo::echo;
+pub use fingerprint::{Fingerprint, FingerprintError};
 pub use hash::ContentHash;
 pub use path::{PathError, RESERVED_DIR, RemotePath};
 

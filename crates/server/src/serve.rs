@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Connection bound and timeouts.
     pub transport: TransportConfig,
+    /// TLS identity; `None`: plaintext.
+    pub tls: Option<crate::TlsIdentity>,
 }
 
 impl ServerConfig {
@@ -57,6 +59,7 @@ impl ServerConfig {
             compute: ComputeConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             transport: TransportConfig::default(),
+            tls: None,
         }
     }
 }
@@ -124,7 +127,11 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let addr = listener.local_addr().ok();
-    let incoming = transport::incoming(listener, &config.transport);
+    let incoming = transport::incoming(
+        listener,
+        &config.transport,
+        config.tls.as_ref().map(crate::TlsIdentity::acceptor),
+    );
     let signal_token = token.clone();
     let signal = async move {
         shutdown.await;
@@ -136,6 +143,7 @@ pub async fn serve(
         root = %config.root.display(),
         services = ?config.services,
         max_connections = config.transport.max_connections,
+        tls = config.tls.is_some(),
         "serving"
     );
     let server = Server::builder()
