@@ -32,16 +32,31 @@ pub struct Client<T: Args> {
 #[derive(Debug, Args)]
 pub struct MenuArgs {}
 
-/// Flags every client command shares.
-#[derive(Debug, Args, Clone)]
+/// Flags every client command shares. Where a setting comes from: flags,
+/// then environment, then the saved profile (`distribusync login`), then
+/// defaults.
+#[derive(Debug, Args, Clone, Default)]
 pub struct Global {
-    /// File server to talk to.
-    #[arg(
-        long,
-        env = "DISTRIBUSYNC_SERVER",
-        default_value = "http://127.0.0.1:50000"
-    )]
-    pub server: String,
+    /// File server to talk to: https://host:port (TLS) or http://host:port
+    /// [default: the profile's, else http://127.0.0.1:50000]
+    #[arg(long, env = "DISTRIBUSYNC_SERVER")]
+    pub server: Option<String>,
+    /// Saved connection profile to use (`distribusync login --profile
+    /// NAME` saves one) [default: default]
+    #[arg(long, env = "DISTRIBUSYNC_PROFILE")]
+    pub profile: Option<String>,
+    /// Trust the TLS server whose certificate has this SHA-256
+    /// fingerprint (as `serve --print-fingerprint` prints it).
+    #[arg(long, env = "DISTRIBUSYNC_FINGERPRINT", conflicts_with = "ca")]
+    pub fingerprint: Option<String>,
+    /// Verify the TLS server by the CA certificates in this PEM file
+    /// instead of the system's.
+    #[arg(long, env = "DISTRIBUSYNC_CA")]
+    pub ca: Option<PathBuf>,
+    /// Read the access token from this file (else DISTRIBUSYNC_TOKEN, else
+    /// the profile's).
+    #[arg(long, env = "DISTRIBUSYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Compute server to talk to; the --server when omitted (set it when
     /// files and compute run as separate servers).
     #[arg(long, env = "DISTRIBUSYNC_COMPUTE_SERVER")]
@@ -81,6 +96,33 @@ pub enum Command {
     /// The numbered menu: files, compute, async jobs and auto-sync in one
     /// place (for a person, or a script feeding standard input).
     Menu(Client<MenuArgs>),
+    /// Trust a server and save how to reach it (URL, certificate
+    /// fingerprint, token) as a profile the other commands use.
+    Login(LoginArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The server, e.g. https://server.example:50000 (https:// when no
+    /// scheme is given).
+    pub url: String,
+    /// Name to save the profile under.
+    #[arg(long, env = "DISTRIBUSYNC_PROFILE", default_value = distribusync_client::DEFAULT_PROFILE)]
+    pub profile: String,
+    /// Trust the certificate with this SHA-256 fingerprint (no prompt).
+    #[arg(long, conflicts_with = "ca")]
+    pub fingerprint: Option<String>,
+    /// Verify the server by the CA certificates in this PEM file (no
+    /// prompt); the profile remembers the file.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Read the token from this file (else DISTRIBUSYNC_TOKEN, else it is
+    /// asked for).
+    #[arg(long, env = "DISTRIBUSYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Trust the certificate the server presents without asking.
+    #[arg(long, short)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +193,38 @@ pub struct ServeArgs {
     /// arrive (default: half the open-file limit, `ulimit -n`).
     #[arg(long, env = "DISTRIBUSYNC_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// TLS: auto (on unless every listen address is loopback), on, off.
+    #[arg(long, env = "DISTRIBUSYNC_TLS", value_enum, default_value_t = TlsMode::Auto)]
+    pub tls: TlsMode,
+    /// PEM certificate chain to serve (leaf first), e.g. from an ACME
+    /// client; with --tls-key. Default: a self-signed certificate made once
+    /// and kept under ROOT/.distribusync/tls/.
+    #[arg(long, env = "DISTRIBUSYNC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DISTRIBUSYNC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A name (DNS name or IP address) the self-signed certificate is made
+    /// for; repeat for several [default: the host name, localhost and the
+    /// listen address].
+    #[arg(long = "tls-name", env = "DISTRIBUSYNC_TLS_NAMES", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
+    /// Print the SHA-256 fingerprint of the server's certificate and exit
+    /// (making the self-signed one first if there is none).
+    #[arg(long)]
+    pub print_fingerprint: bool,
+    /// Serve without TLS on an address other than loopback (traffic can be
+    /// read and changed by anyone on the way); warns at every start.
+    #[arg(long, env = "DISTRIBUSYNC_INSECURE")]
+    pub insecure: bool,
+}
+
+/// `serve --tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    Auto,
+    On,
+    Off,
 }
 
 /// A service `serve` can host.

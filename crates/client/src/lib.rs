@@ -11,6 +11,7 @@ pub mod compute;
 pub mod connect;
 pub mod error;
 pub mod files;
+pub mod profile;
 pub mod sync;
 pub mod tree;
 
@@ -24,4 +25,5 @@ pub use files::{
     BatchFile, Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent,
     WatchStream, hash_local,
 };
+pub use profile::{DEFAULT_PROFILE, Profile, ProfileError, Profiles};
 pub use tree::{LocalTree, Skipped, local_tree};

@@ -233,7 +233,7 @@ impl Conn {
         let handshake_io = async {
             let mut first = [0u8; 1];
             if tcp.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
-                refuse_plaintext(&tcp).await;
+                refuse_plaintext(tcp).await;
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     "the client does not speak TLS",
@@ -263,22 +263,31 @@ impl Conn {
 }
 
 /// Answers a client that sent plaintext to a TLS port with a fatal TLS
-/// alert record (protocol_version), then closes.
-async fn refuse_plaintext(tcp: &TcpStream) {
+/// alert record (protocol_version), then closes. What the client sent is
+/// read and dropped for a moment first: closing with unread data would
+/// reset the connection, and the client could see the reset (a broken
+/// pipe) instead of the alert.
+async fn refuse_plaintext(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Alert record: type 21, version TLS 1.2, length 2, fatal (2),
     // protocol_version (70).
     const ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46];
-    let mut written = 0;
-    while written < ALERT.len() {
-        if tcp.writable().await.is_err() {
-            return;
-        }
-        match tcp.try_write(&ALERT[written..]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
+    const DRAIN_FOR: Duration = Duration::from_secs(1);
+    const DRAIN_BYTES: usize = 64 << 10;
+    if tcp.write_all(&ALERT).await.is_err() || tcp.shutdown().await.is_err() {
+        return;
     }
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        while drained < DRAIN_BYTES {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 impl Connected for Conn {

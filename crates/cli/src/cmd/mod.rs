@@ -2,5 +2,6 @@
 
 pub mod compute;
 pub mod files;
+pub mod login;
 pub mod serve;
 pub mod sync;

@@ -36,6 +36,8 @@ pub(crate) struct Connector {
     /// `host:port` as written in the URL.
     pub authority: Arc<str>,
     pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// What went wrong with the last connection, for the channel to name.
+    pub failure: super::FailureSlot,
 }
 
 impl std::fmt::Debug for Connector {
@@ -58,11 +60,21 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.open().await.map(TokioIo::new) })
+        Box::pin(async move {
+            let opened = this.open().await;
+            this.record(opened.as_ref().err().cloned());
+            opened.map(TokioIo::new)
+        })
     }
 }
 
 impl Connector {
+    fn record(&self, failure: Option<ConnectError>) {
+        if let Ok(mut slot) = self.failure.lock() {
+            *slot = failure;
+        }
+    }
+
     pub(crate) async fn open(&self) -> Result<ClientIo, ConnectError> {
         let tcp = TcpStream::connect((&*self.host, self.port))
             .await
@@ -170,9 +182,11 @@ impl AsyncRead for Sniff {
                     self.first.store(u16::from(b), Ordering::Relaxed);
                     if let Some(c) = self.refuse_tls.take() {
                         if b == 0x15 || b == 0x16 {
+                            let e = c.speaks_tls();
+                            c.record(Some(e.clone()));
                             return Poll::Ready(Err(std::io::Error::new(
                                 std::io::ErrorKind::InvalidData,
-                                c.speaks_tls(),
+                                e,
                             )));
                         }
                     }

@@ -15,21 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distribusync_core::{Fingerprint, limits};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, Result};
 
+mod channel;
 mod connector;
 mod tls;
 
+pub use channel::AuthChannel;
+use channel::FailureSlot;
 use connector::Connector;
 pub use tls::{TlsTrust, fingerprint_of};
-
-/// A channel whose every request carries the token (if any).
-pub type AuthChannel = InterceptedService<Channel, Bearer>;
 
 /// Why a connection could not be set up or was refused at the TLS level.
 /// Each says what to do.
@@ -117,27 +114,24 @@ impl Token {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every request.
+/// The `authorization: Bearer <token>` header value sent with every
+/// request (none without a token).
 #[derive(Clone, Debug, Default)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(Option<http::HeaderValue>);
 
 impl Bearer {
     pub fn new(token: Option<&Token>) -> Self {
-        // A Token is printable ASCII, so this parse cannot fail; if it
-        // did, sending no token gets a clear UNAUTHENTICATED.
-        Self(token.and_then(|t| format!("Bearer {}", t.0).parse().ok()))
+        // A Token is printable ASCII, so this cannot fail; if it did,
+        // sending no token gets a clear UNAUTHENTICATED.
+        Self(token.and_then(|t| {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", t.0)).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        }))
     }
-}
 
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(request)
+    pub(crate) fn header(&self) -> Option<&http::HeaderValue> {
+        self.0.as_ref()
     }
 }
 
@@ -220,10 +214,13 @@ impl ConnectionConfig {
     /// # Errors
     /// [`ClientError::Connect`] or [`ClientError::BadAddress`].
     pub async fn connect(&self) -> Result<AuthChannel> {
-        Ok(InterceptedService::new(
-            self.connect_bare().await?,
-            self.bearer(),
-        ))
+        let (endpoint, connector) = self.endpoint_and_connector(None)?;
+        let slot = connector.failure.clone();
+        let channel = endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| self.connect_failed(&e))?;
+        Ok(AuthChannel::with_slot(channel, self.bearer(), slot))
     }
 
     /// As [`ConnectionConfig::connect`], without the token.
@@ -244,9 +241,12 @@ impl ConnectionConfig {
     /// # Errors
     /// [`ClientError::BadAddress`], or a CA file that cannot be used.
     pub fn connect_lazy(&self) -> Result<AuthChannel> {
-        Ok(InterceptedService::new(
-            self.connect_lazy_bare()?,
+        let (endpoint, connector) = self.endpoint_and_connector(None)?;
+        let slot = connector.failure.clone();
+        Ok(AuthChannel::with_slot(
+            endpoint.connect_with_connector_lazy(connector),
             self.bearer(),
+            slot,
         ))
     }
 
@@ -333,6 +333,7 @@ impl ConnectionConfig {
             url: self.endpoint.as_str().into(),
             authority: authority.into(),
             tls,
+            failure: FailureSlot::default(),
         };
         Ok((tuned(endpoint).origin(origin), connector))
     }
