@@ -207,7 +207,11 @@ pub struct ServeArgs {
     /// A name (DNS name or IP address) the self-signed certificate is made
     /// for; repeat for several [default: the host name, localhost and the
     /// listen address].
-    #[arg(long = "tls-name", env = "DISTRIBUSYNC_TLS_NAMES", value_delimiter = ',')]
+    #[arg(
+        long = "tls-name",
+        env = "DISTRIBUSYNC_TLS_NAMES",
+        value_delimiter = ','
+    )]
     pub tls_names: Vec<String>,
     /// Print the SHA-256 fingerprint of the server's certificate and exit
     /// (making the self-signed one first if there is none).

@@ -42,9 +42,7 @@ pub fn profiles_path() -> Option<PathBuf> {
 /// The token from DISTRIBUSYNC_TOKEN, if set.
 pub fn token_from_env() -> anyhow::Result<Option<Token>> {
     match std::env::var(TOKEN_ENV) {
-        Ok(t) if !t.trim().is_empty() => Ok(Some(
-            Token::new(&t).with_context(|| format!("{TOKEN_ENV}"))?,
-        )),
+        Ok(t) if !t.trim().is_empty() => Ok(Some(Token::new(&t).context(TOKEN_ENV)?)),
         _ => Ok(None),
     }
 }

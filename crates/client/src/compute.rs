@@ -93,9 +93,8 @@ impl ComputeError {
                 ComputeError::BadAddress { addr, reason: why }
             }
             crate::ClientError::Connect(c) => ComputeError::Connect(c),
-            crate::ClientError::Unreachable { addr } | crate::ClientError::ConnectionLost { addr } => {
-                ComputeError::Unreachable { addr }
-            }
+            crate::ClientError::Unreachable { addr }
+            | crate::ClientError::ConnectionLost { addr } => ComputeError::Unreachable { addr },
             other => ComputeError::Protocol(other.to_string()),
         }
     }

@@ -22,7 +22,9 @@ pub enum ClientError {
     #[error(transparent)]
     Connect(crate::connect::ConnectError),
     /// The server wants a valid token (none was sent, or it was refused).
-    #[error("the server refused the token: {0} (give one with --token-file or DISTRIBUSYNC_TOKEN, or run `distribusync login`)")]
+    #[error(
+        "the server refused the token: {0} (give one with --token-file or DISTRIBUSYNC_TOKEN, or run `distribusync login`)"
+    )]
     Unauthenticated(String),
     /// The token is valid but may not do this.
     #[error("not allowed: {0}")]
@@ -149,7 +151,9 @@ impl From<crate::connect::ConnectError> for ClientError {
     fn from(c: crate::connect::ConnectError) -> Self {
         match c {
             crate::connect::ConnectError::Unreachable { addr, .. } => Self::Unreachable { addr },
-            crate::connect::ConnectError::BadAddress { addr, why } => Self::BadAddress { addr, why },
+            crate::connect::ConnectError::BadAddress { addr, why } => {
+                Self::BadAddress { addr, why }
+            }
             c => Self::Connect(c),
         }
     }

@@ -282,7 +282,10 @@ impl FilesClient {
     /// [`ClientError::Connect`] when TLS refuses it.
     pub async fn connect(config: impl Into<ConnectionConfig>) -> Result<Self> {
         let config = config.into();
-        Ok(Self::with_channel(config.connect().await?, &config.endpoint))
+        Ok(Self::with_channel(
+            config.connect().await?,
+            &config.endpoint,
+        ))
     }
 
     /// A client that connects on first use and reconnects after failures

@@ -94,15 +94,17 @@ impl Profiles {
     /// # Errors
     /// [`ProfileError::Unknown`] naming the saved ones.
     pub fn get(&self, name: &str, path: &Path) -> Result<&Profile, ProfileError> {
-        self.profiles.get(name).ok_or_else(|| ProfileError::Unknown {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            known: if self.profiles.is_empty() {
-                "none".to_owned()
-            } else {
-                self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
-            },
-        })
+        self.profiles
+            .get(name)
+            .ok_or_else(|| ProfileError::Unknown {
+                name: name.to_owned(),
+                path: path.to_owned(),
+                known: if self.profiles.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            })
     }
 
     /// Writes all profiles to `path` (mode 0600, see the module docs).

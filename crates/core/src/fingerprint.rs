@@ -97,7 +97,13 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_32_bytes_of_hex() {
-        for s in ["", "00:11", &"G".repeat(64), &"0".repeat(63), &"0".repeat(66)] {
+        for s in [
+            "",
+            "00:11",
+            &"G".repeat(64),
+            &"0".repeat(63),
+            &"0".repeat(66),
+        ] {
             assert!(s.parse::<Fingerprint>().is_err(), "{s}");
         }
     }

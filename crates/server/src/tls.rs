@@ -212,12 +212,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Refuses a leaf not valid now; returns its expiry as text.
 fn check_validity(path: &Path, leaf: &CertificateDer<'_>) -> Result<String, TlsError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| {
-        TlsError::BadCertificate {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::BadCertificate {
             path: path.to_owned(),
             why: e.to_string(),
-        }
-    })?;
+        })?;
     let validity = parsed.validity();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -252,7 +252,10 @@ impl Conn {
                 Err(e)
             }
             Err(_) => {
-                tracing::debug!(?peer, "closing a connection that did not complete its TLS handshake");
+                tracing::debug!(
+                    ?peer,
+                    "closing a connection that did not complete its TLS handshake"
+                );
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "no TLS handshake within --handshake-timeout",

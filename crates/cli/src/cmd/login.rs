@@ -51,9 +51,7 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
             .with_context(|| format!("login {url}"))?;
         eprintln!("The server at {url} presents a certificate with SHA-256 fingerprint\n  {seen}");
         if !args.yes {
-            eprintln!(
-                "Check it on the server with `distribusync serve --print-fingerprint`."
-            );
+            eprintln!("Check it on the server with `distribusync serve --print-fingerprint`.");
             if !confirm("Trust it? [y/N] ")? {
                 anyhow::bail!("login {url}: certificate not trusted; nothing saved");
             }
@@ -63,7 +61,9 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
     }
     config.token = token(&args)?;
     profile.token = config.token.as_ref().map(|t| t.expose().to_owned());
-    check(&config).await.with_context(|| format!("login {url}"))?;
+    check(&config)
+        .await
+        .with_context(|| format!("login {url}"))?;
 
     let mut all = Profiles::load(&path)?;
     all.profiles.insert(args.profile.clone(), profile);

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use distribusync_client::sync::{Mode, SyncEngine, SyncOptions};
 use distribusync_client::FilesClient;
+use distribusync_client::sync::{Mode, SyncEngine, SyncOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Global, SyncArgs, SyncMode};

@@ -42,7 +42,9 @@ impl TlsServer {
                 url = Some(line[i..].trim().to_owned());
             }
             // The store's first log line comes after both.
-            if url.is_some() && (fingerprint.is_some() || url.as_deref().unwrap().starts_with("http:")) {
+            if url.is_some()
+                && (fingerprint.is_some() || url.as_deref().unwrap().starts_with("http:"))
+            {
                 break;
             }
         }
@@ -108,7 +110,10 @@ fn a_self_signed_server_pinned_by_fingerprint_serves_put_ls_get_and_keeps_its_fi
     let root = dir.join("MASTER");
     let server = TlsServer::start(&root, "127.0.0.1:0", &["--tls", "on"]);
     assert!(server.url.starts_with("https://"), "{}", server.url);
-    let fp = server.fingerprint.clone().expect("fingerprint printed at start");
+    let fp = server
+        .fingerprint
+        .clone()
+        .expect("fingerprint printed at start");
     assert_eq!(print_fingerprint(&dir, &root), fp);
     // The key is private.
     let key = root.join(".distribusync/tls/key.pem");
@@ -121,7 +126,10 @@ fn a_self_signed_server_pinned_by_fingerprint_serves_put_ls_get_and_keeps_its_fi
     assert_eq!(ok(&dir, &[&["ls"][..], &s].concat()), "a.txt\n");
     ok(&dir, &[&["get", "a.txt", "back.txt"][..], &s].concat());
     assert_eq!(std::fs::read(dir.join("back.txt")).unwrap(), b"over TLS");
-    assert_eq!(ok(&dir, &[&["add", "2", "40"][..], &s].concat()).trim(), "42");
+    assert_eq!(
+        ok(&dir, &[&["add", "2", "40"][..], &s].concat()).trim(),
+        "42"
+    );
 
     // The same identity after a restart.
     server.stop();
@@ -157,19 +165,22 @@ fn ca_chain() -> (String, String, String) {
     let root_key = KeyPair::generate().unwrap();
     let mut root = CertificateParams::new(Vec::<String>::new()).unwrap();
     root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    root.distinguished_name.push(rcgen::DnType::CommonName, "test root");
+    root.distinguished_name
+        .push(rcgen::DnType::CommonName, "test root");
     let root_cert = root.self_signed(&root_key).unwrap();
     let root_issuer = Issuer::new(root, root_key);
 
     let mid_key = KeyPair::generate().unwrap();
     let mut mid = CertificateParams::new(Vec::<String>::new()).unwrap();
     mid.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    mid.distinguished_name.push(rcgen::DnType::CommonName, "test intermediate");
+    mid.distinguished_name
+        .push(rcgen::DnType::CommonName, "test intermediate");
     let mid_cert = mid.signed_by(&mid_key, &root_issuer).unwrap();
     let mid_issuer = Issuer::new(mid, mid_key);
 
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let leaf =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     let leaf_cert = leaf.signed_by(&leaf_key, &mid_issuer).unwrap();
     (
         root_cert.pem(),
@@ -189,12 +200,23 @@ fn a_server_certificate_from_a_ca_chain_is_verified_with_ca() {
     let server = TlsServer::start(
         &dir.join("MASTER"),
         "127.0.0.1:0",
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
     );
     let url = format!("https://localhost:{}", server.port());
     std::fs::write(dir.join("a.txt"), b"by CA").unwrap();
-    ok(&dir, &["put", "a.txt", "--server", &url, "--ca", "root.pem"]);
-    assert_eq!(ok(&dir, &["ls", "--server", &url, "--ca", "root.pem"]), "a.txt\n");
+    ok(
+        &dir,
+        &["put", "a.txt", "--server", &url, "--ca", "root.pem"],
+    );
+    assert_eq!(
+        ok(&dir, &["ls", "--server", &url, "--ca", "root.pem"]),
+        "a.txt\n"
+    );
     // Without the CA the system does not trust it: one line that says so.
     let err = fail(&dir, &["ls", "--server", &url], 1);
     assert!(err.contains("--ca"), "{err}");
@@ -207,17 +229,45 @@ fn plaintext_against_tls_and_tls_against_plaintext_each_get_one_clear_line() {
     let plain = TlsServer::start(&dir.join("plain"), "127.0.0.1:0", &[]);
     assert!(plain.url.starts_with("http://"));
     let tls_port = tls.port();
-    let err = fail(&dir, &["ls", "--server", &format!("http://127.0.0.1:{tls_port}")], 1);
-    assert!(err.contains(&format!("speaks TLS: use https://127.0.0.1:{tls_port}")), "{err}");
-    let err = fail(&dir, &["add", "1", "2", "--server", &format!("127.0.0.1:{tls_port}")], 1);
+    let err = fail(
+        &dir,
+        &["ls", "--server", &format!("http://127.0.0.1:{tls_port}")],
+        1,
+    );
+    assert!(
+        err.contains(&format!("speaks TLS: use https://127.0.0.1:{tls_port}")),
+        "{err}"
+    );
+    let err = fail(
+        &dir,
+        &[
+            "add",
+            "1",
+            "2",
+            "--server",
+            &format!("127.0.0.1:{tls_port}"),
+        ],
+        1,
+    );
     assert!(err.contains("speaks TLS"), "{err}");
     let plain_port = plain.port();
     let err = fail(
         &dir,
-        &["ls", "--server", &format!("https://127.0.0.1:{plain_port}"), "--fingerprint", tls.fingerprint.as_deref().unwrap()],
+        &[
+            "ls",
+            "--server",
+            &format!("https://127.0.0.1:{plain_port}"),
+            "--fingerprint",
+            tls.fingerprint.as_deref().unwrap(),
+        ],
         1,
     );
-    assert!(err.contains(&format!("does not speak TLS: use http://127.0.0.1:{plain_port}")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "does not speak TLS: use http://127.0.0.1:{plain_port}"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -225,14 +275,39 @@ fn serving_plaintext_beyond_loopback_is_refused_unless_insecure_which_warns() {
     let (_t, dir) = tmp();
     let root = dir.join("MASTER");
     let root = root.to_str().unwrap();
-    let err = fail(&dir, &["serve", "--listen", "0.0.0.0:0", "--tls", "off", "--root", root], 2);
+    let err = fail(
+        &dir,
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--tls",
+            "off",
+            "--root",
+            root,
+        ],
+        2,
+    );
     assert!(err.contains("--insecure"), "{err}");
     assert!(!dir.join("MASTER").exists(), "nothing made before refusing");
 
-    let mut child = cmd(&dir, &[("RUST_LOG", "warn")], &["serve", "--listen", "0.0.0.0:0", "--tls", "off", "--insecure", "--root", root])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd(
+        &dir,
+        &[("RUST_LOG", "warn")],
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--tls",
+            "off",
+            "--insecure",
+            "--root",
+            root,
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut warned = false;
     for line in lines.by_ref() {
@@ -275,20 +350,45 @@ fn bad_certificate_files_get_one_line_naming_the_file() {
     let serve = |c: &str, k: &str| {
         fail(
             &dir,
-            &["serve", "--listen", "127.0.0.1:0", "--root", "M", "--tls-cert", c, "--tls-key", k],
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--root",
+                "M",
+                "--tls-cert",
+                c,
+                "--tls-key",
+                k,
+            ],
             1,
         )
     };
     let err = serve("junk.pem", "key.pem");
-    assert!(err.contains("junk.pem") && err.contains("no PEM certificate"), "{err}");
+    assert!(
+        err.contains("junk.pem") && err.contains("no PEM certificate"),
+        "{err}"
+    );
     let err = serve("cert.pem", "junk.pem");
-    assert!(err.contains("junk.pem") && err.contains("no PEM private key"), "{err}");
+    assert!(
+        err.contains("junk.pem") && err.contains("no PEM private key"),
+        "{err}"
+    );
     let err = serve("cert.pem", "other-key.pem");
-    assert!(err.contains("other-key.pem") && err.contains("does not belong"), "{err}");
+    assert!(
+        err.contains("other-key.pem") && err.contains("does not belong"),
+        "{err}"
+    );
     let err = serve("old-cert.pem", "old-key.pem");
-    assert!(err.contains("old-cert.pem") && err.contains("expired") && err.contains("2002"), "{err}");
+    assert!(
+        err.contains("old-cert.pem") && err.contains("expired") && err.contains("2002"),
+        "{err}"
+    );
     let err = serve("missing.pem", "key.pem");
-    assert!(err.contains("missing.pem") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("missing.pem") && err.contains("No such file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -299,7 +399,18 @@ fn login_saves_a_private_profile_that_later_commands_use() {
     std::fs::write(dir.join("token"), "s3cret-token\n").unwrap();
     // Trust on first use, confirmed with --yes: what login saw is what
     // the server prints.
-    let out = run(&dir, &["login", &server.url, "--yes", "--token-file", "token", "--profile", "work"]);
+    let out = run(
+        &dir,
+        &[
+            "login",
+            &server.url,
+            "--yes",
+            "--token-file",
+            "token",
+            "--profile",
+            "work",
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let fp = print_fingerprint(&dir, &root);
@@ -308,7 +419,8 @@ fn login_saves_a_private_profile_that_later_commands_use() {
     let profiles = dir.join("config/distribusync/profiles.json");
     let mode = std::fs::metadata(&profiles).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&profiles).unwrap()).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&profiles).unwrap()).unwrap();
     let work = &saved["profiles"]["work"];
     assert_eq!(work["url"], server.url.as_str());
     assert_eq!(work["fingerprint"], fp.as_str());
@@ -325,9 +437,21 @@ fn login_saves_a_private_profile_that_later_commands_use() {
 
     // A wrong fingerprint: nothing is saved.
     let wrong = format!("00{}", &fp[2..]);
-    let err = fail(&dir, &["login", &server.url, "--fingerprint", &wrong, "--profile", "bad"], 1);
+    let err = fail(
+        &dir,
+        &[
+            "login",
+            &server.url,
+            "--fingerprint",
+            &wrong,
+            "--profile",
+            "bad",
+        ],
+        1,
+    );
     assert!(err.contains("CHANGED"), "{err}");
-    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&profiles).unwrap()).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&profiles).unwrap()).unwrap();
     assert!(saved["profiles"].get("bad").is_none());
 }
 
@@ -336,7 +460,12 @@ fn a_sync_daemon_over_tls_converges_with_the_server() {
     let (_t, dir) = tmp();
     let server = TlsServer::start(&dir.join("MASTER"), "127.0.0.1:0", &["--tls", "on"]);
     let fp = server.fingerprint.clone().unwrap();
-    let s = ["--server", server.url.as_str(), "--fingerprint", fp.as_str()];
+    let s = [
+        "--server",
+        server.url.as_str(),
+        "--fingerprint",
+        fp.as_str(),
+    ];
     std::fs::create_dir_all(dir.join("local")).unwrap();
     std::fs::write(dir.join("local/up.txt"), b"from the folder").unwrap();
     let mut daemon = cmd(&dir, &[], &[&["sync", "local"][..], &s].concat())

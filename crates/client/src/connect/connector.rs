@@ -10,8 +10,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
@@ -112,14 +112,14 @@ impl Connector {
         let addr = self.url.to_string();
         let rustls_error = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
         if let Some(rustls::Error::InvalidCertificate(c)) = rustls_error {
-            if let rustls::CertificateError::Other(other) = c {
-                if let Some(m) = other.0.downcast_ref::<Mismatch>() {
-                    return ConnectError::FingerprintChanged {
-                        addr,
-                        expected: m.expected,
-                        presented: m.presented,
-                    };
-                }
+            if let rustls::CertificateError::Other(other) = c
+                && let Some(m) = other.0.downcast_ref::<Mismatch>()
+            {
+                return ConnectError::FingerprintChanged {
+                    addr,
+                    expected: m.expected,
+                    presented: m.presented,
+                };
             }
             return ConnectError::Untrusted {
                 addr,
@@ -176,21 +176,17 @@ impl AsyncRead for Sniff {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            if let Some(&b) = buf.filled().get(before) {
-                if self.first.load(Ordering::Relaxed) == NOTHING_YET {
-                    self.first.store(u16::from(b), Ordering::Relaxed);
-                    if let Some(c) = self.refuse_tls.take() {
-                        if b == 0x15 || b == 0x16 {
-                            let e = c.speaks_tls();
-                            c.record(Some(e.clone()));
-                            return Poll::Ready(Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                e,
-                            )));
-                        }
-                    }
-                }
+        if let Poll::Ready(Ok(())) = r
+            && let Some(&b) = buf.filled().get(before)
+            && self.first.load(Ordering::Relaxed) == NOTHING_YET
+        {
+            self.first.store(u16::from(b), Ordering::Relaxed);
+            if let Some(c) = self.refuse_tls.take()
+                && (b == 0x15 || b == 0x16)
+            {
+                let e = c.speaks_tls();
+                c.record(Some(e.clone()));
+                return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
             }
         }
         r

@@ -100,12 +100,10 @@ impl Token {
     /// # Errors
     /// [`ConnectError::BadToken`] naming the file.
     pub fn from_file(path: &Path) -> std::result::Result<Self, ConnectError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConnectError::BadToken(format!("--token-file {}: {e}", path.display()))
-        })?;
-        Self::new(text.lines().next().unwrap_or("")).map_err(|e| {
-            ConnectError::BadToken(format!("--token-file {}: {e}", path.display()))
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConnectError::BadToken(format!("--token-file {}: {e}", path.display())))?;
+        Self::new(text.lines().next().unwrap_or(""))
+            .map_err(|e| ConnectError::BadToken(format!("--token-file {}: {e}", path.display())))
     }
 
     /// The token itself (to save it in a profile).
@@ -278,7 +276,10 @@ impl ConnectionConfig {
         connector.open().await?;
         let found = seen.lock().ok().and_then(|s| *s);
         found.ok_or_else(|| {
-            ClientError::Protocol(format!("the server at {} presented no certificate", self.endpoint))
+            ClientError::Protocol(format!(
+                "the server at {} presented no certificate",
+                self.endpoint
+            ))
         })
     }
 
@@ -380,12 +381,11 @@ pub fn find_connect_error(e: &(dyn std::error::Error + 'static)) -> Option<Conne
         if let Some(c) = err.downcast_ref::<ConnectError>() {
             return Some(c.clone());
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(c) = find_connect_error(inner) {
-                    return Some(c);
-                }
-            }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(c) = find_connect_error(inner)
+        {
+            return Some(c);
         }
         next = err.source();
     }
