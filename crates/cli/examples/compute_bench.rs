@@ -8,12 +8,15 @@
 //!   `par_sort_unstable`, which the server uses);
 //! - async overhead: submit until the result arrives through the callback.
 //!
-//! Usage: compute_bench ADDR [SORT_N]   (BENCH_ONLY=sort: the sort alone)
+//! Usage: compute_bench ADDR [SORT_N]   (BENCH_ONLY=sort: the sort alone;
+//! BENCH_ONLY=add: the add round trips alone; BENCH_FINGERPRINT=FP: an
+//! https:// ADDR pinned by FP)
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
 use distribusync_client::compute::{ComputeClient, JobOutput};
+use distribusync_client::{ConnectionConfig, TlsTrust, Token};
 use distribusync_core::compute::{Number, Numbers, Order};
 use rayon::slice::ParallelSliceMut;
 
@@ -184,13 +187,29 @@ async fn run() -> anyhow::Result<()> {
         .next()
         .unwrap_or_else(|| "http://127.0.0.1:50000".into());
     let sort_n: usize = args.next().map_or(Ok(10_000_000), |s| s.parse())?;
-    let client = ComputeClient::connect(&addr).await?;
-    // BENCH_ONLY=sort skips the rest (for iterating on the sort).
-    if std::env::var("BENCH_ONLY").as_deref() != Ok("sort") {
+    // BENCH_FINGERPRINT: an https:// ADDR pinned by this fingerprint
+    // (bench/tls.sh); BENCH_TOKEN: a token sent with every call.
+    let trust = match std::env::var("BENCH_FINGERPRINT") {
+        Ok(f) => TlsTrust::Pinned(f.parse()?),
+        Err(_) => TlsTrust::SystemRoots,
+    };
+    let token = std::env::var("BENCH_TOKEN")
+        .ok()
+        .map(|t| Token::new(&t))
+        .transpose()?;
+    let client = ComputeClient::connect(ConnectionConfig::new(&addr, trust, token)).await?;
+    // BENCH_ONLY=sort skips the rest (for iterating on the sort);
+    // BENCH_ONLY=add runs only the add round trips.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only != "sort" {
         add_bench(&client, 1, 20_000).await?;
         add_bench(&client, 64, 200_000).await?;
+    }
+    if only.is_empty() {
         async_bench(&client, 5_000).await?;
     }
-    sort_bench(&client, sort_n, 5).await?;
+    if only != "add" {
+        sort_bench(&client, sort_n, 5).await?;
+    }
     Ok(())
 }

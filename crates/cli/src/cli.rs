@@ -32,23 +32,48 @@ pub struct Client<T: Args> {
 #[derive(Debug, Args)]
 pub struct MenuArgs {}
 
-/// Flags every client command shares.
-#[derive(Debug, Args, Clone)]
+/// Flags every client command shares. Where a setting comes from: flags,
+/// then environment, then the saved profile (`distribusync login`), then
+/// defaults.
+#[derive(Debug, Args, Clone, Default)]
 pub struct Global {
-    /// File server to talk to.
+    /// File server to talk to: https://host:port (TLS) or http://host:port
+    /// [default: the profile's, else http://127.0.0.1:50000]
+    #[arg(long, global = true, env = "DISTRIBUSYNC_SERVER")]
+    pub server: Option<String>,
+    /// Saved connection profile to use (`distribusync login --profile
+    /// NAME` saves one) [default: default]
+    #[arg(long, global = true, env = "DISTRIBUSYNC_PROFILE")]
+    pub profile: Option<String>,
+    /// Trust the TLS server whose certificate has this SHA-256
+    /// fingerprint (as `serve --print-fingerprint` prints it).
     #[arg(
         long,
-        env = "DISTRIBUSYNC_SERVER",
-        default_value = "http://127.0.0.1:50000"
+        global = true,
+        env = "DISTRIBUSYNC_FINGERPRINT",
+        conflicts_with = "ca"
     )]
-    pub server: String,
+    pub fingerprint: Option<String>,
+    /// Verify the TLS server by the CA certificates in this PEM file
+    /// instead of the system's.
+    #[arg(long, global = true, env = "DISTRIBUSYNC_CA")]
+    pub ca: Option<PathBuf>,
+    /// Read the access token from this file (else DISTRIBUSYNC_TOKEN, else
+    /// the profile's).
+    #[arg(long, global = true, env = "DISTRIBUSYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Compute server to talk to; the --server when omitted (set it when
     /// files and compute run as separate servers).
-    #[arg(long, env = "DISTRIBUSYNC_COMPUTE_SERVER")]
+    #[arg(long, global = true, env = "DISTRIBUSYNC_COMPUTE_SERVER")]
     pub compute_server: Option<String>,
     /// Client id that names this client's compute jobs (`jobs`); kept in
     /// the user's config folder when omitted.
-    #[arg(long, env = "DISTRIBUSYNC_CLIENT_ID", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "DISTRIBUSYNC_CLIENT_ID",
+        hide_env_values = true
+    )]
     pub client_id: Option<String>,
 }
 
@@ -84,6 +109,33 @@ pub enum Command {
     /// The numbered menu: files, compute, async jobs and auto-sync in one
     /// place (for a person, or a script feeding standard input).
     Menu(Client<MenuArgs>),
+    /// Trust a server and save how to reach it (URL, certificate
+    /// fingerprint, token) as a profile the other commands use.
+    Login(LoginArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The server, e.g. https://server.example:50000 (https:// when no
+    /// scheme is given).
+    pub url: String,
+    /// Name to save the profile under.
+    #[arg(long, env = "DISTRIBUSYNC_PROFILE", default_value = distribusync_client::DEFAULT_PROFILE)]
+    pub profile: String,
+    /// Trust the certificate with this SHA-256 fingerprint (no prompt).
+    #[arg(long, conflicts_with = "ca")]
+    pub fingerprint: Option<String>,
+    /// Verify the server by the CA certificates in this PEM file (no
+    /// prompt); the profile remembers the file.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Read the token from this file (else DISTRIBUSYNC_TOKEN, else it is
+    /// asked for).
+    #[arg(long, env = "DISTRIBUSYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Trust the certificate the server presents without asking.
+    #[arg(long, short)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -158,8 +210,33 @@ pub struct ServeArgs {
     /// once any token was created on ROOT), on, or off.
     #[arg(long, env = "DISTRIBUSYNC_AUTH", value_enum, default_value_t = AuthArg::Auto)]
     pub auth: AuthArg,
-    /// Serve beyond loopback without protection (here: with --auth off);
-    /// warns at every start.
+    /// TLS: auto (on unless every listen address is loopback), on, off.
+    #[arg(long, env = "DISTRIBUSYNC_TLS", value_enum, default_value_t = TlsMode::Auto)]
+    pub tls: TlsMode,
+    /// PEM certificate chain to serve (leaf first), e.g. from an ACME
+    /// client; with --tls-key. Default: a self-signed certificate made once
+    /// and kept under ROOT/.distribusync/tls/.
+    #[arg(long, env = "DISTRIBUSYNC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DISTRIBUSYNC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A name (DNS name or IP address) the self-signed certificate is made
+    /// for; repeat for several [default: the host name, localhost and the
+    /// listen address].
+    #[arg(
+        long = "tls-name",
+        env = "DISTRIBUSYNC_TLS_NAMES",
+        value_delimiter = ','
+    )]
+    pub tls_names: Vec<String>,
+    /// Print the SHA-256 fingerprint of the server's certificate and exit
+    /// (making the self-signed one first if there is none).
+    #[arg(long)]
+    pub print_fingerprint: bool,
+    /// Serve beyond loopback without TLS (traffic can be read and changed
+    /// by anyone on the way) or without tokens (--auth off); warns at every
+    /// start.
     #[arg(long, env = "DISTRIBUSYNC_INSECURE")]
     pub insecure: bool,
 }
@@ -167,6 +244,14 @@ pub struct ServeArgs {
 /// `serve --auth`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthArg {
+    Auto,
+    On,
+    Off,
+}
+
+/// `serve --tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
     Auto,
     On,
     Off,

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd;
+mod connection;
 mod menu;
 mod output;
 mod progress;
@@ -38,6 +39,9 @@ fn main() -> ExitCode {
         let _ = rustix::thread::disable_transparent_huge_pages(true);
     }
     init_tracing(&cli.command);
+    // The one rustls crypto provider of the process (the libraries pass it
+    // explicitly too; this covers any dependency that asks for a default).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -103,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sync(c) => cmd::sync::run(&c.global, c.args).await,
         Command::Menu(c) => menu::run(&c.global).await,
         Command::Token(args) => cmd::token::run(args).await,
+        Command::Login(args) => cmd::login::run(args).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

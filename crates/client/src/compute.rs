@@ -69,6 +69,9 @@ pub enum ComputeError {
     CallbacksLost { addr: String, id: String },
     #[error("the server sent a malformed answer: {0}")]
     Protocol(String),
+    /// TLS or connection set-up refused (see [`crate::ConnectError`]).
+    #[error(transparent)]
+    Connect(crate::ConnectError),
 }
 
 impl ComputeError {
@@ -84,7 +87,22 @@ impl ComputeError {
         }
     }
 
+    fn from_client(e: crate::ClientError) -> Self {
+        match e {
+            crate::ClientError::BadAddress { addr, why } => {
+                ComputeError::BadAddress { addr, reason: why }
+            }
+            crate::ClientError::Connect(c) => ComputeError::Connect(c),
+            crate::ClientError::Unreachable { addr }
+            | crate::ClientError::ConnectionLost { addr } => ComputeError::Unreachable { addr },
+            other => ComputeError::Protocol(other.to_string()),
+        }
+    }
+
     fn from_status(s: Status, addr: &str) -> Self {
+        if let Some(c) = crate::connect::find_connect_error(&s) {
+            return Self::from_client(c.into());
+        }
         // Transport failures (connection refused, reset) carry a source;
         // an UNAVAILABLE the server itself sent (shutting down) does not.
         if s.code() == Code::Unavailable && std::error::Error::source(&s).is_some() {
@@ -254,7 +272,7 @@ struct Dispatch {
 
 #[derive(Debug)]
 struct Inner {
-    rpc: Grpc<Channel>,
+    rpc: Grpc<crate::connect::AuthChannel>,
     addr: String,
     client_id: String,
     /// Only ever locked briefly, never across an `.await`.
@@ -297,31 +315,54 @@ pub struct ComputeClient {
 }
 
 impl ComputeClient {
-    /// Connects to the server at `addr` (`http://host:port` or `host:port`)
-    /// with a fresh client id.
+    /// Connects now to the compute server of `config` (a
+    /// [`crate::ConnectionConfig`] or just an address: `http://host:port`,
+    /// `https://…` or `host:port`) with a fresh client id.
     ///
     /// # Errors
-    /// [`ComputeError::BadAddress`], [`ComputeError::Unreachable`].
-    pub async fn connect(addr: &str) -> Result<Self, ComputeError> {
-        let channel = crate::connect::channel(addr).await.map_err(|e| match e {
-            crate::ClientError::BadAddress { addr, why } => {
-                ComputeError::BadAddress { addr, reason: why }
-            }
-            _ => ComputeError::Unreachable {
-                addr: crate::normalize_addr(addr),
-            },
-        })?;
-        Ok(Self::new(
+    /// [`ComputeError::BadAddress`], [`ComputeError::Unreachable`],
+    /// [`ComputeError::Connect`].
+    pub async fn connect(config: impl Into<crate::ConnectionConfig>) -> Result<Self, ComputeError> {
+        let config = config.into().for_compute();
+        let channel = config.connect().await.map_err(ComputeError::from_client)?;
+        Ok(Self::with_channel(
             channel,
-            &crate::normalize_addr(addr),
+            &config.endpoint,
             Uuid::new_v4().to_string(),
         ))
     }
 
-    /// A client over an existing channel. `client_id` names this client's
-    /// jobs (for ListJobs and callbacks); reuse one to see jobs of an earlier
-    /// process. `addr` is only used in messages.
+    /// A client that connects on first use and reconnects after failures.
+    ///
+    /// # Errors
+    /// [`ComputeError::BadAddress`] or a TLS set-up that cannot be used.
+    pub fn lazy(
+        config: impl Into<crate::ConnectionConfig>,
+        client_id: String,
+    ) -> Result<Self, ComputeError> {
+        let config = config.into().for_compute();
+        let channel = config.connect_lazy().map_err(ComputeError::from_client)?;
+        Ok(Self::with_channel(channel, &config.endpoint, client_id))
+    }
+
+    /// A client over an existing channel, sending no token. `client_id`
+    /// names this client's jobs (for ListJobs and callbacks); reuse one to
+    /// see jobs of an earlier process. `addr` is only used in messages.
     pub fn new(channel: Channel, addr: &str, client_id: String) -> Self {
+        Self::with_channel(
+            crate::connect::AuthChannel::new(channel, crate::connect::Bearer::default()),
+            addr,
+            client_id,
+        )
+    }
+
+    /// A client over a channel from [`crate::ConnectionConfig`] (token
+    /// attached).
+    pub fn with_channel(
+        channel: crate::connect::AuthChannel,
+        addr: &str,
+        client_id: String,
+    ) -> Self {
         let rpc = Grpc::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);

@@ -17,6 +17,18 @@ pub enum ClientError {
     ConnectionLost { addr: String },
     #[error("invalid server address {addr:?}: {why}")]
     BadAddress { addr: String, why: String },
+    /// TLS or connection set-up: a changed fingerprint, an untrusted
+    /// certificate, TLS spoken to a plaintext server or the reverse.
+    #[error(transparent)]
+    Connect(crate::connect::ConnectError),
+    /// The server wants a valid token (none was sent, or it was refused).
+    #[error(
+        "the server refused the token: {0} (give one with --token-file or DISTRIBUSYNC_TOKEN, or run `distribusync login`)"
+    )]
+    Unauthenticated(String),
+    /// The token is valid but may not do this.
+    #[error("not allowed: {0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     InvalidPath(#[from] PathError),
     #[error("{0}")]
@@ -63,8 +75,13 @@ impl ClientError {
 
     /// Maps a status from the server at `addr` to an error.
     pub(crate) fn from_status(status: tonic::Status, addr: &str) -> Self {
+        if let Some(c) = crate::connect::find_connect_error(&status) {
+            return c.into();
+        }
         let msg = status.message().to_owned();
         match status.code() {
+            Code::Unauthenticated => Self::Unauthenticated(msg),
+            Code::PermissionDenied => Self::PermissionDenied(msg),
             Code::Unavailable if is_transport(&status) => Self::Unreachable {
                 addr: addr.to_owned(),
             },
@@ -104,20 +121,42 @@ impl ClientError {
         match self {
             Self::Unreachable { addr } => Self::Unreachable { addr: addr.clone() },
             Self::ConnectionLost { addr } => Self::ConnectionLost { addr: addr.clone() },
+            Self::Connect(c) => Self::Connect(c.clone()),
             other => Self::Rejected(other.to_string()),
         }
     }
 
     /// True when the server could not be reached or the connection broke
     /// (worth retrying later).
+    ///
+    /// A connection refused at the TLS level (a changed fingerprint, a
+    /// protocol mismatch) counts: no request can be made until someone
+    /// fixes it, and a daemon waits and retries rather than failing paths.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::ConnectionLost { .. })
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::ConnectionLost { .. } | Self::Connect(_)
+        )
     }
 }
 
 fn is_transport(status: &tonic::Status) -> bool {
     // Connection failures carry a transport error as their source.
     std::error::Error::source(status).is_some() || status.message().contains("transport")
+}
+
+impl From<crate::connect::ConnectError> for ClientError {
+    /// A server that cannot be reached is [`ClientError::Unreachable`], as
+    /// it always was; everything else about connecting is `Connect`.
+    fn from(c: crate::connect::ConnectError) -> Self {
+        match c {
+            crate::connect::ConnectError::Unreachable { addr, .. } => Self::Unreachable { addr },
+            crate::connect::ConnectError::BadAddress { addr, why } => {
+                Self::BadAddress { addr, why }
+            }
+            c => Self::Connect(c),
+        }
+    }
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;

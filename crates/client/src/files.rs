@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::connect::{AuthChannel, Bearer, ConnectionConfig};
+
 use crate::error::{ClientError, Result};
 
 /// A file on the server.
@@ -75,7 +77,7 @@ pub type BeforeReplace = Box<dyn FnOnce(&Path) -> Result<()> + Send>;
 /// A cheap, cloneable client of the Files service.
 #[derive(Debug, Clone)]
 pub struct FilesClient {
-    inner: files_client::FilesClient<Channel>,
+    inner: files_client::FilesClient<AuthChannel>,
     addr: Arc<str>,
 }
 
@@ -272,21 +274,46 @@ pub(crate) fn read_batch_file(
 }
 
 impl FilesClient {
-    /// Connects to the server at `addr` (`http://host:port` or `host:port`).
+    /// Connects now to the file server of `config` (a [`ConnectionConfig`],
+    /// or just an address: `http://host:port`, `https://…` or `host:port`).
     ///
     /// # Errors
-    /// [`ClientError::Unreachable`] when no server answers.
-    pub async fn connect(addr: &str) -> Result<Self> {
-        Ok(Self::new(crate::channel(addr).await?, addr))
+    /// [`ClientError::Unreachable`] when no server answers,
+    /// [`ClientError::Connect`] when TLS refuses it.
+    pub async fn connect(config: impl Into<ConnectionConfig>) -> Result<Self> {
+        let config = config.into();
+        Ok(Self::with_channel(
+            config.connect().await?,
+            &config.endpoint,
+        ))
     }
 
-    /// A client over an existing channel.
+    /// A client that connects on first use and reconnects after failures
+    /// (for long-running clients that must survive a server restart).
+    ///
+    /// # Errors
+    /// [`ClientError::BadAddress`], or a TLS set-up that cannot be used.
+    pub fn lazy(config: impl Into<ConnectionConfig>) -> Result<Self> {
+        let config = config.into();
+        Ok(Self::with_channel(config.connect_lazy()?, &config.endpoint))
+    }
+
+    /// A client over an existing channel, sending no token.
     pub fn new(channel: Channel, addr: &str) -> Self {
+        Self::with_channel(
+            AuthChannel::new(channel, Bearer::default()),
+            &crate::normalize_addr(addr),
+        )
+    }
+
+    /// A client over a channel from [`ConnectionConfig`] (token attached).
+    /// `addr` is only used in messages.
+    pub fn with_channel(channel: AuthChannel, addr: &str) -> Self {
         Self {
             inner: files_client::FilesClient::new(channel)
                 .max_decoding_message_size(limits::MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(limits::MAX_MESSAGE_SIZE),
-            addr: crate::normalize_addr(addr).into(),
+            addr: addr.into(),
         }
     }
 

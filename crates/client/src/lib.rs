@@ -8,17 +8,22 @@
 #![forbid(unsafe_code)]
 
 pub mod compute;
-mod connect;
+pub mod connect;
 pub mod error;
 pub mod files;
+pub mod profile;
 pub mod sync;
 pub mod tree;
 
 pub use compute::{ComputeClient, JobHandle};
-pub use connect::{Reachability, channel, lazy_channel, normalize_addr, probe};
+pub use connect::{
+    AuthChannel, Bearer, ConnectError, ConnectionConfig, Reachability, TlsTrust, Token, channel,
+    find_connect_error, fingerprint_of, lazy_channel, normalize_addr, probe,
+};
 pub use error::{ClientError, Result};
 pub use files::{
     BatchFile, Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent,
     WatchStream, hash_local,
 };
+pub use profile::{DEFAULT_PROFILE, Profile, ProfileError, Profiles};
 pub use tree::{LocalTree, Skipped, local_tree};

@@ -6,6 +6,7 @@
 //! - [`size`]: byte sizes as written on a command line (`1GiB`).
 //! - [`delta`]: content-defined chunks, manifests and delta-transfer plans.
 //! - [`token`]: access tokens (text form, scopes, expiry).
+//! - [`Fingerprint`]: a certificate's SHA-256, shown and parsed as openssl does.
 //! - [`compute`]: the arithmetic of the Compute service ([`compute::Numbers`], checked add, sort, parsing).
 //!
 //! If this crate cannot do IO, nobody can make it do IO by accident.
@@ -14,6 +15,7 @@
 pub mod compute;
 pub mod delta;
 pub mod echo;
+pub mod fingerprint;
 pub mod hash;
 pub mod limits;
 pub mod path;
@@ -22,6 +24,7 @@ pub mod sync;
 pub mod token;
 
 pub use echo::echo;
+pub use fingerprint::{Fingerprint, FingerprintError};
 pub use hash::ContentHash;
 pub use path::{PathError, RESERVED_DIR, RemotePath};
 

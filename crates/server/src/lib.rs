@@ -5,7 +5,7 @@
 //! Main types: [`ServerConfig`] and [`serve`] (the caller binds the listener
 //! and passes the shutdown trigger), [`store::Store`] (MASTER on disk and
 //! the SQLite index), [`files::FilesService`], [`ComputeService`] with its
-//! [`ComputeConfig`].
+//! [`ComputeConfig`], [`TlsIdentity`] (the certificate it serves TLS with).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -18,10 +18,12 @@ pub mod locks;
 mod oversize;
 mod serve;
 pub mod store;
+mod tls;
 mod transport;
 
 pub use auth::{AuthConfig, AuthMode, Identity};
 pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
 pub use serve::{ServeError, ServerConfig, Services, serve};
+pub use tls::{TLS_DIR, TlsError, TlsIdentity, fingerprint_of};
 pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig, raise_descriptor_limit};

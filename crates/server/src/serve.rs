@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub transport: TransportConfig,
     /// When tokens are required (docs/DESIGN.md, "Identity").
     pub auth: AuthConfig,
+    /// TLS identity; `None`: plaintext.
+    pub tls: Option<crate::TlsIdentity>,
 }
 
 impl ServerConfig {
@@ -66,6 +68,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             transport: TransportConfig::default(),
             auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -175,7 +178,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let incoming = transport::incoming(listener, &config.transport);
+    let addr = listener.local_addr().ok();
+    let incoming = transport::incoming(
+        listener,
+        &config.transport,
+        config.tls.as_ref().map(crate::TlsIdentity::acceptor),
+    );
     let signal_token = token.clone();
     let signal = async move {
         shutdown.await;
@@ -187,6 +195,7 @@ pub async fn serve(
         root = %config.root.display(),
         services = ?config.services,
         max_connections = config.transport.max_connections,
+        tls = config.tls.is_some(),
         "serving"
     );
     let server = Server::builder()

@@ -9,6 +9,13 @@
 //! frame header within [`TransportConfig::handshake_timeout`] is closed.
 //! Silent or half-open connections therefore cannot pile up until the
 //! process runs out of descriptors and locks every client out.
+//!
+//! With TLS the same bound and deadline cover the TLS handshake: it runs
+//! here, inside the accept stream (several at once, so a slow client
+//! delays nobody), holding the connection's permit, and the deadline is one
+//! for the TLS handshake and the HTTP/2 preface together. tonic's own TLS
+//! would run the handshake after this stream hands the connection over,
+//! outside both (docs/DESIGN.md).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -120,8 +127,28 @@ impl Acceptor {
 pub(crate) fn incoming(
     listener: TcpListener,
     config: &TransportConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> impl Stream<Item = std::io::Result<Conn>> + Send + 'static {
     let max = config.max_connections.max(1);
+    let accepted = accept(listener, config, max);
+    match tls {
+        None => accepted.left_stream(),
+        Some(acceptor) => accepted
+            .map(move |conn| {
+                let acceptor = acceptor.clone();
+                async move { conn?.into_tls(&acceptor).await }
+            })
+            // At most `max` handshakes at once: each holds a permit.
+            .buffer_unordered(max)
+            .right_stream(),
+    }
+}
+
+fn accept(
+    listener: TcpListener,
+    config: &TransportConfig,
+    max: usize,
+) -> impl Stream<Item = std::io::Result<Conn>> + Send + 'static {
     let acceptor = Acceptor {
         listener,
         permits: Arc::new(Semaphore::new(max)),
@@ -142,7 +169,7 @@ pub(crate) fn incoming(
                     // Small messages must not wait for Nagle (docs/DESIGN.md).
                     let _ = tcp.set_nodelay(true);
                     let conn = Conn {
-                        io: tcp,
+                        io: Io::Plain(tcp),
                         _permit: permit,
                         handshake: Some(Handshake {
                             deadline: Box::pin(tokio::time::sleep(a.handshake_timeout)),
@@ -170,16 +197,168 @@ struct Handshake {
 /// An accepted connection: holds its place under the bound until dropped,
 /// and fails its reads once the handshake deadline passes unmet.
 pub(crate) struct Conn {
-    io: TcpStream,
+    io: Io,
     _permit: OwnedSemaphorePermit,
     handshake: Option<Handshake>,
+}
+
+/// The byte stream under a connection.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+impl Conn {
+    /// Runs the TLS handshake under the connection's deadline. A client
+    /// that speaks plaintext HTTP/2 gets a TLS alert back, which the
+    /// DistribuSync client reads as "this server speaks TLS" (a plain
+    /// close would look like any broken connection).
+    async fn into_tls(self, acceptor: &tokio_rustls::TlsAcceptor) -> std::io::Result<Conn> {
+        let Conn {
+            io,
+            _permit,
+            handshake,
+        } = self;
+        let Io::Plain(tcp) = io else {
+            return Err(std::io::Error::other("TLS over TLS"));
+        };
+        let deadline = handshake
+            .as_ref()
+            .map(|h| h.deadline.deadline())
+            .unwrap_or_else(Instant::now);
+        let peer = tcp.peer_addr().ok();
+        let handshake_io = async {
+            let mut first = [0u8; 1];
+            if tcp.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+                refuse_plaintext(tcp).await;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the client does not speak TLS",
+                ));
+            }
+            acceptor.accept(tcp).await
+        };
+        match tokio::time::timeout_at(deadline, handshake_io).await {
+            Ok(Ok(tls)) => Ok(Conn {
+                io: Io::Tls(Box::new(tls)),
+                _permit,
+                handshake,
+            }),
+            Ok(Err(e)) => {
+                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                Err(e)
+            }
+            Err(_) => {
+                tracing::debug!(
+                    ?peer,
+                    "closing a connection that did not complete its TLS handshake"
+                );
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no TLS handshake within --handshake-timeout",
+                ))
+            }
+        }
+    }
+}
+
+/// Answers a client that sent plaintext to a TLS port with a fatal TLS
+/// alert record (protocol_version), then closes. What the client sent is
+/// read and dropped for a moment first: closing with unread data would
+/// reset the connection, and the client could see the reset (a broken
+/// pipe) instead of the alert.
+async fn refuse_plaintext(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Alert record: type 21, version TLS 1.2, length 2, fatal (2),
+    // protocol_version (70).
+    const ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46];
+    const DRAIN_FOR: Duration = Duration::from_secs(1);
+    const DRAIN_BYTES: usize = 64 << 10;
+    if tcp.write_all(&ALERT).await.is_err() || tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        while drained < DRAIN_BYTES {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        match &self.io {
+            Io::Plain(tcp) => tcp.connect_info(),
+            Io::Tls(tls) => tls.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Tls(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Tls(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_flush(cx),
+            Io::Tls(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Tls(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Io::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
     }
 }
 

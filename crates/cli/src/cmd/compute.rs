@@ -103,13 +103,8 @@ pub struct JobsArgs {
     pub json: bool,
 }
 
-/// The compute server: `--compute-server`, else `--server`.
-pub(crate) fn compute_addr(global: &Global) -> &str {
-    global.compute_server.as_deref().unwrap_or(&global.server)
-}
-
 async fn connect(global: &Global) -> anyhow::Result<ComputeClient> {
-    let client = ComputeClient::connect(compute_addr(global)).await?;
+    let client = ComputeClient::connect(crate::connection::resolve(global)?).await?;
     Ok(client.with_client_id(client_id(global)))
 }
 
@@ -138,11 +133,7 @@ pub(crate) fn client_id(global: &Global) -> String {
 }
 
 fn client_id_file() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))?;
-    Some(base.join("distribusync").join("client-id"))
+    crate::connection::config_dir().map(|d| d.join("client-id"))
 }
 
 /// Numbers from the command line; a token that is not one is a usage error

@@ -21,7 +21,7 @@ pub(crate) fn remote(s: &str) -> anyhow::Result<RemotePath> {
 }
 
 async fn connect(global: &Global) -> anyhow::Result<FilesClient> {
-    Ok(FilesClient::connect(&global.server).await?)
+    Ok(FilesClient::connect(crate::connection::resolve(global)?).await?)
 }
 
 pub async fn ls(global: &Global, args: LsArgs) -> anyhow::Result<()> {

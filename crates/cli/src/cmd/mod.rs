@@ -2,6 +2,7 @@
 
 pub mod compute;
 pub mod files;
+pub mod login;
 pub mod serve;
 pub mod sync;
 pub mod token;

@@ -1,10 +1,58 @@
 //! `distribusync serve`.
 
+use std::net::SocketAddr;
+
 use anyhow::Context;
-use distribusync_server::{ComputeConfig, ServerConfig, Services, TransportConfig};
+use distribusync_server::{ComputeConfig, ServerConfig, Services, TlsIdentity, TransportConfig};
 
 use crate::UsageError;
-use crate::cli::{AuthArg, ServeArgs, Service};
+use crate::cli::{AuthArg, ServeArgs, Service, TlsMode};
+
+/// Whether the server speaks TLS: `--tls on/off`, or with `auto` on
+/// unless it listens on loopback only (a certificate given means on).
+fn tls_wanted(args: &ServeArgs) -> bool {
+    match args.tls {
+        TlsMode::On => true,
+        TlsMode::Off => false,
+        TlsMode::Auto => args.tls_cert.is_some() || !args.listen.ip().is_loopback(),
+    }
+}
+
+/// The names a generated certificate is made for: `--tls-name`, else the
+/// host name, `localhost` and the listen address (when it is one address,
+/// not 0.0.0.0 / ::).
+fn tls_names(args: &ServeArgs) -> Vec<String> {
+    if !args.tls_names.is_empty() {
+        return args.tls_names.clone();
+    }
+    let mut names = Vec::new();
+    if let Some(host) = hostname::get().ok().and_then(|h| h.into_string().ok()) {
+        names.push(host);
+    }
+    names.push("localhost".to_owned());
+    if !args.listen.ip().is_unspecified() {
+        names.push(args.listen.ip().to_string());
+    }
+    names.dedup();
+    names
+}
+
+/// The identity to serve TLS with: the operator's files, else the one kept
+/// under the root (made now if there is none).
+fn identity(args: &ServeArgs) -> anyhow::Result<TlsIdentity> {
+    Ok(match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key)?,
+        _ => TlsIdentity::self_signed(&args.root, &tls_names(args))?,
+    })
+}
+
+/// The refusal to serve plaintext beyond loopback.
+fn insecure_refusal(listen: SocketAddr) -> UsageError {
+    UsageError(format!(
+        "serve: refusing to listen on {listen} without TLS: anyone who can reach it could read and change the traffic; \
+         leave TLS on (the default off loopback), or pass --insecure to serve plaintext anyway"
+    ))
+}
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.services.is_empty() {
@@ -14,6 +62,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let refusal = distribusync_server::ServeError::Insecure(args.listen);
         return Err(UsageError(format!("serve: {refusal}")).into());
     }
+    if args.print_fingerprint {
+        println!("{}", identity(&args)?.fingerprint());
+        return Ok(());
+    }
+    if args.tls == TlsMode::Off && args.tls_cert.is_some() {
+        return Err(UsageError("serve: --tls off conflicts with --tls-cert".into()).into());
+    }
+    let tls = if tls_wanted(&args) {
+        Some(identity(&args)?)
+    } else if !args.listen.ip().is_loopback() {
+        if !args.insecure {
+            return Err(insecure_refusal(args.listen).into());
+        }
+        tracing::warn!(
+            listen = %args.listen,
+            "serving plaintext beyond loopback (--insecure): anyone on the way can read and change the traffic"
+        );
+        None
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -60,10 +129,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         (true, false) => args.root.display().to_string(),
         _ => "compute".to_owned(),
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
-        "distribusync: serving {what} on http://{}",
+        "distribusync: serving {what} on {scheme}://{}",
         listener.local_addr().unwrap_or(args.listen)
     );
+    if let Some(id) = &tls {
+        eprintln!(
+            "distribusync: TLS certificate {} (valid until {})\ndistribusync: SHA-256 fingerprint {}",
+            id.cert_path().display(),
+            id.not_after(),
+            id.fingerprint()
+        );
+    }
+    config.tls = tls;
     distribusync_server::serve(listener, config, shutdown_signal())
         .await
         .context("server failed")?;

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use distribusync_client::FilesClient;
 use distribusync_client::sync::{Mode, SyncEngine, SyncOptions};
-use distribusync_client::{FilesClient, lazy_channel};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Global, SyncArgs, SyncMode};
@@ -24,19 +24,20 @@ pub fn options(args: &SyncArgs) -> SyncOptions {
 
 pub async fn run(global: &Global, args: SyncArgs) -> anyhow::Result<()> {
     let what = format!("sync {}", args.dir.display());
+    let config = crate::connection::resolve(global)?;
     if args.once {
-        let client = FilesClient::connect(&global.server).await?;
+        let client = FilesClient::connect(&config).await?;
         let mut engine = SyncEngine::open(options(&args), client).context(what.clone())?;
         engine.run_once().await.context(what)?;
         return Ok(());
     }
     // The daemon starts even when the server is down; changes wait for it.
-    let client = FilesClient::new(lazy_channel(&global.server)?, &global.server);
+    let client = FilesClient::lazy(&config)?;
     let engine = SyncEngine::open(options(&args), client).context(what.clone())?;
     eprintln!(
         "distribusync: syncing {} with {} (Ctrl-C to stop)",
         args.dir.display(),
-        global.server
+        config.endpoint
     );
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();

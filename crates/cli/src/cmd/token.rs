@@ -30,19 +30,19 @@ pub struct TokenArgs {
 #[derive(Debug, Args)]
 pub struct Target {
     /// The server's folder (as `serve --root`): work on its token table
-    /// directly.
+    /// directly (unless --server or --profile is given).
     #[arg(
         long,
         global = true,
         env = "DISTRIBUSYNC_ROOT",
-        default_value = "./MASTER",
-        conflicts_with = "server"
+        default_value = "./MASTER"
     )]
     pub root: PathBuf,
-    /// A server to manage remotely instead, with an admin token (sent from
-    /// DISTRIBUSYNC_TOKEN).
-    #[arg(long, global = true)]
-    pub server: Option<String>,
+    /// Manage a server remotely instead (with --server or --profile), with
+    /// an admin token from the same connection settings as every client
+    /// command (profile, --token-file, DISTRIBUSYNC_TOKEN).
+    #[command(flatten)]
+    pub remote: crate::cli::Global,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,9 +150,10 @@ fn remote(status: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
-    match &args.target.server {
-        Some(server) => run_remote(server, args.command).await,
-        None => {
+    let remote = &args.target.remote;
+    match remote.server.is_some() || remote.profile.is_some() {
+        true => run_remote(remote, args.command).await,
+        false => {
             let root = args.target.root.clone();
             tokio::task::spawn_blocking(move || run_local(&root, args.command))
                 .await
@@ -262,38 +263,9 @@ fn run_local(root: &std::path::Path, command: TokenCommand) -> anyhow::Result<()
     }
 }
 
-/// Sends the admin token. It comes from DISTRIBUSYNC_TOKEN until the
-/// shared connection settings (profiles, --token-file) carry it.
-#[derive(Clone)]
-struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            r.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(r)
-    }
-}
-
-type Admin =
-    AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
-
-async fn admin(server: &str) -> anyhow::Result<Admin> {
-    let channel = distribusync_client::channel(server).await?;
-    let value = match std::env::var("DISTRIBUSYNC_TOKEN") {
-        Ok(t) => Some(
-            format!("Bearer {}", t.trim())
-                .parse()
-                .map_err(|_| UsageError("DISTRIBUSYNC_TOKEN is not a token".into()))?,
-        ),
-        Err(_) => None,
-    };
-    Ok(AdminClient::with_interceptor(channel, Bearer(value)))
-}
-
-async fn run_remote(server: &str, command: TokenCommand) -> anyhow::Result<()> {
-    let mut client = admin(server).await?;
+async fn run_remote(conn: &crate::cli::Global, command: TokenCommand) -> anyhow::Result<()> {
+    let channel = crate::connection::resolve(conn)?.connect().await?;
+    let mut client = AdminClient::new(channel);
     match command {
         TokenCommand::Create {
             name,

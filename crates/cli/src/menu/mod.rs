@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use distribusync_client::{
-    ComputeClient, FilesClient, Reachability, lazy_channel, normalize_addr, probe,
-};
+use distribusync_client::{ComputeClient, ConnectionConfig, FilesClient, Reachability, probe};
 use tokio::runtime::Handle;
 
 use crate::cli::Global;
@@ -40,14 +38,11 @@ const FILES_SERVICE: &str = "distribusync.v1.Files";
 const COMPUTE_SERVICE: &str = "distribusync.v1.Compute";
 
 pub async fn run(global: &Global) -> anyhow::Result<()> {
-    let files_addr = normalize_addr(&global.server);
-    let compute_addr = normalize_addr(crate::cmd::compute::compute_addr(global));
-    let files = FilesClient::new(lazy_channel(&files_addr)?, &files_addr);
-    let compute = ComputeClient::new(
-        lazy_channel(&compute_addr)?,
-        &compute_addr,
-        crate::cmd::compute::client_id(global),
-    );
+    let config = crate::connection::resolve(global)?;
+    let files_addr = config.endpoint.clone();
+    let compute_addr = config.compute().to_owned();
+    let files = FilesClient::lazy(&config)?;
+    let compute = ComputeClient::lazy(&config, crate::cmd::compute::client_id(global))?;
     let rt = Handle::current();
     tokio::task::spawn_blocking(move || {
         let console = Console::open(rt.clone());
@@ -60,6 +55,7 @@ pub async fn run(global: &Global) -> anyhow::Result<()> {
             compute,
             files_addr,
             compute_addr,
+            config,
             autosync: autosync::AutoSync::default(),
             pending_jobs: Arc::default(),
         };
@@ -88,6 +84,8 @@ struct Menu {
     compute: ComputeClient,
     files_addr: String,
     compute_addr: String,
+    /// How every client of the menu connects (auto-sync too).
+    config: ConnectionConfig,
     autosync: autosync::AutoSync,
     /// Async jobs whose result has not arrived yet.
     pending_jobs: Arc<AtomicUsize>,
@@ -119,10 +117,10 @@ impl Menu {
     }
 
     fn header(&mut self) {
-        let files_up = self.probe(&self.files_addr, FILES_SERVICE);
+        let files_up = self.probe(&self.config, FILES_SERVICE);
         let mut line = format!("DistribuSync — server {} ({files_up})", self.files_addr);
         if self.compute_addr != self.files_addr {
-            let up = self.probe(&self.compute_addr, COMPUTE_SERVICE);
+            let up = self.probe(&self.config.for_compute(), COMPUTE_SERVICE);
             line.push_str(&format!("   compute {} ({up})", self.compute_addr));
         }
         line.push_str(&format!("   auto-sync: {}", self.autosync.summary()));
@@ -132,8 +130,8 @@ impl Menu {
     /// Whether the server at `addr` answers now, and serves `service` (a
     /// fresh connection and a health check, so the header is true also
     /// after a restart, and a hung server shows as one).
-    fn probe(&self, addr: &str, service: &str) -> Reachability {
-        self.rt.block_on(probe(addr, service, PROBE_TIMEOUT))
+    fn probe(&self, config: &ConnectionConfig, service: &str) -> Reachability {
+        self.rt.block_on(probe(config, service, PROBE_TIMEOUT))
     }
 
     /// Runs an action until it is done or the person presses Ctrl-C (then

@@ -1,0 +1,485 @@
+//! TLS through the real binary: a self-signed server pinned by fingerprint,
+//! a CA chain, changed certificates, plaintext/TLS mismatches, the refusal
+//! to serve plaintext beyond loopback, bad certificate files, `login` and a
+//! sync daemon over TLS.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use super::{BIN, cmd, tmp, wait_until};
+
+/// `distribusync serve` with TLS; killed on drop.
+struct TlsServer {
+    child: Child,
+    /// `https://127.0.0.1:PORT` (or `http://` when TLS is off).
+    url: String,
+    /// The fingerprint it printed at start (None without TLS).
+    fingerprint: Option<String>,
+}
+
+impl TlsServer {
+    fn start(root: &Path, listen: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", listen, "--root"])
+            .arg(root)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let mut url = None;
+        let mut fingerprint = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(i) = line.find("fingerprint ") {
+                fingerprint = Some(line[i + "fingerprint ".len()..].trim().to_owned());
+            }
+            if let Some(i) = line.find("https://").or_else(|| line.find("http://")) {
+                url = Some(line[i..].trim().to_owned());
+            }
+            // The store's first log line comes after both.
+            if url.is_some()
+                && (fingerprint.is_some() || url.as_deref().unwrap().starts_with("http:"))
+            {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            url: url.expect("server printed its address"),
+            fingerprint,
+        }
+    }
+
+    fn port(&self) -> String {
+        self.url.rsplit(':').next().unwrap().to_owned()
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    cmd(dir, &[], args).output().expect("runs")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail with `code` and one line on stderr.
+fn fail(dir: &Path, args: &[&str], code: i32) -> String {
+    let out = run(dir, args);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(err.starts_with("distribusync: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn print_fingerprint(dir: &Path, root: &Path) -> String {
+    let root = root.to_str().unwrap();
+    ok(dir, &["serve", "--root", root, "--print-fingerprint"])
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_self_signed_server_pinned_by_fingerprint_serves_put_ls_get_and_keeps_its_fingerprint() {
+    let (_t, dir) = tmp();
+    let root = dir.join("MASTER");
+    let server = TlsServer::start(&root, "127.0.0.1:0", &["--tls", "on"]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let fp = server
+        .fingerprint
+        .clone()
+        .expect("fingerprint printed at start");
+    assert_eq!(print_fingerprint(&dir, &root), fp);
+    // The key is private.
+    let key = root.join(".distribusync/tls/key.pem");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    std::fs::write(dir.join("a.txt"), b"over TLS").unwrap();
+    let s = ["--server", &server.url, "--fingerprint", &fp];
+    ok(&dir, &[&["put", "a.txt"][..], &s].concat());
+    assert_eq!(ok(&dir, &[&["ls"][..], &s].concat()), "a.txt\n");
+    ok(&dir, &[&["get", "a.txt", "back.txt"][..], &s].concat());
+    assert_eq!(std::fs::read(dir.join("back.txt")).unwrap(), b"over TLS");
+    assert_eq!(
+        ok(&dir, &[&["add", "2", "40"][..], &s].concat()).trim(),
+        "42"
+    );
+
+    // The same identity after a restart.
+    server.stop();
+    let again = TlsServer::start(&root, "127.0.0.1:0", &["--tls", "on"]);
+    assert_eq!(again.fingerprint.as_deref(), Some(fp.as_str()));
+    assert_eq!(print_fingerprint(&dir, &root), fp);
+}
+
+#[test]
+fn a_different_certificate_at_the_same_address_is_refused_naming_both_fingerprints() {
+    let (_t, dir) = tmp();
+    let first = TlsServer::start(&dir.join("one"), "127.0.0.1:0", &["--tls", "on"]);
+    let pinned = first.fingerprint.clone().unwrap();
+    let listen = format!("127.0.0.1:{}", first.port());
+    first.stop();
+    let other = TlsServer::start(&dir.join("two"), &listen, &["--tls", "on"]);
+    let presented = other.fingerprint.clone().unwrap();
+    assert_ne!(pinned, presented);
+    let err = fail(
+        &dir,
+        &["ls", "--server", &other.url, "--fingerprint", &pinned],
+        1,
+    );
+    assert!(err.contains("CHANGED"), "{err}");
+    assert!(err.contains(&pinned) && err.contains(&presented), "{err}");
+}
+
+/// A root CA, an intermediate it signs, and a leaf for localhost and
+/// 127.0.0.1 the intermediate signs: (root PEM, leaf + intermediate PEM,
+/// leaf key PEM).
+fn ca_chain() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let root_key = KeyPair::generate().unwrap();
+    let mut root = CertificateParams::new(Vec::<String>::new()).unwrap();
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root.distinguished_name
+        .push(rcgen::DnType::CommonName, "test root");
+    let root_cert = root.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root, root_key);
+
+    let mid_key = KeyPair::generate().unwrap();
+    let mut mid = CertificateParams::new(Vec::<String>::new()).unwrap();
+    mid.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    mid.distinguished_name
+        .push(rcgen::DnType::CommonName, "test intermediate");
+    let mid_cert = mid.signed_by(&mid_key, &root_issuer).unwrap();
+    let mid_issuer = Issuer::new(mid, mid_key);
+
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &mid_issuer).unwrap();
+    (
+        root_cert.pem(),
+        format!("{}{}", leaf_cert.pem(), mid_cert.pem()),
+        leaf_key.serialize_pem(),
+    )
+}
+
+#[test]
+fn a_server_certificate_from_a_ca_chain_is_verified_with_ca() {
+    let (_t, dir) = tmp();
+    let (root, chain, key) = ca_chain();
+    std::fs::write(dir.join("root.pem"), root).unwrap();
+    std::fs::write(dir.join("chain.pem"), chain).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    let (cert, key) = (dir.join("chain.pem"), dir.join("key.pem"));
+    let server = TlsServer::start(
+        &dir.join("MASTER"),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://localhost:{}", server.port());
+    std::fs::write(dir.join("a.txt"), b"by CA").unwrap();
+    ok(
+        &dir,
+        &["put", "a.txt", "--server", &url, "--ca", "root.pem"],
+    );
+    assert_eq!(
+        ok(&dir, &["ls", "--server", &url, "--ca", "root.pem"]),
+        "a.txt\n"
+    );
+    // Without the CA the system does not trust it: one line that says so.
+    let err = fail(&dir, &["ls", "--server", &url], 1);
+    assert!(err.contains("--ca"), "{err}");
+}
+
+#[test]
+fn plaintext_against_tls_and_tls_against_plaintext_each_get_one_clear_line() {
+    let (_t, dir) = tmp();
+    let tls = TlsServer::start(&dir.join("tls"), "127.0.0.1:0", &["--tls", "on"]);
+    let plain = TlsServer::start(&dir.join("plain"), "127.0.0.1:0", &[]);
+    assert!(plain.url.starts_with("http://"));
+    let tls_port = tls.port();
+    let err = fail(
+        &dir,
+        &["ls", "--server", &format!("http://127.0.0.1:{tls_port}")],
+        1,
+    );
+    assert!(
+        err.contains(&format!("speaks TLS: use https://127.0.0.1:{tls_port}")),
+        "{err}"
+    );
+    let err = fail(
+        &dir,
+        &[
+            "add",
+            "1",
+            "2",
+            "--server",
+            &format!("127.0.0.1:{tls_port}"),
+        ],
+        1,
+    );
+    assert!(err.contains("speaks TLS"), "{err}");
+    let plain_port = plain.port();
+    let err = fail(
+        &dir,
+        &[
+            "ls",
+            "--server",
+            &format!("https://127.0.0.1:{plain_port}"),
+            "--fingerprint",
+            tls.fingerprint.as_deref().unwrap(),
+        ],
+        1,
+    );
+    assert!(
+        err.contains(&format!(
+            "does not speak TLS: use http://127.0.0.1:{plain_port}"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn serving_plaintext_beyond_loopback_is_refused_unless_insecure_which_warns() {
+    let (_t, dir) = tmp();
+    let root = dir.join("MASTER");
+    let root = root.to_str().unwrap();
+    let err = fail(
+        &dir,
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--tls",
+            "off",
+            "--root",
+            root,
+        ],
+        2,
+    );
+    assert!(err.contains("--insecure"), "{err}");
+    assert!(!dir.join("MASTER").exists(), "nothing made before refusing");
+
+    let mut child = cmd(
+        &dir,
+        &[("RUST_LOG", "warn")],
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--tls",
+            "off",
+            "--insecure",
+            "--root",
+            root,
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut warned = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        warned |= line.contains("WARN") && line.contains("--insecure");
+        if line.contains("serving") && line.contains("http://") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "a warning at start");
+}
+
+/// A leaf certificate valid from `from` to `until` (years) and its key.
+fn leaf(from: i32, until: i32) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    p.not_before = rcgen::date_time_ymd(from, 1, 1);
+    p.not_after = rcgen::date_time_ymd(until, 1, 1);
+    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+#[test]
+fn bad_certificate_files_get_one_line_naming_the_file() {
+    let (_t, dir) = tmp();
+    let (cert, key) = leaf(2020, 2090);
+    let (_, other_key) = leaf(2020, 2090);
+    let (old_cert, old_key) = leaf(2001, 2002);
+    for (name, text) in [
+        ("cert.pem", cert.as_str()),
+        ("key.pem", key.as_str()),
+        ("other-key.pem", other_key.as_str()),
+        ("old-cert.pem", old_cert.as_str()),
+        ("old-key.pem", old_key.as_str()),
+        ("junk.pem", "this is not PEM\n"),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let serve = |c: &str, k: &str| {
+        fail(
+            &dir,
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--root",
+                "M",
+                "--tls-cert",
+                c,
+                "--tls-key",
+                k,
+            ],
+            1,
+        )
+    };
+    let err = serve("junk.pem", "key.pem");
+    assert!(
+        err.contains("junk.pem") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    let err = serve("cert.pem", "junk.pem");
+    assert!(
+        err.contains("junk.pem") && err.contains("no PEM private key"),
+        "{err}"
+    );
+    let err = serve("cert.pem", "other-key.pem");
+    assert!(
+        err.contains("other-key.pem") && err.contains("does not belong"),
+        "{err}"
+    );
+    let err = serve("old-cert.pem", "old-key.pem");
+    assert!(
+        err.contains("old-cert.pem") && err.contains("expired") && err.contains("2002"),
+        "{err}"
+    );
+    let err = serve("missing.pem", "key.pem");
+    assert!(
+        err.contains("missing.pem") && err.contains("No such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn login_saves_a_private_profile_that_later_commands_use() {
+    let (_t, dir) = tmp();
+    let root = dir.join("MASTER");
+    let server = TlsServer::start(&root, "127.0.0.1:0", &["--tls", "on"]);
+    std::fs::write(dir.join("token"), "s3cret-token\n").unwrap();
+    // Trust on first use, confirmed with --yes: what login saw is what
+    // the server prints.
+    let out = run(
+        &dir,
+        &[
+            "login",
+            &server.url,
+            "--yes",
+            "--token-file",
+            "token",
+            "--profile",
+            "work",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let fp = print_fingerprint(&dir, &root);
+    assert!(err.contains(&fp), "login showed the fingerprint: {err}");
+
+    let profiles = dir.join("config/distribusync/profiles.json");
+    let mode = std::fs::metadata(&profiles).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&profiles).unwrap()).unwrap();
+    let work = &saved["profiles"]["work"];
+    assert_eq!(work["url"], server.url.as_str());
+    assert_eq!(work["fingerprint"], fp.as_str());
+    assert_eq!(work["token"], "s3cret-token");
+
+    // Non-interactive login with --fingerprint as the default profile.
+    ok(&dir, &["login", &server.url, "--fingerprint", &fp]);
+    std::fs::write(dir.join("a.txt"), b"x").unwrap();
+    ok(&dir, &["put", "a.txt"]);
+    assert_eq!(ok(&dir, &["ls"]), "a.txt\n");
+    assert_eq!(ok(&dir, &["ls", "--profile", "work"]), "a.txt\n");
+    let err = fail(&dir, &["ls", "--profile", "nope"], 2);
+    assert!(err.contains("nope") && err.contains("work"), "{err}");
+
+    // A wrong fingerprint: nothing is saved.
+    let wrong = format!("00{}", &fp[2..]);
+    let err = fail(
+        &dir,
+        &[
+            "login",
+            &server.url,
+            "--fingerprint",
+            &wrong,
+            "--profile",
+            "bad",
+        ],
+        1,
+    );
+    assert!(err.contains("CHANGED"), "{err}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&profiles).unwrap()).unwrap();
+    assert!(saved["profiles"].get("bad").is_none());
+}
+
+#[test]
+fn a_sync_daemon_over_tls_converges_with_the_server() {
+    let (_t, dir) = tmp();
+    let server = TlsServer::start(&dir.join("MASTER"), "127.0.0.1:0", &["--tls", "on"]);
+    let fp = server.fingerprint.clone().unwrap();
+    let s = [
+        "--server",
+        server.url.as_str(),
+        "--fingerprint",
+        fp.as_str(),
+    ];
+    std::fs::create_dir_all(dir.join("local")).unwrap();
+    std::fs::write(dir.join("local/up.txt"), b"from the folder").unwrap();
+    let mut daemon = cmd(&dir, &[], &[&["sync", "local"][..], &s].concat())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("up.txt on the server", || {
+        ok(&dir, &[&["ls"][..], &s].concat()).contains("up.txt")
+    });
+    std::fs::write(dir.join("down.txt"), b"from the server").unwrap();
+    ok(&dir, &[&["put", "down.txt"][..], &s].concat());
+    wait_until("down.txt in the folder", || {
+        std::fs::read(dir.join("local/down.txt")).is_ok_and(|d| d == b"from the server")
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
