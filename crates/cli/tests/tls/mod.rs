@@ -483,3 +483,122 @@ fn a_sync_daemon_over_tls_converges_with_the_server() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+/// A token made on the server's ROOT, as `token create` prints it.
+fn token(dir: &Path, root: &Path, name: &str, scopes: &str, extra: &[&str]) -> String {
+    let root = root.to_str().unwrap();
+    let args = [
+        &["token", "create", name, "--scopes", scopes, "--root", root][..],
+        extra,
+    ]
+    .concat();
+    let out = ok(dir, &args);
+    let t = out.trim().to_owned();
+    assert!(t.starts_with("dst_"), "{out}");
+    std::fs::write(dir.join(format!("{name}.token")), &t).unwrap();
+    t
+}
+
+#[test]
+fn two_sync_daemons_over_tls_with_tokens_converge_and_scopes_hold() {
+    let (_t, dir) = tmp();
+    let root = dir.join("MASTER");
+    std::fs::create_dir_all(&root).unwrap();
+    token(&dir, &root, "laptop", "read,write,compute", &[]);
+    token(&dir, &root, "desktop", "read,write", &[]);
+    token(&dir, &root, "frame", "read", &["--prefix", "photos/"]);
+    let server = TlsServer::start(&root, "127.0.0.1:0", &["--tls", "on", "--auth", "on"]);
+    let fp = server.fingerprint.clone().unwrap();
+    let conn = |name: &str| -> Vec<String> {
+        [
+            "--server",
+            server.url.as_str(),
+            "--fingerprint",
+            fp.as_str(),
+            "--token-file",
+            dir.join(format!("{name}.token")).to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let with = |base: &[&str], name: &str| -> Vec<String> {
+        let mut v: Vec<String> = base.iter().map(|s| (*s).to_owned()).collect();
+        v.extend(conn(name));
+        v
+    };
+    let ok_as = |base: &[&str], name: &str| {
+        let args = with(base, name);
+        ok(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // No token, or a token without the scope: one clear line each.
+    let no_token = run(
+        &dir,
+        &[
+            "ls",
+            "--server",
+            server.url.as_str(),
+            "--fingerprint",
+            fp.as_str(),
+        ],
+    );
+    assert!(!no_token.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_token.stderr).contains("invalid or missing token"),
+        "{no_token:?}"
+    );
+    let args = with(&["add", "1", "2"], "desktop");
+    let refused = run(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("compute"),
+        "{refused:?}"
+    );
+    assert_eq!(ok_as(&["add", "40", "2"], "laptop").trim(), "42");
+
+    // Two daemons, each with its own token, converge through the server.
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(d).join("photos")).unwrap();
+    }
+    std::fs::write(dir.join("a/from-a.txt"), b"written in a").unwrap();
+    std::fs::write(dir.join("b/photos/cat.jpg"), b"a cat").unwrap();
+    let spawn = |folder: &str, name: &str| {
+        let args = with(&["sync", folder], name);
+        cmd(
+            &dir,
+            &[],
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+    };
+    let mut daemons = [spawn("a", "laptop"), spawn("b", "desktop")];
+    wait_until("both files in both folders", || {
+        std::fs::read(dir.join("b/from-a.txt")).is_ok_and(|d| d == b"written in a")
+            && std::fs::read(dir.join("a/photos/cat.jpg")).is_ok_and(|d| d == b"a cat")
+    });
+    std::fs::write(dir.join("b/from-a.txt"), b"edited in b").unwrap();
+    wait_until("the edit in a", || {
+        std::fs::read(dir.join("a/from-a.txt")).is_ok_and(|d| d == b"edited in b")
+    });
+
+    // The read-only photo frame sees only photos/ and cannot write there.
+    let listed = ok_as(&["ls"], "frame");
+    assert!(listed.contains("photos/cat.jpg"), "{listed}");
+    assert!(!listed.contains("from-a.txt"), "{listed}");
+    std::fs::write(dir.join("dog.jpg"), b"a dog").unwrap();
+    let args = with(&["put", "dog.jpg", "photos/dog.jpg"], "frame");
+    let put = run(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!put.status.success(), "{put:?}");
+    assert!(
+        String::from_utf8_lossy(&put.stderr).contains("write"),
+        "{put:?}"
+    );
+    assert!(!root.join("photos/dog.jpg").exists());
+
+    for d in &mut daemons {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+}
