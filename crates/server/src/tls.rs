@@ -163,18 +163,36 @@ impl TlsIdentity {
     pub fn self_signed(root: &Path, names: &[String]) -> Result<Self, TlsError> {
         let dir = root.join(TLS_DIR);
         let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
-        if cert.exists() || key.exists() {
+        if cert.exists() && key.exists() {
             return Self::from_pem_files(&cert, &key);
         }
-        let (cert_pem, key_pem) = generate(names)?;
+        let write_err = |path: &Path| {
+            let path = path.to_owned();
+            move |error| TlsError::Write { path, error }
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|error| TlsError::Write {
-                path: dir.clone(),
-                error,
-            })?;
+            .map_err(write_err(&dir))?;
+        // Two processes making the identity at once (a server starting and
+        // `serve --print-fingerprint`) take turns: the second finds what the
+        // first wrote, instead of mixing one's key with the other's
+        // certificate.
+        let lock_path = dir.join("generate.lock");
+        let lock = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(write_err(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| write_err(&lock_path)(e.into()))?;
+        if cert.exists() || key.exists() {
+            return Self::from_pem_files(&cert, &key);
+        }
+        let (cert_pem, key_pem) = generate(names)?;
         // Key first, so a crash between the two leaves no certificate
         // without its key; both through a temporary name, so a half-written
         // file is never taken for an identity.

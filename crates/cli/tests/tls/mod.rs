@@ -602,3 +602,29 @@ fn two_sync_daemons_over_tls_with_tokens_converge_and_scopes_hold() {
         let _ = d.wait();
     }
 }
+
+#[test]
+fn processes_making_the_self_signed_identity_at_once_agree_on_it() {
+    let (_t, dir) = tmp();
+    let root = dir.join("MASTER");
+    let root = root.to_str().unwrap();
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            cmd(&dir, &[], &["serve", "--root", root, "--print-fingerprint"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let printed: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        })
+        .collect();
+    assert!(printed.iter().all(|f| *f == printed[0]), "{printed:?}");
+    assert_eq!(print_fingerprint(&dir, Path::new(root)), printed[0]);
+}
