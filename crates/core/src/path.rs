@@ -130,7 +130,7 @@ impl RemotePath {
     }
 
     /// The path as an error message shows it: cut past
-    /// [`MAX_ECHO_BYTES`](crate::echo::MAX_ECHO_BYTES) (see [`crate::echo`]).
+    /// [`MAX_ECHO_BYTES`](crate::echo::MAX_ECHO_BYTES) (see [`crate::echo()`]).
     pub fn shown(&self) -> std::borrow::Cow<'_, str> {
         crate::echo(&self.0)
     }

@@ -545,6 +545,37 @@ async fn rename_rules_and_folder_renames() {
 }
 
 #[tokio::test]
+async fn a_folder_rename_that_would_make_a_path_too_long_is_refused_and_moves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    // 20 folders of 200 bytes under "d": a file path of 4,023 bytes, near the
+    // 4,096-byte limit; renaming "d" to a 200-byte name would pass it.
+    let deep = (0..20)
+        .map(|_| "s".repeat(200))
+        .collect::<Vec<_>>()
+        .join("/");
+    let file = format!("d/{deep}/f");
+    put_bytes(&c, tmp.path(), &file, b"deep").await;
+    put_bytes(&c, tmp.path(), "d/short", b"short").await;
+    let long_name = "n".repeat(200);
+    match c.rename(&p("d"), &p(&long_name), false, None).await {
+        Err(ClientError::Rejected(m)) => {
+            assert!(m.contains("longer than 4096 bytes"), "{m}")
+        }
+        other => panic!("expected a refusal naming the limit, got {other:?}"),
+    }
+    // Nothing moved: both files are where they were, with their contents.
+    assert_eq!(get_bytes(&c, tmp.path(), &file).await, b"deep");
+    assert_eq!(get_bytes(&c, tmp.path(), "d/short").await, b"short");
+    assert!(c.list_all(Some(&p(&long_name))).await.unwrap().is_empty());
+    // A rename that keeps the length within the limit still works.
+    let (_, moved) = c.rename(&p("d"), &p("e"), false, None).await.unwrap();
+    assert_eq!(moved, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start(&tmp.path().join("MASTER")).await;

@@ -213,6 +213,21 @@ impl Index {
         })
     }
 
+    /// The length in bytes of the longest file path inside folder `dir`
+    /// (`None` when it holds no file): what a folder rename must check
+    /// against the path limit before moving anything.
+    pub fn longest_inside(&self, dir: &RemotePath) -> Result<Option<usize>> {
+        let (lo, hi) = folder_range(dir);
+        self.with(|c| {
+            let longest: Option<i64> = c
+                .prepare_cached(
+                    "SELECT MAX(LENGTH(CAST(path AS BLOB))) FROM files WHERE path >= ?1 AND path < ?2",
+                )?
+                .query_row([lo, hi], |r| r.get(0))?;
+            Ok(longest.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+        })
+    }
+
     /// Up to `limit` files in path order, after `after`, restricted to the
     /// file `prefix` itself or everything inside it (all files when `None`).
     pub fn list_page(

@@ -15,7 +15,7 @@ mod view;
 use std::path::Path;
 use std::sync::Arc;
 
-use distribusync_core::{ContentHash, RemotePath, Revision};
+use distribusync_core::{ContentHash, RemotePath, Revision, path::MAX_PATH_BYTES};
 use tokio::sync::broadcast;
 
 pub use disk::Kind;
@@ -140,6 +140,25 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ServiceError::io("blocking task", std::io::Error::other(e)))?
+}
+
+/// A folder rename moves every file inside it to a path `to.len() -
+/// from.len()` bytes longer: refused before anything moves when the longest
+/// of them would pass [`MAX_PATH_BYTES`], since no client could name the
+/// result.
+fn check_rebased_lengths(from: &RemotePath, to: &RemotePath, longest: Option<usize>) -> Result<()> {
+    let Some(longest) = longest else {
+        return Ok(());
+    };
+    let rebased = longest - from.as_str().len() + to.as_str().len();
+    if rebased > MAX_PATH_BYTES {
+        return Err(ServiceError::InvalidArgument(format!(
+            "cannot rename {} to {}: a file inside would get a path of {rebased} bytes, longer than {MAX_PATH_BYTES} bytes",
+            from.shown(),
+            to.shown()
+        )));
+    }
+    Ok(())
 }
 
 fn check_revision(
@@ -943,6 +962,9 @@ impl Store {
                     )));
                 }
                 check_revision(&f, file.as_ref(), if_revision)?;
+                if folder {
+                    check_rebased_lengths(&f, &t, index.longest_inside(&f)?)?;
+                }
                 if index.is_folder(&t)? {
                     return Err(ServiceError::Conflict(format!(
                         "{}: is a folder; a rename never replaces a folder",
