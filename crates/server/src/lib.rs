@@ -20,10 +20,12 @@ mod serve;
 pub mod store;
 mod tls;
 mod transport;
+pub mod web;
 
 pub use auth::{AuthConfig, AuthMode, Identity};
 pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
 pub use serve::{ServeError, ServerConfig, Services, serve};
 pub use tls::{TLS_DIR, TlsError, TlsIdentity, fingerprint_of};
+pub use web::WebListener;
 pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig, raise_descriptor_limit};
