@@ -27,5 +27,5 @@ pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
 pub use serve::{ServeError, ServerConfig, Services, serve};
 pub use tls::{TLS_DIR, TlsError, TlsIdentity, fingerprint_of};
-pub use web::WebListener;
 pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig, raise_descriptor_limit};
+pub use web::WebListener;

@@ -260,7 +260,10 @@ pub async fn serve(
     }
     token.cancel();
     if tokio::time::timeout(grace, web_tasks.wait()).await.is_err() {
-        tracing::warn!(?grace, "web requests did not finish in time; stopping anyway");
+        tracing::warn!(
+            ?grace,
+            "web requests did not finish in time; stopping anyway"
+        );
     }
     Ok(())
 }

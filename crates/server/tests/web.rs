@@ -28,10 +28,16 @@ fn make(root: &Path, name: &str, scopes: &str, prefix: Option<&str>) -> String {
 }
 
 /// Polls `check` until it holds; a safety net, not a timing.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + T;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -71,14 +77,19 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
     fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 /// One request on its own connection (`Connection: close`).
-async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut s = TcpStream::connect(addr).await.expect("connects");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -102,7 +113,14 @@ fn parse(raw: &[u8]) -> Reply {
         .expect("a header block");
     let head = String::from_utf8_lossy(&raw[..end]).to_string();
     let mut lines = head.split("\r\n");
-    let status = lines.next().expect("status line").split(' ').nth(1).expect("code").parse().expect("number");
+    let status = lines
+        .next()
+        .expect("status line")
+        .split(' ')
+        .nth(1)
+        .expect("code")
+        .parse()
+        .expect("number");
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -115,8 +133,13 @@ fn parse(raw: &[u8]) -> Reply {
         let mut out = Vec::new();
         let mut rest = &body[..];
         loop {
-            let nl = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size");
-            let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).expect("hex").trim(), 16).expect("hex");
+            let nl = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size");
+            let n =
+                usize::from_str_radix(std::str::from_utf8(&rest[..nl]).expect("hex").trim(), 16)
+                    .expect("hex");
             if n == 0 {
                 break;
             }
@@ -125,7 +148,11 @@ fn parse(raw: &[u8]) -> Reply {
         }
         body = out;
     }
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A signed-in browser: its cookie and CSRF token.
@@ -138,7 +165,14 @@ struct Browser {
 impl Browser {
     async fn sign_in(addr: &str, token: &str) -> Browser {
         let body = serde_json::json!({ "token": token }).to_string();
-        let r = http(addr, "POST", "/api/signin", &[("Content-Type", "application/json")], body.as_bytes()).await;
+        let r = http(
+            addr,
+            "POST",
+            "/api/signin",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         Browser::from_reply(addr, &r)
     }
@@ -152,10 +186,17 @@ impl Browser {
 
     fn from_reply(addr: &str, r: &Reply) -> Browser {
         let set = r.header("set-cookie").expect("a session cookie");
-        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
         let cookie = set.split(';').next().expect("name=value").to_owned();
         let csrf = r.json()["csrf"].as_str().expect("csrf").to_owned();
-        Browser { addr: addr.to_owned(), cookie, csrf }
+        Browser {
+            addr: addr.to_owned(),
+            cookie,
+            csrf,
+        }
     }
 
     async fn get(&self, path: &str, extra: &[(&str, &str)]) -> Reply {
@@ -222,10 +263,21 @@ async fn tokens_sign_in_to_a_session_and_scopes_and_folders_apply_as_for_grpc() 
     // Without a session nothing is listed; a wrong token does not sign in.
     assert_eq!(http(a, "GET", "/api/list", &[], b"").await.status, 401);
     let bad = serde_json::json!({ "token": "dsy_nope" }).to_string();
-    let r = http(a, "POST", "/api/signin", &[("Content-Type", "application/json")], bad.as_bytes()).await;
+    let r = http(
+        a,
+        "POST",
+        "/api/signin",
+        &[("Content-Type", "application/json")],
+        bad.as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 401);
     let s = http(a, "GET", "/api/session", &[], b"").await;
-    assert_eq!(s.json()["signed_in"], false, "tokens exist: no open session");
+    assert_eq!(
+        s.json()["signed_in"],
+        false,
+        "tokens exist: no open session"
+    );
 
     let w = Browser::sign_in(a, &rw).await;
     assert_eq!(w.upload("photos/a.jpg", b"abc", 0, 3).await.status, 200);
@@ -233,12 +285,25 @@ async fn tokens_sign_in_to_a_session_and_scopes_and_folders_apply_as_for_grpc() 
 
     // Read-only: lists and downloads, but upload, rename, delete are refused.
     let r = Browser::sign_in(a, &ro).await;
-    assert_eq!(names(&r.get("/api/list", &[]).await.json()), ["photos", "notes.txt"]);
+    assert_eq!(
+        names(&r.get("/api/list", &[]).await.json()),
+        ["photos", "notes.txt"]
+    );
     assert_eq!(r.get("/api/file?path=notes.txt", &[]).await.body, b"hello");
     assert_eq!(r.upload("x.txt", b"x", 0, 1).await.status, 403);
-    assert_eq!(r.post("/api/delete", serde_json::json!({"path": "notes.txt"})).await.status, 403);
     assert_eq!(
-        r.post("/api/rename", serde_json::json!({"from": "notes.txt", "to": "n2"})).await.status,
+        r.post("/api/delete", serde_json::json!({"path": "notes.txt"}))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        r.post(
+            "/api/rename",
+            serde_json::json!({"from": "notes.txt", "to": "n2"})
+        )
+        .await
+        .status,
         403
     );
 
@@ -250,14 +315,20 @@ async fn tokens_sign_in_to_a_session_and_scopes_and_folders_apply_as_for_grpc() 
     assert_eq!(p.upload("photos/b.jpg", b"x", 0, 1).await.status, 200);
 
     // Revoking the token ends its session.
-    TokenStore::open(&root).unwrap().revoke("rw", SystemTime::now()).unwrap();
+    TokenStore::open(&root)
+        .unwrap()
+        .revoke("rw", SystemTime::now())
+        .unwrap();
     eventually("the revoked token's session to end", || async {
         w.get("/api/list", &[]).await.status == 401
     })
     .await;
 
     // Sign-out ends a session.
-    assert_eq!(r.post("/api/signout", serde_json::json!({})).await.status, 204);
+    assert_eq!(
+        r.post("/api/signout", serde_json::json!({})).await.status,
+        204
+    );
     assert_eq!(r.get("/api/list", &[]).await.status, 401);
     web.server.stop().await;
 }
@@ -270,11 +341,27 @@ async fn a_cross_site_request_is_refused_before_it_does_anything() {
     assert_eq!(b.upload("keep.txt", b"keep", 0, 4).await.status, 200);
     let body = br#"{"path":"keep.txt"}"#;
     // No CSRF token (a form another page submits): refused.
-    let h = [("Cookie", b.cookie.as_str()), ("Content-Type", "application/json")];
-    assert_eq!(http(&web.addr, "POST", "/api/delete", &h, body).await.status, 403);
+    let h = [
+        ("Cookie", b.cookie.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    assert_eq!(
+        http(&web.addr, "POST", "/api/delete", &h, body)
+            .await
+            .status,
+        403
+    );
     // A form-encoded post with the cookie: refused too.
-    let h = [("Cookie", b.cookie.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
-    assert_eq!(http(&web.addr, "POST", "/api/delete", &h, b"path=keep.txt").await.status, 403);
+    let h = [
+        ("Cookie", b.cookie.as_str()),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    assert_eq!(
+        http(&web.addr, "POST", "/api/delete", &h, b"path=keep.txt")
+            .await
+            .status,
+        403
+    );
     // The right token but from another origin: refused.
     let h = [
         ("Cookie", b.cookie.as_str()),
@@ -282,21 +369,36 @@ async fn a_cross_site_request_is_refused_before_it_does_anything() {
         ("Origin", "http://evil.example"),
         ("Content-Type", "application/json"),
     ];
-    assert_eq!(http(&web.addr, "POST", "/api/delete", &h, body).await.status, 403);
+    assert_eq!(
+        http(&web.addr, "POST", "/api/delete", &h, body)
+            .await
+            .status,
+        403
+    );
     let h = [
         ("Cookie", b.cookie.as_str()),
         ("X-CSRF-Token", b.csrf.as_str()),
         ("Sec-Fetch-Site", "cross-site"),
         ("Content-Type", "application/json"),
     ];
-    assert_eq!(http(&web.addr, "POST", "/api/delete", &h, body).await.status, 403);
+    assert_eq!(
+        http(&web.addr, "POST", "/api/delete", &h, body)
+            .await
+            .status,
+        403
+    );
     // A wrong CSRF token: refused.
     let h = [
         ("Cookie", b.cookie.as_str()),
         ("X-CSRF-Token", "0000"),
         ("Content-Type", "application/json"),
     ];
-    assert_eq!(http(&web.addr, "POST", "/api/delete", &h, body).await.status, 403);
+    assert_eq!(
+        http(&web.addr, "POST", "/api/delete", &h, body)
+            .await
+            .status,
+        403
+    );
     assert_eq!(b.get("/api/file?path=keep.txt", &[]).await.body, b"keep");
     // Same origin with the token: done.
     let origin = format!("http://{}", web.addr);
@@ -306,7 +408,12 @@ async fn a_cross_site_request_is_refused_before_it_does_anything() {
         ("Origin", origin.as_str()),
         ("Content-Type", "application/json"),
     ];
-    assert_eq!(http(&web.addr, "POST", "/api/delete", &h, body).await.status, 200);
+    assert_eq!(
+        http(&web.addr, "POST", "/api/delete", &h, body)
+            .await
+            .status,
+        200
+    );
     assert_eq!(b.get("/api/file?path=keep.txt", &[]).await.status, 404);
     web.server.stop().await;
 }
@@ -317,9 +424,18 @@ async fn downloads_honour_range_and_odd_names_round_trip() {
     let web = start(dir.path()).await;
     let b = Browser::open(&web.addr).await;
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    let odd = ["a b#c%d.bin", "ünïcödé.bin", "שלום.bin", "<script>alert(1).html"];
+    let odd = [
+        "a b#c%d.bin",
+        "ünïcödé.bin",
+        "שלום.bin",
+        "<script>alert(1).html",
+    ];
     for name in odd {
-        assert_eq!(b.upload(name, &data, 0, data.len() as u64).await.status, 200, "{name}");
+        assert_eq!(
+            b.upload(name, &data, 0, data.len() as u64).await.status,
+            200,
+            "{name}"
+        );
     }
     let listed = names(&b.get("/api/list", &[]).await.json());
     for name in odd {
@@ -329,12 +445,19 @@ async fn downloads_honour_range_and_odd_names_round_trip() {
         assert_eq!(r.status, 200);
         assert_eq!(r.body, data, "{name}");
         let cd = r.header("content-disposition").expect("disposition");
-        assert!(cd.starts_with("attachment;") && cd.contains("filename*=UTF-8''"), "{cd}");
+        assert!(
+            cd.starts_with("attachment;") && cd.contains("filename*=UTF-8''"),
+            "{cd}"
+        );
     }
     // The uploaded page is never served as HTML to run on this origin.
     let r = b.get(&format!("/api/file?path={}", enc(odd[3])), &[]).await;
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
-    assert!(r.header("content-security-policy").unwrap().starts_with("sandbox"));
+    assert!(
+        r.header("content-security-policy")
+            .unwrap()
+            .starts_with("sandbox")
+    );
 
     let path = format!("/api/file?path={}", enc(odd[0]));
     let r = b.get(&path, &[("Range", "bytes=1000-1999")]).await;
@@ -349,7 +472,9 @@ async fn downloads_honour_range_and_odd_names_round_trip() {
     assert_eq!(r.status, 416);
     assert_eq!(r.header("content-range"), Some("bytes */100000"));
     // A range of an older version (If-Range with another ETag): the whole new file.
-    let r = b.get(&path, &[("Range", "bytes=0-9"), ("If-Range", "\"old\"")]).await;
+    let r = b
+        .get(&path, &[("Range", "bytes=0-9"), ("If-Range", "\"old\"")])
+        .await;
     assert_eq!((r.status, r.body.len()), (200, data.len()));
 
     // Bad input: answered 4xx with a message, never a crash.
@@ -371,7 +496,10 @@ async fn downloads_honour_range_and_odd_names_round_trip() {
     let r = b.upload("under.bin", b"01", 0, 5).await;
     assert!((400..500).contains(&r.status));
     let listed = names(&b.get("/api/list", &[]).await.json());
-    assert!(!listed.iter().any(|n| n == "over.bin" || n == "under.bin"), "{listed:?}");
+    assert!(
+        !listed.iter().any(|n| n == "over.bin" || n == "under.bin"),
+        "{listed:?}"
+    );
     let r = b.send("POST", "/api/rename", b"{not json").await;
     assert!((400..500).contains(&r.status));
     web.server.stop().await;
@@ -389,10 +517,19 @@ async fn a_big_upload_in_pieces_resumes_where_the_server_kept_it() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["done"], false);
     // Where to resume, as the page asks after a dropped connection.
-    let q = format!("/api/upload?path={}&size={size}&modified_ms=1700000000000", enc("big/f.bin"));
+    let q = format!(
+        "/api/upload?path={}&size={size}&modified_ms=1700000000000",
+        enc("big/f.bin")
+    );
     assert_eq!(b.get(&q, &[]).await.json()["offset"], piece as u64);
-    assert_eq!(b.get("/api/file?path=big%2Ff.bin", &[]).await.status, 404, "not installed yet");
-    let r = b.upload("big/f.bin", &data[piece..], piece as u64, size as u64).await;
+    assert_eq!(
+        b.get("/api/file?path=big%2Ff.bin", &[]).await.status,
+        404,
+        "not installed yet"
+    );
+    let r = b
+        .upload("big/f.bin", &data[piece..], piece as u64, size as u64)
+        .await;
     assert_eq!(r.json()["done"], true);
     assert_eq!(b.get("/api/file?path=big%2Ff.bin", &[]).await.body, data);
     web.server.stop().await;
@@ -405,28 +542,61 @@ async fn share_links_work_without_a_session_until_revoked() {
     let b = Browser::open(&web.addr).await;
     b.upload("docs/a <b>.txt", b"shared text", 0, 11).await;
     b.upload("secret.txt", b"secret", 0, 6).await;
-    let file = b.post("/api/shares", serde_json::json!({"path": "docs/a <b>.txt", "hours": 1})).await;
+    let file = b
+        .post(
+            "/api/shares",
+            serde_json::json!({"path": "docs/a <b>.txt", "hours": 1}),
+        )
+        .await;
     assert_eq!(file.status, 200);
     let url = file.json()["url"].as_str().unwrap().to_owned();
-    assert_eq!(http(&web.addr, "GET", &url, &[], b"").await.body, b"shared text");
+    assert_eq!(
+        http(&web.addr, "GET", &url, &[], b"").await.body,
+        b"shared text"
+    );
     // An altered signature, or another id, opens nothing.
     let forged = format!("{}0", &url[..url.len() - 1]);
-    let forged = if forged == url { format!("{}1", &url[..url.len() - 1]) } else { forged };
+    let forged = if forged == url {
+        format!("{}1", &url[..url.len() - 1])
+    } else {
+        forged
+    };
     assert_eq!(http(&web.addr, "GET", &forged, &[], b"").await.status, 404);
     // A folder link lists its files (as text) and serves them, nothing beside.
-    let folder = b.post("/api/shares", serde_json::json!({"path": "docs", "folder": true, "hours": 1})).await;
+    let folder = b
+        .post(
+            "/api/shares",
+            serde_json::json!({"path": "docs", "folder": true, "hours": 1}),
+        )
+        .await;
     let furl = folder.json()["url"].as_str().unwrap().to_owned();
     let page = String::from_utf8(http(&web.addr, "GET", &furl, &[], b"").await.body).unwrap();
-    assert!(page.contains("a &lt;b&gt;.txt") && !page.contains("a <b>"), "{page}");
+    assert!(
+        page.contains("a &lt;b&gt;.txt") && !page.contains("a <b>"),
+        "{page}"
+    );
     let inside = format!("{furl}?path={}", enc("a <b>.txt"));
-    assert_eq!(http(&web.addr, "GET", &inside, &[], b"").await.body, b"shared text");
+    assert_eq!(
+        http(&web.addr, "GET", &inside, &[], b"").await.body,
+        b"shared text"
+    );
     let outside = format!("{furl}?path={}", enc("../secret.txt"));
     assert_eq!(http(&web.addr, "GET", &outside, &[], b"").await.status, 404);
     // Expiry limits and revocation.
-    let r = b.post("/api/shares", serde_json::json!({"path": "secret.txt", "hours": 100000})).await;
+    let r = b
+        .post(
+            "/api/shares",
+            serde_json::json!({"path": "secret.txt", "hours": 100000}),
+        )
+        .await;
     assert_eq!(r.status, 400);
     let id = file.json()["id"].as_str().unwrap().to_owned();
-    assert_eq!(b.post("/api/shares/revoke", serde_json::json!({"id": id})).await.status, 204);
+    assert_eq!(
+        b.post("/api/shares/revoke", serde_json::json!({"id": id}))
+            .await
+            .status,
+        204
+    );
     assert_eq!(http(&web.addr, "GET", &url, &[], b"").await.status, 404);
     web.server.stop().await;
 }
@@ -444,7 +614,11 @@ async fn the_change_feed_pushes_a_change_made_over_grpc() {
     s.write_all(req.as_bytes()).await.unwrap();
     let mut lines = BufReader::new(s).lines();
     let mut next = async || {
-        tokio::time::timeout(T, lines.next_line()).await.expect("in time").unwrap().expect("a line")
+        tokio::time::timeout(T, lines.next_line())
+            .await
+            .expect("in time")
+            .unwrap()
+            .expect("a line")
     };
     while !next().await.starts_with("event: ready") {}
     let client = web.server.client().await;
@@ -464,19 +638,47 @@ async fn compute_adds_and_sorts_at_once_and_as_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let web = start(dir.path()).await;
     let b = Browser::open(&web.addr).await;
-    let r = b.post("/api/compute", serde_json::json!({"op": "add", "numbers": "1 2, 3\n4"})).await;
+    let r = b
+        .post(
+            "/api/compute",
+            serde_json::json!({"op": "add", "numbers": "1 2, 3\n4"}),
+        )
+        .await;
     assert_eq!(r.json()["sum"], "10");
-    let r = b.post("/api/compute", serde_json::json!({"op": "sort", "numbers": "3 -1 2", "descending": true})).await;
+    let r = b
+        .post(
+            "/api/compute",
+            serde_json::json!({"op": "sort", "numbers": "3 -1 2", "descending": true}),
+        )
+        .await;
     assert_eq!(r.json()["sorted"], serde_json::json!(["3", "2", "-1"]));
-    let r = b.post("/api/compute", serde_json::json!({"op": "add", "numbers": "1 x"})).await;
+    let r = b
+        .post(
+            "/api/compute",
+            serde_json::json!({"op": "add", "numbers": "1 x"}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    let r = b.post("/api/compute", serde_json::json!({"op": "add", "numbers": "9223372036854775807 1"})).await;
+    let r = b
+        .post(
+            "/api/compute",
+            serde_json::json!({"op": "add", "numbers": "9223372036854775807 1"}),
+        )
+        .await;
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
-    let job = b.post("/api/compute", serde_json::json!({"op": "sort", "numbers": "5 4 6", "job": true})).await;
+    let job = b
+        .post(
+            "/api/compute",
+            serde_json::json!({"op": "sort", "numbers": "5 4 6", "job": true}),
+        )
+        .await;
     let id = job.json()["job_id"].as_str().unwrap().to_owned();
     eventually("the job to finish", || async {
         let jobs = b.get("/api/jobs", &[]).await.json();
-        jobs.as_array().unwrap().iter().any(|j| j["id"] == id.as_str() && j["state"] == "done")
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == id.as_str() && j["state"] == "done")
     })
     .await;
     let r = b.get(&format!("/api/jobs/result?id={id}"), &[]).await;
@@ -491,8 +693,15 @@ async fn the_page_and_its_assets_are_served_from_the_binary() {
     let r = http(&web.addr, "GET", "/", &[], b"").await;
     assert_eq!(r.status, 200);
     assert!(String::from_utf8_lossy(&r.body).contains("<script src=\"/app.js\""));
-    assert!(r.header("content-security-policy").unwrap().contains("script-src 'self'"));
-    assert_eq!(http(&web.addr, "GET", "/app.js", &[], b"").await.status, 200);
+    assert!(
+        r.header("content-security-policy")
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    assert_eq!(
+        http(&web.addr, "GET", "/app.js", &[], b"").await.status,
+        200
+    );
     assert_eq!(http(&web.addr, "GET", "/nope", &[], b"").await.status, 404);
     web.server.stop().await;
 }

@@ -145,7 +145,9 @@ pub(crate) async fn list(
     if let Some(prefix) = view.list_prefix(dir.clone()) {
         let mut after = None;
         loop {
-            let page = view.list_page(prefix.clone(), after.clone(), LIST_PAGE).await?;
+            let page = view
+                .list_page(prefix.clone(), after.clone(), LIST_PAGE)
+                .await?;
             let last = page.len() < LIST_PAGE as usize;
             after = page.last().map(|f| f.path.as_str().to_owned());
             files.extend(page);
@@ -159,7 +161,10 @@ pub(crate) async fn list(
         }
     }
     let listing = Listing {
-        dir: dir.as_ref().map(|d| d.as_str().to_owned()).unwrap_or_default(),
+        dir: dir
+            .as_ref()
+            .map(|d| d.as_str().to_owned())
+            .unwrap_or_default(),
         entries: children(dir.as_ref(), &files),
         truncated,
     };
@@ -282,7 +287,10 @@ pub(crate) async fn send_file(
     *r.status_mut() = status;
     let h = r.headers_mut();
     let name = record.path.file_name();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(name)));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(name)),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_DISPOSITION, disposition(name, attachment));
@@ -290,14 +298,19 @@ pub(crate) async fn send_file(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("sandbox; default-src 'none'; img-src 'self'; media-src 'self'"),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
     if status == StatusCode::PARTIAL_CONTENT
-        && let Ok(v) =
-            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1))
     {
         h.insert(header::CONTENT_RANGE, v);
     }

@@ -67,7 +67,11 @@ pub(crate) struct Answer {
 
 fn shown(n: &Numbers) -> Vec<String> {
     match n {
-        Numbers::Ints(v) => v.iter().take(SHOWN_MAX).map(|x| Number::Int(*x).to_string()).collect(),
+        Numbers::Ints(v) => v
+            .iter()
+            .take(SHOWN_MAX)
+            .map(|x| Number::Int(*x).to_string())
+            .collect(),
         Numbers::Floats(v) => v
             .iter()
             .take(SHOWN_MAX)
@@ -119,9 +123,12 @@ pub(crate) async fn run(
     let mut events = if body.job {
         None
     } else {
-        let req = request(&who, v1::CallbacksRequest {
-            client_id: client_id.clone(),
-        });
+        let req = request(
+            &who,
+            v1::CallbacksRequest {
+                client_id: client_id.clone(),
+            },
+        );
         Some(svc.callbacks(req).await?.into_inner())
     };
     let submitted = svc
@@ -186,7 +193,9 @@ async fn outcome(
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
             let Some(n) = chunk?.numbers else { continue };
-            let n: Numbers = n.try_into().map_err(|_| ApiError::bad("a malformed result"))?;
+            let n: Numbers = n
+                .try_into()
+                .map_err(|_| ApiError::bad("a malformed result"))?;
             out.extend(shown(&n));
             if out.len() >= SHOWN_MAX {
                 out.truncate(SHOWN_MAX);
@@ -197,11 +206,15 @@ async fn outcome(
     }
     match job.result.as_ref().and_then(|r| r.value.clone()) {
         Some(v1::job_result::Value::Sum(n)) => {
-            let n: Number = n.try_into().map_err(|_| ApiError::bad("a malformed result"))?;
+            let n: Number = n
+                .try_into()
+                .map_err(|_| ApiError::bad("a malformed result"))?;
             Ok((Some(n.to_string()), None))
         }
         Some(v1::job_result::Value::Sorted(n)) => {
-            let n: Numbers = n.try_into().map_err(|_| ApiError::bad("a malformed result"))?;
+            let n: Numbers = n
+                .try_into()
+                .map_err(|_| ApiError::bad("a malformed result"))?;
             Ok((None, Some(shown(&n))))
         }
         None => Ok((None, None)),
@@ -318,7 +331,12 @@ pub(crate) async fn events(
         Some(Ok(Event::default()
             .event("job")
             .json_data(row(&job))
-            .unwrap_or_else(|_| Event::default().event("job").data("{}"))))
+            .unwrap_or_else(|_| {
+                Event::default().event("job").data("{}")
+            })))
     });
-    Ok(Sse::new(ready.chain(events)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(
+        Sse::new(ready.chain(events))
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
+    )
 }

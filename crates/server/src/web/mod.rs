@@ -210,7 +210,13 @@ pub(crate) async fn start(
     let acceptor = parts.tls.as_ref().map(crate::TlsIdentity::acceptor);
     tracing::info!(%addr, tls = acceptor.is_some(), "serving the web page");
     let inner_tracker = tracker.clone();
-    tracker.spawn(accept_loop(listener, app, acceptor, shutdown, inner_tracker));
+    tracker.spawn(accept_loop(
+        listener,
+        app,
+        acceptor,
+        shutdown,
+        inner_tracker,
+    ));
     Ok(Some(addr))
 }
 
@@ -269,15 +275,17 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(Peer(peer));
-                let app = app.clone();
-                async move {
-                    use tower_service::Service;
-                    let mut app = app;
-                    app.call(req.map(Body::new)).await
-                }
-            });
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(Peer(peer));
+                    let app = app.clone();
+                    async move {
+                        use tower_service::Service;
+                        let mut app = app;
+                        app.call(req.map(Body::new)).await
+                    }
+                },
+            );
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
@@ -287,14 +295,15 @@ async fn accept_loop(
                     watcher.watch(conn).await
                 }
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "web: TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                    let tls =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "web: TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
                     let conn = http.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
                     watcher.watch(conn).await
                 }
@@ -339,7 +348,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response<Body> {
 }
 
 async fn index() -> Response<Body> {
-    asset("text/html; charset=utf-8", include_str!("assets/index.html"))
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("assets/index.html"),
+    )
 }
 
 async fn app_js() -> Response<Body> {
@@ -359,10 +371,7 @@ pub(crate) fn need(who: &Identity, method: &str) -> ApiResult<()> {
     match crate::auth::required_scope(&path) {
         Some(Some(scope)) if !who.scopes.contains(scope) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!(
-                "this token lacks the `{}` scope this needs",
-                scope.name()
-            ),
+            format!("this token lacks the `{}` scope this needs", scope.name()),
         )),
         _ => Ok(()),
     }

@@ -31,9 +31,10 @@ pub(crate) fn span(header: Option<&str>, size: u64) -> Span {
     let parsed = match (a.is_empty(), b.is_empty()) {
         (true, true) => None,
         // The last n bytes.
-        (true, false) => b.parse::<u64>().ok().and_then(|n| {
-            (n > 0 && size > 0).then(|| (size.saturating_sub(n), size - 1))
-        }),
+        (true, false) => b
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| (n > 0 && size > 0).then(|| (size.saturating_sub(n), size - 1))),
         (false, _) => a.parse::<u64>().ok().and_then(|start| {
             let end = if b.is_empty() {
                 Some(size.saturating_sub(1))
@@ -58,7 +59,10 @@ mod tests {
         assert_eq!(span(None, 10), Span::Whole);
         assert_eq!(span(Some("bytes=0-"), 10), Span::Part { start: 0, end: 9 });
         assert_eq!(span(Some("bytes=2-4"), 10), Span::Part { start: 2, end: 4 });
-        assert_eq!(span(Some("bytes=2-400"), 10), Span::Part { start: 2, end: 9 });
+        assert_eq!(
+            span(Some("bytes=2-400"), 10),
+            Span::Part { start: 2, end: 9 }
+        );
         assert_eq!(span(Some("bytes=-3"), 10), Span::Part { start: 7, end: 9 });
         assert_eq!(span(Some("bytes=-30"), 10), Span::Part { start: 0, end: 9 });
         assert_eq!(span(Some("bytes=10-"), 10), Span::Unsatisfiable);

@@ -236,13 +236,13 @@ pub(crate) async fn current(State(web): State<Web>, headers: HeaderMap) -> Respo
     if !web.auth.required() {
         let (id, s) = web.sessions.create(Identity::local());
         let mut r = Json(info(&web, &s)).into_response();
-        r.headers_mut()
-            .insert(header::SET_COOKIE, set_cookie(&web, &id, SESSION_LIFETIME.as_secs()));
+        r.headers_mut().insert(
+            header::SET_COOKIE,
+            set_cookie(&web, &id, SESSION_LIFETIME.as_secs()),
+        );
         return no_store(r);
     }
-    no_store(
-        Json(serde_json::json!({ "signed_in": false, "auth_required": true })).into_response(),
-    )
+    no_store(Json(serde_json::json!({ "signed_in": false, "auth_required": true })).into_response())
 }
 
 fn no_store(mut r: Response) -> Response {
@@ -271,9 +271,10 @@ pub(crate) async fn sign_in(
         .auth
         .authenticate(Some(bearer.as_bytes()), peer.map(|p| p.ip()))
         .map_err(|r| match r {
-            Refusal::Unauthenticated => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "invalid, expired or revoked token")
-            }
+            Refusal::Unauthenticated => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid, expired or revoked token",
+            ),
             Refusal::Limited => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed sign-ins from this address: wait a little",
@@ -285,8 +286,10 @@ pub(crate) async fn sign_in(
     let (id, s) = web.sessions.create(identity);
     tracing::info!(token = %s.identity.name, "web: signed in");
     let mut r = Json(info(&web, &s)).into_response();
-    r.headers_mut()
-        .insert(header::SET_COOKIE, set_cookie(&web, &id, SESSION_LIFETIME.as_secs()));
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(&web, &id, SESSION_LIFETIME.as_secs()),
+    );
     Ok(no_store(r))
 }
 

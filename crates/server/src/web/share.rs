@@ -120,9 +120,8 @@ impl Shares {
             let key = load_key(&dir)?;
             let file = dir.join("web-shares.json");
             let list: Vec<Share> = match std::fs::read(&file) {
-                Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                    std::io::Error::other(format!("{}: {e}", file.display()))
-                })?,
+                Ok(b) => serde_json::from_slice(&b)
+                    .map_err(|e| std::io::Error::other(format!("{}: {e}", file.display())))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(io(&file.display().to_string(), e)),
             };
@@ -431,7 +430,10 @@ pub(crate) async fn open(
             Err(e) => ApiError::from(e).into_response(),
         };
     }
-    let files = match store.list_page(Some(root.clone()), None, SHARE_LIST_MAX).await {
+    let files = match store
+        .list_page(Some(root.clone()), None, SHARE_LIST_MAX)
+        .await
+    {
         Ok(f) => f,
         Err(e) => return ApiError::from(e).into_response(),
     };

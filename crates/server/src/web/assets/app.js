@@ -136,6 +136,8 @@ function show(name) {
 
 function route() {
   if (!state.session) { show('signin'); return; }
+  if (state.routed !== location.hash) say('');
+  state.routed = location.hash;
   const h = decodeURIComponent(location.hash.slice(1) || '/files/');
   if (h.startsWith('/shares')) { show('shares'); loadShares(); return; }
   if (h.startsWith('/compute')) { show('compute'); loadJobs(); followJobs(); return; }
@@ -305,6 +307,7 @@ async function share(e) {
   try {
     const link = await api('POST', '/api/shares', { path: e.path, folder: e.folder, hours: Number(hours) });
     location.hash = '#/shares';
+    state.routed = location.hash;
     say(`Link made for ${e.name}: copy it from the list.`);
     return link;
   } catch (err) { say(err.message); }
