@@ -341,6 +341,20 @@ def main():
                      headers: {'x-csrf-token': s.csrf}})).then(r => done(r.status));""")
         assert status == 403, status
         log("read-only token: no write controls; delete and upload refused (403)")
+
+        # A session that ends (its token revoked) returns to sign-in and
+        # keeps the page's place.
+        d.get(web + "/#/files/photos/2024")
+        until(d, "inside photos/2024", lambda: row(d, "a.txt") is not None)
+        subprocess.run([BIN, "token", "revoke", "viewer", "--root", server.root], env=server.env,
+                       check=True, capture_output=True)
+        until(d, "back at sign-in", lambda: d.find_element(By.ID, "view-signin").is_displayed())
+        assert d.execute_script("return location.hash") == "#/files/photos/2024"
+        box = d.find_element(By.ID, "token")
+        box.send_keys(rw)
+        box.send_keys(Keys.ENTER)
+        until(d, "the same folder after signing in", lambda: row(d, "a.txt") is not None)
+        log("revoked session: back to sign-in, then the same folder")
     except Exception as e:  # noqa: BLE001 - report, screenshot, fail
         failures.append(e)
         shot(d, "failure.png")

@@ -705,3 +705,61 @@ async fn the_page_and_its_assets_are_served_from_the_binary() {
     assert_eq!(http(&web.addr, "GET", "/nope", &[], b"").await.status, 404);
     web.server.stop().await;
 }
+
+#[tokio::test]
+async fn under_tls_the_page_uses_the_grpc_certificate_and_a_secure_cookie() {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let dir = tempfile::tempdir().unwrap();
+    let id = distribusync_server::TlsIdentity::self_signed(dir.path(), &["localhost".into()])
+        .expect("a certificate");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let mut c = ServerConfig::new(dir.path());
+    c.tls = Some(id.clone());
+    c.web = Some(WebListener::new(l).unwrap());
+    let server = TestServer::start_with(c).await;
+
+    let pem = std::fs::read(id.cert_path()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("the page speaks TLS with the server's certificate");
+    let req = "GET /api/session HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify after the answer.
+    let _ = tokio::time::timeout(T, tls.read_to_end(&mut raw))
+        .await
+        .expect("in time");
+    let r = parse(&raw);
+    assert_eq!(r.status, 200);
+    let cookie = r.header("set-cookie").expect("a local session on loopback");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Plaintext to the TLS port gets no page.
+    let mut plain = TcpStream::connect(&addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(T, plain.read_to_end(&mut got))
+        .await
+        .expect("closed in time");
+    assert!(!String::from_utf8_lossy(&got).contains("DistribuSync"));
+    server.stop().await;
+}
