@@ -763,3 +763,25 @@ async fn under_tls_the_page_uses_the_grpc_certificate_and_a_secure_cookie() {
     assert!(!String::from_utf8_lossy(&got).contains("DistribuSync"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_upload_larger_than_the_free_space_fails_saying_so_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let mut c = ServerConfig::new(dir.path());
+    c.store.max_file_size = u64::MAX;
+    c.web = Some(WebListener::new(l).unwrap());
+    let server = TestServer::start_with(c).await;
+    let b = Browser::open(&addr).await;
+    // 1 PiB announced: more than this disk has; refused before any data.
+    let huge = 1u64 << 50;
+    let r = b.upload("huge.bin", &[7u8; 4096], 0, huge).await;
+    assert_eq!(r.status, 507, "{}", String::from_utf8_lossy(&r.body));
+    let msg = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(msg.contains("free"), "{msg}");
+    let q = format!("/api/upload?path=huge.bin&size={huge}&modified_ms=1700000000000");
+    assert_eq!(b.get(&q, &[]).await.json()["offset"], 0, "no part kept");
+    assert!(names(&b.get("/api/list", &[]).await.json()).is_empty());
+    server.stop().await;
+}

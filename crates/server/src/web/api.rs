@@ -356,6 +356,19 @@ pub(crate) async fn upload_offset(
     Ok(Json(Offset { offset }))
 }
 
+/// Bytes an unprivileged writer may still put on the disk holding `root`
+/// (`None` when that cannot be read: the write itself will tell).
+async fn free_space(root: &std::path::Path) -> Option<u64> {
+    let root = root.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let s = rustix::fs::statvfs(&root).ok()?;
+        Some(s.f_bavail.saturating_mul(s.f_frsize))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct Uploaded {
     /// Bytes the server holds of the file now.
@@ -386,6 +399,19 @@ pub(crate) async fn upload(
         offset: q.offset,
         resumable: true,
     };
+    let missing = q.size.saturating_sub(q.offset);
+    if let Some(free) = free_space(web.store()?.root()).await
+        && missing > free
+    {
+        // Refused before a byte is staged: nothing to leave behind.
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "{}: {missing} bytes do not fit: the server's disk has {free} bytes free",
+                header.path.shown()
+            ),
+        ));
+    }
     let mut upload = view.begin_upload(header).await?;
     upload.hash_received();
     let mut stream = body.into_data_stream();
