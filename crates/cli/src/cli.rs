@@ -143,6 +143,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "DISTRIBUSYNC_LISTEN", default_value = "127.0.0.1:50000")]
     pub listen: SocketAddr,
+    /// Also serve the web page (browse, upload, share, compute) on this
+    /// address; off unless given. TLS and tokens as for --listen.
+    #[arg(long, env = "DISTRIBUSYNC_WEB_LISTEN", value_name = "ADDR")]
+    pub web_listen: Option<SocketAddr>,
     /// The folder the server owns (created if missing).
     #[arg(long, env = "DISTRIBUSYNC_ROOT", default_value = "./MASTER")]
     pub root: PathBuf,

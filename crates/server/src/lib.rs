@@ -20,6 +20,7 @@ mod serve;
 pub mod store;
 mod tls;
 mod transport;
+pub mod web;
 
 pub use auth::{AuthConfig, AuthMode, Identity};
 pub use compute::{ComputeConfig, ComputeService};
@@ -27,3 +28,4 @@ pub use error::ServiceError;
 pub use serve::{ServeError, ServerConfig, Services, serve};
 pub use tls::{TLS_DIR, TlsError, TlsIdentity, fingerprint_of};
 pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig, raise_descriptor_limit};
+pub use web::WebListener;

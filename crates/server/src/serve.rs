@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// TLS identity; `None`: plaintext.
     pub tls: Option<crate::TlsIdentity>,
+    /// Where to serve the web page (`serve --web-listen`); `None`: nowhere.
+    pub web: Option<crate::WebListener>,
 }
 
 impl ServerConfig {
@@ -69,6 +71,7 @@ impl ServerConfig {
             transport: TransportConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            web: None,
         }
     }
 }
@@ -81,6 +84,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("web page: {0}")]
+    Web(std::io::Error),
     #[error("cannot open the token table: {0}")]
     Tokens(#[from] crate::auth::TokenStoreError),
     #[error(
@@ -105,6 +110,13 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let token = CancellationToken::new();
     let addr = listener.local_addr().ok();
+    // The web page's address counts too: tokens are required as soon as
+    // either is reachable beyond loopback.
+    let web_addr = config.web.as_ref().and_then(crate::WebListener::local_addr);
+    let addr = match (addr, web_addr) {
+        (Some(a), Some(w)) if a.ip().is_loopback() && !w.ip().is_loopback() => Some(w),
+        (a, _) => a,
+    };
     let loopback = addr.is_none_or(|a| a.ip().is_loopback());
     if config.auth.mode == AuthMode::Off && !loopback {
         let addr = addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -119,8 +131,10 @@ pub async fn serve(
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
 
+    let mut web_store = None;
     let files = if config.services.files {
         let store = Store::open(&config.root, config.store.clone()).await?;
+        web_store = Some(store.clone());
         health_reporter
             .set_serving::<FilesServer<FilesService>>()
             .await;
@@ -143,10 +157,12 @@ pub async fn serve(
             idle_timeout: config.transport.idle_timeout,
             ..config.compute.clone()
         };
-        Some(ComputeService::with_shutdown(compute, token.clone()).into_server())
+        Some(ComputeService::with_shutdown(compute, token.clone()))
     } else {
         None
     };
+    let web_compute = compute.clone();
+    let compute = compute.map(ComputeService::into_server);
 
     let tokens = if config.auth.mode == AuthMode::Off {
         None
@@ -177,6 +193,22 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(distribusync_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+
+    // The web page: its own listener, the same store, compute and tokens.
+    let web_tasks = tokio_util::task::TaskTracker::new();
+    if let Some(web) = config.web.clone() {
+        let parts = crate::web::Parts {
+            store: web_store,
+            compute: web_compute,
+            auth: auth.clone(),
+            tls: config.tls.clone(),
+            root: config.root.clone(),
+        };
+        crate::web::start(web, parts, token.clone(), web_tasks.clone())
+            .await
+            .map_err(ServeError::Web)?;
+    }
+    web_tasks.close();
 
     let addr = listener.local_addr().ok();
     let incoming = transport::incoming(
@@ -225,6 +257,13 @@ pub async fn serve(
         () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway");
         }
+    }
+    token.cancel();
+    if tokio::time::timeout(grace, web_tasks.wait()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "web requests did not finish in time; stopping anyway"
+        );
     }
     Ok(())
 }

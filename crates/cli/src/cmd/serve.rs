@@ -14,8 +14,15 @@ fn tls_wanted(args: &ServeArgs) -> bool {
     match args.tls {
         TlsMode::On => true,
         TlsMode::Off => false,
-        TlsMode::Auto => args.tls_cert.is_some() || !args.listen.ip().is_loopback(),
+        TlsMode::Auto => args.tls_cert.is_some() || exposed(args).is_some(),
     }
+}
+
+/// The first address (gRPC, then the web page) beyond loopback, if any.
+fn exposed(args: &ServeArgs) -> Option<SocketAddr> {
+    std::iter::once(args.listen)
+        .chain(args.web_listen)
+        .find(|a| !a.ip().is_loopback())
 }
 
 /// The names a generated certificate is made for: `--tls-name`, else the
@@ -58,8 +65,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.services.is_empty() {
         return Err(UsageError("serve: --services needs files, compute or both".into()).into());
     }
-    if args.auth == AuthArg::Off && !args.listen.ip().is_loopback() && !args.insecure {
-        let refusal = distribusync_server::ServeError::Insecure(args.listen);
+    if let (AuthArg::Off, Some(addr), false) = (args.auth, exposed(&args), args.insecure) {
+        let refusal = distribusync_server::ServeError::Insecure(addr);
         return Err(UsageError(format!("serve: {refusal}")).into());
     }
     if args.print_fingerprint {
@@ -71,9 +78,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let tls = if tls_wanted(&args) {
         Some(identity(&args)?)
-    } else if !args.listen.ip().is_loopback() {
+    } else if let Some(addr) = exposed(&args) {
         if !args.insecure {
-            return Err(insecure_refusal(args.listen).into());
+            return Err(insecure_refusal(addr).into());
         }
         tracing::warn!(
             listen = %args.listen,
@@ -141,6 +148,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             id.not_after(),
             id.fingerprint()
         );
+    }
+    if let Some(addr) = args.web_listen {
+        let web = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} (--web-listen)"))?;
+        eprintln!(
+            "distribusync: web page on {scheme}://{}/",
+            web.local_addr().unwrap_or(addr)
+        );
+        config.web = Some(distribusync_server::WebListener::new(web)?);
     }
     config.tls = tls;
     distribusync_server::serve(listener, config, shutdown_signal())

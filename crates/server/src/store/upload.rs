@@ -52,6 +52,9 @@ pub struct Upload {
     done: bool,
     /// Keep the received part for resuming if dropped unfinished.
     keep: bool,
+    /// The content hash is the one the data hashes to (the web page, which
+    /// cannot hash BLAKE3 as it sends: the size is still checked).
+    hash_received: bool,
 }
 
 /// What a writer starts from: the file positioned where the data goes, the
@@ -207,6 +210,7 @@ impl Upload {
             received,
             done: false,
             keep,
+            hash_received: false,
         }
     }
 
@@ -229,6 +233,39 @@ impl Upload {
     /// Sets the content hash given after the data (a trailer).
     pub fn set_hash(&mut self, hash: ContentHash) {
         self.header.hash = hash;
+    }
+
+    /// Takes the content hash from the data received instead of the
+    /// header (for a client that cannot compute it; the size announced is
+    /// still checked, and the bytes still go through staging, fsync and the
+    /// one commit path).
+    pub fn hash_received(&mut self) {
+        self.hash_received = true;
+    }
+
+    /// Ends this request of a piecewise upload: what was received is kept
+    /// under the file's resume name, exactly as when a stream breaks, but
+    /// awaited, so the next piece (resuming at [`Upload::received`]) finds
+    /// it. Returns the bytes kept.
+    ///
+    /// # Errors
+    /// InvalidArgument when the upload is too small to be kept
+    /// ([`limits::RESUME_MIN_BYTES`](distribusync_core::limits::RESUME_MIN_BYTES))
+    /// or was not announced as resumable; an IO error when it cannot be kept.
+    pub async fn pause(mut self) -> Result<u64> {
+        if !self.keep || self.received == 0 {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{}: an upload of {} bytes cannot be sent in pieces",
+                self.header.path.shown(),
+                self.header.size
+            )));
+        }
+        self.done = true;
+        let staged = std::mem::take(&mut self.staged);
+        let writer = self.writer.take();
+        let received = self.received;
+        keep_part(self.store.clone(), self.header.clone(), staged, writer).await?;
+        Ok(received)
     }
 
     /// Appends a chunk.
@@ -263,6 +300,9 @@ impl Upload {
         self.keep = false;
         let root = self.store.root().to_owned();
         let (file, hasher) = self.writer.finish().await.map_err(|e| e.on_disk(&root))?;
+        if self.hash_received {
+            self.header.hash = hasher.finalize().into();
+        }
         let checked = verify(&self.header, self.received, hasher.finalize().into());
         if let (Err(e), true) = (&checked, self.header.offset > 0) {
             // The kept part may not be what this client has: start over.
@@ -344,41 +384,51 @@ impl Drop for Upload {
         // Chunks may still be queued or being written: let the writer
         // finish, make what it wrote durable, then keep it under the file's
         // resume name.
-        let mut writer = self.writer.take();
+        let writer = self.writer.take();
         let (store, header) = (self.store.clone(), self.header.clone());
         runtime.spawn(async move {
-            let Ok((file, hasher)) = writer.finish().await else {
-                let _ = std::fs::remove_file(&staged);
-                return;
-            };
-            let kept = blocking(move || {
-                let modified_ns = distribusync_proto::unix_nanos(header.modified);
-                let (path, size) = (&header.path, header.size);
-                // Its hash so far, so a resume need not read it back;
-                // remembered before the part shows, so a client that sees
-                // the part at once finds its hash too.
-                store.remember_part_hash(path, size, modified_ns, hasher);
-                // Dated now: the bound removes the least recently kept
-                // parts first, and the age limit counts from here.
-                let kept = file.set_modified(std::time::SystemTime::now());
-                let kept = kept.and_then(|()| file.sync_data()).and_then(|()| {
-                    store
-                        .inner
-                        .disk
-                        .keep_partial(&staged, path, size, modified_ns)
-                });
-                if kept.is_err() {
-                    let _ = std::fs::remove_file(&staged);
-                    store.forget_part_hash(path, size, modified_ns);
-                } else {
-                    store.trim_kept_parts();
-                }
-                kept.map_err(|e| ServiceError::io("kept upload part", e))
-            })
-            .await;
-            if let Err(e) = kept {
+            if let Err(e) = keep_part(store, header, staged, writer).await {
                 tracing::warn!(error = %e, "could not keep an interrupted upload for resuming");
             }
         });
     }
+}
+
+/// Lets `writer` finish, makes what it wrote durable, then keeps it under
+/// the file's resume name (removed instead when that fails).
+async fn keep_part(
+    store: Store,
+    header: UploadHeader,
+    staged: PathBuf,
+    mut writer: Writer,
+) -> Result<()> {
+    let Ok((file, hasher)) = writer.finish().await else {
+        let _ = std::fs::remove_file(&staged);
+        return Err(writer_gone("writer stopped"));
+    };
+    blocking(move || {
+        let modified_ns = distribusync_proto::unix_nanos(header.modified);
+        let (path, size) = (&header.path, header.size);
+        // Its hash so far, so a resume need not read it back;
+        // remembered before the part shows, so a client that sees
+        // the part at once finds its hash too.
+        store.remember_part_hash(path, size, modified_ns, hasher);
+        // Dated now: the bound removes the least recently kept
+        // parts first, and the age limit counts from here.
+        let kept = file.set_modified(std::time::SystemTime::now());
+        let kept = kept.and_then(|()| file.sync_data()).and_then(|()| {
+            store
+                .inner
+                .disk
+                .keep_partial(&staged, path, size, modified_ns)
+        });
+        if kept.is_err() {
+            let _ = std::fs::remove_file(&staged);
+            store.forget_part_hash(path, size, modified_ns);
+        } else {
+            store.trim_kept_parts();
+        }
+        kept.map_err(|e| ServiceError::io("kept upload part", e))
+    })
+    .await
 }
