@@ -532,6 +532,53 @@ async fn failed_attempts_from_one_address_are_limited() {
     server.stop().await;
 }
 
+/// Sends the token under `header` instead of `authorization`.
+#[derive(Clone)]
+struct InHeader(&'static str, String);
+
+impl tonic::service::Interceptor for InHeader {
+    fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
+        r.metadata_mut()
+            .insert(self.0, self.1.parse().expect("ascii"));
+        Ok(r)
+    }
+}
+
+#[tokio::test]
+async fn a_token_in_another_header_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = make(dir.path(), "good", "read", None);
+    let server = TestServer::start_with(config(dir.path())).await;
+    let ch = channel(&server.addr).await;
+    for (header, value) in [
+        ("x-api-key", good.clone()),
+        ("token", good.clone()),
+        ("x-authorization", format!("Bearer {good}")),
+        ("proxy-authorization", format!("Bearer {good}")),
+    ] {
+        let mut files =
+            FilesClient::with_interceptor(ch.clone(), InHeader(header, value.clone()));
+        let err = files
+            .stat(v1::StatRequest {
+                path: "x".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{header}");
+        assert_eq!(err.message(), "invalid or missing token", "{header}");
+    }
+    // The same token in the right header works.
+    let err = Clients::new(&ch, token(&good))
+        .files()
+        .stat(v1::StatRequest {
+            path: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_huge_authorization_header_fails_cleanly_and_the_server_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -609,6 +656,32 @@ async fn a_running_server_takes_new_tokens_and_drops_revoked_ones() {
     })
     .await
     .expect("a new token works within the poll");
+    // An open callbacks stream of a token ends UNAUTHENTICATED when it is
+    // revoked, as an open watch does (below).
+    let cb = make(root, "cb", "compute", None);
+    let cb_c = Clients::new(&ch, token(&cb));
+    let mut callbacks = tokio::time::timeout(T, async {
+        loop {
+            match cb_c
+                .compute()
+                .callbacks(v1::CallbacksRequest {
+                    client_id: "dev".into(),
+                })
+                .await
+            {
+                Ok(s) => break s.into_inner(),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await
+    .expect("the new token works within the poll");
+    revoke(root, "cb");
+    let end = tokio::time::timeout(T, callbacks.next())
+        .await
+        .expect("the callbacks stream ends")
+        .expect("with a status");
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
     // An open watch of the token ends UNAUTHENTICATED when it is revoked.
     let mut watch = late_c
         .files()
