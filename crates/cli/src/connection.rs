@@ -103,8 +103,7 @@ pub fn resolve_given(global: &Global) -> anyhow::Result<Resolved> {
         }
     };
     let server_given = global.server.is_some() || profile.is_some();
-    let trust_given =
-        global.fingerprint.is_some() || global.ca.is_some() || profile.is_some();
+    let trust_given = global.fingerprint.is_some() || global.ca.is_some() || profile.is_some();
     let url = global
         .server
         .clone()

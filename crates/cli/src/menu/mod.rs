@@ -45,8 +45,7 @@ pub async fn run(global: &Global) -> anyhow::Result<()> {
     let rt = Handle::current();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut console = Console::open(rt.clone());
-        let Ok(config) = setup::complete(&mut console, resolved, compute_server.as_deref())
-        else {
+        let Ok(config) = setup::complete(&mut console, resolved, compute_server.as_deref()) else {
             println!("Bye.");
             return Ok(());
         };

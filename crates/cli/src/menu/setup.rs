@@ -61,7 +61,9 @@ pub(super) fn complete(
                     config.tls = TlsTrust::Pinned(seen);
                     asked = true;
                 } else {
-                    println!("Not trusted: actions will fail until you trust it (--fingerprint, --ca or `distribusync login`).");
+                    println!(
+                        "Not trusted: actions will fail until you trust it (--fingerprint, --ca or `distribusync login`)."
+                    );
                 }
             }
         }

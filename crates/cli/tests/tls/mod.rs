@@ -309,7 +309,10 @@ fn every_command_names_a_plaintext_tls_mismatch_in_one_line() {
         a.extend_from_slice(&["--server", &to_plain, "--fingerprint", &fp]);
         let err = fail(&dir, &a, 1);
         assert!(
-            err.contains(&format!("does not speak TLS: use http://127.0.0.1:{}", plain.port())),
+            err.contains(&format!(
+                "does not speak TLS: use http://127.0.0.1:{}",
+                plain.port()
+            )),
             "{args:?}: {err}"
         );
     }
@@ -344,7 +347,10 @@ fn every_command_names_a_plaintext_tls_mismatch_in_one_line() {
     let mut out = String::new();
     std::io::Read::read_to_string(&mut menu.stdout.take().unwrap(), &mut out).unwrap();
     menu.wait().unwrap();
-    let header = out.lines().find(|l| l.starts_with("DistribuSync")).unwrap_or("");
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("DistribuSync"))
+        .unwrap_or("");
     assert!(header.contains("speaks TLS: use https://"), "{out}");
 }
 
@@ -730,7 +736,10 @@ fn the_menu_asks_for_what_is_missing_and_saves_it_as_a_profile() {
         "--token-file",
         token_file.to_str().unwrap(),
     ];
-    ok(&dir, &[&["put", "hello.txt", "hello.txt"][..], &conn[..]].concat());
+    ok(
+        &dir,
+        &[&["put", "hello.txt", "hello.txt"][..], &conn[..]].concat(),
+    );
 
     let mut menu = cmd(&dir, &[], &["menu"])
         .env_remove("DISTRIBUSYNC_SERVER")
@@ -743,13 +752,24 @@ fn the_menu_asks_for_what_is_missing_and_saves_it_as_a_profile() {
     let mut stdin = menu.stdin.take().unwrap();
     // Server, trust, a wrong token then the right one, the profile's name,
     // then Files > List files (everything) > Back, then Exit.
-    let typed = format!("{}\ny\ndst_wrong\n{secret}\nwork\n1\n5\n\n6\n5\n", server.url);
+    let typed = format!(
+        "{}\ny\ndst_wrong\n{secret}\nwork\n1\n5\n\n6\n5\n",
+        server.url
+    );
     stdin.write_all(typed.as_bytes()).unwrap();
     drop(stdin);
     let mut out = String::new();
-    menu.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    menu.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let mut err = String::new();
-    menu.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    menu.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(menu.wait().unwrap().success(), "{out}\n{err}");
     for said in [
         "Server address",
@@ -768,9 +788,10 @@ fn the_menu_asks_for_what_is_missing_and_saves_it_as_a_profile() {
         2,
         "asked again after the wrong token:\n{out}"
     );
-    let saved: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("config/distribusync/profiles.json")).unwrap())
-            .unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("config/distribusync/profiles.json")).unwrap(),
+    )
+    .unwrap();
     let work = &saved["profiles"]["work"];
     assert_eq!(work["url"], server.url.as_str());
     assert_eq!(work["fingerprint"], fp.as_str());

@@ -128,7 +128,14 @@ fn tokens_made_on_root_while_serving_lock_the_server_and_admin_works_remotely() 
     let root = dir.join("MASTER");
     one_line_exit(
         &remote(
-            &["create", "x", "--scopes", "read", "--root", root.to_str().unwrap()],
+            &[
+                "create",
+                "x",
+                "--scopes",
+                "read",
+                "--root",
+                root.to_str().unwrap(),
+            ],
             &boss,
         ),
         2,

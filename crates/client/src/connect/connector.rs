@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{Context, Poll};
 
+use distribusync_core::limits;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use distribusync_core::limits;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 
