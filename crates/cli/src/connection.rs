@@ -59,6 +59,25 @@ pub fn parse_fingerprint(s: &str) -> anyhow::Result<Fingerprint> {
 /// An unknown `--profile`, an unreadable profiles file, CA file or token
 /// file, a malformed fingerprint.
 pub fn resolve(global: &Global) -> anyhow::Result<ConnectionConfig> {
+    Ok(resolve_given(global)?.config)
+}
+
+/// Connection settings and which of them something gave (a flag, the
+/// environment, the profile) rather than a default: what the menu asks
+/// for is what nothing gave.
+#[derive(Debug)]
+pub struct Resolved {
+    pub config: ConnectionConfig,
+    pub server_given: bool,
+    pub trust_given: bool,
+    pub token_given: bool,
+}
+
+/// As [`resolve`], saying which settings were given.
+///
+/// # Errors
+/// As [`resolve`].
+pub fn resolve_given(global: &Global) -> anyhow::Result<Resolved> {
     let profile = match (&global.server, &global.profile) {
         (Some(_), None) => None,
         (_, name) => {
@@ -83,6 +102,8 @@ pub fn resolve(global: &Global) -> anyhow::Result<ConnectionConfig> {
             }
         }
     };
+    let server_given = global.server.is_some() || profile.is_some();
+    let trust_given = global.fingerprint.is_some() || global.ca.is_some() || profile.is_some();
     let url = global
         .server
         .clone()
@@ -106,5 +127,12 @@ pub fn resolve(global: &Global) -> anyhow::Result<ConnectionConfig> {
     } else {
         None
     };
-    Ok(ConnectionConfig::new(&url, trust, token).with_compute(global.compute_server.as_deref()))
+    let token_given = token.is_some();
+    Ok(Resolved {
+        config: ConnectionConfig::new(&url, trust, token)
+            .with_compute(global.compute_server.as_deref()),
+        server_given,
+        trust_given,
+        token_given,
+    })
 }

@@ -11,7 +11,7 @@ mod progress;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
 
@@ -29,7 +29,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub struct UsageError(pub String);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Token(args) = &mut cli.command {
+        args.target.root_on_command_line = root_on_command_line(&matches);
+    }
     if !matches!(cli.command, Command::Sort(_)) {
         // mimalloc asks for transparent huge pages, so a thread's first
         // allocations fault in and zero 2 MiB at a time: a fifth of the
@@ -68,6 +72,19 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Whether `token … --root DIR` was typed (not taken from
+/// DISTRIBUSYNC_ROOT or the default): `--root` is global to the token
+/// subcommands, so it may sit on `token` or on its subcommand.
+fn root_on_command_line(matches: &clap::ArgMatches) -> bool {
+    let Some(token) = matches.subcommand_matches("token") else {
+        return false;
+    };
+    let sub = token.subcommand().map(|(_, m)| m);
+    std::iter::once(token)
+        .chain(sub)
+        .any(|m| m.value_source("root") == Some(clap::parser::ValueSource::CommandLine))
 }
 
 fn init_tracing(command: &Command) {

@@ -146,6 +146,22 @@ impl Profiles {
 }
 
 impl Profile {
+    /// The profile that connects as `config` does (its file server, how
+    /// it trusts it, its token): what `login` and the menu save.
+    pub fn of(config: &ConnectionConfig) -> Self {
+        let (fingerprint, ca) = match &config.tls {
+            TlsTrust::Pinned(f) => (Some(f.to_string()), None),
+            TlsTrust::Ca { path, .. } => (None, Some(path.clone())),
+            TlsTrust::SystemRoots => (None, None),
+        };
+        Self {
+            url: config.endpoint.clone(),
+            fingerprint,
+            ca,
+            token: config.token.as_ref().map(|t| t.expose().to_owned()),
+        }
+    }
+
     /// How this profile says to trust the server.
     ///
     /// # Errors

@@ -25,6 +25,17 @@ pub const SERVER_STREAM_WINDOW: u32 = 4 << 20;
 /// See [`CLIENT_STREAM_WINDOW`].
 pub const SERVER_CONNECTION_WINDOW: u32 = 8 << 20;
 
+/// Read-ahead under TLS: bytes read from the socket at once below rustls.
+/// rustls asks for at most one record (about 16 KiB) per read, so without
+/// it a 1 GiB download cost ~65,000 `recvfrom` calls where plaintext HTTP/2
+/// made ~4,000 (bench/RESULTS.md, "TLS buffering").
+pub const TLS_READ_BUFFER: usize = 256 * 1024;
+
+/// Encrypted bytes rustls may hold before they must be written (its default
+/// is 64 KiB): with HTTP/2 frames of [`HTTP2_MAX_FRAME`], a larger limit
+/// lets one `writev` carry many records instead of four.
+pub const TLS_WRITE_BUFFER: usize = 1024 * 1024;
+
 /// An interrupted upload of a file at least this big is kept by the server
 /// (for a day) so that sending it again resumes where it broke; smaller
 /// ones just start over.

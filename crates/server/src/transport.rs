@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use distribusync_core::limits;
 use futures::{Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
@@ -205,7 +206,7 @@ pub(crate) struct Conn {
 /// The byte stream under a connection.
 enum Io {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<BufReader<TcpStream>>>),
 }
 
 /// The first byte of a TLS handshake record.
@@ -239,7 +240,16 @@ impl Conn {
                     "the client does not speak TLS",
                 ));
             }
-            acceptor.accept(tcp).await
+            // Read ahead below rustls, which reads one record at a time,
+            // and let it buffer more than its default before writing
+            // (docs/DESIGN.md, "TLS buffering").
+            let mut tls = acceptor
+                .accept(BufReader::with_capacity(limits::TLS_READ_BUFFER, tcp))
+                .await?;
+            tls.get_mut()
+                .1
+                .set_buffer_limit(Some(limits::TLS_WRITE_BUFFER));
+            Ok(tls)
         };
         match tokio::time::timeout_at(deadline, handshake_io).await {
             Ok(Ok(tls)) => Ok(Conn {
@@ -299,7 +309,7 @@ impl Connected for Conn {
     fn connect_info(&self) -> Self::ConnectInfo {
         match &self.io {
             Io::Plain(tcp) => tcp.connect_info(),
-            Io::Tls(tls) => tls.get_ref().0.connect_info(),
+            Io::Tls(tls) => tls.get_ref().0.get_ref().connect_info(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Tokens, scopes, confinement and job ownership through a real server on
-//! 127.0.0.1:0 and raw gRPC clients that send `authorization` themselves.
+//! 127.0.0.1:0 and raw gRPC clients that send `authorization` themselves
+//! (the table of every RPC against every kind of token runs over TLS).
 
 mod common;
 
@@ -13,7 +14,7 @@ use distribusync_proto::v1::{
     self, admin_client::AdminClient, compute_client::ComputeClient, files_client::FilesClient,
 };
 use distribusync_server::auth::{NewToken, TokenStore};
-use distribusync_server::{AuthConfig, AuthMode, ServerConfig};
+use distribusync_server::{AuthConfig, AuthMode, ServerConfig, TlsIdentity};
 use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -54,6 +55,20 @@ async fn channel(addr: &str) -> Channel {
         .connect()
         .await
         .expect("connects")
+}
+
+/// A TLS channel to the server at `addr` (given as http://), trusting the
+/// certificate whose fingerprint is `pin`.
+async fn tls_channel(addr: &str, pin: distribusync_core::Fingerprint) -> Channel {
+    let url = addr.replacen("http://", "https://", 1);
+    distribusync_client::ConnectionConfig::new(
+        &url,
+        distribusync_client::TlsTrust::Pinned(pin),
+        None,
+    )
+    .connect_bare()
+    .await
+    .expect("connects over TLS")
 }
 
 /// Sends `authorization: <value>` (as the other helper's client will).
@@ -423,8 +438,13 @@ async fn every_rpc_answers_each_kind_of_token_with_the_right_code() {
     let unknown = format!("dst_{}_{}", "0".repeat(16), "0".repeat(64));
     make(root, "victim", "read", None);
 
-    let server = TestServer::start_with(config(root)).await;
-    let ch = channel(&server.addr).await;
+    // Over TLS, as a client across machines talks to it.
+    let mut cfg = config(root);
+    let identity = TlsIdentity::self_signed(root, &["localhost".to_owned()]).unwrap();
+    let pin = identity.fingerprint();
+    cfg.tls = Some(identity);
+    let server = TestServer::start_with(cfg).await;
+    let ch = tls_channel(&server.addr, pin).await;
     let admin = Clients::new(&ch, token(&all));
     put(&admin, "seed/x", b"seed").await.unwrap();
     for n in 0..table.len() {
@@ -532,6 +552,48 @@ async fn failed_attempts_from_one_address_are_limited() {
     server.stop().await;
 }
 
+/// Sends the token under `header` instead of `authorization`.
+#[derive(Clone)]
+struct InHeader(&'static str, String);
+
+impl tonic::service::Interceptor for InHeader {
+    fn call(&mut self, mut r: Request<()>) -> Result<Request<()>, Status> {
+        r.metadata_mut()
+            .insert(self.0, self.1.parse().expect("ascii"));
+        Ok(r)
+    }
+}
+
+#[tokio::test]
+async fn a_token_in_another_header_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = make(dir.path(), "good", "read", None);
+    let server = TestServer::start_with(config(dir.path())).await;
+    let ch = channel(&server.addr).await;
+    for (header, value) in [
+        ("x-api-key", good.clone()),
+        ("token", good.clone()),
+        ("x-authorization", format!("Bearer {good}")),
+        ("proxy-authorization", format!("Bearer {good}")),
+    ] {
+        let mut files = FilesClient::with_interceptor(ch.clone(), InHeader(header, value.clone()));
+        let err = files
+            .stat(v1::StatRequest { path: "x".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{header}");
+        assert_eq!(err.message(), "invalid or missing token", "{header}");
+    }
+    // The same token in the right header works.
+    let err = Clients::new(&ch, token(&good))
+        .files()
+        .stat(v1::StatRequest { path: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_huge_authorization_header_fails_cleanly_and_the_server_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -609,6 +671,32 @@ async fn a_running_server_takes_new_tokens_and_drops_revoked_ones() {
     })
     .await
     .expect("a new token works within the poll");
+    // An open callbacks stream of a token ends UNAUTHENTICATED when it is
+    // revoked, as an open watch does (below).
+    let cb = make(root, "cb", "compute", None);
+    let cb_c = Clients::new(&ch, token(&cb));
+    let mut callbacks = tokio::time::timeout(T, async {
+        loop {
+            match cb_c
+                .compute()
+                .callbacks(v1::CallbacksRequest {
+                    client_id: "dev".into(),
+                })
+                .await
+            {
+                Ok(s) => break s.into_inner(),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await
+    .expect("the new token works within the poll");
+    revoke(root, "cb");
+    let end = tokio::time::timeout(T, callbacks.next())
+        .await
+        .expect("the callbacks stream ends")
+        .expect("with a status");
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
     // An open watch of the token ends UNAUTHENTICATED when it is revoked.
     let mut watch = late_c
         .files()

@@ -30,10 +30,14 @@ pub async fn ls(global: &Global, args: LsArgs) -> anyhow::Result<()> {
         Some(p) => Some(remote(p)?),
     };
     let client = connect(global).await?;
-    let mut pages = client
-        .list(prefix.as_ref())
-        .await
-        .with_context(|| format!("ls {}", args.prefix.as_deref().unwrap_or("")))?;
+    let mut pages =
+        client
+            .list(prefix.as_ref())
+            .await
+            .with_context(|| match args.prefix.as_deref() {
+                Some(p) => format!("ls {p}"),
+                None => "ls".to_owned(),
+            })?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while let Some(page) = pages.next_page().await.context("ls")? {
         for f in &page {

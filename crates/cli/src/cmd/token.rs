@@ -38,6 +38,10 @@ pub struct Target {
         default_value = "./MASTER"
     )]
     pub root: PathBuf,
+    /// Whether --root was given on the command line (set by `main` from
+    /// clap's matches): remotely it would be ignored, so it is refused.
+    #[arg(skip)]
+    pub root_on_command_line: bool,
     /// Manage a server remotely instead (with --server or --profile), with
     /// an admin token from the same connection settings as every client
     /// command (profile, --token-file, DISTRIBUSYNC_TOKEN).
@@ -143,6 +147,11 @@ fn refusal(e: TokenStoreError) -> anyhow::Error {
 
 /// A server's refusal as the command reports it.
 fn remote(status: tonic::Status) -> anyhow::Error {
+    // Refused at the TLS level (plaintext against TLS, a changed
+    // certificate): the connection's own one-line reason.
+    if let Some(c) = distribusync_client::connect::find_connect_error(&status) {
+        return anyhow::anyhow!("token: {c}");
+    }
     match status.code() {
         tonic::Code::InvalidArgument => UsageError(format!("token: {}", status.message())).into(),
         _ => anyhow::anyhow!("token: {} ({:?})", status.message(), status.code()),
@@ -152,6 +161,11 @@ fn remote(status: tonic::Status) -> anyhow::Error {
 pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     let remote = &args.target.remote;
     match remote.server.is_some() || remote.profile.is_some() {
+        true if args.target.root_on_command_line => Err(UsageError(format!(
+            "token: --root {} works on a server's folder directly, --server/--profile (or DISTRIBUSYNC_SERVER) through a running server: give one of them",
+            args.target.root.display()
+        ))
+        .into()),
         true => run_remote(remote, args.command).await,
         false => {
             let root = args.target.root.clone();

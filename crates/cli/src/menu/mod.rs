@@ -15,6 +15,7 @@ mod autosync;
 mod compute;
 mod console;
 mod files;
+mod setup;
 
 use std::fmt::Display;
 use std::sync::Arc;
@@ -38,14 +39,24 @@ const FILES_SERVICE: &str = "distribusync.v1.Files";
 const COMPUTE_SERVICE: &str = "distribusync.v1.Compute";
 
 pub async fn run(global: &Global) -> anyhow::Result<()> {
-    let config = crate::connection::resolve(global)?;
-    let files_addr = config.endpoint.clone();
-    let compute_addr = config.compute().to_owned();
-    let files = FilesClient::lazy(&config)?;
-    let compute = ComputeClient::lazy(&config, crate::cmd::compute::client_id(global))?;
+    let resolved = crate::connection::resolve_given(global)?;
+    let compute_server = global.compute_server.clone();
+    let client_id = crate::cmd::compute::client_id(global);
     let rt = Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let console = Console::open(rt.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut console = Console::open(rt.clone());
+        let Ok(config) = setup::complete(&mut console, resolved, compute_server.as_deref()) else {
+            println!("Bye.");
+            return Ok(());
+        };
+        // Lazy channels start a task: they are made inside the runtime.
+        let (files, compute) = {
+            let _entered = rt.enter();
+            (
+                FilesClient::lazy(&config)?,
+                ComputeClient::lazy(&config, client_id)?,
+            )
+        };
         let printer = console.printer();
         let mut menu = Menu {
             rt,
@@ -53,16 +64,17 @@ pub async fn run(global: &Global) -> anyhow::Result<()> {
             printer,
             files,
             compute,
-            files_addr,
-            compute_addr,
+            files_addr: config.endpoint.clone(),
+            compute_addr: config.compute().to_owned(),
             config,
             autosync: autosync::AutoSync::default(),
             pending_jobs: Arc::default(),
         };
         menu.main_loop();
         menu.close();
+        Ok(())
     })
-    .await?;
+    .await??;
     Ok(())
 }
 

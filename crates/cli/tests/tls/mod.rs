@@ -270,6 +270,90 @@ fn plaintext_against_tls_and_tls_against_plaintext_each_get_one_clear_line() {
     );
 }
 
+/// Every client command, `sync` (one pass and the daemon), `login` and the
+/// menu: plaintext against a TLS server, and TLS against a plaintext one,
+/// each say so in one line naming the URL to use.
+#[test]
+fn every_command_names_a_plaintext_tls_mismatch_in_one_line() {
+    let (_t, dir) = tmp();
+    let tls = TlsServer::start(&dir.join("tls"), "127.0.0.1:0", &["--tls", "on"]);
+    let plain = TlsServer::start(&dir.join("plain"), "127.0.0.1:0", &[]);
+    let fp = tls.fingerprint.clone().unwrap();
+    std::fs::write(dir.join("a.txt"), b"a").unwrap();
+    std::fs::create_dir_all(dir.join("here")).unwrap();
+    let to_tls = format!("http://127.0.0.1:{}", tls.port());
+    let to_plain = format!("https://127.0.0.1:{}", plain.port());
+    let commands: &[&[&str]] = &[
+        &["ls"],
+        &["put", "a.txt", "a.txt"],
+        &["get", "a.txt", "b.txt"],
+        &["rm", "a.txt"],
+        &["mv", "a.txt", "c.txt"],
+        &["stat", "a.txt"],
+        &["add", "1", "2"],
+        &["sort", "3", "1"],
+        &["job", "00000000-0000-0000-0000-000000000000"],
+        &["jobs"],
+        &["sync", "here", "--once"],
+        &["token", "list"],
+    ];
+    for args in commands {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--server", &to_tls]);
+        let err = fail(&dir, &a, 1);
+        assert!(
+            err.contains(&format!("speaks TLS: use https://127.0.0.1:{}", tls.port())),
+            "{args:?}: {err}"
+        );
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--server", &to_plain, "--fingerprint", &fp]);
+        let err = fail(&dir, &a, 1);
+        assert!(
+            err.contains(&format!(
+                "does not speak TLS: use http://127.0.0.1:{}",
+                plain.port()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    let err = fail(&dir, &["login", &to_tls], 1);
+    assert!(err.contains("speaks TLS"), "{err}");
+    let err = fail(&dir, &["login", &to_plain], 1);
+    assert!(err.contains("does not speak TLS"), "{err}");
+
+    // The sync daemon says why it cannot sync, not only that it cannot.
+    let mut daemon = cmd(&dir, &[], &["sync", "here", "--server", &to_tls])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let said = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("speaks TLS") || l.contains("unreachable"));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let said = said.expect("the daemon said something about the server");
+    assert!(said.contains("speaks TLS: use https://"), "{said}");
+
+    // The menu's header names it too.
+    let mut menu = cmd(&dir, &[], &["menu", "--server", &to_tls])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(menu.stdin.take());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut menu.stdout.take().unwrap(), &mut out).unwrap();
+    menu.wait().unwrap();
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("DistribuSync"))
+        .unwrap_or("");
+    assert!(header.contains("speaks TLS: use https://"), "{out}");
+}
+
 #[test]
 fn serving_plaintext_beyond_loopback_is_refused_unless_insecure_which_warns() {
     let (_t, dir) = tmp();
@@ -627,4 +711,155 @@ fn processes_making_the_self_signed_identity_at_once_agree_on_it() {
         .collect();
     assert!(printed.iter().all(|f| *f == printed[0]), "{printed:?}");
     assert_eq!(print_fingerprint(&dir, Path::new(root)), printed[0]);
+}
+
+/// The menu with nothing configured asks for the server, shows the
+/// certificate's fingerprint and asks to trust it, asks for the token the
+/// server wants (again after a wrong one), offers to save all that as a
+/// profile, and then works; the saved profile works for other commands.
+#[test]
+fn the_menu_asks_for_what_is_missing_and_saves_it_as_a_profile() {
+    use std::io::{Read, Write};
+    let (_t, dir) = tmp();
+    let root = dir.join("MASTER");
+    std::fs::create_dir_all(&root).unwrap();
+    let secret = token(&dir, &root, "laptop", "read,write", &[]);
+    let server = TlsServer::start(&root, "127.0.0.1:0", &["--tls", "on", "--auth", "on"]);
+    let fp = server.fingerprint.clone().unwrap();
+    std::fs::write(dir.join("hello.txt"), b"hi").unwrap();
+    let token_file = dir.join("laptop.token");
+    let conn = [
+        "--server",
+        server.url.as_str(),
+        "--fingerprint",
+        fp.as_str(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    ok(
+        &dir,
+        &[&["put", "hello.txt", "hello.txt"][..], &conn[..]].concat(),
+    );
+
+    let mut menu = cmd(&dir, &[], &["menu"])
+        .env_remove("DISTRIBUSYNC_SERVER")
+        .env_remove("DISTRIBUSYNC_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = menu.stdin.take().unwrap();
+    // Server, trust, a wrong token then the right one, the profile's name,
+    // then Files > List files (everything) > Back, then Exit.
+    let typed = format!(
+        "{}\ny\ndst_wrong\n{secret}\nwork\n1\n5\n\n6\n5\n",
+        server.url
+    );
+    stdin.write_all(typed.as_bytes()).unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    menu.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    menu.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(menu.wait().unwrap().success(), "{out}\n{err}");
+    for said in [
+        "Server address",
+        &format!("fingerprint\n  {fp}"),
+        "Trust it?",
+        "wants an access token",
+        "Save these settings as a profile?",
+        "Saved profile \"work\"",
+        "(connected)",
+        "hello.txt",
+    ] {
+        assert!(out.contains(said), "{said:?} in:\n{out}\n{err}");
+    }
+    assert_eq!(
+        out.matches("wants an access token").count(),
+        2,
+        "asked again after the wrong token:\n{out}"
+    );
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("config/distribusync/profiles.json")).unwrap(),
+    )
+    .unwrap();
+    let work = &saved["profiles"]["work"];
+    assert_eq!(work["url"], server.url.as_str());
+    assert_eq!(work["fingerprint"], fp.as_str());
+    assert_eq!(work["token"], secret.as_str());
+    let listed = ok(&dir, &["ls", "--profile", "work"]);
+    assert!(listed.contains("hello.txt"), "{listed}");
+}
+
+/// A foreign client: Python's grpcio, given the CA file and the token as
+/// `authorization: Bearer` metadata, lists files and adds numbers on a TLS
+/// server with tokens (and is refused without the token). The script
+/// makes its venv once under target/py-venv.
+#[test]
+fn python_grpcio_with_the_ca_and_a_token_lists_files_and_adds() {
+    let (_t, dir) = tmp();
+    let (root_ca, chain, key) = ca_chain();
+    std::fs::write(dir.join("root.pem"), root_ca).unwrap();
+    std::fs::write(dir.join("chain.pem"), chain).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    let root = dir.join("MASTER");
+    std::fs::create_dir_all(&root).unwrap();
+    let secret = token(&dir, &root, "python", "read,write,compute", &[]);
+    let server = TlsServer::start(
+        &root,
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            dir.join("chain.pem").to_str().unwrap(),
+            "--tls-key",
+            dir.join("key.pem").to_str().unwrap(),
+            "--auth",
+            "on",
+        ],
+    );
+    let url = format!("https://localhost:{}", server.port());
+    std::fs::write(dir.join("report.txt"), b"twelve bytes").unwrap();
+    ok(
+        &dir,
+        &[
+            "put",
+            "report.txt",
+            "docs/report.txt",
+            "--server",
+            &url,
+            "--ca",
+            "root.pem",
+            "--token-file",
+            "python.token",
+        ],
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/foreign/grpcio.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(format!("localhost:{}", server.port()))
+        .arg(dir.join("root.pem"))
+        .env("DISTRIBUSYNC_TOKEN", &secret)
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Python client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("file docs/report.txt 12\n"), "{stdout}");
+    assert!(stdout.contains("sum 41\n"), "{stdout}");
+    assert!(
+        stdout.contains("without a token: UNAUTHENTICATED"),
+        "{stdout}"
+    );
 }

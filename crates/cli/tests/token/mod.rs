@@ -124,6 +124,28 @@ fn tokens_made_on_root_while_serving_lock_the_server_and_admin_works_remotely() 
     let boss_row = rows.iter().find(|r| r["name"] == "boss").unwrap();
     assert!(boss_row["expires"].is_string() && boss_row["created"].is_string());
     one_line_exit(&remote(&["revoke", "nobody"], &boss), 1, "no token named");
+    // --root with --server would be ignored: refused, and nothing made.
+    let root = dir.join("MASTER");
+    one_line_exit(
+        &remote(
+            &[
+                "create",
+                "x",
+                "--scopes",
+                "read",
+                "--root",
+                root.to_str().unwrap(),
+            ],
+            &boss,
+        ),
+        2,
+        "--root",
+    );
+    one_line_exit(
+        &remote(&["--root", root.to_str().unwrap(), "list"], &boss),
+        2,
+        "give one of them",
+    );
     one_line_exit(
         &remote(&["list"], "dst_nope"),
         1,

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{Context, Poll};
 
+use distribusync_core::limits;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::ConnectError;
@@ -94,8 +95,17 @@ impl Connector {
             return Ok(ClientIo::Plain(sniff));
         };
         let connector = tokio_rustls::TlsConnector::from(config.clone());
-        match connector.connect(name.clone(), sniff).await {
-            Ok(tls) => Ok(ClientIo::Tls(Box::new(tls))),
+        // Read ahead below rustls, which reads one record at a time, and
+        // let it buffer more than its default before writing
+        // (docs/DESIGN.md, "TLS buffering").
+        let buffered = BufReader::with_capacity(limits::TLS_READ_BUFFER, sniff);
+        match connector.connect(name.clone(), buffered).await {
+            Ok(mut tls) => {
+                tls.get_mut()
+                    .1
+                    .set_buffer_limit(Some(limits::TLS_WRITE_BUFFER));
+                Ok(ClientIo::Tls(Box::new(tls)))
+            }
             Err(e) => Err(self.handshake_error(&e, first.load(Ordering::Relaxed))),
         }
     }
@@ -156,7 +166,7 @@ fn certificate_why(c: &rustls::CertificateError) -> String {
 /// The stream under a channel.
 pub(crate) enum ClientIo {
     Plain(Sniff),
-    Tls(Box<tokio_rustls::client::TlsStream<Sniff>>),
+    Tls(Box<tokio_rustls::client::TlsStream<BufReader<Sniff>>>),
 }
 
 /// A TCP stream that remembers the first byte the server sent and, on a

@@ -429,7 +429,7 @@ pub fn lazy_channel(addr: &str) -> Result<Channel> {
 }
 
 /// What a probe of a server found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reachability {
     /// It answers health checks and serves the service asked about.
     Serving,
@@ -439,6 +439,10 @@ pub enum Reachability {
     NotResponding,
     /// No connection.
     Unreachable,
+    /// A connection opens but is refused at the TLS level: TLS spoken to
+    /// a plaintext server or the reverse, an untrusted or changed
+    /// certificate. The message says which and what to do.
+    Refused(String),
 }
 
 impl std::fmt::Display for Reachability {
@@ -448,6 +452,7 @@ impl std::fmt::Display for Reachability {
             Self::NotServing => "connected, but not serving this",
             Self::NotResponding => "not responding",
             Self::Unreachable => "unreachable",
+            Self::Refused(why) => why,
         })
     }
 }
@@ -463,8 +468,10 @@ pub async fn probe(
     use tonic_health::pb::health_check_response::ServingStatus;
     let config = config.into();
     let check = async {
-        let Ok(channel) = config.connect().await else {
-            return Reachability::Unreachable;
+        let channel = match config.connect().await {
+            Ok(channel) => channel,
+            Err(ClientError::Connect(c)) => return Reachability::Refused(c.to_string()),
+            Err(_) => return Reachability::Unreachable,
         };
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let request = tonic_health::pb::HealthCheckRequest {
@@ -474,7 +481,10 @@ pub async fn probe(
             Ok(r) if r.get_ref().status() == ServingStatus::Serving => Reachability::Serving,
             Ok(_) => Reachability::NotServing,
             Err(s) if s.code() == tonic::Code::NotFound => Reachability::NotServing,
-            Err(_) => Reachability::NotResponding,
+            Err(s) => match find_connect_error(&s) {
+                Some(c) => Reachability::Refused(c.to_string()),
+                None => Reachability::NotResponding,
+            },
         }
     };
     match tokio::time::timeout(timeout, check).await {
