@@ -230,6 +230,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub tls_names: Vec<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (plain HTTP, no
+    /// token: keep it on loopback or a private network). Off when omitted.
+    #[arg(long, env = "DISTRIBUSYNC_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Print the SHA-256 fingerprint of the server's certificate and exit
     /// (making the self-signed one first if there is none).
     #[arg(long)]

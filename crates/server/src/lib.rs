@@ -15,6 +15,8 @@ mod download;
 pub mod error;
 pub mod files;
 pub mod locks;
+mod metrics;
+mod observe;
 mod oversize;
 mod serve;
 pub mod store;

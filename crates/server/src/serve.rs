@@ -18,6 +18,7 @@ use crate::admin::AdminService;
 use crate::auth::{Auth, AuthConfig, AuthLayer, AuthMode, TokenStore};
 use crate::compute::{ComputeConfig, ComputeService};
 use crate::files::FilesService;
+use crate::observe::{Live, ObserveLayer};
 use crate::store::{Store, StoreConfig};
 use crate::transport::{self, KEEPALIVE_TIMEOUT, TransportConfig};
 
@@ -56,6 +57,10 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// TLS identity; `None`: plaintext.
     pub tls: Option<crate::TlsIdentity>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), bound by the
+    /// caller (so a taken address is the caller's error to report);
+    /// `None`: no metrics are recorded.
+    pub metrics: Option<Arc<std::net::TcpListener>>,
 }
 
 impl ServerConfig {
@@ -69,6 +74,7 @@ impl ServerConfig {
             transport: TransportConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            metrics: None,
         }
     }
 }
@@ -81,6 +87,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(std::io::Error),
     #[error("cannot open the token table: {0}")]
     Tokens(#[from] crate::auth::TokenStoreError),
     #[error(
@@ -119,8 +127,11 @@ pub async fn serve(
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
 
+    let started = std::time::Instant::now();
+    let mut store_handle = None;
     let files = if config.services.files {
         let store = Store::open(&config.root, config.store.clone()).await?;
+        store_handle = Some(store.clone());
         health_reporter
             .set_serving::<FilesServer<FilesService>>()
             .await;
@@ -135,6 +146,7 @@ pub async fn serve(
     } else {
         None
     };
+    let mut compute_handle = None;
     let compute = if config.services.compute {
         health_reporter
             .set_serving::<ComputeServer<ComputeService>>()
@@ -143,10 +155,46 @@ pub async fn serve(
             idle_timeout: config.transport.idle_timeout,
             ..config.compute.clone()
         };
-        Some(ComputeService::with_shutdown(compute, token.clone()).into_server())
+        let service = ComputeService::with_shutdown(compute, token.clone());
+        compute_handle = Some(service.clone());
+        Some(service.into_server())
     } else {
         None
     };
+    let live = Arc::new(Live::default());
+    let recorder = config.metrics.as_ref().map(|_| crate::metrics::recorder());
+    if let (Some(listener), Some(recorder)) = (&config.metrics, &recorder) {
+        let listener = listener
+            .try_clone()
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            })
+            .map_err(ServeError::Metrics)?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics on /metrics");
+        let sources = crate::metrics::Sources {
+            store: store_handle.clone(),
+            compute: compute_handle.clone(),
+            live: live.clone(),
+            started,
+        };
+        tokio::spawn(crate::metrics::serve_endpoint(
+            listener,
+            recorder.clone(),
+            sources,
+            token.clone(),
+        ));
+    }
+    let observe = ObserveLayer::new(
+        &[
+            distribusync_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        recorder,
+        live.clone(),
+    );
 
     let tokens = if config.auth.mode == AuthMode::Off {
         None
@@ -203,6 +251,9 @@ pub async fn serve(
         .initial_connection_window_size(Some(limits::SERVER_CONNECTION_WINDOW))
         .tcp_nodelay(true)
         .max_frame_size(limits::HTTP2_MAX_FRAME)
+        // Metrics and the log line of each failed call (see `observe`);
+        // outermost, so it sees refusals and the final status codes.
+        .layer(observe)
         // A message over the size limit is RESOURCE_EXHAUSTED, not tonic's
         // OUT_OF_RANGE (see `oversize`).
         .layer(crate::oversize::OversizeLayer)

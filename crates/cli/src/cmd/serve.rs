@@ -86,6 +86,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(std::sync::Arc::new(
+            std::net::TcpListener::bind(addr).map_err(|e| {
+                UsageError(format!("serve: cannot listen for metrics on {addr}: {e}"))
+            })?,
+        )),
+        None => None,
+    };
     let open_files = distribusync_server::raise_descriptor_limit();
     tracing::debug!(?open_files, "open-file limit");
     let mut config = ServerConfig::new(&args.root);
@@ -143,6 +151,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     config.tls = tls;
+    if let Some(m) = &metrics {
+        eprintln!(
+            "distribusync: metrics on http://{}/metrics",
+            m.local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string())
+        );
+    }
+    config.metrics = metrics;
     distribusync_server::serve(listener, config, shutdown_signal())
         .await
         .context("server failed")?;

@@ -109,6 +109,18 @@ impl Default for StoreConfig {
     }
 }
 
+/// What the store holds (see [`Store::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Files and their bytes, as the index records them.
+    pub files: u64,
+    pub bytes: u64,
+    /// The index's size on disk (database and write-ahead log).
+    pub index_bytes: u64,
+    /// Parts of interrupted uploads kept for resuming.
+    pub kept: KeptParts,
+}
+
 /// A cheap, cloneable handle on the store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -985,6 +997,31 @@ impl Store {
         let s = self.clone();
         self.run(move || s.inner.index.changes_since(since, limit))
             .await
+    }
+
+    /// What the store holds now, for metrics and `status` (one scan of
+    /// the index and of the kept parts' folder).
+    ///
+    /// # Errors
+    /// When the index cannot be read.
+    pub async fn stats(&self) -> Result<StoreStats> {
+        let s = self.clone();
+        self.run(move || {
+            let (files, bytes) = s.inner.index.totals()?;
+            let meta = s.inner.disk.meta_dir();
+            let index_bytes = ["index.db", "index.db-wal"]
+                .iter()
+                .filter_map(|n| std::fs::metadata(meta.join(n)).ok())
+                .map(|m| m.len())
+                .sum();
+            Ok(StoreStats {
+                files,
+                bytes,
+                index_bytes,
+                kept: s.kept_parts(),
+            })
+        })
+        .await
     }
 
     /// `(floor, newest)`: watchers with `since < floor` must resync.

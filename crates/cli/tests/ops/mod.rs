@@ -1,0 +1,225 @@
+//! Operations: metrics, logs, status (issue 13).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{Server, cmd, ok, tmp};
+
+/// Waits (safety net: 20 s) until the server logged the metrics address,
+/// and returns it.
+fn metrics_addr(server: &Server) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = server.logs.lock().unwrap().iter().find_map(|l| {
+            l.split_once("metrics on http://")
+                .map(|(_, a)| a.to_owned())
+        });
+        if let Some(a) = found {
+            return a.trim_end_matches("/metrics").to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never said where metrics are"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.0: the status line and the body.
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_lowercase().contains("content-type: text/plain"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// Samples by their full name with labels (`name{a="b",c="d"}`, labels as
+/// the exporter renders them).
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn get(s: &HashMap<String, f64>, key: &str) -> f64 {
+    s.get(key).copied().unwrap_or(0.0)
+}
+
+/// A Python venv under target/ with `prometheus-client` (made once).
+fn prometheus_python() -> std::path::PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-prometheus-venv");
+    let python = venv.join("bin/python");
+    let has = |p: &Path| {
+        std::process::Command::new(p)
+            .args(["-c", "import prometheus_client"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&python) {
+        let st = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs (.ci/run installs python3-venv)");
+        assert!(st.success(), "python3 -m venv failed");
+        let st = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "prometheus-client==0.26.0"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "pip install prometheus-client failed");
+    }
+    python
+}
+
+/// The whole scrape through the reference parser: every family it finds,
+/// as `name type samples` lines.
+fn parse_with_prometheus_client(text: &str) -> String {
+    let python = prometheus_python();
+    let mut child = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys\n\
+             from prometheus_client.parser import text_string_to_metric_families\n\
+             for f in text_string_to_metric_families(sys.stdin.read()):\n\
+             \x20   print(f.name, f.type, len(f.samples))\n",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client cannot parse the scrape: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn metrics_move_by_exactly_the_calls_made_and_parse_with_prometheus_client() {
+    let (_t, dir) = tmp();
+    let server = Server::start_with(&dir, &["--metrics-listen", "127.0.0.1:0"]);
+    let s = &server.addr;
+    let m = metrics_addr(&server);
+    let before = samples(&scrape(&m));
+
+    for _ in 0..3 {
+        assert_eq!(ok(&dir, s, &["add", "2", "3"]), "5\n");
+    }
+    ok(&dir, s, &["add", "1", "2", "--async"]);
+    super::fail(&dir, s, &["stat", "missing.txt"], 1);
+    std::fs::write(dir.join("a.bin"), vec![7u8; 10_000]).unwrap();
+    ok(&dir, s, &["put", "a.bin"]);
+    std::fs::write(dir.join("b.bin"), vec![8u8; 3_000]).unwrap();
+    ok(&dir, s, &["put", "b.bin"]);
+
+    let text = scrape(&m);
+    let after = samples(&text);
+    let delta = |k: &str| get(&after, k) - get(&before, k);
+    let add_ok = r#"distribusync_rpc_requests_total{service="distribusync.v1.Compute",method="Add",code="OK"}"#;
+    assert_eq!(delta(add_ok), 3.0, "{text}");
+    let stat_nf = r#"distribusync_rpc_requests_total{service="distribusync.v1.Files",method="Stat",code="NOT_FOUND"}"#;
+    assert_eq!(delta(stat_nf), 1.0, "{text}");
+    // The latency histogram has real buckets, and counted the same calls.
+    let add_count = r#"distribusync_rpc_duration_seconds_count{service="distribusync.v1.Compute",method="Add"}"#;
+    assert_eq!(delta(add_count), 3.0, "{text}");
+    let add_inf = r#"distribusync_rpc_duration_seconds_bucket{service="distribusync.v1.Compute",method="Add",le="+Inf"}"#;
+    assert_eq!(delta(add_inf), 3.0, "{text}");
+    assert!(text.contains(r#"method="Add",le="0.005"}"#), "{text}");
+    // One job ran and succeeded.
+    assert_eq!(
+        delta(r#"distribusync_jobs_finished_total{state="succeeded"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(get(&after, r#"distribusync_jobs{state="queued"}"#), 0.0);
+    assert_eq!(get(&after, r#"distribusync_jobs{state="running"}"#), 0.0);
+    // Two files of 13,000 bytes are stored; the index has a size.
+    assert_eq!(get(&after, "distribusync_files"), 2.0, "{text}");
+    assert_eq!(get(&after, "distribusync_file_bytes"), 13_000.0, "{text}");
+    assert!(get(&after, "distribusync_index_bytes") > 0.0, "{text}");
+    assert_eq!(get(&after, "distribusync_kept_parts"), 0.0, "{text}");
+    assert_eq!(get(&after, "distribusync_uploads_in_progress"), 0.0);
+    // The uploads' bytes arrived (gRPC framing and headers on top).
+    let received: f64 = after
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("distribusync_rpc_received_bytes_total")
+                && k.contains(r#"service="distribusync.v1.Files""#)
+                && k.contains(r#"method="Upload"#)
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert!(received >= 13_000.0, "{received}\n{text}");
+    let sent = delta(
+        r#"distribusync_rpc_sent_bytes_total{service="distribusync.v1.Compute",method="Add"}"#,
+    );
+    assert!(sent > 0.0, "{text}");
+
+    let families = parse_with_prometheus_client(&text);
+    for want in [
+        "distribusync_rpc_requests counter",
+        "distribusync_rpc_duration_seconds histogram",
+        "distribusync_files gauge",
+        "distribusync_jobs_finished counter",
+    ] {
+        assert!(
+            families.lines().any(|l| l.starts_with(want)),
+            "{want} missing from {families}"
+        );
+    }
+}
+
+#[test]
+fn a_metrics_address_in_use_is_one_line_and_exit_2() {
+    let (_t, dir) = tmp();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = cmd(
+        &dir,
+        &[],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &addr,
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "distribusync: serve: cannot listen for metrics on {addr}:"
+        )),
+        "{err}"
+    );
+}
