@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 
 cargo build --release -q -p distribusync --bin distribusync --example compute_bench
-BIN=$PWD/target/release/distribusync
-BENCH=$PWD/target/release/examples/compute_bench
+T=${CARGO_TARGET_DIR:-$PWD/target}
+BIN=$T/release/distribusync
+BENCH=$T/release/examples/compute_bench
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-bench.XXXXXX")
 cleanup() { kill "${SERVER_PID:-}" "${SCRAPER_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
