@@ -243,6 +243,18 @@ pub struct ServeArgs {
     /// start.
     #[arg(long, env = "DISTRIBUSYNC_INSECURE")]
     pub insecure: bool,
+    /// Log lines as plain text (for a person) or JSON, one object a line
+    /// (for a log collector).
+    #[arg(long, env = "DISTRIBUSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format` of `serve` and `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
 }
 
 /// `serve --auth`.
@@ -344,6 +356,9 @@ pub struct SyncArgs {
     /// Transfers (single files or batches of small ones) in flight at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub transfers: u16,
+    /// Log lines as plain text or JSON (one object a line).
+    #[arg(long, env = "DISTRIBUSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

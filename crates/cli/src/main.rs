@@ -82,13 +82,24 @@ fn init_tracing(command: &Command) {
         Command::Menu(_) => "error",
         _ => "warn",
     };
+    let format = match command {
+        Command::Serve(a) => a.log_format,
+        Command::Sync(c) => c.args.log_format,
+        _ => cli::LogFormat::Plain,
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
+        // One JSON object a line: the event's fields at the top level
+        // (`code`, `method`, …), beside `timestamp`, `level`, `target`.
+        cli::LogFormat::Json => builder.json().flatten_event(true).init(),
         // Colours only for a person; a log file or a pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        cli::LogFormat::Plain => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

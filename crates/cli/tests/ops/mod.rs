@@ -223,3 +223,77 @@ fn a_metrics_address_in_use_is_one_line_and_exit_2() {
         "{err}"
     );
 }
+
+/// Log lines (stderr lines that are not the binary's own `distribusync:`
+/// messages) parsed as JSON; panics on one that is not.
+fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter(|l| !l.starts_with("distribusync: ") && !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn json_logs_name_each_failed_call_once_with_its_code() {
+    let (_t, dir) = tmp();
+    let server = Server::start_with(&dir, &["--log-format", "json"]);
+    let s = &server.addr;
+    super::fail(&dir, s, &["stat", "missing.txt"], 1);
+    assert_eq!(ok(&dir, s, &["add", "1", "2"]), "3\n");
+    // A refused call is logged by the same layer.
+    super::fail(&dir, s, &["add", "9223372036854775807", "1"], 1);
+    // The add after the failures is answered, so their lines are written.
+    assert_eq!(ok(&dir, s, &["add", "1", "1"]), "2\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let lines = server.logs.lock().unwrap().clone();
+        let failed: Vec<serde_json::Value> = json_lines(&lines)
+            .into_iter()
+            .filter(|v| v["message"] == "request failed")
+            .collect();
+        if failed.len() >= 2 || Instant::now() > deadline {
+            break failed;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let stat = &failed[0];
+    assert_eq!(stat["method"], "Stat", "{stat}");
+    assert_eq!(stat["service"], "distribusync.v1.Files", "{stat}");
+    assert_eq!(stat["code"], "NOT_FOUND", "{stat}");
+    assert_eq!(stat["level"], "INFO", "{stat}");
+    assert!(
+        stat["error"].as_str().unwrap().contains("missing.txt"),
+        "{stat}"
+    );
+    assert_eq!(failed[1]["method"], "Add", "{}", failed[1]);
+    assert_ne!(failed[1]["code"], "OK");
+}
+
+#[test]
+fn sync_logs_json_too() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    std::fs::create_dir_all(dir.join("SYNC")).unwrap();
+    std::fs::write(dir.join("SYNC/a.txt"), "a").unwrap();
+    let out = cmd(
+        &dir,
+        &[("DISTRIBUSYNC_SERVER", &server.addr), ("RUST_LOG", "info")],
+        &["sync", "SYNC", "--once", "--log-format", "json"],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<String> = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let logs = json_lines(&lines);
+    assert!(!logs.is_empty(), "no log lines at RUST_LOG=info: {lines:?}");
+    assert!(
+        logs.iter()
+            .all(|v| v["level"].is_string() && v["timestamp"].is_string())
+    );
+}
