@@ -103,6 +103,9 @@ pub enum Command {
     Jobs(Client<crate::cmd::compute::JobsArgs>),
     /// Keep a local folder in sync with the server (until Ctrl-C).
     Sync(Client<SyncArgs>),
+    /// What the server is and holds (version, uptime, files, streams,
+    /// jobs), or with --sync DIR what that folder's sync daemon is doing.
+    Status(Client<crate::cmd::status::StatusArgs>),
     /// Make, list and revoke access tokens (on the server's ROOT, or
     /// remotely with --server and an admin token).
     Token(crate::cmd::token::TokenArgs),

@@ -116,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(c) => cmd::compute::job(&c.global, c.args).await,
         Command::Jobs(c) => cmd::compute::jobs(&c.global, c.args).await,
         Command::Sync(c) => cmd::sync::run(&c.global, c.args).await,
+        Command::Status(c) => cmd::status::run(&c.global, c.args).await,
         Command::Menu(c) => menu::run(&c.global).await,
         Command::Token(args) => cmd::token::run(args).await,
         Command::Login(args) => cmd::login::run(args).await,

@@ -23,6 +23,14 @@ pub mod store;
 mod tls;
 mod transport;
 
+/// The version and the commit built from: `0.1.0 (commit 1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DISTRIBUSYNC_COMMIT"),
+    ")"
+);
+
 pub use auth::{AuthConfig, AuthMode, Identity};
 pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;

@@ -215,8 +215,21 @@ pub async fn serve(
         required = auth.required(),
         "authentication"
     );
-    let admin = tokens.map(|t| AdminServer::new(AdminService::new(t, auth.clone())));
 
+    let root = config
+        .services
+        .files
+        .then(|| std::path::absolute(&config.root).unwrap_or_else(|_| config.root.clone()));
+    let admin = AdminServer::new(AdminService::new(tokens, auth.clone()).with_status(
+        crate::admin::StatusSource {
+            store: store_handle.clone(),
+            compute: compute_handle.clone(),
+            live: live.clone(),
+            started,
+            root,
+            tls: config.tls.is_some(),
+        },
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(distribusync_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -267,7 +280,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_optional_service(files)
         .add_optional_service(compute)
-        .add_optional_service(admin)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
     let grace = config.shutdown_grace;

@@ -297,3 +297,113 @@ fn sync_logs_json_too() {
             .all(|v| v["level"].is_string() && v["timestamp"].is_string())
     );
 }
+
+#[test]
+fn status_names_version_uptime_root_files_streams_and_jobs() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    std::fs::write(dir.join("a.txt"), "hello").unwrap();
+    ok(&dir, s, &["put", "a.txt"]);
+    ok(&dir, s, &["add", "1", "2", "--async"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&dir, s, &["status", "--json"])).unwrap();
+    let version = v["version"].as_str().unwrap();
+    assert!(
+        version.starts_with(env!("CARGO_PKG_VERSION")) && version.contains("commit"),
+        "{v}"
+    );
+    assert_eq!(v["backend"], "local", "{v}");
+    assert!(v["root"].as_str().unwrap().ends_with("/MASTER"), "{v}");
+    assert!(Path::new(v["root"].as_str().unwrap()).is_absolute(), "{v}");
+    assert_eq!(
+        v["services"],
+        serde_json::json!(["files", "compute"]),
+        "{v}"
+    );
+    assert_eq!(v["files"], 1, "{v}");
+    assert_eq!(v["bytes"], 5, "{v}");
+    assert_eq!(v["jobs_finished"], 1, "{v}");
+    assert_eq!(v["jobs_queued"], 0, "{v}");
+    assert_eq!(v["open_streams"], 0, "{v}");
+    assert!(v["uptime_seconds"].is_u64(), "{v}");
+    assert_eq!(v["auth_required"], false, "{v}");
+    let plain = ok(&dir, s, &["status"]);
+    assert!(plain.contains("files        1 (5 bytes)"), "{plain}");
+    assert!(
+        plain.contains("jobs         0 queued, 0 running, 1 finished"),
+        "{plain}"
+    );
+}
+
+#[test]
+fn status_sync_asks_the_running_daemon_over_its_socket() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let sync_dir = dir.join("SYNC");
+    std::fs::create_dir_all(&sync_dir).unwrap();
+    std::fs::write(sync_dir.join("a.txt"), "a").unwrap();
+    std::fs::write(sync_dir.join("b.txt"), "bb").unwrap();
+    // No daemon yet: one line, exit 1.
+    let out = cmd(&dir, &[], &["status", "--sync", "SYNC"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no sync daemon is answering for SYNC"),
+        "{err}"
+    );
+
+    let mut daemon = cmd(
+        &dir,
+        &[("DISTRIBUSYNC_SERVER", &server.addr)],
+        &["sync", "SYNC"],
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let out = cmd(&dir, &[], &["status", "--sync", "SYNC", "--json"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if v["state"] == "idle" && v["uploaded"] == 2 {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never reported a pass: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(v["pending"], 0, "{v}");
+    assert_eq!(v["in_flight"], 0, "{v}");
+    assert!(v["last_error"].is_null(), "{v}");
+    assert!(v["last_pass"].as_str().unwrap().ends_with('Z'), "{v}");
+    assert_eq!(v["server"], server.addr.as_str(), "{v}");
+    let plain = String::from_utf8(
+        cmd(&dir, &[], &["status", "--sync", "SYNC"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(plain.contains("state       idle"), "{plain}");
+    assert!(plain.contains("last error  none"), "{plain}");
+
+    // Stopped: the socket is gone with it.
+    std::process::Command::new("kill")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    assert!(!sync_dir.join(".distribusync/status.sock").exists());
+    let out = cmd(&dir, &[], &["status", "--sync", "SYNC"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
