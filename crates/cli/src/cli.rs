@@ -81,6 +81,9 @@ pub struct Global {
 pub enum Command {
     /// Run the server: serve the folder ROOT (MASTER) over gRPC.
     Serve(ServeArgs),
+    /// Print the settings `serve` would use (flags, environment, --config
+    /// file, defaults) as a TOML file, each with where it came from.
+    Config(ServeArgs),
     /// List files under PREFIX (a file or folder), recursively.
     Ls(Client<LsArgs>),
     /// Upload a file (or a folder with -r).
@@ -143,6 +146,11 @@ pub struct LoginArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: its keys are these flags' names
+    /// without the dashes (`max-file-size = "1GiB"`). Flags win over the
+    /// environment, which wins over the file.
+    #[arg(long, env = "DISTRIBUSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "DISTRIBUSYNC_LISTEN", default_value = "127.0.0.1:50000")]
     pub listen: SocketAddr,

@@ -4,14 +4,13 @@
 
 mod cli;
 mod cmd;
+mod config;
 mod connection;
 mod menu;
 mod output;
 mod progress;
 
 use std::process::ExitCode;
-
-use clap::Parser;
 
 use cli::{Cli, Command};
 
@@ -29,7 +28,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub struct UsageError(pub String);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let parsed = match config::parse(std::env::args_os().collect()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("distribusync: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = &parsed.cli;
     if !matches!(cli.command, Command::Sort(_)) {
         // mimalloc asks for transparent huge pages, so a thread's first
         // allocations fault in and zero 2 MiB at a time: a fifth of the
@@ -39,6 +45,15 @@ fn main() -> ExitCode {
         let _ = rustix::thread::disable_transparent_huge_pages(true);
     }
     init_tracing(&cli.command);
+    if matches!(cli.command, Command::Config(_)) {
+        return match config::print(&parsed) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("distribusync: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The one rustls crypto provider of the process (the libraries pass it
     // explicitly too; this covers any dependency that asks for a default).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -49,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(parsed.cli)) {
         Ok(code) => code,
         Err(err) => {
             // A closed pipe (`distribusync ls | head`) is not a failure.
@@ -120,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Menu(c) => menu::run(&c.global).await,
         Command::Token(args) => cmd::token::run(args).await,
         Command::Login(args) => cmd::login::run(args).await,
+        Command::Config(_) => Ok(()),
     }
     .map(|()| ExitCode::SUCCESS)
 }

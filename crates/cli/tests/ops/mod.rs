@@ -407,3 +407,161 @@ fn status_sync_asks_the_running_daemon_over_its_socket() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+/// `distribusync config` output: key → (value, source).
+fn effective(out: &str) -> HashMap<String, (String, String)> {
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (kv, source) = l.split_once("  # ")?;
+            let (k, v) = kv.split_once(" = ")?;
+            Some((k.to_owned(), (v.to_owned(), source.to_owned())))
+        })
+        .collect()
+}
+
+#[test]
+fn config_precedence_is_flags_then_environment_then_file_then_defaults() {
+    let (_t, dir) = tmp();
+    std::fs::write(
+        dir.join("serve.toml"),
+        "# a comment\n\
+         listen = \"127.0.0.1:50123\"\n\
+         max-kept-parts = 7\n\
+         job-deadline = \"30s\"\n\
+         max-file-size = 1000\n\
+         services = [\"files\"]\n\
+         insecure = true\n",
+    )
+    .unwrap();
+    let out = cmd(
+        &dir,
+        &[
+            ("DISTRIBUSYNC_JOB_DEADLINE", "45s"),
+            ("DISTRIBUSYNC_MAX_NUMBERS", "99"),
+        ],
+        &[
+            "config",
+            "--config",
+            "serve.toml",
+            "--max-file-size",
+            "5000",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let e = effective(&text);
+    let row = |k: &str| {
+        e.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("{k} missing: {text}"))
+    };
+    // (key, value, source): one row per layer, and a layer beaten by a
+    // higher one.
+    let table = [
+        ("listen", "\"127.0.0.1:50123\"", "file serve.toml:2"),
+        ("max-kept-parts", "7", "file serve.toml:3"),
+        ("job-deadline", "\"45s\"", "env DISTRIBUSYNC_JOB_DEADLINE"),
+        ("max-file-size", "5000", "flag --max-file-size"),
+        ("max-numbers", "99", "env DISTRIBUSYNC_MAX_NUMBERS"),
+        ("services", "[\"files\"]", "file serve.toml:6"),
+        ("insecure", "true", "file serve.toml:7"),
+        ("idle-timeout", "\"60s\"", "default"),
+        ("auth", "\"auto\"", "default"),
+    ];
+    for (k, v, source) in table {
+        assert_eq!(row(k), (v.to_owned(), source.to_owned()), "{k}\n{text}");
+    }
+    // Every serve flag is a key (none forgotten), and the output is a
+    // config file that reads back to the same settings.
+    let serve_help = String::from_utf8(
+        cmd(&dir, &[], &["serve", "--help"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for flag in serve_help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+    {
+        let flag = flag.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-');
+        if ["config", "print-fingerprint", "help", "version"].contains(&flag) {
+            continue;
+        }
+        assert!(
+            text.contains(&format!("{flag} ")),
+            "--{flag} has no key:\n{text}"
+        );
+    }
+    let uncommented: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{}\n", l.split_once("  # ").unwrap().0))
+        .collect();
+    std::fs::write(dir.join("again.toml"), uncommented).unwrap();
+    let again = cmd(&dir, &[], &["config", "--config", "again.toml"])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    let again = effective(&String::from_utf8(again.stdout).unwrap());
+    for (k, (v, _)) in &e {
+        assert_eq!(&again[k].0, v, "{k}");
+    }
+}
+
+#[test]
+fn serve_takes_its_settings_from_the_file() {
+    let (_t, dir) = tmp();
+    std::fs::write(dir.join("serve.toml"), "max-file-size = 10\n").unwrap();
+    let file = dir.join("serve.toml");
+    let server = Server::start_with(&dir, &["--config", file.to_str().unwrap()]);
+    std::fs::write(dir.join("small"), "0123456789").unwrap();
+    std::fs::write(dir.join("big"), "0123456789a").unwrap();
+    ok(&dir, &server.addr, &["put", "small"]);
+    let err = super::fail(&dir, &server.addr, &["put", "big"], 1);
+    assert!(err.contains("10"), "{err}");
+}
+
+#[test]
+fn a_bad_config_file_is_one_line_naming_file_line_and_key() {
+    let (_t, dir) = tmp();
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "listen = \"127.0.0.1:0\"\n\nlisten-port = 5\n",
+            "unknown.toml:3: unknown key `listen-port`",
+            "unknown.toml",
+        ),
+        (
+            "max-kept-parts = \"many\"\n",
+            "wrong.toml:1: `max-kept-parts` = \"many\"",
+            "wrong.toml",
+        ),
+        (
+            "insecure = \"yes\"\n",
+            "flag.toml:1: `insecure` must be true or false",
+            "flag.toml",
+        ),
+        ("listen = \n", "broken.toml:1:", "broken.toml"),
+        ("", "missing.toml: cannot read it", "missing.toml"),
+    ];
+    for (content, want, name) in cases {
+        if name != "missing.toml" {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
+        for command in ["serve", "config"] {
+            let out = cmd(&dir, &[], &[command, "--config", name])
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+            let err = String::from_utf8(out.stderr).unwrap();
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with(&format!("distribusync: config {want}")),
+                "{err}"
+            );
+        }
+    }
+}
