@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "distribusync",
-    version,
+    version = distribusync_server::VERSION,
     about = "Self-hosted file sync and remote computation over gRPC",
     propagate_version = true
 )]
@@ -118,6 +118,11 @@ pub enum Command {
     /// Trust a server and save how to reach it (URL, certificate
     /// fingerprint, token) as a profile the other commands use.
     Login(LoginArgs),
+    /// Print a shell completion script, e.g.
+    /// `distribusync completions bash > /etc/bash_completion.d/distribusync`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `distribusync man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]

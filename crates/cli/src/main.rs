@@ -12,6 +12,8 @@ mod progress;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use cli::{Cli, Command};
 
 /// mimalloc keeps freed memory for reuse instead of handing big blocks back
@@ -136,6 +138,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(args) => cmd::token::run(args).await,
         Command::Login(args) => cmd::login::run(args).await,
         Command::Config(_) => Ok(()),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "distribusync", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .context("man")
+        }
     }
     .map(|()| ExitCode::SUCCESS)
 }

@@ -61,6 +61,9 @@ pub struct ServerConfig {
     /// caller (so a taken address is the caller's error to report);
     /// `None`: no metrics are recorded.
     pub metrics: Option<Arc<std::net::TcpListener>>,
+    /// Notified once the server is about to answer calls (the store is
+    /// open, the services built): `serve` tells systemd it is ready then.
+    pub ready: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl ServerConfig {
@@ -75,6 +78,7 @@ impl ServerConfig {
             auth: AuthConfig::default(),
             tls: None,
             metrics: None,
+            ready: None,
         }
     }
 }
@@ -283,6 +287,9 @@ pub async fn serve(
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
+    if let Some(ready) = &config.ready {
+        ready.notify_one();
+    }
     let grace = config.shutdown_grace;
     tokio::select! {
         r = &mut server => r?,

@@ -159,7 +159,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     config.metrics = metrics;
-    distribusync_server::serve(listener, config, shutdown_signal())
+    let ready = std::sync::Arc::new(tokio::sync::Notify::new());
+    config.ready = Some(ready.clone());
+    // systemd (Type=notify): READY=1 once the server answers, STOPPING=1
+    // when it starts draining. Outside systemd these do nothing.
+    tokio::spawn(async move {
+        ready.notified().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    });
+    let shutdown = async {
+        shutdown_signal().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    };
+    distribusync_server::serve(listener, config, shutdown)
         .await
         .context("server failed")?;
     Ok(())

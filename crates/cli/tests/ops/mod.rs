@@ -565,3 +565,56 @@ fn a_bad_config_file_is_one_line_naming_file_line_and_key() {
         }
     }
 }
+
+#[test]
+fn version_names_the_commit_and_completions_and_man_page_are_generated() {
+    let (_t, dir) = tmp();
+    let run = |args: &[&str]| {
+        let out = cmd(&dir, &[], args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version = run(&["--version"]);
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned());
+    assert!(
+        version.starts_with(&format!(
+            "distribusync {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{version}"
+    );
+    if let Some(c) = commit {
+        // Built from this checkout (the test binary and the program are
+        // built together, so HEAD is the commit named).
+        assert!(version.contains(&c), "{version} vs {c}");
+    }
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains("_distribusync()"),
+        "{}",
+        &bash[..200.min(bash.len())]
+    );
+    for sub in ["serve", "status", "config", "completions", "sync"] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    assert!(
+        bash.contains("--metrics-listen"),
+        "serve's flags are completed"
+    );
+    assert!(run(&["completions", "zsh"]).contains("#compdef distribusync"));
+    assert!(run(&["completions", "fish"]).contains("complete -c distribusync"));
+    let man = run(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH distribusync"),
+        "{man}"
+    );
+    assert!(man.contains("status"), "{man}");
+    let out = cmd(&dir, &[], &["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
