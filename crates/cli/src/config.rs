@@ -76,8 +76,24 @@ fn settings(serve: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
 /// A [`UsageError`] naming the file (and line) for a missing or unreadable
 /// file, bad TOML, an unknown key or a value of the wrong type.
 pub fn parse(argv: Vec<OsString>) -> anyhow::Result<Parsed> {
+    let matches = Cli::command().get_matches_from(argv.clone());
+    apply(argv, matches)
+}
+
+/// As [`parse`], but a clap error is returned (one line), not printed with
+/// an exit: for a reload, which must keep serving whatever is wrong.
+///
+/// # Errors
+/// As [`parse`], and a command line clap refuses.
+pub fn try_parse(argv: Vec<OsString>) -> anyhow::Result<Parsed> {
+    let matches = Cli::command()
+        .try_get_matches_from(argv.clone())
+        .map_err(|e| UsageError(first_line(&e)))?;
+    apply(argv, matches)
+}
+
+fn apply(argv: Vec<OsString>, matches: ArgMatches) -> anyhow::Result<Parsed> {
     let command = Cli::command();
-    let matches = command.clone().get_matches_from(argv.clone());
     let file = match matches.subcommand() {
         Some((name, sub)) if WITH_SETTINGS.contains(&name) => sub.get_one::<PathBuf>("config"),
         _ => None,

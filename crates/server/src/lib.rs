@@ -34,6 +34,6 @@ pub const VERSION: &str = concat!(
 pub use auth::{AuthConfig, AuthMode, Identity};
 pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
-pub use serve::{ServeError, ServerConfig, Services, serve};
+pub use serve::{Reloadable, ServeError, ServerConfig, Services, serve};
 pub use tls::{TLS_DIR, TlsError, TlsIdentity, fingerprint_of};
 pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig, raise_descriptor_limit};

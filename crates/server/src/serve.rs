@@ -64,6 +64,19 @@ pub struct ServerConfig {
     /// Notified once the server is about to answer calls (the store is
     /// open, the services built): `serve` tells systemd it is ready then.
     pub ready: Option<Arc<tokio::sync::Notify>>,
+    /// Settings sent here apply while serving (`serve` sends them on
+    /// SIGHUP): see [`Reloadable`].
+    pub reload: Option<tokio::sync::watch::Receiver<Reloadable>>,
+}
+
+/// The settings a running server takes without a restart (and without
+/// dropping a connection): the TLS identity for new handshakes, and the
+/// largest file accepted for uploads that start from then on. Changing
+/// between TLS and plaintext, or anything else, needs a restart.
+#[derive(Debug, Clone)]
+pub struct Reloadable {
+    pub tls: Option<crate::TlsIdentity>,
+    pub max_file_size: u64,
 }
 
 impl ServerConfig {
@@ -79,6 +92,7 @@ impl ServerConfig {
             tls: None,
             metrics: None,
             ready: None,
+            reload: None,
         }
     }
 }
@@ -244,11 +258,26 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let addr = listener.local_addr().ok();
-    let incoming = transport::incoming(
-        listener,
-        &config.transport,
-        config.tls.as_ref().map(crate::TlsIdentity::acceptor),
-    );
+    let shared_tls = config
+        .tls
+        .as_ref()
+        .map(|id| Arc::new(std::sync::RwLock::new(id.acceptor())));
+    if let Some(mut reload) = config.reload.clone() {
+        let shared_tls = shared_tls.clone();
+        let store = store_handle.clone();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = reload.changed() => if changed.is_err() { return },
+                }
+                let new = reload.borrow_and_update().clone();
+                apply_reload(&new, shared_tls.as_ref(), store.as_ref());
+            }
+        });
+    }
+    let incoming = transport::incoming(listener, &config.transport, shared_tls);
     let signal_token = token.clone();
     let signal = async move {
         shutdown.await;
@@ -298,4 +327,31 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Applies reloaded settings; see [`Reloadable`].
+fn apply_reload(new: &Reloadable, tls: Option<&transport::SharedAcceptor>, store: Option<&Store>) {
+    match (tls, &new.tls) {
+        (Some(shared), Some(id)) => {
+            *shared
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = id.acceptor();
+            tracing::info!(
+                fingerprint = %id.fingerprint(),
+                not_after = id.not_after(),
+                "reloaded the TLS certificate (new connections use it)"
+            );
+        }
+        (None, None) => {}
+        _ => tracing::warn!("switching between TLS and plaintext needs a restart"),
+    }
+    if let Some(store) = store
+        && store.max_file_size() != new.max_file_size
+    {
+        store.set_max_file_size(new.max_file_size);
+        tracing::info!(
+            max_file_size = new.max_file_size,
+            "reloaded the largest file accepted"
+        );
+    }
 }

@@ -159,6 +159,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     config.metrics = metrics;
+    let (reload_tx, reload_rx) = tokio::sync::watch::channel(distribusync_server::Reloadable {
+        tls: config.tls.clone(),
+        max_file_size: args.max_file_size,
+    });
+    config.reload = Some(reload_rx);
+    tokio::spawn(reload_on_sighup(reload_tx));
     let ready = std::sync::Arc::new(tokio::sync::Notify::new());
     config.ready = Some(ready.clone());
     // systemd (Type=notify): READY=1 once the server answers, STOPPING=1
@@ -192,4 +198,46 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// On each SIGHUP: reads the command line, environment and `--config` file
+/// again and hands the server what it can take live (the TLS certificate,
+/// the largest file accepted). A broken file keeps the running settings
+/// and says why.
+async fn reload_on_sighup(tx: tokio::sync::watch::Sender<distribusync_server::Reloadable>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: no reloads");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match reloaded() {
+            Ok(new) => {
+                tracing::info!("SIGHUP: settings read again");
+                tx.send_replace(new);
+            }
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "SIGHUP: reload failed; keeping the running settings"
+            ),
+        }
+    }
+}
+
+/// The reloadable settings as the command line, environment and file give
+/// them now.
+fn reloaded() -> anyhow::Result<distribusync_server::Reloadable> {
+    let parsed = crate::config::try_parse(std::env::args_os().collect())?;
+    let crate::cli::Command::Serve(args) = parsed.cli.command else {
+        anyhow::bail!("not serve");
+    };
+    let tls = if tls_wanted(&args) {
+        Some(identity(&args)?)
+    } else {
+        None
+    };
+    Ok(distribusync_server::Reloadable {
+        tls,
+        max_file_size: args.max_file_size,
+    })
 }

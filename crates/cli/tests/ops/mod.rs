@@ -618,3 +618,225 @@ fn version_names_the_commit_and_completions_and_man_page_are_generated() {
     let out = cmd(&dir, &[], &["completions", "tcsh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A self-signed leaf for localhost: (certificate PEM, key PEM).
+fn leaf() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// `serve` with TLS and a config file; its stderr collected.
+struct Reloading {
+    child: std::process::Child,
+    url: String,
+    fingerprint: String,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Reloading {
+    fn start(dir: &Path, config: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(super::BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .arg("--root")
+            .arg(dir.join("MASTER"))
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(l);
+            }
+        });
+        let mut s = Reloading {
+            child,
+            url: String::new(),
+            fingerprint: String::new(),
+            logs,
+        };
+        s.url = s.wait_for("https://", |l| {
+            l[l.find("https://").unwrap()..].trim().to_owned()
+        });
+        s.fingerprint = s.wait_for("SHA-256 fingerprint ", |l| {
+            l.rsplit(' ').next().unwrap().to_owned()
+        });
+        s
+    }
+
+    fn wait_for(&self, needle: &str, take: impl Fn(&str) -> String) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(l) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return take(l);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never logged {needle}: {:?}",
+                self.logs
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGHUP and waits until the server logged `needle` once more.
+    fn hup(&self, needle: &str) {
+        let before = self.count(needle);
+        std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.count(needle) == before {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {needle}: {:?}",
+                self.logs
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for Reloading {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_a_setting_without_dropping_connections() {
+    let (_t, dir) = tmp();
+    let (cert_a, key_a) = leaf();
+    let (cert_b, key_b) = leaf();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &cert_a).unwrap();
+    std::fs::write(&key, &key_a).unwrap();
+    let config = dir.join("serve.toml");
+    let settings = |max: &str| {
+        format!(
+            "tls = \"on\"\ntls-cert = {:?}\ntls-key = {:?}\nmax-file-size = {max}\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        )
+    };
+    std::fs::write(&config, settings("10")).unwrap();
+    let server = Reloading::start(&dir, &config);
+    let fp_a = server.fingerprint.clone();
+    let with = |fp: &str, args: &[&str]| {
+        cmd(
+            &dir,
+            &[],
+            &[args, &["--server", &server.url, "--fingerprint", fp][..]].concat(),
+        )
+        .output()
+        .unwrap()
+    };
+    std::fs::write(dir.join("big"), vec![1u8; 50]).unwrap();
+    assert_eq!(with(&fp_a, &["put", "big"]).status.code(), Some(1));
+
+    // A sync daemon pinned to the old certificate, connected before the
+    // reload: its connection must survive it (a new one would be refused).
+    let sync_dir = dir.join("SYNC");
+    std::fs::create_dir_all(&sync_dir).unwrap();
+    let mut daemon = cmd(
+        &dir,
+        &[],
+        &[
+            "sync",
+            "SYNC",
+            "--server",
+            &server.url,
+            "--fingerprint",
+            &fp_a,
+        ],
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    std::fs::write(sync_dir.join("before.txt"), "1").unwrap();
+    let listed = |fp: &str| String::from_utf8(with(fp, &["ls"]).stdout).unwrap();
+    super::wait_until("the daemon's first upload", || {
+        listed(&fp_a).contains("before.txt")
+    });
+
+    // New certificate and a larger limit, then SIGHUP.
+    std::fs::write(&cert, &cert_b).unwrap();
+    std::fs::write(&key, &key_b).unwrap();
+    std::fs::write(&config, settings("100")).unwrap();
+    server.hup("reloaded the largest file accepted");
+    let fp_b = String::from_utf8(
+        cmd(
+            &dir,
+            &[],
+            &[
+                "serve",
+                "--print-fingerprint",
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap()
+        .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert_ne!(fp_a, fp_b);
+    assert!(server.count(&format!("fingerprint={fp_b}")) >= 1 || server.count(&fp_b) >= 1);
+    // New connections get the new certificate; the old pin is refused.
+    assert!(with(&fp_b, &["put", "big"]).status.success());
+    let refused = with(&fp_a, &["ls"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    // The daemon's connection, made before, still carries its changes.
+    std::fs::write(sync_dir.join("after.txt"), "2").unwrap();
+    super::wait_until("the daemon's upload after the reload", || {
+        listed(&fp_b).contains("after.txt")
+    });
+
+    // A broken file: the running settings stay, and the log says why.
+    std::fs::write(&config, "max-file-size = \"lots\"\n").unwrap();
+    server.hup("reload failed");
+    let failed = server
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("reload failed"))
+        .cloned()
+        .unwrap();
+    assert!(
+        failed.contains("serve.toml:1") && failed.contains("max-file-size"),
+        "{failed}"
+    );
+    std::fs::write(dir.join("mid"), vec![1u8; 90]).unwrap();
+    assert!(with(&fp_b, &["put", "mid"]).status.success());
+    std::fs::write(dir.join("huge"), vec![1u8; 150]).unwrap();
+    assert_eq!(with(&fp_b, &["put", "huge"]).status.code(), Some(1));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
