@@ -181,7 +181,7 @@ impl DaemonStatus {
             pending: s.pending,
             in_flight: s.in_flight,
             last_error: s.last_error.clone(),
-            last_pass: s.last_pass.map(|t| crate::output::rfc3339(t)),
+            last_pass: s.last_pass.map(crate::output::rfc3339),
             last_action: s.last_action.clone(),
             uploaded: s.uploaded,
             downloaded: s.downloaded,
