@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "distribusync",
-    version,
+    version = distribusync_server::VERSION,
     about = "Self-hosted file sync and remote computation over gRPC",
     propagate_version = true
 )]
@@ -81,6 +81,9 @@ pub struct Global {
 pub enum Command {
     /// Run the server: serve the folder ROOT (MASTER) over gRPC.
     Serve(ServeArgs),
+    /// Print the settings `serve` would use (flags, environment, --config
+    /// file, defaults) as a TOML file, each with where it came from.
+    Config(ServeArgs),
     /// List files under PREFIX (a file or folder), recursively.
     Ls(Client<LsArgs>),
     /// Upload a file (or a folder with -r).
@@ -103,6 +106,9 @@ pub enum Command {
     Jobs(Client<crate::cmd::compute::JobsArgs>),
     /// Keep a local folder in sync with the server (until Ctrl-C).
     Sync(Client<SyncArgs>),
+    /// What the server is and holds (version, uptime, files, streams,
+    /// jobs), or with --sync DIR what that folder's sync daemon is doing.
+    Status(Client<crate::cmd::status::StatusArgs>),
     /// Make, list and revoke access tokens (on the server's ROOT, or
     /// remotely with --server and an admin token).
     Token(crate::cmd::token::TokenArgs),
@@ -112,6 +118,11 @@ pub enum Command {
     /// Trust a server and save how to reach it (URL, certificate
     /// fingerprint, token) as a profile the other commands use.
     Login(LoginArgs),
+    /// Print a shell completion script, e.g.
+    /// `distribusync completions bash > /etc/bash_completion.d/distribusync`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `distribusync man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +151,11 @@ pub struct LoginArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: its keys are these flags' names
+    /// without the dashes (`max-file-size = "1GiB"`). Flags win over the
+    /// environment, which wins over the file.
+    #[arg(long, env = "DISTRIBUSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "DISTRIBUSYNC_LISTEN", default_value = "127.0.0.1:50000")]
     pub listen: SocketAddr,
@@ -234,6 +250,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub tls_names: Vec<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (plain HTTP, no
+    /// token: keep it on loopback or a private network). Off when omitted.
+    #[arg(long, env = "DISTRIBUSYNC_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Print the SHA-256 fingerprint of the server's certificate and exit
     /// (making the self-signed one first if there is none).
     #[arg(long)]
@@ -243,6 +263,18 @@ pub struct ServeArgs {
     /// start.
     #[arg(long, env = "DISTRIBUSYNC_INSECURE")]
     pub insecure: bool,
+    /// Log lines as plain text (for a person) or JSON, one object a line
+    /// (for a log collector).
+    #[arg(long, env = "DISTRIBUSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format` of `serve` and `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
 }
 
 /// `serve --auth`.
@@ -344,6 +376,9 @@ pub struct SyncArgs {
     /// Transfers (single files or batches of small ones) in flight at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub transfers: u16,
+    /// Log lines as plain text or JSON (one object a line).
+    #[arg(long, env = "DISTRIBUSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

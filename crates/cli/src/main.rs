@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd;
+mod config;
 mod connection;
 mod menu;
 mod output;
@@ -11,7 +12,7 @@ mod progress;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
+use anyhow::Context;
 
 use cli::{Cli, Command};
 
@@ -29,11 +30,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub struct UsageError(pub String);
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let Command::Token(args) = &mut cli.command {
-        args.target.root_on_command_line = root_on_command_line(&matches);
+    let mut parsed = match config::parse(std::env::args_os().collect()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("distribusync: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let root_typed = root_on_command_line(&parsed.matches);
+    if let Command::Token(args) = &mut parsed.cli.command {
+        args.target.root_on_command_line = root_typed;
     }
+    let cli = &parsed.cli;
     if !matches!(cli.command, Command::Sort(_)) {
         // mimalloc asks for transparent huge pages, so a thread's first
         // allocations fault in and zero 2 MiB at a time: a fifth of the
@@ -43,6 +51,15 @@ fn main() -> ExitCode {
         let _ = rustix::thread::disable_transparent_huge_pages(true);
     }
     init_tracing(&cli.command);
+    if matches!(cli.command, Command::Config(_)) {
+        return match config::print(&parsed) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("distribusync: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The one rustls crypto provider of the process (the libraries pass it
     // explicitly too; this covers any dependency that asks for a default).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -53,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(parsed.cli)) {
         Ok(code) => code,
         Err(err) => {
             // A closed pipe (`distribusync ls | head`) is not a failure.
@@ -99,13 +116,24 @@ fn init_tracing(command: &Command) {
         Command::Menu(_) => "error",
         _ => "warn",
     };
+    let format = match command {
+        Command::Serve(a) => a.log_format,
+        Command::Sync(c) => c.args.log_format,
+        _ => cli::LogFormat::Plain,
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
+        // One JSON object a line: the event's fields at the top level
+        // (`code`, `method`, …), beside `timestamp`, `level`, `target`.
+        cli::LogFormat::Json => builder.json().flatten_event(true).init(),
         // Colours only for a person; a log file or a pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        cli::LogFormat::Plain => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -122,9 +150,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(c) => cmd::compute::job(&c.global, c.args).await,
         Command::Jobs(c) => cmd::compute::jobs(&c.global, c.args).await,
         Command::Sync(c) => cmd::sync::run(&c.global, c.args).await,
+        Command::Status(c) => cmd::status::run(&c.global, c.args).await,
         Command::Menu(c) => menu::run(&c.global).await,
         Command::Token(args) => cmd::token::run(args).await,
         Command::Login(args) => cmd::login::run(args).await,
+        Command::Config(_) => Ok(()),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "distribusync", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .context("man")
+        }
     }
     .map(|()| ExitCode::SUCCESS)
 }

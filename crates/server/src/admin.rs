@@ -1,9 +1,10 @@
 //! `AdminService`: the token table over gRPC, for `distribusync token …
-//! --server`.
+//! --server`, and the server's status, for `distribusync status`.
 //!
 //! Invariant: only an unconfined identity may manage tokens (the layer has
 //! checked the `admin` scope); a prefix token with `admin` could otherwise
-//! make itself an unconfined one.
+//! make itself an unconfined one. The service is hosted even with
+//! `--auth off` (for Status); token calls then answer FAILED_PRECONDITION.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,16 +14,38 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, Identity, NewToken, TokenRow, TokenStore};
 
-/// Implements `distribusync.v1.Admin` over a [`TokenStore`].
+/// Implements `distribusync.v1.Admin` over a [`TokenStore`] (`None`:
+/// `--auth off`, no token table).
 #[derive(Debug, Clone)]
 pub struct AdminService {
-    tokens: Arc<TokenStore>,
+    tokens: Option<Arc<TokenStore>>,
     auth: Auth,
+    status: Option<StatusSource>,
+}
+
+/// What Status reads: the server's parts, shared with the metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusSource {
+    pub store: Option<crate::store::Store>,
+    pub compute: Option<crate::ComputeService>,
+    pub live: Arc<crate::observe::Live>,
+    pub started: std::time::Instant,
+    pub root: Option<std::path::PathBuf>,
+    pub tls: bool,
 }
 
 impl AdminService {
-    pub fn new(tokens: Arc<TokenStore>, auth: Auth) -> Self {
-        Self { tokens, auth }
+    pub fn new(tokens: Option<Arc<TokenStore>>, auth: Auth) -> Self {
+        Self {
+            tokens,
+            auth,
+            status: None,
+        }
+    }
+
+    pub(crate) fn with_status(mut self, status: StatusSource) -> Self {
+        self.status = Some(status);
+        self
     }
 
     fn who<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
@@ -43,7 +66,11 @@ impl AdminService {
         &self,
         f: impl FnOnce(&TokenStore) -> Result<T, crate::auth::TokenStoreError> + Send + 'static,
     ) -> Result<T, Status> {
-        let tokens = self.tokens.clone();
+        let Some(tokens) = self.tokens.clone() else {
+            return Err(Status::failed_precondition(
+                "this server runs without tokens (--auth off)",
+            ));
+        };
         let auth = self.auth.clone();
         tokio::task::spawn_blocking(move || {
             let out = f(&tokens)?;
@@ -80,6 +107,55 @@ fn none_if_empty(s: &str) -> Option<&str> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn status(
+        &self,
+        _request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(src) = &self.status else {
+            return Err(Status::unimplemented("status is not available here"));
+        };
+        let stats = match &src.store {
+            Some(store) => store.stats().await.map_err(Status::from)?,
+            None => crate::store::StoreStats::default(),
+        };
+        let jobs = src
+            .compute
+            .as_ref()
+            .map(crate::ComputeService::job_counts)
+            .unwrap_or_default();
+        let mut services = Vec::new();
+        if src.store.is_some() {
+            services.push("files".to_owned());
+        }
+        if src.compute.is_some() {
+            services.push("compute".to_owned());
+        }
+        let e = jobs.ended;
+        Ok(Response::new(v1::StatusResponse {
+            version: crate::VERSION.to_owned(),
+            uptime_seconds: src.started.elapsed().as_secs(),
+            backend: "local".to_owned(),
+            root: src
+                .root
+                .as_ref()
+                .map(|r| r.display().to_string())
+                .unwrap_or_default(),
+            services,
+            files: stats.files,
+            bytes: stats.bytes,
+            open_streams: src.live.streams.load(Relaxed),
+            uploads_in_progress: src.live.uploads.load(Relaxed),
+            kept_parts: stats.kept.count as u64,
+            kept_part_bytes: stats.kept.bytes,
+            jobs_queued: jobs.queued,
+            jobs_running: jobs.running,
+            jobs_finished: e.succeeded + e.failed + e.cancelled + e.deadline_exceeded,
+            tls: src.tls,
+            auth_required: self.auth.required(),
+        }))
+    }
+
     async fn create_token(
         &self,
         request: Request<v1::CreateTokenRequest>,

@@ -176,14 +176,9 @@ impl ServiceError {
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
+        // Not logged here: the `observe` layer logs every failed call once,
+        // with its code and this message.
         let code = e.code();
-        match code {
-            Code::ResourceExhausted if !matches!(e, ServiceError::TooLarge { .. }) => {
-                tracing::error!(error = %e, "disk full");
-            }
-            Code::Internal => tracing::error!(error = %e, "internal error"),
-            _ => {}
-        }
         let message = e.to_string();
         let mut status = Status::new(code, echo_message(&message));
         if let ServiceError::RevisionMismatch { current, .. } = e

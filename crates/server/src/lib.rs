@@ -15,6 +15,8 @@ mod download;
 pub mod error;
 pub mod files;
 pub mod locks;
+mod metrics;
+mod observe;
 mod oversize;
 mod serve;
 pub mod store;
@@ -22,10 +24,18 @@ mod tls;
 mod transport;
 pub mod web;
 
+/// The version and the commit built from: `0.1.0 (commit 1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DISTRIBUSYNC_COMMIT"),
+    ")"
+);
+
 pub use auth::{AuthConfig, AuthMode, Identity};
 pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
-pub use serve::{ServeError, ServerConfig, Services, serve};
+pub use serve::{Reloadable, ServeError, ServerConfig, Services, serve};
 pub use tls::{TLS_DIR, TlsError, TlsIdentity, fingerprint_of};
 pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig, raise_descriptor_limit};
 pub use web::WebListener;

@@ -18,6 +18,7 @@ use crate::admin::AdminService;
 use crate::auth::{Auth, AuthConfig, AuthLayer, AuthMode, TokenStore};
 use crate::compute::{ComputeConfig, ComputeService};
 use crate::files::FilesService;
+use crate::observe::{Live, ObserveLayer};
 use crate::store::{Store, StoreConfig};
 use crate::transport::{self, KEEPALIVE_TIMEOUT, TransportConfig};
 
@@ -58,6 +59,26 @@ pub struct ServerConfig {
     pub tls: Option<crate::TlsIdentity>,
     /// Where to serve the web page (`serve --web-listen`); `None`: nowhere.
     pub web: Option<crate::WebListener>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), bound by the
+    /// caller (so a taken address is the caller's error to report);
+    /// `None`: no metrics are recorded.
+    pub metrics: Option<Arc<std::net::TcpListener>>,
+    /// Notified once the server is about to answer calls (the store is
+    /// open, the services built): `serve` tells systemd it is ready then.
+    pub ready: Option<Arc<tokio::sync::Notify>>,
+    /// Settings sent here apply while serving (`serve` sends them on
+    /// SIGHUP): see [`Reloadable`].
+    pub reload: Option<tokio::sync::watch::Receiver<Reloadable>>,
+}
+
+/// The settings a running server takes without a restart (and without
+/// dropping a connection): the TLS identity for new handshakes, and the
+/// largest file accepted for uploads that start from then on. Changing
+/// between TLS and plaintext, or anything else, needs a restart.
+#[derive(Debug, Clone)]
+pub struct Reloadable {
+    pub tls: Option<crate::TlsIdentity>,
+    pub max_file_size: u64,
 }
 
 impl ServerConfig {
@@ -72,6 +93,9 @@ impl ServerConfig {
             auth: AuthConfig::default(),
             tls: None,
             web: None,
+            metrics: None,
+            ready: None,
+            reload: None,
         }
     }
 }
@@ -86,6 +110,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("web page: {0}")]
     Web(std::io::Error),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(std::io::Error),
     #[error("cannot open the token table: {0}")]
     Tokens(#[from] crate::auth::TokenStoreError),
     #[error(
@@ -131,10 +157,11 @@ pub async fn serve(
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
 
-    let mut web_store = None;
+    let started = std::time::Instant::now();
+    let mut store_handle = None;
     let files = if config.services.files {
         let store = Store::open(&config.root, config.store.clone()).await?;
-        web_store = Some(store.clone());
+        store_handle = Some(store.clone());
         health_reporter
             .set_serving::<FilesServer<FilesService>>()
             .await;
@@ -149,6 +176,7 @@ pub async fn serve(
     } else {
         None
     };
+    let mut compute_handle = None;
     let compute = if config.services.compute {
         health_reporter
             .set_serving::<ComputeServer<ComputeService>>()
@@ -157,12 +185,47 @@ pub async fn serve(
             idle_timeout: config.transport.idle_timeout,
             ..config.compute.clone()
         };
-        Some(ComputeService::with_shutdown(compute, token.clone()))
+        let service = ComputeService::with_shutdown(compute, token.clone());
+        compute_handle = Some(service.clone());
+        Some(service.into_server())
     } else {
         None
     };
-    let web_compute = compute.clone();
-    let compute = compute.map(ComputeService::into_server);
+    let web_compute = compute_handle.clone();
+    let live = Arc::new(Live::default());
+    let recorder = config.metrics.as_ref().map(|_| crate::metrics::recorder());
+    if let (Some(listener), Some(recorder)) = (&config.metrics, &recorder) {
+        let listener = listener
+            .try_clone()
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            })
+            .map_err(ServeError::Metrics)?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics on /metrics");
+        let sources = crate::metrics::Sources {
+            store: store_handle.clone(),
+            compute: compute_handle.clone(),
+            live: live.clone(),
+            started,
+        };
+        tokio::spawn(crate::metrics::serve_endpoint(
+            listener,
+            recorder.clone(),
+            sources,
+            token.clone(),
+        ));
+    }
+    let observe = ObserveLayer::new(
+        &[
+            distribusync_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        recorder,
+        live.clone(),
+    );
 
     let tokens = if config.auth.mode == AuthMode::Off {
         None
@@ -183,8 +246,21 @@ pub async fn serve(
         required = auth.required(),
         "authentication"
     );
-    let admin = tokens.map(|t| AdminServer::new(AdminService::new(t, auth.clone())));
 
+    let root = config
+        .services
+        .files
+        .then(|| std::path::absolute(&config.root).unwrap_or_else(|_| config.root.clone()));
+    let admin = AdminServer::new(AdminService::new(tokens, auth.clone()).with_status(
+        crate::admin::StatusSource {
+            store: store_handle.clone(),
+            compute: compute_handle.clone(),
+            live: live.clone(),
+            started,
+            root,
+            tls: config.tls.is_some(),
+        },
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(distribusync_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -198,7 +274,7 @@ pub async fn serve(
     let web_tasks = tokio_util::task::TaskTracker::new();
     if let Some(web) = config.web.clone() {
         let parts = crate::web::Parts {
-            store: web_store,
+            store: store_handle.clone(),
             compute: web_compute,
             auth: auth.clone(),
             tls: config.tls.clone(),
@@ -211,11 +287,26 @@ pub async fn serve(
     web_tasks.close();
 
     let addr = listener.local_addr().ok();
-    let incoming = transport::incoming(
-        listener,
-        &config.transport,
-        config.tls.as_ref().map(crate::TlsIdentity::acceptor),
-    );
+    let shared_tls = config
+        .tls
+        .as_ref()
+        .map(|id| Arc::new(std::sync::RwLock::new(id.acceptor())));
+    if let Some(mut reload) = config.reload.clone() {
+        let shared_tls = shared_tls.clone();
+        let store = store_handle.clone();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = reload.changed() => if changed.is_err() { return },
+                }
+                let new = reload.borrow_and_update().clone();
+                apply_reload(&new, shared_tls.as_ref(), store.as_ref());
+            }
+        });
+    }
+    let incoming = transport::incoming(listener, &config.transport, shared_tls);
     let signal_token = token.clone();
     let signal = async move {
         shutdown.await;
@@ -235,6 +326,9 @@ pub async fn serve(
         .initial_connection_window_size(Some(limits::SERVER_CONNECTION_WINDOW))
         .tcp_nodelay(true)
         .max_frame_size(limits::HTTP2_MAX_FRAME)
+        // Metrics and the log line of each failed call (see `observe`);
+        // outermost, so it sees refusals and the final status codes.
+        .layer(observe)
         // A message over the size limit is RESOURCE_EXHAUSTED, not tonic's
         // OUT_OF_RANGE (see `oversize`).
         .layer(crate::oversize::OversizeLayer)
@@ -248,9 +342,12 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_optional_service(files)
         .add_optional_service(compute)
-        .add_optional_service(admin)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
+    if let Some(ready) = &config.ready {
+        ready.notify_one();
+    }
     let grace = config.shutdown_grace;
     tokio::select! {
         r = &mut server => r?,
@@ -266,4 +363,31 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// Applies reloaded settings; see [`Reloadable`].
+fn apply_reload(new: &Reloadable, tls: Option<&transport::SharedAcceptor>, store: Option<&Store>) {
+    match (tls, &new.tls) {
+        (Some(shared), Some(id)) => {
+            *shared
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = id.acceptor();
+            tracing::info!(
+                fingerprint = %id.fingerprint(),
+                not_after = id.not_after(),
+                "reloaded the TLS certificate (new connections use it)"
+            );
+        }
+        (None, None) => {}
+        _ => tracing::warn!("switching between TLS and plaintext needs a restart"),
+    }
+    if let Some(store) = store
+        && store.max_file_size() != new.max_file_size
+    {
+        store.set_max_file_size(new.max_file_size);
+        tracing::info!(
+            max_file_size = new.max_file_size,
+            "reloaded the largest file accepted"
+        );
+    }
 }

@@ -121,6 +121,10 @@ impl Acceptor {
     }
 }
 
+/// The TLS acceptor new connections use, swapped by a reload (a std lock:
+/// held only to clone or replace it, never across an await).
+pub(crate) type SharedAcceptor = Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>;
+
 /// Connections accepted on `listener`, bounded and with a handshake
 /// deadline (see the module's invariants). An accept that fails (out of
 /// descriptors, most often) is retried after a pause that grows to a
@@ -128,15 +132,20 @@ impl Acceptor {
 pub(crate) fn incoming(
     listener: TcpListener,
     config: &TransportConfig,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<SharedAcceptor>,
 ) -> impl Stream<Item = std::io::Result<Conn>> + Send + 'static {
     let max = config.max_connections.max(1);
     let accepted = accept(listener, config, max);
     match tls {
         None => accepted.left_stream(),
-        Some(acceptor) => accepted
+        Some(shared) => accepted
             .map(move |conn| {
-                let acceptor = acceptor.clone();
+                // The identity as it is now: a reload swaps it for new
+                // handshakes; connections already made keep theirs.
+                let acceptor = shared
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
                 async move { conn?.into_tls(&acceptor).await }
             })
             // At most `max` handshakes at once: each holds a permit.

@@ -93,6 +93,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(std::sync::Arc::new(
+            std::net::TcpListener::bind(addr).map_err(|e| {
+                UsageError(format!("serve: cannot listen for metrics on {addr}: {e}"))
+            })?,
+        )),
+        None => None,
+    };
     let open_files = distribusync_server::raise_descriptor_limit();
     tracing::debug!(?open_files, "open-file limit");
     let mut config = ServerConfig::new(&args.root);
@@ -159,7 +167,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.web = Some(distribusync_server::WebListener::new(web)?);
     }
     config.tls = tls;
-    distribusync_server::serve(listener, config, shutdown_signal())
+    if let Some(m) = &metrics {
+        eprintln!(
+            "distribusync: metrics on http://{}/metrics",
+            m.local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string())
+        );
+    }
+    config.metrics = metrics;
+    let (reload_tx, reload_rx) = tokio::sync::watch::channel(distribusync_server::Reloadable {
+        tls: config.tls.clone(),
+        max_file_size: args.max_file_size,
+    });
+    config.reload = Some(reload_rx);
+    tokio::spawn(reload_on_sighup(reload_tx));
+    let ready = std::sync::Arc::new(tokio::sync::Notify::new());
+    config.ready = Some(ready.clone());
+    // systemd (Type=notify): READY=1 once the server answers, STOPPING=1
+    // when it starts draining. Outside systemd these do nothing.
+    tokio::spawn(async move {
+        ready.notified().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    });
+    let shutdown = async {
+        shutdown_signal().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    };
+    distribusync_server::serve(listener, config, shutdown)
         .await
         .context("server failed")?;
     Ok(())
@@ -180,4 +214,46 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// On each SIGHUP: reads the command line, environment and `--config` file
+/// again and hands the server what it can take live (the TLS certificate,
+/// the largest file accepted). A broken file keeps the running settings
+/// and says why.
+async fn reload_on_sighup(tx: tokio::sync::watch::Sender<distribusync_server::Reloadable>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: no reloads");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match reloaded() {
+            Ok(new) => {
+                tracing::info!("SIGHUP: settings read again");
+                tx.send_replace(new);
+            }
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "SIGHUP: reload failed; keeping the running settings"
+            ),
+        }
+    }
+}
+
+/// The reloadable settings as the command line, environment and file give
+/// them now.
+fn reloaded() -> anyhow::Result<distribusync_server::Reloadable> {
+    let parsed = crate::config::try_parse(std::env::args_os().collect())?;
+    let crate::cli::Command::Serve(args) = parsed.cli.command else {
+        anyhow::bail!("not serve");
+    };
+    let tls = if tls_wanted(&args) {
+        Some(identity(&args)?)
+    } else {
+        None
+    };
+    Ok(distribusync_server::Reloadable {
+        tls,
+        max_file_size: args.max_file_size,
+    })
 }

@@ -40,6 +40,12 @@ pub async fn run(global: &Global, args: SyncArgs) -> anyhow::Result<()> {
         config.endpoint
     );
     let shutdown = CancellationToken::new();
+    let _socket = super::status::serve_socket(
+        &args.dir,
+        config.endpoint.clone(),
+        engine.status(),
+        shutdown.clone(),
+    );
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         super::serve::shutdown_signal().await;

@@ -135,6 +135,12 @@ pub struct SyncStatus {
     /// How many times the watcher hit the limit (the notice is given on
     /// the first).
     pub watch_limit_hits: u32,
+    /// Operations of the current pass not done yet (0 between passes).
+    pub pending: u64,
+    /// Transfers (files, or batches of small ones) running now.
+    pub in_flight: u64,
+    /// When the last pass ended.
+    pub last_pass: Option<std::time::SystemTime>,
 }
 
 /// Outcome of executing one plan.
@@ -242,6 +248,9 @@ impl SyncEngine {
             full_passes: 0,
             watch_notice: None,
             watch_limit_hits: 0,
+            pending: 0,
+            in_flight: 0,
+            last_pass: None,
         });
         Ok(Self {
             scanner: Arc::new(Scanner::new(&opts.dir)),
@@ -769,6 +778,9 @@ impl SyncEngine {
         report.only_uploads = only_uploads;
         self.set_status(|s| {
             s.phase = SyncPhase::Idle;
+            s.pending = 0;
+            s.in_flight = 0;
+            s.last_pass = Some(std::time::SystemTime::now());
             if report.failures.is_empty() {
                 s.last_error = None;
             } else {

@@ -223,6 +223,8 @@ impl SyncEngine {
     pub(super) async fn execute(&mut self, plan: SyncPlan) -> Result<PassReport, SyncError> {
         let mut report = PassReport::default();
         let mut transfers = Vec::new();
+        let planned = plan.operations.len() as u64;
+        self.set_status(|s| s.pending = planned);
         for op in plan.operations {
             let mut writes = Vec::new();
             let result = match op {
@@ -354,6 +356,8 @@ impl SyncEngine {
             }
         }
         report.transfers += transfers.len();
+        let left = transfers.len() as u64;
+        self.set_status(|s| s.pending = left);
         self.run_transfers(transfers, &mut report).await?;
         Ok(report)
     }
@@ -570,8 +574,18 @@ impl SyncEngine {
                 .into_iter()
                 .map(|f| Box::pin(f) as futures::future::BoxFuture<'static, _>),
         );
-        let mut results = futures::stream::iter(jobs).buffer_unordered(self.opts.parallel.max(1));
+        let parallel = self.opts.parallel.max(1);
+        let mut waiting = jobs.len();
+        self.set_status(|s| s.in_flight = waiting.min(parallel) as u64);
+        let mut results = futures::stream::iter(jobs).buffer_unordered(parallel);
         while let Some(group) = results.next().await {
+            // buffer_unordered starts the next job as soon as one ends.
+            waiting -= 1;
+            let done = group.len() as u64;
+            self.set_status(|s| {
+                s.in_flight = waiting.min(parallel) as u64;
+                s.pending = s.pending.saturating_sub(done);
+            });
             let mut writes = Vec::new();
             for (path, result) in group {
                 match result {

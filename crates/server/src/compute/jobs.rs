@@ -227,6 +227,37 @@ struct State {
     finished: VecDeque<(Instant, Uuid)>,
     subscribers: HashMap<String, Vec<Subscriber>>,
     next_subscriber: u64,
+    /// Jobs finished since start, by final state (for metrics).
+    ended: JobsEnded,
+}
+
+/// Jobs finished since the server started, by how they ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JobsEnded {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub deadline_exceeded: u64,
+}
+
+impl JobsEnded {
+    fn count(&mut self, state: v1::JobState) {
+        match state {
+            v1::JobState::Succeeded => self.succeeded += 1,
+            v1::JobState::Failed => self.failed += 1,
+            v1::JobState::Cancelled => self.cancelled += 1,
+            v1::JobState::DeadlineExceeded => self.deadline_exceeded += 1,
+            v1::JobState::Queued | v1::JobState::Running | v1::JobState::Unspecified => {}
+        }
+    }
+}
+
+/// The job registry's counts now (see [`Jobs::counts`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JobCounts {
+    pub queued: u64,
+    pub running: u64,
+    pub ended: JobsEnded,
 }
 
 impl State {
@@ -597,9 +628,28 @@ impl Jobs {
         job.error = error;
         job.finished = Some(SystemTime::now());
         st.active -= 1;
+        st.ended.count(state);
         st.finished.push_back((Instant::now(), id));
         st.notify(&id);
         st.evict_expired(self.shared.config.result_ttl, Instant::now());
+    }
+
+    /// Jobs queued and running now, and finished since start.
+    pub(crate) fn counts(&self) -> JobCounts {
+        let st = self.lock();
+        let (mut queued, mut running) = (0, 0);
+        for job in st.jobs.values() {
+            match job.state {
+                v1::JobState::Queued => queued += 1,
+                v1::JobState::Running => running += 1,
+                _ => {}
+            }
+        }
+        JobCounts {
+            queued,
+            running,
+            ended: st.ended,
+        }
     }
 
     pub(crate) fn get(&self, owner: &str, id: &str) -> Result<v1::Job, ComputeError> {
@@ -659,6 +709,7 @@ impl Jobs {
         job.finished = Some(SystemTime::now());
         let wire = job.to_wire(&uuid, false);
         st.active -= 1;
+        st.ended.count(v1::JobState::Cancelled);
         st.finished.push_back((Instant::now(), uuid));
         st.notify(&uuid);
         info!(job = %uuid, "job cancelled");

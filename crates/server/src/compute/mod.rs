@@ -36,7 +36,7 @@ use uuid::Uuid;
 use crate::auth::Identity;
 use budget::Reservation;
 pub use error::ComputeError;
-pub use jobs::CallbackStream;
+pub use jobs::{CallbackStream, JobCounts, JobsEnded};
 use jobs::{Jobs, RESULT_STREAM_RESERVE, SORT_STREAM_RESERVE, Task, numbers_bytes};
 
 /// Adds of at most this many numbers are computed on the request's own task;
@@ -147,6 +147,11 @@ impl ComputeService {
     /// Number of open Callbacks streams (a disconnected client leaves none).
     pub fn callback_subscribers(&self) -> usize {
         self.jobs.subscriber_count()
+    }
+
+    /// Jobs queued and running now, and finished since start.
+    pub fn job_counts(&self) -> JobCounts {
+        self.jobs.counts()
     }
 
     /// Bytes of the compute memory budget in use now.

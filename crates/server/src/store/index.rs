@@ -556,6 +556,18 @@ impl Index {
         })
     }
 
+    /// `(files, bytes)` the index records (one scan of the files table).
+    pub fn totals(&self) -> Result<(u64, u64)> {
+        self.with(|c| {
+            let (files, bytes): (i64, i64) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((files.max(0) as u64, bytes.max(0) as u64))
+        })
+    }
+
     /// `(oldest retained seq - 1, newest seq)`: a watcher whose `since` is
     /// below the first value has missed changes and must resync.
     pub fn log_bounds(&self) -> Result<(u64, u64)> {

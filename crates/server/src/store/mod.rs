@@ -109,6 +109,18 @@ impl Default for StoreConfig {
     }
 }
 
+/// What the store holds (see [`Store::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Files and their bytes, as the index records them.
+    pub files: u64,
+    pub bytes: u64,
+    /// The index's size on disk (database and write-ahead log).
+    pub index_bytes: u64,
+    /// Parts of interrupted uploads kept for resuming.
+    pub kept: KeptParts,
+}
+
 /// A cheap, cloneable handle on the store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -122,6 +134,8 @@ struct Inner {
     locks: PathLocks,
     changes: broadcast::Sender<ChangeRecord>,
     config: StoreConfig,
+    /// `config.max_file_size`, changeable while serving (a reload).
+    max_file_size: std::sync::atomic::AtomicU64,
     /// The hash state of kept upload parts at their end, by part name: a
     /// resume continues from it instead of reading the part back (which
     /// the upload told the kernel not to cache). Only a shortcut: lost at a
@@ -201,6 +215,7 @@ impl Store {
                     index,
                     locks: PathLocks::default(),
                     changes,
+                    max_file_size: config.max_file_size.into(),
                     config,
                     part_hashes: Default::default(),
                 }),
@@ -449,6 +464,21 @@ impl Store {
         let _ = self.inner.changes.send(change);
     }
 
+    /// The largest file accepted now.
+    pub fn max_file_size(&self) -> u64 {
+        self.inner
+            .max_file_size
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes the largest file accepted, for uploads that start from now
+    /// on (a reload: SIGHUP).
+    pub fn set_max_file_size(&self, bytes: u64) {
+        self.inner
+            .max_file_size
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Live changes, announced after they are committed. Changes may arrive
     /// slightly out of order; watchers fill gaps from [`Store::changes_since`].
     pub fn subscribe(&self) -> broadcast::Receiver<ChangeRecord> {
@@ -460,10 +490,11 @@ impl Store {
     /// # Errors
     /// When the header breaks a limit or a precondition already fails.
     pub async fn begin_upload(&self, header: UploadHeader) -> Result<Upload> {
-        if header.size > self.inner.config.max_file_size {
+        let max = self.max_file_size();
+        if header.size > max {
             return Err(ServiceError::TooLarge {
                 what: format!("{}: size {} bytes", header.path.shown(), header.size),
-                limit: format!("{} bytes (max file size)", self.inner.config.max_file_size),
+                limit: format!("{max} bytes (max file size)"),
             });
         }
         // Fail fast on a stale precondition; it is checked again at commit.
@@ -746,7 +777,7 @@ impl Store {
         files: Vec<(UploadHeader, Vec<u8>)>,
     ) -> Result<Vec<Result<FileRecord>>> {
         let s = self.clone();
-        let max = self.inner.config.max_file_size;
+        let max = self.max_file_size();
         let started = std::time::Instant::now();
         let (mut results, staged, slots, mut guard) = self.run(move || {
             let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(files.len());
@@ -1007,6 +1038,31 @@ impl Store {
         let s = self.clone();
         self.run(move || s.inner.index.changes_since(since, limit))
             .await
+    }
+
+    /// What the store holds now, for metrics and `status` (one scan of
+    /// the index and of the kept parts' folder).
+    ///
+    /// # Errors
+    /// When the index cannot be read.
+    pub async fn stats(&self) -> Result<StoreStats> {
+        let s = self.clone();
+        self.run(move || {
+            let (files, bytes) = s.inner.index.totals()?;
+            let meta = s.inner.disk.meta_dir();
+            let index_bytes = ["index.db", "index.db-wal"]
+                .iter()
+                .filter_map(|n| std::fs::metadata(meta.join(n)).ok())
+                .map(|m| m.len())
+                .sum();
+            Ok(StoreStats {
+                files,
+                bytes,
+                index_bytes,
+                kept: s.kept_parts(),
+            })
+        })
+        .await
     }
 
     /// `(floor, newest)`: watchers with `since < floor` must resync.
