@@ -143,6 +143,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "DISTRIBUSYNC_LISTEN", default_value = "127.0.0.1:50000")]
     pub listen: SocketAddr,
+    /// Also serve the files over WebDAV on this address (off by default):
+    /// same tokens (HTTP Basic: any user name, the token as password), same
+    /// TLS, same store. See docs/DESIGN.md, "WebDAV".
+    #[arg(long, env = "DISTRIBUSYNC_WEBDAV_LISTEN")]
+    pub webdav_listen: Option<SocketAddr>,
     /// The folder the server owns (created if missing).
     #[arg(long, env = "DISTRIBUSYNC_ROOT", default_value = "./MASTER")]
     pub root: PathBuf,

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// TLS identity; `None`: plaintext.
     pub tls: Option<crate::TlsIdentity>,
+    /// The WebDAV listener's settings (used with [`serve_with_webdav`]).
+    pub webdav: crate::WebDavConfig,
 }
 
 impl ServerConfig {
@@ -69,6 +71,7 @@ impl ServerConfig {
             transport: TransportConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            webdav: crate::WebDavConfig::default(),
         }
     }
 }
@@ -90,6 +93,8 @@ pub enum ServeError {
          --insecure to do it anyway"
     )]
     Insecure(std::net::SocketAddr),
+    #[error("WebDAV serves the files: it needs the files service (--services files)")]
+    WebDavWithoutFiles,
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting,
@@ -103,11 +108,35 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_webdav(listener, None, config, shutdown).await
+}
+
+/// [`serve`], and WebDAV on `webdav` (see docs/DESIGN.md, "WebDAV") with
+/// the same store, tokens and TLS identity. Tokens are required unless
+/// both listeners are on loopback.
+///
+/// # Errors
+/// As [`serve`]; [`ServeError::WebDavWithoutFiles`] when the files
+/// service is not hosted.
+pub async fn serve_with_webdav(
+    listener: TcpListener,
+    webdav: Option<TcpListener>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let token = CancellationToken::new();
+    if webdav.is_some() && !config.services.files {
+        return Err(ServeError::WebDavWithoutFiles);
+    }
     let addr = listener.local_addr().ok();
-    let loopback = addr.is_none_or(|a| a.ip().is_loopback());
+    let webdav_addr = webdav.as_ref().and_then(|l| l.local_addr().ok());
+    let loopback = addr.is_none_or(|a| a.ip().is_loopback())
+        && webdav_addr.is_none_or(|a| a.ip().is_loopback());
     if config.auth.mode == AuthMode::Off && !loopback {
-        let addr = addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let addr = webdav_addr
+            .filter(|a| !a.ip().is_loopback())
+            .or(addr)
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         if !config.auth.insecure {
             return Err(ServeError::Insecure(addr));
         }
@@ -119,8 +148,10 @@ pub async fn serve(
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
 
+    let mut opened = None;
     let files = if config.services.files {
         let store = Store::open(&config.root, config.store.clone()).await?;
+        opened = Some(store.clone());
         health_reporter
             .set_serving::<FilesServer<FilesService>>()
             .await;
@@ -167,6 +198,17 @@ pub async fn serve(
         required = auth.required(),
         "authentication"
     );
+    if let (Some(listener), Some(store)) = (webdav, opened) {
+        let tls = config.tls.as_ref().map(crate::TlsIdentity::acceptor_http1);
+        tokio::spawn(crate::webdav::run(
+            listener,
+            store,
+            auth.clone(),
+            tls,
+            config.webdav.clone(),
+            token.clone(),
+        ));
+    }
     let admin = tokens.map(|t| AdminServer::new(AdminService::new(t, auth.clone())));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()

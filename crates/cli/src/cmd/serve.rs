@@ -14,8 +14,20 @@ fn tls_wanted(args: &ServeArgs) -> bool {
     match args.tls {
         TlsMode::On => true,
         TlsMode::Off => false,
-        TlsMode::Auto => args.tls_cert.is_some() || !args.listen.ip().is_loopback(),
+        TlsMode::Auto => args.tls_cert.is_some() || !all_loopback(args),
     }
+}
+
+/// True when every listen address (gRPC and WebDAV) is loopback.
+fn all_loopback(args: &ServeArgs) -> bool {
+    args.listen.ip().is_loopback() && args.webdav_listen.is_none_or(|a| a.ip().is_loopback())
+}
+
+/// The first listen address beyond loopback (for messages).
+fn exposed(args: &ServeArgs) -> SocketAddr {
+    args.webdav_listen
+        .filter(|a| !a.ip().is_loopback())
+        .unwrap_or(args.listen)
 }
 
 /// The names a generated certificate is made for: `--tls-name`, else the
@@ -32,6 +44,9 @@ fn tls_names(args: &ServeArgs) -> Vec<String> {
     names.push("localhost".to_owned());
     if !args.listen.ip().is_unspecified() {
         names.push(args.listen.ip().to_string());
+    }
+    if let Some(w) = args.webdav_listen.filter(|w| !w.ip().is_unspecified()) {
+        names.push(w.ip().to_string());
     }
     names.dedup();
     names
@@ -58,8 +73,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.services.is_empty() {
         return Err(UsageError("serve: --services needs files, compute or both".into()).into());
     }
-    if args.auth == AuthArg::Off && !args.listen.ip().is_loopback() && !args.insecure {
-        let refusal = distribusync_server::ServeError::Insecure(args.listen);
+    if args.auth == AuthArg::Off && !all_loopback(&args) && !args.insecure {
+        let refusal = distribusync_server::ServeError::Insecure(exposed(&args));
         return Err(UsageError(format!("serve: {refusal}")).into());
     }
     if args.print_fingerprint {
@@ -71,9 +86,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let tls = if tls_wanted(&args) {
         Some(identity(&args)?)
-    } else if !args.listen.ip().is_loopback() {
+    } else if !all_loopback(&args) {
         if !args.insecure {
-            return Err(insecure_refusal(args.listen).into());
+            return Err(insecure_refusal(exposed(&args)).into());
         }
         tracing::warn!(
             listen = %args.listen,
@@ -142,8 +157,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             id.fingerprint()
         );
     }
+    let webdav = match args.webdav_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--webdav-listen)"))?;
+            eprintln!(
+                "distribusync: WebDAV on {scheme}://{}/ (user name: anything; password: a token)",
+                l.local_addr().unwrap_or(addr)
+            );
+            Some(l)
+        }
+        None => None,
+    };
     config.tls = tls;
-    distribusync_server::serve(listener, config, shutdown_signal())
+    distribusync_server::serve_with_webdav(listener, webdav, config, shutdown_signal())
         .await
         .context("server failed")?;
     Ok(())

@@ -6,6 +6,7 @@
 //! announce the change to watchers. Uploads are staged and verified before
 //! they take any lock, so a slow client never holds one.
 
+mod dav;
 mod disk;
 mod index;
 mod parts;
@@ -19,7 +20,8 @@ use distribusync_core::{ContentHash, RemotePath, Revision};
 use tokio::sync::broadcast;
 
 pub use disk::Kind;
-pub use index::{ChangeOp, ChangeRecord, FileRecord};
+pub use dav::{DavLockNote, Entry};
+pub use index::{ChangeOp, ChangeRecord, DeadProp, FileRecord};
 pub use parts::KeptParts;
 pub use upload::{Upload, UploadHeader, verify};
 pub use view::View;
@@ -127,6 +129,8 @@ struct Inner {
     /// the upload told the kernel not to cache). Only a shortcut: lost at a
     /// restart, and the whole file's hash is checked at the end anyway.
     part_hashes: std::sync::Mutex<PartHashes>,
+    /// WebDAV locks, which gRPC writes respect too.
+    dav_locks: dav::DavLocks,
 }
 
 /// Hash state (and byte count) of kept upload parts, by part name.
@@ -184,6 +188,7 @@ impl Store {
                     changes,
                     config,
                     part_hashes: Default::default(),
+                    dav_locks: Default::default(),
                 }),
             })
         })
@@ -215,6 +220,11 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         self.inner.disk.root()
+    }
+
+    /// Largest file accepted, in bytes.
+    pub fn max_file_size(&self) -> u64 {
+        self.inner.config.max_file_size
     }
 
     /// Runs blocking store work on the blocking pool; an error of a full
