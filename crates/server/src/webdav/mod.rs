@@ -278,7 +278,9 @@ impl Front {
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             answer(StatusCode::BAD_REQUEST, format!("{what}: {e}"))
         };
-        let url = DavPath::from_uri(req.uri()).map_err(|_| {
+        // Decoded and with `.` and `..` resolved, as dav-server will see it;
+        // a `..` above the root is refused here.
+        let url = DavPath::new(req.uri().path()).map_err(|_| {
             answer(
                 StatusCode::BAD_REQUEST,
                 format!("{}: not a valid path", distribusync_core::echo(req.uri().path())),
@@ -290,7 +292,7 @@ impl Front {
                 .to_str()
                 .ok()
                 .and_then(|d| d.parse::<http::Uri>().ok())
-                .and_then(|u| DavPath::from_uri(&u).ok())
+                .and_then(|u| DavPath::new(u.path()).ok())
                 .ok_or_else(|| answer(StatusCode::BAD_REQUEST, "Destination: not a valid URL"))?;
             remote_path(dest.as_bytes(), prefix.as_ref()).map_err(|e| bad("Destination", &e))?;
         }
