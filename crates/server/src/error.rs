@@ -173,9 +173,7 @@ impl ServiceError {
             ServiceError::AlreadyExists(_) => Code::AlreadyExists,
             ServiceError::RevisionMismatch { .. }
             | ServiceError::Conflict(_)
-            | ServiceError::Locked { .. } => {
-                Code::FailedPrecondition
-            }
+            | ServiceError::Locked { .. } => Code::FailedPrecondition,
             ServiceError::OutOfRange(_) => Code::OutOfRange,
             ServiceError::OutsidePrefix { .. } => Code::PermissionDenied,
             ServiceError::Aborted(_) => Code::Aborted,

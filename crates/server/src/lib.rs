@@ -27,5 +27,5 @@ pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
 pub use serve::{ServeError, ServerConfig, Services, serve, serve_with_webdav};
 pub use tls::{TLS_DIR, TlsError, TlsIdentity, fingerprint_of};
-pub use webdav::{DEPTH_INFINITY_MAX, WebDavConfig};
 pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig, raise_descriptor_limit};
+pub use webdav::{DEPTH_INFINITY_MAX, WebDavConfig};

@@ -97,7 +97,9 @@ async fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Answer {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -136,7 +138,9 @@ async fn send(
 /// returns what the server answers, up to the end of its head.
 async fn raw(addr: std::net::SocketAddr, request: &str, end: bool) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
     stream.write_all(request.as_bytes()).await.expect("sends");
     if end {
         stream.shutdown().await.expect("shutdown");
@@ -200,7 +204,14 @@ async fn a_put_reaches_grpc_and_etags_follow_revisions() {
     );
 
     // A range.
-    let part = send(s.dav, "GET", "/notes%20a.txt", &[("range", "bytes=6-11")], b"").await;
+    let part = send(
+        s.dav,
+        "GET",
+        "/notes%20a.txt",
+        &[("range", "bytes=6-11")],
+        b"",
+    )
+    .await;
     assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(part.body, b"webdav");
 
@@ -211,16 +222,37 @@ async fn a_put_reaches_grpc_and_etags_follow_revisions() {
     assert_ne!(new_tag, etag);
 
     // If-Match with the old ETag is refused and changes nothing.
-    let stale = send(s.dav, "PUT", "/notes%20a.txt", &[("if-match", &etag)], b"lost").await;
+    let stale = send(
+        s.dav,
+        "PUT",
+        "/notes%20a.txt",
+        &[("if-match", &etag)],
+        b"lost",
+    )
+    .await;
     assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(
         common::get_bytes(&grpc, dir.path(), "notes a.txt").await,
         b"changed by sync"
     );
-    let fresh = send(s.dav, "PUT", "/notes%20a.txt", &[("if-match", &new_tag)], b"kept").await;
+    let fresh = send(
+        s.dav,
+        "PUT",
+        "/notes%20a.txt",
+        &[("if-match", &new_tag)],
+        b"kept",
+    )
+    .await;
     assert_eq!(fresh.status, StatusCode::NO_CONTENT, "{}", fresh.text());
     // If-None-Match: * refuses to replace.
-    let none = send(s.dav, "PUT", "/notes%20a.txt", &[("if-none-match", "*")], b"x").await;
+    let none = send(
+        s.dav,
+        "PUT",
+        "/notes%20a.txt",
+        &[("if-none-match", "*")],
+        b"x",
+    )
+    .await;
     assert_eq!(none.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(
         common::get_bytes(&grpc, dir.path(), "notes a.txt").await,
@@ -237,7 +269,10 @@ async fn collections_copy_move_and_delete_are_changes_sync_clients_see() {
     let grpc = FilesClient::connect(s.grpc.as_str()).await.unwrap();
 
     // An empty collection lives for WebDAV, though no file is in it.
-    assert_eq!(send(s.dav, "MKCOL", "/docs", &[], b"").await.status, StatusCode::CREATED);
+    assert_eq!(
+        send(s.dav, "MKCOL", "/docs", &[], b"").await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(
         send(s.dav, "MKCOL", "/docs", &[], b"").await.status,
         StatusCode::METHOD_NOT_ALLOWED
@@ -248,9 +283,16 @@ async fn collections_copy_move_and_delete_are_changes_sync_clients_see() {
     );
     let list = send(s.dav, "PROPFIND", "/", &[("depth", "1")], b"").await;
     assert_eq!(list.status, StatusCode::MULTI_STATUS);
-    assert!(list.text().contains("<D:href>/docs/</D:href>"), "{}", list.text());
+    assert!(
+        list.text().contains("<D:href>/docs/</D:href>"),
+        "{}",
+        list.text()
+    );
 
-    assert_eq!(send(s.dav, "PUT", "/docs/a.txt", &[], b"A").await.status, StatusCode::CREATED);
+    assert_eq!(
+        send(s.dav, "PUT", "/docs/a.txt", &[], b"A").await.status,
+        StatusCode::CREATED
+    );
     let dest = format!("{}/docs/b.txt", s.url());
     let copy = send(s.dav, "COPY", "/docs/a.txt", &[("destination", &dest)], b"").await;
     assert_eq!(copy.status, StatusCode::CREATED, "{}", copy.text());
@@ -280,7 +322,9 @@ async fn collections_copy_move_and_delete_are_changes_sync_clients_see() {
     assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.text());
     assert!(grpc.list_all(None).await.unwrap().is_empty());
     assert_eq!(
-        send(s.dav, "PROPFIND", "/archive", &[("depth", "0")], b"").await.status,
+        send(s.dav, "PROPFIND", "/archive", &[("depth", "0")], b"")
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
     s.stop().await;
@@ -299,14 +343,31 @@ async fn tokens_decide_who_reads_writes_and_which_folder_is_root() {
     // Tokens exist: no token, a wrong one, are refused with a challenge.
     let anon = send(s.dav, "PROPFIND", "/", &[("depth", "0")], b"").await;
     assert_eq!(anon.status, StatusCode::UNAUTHORIZED);
-    assert!(anon.header("www-authenticate").is_some_and(|v| v.starts_with("Basic")));
-    let wrong = send(s.dav, "GET", "/", &[("authorization", &basic("ds_nope"))], b"").await;
+    assert!(
+        anon.header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Basic"))
+    );
+    let wrong = send(
+        s.dav,
+        "GET",
+        "/",
+        &[("authorization", &basic("ds_nope"))],
+        b"",
+    )
+    .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
 
     let w = basic(&rw);
     let mk = send(s.dav, "MKCOL", "/team", &[("authorization", &w)], b"").await;
     assert_eq!(mk.status, StatusCode::CREATED);
-    let put = send(s.dav, "PUT", "/team/plan.txt", &[("authorization", &w)], b"plan").await;
+    let put = send(
+        s.dav,
+        "PUT",
+        "/team/plan.txt",
+        &[("authorization", &w)],
+        b"plan",
+    )
+    .await;
     assert_eq!(put.status, StatusCode::CREATED);
     let put = send(s.dav, "PUT", "/secret.txt", &[("authorization", &w)], b"s").await;
     assert_eq!(put.status, StatusCode::CREATED);
@@ -318,14 +379,28 @@ async fn tokens_decide_who_reads_writes_and_which_folder_is_root() {
     let refused = send(s.dav, "PUT", "/x.txt", &[("authorization", &r)], b"x").await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(refused.text().contains("write"), "{}", refused.text());
-    let refused = send(s.dav, "DELETE", "/secret.txt", &[("authorization", &r)], b"").await;
+    let refused = send(
+        s.dav,
+        "DELETE",
+        "/secret.txt",
+        &[("authorization", &r)],
+        b"",
+    )
+    .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
 
     // A folder token sees its folder as the root, and nothing else.
     let t = basic(&team);
     let mine = send(s.dav, "GET", "/plan.txt", &[("authorization", &t)], b"").await;
     assert_eq!(mine.body, b"plan");
-    let list = send(s.dav, "PROPFIND", "/", &[("authorization", &t), ("depth", "1")], b"").await;
+    let list = send(
+        s.dav,
+        "PROPFIND",
+        "/",
+        &[("authorization", &t), ("depth", "1")],
+        b"",
+    )
+    .await;
     assert!(list.text().contains("/plan.txt"), "{}", list.text());
     assert!(!list.text().contains("secret"), "{}", list.text());
     let outside = send(s.dav, "GET", "/secret.txt", &[("authorization", &t)], b"").await;
@@ -419,7 +494,14 @@ async fn a_webdav_lock_stops_grpc_writes_naming_it_until_unlocked() {
     let body = br#"<?xml version="1.0" encoding="utf-8"?>
 <D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>
 <D:locktype><D:write/></D:locktype><D:owner>alice</D:owner></D:lockinfo>"#;
-    let lock = send(s.dav, "LOCK", "/report.odt", &[("timeout", "Second-600")], body).await;
+    let lock = send(
+        s.dav,
+        "LOCK",
+        "/report.odt",
+        &[("timeout", "Second-600")],
+        body,
+    )
+    .await;
     assert_eq!(lock.status, StatusCode::OK, "{}", lock.text());
     let token = lock.header("lock-token").expect("lock token").to_owned();
 
@@ -441,7 +523,14 @@ async fn a_webdav_lock_stops_grpc_writes_naming_it_until_unlocked() {
     let mine = send(s.dav, "PUT", "/report.odt", &[("if", &cond)], b"v3").await;
     assert_eq!(mine.status, StatusCode::NO_CONTENT, "{}", mine.text());
 
-    let unlock = send(s.dav, "UNLOCK", "/report.odt", &[("lock-token", &token)], b"").await;
+    let unlock = send(
+        s.dav,
+        "UNLOCK",
+        "/report.odt",
+        &[("lock-token", &token)],
+        b"",
+    )
+    .await;
     assert_eq!(unlock.status, StatusCode::NO_CONTENT);
     grpc.upload(&local, &p("report.odt"), None, Arc::new(()))
         .await

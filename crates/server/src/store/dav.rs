@@ -183,7 +183,9 @@ impl View {
     pub async fn make_collection(&self, path: &RemotePath) -> Result<()> {
         self.who().confine(path)?;
         let p = path.clone();
-        self.store().dav(move |index| index.add_collection(&p)).await?;
+        self.store()
+            .dav(move |index| index.add_collection(&p))
+            .await?;
         tracing::info!(%path, "collection made (WebDAV)");
         Ok(())
     }
@@ -218,7 +220,9 @@ impl View {
         self.who().confine(from)?;
         self.who().confine(to)?;
         let (f, t) = (from.clone(), to.clone());
-        self.store().dav(move |index| index.copy_props(&f, &t)).await
+        self.store()
+            .dav(move |index| index.copy_props(&f, &t))
+            .await
     }
 
     /// The dead properties of `path` (`None`: the caller's root, which

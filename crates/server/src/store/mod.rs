@@ -19,8 +19,8 @@ use std::sync::Arc;
 use distribusync_core::{ContentHash, RemotePath, Revision};
 use tokio::sync::broadcast;
 
-pub use disk::Kind;
 pub use dav::{DavLockNote, Entry};
+pub use disk::Kind;
 pub use index::{ChangeOp, ChangeRecord, DeadProp, FileRecord};
 pub use parts::KeptParts;
 pub use upload::{Upload, UploadHeader, verify};

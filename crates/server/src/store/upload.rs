@@ -258,7 +258,11 @@ impl Upload {
         if total > self.header.size && !self.size_given {
             self.keep = false;
             return Err(ServiceError::TooLarge {
-                what: format!("{}: more than {} bytes", self.header.path.shown(), self.header.size),
+                what: format!(
+                    "{}: more than {} bytes",
+                    self.header.path.shown(),
+                    self.header.size
+                ),
                 limit: format!("{} bytes (max file size)", self.header.size),
             });
         }

@@ -581,13 +581,7 @@ impl DavFileSystem for DavFs {
                     None
                 };
                 changes.push((ns, prop.name.clone(), xml));
-                answer.push((
-                    StatusCode::OK,
-                    DavProp {
-                        xml: None,
-                        ..prop
-                    },
-                ));
+                answer.push((StatusCode::OK, DavProp { xml: None, ..prop }));
             }
             self.view
                 .patch_props(p.as_ref(), changes)

@@ -283,7 +283,10 @@ impl Front {
         let url = DavPath::new(req.uri().path()).map_err(|_| {
             answer(
                 StatusCode::BAD_REQUEST,
-                format!("{}: not a valid path", distribusync_core::echo(req.uri().path())),
+                format!(
+                    "{}: not a valid path",
+                    distribusync_core::echo(req.uri().path())
+                ),
             )
         })?;
         let path = remote_path(url.as_bytes(), prefix.as_ref()).map_err(|e| bad("path", &e))?;
@@ -357,8 +360,10 @@ impl Front {
         }
         // dav-server answers Depth: infinity only for requests marked as
         // its test suite's; within the bound, mark this one so.
-        req.headers_mut()
-            .insert("x-litmus", HeaderValue::from_static("depth-infinity-bounded"));
+        req.headers_mut().insert(
+            "x-litmus",
+            HeaderValue::from_static("depth-infinity-bounded"),
+        );
         Ok(())
     }
 }
@@ -532,8 +537,7 @@ impl DavLockSystem for PrefixLocks {
         let full = self.full(path);
         Box::pin(async move {
             let r = self.inner.delete(&full).await;
-            self.store
-                .drop_dav_lock(Self::remote(&full).as_ref(), None);
+            self.store.drop_dav_lock(Self::remote(&full).as_ref(), None);
             r
         })
     }

@@ -10,7 +10,7 @@
 use distribusync_core::RemotePath;
 use rusqlite::{OptionalExtension, params};
 
-use super::{FileRecord, FILE_COLS, Index, file_row, folder_range};
+use super::{FILE_COLS, FileRecord, Index, file_row, folder_range};
 use crate::error::Result;
 
 /// One dead property: its namespace, local name and whole XML element.
@@ -54,10 +54,7 @@ impl Index {
                  AND path != ?1 ORDER BY path LIMIT 1"
             ))?;
             let mut cursor = lo.clone();
-            while let Some(f) = st
-                .query_row(params![cursor, hi], file_row)
-                .optional()?
-            {
+            while let Some(f) = st.query_row(params![cursor, hi], file_row).optional()? {
                 let Some((first, deeper)) = first_below(f.path.as_str(), &lo) else {
                     break;
                 };
@@ -78,11 +75,12 @@ impl Index {
     /// True when `path` was made a collection with MKCOL.
     pub fn is_collection(&self, path: &RemotePath) -> Result<bool> {
         self.with(|c| {
-            Ok(c
-                .prepare_cached("SELECT 1 FROM dav_collections WHERE path = ?1")?
-                .query_row([path.as_str()], |_| Ok(()))
-                .optional()?
-                .is_some())
+            Ok(
+                c.prepare_cached("SELECT 1 FROM dav_collections WHERE path = ?1")?
+                    .query_row([path.as_str()], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+            )
         })
     }
 
@@ -130,9 +128,7 @@ impl Index {
             let tx = c.transaction()?;
             for table in ["dav_collections", "dav_props"] {
                 tx.execute(
-                    &format!(
-                        "DELETE FROM {table} WHERE path = ?1 OR (path >= ?2 AND path < ?3)"
-                    ),
+                    &format!("DELETE FROM {table} WHERE path = ?1 OR (path >= ?2 AND path < ?3)"),
                     params![path.as_str(), lo, hi],
                 )?;
             }
@@ -150,9 +146,7 @@ impl Index {
             let tx = c.transaction()?;
             for table in ["dav_collections", "dav_props"] {
                 tx.execute(
-                    &format!(
-                        "DELETE FROM {table} WHERE path = ?1 OR (path >= ?2 AND path < ?3)"
-                    ),
+                    &format!("DELETE FROM {table} WHERE path = ?1 OR (path >= ?2 AND path < ?3)"),
                     params![to.as_str(), tlo, thi],
                 )?;
                 // New path: `to` followed by what came after `from`.
