@@ -164,8 +164,12 @@ async fn connection<S>(
     }
 }
 
+/// An answer given instead of running the request (boxed: a response is
+/// large, and an error path should not make every result that large).
+type Refused = Box<Response<Body>>;
+
 /// A plain-text answer.
-fn answer(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+fn answer(status: StatusCode, text: impl Into<String>) -> Refused {
     let mut text = text.into();
     text.push('\n');
     let mut res = Response::new(Body::from(text));
@@ -174,7 +178,7 @@ fn answer(status: StatusCode, text: impl Into<String>) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    res
+    Box::new(res)
 }
 
 /// Methods that change nothing.
@@ -213,14 +217,15 @@ impl Front {
     async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let who = match self.identify(&req, peer) {
             Ok(who) => who,
-            Err(res) => return res,
+            Err(res) => return *res,
         };
         match self.admit(req, who).await {
-            Ok(res) | Err(res) => res,
+            Ok(res) => res,
+            Err(res) => *res,
         }
     }
 
-    fn identify(&self, req: &Request<Incoming>, peer: IpAddr) -> Result<Identity, Response<Body>> {
+    fn identify(&self, req: &Request<Incoming>, peer: IpAddr) -> Result<Identity, Refused> {
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -255,7 +260,7 @@ impl Front {
         &self,
         mut req: Request<Incoming>,
         who: Identity,
-    ) -> Result<Response<Body>, Response<Body>> {
+    ) -> Result<Response<Body>, Refused> {
         let method = req.method().clone();
         let needed = if reads_only(&method) {
             Scope::Read
@@ -331,7 +336,7 @@ impl Front {
         req: &mut Request<Incoming>,
         view: &crate::store::View,
         path: Option<&RemotePath>,
-    ) -> Result<(), Response<Body>> {
+    ) -> Result<(), Refused> {
         let infinite = req
             .headers()
             .get("depth")
@@ -356,7 +361,7 @@ impl Front {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/xml; charset=utf-8"),
             );
-            return Err(res);
+            return Err(Box::new(res));
         }
         // dav-server answers Depth: infinity only for requests marked as
         // its test suite's; within the bound, mark this one so.
