@@ -258,6 +258,14 @@ async fn a_put_reaches_grpc_and_etags_follow_revisions() {
         common::get_bytes(&grpc, dir.path(), "notes a.txt").await,
         b"kept"
     );
+
+    // A body of several write steps, not a multiple of any of them.
+    let big: Vec<u8> = (0..(3u32 << 20) + 5).map(|i| (i * 7 % 251) as u8).collect();
+    let put = send(s.dav, "PUT", "/big.bin", &[], &big).await;
+    assert_eq!(put.status, StatusCode::CREATED, "{}", put.text());
+    let info = grpc.stat(&p("big.bin")).await.unwrap();
+    assert_eq!(info.hash, distribusync_core::ContentHash::of(&big));
+    assert_eq!(send(s.dav, "GET", "/big.bin", &[], b"").await.body, big);
     s.stop().await;
 }
 

@@ -162,7 +162,13 @@ struct ReadFile {
 struct WriteFile {
     upload: Option<Upload>,
     record: Option<FileRecord>,
+    /// Body frames (often a few KiB each) gathered into steps of
+    /// [`WRITE_STEP`] before they go to the upload's writer.
+    pending: Vec<u8>,
 }
+
+/// Bytes handed to the upload's writer at once.
+const WRITE_STEP: usize = 1 << 20;
 
 impl DavFile for ReadFile {
     fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
@@ -250,8 +256,15 @@ impl DavFile for WriteFile {
 
     fn write_bytes(&'_ mut self, buf: Bytes) -> FsFuture<'_, ()> {
         async move {
-            let upload = self.upload.as_mut().ok_or(FsError::GeneralFailure)?;
-            upload.write(Vec::from(buf)).await.map_err(fs_error)
+            if self.pending.is_empty() && buf.len() >= WRITE_STEP {
+                let upload = self.upload.as_mut().ok_or(FsError::GeneralFailure)?;
+                return upload.write(Vec::from(buf)).await.map_err(fs_error);
+            }
+            self.pending.extend_from_slice(&buf);
+            if self.pending.len() >= WRITE_STEP {
+                self.push_pending().await?;
+            }
+            Ok(())
         }
         .boxed()
     }
@@ -271,6 +284,7 @@ impl DavFile for WriteFile {
             // dav-server flushes once, at the end of the body (also when
             // the body came short: then verify refuses it and nothing is
             // installed).
+            self.push_pending().await?;
             let Some(upload) = self.upload.take() else {
                 return Ok(());
             };
@@ -279,6 +293,17 @@ impl DavFile for WriteFile {
             Ok(())
         }
         .boxed()
+    }
+}
+
+impl WriteFile {
+    async fn push_pending(&mut self) -> FsResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.pending, Vec::with_capacity(WRITE_STEP));
+        let upload = self.upload.as_mut().ok_or(FsError::GeneralFailure)?;
+        upload.write(data).await.map_err(fs_error)
     }
 }
 
@@ -357,6 +382,7 @@ impl DavFs {
         Ok(WriteFile {
             upload: Some(upload),
             record: None,
+            pending: Vec::new(),
         })
     }
 
