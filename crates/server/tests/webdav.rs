@@ -301,6 +301,10 @@ async fn collections_copy_move_and_delete_are_changes_sync_clients_see() {
         send(s.dav, "PUT", "/docs/a.txt", &[], b"A").await.status,
         StatusCode::CREATED
     );
+    // Depth: infinity, within its bound, lists the whole tree.
+    let all = send(s.dav, "PROPFIND", "/", &[("depth", "infinity")], b"").await;
+    assert_eq!(all.status, StatusCode::MULTI_STATUS, "{}", all.text());
+    assert!(all.text().contains("/docs/a.txt"), "{}", all.text());
     let dest = format!("{}/docs/b.txt", s.url());
     let copy = send(s.dav, "COPY", "/docs/a.txt", &[("destination", &dest)], b"").await;
     assert_eq!(copy.status, StatusCode::CREATED, "{}", copy.text());
