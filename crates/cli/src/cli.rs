@@ -163,6 +163,11 @@ pub struct ServeArgs {
     /// address; off unless given. TLS and tokens as for --listen.
     #[arg(long, env = "DISTRIBUSYNC_WEB_LISTEN", value_name = "ADDR")]
     pub web_listen: Option<SocketAddr>,
+    /// Also serve the files over WebDAV on this address (off by default):
+    /// same tokens (HTTP Basic: any user name, the token as password), same
+    /// TLS, same store. See docs/DESIGN.md, "WebDAV".
+    #[arg(long, env = "DISTRIBUSYNC_WEBDAV_LISTEN")]
+    pub webdav_listen: Option<SocketAddr>,
     /// The folder the server owns (created if missing).
     #[arg(long, env = "DISTRIBUSYNC_ROOT", default_value = "./MASTER")]
     pub root: PathBuf,

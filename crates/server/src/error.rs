@@ -47,6 +47,17 @@ pub enum ServiceError {
         path: RemotePath,
         prefix: RemotePath,
     },
+    /// A write to a path a WebDAV client holds locked.
+    #[error(
+        "{}: locked by a WebDAV client (token {owner}, lock {token}); try again when {until}",
+        path.shown()
+    )]
+    Locked {
+        path: RemotePath,
+        token: String,
+        owner: String,
+        until: String,
+    },
     #[error("{0}")]
     OutOfRange(String),
     /// The operation cannot go on as asked, but the same request from the
@@ -160,9 +171,9 @@ impl ServiceError {
             }
             ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::AlreadyExists(_) => Code::AlreadyExists,
-            ServiceError::RevisionMismatch { .. } | ServiceError::Conflict(_) => {
-                Code::FailedPrecondition
-            }
+            ServiceError::RevisionMismatch { .. }
+            | ServiceError::Conflict(_)
+            | ServiceError::Locked { .. } => Code::FailedPrecondition,
             ServiceError::OutOfRange(_) => Code::OutOfRange,
             ServiceError::OutsidePrefix { .. } => Code::PermissionDenied,
             ServiceError::Aborted(_) => Code::Aborted,

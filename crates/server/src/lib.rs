@@ -31,11 +31,13 @@ pub const VERSION: &str = concat!(
     env!("DISTRIBUSYNC_COMMIT"),
     ")"
 );
+mod webdav;
 
 pub use auth::{AuthConfig, AuthMode, Identity};
 pub use compute::{ComputeConfig, ComputeService};
 pub use error::ServiceError;
-pub use serve::{Reloadable, ServeError, ServerConfig, Services, serve};
+pub use serve::{Reloadable, ServeError, ServerConfig, Services, serve, serve_with_webdav};
 pub use tls::{TLS_DIR, TlsError, TlsIdentity, fingerprint_of};
 pub use transport::{KEEPALIVE_TIMEOUT, TransportConfig, raise_descriptor_limit};
 pub use web::WebListener;
+pub use webdav::{DEPTH_INFINITY_MAX, WebDavConfig};

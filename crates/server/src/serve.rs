@@ -69,6 +69,8 @@ pub struct ServerConfig {
     /// Settings sent here apply while serving (`serve` sends them on
     /// SIGHUP): see [`Reloadable`].
     pub reload: Option<tokio::sync::watch::Receiver<Reloadable>>,
+    /// The WebDAV listener's settings (used with [`serve_with_webdav`]).
+    pub webdav: crate::WebDavConfig,
 }
 
 /// The settings a running server takes without a restart (and without
@@ -96,6 +98,7 @@ impl ServerConfig {
             metrics: None,
             ready: None,
             reload: None,
+            webdav: crate::WebDavConfig::default(),
         }
     }
 }
@@ -121,6 +124,8 @@ pub enum ServeError {
          --insecure to do it anyway"
     )]
     Insecure(std::net::SocketAddr),
+    #[error("WebDAV serves the files: it needs the files service (--services files)")]
+    WebDavWithoutFiles,
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting,
@@ -134,18 +139,42 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_webdav(listener, None, config, shutdown).await
+}
+
+/// [`serve`], and WebDAV on `webdav` (see docs/DESIGN.md, "WebDAV") with
+/// the same store, tokens and TLS identity. Tokens are required unless
+/// both listeners are on loopback.
+///
+/// # Errors
+/// As [`serve`]; [`ServeError::WebDavWithoutFiles`] when the files
+/// service is not hosted.
+pub async fn serve_with_webdav(
+    listener: TcpListener,
+    webdav: Option<TcpListener>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let token = CancellationToken::new();
+    if webdav.is_some() && !config.services.files {
+        return Err(ServeError::WebDavWithoutFiles);
+    }
     let addr = listener.local_addr().ok();
-    // The web page's address counts too: tokens are required as soon as
+    // The web page's and WebDAV's addresses count too: tokens are required as soon as
     // either is reachable beyond loopback.
     let web_addr = config.web.as_ref().and_then(crate::WebListener::local_addr);
     let addr = match (addr, web_addr) {
         (Some(a), Some(w)) if a.ip().is_loopback() && !w.ip().is_loopback() => Some(w),
         (a, _) => a,
     };
-    let loopback = addr.is_none_or(|a| a.ip().is_loopback());
+    let webdav_addr = webdav.as_ref().and_then(|l| l.local_addr().ok());
+    let loopback = addr.is_none_or(|a| a.ip().is_loopback())
+        && webdav_addr.is_none_or(|a| a.ip().is_loopback());
     if config.auth.mode == AuthMode::Off && !loopback {
-        let addr = addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let addr = webdav_addr
+            .filter(|a| !a.ip().is_loopback())
+            .or(addr)
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         if !config.auth.insecure {
             return Err(ServeError::Insecure(addr));
         }
@@ -246,6 +275,17 @@ pub async fn serve(
         required = auth.required(),
         "authentication"
     );
+    if let (Some(listener), Some(store)) = (webdav, store_handle.clone()) {
+        let tls = config.tls.as_ref().map(crate::TlsIdentity::acceptor_http1);
+        tokio::spawn(crate::webdav::run(
+            listener,
+            store,
+            auth.clone(),
+            tls,
+            config.webdav.clone(),
+            token.clone(),
+        ));
+    }
 
     let root = config
         .services

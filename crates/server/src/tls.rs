@@ -220,6 +220,14 @@ impl TlsIdentity {
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config.clone())
     }
+
+    /// The same identity for HTTP/1.1 (WebDAV): clients that negotiate
+    /// ALPN must be offered `http/1.1`, not gRPC's `h2`.
+    pub(crate) fn acceptor_http1(&self) -> tokio_rustls::TlsAcceptor {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
 }
 
 /// The one crypto provider the server uses (ring), passed explicitly so no

@@ -18,10 +18,12 @@ fn tls_wanted(args: &ServeArgs) -> bool {
     }
 }
 
-/// The first address (gRPC, then the web page) beyond loopback, if any.
+/// The first address (gRPC, the web page, then WebDAV) beyond loopback,
+/// if any.
 fn exposed(args: &ServeArgs) -> Option<SocketAddr> {
     std::iter::once(args.listen)
         .chain(args.web_listen)
+        .chain(args.webdav_listen)
         .find(|a| !a.ip().is_loopback())
 }
 
@@ -39,6 +41,9 @@ fn tls_names(args: &ServeArgs) -> Vec<String> {
     names.push("localhost".to_owned());
     if !args.listen.ip().is_unspecified() {
         names.push(args.listen.ip().to_string());
+    }
+    if let Some(w) = args.webdav_listen.filter(|w| !w.ip().is_unspecified()) {
+        names.push(w.ip().to_string());
     }
     names.dedup();
     names
@@ -157,6 +162,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             id.fingerprint()
         );
     }
+    let webdav = match args.webdav_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--webdav-listen)"))?;
+            eprintln!(
+                "distribusync: WebDAV on {scheme}://{}/ (user name: anything; password: a token)",
+                l.local_addr().unwrap_or(addr)
+            );
+            Some(l)
+        }
+        None => None,
+    };
     if let Some(addr) = args.web_listen {
         let web = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen on {addr} (--web-listen)"))?;
@@ -193,7 +211,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
-    distribusync_server::serve(listener, config, shutdown)
+    distribusync_server::serve_with_webdav(listener, webdav, config, shutdown)
         .await
         .context("server failed")?;
     Ok(())

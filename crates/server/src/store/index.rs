@@ -13,6 +13,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::error::Result;
 
+mod dav;
+pub use dav::DeadProp;
+
 /// One file as the index knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRecord {
@@ -76,6 +79,16 @@ CREATE TABLE IF NOT EXISTS changes (
     modified_ns INTEGER NOT NULL,
     folder INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS dav_collections (
+    path TEXT PRIMARY KEY NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dav_props (
+    path TEXT NOT NULL,
+    ns TEXT NOT NULL,
+    name TEXT NOT NULL,
+    xml BLOB NOT NULL,
+    PRIMARY KEY (path, ns, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_renames (
     id INTEGER PRIMARY KEY,
     from_path TEXT NOT NULL,

@@ -6,6 +6,7 @@
 //! announce the change to watchers. Uploads are staged and verified before
 //! they take any lock, so a slow client never holds one.
 
+mod dav;
 mod disk;
 mod index;
 mod parts;
@@ -18,8 +19,9 @@ use std::sync::Arc;
 use distribusync_core::{ContentHash, RemotePath, Revision, path::MAX_PATH_BYTES};
 use tokio::sync::broadcast;
 
+pub use dav::{DavLockNote, Entry};
 pub use disk::Kind;
-pub use index::{ChangeOp, ChangeRecord, FileRecord};
+pub use index::{ChangeOp, ChangeRecord, DeadProp, FileRecord};
 pub use parts::KeptParts;
 pub use upload::{Upload, UploadHeader, verify};
 pub use view::View;
@@ -141,6 +143,8 @@ struct Inner {
     /// the upload told the kernel not to cache). Only a shortcut: lost at a
     /// restart, and the whole file's hash is checked at the end anyway.
     part_hashes: std::sync::Mutex<PartHashes>,
+    /// WebDAV locks, which gRPC writes respect too.
+    dav_locks: dav::DavLocks,
 }
 
 /// Hash state (and byte count) of kept upload parts, by part name.
@@ -218,6 +222,7 @@ impl Store {
                     max_file_size: config.max_file_size.into(),
                     config,
                     part_hashes: Default::default(),
+                    dav_locks: Default::default(),
                 }),
             })
         })

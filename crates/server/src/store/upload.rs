@@ -52,9 +52,12 @@ pub struct Upload {
     done: bool,
     /// Keep the received part for resuming if dropped unfinished.
     keep: bool,
-    /// The content hash is the one the data hashes to (the web page, which
-    /// cannot hash BLAKE3 as it sends: the size is still checked).
-    hash_received: bool,
+    /// The sender announced the content hash (a gRPC client); else the
+    /// data is taken as it hashes (WebDAV has no hash to announce).
+    hash_given: bool,
+    /// The sender announced the size; else it is what arrives, up to the
+    /// header's size (the limit).
+    size_given: bool,
 }
 
 /// What a writer starts from: the file positioned where the data goes, the
@@ -210,8 +213,19 @@ impl Upload {
             received,
             done: false,
             keep,
-            hash_received: false,
+            hash_given: true,
+            size_given: true,
         }
+    }
+
+    /// For a sender that announces no content hash (WebDAV, the web page,
+    /// which cannot hash BLAKE3 as it sends): the data is
+    /// taken as it hashes, still hashed as it arrives and installed only
+    /// when complete and durable. With `size_given` false (a chunked body
+    /// without a length), the size is what arrives, up to the header's.
+    pub fn unannounced(&mut self, size_given: bool) {
+        self.hash_given = false;
+        self.size_given = size_given;
     }
 
     /// Bytes received so far (with a resumed upload's kept part).
@@ -233,14 +247,6 @@ impl Upload {
     /// Sets the content hash given after the data (a trailer).
     pub fn set_hash(&mut self, hash: ContentHash) {
         self.header.hash = hash;
-    }
-
-    /// Takes the content hash from the data received instead of the
-    /// header (for a client that cannot compute it; the size announced is
-    /// still checked, and the bytes still go through staging, fsync and the
-    /// one commit path).
-    pub fn hash_received(&mut self) {
-        self.hash_received = true;
     }
 
     /// Ends this request of a piecewise upload: what was received is kept
@@ -275,6 +281,17 @@ impl Upload {
     /// error when the staging file cannot be written.
     pub async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
         let total = self.received + chunk.len() as u64;
+        if total > self.header.size && !self.size_given {
+            self.keep = false;
+            return Err(ServiceError::TooLarge {
+                what: format!(
+                    "{}: more than {} bytes",
+                    self.header.path.shown(),
+                    self.header.size
+                ),
+                limit: format!("{} bytes (max file size)", self.header.size),
+            });
+        }
         if total > self.header.size {
             self.keep = false;
             return Err(ServiceError::InvalidArgument(format!(
@@ -300,10 +317,14 @@ impl Upload {
         self.keep = false;
         let root = self.store.root().to_owned();
         let (file, hasher) = self.writer.finish().await.map_err(|e| e.on_disk(&root))?;
-        if self.hash_received {
-            self.header.hash = hasher.finalize().into();
+        let hash = ContentHash::from(hasher.finalize());
+        if !self.hash_given {
+            self.header.hash = hash;
         }
-        let checked = verify(&self.header, self.received, hasher.finalize().into());
+        if !self.size_given {
+            self.header.size = self.received;
+        }
+        let checked = verify(&self.header, self.received, hash);
         if let (Err(e), true) = (&checked, self.header.offset > 0) {
             // The kept part may not be what this client has: start over.
             return Err(ServiceError::Aborted(format!(

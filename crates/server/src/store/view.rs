@@ -23,6 +23,9 @@ const RENAME_PAGE: u32 = 1000;
 pub struct View {
     store: Store,
     who: Identity,
+    /// Requests from WebDAV: its locks were checked by `dav-server`
+    /// against the lock tokens the request submitted.
+    webdav: bool,
 }
 
 /// True when `a` and `b` are equal or one lies inside the other.
@@ -36,11 +39,28 @@ impl Store {
         View {
             store: self.clone(),
             who,
+            webdav: false,
         }
     }
 }
 
 impl View {
+    /// This view for WebDAV requests (see [`View::webdav`]).
+    #[must_use]
+    pub fn for_webdav(mut self) -> View {
+        self.webdav = true;
+        self
+    }
+
+    /// Refuses a write to a path a WebDAV client holds locked (WebDAV's
+    /// own requests are checked by `dav-server`).
+    fn unlocked(&self, paths: &[&RemotePath]) -> Result<()> {
+        if self.webdav {
+            return Ok(());
+        }
+        self.store.check_dav_locks(paths)
+    }
+
     pub fn who(&self) -> &Identity {
         &self.who
     }
@@ -55,6 +75,7 @@ impl View {
     /// [`ServiceError::OutsidePrefix`], or the store's.
     pub async fn begin_upload(&self, header: UploadHeader) -> Result<Upload> {
         self.who.confine(&header.path)?;
+        self.unlocked(&[&header.path])?;
         self.store.begin_upload(header).await
     }
 
@@ -84,7 +105,11 @@ impl View {
         let mut slots: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(files.len());
         let mut inside = Vec::with_capacity(files.len());
         for f in files {
-            match self.who.confine(&f.0.path) {
+            match self
+                .who
+                .confine(&f.0.path)
+                .and_then(|()| self.unlocked(&[&f.0.path]))
+            {
                 Ok(()) => {
                     slots.push(None);
                     inside.push(f);
@@ -131,6 +156,7 @@ impl View {
     /// [`ServiceError::OutsidePrefix`], or the store's.
     pub async fn delete(&self, path: &RemotePath, if_revision: Option<Revision>) -> Result<u64> {
         self.who.confine(path)?;
+        self.unlocked(&[path])?;
         self.store.delete(path, if_revision).await
     }
 
@@ -147,6 +173,7 @@ impl View {
     ) -> Result<(u64, u64)> {
         self.who.confine(from)?;
         self.who.confine(to)?;
+        self.unlocked(&[from, to])?;
         self.store.rename(from, to, overwrite, if_revision).await
     }
 

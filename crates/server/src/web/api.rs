@@ -392,7 +392,7 @@ pub(crate) async fn upload(
     let header = UploadHeader {
         path: remote(&q.path)?,
         size: q.size,
-        // Replaced by the data's own hash (see `Upload::hash_received`).
+        // Replaced by the data's own hash (see `Upload::unannounced`).
         hash: ContentHash::of(b""),
         modified: modified(q.modified_ms),
         if_revision: None,
@@ -413,7 +413,7 @@ pub(crate) async fn upload(
         ));
     }
     let mut upload = view.begin_upload(header).await?;
-    upload.hash_received();
+    upload.unannounced(true);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         // A broken connection drops the upload: what arrived is kept for
