@@ -77,11 +77,11 @@ pub type BeforeReplace = Box<dyn FnOnce(&Path) -> Result<()> + Send>;
 /// A cheap, cloneable client of the Files service.
 #[derive(Debug, Clone)]
 pub struct FilesClient {
-    inner: files_client::FilesClient<AuthChannel>,
+    pub(crate) inner: files_client::FilesClient<AuthChannel>,
     addr: Arc<str>,
 }
 
-fn protocol(what: &str) -> ClientError {
+pub(crate) fn protocol(what: &str) -> ClientError {
     ClientError::Protocol(format!("malformed reply from server: {what}"))
 }
 
@@ -321,7 +321,7 @@ impl FilesClient {
         &self.addr
     }
 
-    fn err(&self, s: tonic::Status) -> ClientError {
+    pub(crate) fn err(&self, s: tonic::Status) -> ClientError {
         ClientError::from_status(s, &self.addr)
     }
 
@@ -679,6 +679,7 @@ impl FilesClient {
             .download(v1::DownloadRequest {
                 path: remote.to_string(),
                 offset,
+                length: None,
             })
             .await
             .map_err(|s| self.err(s))?

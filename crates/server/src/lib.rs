@@ -11,12 +11,14 @@
 pub mod admin;
 pub mod auth;
 pub mod compute;
+mod delta_rpc;
 mod download;
 pub mod error;
 pub mod files;
 pub mod locks;
 mod oversize;
 mod serve;
+pub mod stats;
 pub mod store;
 mod tls;
 mod transport;

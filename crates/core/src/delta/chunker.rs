@@ -141,6 +141,11 @@ impl ManifestBuilder {
         }
     }
 
+    /// The whole-file hash state of the bytes fed so far.
+    pub fn hasher(&self) -> blake3::Hasher {
+        self.whole.clone()
+    }
+
     /// Bytes fed so far.
     pub fn size(&self) -> u64 {
         self.size

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use distribusync_core::delta::{ManifestBuilder, PARAMS_V1};
 use distribusync_core::{ContentHash, RemotePath, Revision};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -66,7 +67,11 @@ pub(super) struct Start {
 /// a time.
 struct WriteState {
     file: File,
+    /// Hashes the bytes when no manifest is being built (a resumed upload).
     hasher: blake3::Hasher,
+    /// The manifest, cut as the bytes arrive (it hashes the whole file
+    /// too); only for an upload that started at byte 0.
+    manifest: Option<ManifestBuilder>,
     written: u64,
     /// Bytes written when the last writeback hint was given.
     flushed: u64,
@@ -84,7 +89,12 @@ impl WriteState {
     /// Writes and hashes one batch of chunks: bounded work, never a wait.
     fn write(mut self, chunks: Vec<Vec<u8>>) -> std::io::Result<Self> {
         for chunk in chunks {
-            self.hasher.update(&chunk);
+            match &mut self.manifest {
+                Some(m) => m.update(&chunk),
+                None => {
+                    self.hasher.update(&chunk);
+                }
+            }
             self.file.write_all(&chunk)?;
             self.written += chunk.len() as u64;
             if self.written - self.flushed >= WRITEBACK_STEP {
@@ -135,6 +145,7 @@ impl Writer {
     fn new(start: Start) -> Self {
         let state = WriteState {
             file: start.file,
+            manifest: (start.written == 0).then(|| ManifestBuilder::new(&PARAMS_V1)),
             hasher: start.hasher,
             written: start.written,
             flushed: start.written,
@@ -168,15 +179,20 @@ impl Writer {
         }
     }
 
-    /// Writes everything queued and returns the file and its hash.
-    async fn finish(&mut self) -> Result<(File, blake3::Hasher)> {
+    /// Writes everything queued and returns the file, its hash and the
+    /// manifest builder (if one ran).
+    async fn finish(&mut self) -> Result<(File, blake3::Hasher, Option<ManifestBuilder>)> {
         self.chunks = None;
         let task = self.task.take().ok_or_else(|| writer_gone("writer gone"))?;
         let state = task
             .await
             .map_err(writer_gone)?
             .map_err(|e| ServiceError::io("staging file", e))?;
-        Ok((state.file, state.hasher))
+        let hasher = match &state.manifest {
+            Some(m) => m.hasher(),
+            None => state.hasher,
+        };
+        Ok((state.file, hasher, state.manifest))
     }
 }
 
@@ -262,7 +278,7 @@ impl Upload {
     pub async fn finish(mut self) -> Result<FileRecord> {
         self.keep = false;
         let root = self.store.root().to_owned();
-        let (file, hasher) = self.writer.finish().await.map_err(|e| e.on_disk(&root))?;
+        let (file, hasher, manifest) = self.writer.finish().await.map_err(|e| e.on_disk(&root))?;
         let checked = verify(&self.header, self.received, hasher.finalize().into());
         if let (Err(e), true) = (&checked, self.header.offset > 0) {
             // The kept part may not be what this client has: start over.
@@ -273,16 +289,19 @@ impl Upload {
         }
         checked?;
         let (modified, path) = (self.header.modified, self.header.path.clone());
-        self.store
+        let manifest = self
+            .store
             .run(move || {
                 super::disk::set_modified(&file, &path, modified)?;
                 file.sync_all()
-                    .map_err(|e| ServiceError::io("staging file", e))
+                    .map_err(|e| ServiceError::io("staging file", e))?;
+                // The last chunks are cut here (up to two coarse maxima).
+                Ok(manifest.map(ManifestBuilder::finish))
             })
             .await?;
         let record = self
             .store
-            .commit_upload(&self.header, self.staged.clone())
+            .commit_upload(&self.header, self.staged.clone(), manifest)
             .await;
         // Once installed the staging name no longer exists; on failure Drop
         // removes it.
@@ -347,7 +366,7 @@ impl Drop for Upload {
         let mut writer = self.writer.take();
         let (store, header) = (self.store.clone(), self.header.clone());
         runtime.spawn(async move {
-            let Ok((file, hasher)) = writer.finish().await else {
+            let Ok((file, hasher, _)) = writer.finish().await else {
                 let _ = std::fs::remove_file(&staged);
                 return;
             };
