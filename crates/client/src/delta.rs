@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ClientError, Result};
-use crate::files::{FileInfo, FilesClient, Progress, protocol};
+use crate::files::{BeforeReplace, FileInfo, FilesClient, Progress, protocol};
 
 /// When a transfer goes by delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +269,24 @@ impl FilesClient {
         local: &Path,
         progress: Arc<dyn Progress>,
     ) -> Result<(FileInfo, u64)> {
+        self.download_delta_checked(remote, local, progress, Box::new(|_| Ok(())))
+            .await
+            .map(|(info, fetched, _)| (info, fetched))
+    }
+
+    /// As [`FilesClient::download_delta`], with `check` run just before the
+    /// new file replaces `local` (see [`FilesClient::download_checked`]);
+    /// also returns the new file's metadata.
+    ///
+    /// # Errors
+    /// As [`FilesClient::download_delta`], or what `check` returns.
+    pub async fn download_delta_checked(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+        check: BeforeReplace,
+    ) -> Result<(FileInfo, u64, fs::Metadata)> {
         let (info, new) = self.manifest(remote).await?;
         let base = local_manifest(local).await?;
         let mut known = KnownChunks::new(&PARAMS_V1);
@@ -352,9 +370,14 @@ impl FilesClient {
             }
         };
         let (part, dest, modified) = (partial.clone(), local.to_owned(), info.modified);
-        blocking(local, move || {
+        let meta = blocking(local, move || {
             file.set_modified(modified).map_err(local_err(&part))?;
+            let meta = file.metadata().map_err(local_err(&part))?;
             drop(file);
+            if let Err(e) = check(&dest) {
+                let _ = fs::remove_file(&part);
+                return Err(e);
+            }
             if let Err(e) = fs::rename(&part, &dest) {
                 let _ = fs::remove_file(&part);
                 return Err(ClientError::local(&dest, e));
@@ -364,10 +387,10 @@ impl FilesClient {
             {
                 let _ = d.sync_all();
             }
-            Ok(())
+            Ok(meta)
         })
         .await?;
-        Ok((info, total))
+        Ok((info, total, meta))
     }
 
     /// Streams the bytes of `ranges` of `remote` (which must still be the
@@ -439,8 +462,9 @@ impl FilesClient {
     }
 
     /// Uploads `local` as `remote` the cheaper way: by delta when the file
-    /// is at least `policy.min_size` and the server holds at least half of
-    /// it (an earlier version, a copy), otherwise whole (resumable).
+    /// is at least the client's [`DeltaPolicy::min_size`] and the server
+    /// holds at least half of it (an earlier version, a copy), otherwise
+    /// whole (resumable).
     ///
     /// # Errors
     /// As [`FilesClient::upload`] and [`FilesClient::upload_delta`].
@@ -449,9 +473,9 @@ impl FilesClient {
         local: &Path,
         remote: &RemotePath,
         if_revision: Option<Revision>,
-        policy: DeltaPolicy,
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
+        let policy = self.delta_policy();
         let size = fs::metadata(local).map_err(local_err(local))?.len();
         if size >= policy.min_size {
             // A part kept of an interrupted whole upload is resumed whole.
@@ -476,8 +500,9 @@ impl FilesClient {
     }
 
     /// Downloads `remote` into `local` the cheaper way: by delta when
-    /// `local` exists and is at least `policy.min_size` (its contents are
-    /// the base), otherwise whole (resumable).
+    /// `local` exists and is at least the client's
+    /// [`DeltaPolicy::min_size`] (its contents are the base), otherwise
+    /// whole (resumable).
     ///
     /// # Errors
     /// As [`FilesClient::download`] and [`FilesClient::download_delta`].
@@ -485,17 +510,33 @@ impl FilesClient {
         &self,
         remote: &RemotePath,
         local: &Path,
-        policy: DeltaPolicy,
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
+        self.get_checked(remote, local, progress, Box::new(|_| Ok(())))
+            .await
+            .map(|(info, _)| info)
+    }
+
+    /// As [`FilesClient::get`], with `check` run just before the new file
+    /// replaces `local` (see [`FilesClient::download_checked`]).
+    ///
+    /// # Errors
+    /// As [`FilesClient::get`], or what `check` returns.
+    pub async fn get_checked(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+        check: BeforeReplace,
+    ) -> Result<(FileInfo, fs::Metadata)> {
         let base = fs::metadata(local).ok().filter(|m| m.is_file());
-        if base.is_some_and(|m| m.len() >= policy.min_size) {
+        if base.is_some_and(|m| m.len() >= self.delta_policy().min_size) {
             return self
-                .download_delta(remote, local, progress)
+                .download_delta_checked(remote, local, progress, check)
                 .await
-                .map(|(info, _)| info);
+                .map(|(info, _, meta)| (info, meta));
         }
-        self.download(remote, local, progress).await
+        self.download_checked(remote, local, progress, check).await
     }
 }
 

@@ -79,6 +79,8 @@ pub type BeforeReplace = Box<dyn FnOnce(&Path) -> Result<()> + Send>;
 pub struct FilesClient {
     pub(crate) inner: files_client::FilesClient<AuthChannel>,
     addr: Arc<str>,
+    /// When [`FilesClient::put`] and [`FilesClient::get`] go by delta.
+    delta: crate::delta::DeltaPolicy,
 }
 
 pub(crate) fn protocol(what: &str) -> ClientError {
@@ -314,7 +316,20 @@ impl FilesClient {
                 .max_decoding_message_size(limits::MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(limits::MAX_MESSAGE_SIZE),
             addr: addr.into(),
+            delta: crate::delta::DeltaPolicy::default(),
         }
+    }
+
+    /// This client with another [`crate::delta::DeltaPolicy`].
+    #[must_use]
+    pub fn with_delta(mut self, policy: crate::delta::DeltaPolicy) -> Self {
+        self.delta = policy;
+        self
+    }
+
+    /// When [`FilesClient::put`] and [`FilesClient::get`] go by delta.
+    pub fn delta_policy(&self) -> crate::delta::DeltaPolicy {
+        self.delta
     }
 
     pub fn addr(&self) -> &str {

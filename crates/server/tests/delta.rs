@@ -157,32 +157,32 @@ async fn a_copy_uploads_with_zero_chunk_bytes() {
 async fn put_and_get_choose_delta_above_the_threshold_and_whole_below() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start(&tmp.path().join("MASTER")).await;
-    let c = server.client().await;
     let policy = distribusync_client::DeltaPolicy { min_size: 4 * MIB as u64 };
+    let c = server.client().await.with_delta(policy);
     let data = random(16 * MIB, 5);
     let local = tmp.path().join("f");
     std::fs::write(&local, &data).unwrap();
     // New content: the server lacks all of it, so it goes whole.
     let before = stats(&c).await;
-    c.put(&local, &p("f.bin"), None, policy, Arc::new(())).await.unwrap();
+    c.put(&local, &p("f.bin"), None, Arc::new(())).await.unwrap();
     assert!(stats(&c).await.0 - before.0 >= data.len() as u64);
     // An edit: delta.
     let mut edited = data.clone();
     edited[8 * MIB] ^= 1;
     std::fs::write(&local, &edited).unwrap();
     let before = stats(&c).await;
-    let info = c.put(&local, &p("f.bin"), None, policy, Arc::new(())).await.unwrap();
+    let info = c.put(&local, &p("f.bin"), None, Arc::new(())).await.unwrap();
     assert_eq!(info.hash, ContentHash::of(&edited));
     assert!(stats(&c).await.0 - before.0 <= allowance(&edited));
     // Get into the old version: delta; into nothing: whole.
     let old = tmp.path().join("old");
     std::fs::write(&old, &data).unwrap();
     let before = stats(&c).await;
-    c.get(&p("f.bin"), &old, policy, Arc::new(())).await.unwrap();
+    c.get(&p("f.bin"), &old, Arc::new(())).await.unwrap();
     assert!(stats(&c).await.1 - before.1 <= allowance(&edited));
     assert!(std::fs::read(&old).unwrap() == edited);
     let fresh = tmp.path().join("fresh");
-    c.get(&p("f.bin"), &fresh, policy, Arc::new(())).await.unwrap();
+    c.get(&p("f.bin"), &fresh, Arc::new(())).await.unwrap();
     assert!(std::fs::read(&fresh).unwrap() == edited);
     server.stop().await;
 }

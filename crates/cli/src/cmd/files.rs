@@ -21,7 +21,9 @@ pub(crate) fn remote(s: &str) -> anyhow::Result<RemotePath> {
 }
 
 async fn connect(global: &Global) -> anyhow::Result<FilesClient> {
-    Ok(FilesClient::connect(crate::connection::resolve(global)?).await?)
+    Ok(FilesClient::connect(crate::connection::resolve(global)?)
+        .await?
+        .with_delta(crate::connection::delta_policy(global)))
 }
 
 pub async fn ls(global: &Global, args: LsArgs) -> anyhow::Result<()> {
@@ -137,7 +139,7 @@ pub async fn put(global: &Global, args: PutArgs) -> anyhow::Result<()> {
     if !meta.is_dir() {
         let target = put_target(&args.local, args.remote.as_deref())?;
         let f = client
-            .upload(
+            .put(
                 &args.local,
                 &target,
                 None,
@@ -198,7 +200,7 @@ pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
     let dest = get_target(&src, args.local.as_deref());
     let client = connect(global).await?;
     let info = client
-        .download(&src, &dest, progress::transfer(src.as_str()))
+        .get(&src, &dest, progress::transfer(src.as_str()))
         .await
         .context("get")?;
     eprintln!("{} -> {} ({} bytes)", info.path, dest.display(), info.size);

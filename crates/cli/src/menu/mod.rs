@@ -41,7 +41,7 @@ pub async fn run(global: &Global) -> anyhow::Result<()> {
     let config = crate::connection::resolve(global)?;
     let files_addr = config.endpoint.clone();
     let compute_addr = config.compute().to_owned();
-    let files = FilesClient::lazy(&config)?;
+    let files = FilesClient::lazy(&config)?.with_delta(crate::connection::delta_policy(global));
     let compute = ComputeClient::lazy(&config, crate::cmd::compute::client_id(global))?;
     let rt = Handle::current();
     tokio::task::spawn_blocking(move || {
