@@ -106,6 +106,9 @@ pub enum Command {
     Mv(Client<MvArgs>),
     /// Show one file's metadata.
     Stat(Client<StatArgs>),
+    /// Show the bytes the server's Files service received and sent since
+    /// it started (needs the admin scope).
+    Traffic(Client<MenuArgs>),
     /// Add two or more numbers on the compute server.
     Add(Client<crate::cmd::compute::AddArgs>),
     /// Sort numbers on the compute server, one per line.

@@ -57,8 +57,8 @@ pub fn parse_fingerprint(s: &str) -> anyhow::Result<Fingerprint> {
 pub fn delta_policy(global: &Global) -> distribusync_client::DeltaPolicy {
     global
         .delta_min_size
-        .map_or_else(Default::default, |min_size| distribusync_client::DeltaPolicy {
-            min_size,
+        .map_or_else(Default::default, |min_size| {
+            distribusync_client::DeltaPolicy { min_size }
         })
 }
 

@@ -156,8 +156,9 @@ impl FilesClient {
             _ => return Err(protocol("delta upload: no DeltaNeed")),
         };
         let _ = sender.await;
-        let bitmap = distribusync_core::delta::Bitmap::from_bytes(need.missing, manifest.chunks.len())
-            .map_err(|e| protocol(&format!("delta upload: {e}")))?;
+        let bitmap =
+            distribusync_core::delta::Bitmap::from_bytes(need.missing, manifest.chunks.len())
+                .map_err(|e| protocol(&format!("delta upload: {e}")))?;
         let wanted = chunks_requested(&manifest, &bitmap)
             .map_err(|e| protocol(&format!("delta upload: {e}")))?;
         let ranges = ranges_to_send(&manifest, &wanted, None)
@@ -293,7 +294,8 @@ impl FilesClient {
         known
             .add_manifest(SourceId(0), &base)
             .map_err(|e| protocol(&e.to_string()))?;
-        let plan = DeltaPlan::new(&new, &known, &PARAMS_V1).map_err(|e| protocol(&e.to_string()))?;
+        let plan =
+            DeltaPlan::new(&new, &known, &PARAMS_V1).map_err(|e| protocol(&e.to_string()))?;
         let ranges = ranges_to_send(&new, plan.missing_chunks(), None)
             .map_err(|e| protocol(&e.to_string()))?;
         let total: u64 = ranges.iter().map(|r| r.len).sum();

@@ -22,7 +22,9 @@ pub enum ManifestWireError {
     TooManyChunks { count: u64, limit: usize },
     #[error("the manifest's whole-file hash is {0} bytes, not 32")]
     Hash(usize),
-    #[error("a manifest page has {hashes} bytes of hashes for {lens} chunk lengths (32 bytes per chunk)")]
+    #[error(
+        "a manifest page has {hashes} bytes of hashes for {lens} chunk lengths (32 bytes per chunk)"
+    )]
     Page { hashes: usize, lens: usize },
     #[error("the manifest's pages list more chunks than the {count} its header announced")]
     PastCount { count: u64 },
@@ -68,7 +70,8 @@ impl ManifestReceiver {
                 limit: limits.max_chunks,
             });
         }
-        let hash = ContentHash::from_slice(&h.hash).map_err(|_| ManifestWireError::Hash(h.hash.len()))?;
+        let hash =
+            ContentHash::from_slice(&h.hash).map_err(|_| ManifestWireError::Hash(h.hash.len()))?;
         // The count is within the limit, but still the peer's word: reserve
         // at most one page ahead.
         let reserve = usize::try_from(h.chunk_count).unwrap_or(0).min(PAGE_CHUNKS);
@@ -103,7 +106,8 @@ impl ManifestReceiver {
             return Err(ManifestWireError::PastCount { count: self.count });
         }
         for (hash, &len) in page.hashes.chunks_exact(32).zip(&page.lens) {
-            let hash = ContentHash::from_slice(hash).map_err(|_| ManifestWireError::Hash(hash.len()))?;
+            let hash =
+                ContentHash::from_slice(hash).map_err(|_| ManifestWireError::Hash(hash.len()))?;
             self.manifest.chunks.push(ChunkRef { len, hash });
         }
         Ok(())
@@ -131,9 +135,12 @@ mod tests {
 
     #[test]
     fn a_manifest_survives_the_wire_and_an_oversized_count_is_refused_first() {
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         let m = manifest_of_bytes(&data, &PARAMS_V1);
-        let mut r = ManifestReceiver::new(&manifest_header(&m), &ManifestLimits::default()).unwrap();
+        let mut r =
+            ManifestReceiver::new(&manifest_header(&m), &ManifestLimits::default()).unwrap();
         for p in manifest_pages(&m) {
             r.add(p).unwrap();
         }
@@ -141,6 +148,10 @@ mod tests {
         let mut h = manifest_header(&m);
         h.chunk_count = 10_000_000;
         let e = ManifestReceiver::new(&h, &ManifestLimits::default()).unwrap_err();
-        assert!(e.to_string().contains("10000000 chunks, more than the limit"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("10000000 chunks, more than the limit"),
+            "{e}"
+        );
     }
 }

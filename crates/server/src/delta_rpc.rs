@@ -72,9 +72,9 @@ pub(crate) async fn delta_upload(
         return Err(protocol("it must start with a DeltaBegin"));
     };
     let path = distribusync_core::RemotePath::parse(&begin.path).map_err(ServiceError::from)?;
-    let header = begin
-        .manifest
-        .ok_or_else(|| ServiceError::InvalidArgument(format!("{}: the DeltaBegin has no manifest", path.shown())))?;
+    let header = begin.manifest.ok_or_else(|| {
+        ServiceError::InvalidArgument(format!("{}: the DeltaBegin has no manifest", path.shown()))
+    })?;
     if header.size > max_file_size {
         return Err(ServiceError::TooLarge {
             what: format!("{}: size {} bytes", path.shown(), header.size),
@@ -150,10 +150,7 @@ pub(crate) async fn delta_upload(
 }
 
 /// The messages of a GetManifest answer: the file, the header, the pages.
-pub(crate) fn manifest_messages(
-    file: v1::FileInfo,
-    m: &Manifest,
-) -> Vec<v1::GetManifestResponse> {
+pub(crate) fn manifest_messages(file: v1::FileInfo, m: &Manifest) -> Vec<v1::GetManifestResponse> {
     use v1::get_manifest_response::Msg;
     let mut out = vec![
         v1::GetManifestResponse {

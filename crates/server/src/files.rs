@@ -385,9 +385,8 @@ impl Files for FilesService {
                     offset: req.offset,
                     len,
                 };
-                distribusync_core::delta::check_range(range, record.size).map_err(|e| {
-                    ServiceError::OutOfRange(format!("{}: {e}", p.shown()))
-                })?;
+                distribusync_core::delta::check_range(range, record.size)
+                    .map_err(|e| ServiceError::OutOfRange(format!("{}: {e}", p.shown())))?;
                 req.offset + len
             }
         };

@@ -89,7 +89,10 @@ async fn each_edit_of_a_64_mib_file_uploads_and_downloads_only_near_the_edit() {
             allowance(&new)
         );
         let stored = std::fs::read(server.root.join(remote.as_str())).unwrap();
-        assert!(stored == new, "{kind}: the server's copy is not byte-identical");
+        assert!(
+            stored == new,
+            "{kind}: the server's copy is not byte-identical"
+        );
 
         // Download: the server holds `new`, the client `base`.
         let old = tmp.path().join(format!("old-{kind}"));
@@ -103,7 +106,10 @@ async fn each_edit_of_a_64_mib_file_uploads_and_downloads_only_near_the_edit() {
             "{kind}: downloading moved {sent} bytes ({fetched} of chunks), more than {}",
             allowance(&new)
         );
-        assert!(std::fs::read(&old).unwrap() == new, "{kind}: not byte-identical");
+        assert!(
+            std::fs::read(&old).unwrap() == new,
+            "{kind}: not byte-identical"
+        );
     }
     server.stop().await;
 }
@@ -119,7 +125,14 @@ async fn a_copy_uploads_with_zero_chunk_bytes() {
     std::fs::write(&local, &data).unwrap();
     let before = stats(&c).await;
     let out = c
-        .upload_delta(&local, &p("videos/b.bin"), Some(0), None, true, Arc::new(()))
+        .upload_delta(
+            &local,
+            &p("videos/b.bin"),
+            Some(0),
+            None,
+            true,
+            Arc::new(()),
+        )
         .await
         .unwrap();
     let received = stats(&c).await.0 - before.0;
@@ -157,21 +170,28 @@ async fn a_copy_uploads_with_zero_chunk_bytes() {
 async fn put_and_get_choose_delta_above_the_threshold_and_whole_below() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start(&tmp.path().join("MASTER")).await;
-    let policy = distribusync_client::DeltaPolicy { min_size: 4 * MIB as u64 };
+    let policy = distribusync_client::DeltaPolicy {
+        min_size: 4 * MIB as u64,
+    };
     let c = server.client().await.with_delta(policy);
     let data = random(16 * MIB, 5);
     let local = tmp.path().join("f");
     std::fs::write(&local, &data).unwrap();
     // New content: the server lacks all of it, so it goes whole.
     let before = stats(&c).await;
-    c.put(&local, &p("f.bin"), None, Arc::new(())).await.unwrap();
+    c.put(&local, &p("f.bin"), None, Arc::new(()))
+        .await
+        .unwrap();
     assert!(stats(&c).await.0 - before.0 >= data.len() as u64);
     // An edit: delta.
     let mut edited = data.clone();
     edited[8 * MIB] ^= 1;
     std::fs::write(&local, &edited).unwrap();
     let before = stats(&c).await;
-    let info = c.put(&local, &p("f.bin"), None, Arc::new(())).await.unwrap();
+    let info = c
+        .put(&local, &p("f.bin"), None, Arc::new(()))
+        .await
+        .unwrap();
     assert_eq!(info.hash, ContentHash::of(&edited));
     assert!(stats(&c).await.0 - before.0 <= allowance(&edited));
     // Get into the old version: delta; into nothing: whole.
@@ -229,7 +249,10 @@ async fn raw_delta(
     for page in distribusync_proto::delta::manifest_pages(m) {
         let _ = tx.send(send(Msg::Page(page))).await;
     }
-    let mut replies = raw(addr).delta_upload(ReceiverStream::new(rx)).await?.into_inner();
+    let mut replies = raw(addr)
+        .delta_upload(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     let first = replies.message().await?.expect("a reply");
     if let Some(v1::delta_upload_response::Msg::Need(_)) = first.msg {
         let _ = tx.send(send(Msg::Data(data))).await;
@@ -255,11 +278,12 @@ async fn bad_delta_input_is_refused_naming_the_problem_and_leaves_nothing() {
     let info = put_bytes(&c, tmp.path(), "f.bin", &old).await;
     let new = random(3 * MIB, 12);
     let m = manifest_of_bytes(&new, &PARAMS_V1);
-    let check = |what: &str, r: Result<v1::DeltaUploadResponse, tonic::Status>, code, text: &str| {
-        let e = r.expect_err(what);
-        assert_eq!(e.code(), code, "{what}: {e:?}");
-        assert!(e.message().contains(text), "{what}: {}", e.message());
-    };
+    let check =
+        |what: &str, r: Result<v1::DeltaUploadResponse, tonic::Status>, code, text: &str| {
+            let e = r.expect_err(what);
+            assert_eq!(e.code(), code, "{what}: {e:?}");
+            assert!(e.message().contains(text), "{what}: {}", e.message());
+        };
 
     // A manifest whose chunks do not add up to its size.
     let mut wrong = m.clone();
@@ -271,14 +295,29 @@ async fn bad_delta_input_is_refused_naming_the_problem_and_leaves_nothing() {
     let mut bad = new.clone();
     bad[10] ^= 1;
     let r = raw_delta(&server.addr, begin("f.bin", &m), &m, bad).await;
-    check("hash", r, tonic::Code::InvalidArgument, "does not match chunk");
+    check(
+        "hash",
+        r,
+        tonic::Code::InvalidArgument,
+        "does not match chunk",
+    );
 
     // Ten million chunks: refused at the header, naming the limit.
-    let mut huge = v1::DeltaBegin { ..begin("f.bin", &m) };
+    let mut huge = v1::DeltaBegin {
+        ..begin("f.bin", &m)
+    };
     huge.manifest.as_mut().unwrap().chunk_count = 10_000_000;
-    let empty = distribusync_core::delta::Manifest { chunks: vec![], ..m.clone() };
+    let empty = distribusync_core::delta::Manifest {
+        chunks: vec![],
+        ..m.clone()
+    };
     let r = raw_delta(&server.addr, huge, &empty, vec![]).await;
-    check("count", r, tonic::Code::ResourceExhausted, "10000000 chunks");
+    check(
+        "count",
+        r,
+        tonic::Code::ResourceExhausted,
+        "10000000 chunks",
+    );
 
     // A base revision that no longer exists.
     let gone = v1::DeltaBegin {
@@ -286,7 +325,12 @@ async fn bad_delta_input_is_refused_naming_the_problem_and_leaves_nothing() {
         ..begin("f.bin", &m)
     };
     let r = raw_delta(&server.addr, gone, &m, new.clone()).await;
-    check("base", r, tonic::Code::FailedPrecondition, "no longer exists");
+    check(
+        "base",
+        r,
+        tonic::Code::FailedPrecondition,
+        "no longer exists",
+    );
 
     // A range past the end of the file.
     let r = raw(&server.addr)
@@ -308,7 +352,10 @@ async fn bad_delta_input_is_refused_naming_the_problem_and_leaves_nothing() {
 
     // And the same request done right works.
     let r = raw_delta(&server.addr, begin("f.bin", &m), &m, new.clone()).await;
-    assert!(matches!(r.unwrap().msg, Some(v1::delta_upload_response::Msg::File(_))));
+    assert!(matches!(
+        r.unwrap().msg,
+        Some(v1::delta_upload_response::Msg::File(_))
+    ));
     assert_eq!(get_bytes(&c, tmp.path(), "f.bin").await, new);
     server.stop().await;
 }

@@ -257,3 +257,13 @@ pub async fn stat(global: &Global, args: StatArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `traffic`: the server's byte counters, one `name value` a line.
+pub async fn traffic(global: &Global) -> anyhow::Result<()> {
+    let client = connect(global).await?;
+    let (received, sent) = client.stats().await.context("traffic")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "received {received}")?;
+    writeln!(out, "sent {sent}")?;
+    Ok(())
+}

@@ -117,9 +117,7 @@ fn download(m: &mut Menu) -> Result<(), Leave> {
     }
     let progress = bar(m, src.as_str());
     let files = m.files.clone();
-    let got = m.act("download", async {
-        files.get(&src, &dest, progress).await
-    });
+    let got = m.act("download", async { files.get(&src, &dest, progress).await });
     match got {
         None => {}
         Some(Ok(f)) => println!(

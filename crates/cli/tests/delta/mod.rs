@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use distribusync_core::delta::{Bitmap, PARAMS_V1, chunks_requested, manifest_of_bytes, ranges_to_send};
+use distribusync_core::delta::{
+    Bitmap, PARAMS_V1, chunks_requested, manifest_of_bytes, ranges_to_send,
+};
 use distribusync_proto::v1::{self, files_client::FilesClient};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -86,7 +88,9 @@ async fn start_delta(
         .unwrap_or(first.offset);
     let take = (end - first.offset) as usize;
     if take > 0 {
-        tx.send(msg(Msg::Data(literal[..take].to_vec()))).await.unwrap();
+        tx.send(msg(Msg::Data(literal[..take].to_vec())))
+            .await
+            .unwrap();
     }
     // Keep the reply stream alive with the sender.
     std::mem::forget(replies);
@@ -113,10 +117,17 @@ fn a_server_killed_during_a_delta_upload_keeps_the_old_version_whole() {
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         drop(tx);
-        assert!(std::fs::read(master.join("big.bin")).unwrap() == base, "after a kill at {send}");
+        assert!(
+            std::fs::read(master.join("big.bin")).unwrap() == base,
+            "after a kill at {send}"
+        );
         server = Server::start(&dir);
         let got = dir.join(format!("got-{send}"));
-        ok(&dir, &server.addr, &["get", "big.bin", got.to_str().unwrap()]);
+        ok(
+            &dir,
+            &server.addr,
+            &["get", "big.bin", got.to_str().unwrap()],
+        );
         assert!(std::fs::read(&got).unwrap() == base);
         // Answered only once the store is open, which empties staging.
         assert_eq!(staged(&master), 0, "a restart empties staging");

@@ -159,7 +159,10 @@ impl ChunkIndex for Index {
             Some(b) => decode(&b).map(Some).ok_or_else(|| {
                 ServiceError::io(
                     "index",
-                    std::io::Error::other(format!("the stored manifest of {} is damaged", path.shown())),
+                    std::io::Error::other(format!(
+                        "the stored manifest of {} is damaged",
+                        path.shown()
+                    )),
                 )
             }),
         }
@@ -169,9 +172,11 @@ impl ChunkIndex for Index {
         self.with(|c| {
             let tx = c.transaction()?;
             let current: Option<i64> = tx
-                .query_row("SELECT revision FROM files WHERE path = ?1", [path.as_str()], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT revision FROM files WHERE path = ?1",
+                    [path.as_str()],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if current == Some(to_i64(revision)) {
                 record(&tx, path, revision, m)?;
@@ -223,7 +228,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(&dir.path().join("index.db"), 1000).unwrap();
         let p = RemotePath::parse("a.bin").unwrap();
-        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let data: Vec<u8> = (0..2_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
         let m = manifest_of_bytes(&data, &PARAMS_V1);
         assert_eq!(decode(&encode(&m)), Some(m.clone()));
         let (rec, _) = index

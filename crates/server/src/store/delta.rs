@@ -21,8 +21,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use distribusync_core::delta::{
-    ChunkRef, DeltaPlan, KnownChunks, Manifest, Op, PARAMS_V1, SourceId,
-    manifest_of_reader,
+    ChunkRef, DeltaPlan, KnownChunks, Manifest, Op, PARAMS_V1, SourceId, manifest_of_reader,
 };
 use distribusync_core::{ContentHash, RemotePath, Revision};
 
@@ -162,7 +161,14 @@ impl Store {
                                 id
                             }
                         };
-                        known.add_pieces(SourceId(source), at.offset, &[ChunkRef { len: c.len, hash: c.hash }]);
+                        known.add_pieces(
+                            SourceId(source),
+                            at.offset,
+                            &[ChunkRef {
+                                len: c.len,
+                                hash: c.hash,
+                            }],
+                        );
                         break;
                     }
                 }
@@ -262,7 +268,9 @@ impl DeltaWrite {
                 .run(move || {
                     let mut buf = Vec::new();
                     for op in ops {
-                        let Op::Copy { from, len, hash } = op else { continue };
+                        let Op::Copy { from, len, hash } = op else {
+                            continue;
+                        };
                         buf.resize(len as usize, 0);
                         let file = files.get(from.source.0 as usize).ok_or_else(gone)?;
                         let read = file.read_exact_at(&mut buf, from.offset);

@@ -124,7 +124,11 @@ impl View {
     ///
     /// # Errors
     /// [`ServiceError::OutsidePrefix`], or the store's.
-    pub async fn begin_delta(&self, header: DeltaHeader, sources: DeltaSources) -> Result<DeltaWrite> {
+    pub async fn begin_delta(
+        &self,
+        header: DeltaHeader,
+        sources: DeltaSources,
+    ) -> Result<DeltaWrite> {
         self.who.confine(&header.path)?;
         self.store.begin_delta(header, sources).await
     }
