@@ -359,3 +359,67 @@ async fn bad_delta_input_is_refused_naming_the_problem_and_leaves_nothing() {
     assert_eq!(get_bytes(&c, tmp.path(), "f.bin").await, new);
     server.stop().await;
 }
+
+/// Makes a token on `root` as `distribusync token create` does.
+fn make_token(root: &std::path::Path, name: &str, scopes: &str, prefix: Option<&str>) -> String {
+    use distribusync_server::auth::{NewToken, TokenStore};
+    let now = std::time::SystemTime::now();
+    let store = TokenStore::open(root).expect("token table");
+    let new = NewToken::parse(name, scopes, prefix, None, now).expect("valid");
+    store
+        .create(&new, now)
+        .expect("create")
+        .0
+        .reveal()
+        .to_owned()
+}
+
+async fn client_with(addr: &str, token: &str) -> FilesClient {
+    use distribusync_client::{ConnectionConfig, TlsTrust, Token};
+    let config = ConnectionConfig::new(
+        addr,
+        TlsTrust::SystemRoots,
+        Some(Token::new(token).unwrap()),
+    );
+    FilesClient::connect(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_token_confined_to_a_folder_finds_no_chunks_outside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("MASTER");
+    std::fs::create_dir_all(&root).unwrap();
+    let admin = make_token(&root, "admin", "read,write,admin", None);
+    let bob = make_token(&root, "bob", "read,write", Some("bob"));
+    let server = TestServer::start(&root).await;
+    let (admin, bob) = (
+        client_with(&server.addr, &admin).await,
+        client_with(&server.addr, &bob).await,
+    );
+    let secret = random(8 * MIB, 13);
+    put_bytes(&admin, tmp.path(), "alice/secret.bin", &secret).await;
+    let local = tmp.path().join("guess");
+    std::fs::write(&local, &secret).unwrap();
+    // Bob holds the same bytes: the server must not let on that it has them.
+    let out = bob
+        .upload_delta(&local, &p("bob/guess.bin"), None, None, false, Arc::new(()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, DeltaOutcome::Done { sent, .. } if sent == secret.len() as u64),
+        "{out:?}"
+    );
+    // Inside his folder, his own file is found: his second copy is free.
+    let out = bob
+        .upload_delta(&local, &p("bob/again.bin"), None, None, false, Arc::new(()))
+        .await
+        .unwrap();
+    assert!(matches!(out, DeltaOutcome::Done { sent: 0, .. }), "{out:?}");
+    // The counters are the admin's business.
+    assert!(matches!(
+        bob.stats().await,
+        Err(distribusync_client::ClientError::PermissionDenied(_))
+    ));
+    assert!(admin.stats().await.is_ok());
+    server.stop().await;
+}
