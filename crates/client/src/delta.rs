@@ -464,9 +464,12 @@ impl FilesClient {
     }
 
     /// Uploads `local` as `remote` the cheaper way: by delta when the file
-    /// is at least the client's [`DeltaPolicy::min_size`] and the server
-    /// holds at least half of it (an earlier version, a copy), otherwise
-    /// whole (resumable).
+    /// is at least the client's [`DeltaPolicy::min_size`], the server has a
+    /// version of `remote` (the base) and holds at least half of the new
+    /// bytes; otherwise whole (resumable). A file new at `remote` goes whole
+    /// without being chunked first: chunking costs a pass over the file,
+    /// which new content would pay for nothing (use
+    /// [`FilesClient::upload_delta`] to have a copy found anywhere).
     ///
     /// # Errors
     /// As [`FilesClient::upload`] and [`FilesClient::upload_delta`].
@@ -478,22 +481,40 @@ impl FilesClient {
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
         let policy = self.delta_policy();
-        let size = fs::metadata(local).map_err(local_err(local))?.len();
-        if size >= policy.min_size {
+        let meta = fs::metadata(local).map_err(local_err(local))?;
+        let worth_it = meta.len() >= policy.min_size && if_revision != Some(0);
+        let base = if worth_it {
+            match self.stat(remote).await {
+                Ok(f) => Some(f.revision),
+                Err(ClientError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if let Some(base) = base {
             // A part kept of an interrupted whole upload is resumed whole.
-            let modified = fs::metadata(local)
-                .and_then(|m| m.modified())
-                .map_err(local_err(local))?;
-            let kept = self.upload_offset(remote, size, modified).await?;
+            let modified = meta.modified().map_err(local_err(local))?;
+            let kept = self.upload_offset(remote, meta.len(), modified).await?;
             if kept == 0 {
                 match self
-                    .upload_delta(local, remote, if_revision, None, true, progress.clone())
+                    .upload_delta(
+                        local,
+                        remote,
+                        if_revision,
+                        Some(base),
+                        true,
+                        progress.clone(),
+                    )
                     .await
                 {
                     Ok(DeltaOutcome::Done { file, .. }) => return Ok(file),
                     Ok(DeltaOutcome::Declined { .. }) => {}
                     // A server without the RPC: whole.
                     Err(ClientError::Server(m)) if m.contains("Unimplemented") => {}
+                    // Replaced meanwhile (the base is gone): whole, and
+                    // `if_revision` decides.
+                    Err(ClientError::Rejected(m)) if m.contains("no longer exists") => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -109,7 +109,9 @@ impl ManifestBuilder {
         Self {
             params: *params,
             cutter,
-            buf: Vec::with_capacity(2 * cutter.max),
+            // Grows with the input up to two coarse maxima: a small file
+            // never holds more than itself.
+            buf: Vec::new(),
             start: 0,
             size: 0,
             whole: blake3::Hasher::new(),

@@ -106,6 +106,11 @@ impl WriteState {
     }
 }
 
+/// Uploads smaller than this get no manifest as they stream in (one coarse
+/// chunk's minimum: below it a file is one chunk, and delta transfer is for
+/// bigger files); one is computed if ever needed (`Store::manifest_of`).
+const MANIFEST_MIN_SIZE: u64 = PARAMS_V1.coarse().min as u64;
+
 /// Chunks received but not yet written, at most (the queue between the
 /// stream and the writer).
 const QUEUE_CHUNKS: usize = 4;
@@ -142,10 +147,11 @@ fn writer_gone(e: impl std::fmt::Display) -> ServiceError {
 }
 
 impl Writer {
-    fn new(start: Start) -> Self {
+    fn new(start: Start, size: u64) -> Self {
         let state = WriteState {
             file: start.file,
-            manifest: (start.written == 0).then(|| ManifestBuilder::new(&PARAMS_V1)),
+            manifest: (start.written == 0 && size >= MANIFEST_MIN_SIZE)
+                .then(|| ManifestBuilder::new(&PARAMS_V1)),
             hasher: start.hasher,
             written: start.written,
             flushed: start.written,
@@ -215,11 +221,12 @@ impl Upload {
     pub(super) fn new(store: Store, header: UploadHeader, staged: PathBuf, start: Start) -> Self {
         let received = start.written;
         let keep = header.resumable && header.size >= distribusync_core::limits::RESUME_MIN_BYTES;
+        let size = header.size;
         Self {
             store,
             header,
             staged,
-            writer: Writer::new(start),
+            writer: Writer::new(start, size),
             received,
             done: false,
             keep,
