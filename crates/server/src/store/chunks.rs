@@ -228,9 +228,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(&dir.path().join("index.db"), 1000).unwrap();
         let p = RemotePath::parse("a.bin").unwrap();
-        let data: Vec<u8> = (0..2_000_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-            .collect();
+        // Incompressible bytes, so the file is cut into several chunks.
+        let mut data = vec![0u8; 4_000_000];
+        blake3::Hasher::new()
+            .update(b"chunks test")
+            .finalize_xof()
+            .fill(&mut data);
         let m = manifest_of_bytes(&data, &PARAMS_V1);
         assert_eq!(decode(&encode(&m)), Some(m.clone()));
         let (rec, _) = index
