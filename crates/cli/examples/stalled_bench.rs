@@ -123,7 +123,11 @@ async fn main() {
         let mut c = down_clients[i % conns].clone();
         let path = file.clone();
         opening.push(tokio::spawn(async move {
-            let req = v1::DownloadRequest { path, offset: 0 };
+            let req = v1::DownloadRequest {
+                path,
+                offset: 0,
+                length: None,
+            };
             let mut s = c.download(req).await.ok()?.into_inner();
             // The info arrives; the data is never read.
             s.message().await.ok()??;

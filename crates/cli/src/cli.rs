@@ -75,6 +75,19 @@ pub struct Global {
         hide_env_values = true
     )]
     pub client_id: Option<String>,
+    /// Files at least this big go by delta transfer (only the changed
+    /// chunks move) in put, get, the menu and sync; `off` never. Sizes as
+    /// 8MiB, 512K [default: 8MiB]
+    #[arg(long, global = true, env = "DISTRIBUSYNC_DELTA_MIN_SIZE", value_parser = parse_delta_min)]
+    pub delta_min_size: Option<u64>,
+}
+
+/// `--delta-min-size`: a byte size, or `off`.
+fn parse_delta_min(text: &str) -> Result<u64, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(u64::MAX);
+    }
+    distribusync_core::size::parse_byte_size(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +109,9 @@ pub enum Command {
     Mv(Client<MvArgs>),
     /// Show one file's metadata.
     Stat(Client<StatArgs>),
+    /// Show the bytes the server's Files service received and sent since
+    /// it started (needs the admin scope).
+    Traffic(Client<MenuArgs>),
     /// Add two or more numbers on the compute server.
     Add(Client<crate::cmd::compute::AddArgs>),
     /// Sort numbers on the compute server, one per line.

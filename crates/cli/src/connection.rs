@@ -53,6 +53,15 @@ pub fn parse_fingerprint(s: &str) -> anyhow::Result<Fingerprint> {
         .map_err(|e| UsageError(format!("--fingerprint: {e}")))?)
 }
 
+/// When transfers go by delta (`--delta-min-size`).
+pub fn delta_policy(global: &Global) -> distribusync_client::DeltaPolicy {
+    global
+        .delta_min_size
+        .map_or_else(Default::default, |min_size| {
+            distribusync_client::DeltaPolicy { min_size }
+        })
+}
+
 /// The connection settings of a client command (see the module docs).
 ///
 /// # Errors

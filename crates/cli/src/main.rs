@@ -145,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(c) => cmd::files::rm(&c.global, c.args).await,
         Command::Mv(c) => cmd::files::mv(&c.global, c.args).await,
         Command::Stat(c) => cmd::files::stat(&c.global, c.args).await,
+        Command::Traffic(c) => cmd::files::traffic(&c.global).await,
         Command::Add(c) => cmd::compute::add(&c.global, c.args).await,
         Command::Sort(c) => cmd::compute::sort(&c.global, c.args).await,
         Command::Job(c) => cmd::compute::job(&c.global, c.args).await,

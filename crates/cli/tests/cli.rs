@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 const BIN: &str = env!("CARGO_BIN_EXE_distribusync");
 
 mod compute;
+mod delta;
 mod ops;
 mod tls;
 mod token;

@@ -77,11 +77,13 @@ pub type BeforeReplace = Box<dyn FnOnce(&Path) -> Result<()> + Send>;
 /// A cheap, cloneable client of the Files service.
 #[derive(Debug, Clone)]
 pub struct FilesClient {
-    inner: files_client::FilesClient<AuthChannel>,
+    pub(crate) inner: files_client::FilesClient<AuthChannel>,
     addr: Arc<str>,
+    /// When [`FilesClient::put`] and [`FilesClient::get`] go by delta.
+    delta: crate::delta::DeltaPolicy,
 }
 
-fn protocol(what: &str) -> ClientError {
+pub(crate) fn protocol(what: &str) -> ClientError {
     ClientError::Protocol(format!("malformed reply from server: {what}"))
 }
 
@@ -314,14 +316,27 @@ impl FilesClient {
                 .max_decoding_message_size(limits::MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(limits::MAX_MESSAGE_SIZE),
             addr: addr.into(),
+            delta: crate::delta::DeltaPolicy::default(),
         }
+    }
+
+    /// This client with another [`crate::delta::DeltaPolicy`].
+    #[must_use]
+    pub fn with_delta(mut self, policy: crate::delta::DeltaPolicy) -> Self {
+        self.delta = policy;
+        self
+    }
+
+    /// When [`FilesClient::put`] and [`FilesClient::get`] go by delta.
+    pub fn delta_policy(&self) -> crate::delta::DeltaPolicy {
+        self.delta
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
-    fn err(&self, s: tonic::Status) -> ClientError {
+    pub(crate) fn err(&self, s: tonic::Status) -> ClientError {
         ClientError::from_status(s, &self.addr)
     }
 
@@ -679,6 +694,7 @@ impl FilesClient {
             .download(v1::DownloadRequest {
                 path: remote.to_string(),
                 offset,
+                length: None,
             })
             .await
             .map_err(|s| self.err(s))?

@@ -9,6 +9,7 @@
 
 pub mod compute;
 pub mod connect;
+pub mod delta;
 pub mod error;
 pub mod files;
 pub mod profile;
@@ -20,6 +21,7 @@ pub use connect::{
     AuthChannel, Bearer, ConnectError, ConnectionConfig, Reachability, TlsTrust, Token, channel,
     find_connect_error, fingerprint_of, lazy_channel, normalize_addr, probe,
 };
+pub use delta::{DEFAULT_DELTA_MIN_SIZE, DeltaOutcome, DeltaPolicy};
 pub use error::{ClientError, Result};
 pub use files::{
     BatchFile, Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent,

@@ -11,6 +11,7 @@ pub mod v1 {
 }
 
 pub mod compute;
+pub mod delta;
 
 /// Encoded `FileDescriptorSet` of every DistribuSync proto, for server
 /// reflection.

@@ -1,6 +1,7 @@
 //! `FilesService`: the gRPC face of the [`Store`].
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use distribusync_core::{ContentHash, RemotePath, limits};
@@ -13,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Identity;
 use crate::error::ServiceError;
+use crate::stats::TransferStats;
 use crate::store::{ChangeOp, ChangeRecord, FileRecord, Store, UploadHeader, View};
 
 type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -21,6 +23,7 @@ type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug, Clone)]
 pub struct FilesService {
     store: Store,
+    stats: Arc<TransferStats>,
     shutdown: CancellationToken,
     /// An upload stream that brings nothing for this long ends.
     idle_timeout: Duration,
@@ -31,9 +34,15 @@ impl FilesService {
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
         Self {
             store,
+            stats: Arc::default(),
             shutdown,
             idle_timeout: crate::TransportConfig::default().idle_timeout,
         }
+    }
+
+    /// The bytes this service moved (see [`TransferStats`]).
+    pub fn stats(&self) -> Arc<TransferStats> {
+        self.stats.clone()
     }
 
     /// The store as the caller of `request` sees it (see [`View`]).
@@ -153,8 +162,15 @@ impl Files for FilesService {
         let view = self.view(&request);
         let mut stream = request.into_inner();
         let idle = self.idle_timeout;
+        let stats = self.stats.clone();
+        let counted = |m: Option<v1::UploadRequest>| {
+            if let Some(m) = &m {
+                stats.add_received(prost::Message::encoded_len(m) as u64);
+            }
+            m
+        };
         let (header, in_trailer) =
-            match crate::transport::next_message(&mut stream, idle, "upload").await? {
+            match counted(crate::transport::next_message(&mut stream, idle, "upload").await?) {
                 Some(v1::UploadRequest {
                     msg: Some(Msg::Header(h)),
                 }) => upload_header(h, true)?,
@@ -170,7 +186,9 @@ impl Files for FilesService {
         let mut got_trailer = false;
         // A stream that breaks (`?` on `message()`) keeps what arrived for
         // resuming; a client that breaks the protocol does not.
-        while let Some(msg) = crate::transport::next_message(&mut stream, idle, "upload").await? {
+        while let Some(msg) =
+            counted(crate::transport::next_message(&mut stream, idle, "upload").await?)
+        {
             let step = match msg.msg {
                 Some(Msg::Chunk(data)) if !got_trailer => upload.write(data).await,
                 Some(Msg::TrailerHash(h)) if in_trailer && !got_trailer => content_hash(&path, &h)
@@ -243,6 +261,8 @@ impl Files for FilesService {
         while let Some(msg) =
             crate::transport::next_message(&mut stream, self.idle_timeout, "upload").await?
         {
+            self.stats
+                .add_received(prost::Message::encoded_len(&msg) as u64);
             match msg.msg {
                 Some(Msg::Header(h)) => {
                     if files.len() >= limits::MAX_BATCH_FILES {
@@ -358,17 +378,89 @@ impl Files for FilesService {
             ))
             .into());
         }
+        let end = match req.length {
+            None => record.size,
+            Some(len) => {
+                let range = distribusync_core::delta::Region {
+                    offset: req.offset,
+                    len,
+                };
+                distribusync_core::delta::check_range(range, record.size)
+                    .map_err(|e| ServiceError::OutOfRange(format!("{}: {e}", p.shown())))?;
+                req.offset + len
+            }
+        };
         let first = v1::DownloadResponse {
             msg: Some(Msg::Info(file_info(&record))),
         };
-        let chunks = crate::download::file_chunks(p, file, req.offset, record.size);
-        let stream = futures::stream::once(async { Ok(first) }).chain(chunks.map(|r| {
-            r.map(|data| v1::DownloadResponse {
-                msg: Some(Msg::Chunk(data)),
+        let stats = self.stats.clone();
+        stats.add_sent(prost::Message::encoded_len(&first) as u64);
+        let chunks = crate::download::file_chunks(p, file, req.offset, end);
+        let stream = futures::stream::once(async { Ok(first) }).chain(chunks.map(move |r| {
+            r.map(|data| {
+                let msg = v1::DownloadResponse {
+                    msg: Some(Msg::Chunk(data)),
+                };
+                stats.add_sent(prost::Message::encoded_len(&msg) as u64);
+                msg
             })
             .map_err(Status::from)
         }));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type DeltaUploadStream = Stream2<v1::DeltaUploadResponse>;
+
+    #[tracing::instrument(skip_all)]
+    async fn delta_upload(
+        &self,
+        request: Request<Streaming<v1::DeltaUploadRequest>>,
+    ) -> Result<Response<Self::DeltaUploadStream>, Status> {
+        let view = self.view(&request);
+        let stream = request.into_inner();
+        let (tx, rx) = mpsc::channel(2);
+        let (stats, idle) = (self.stats.clone(), self.idle_timeout);
+        let max = self.store.max_file_size();
+        tokio::spawn(async move {
+            let done = crate::delta_rpc::delta_upload(view, stream, idle, &stats, &tx, max).await;
+            let reply = done.map(|record| {
+                tracing::info!(path = %record.path, revision = record.revision, size = record.size, "uploaded by delta");
+                v1::DeltaUploadResponse {
+                    msg: Some(v1::delta_upload_response::Msg::File(file_info(&record))),
+                }
+            });
+            let _ = tx.send(reply).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type GetManifestStream = Stream2<v1::GetManifestResponse>;
+
+    #[tracing::instrument(skip_all)]
+    async fn get_manifest(
+        &self,
+        request: Request<v1::GetManifestRequest>,
+    ) -> Result<Response<Self::GetManifestStream>, Status> {
+        let view = self.view(&request);
+        let p = path(&request.into_inner().path)?;
+        let (record, manifest) = view.manifest_of(&p).await?;
+        let msgs = crate::delta_rpc::manifest_messages(file_info(&record), &manifest);
+        let bytes: usize = msgs.iter().map(prost::Message::encoded_len).sum();
+        self.stats.add_sent(bytes as u64);
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            msgs.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<v1::StatsRequest>,
+    ) -> Result<Response<v1::StatsResponse>, Status> {
+        let s = self.stats.snapshot();
+        Ok(Response::new(v1::StatsResponse {
+            bytes_received: s.received,
+            bytes_sent: s.sent,
+        }))
     }
 
     async fn stat(

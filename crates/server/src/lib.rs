@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod auth;
 pub mod compute;
+mod delta_rpc;
 mod download;
 pub mod error;
 pub mod files;
@@ -19,6 +20,7 @@ mod metrics;
 mod observe;
 mod oversize;
 mod serve;
+pub mod stats;
 pub mod store;
 mod tls;
 mod transport;

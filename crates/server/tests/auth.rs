@@ -150,6 +150,7 @@ async fn get(c: &Clients, path: &str) -> Result<Vec<u8>, Status> {
         .download(v1::DownloadRequest {
             path: path.into(),
             offset: 0,
+            length: None,
         })
         .await?
         .into_inner();

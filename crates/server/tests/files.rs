@@ -620,6 +620,7 @@ async fn bad_requests_get_clear_errors() {
         .download(v1::DownloadRequest {
             path: "f".into(),
             offset: 6,
+            length: None,
         })
         .await
         .unwrap_err();

@@ -183,6 +183,7 @@ fn stalled_uploads_and_unread_downloads_starve_no_other_client() {
             let req = v1::DownloadRequest {
                 path: "big.bin".into(),
                 offset: 0,
+                length: None,
             };
             let mut s = tokio::time::timeout(SAFETY, c.download(req))
                 .await

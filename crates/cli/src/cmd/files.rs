@@ -21,7 +21,9 @@ pub(crate) fn remote(s: &str) -> anyhow::Result<RemotePath> {
 }
 
 async fn connect(global: &Global) -> anyhow::Result<FilesClient> {
-    Ok(FilesClient::connect(crate::connection::resolve(global)?).await?)
+    Ok(FilesClient::connect(crate::connection::resolve(global)?)
+        .await?
+        .with_delta(crate::connection::delta_policy(global)))
 }
 
 pub async fn ls(global: &Global, args: LsArgs) -> anyhow::Result<()> {
@@ -141,7 +143,7 @@ pub async fn put(global: &Global, args: PutArgs) -> anyhow::Result<()> {
     if !meta.is_dir() {
         let target = put_target(&args.local, args.remote.as_deref())?;
         let f = client
-            .upload(
+            .put(
                 &args.local,
                 &target,
                 None,
@@ -202,7 +204,7 @@ pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
     let dest = get_target(&src, args.local.as_deref());
     let client = connect(global).await?;
     let info = client
-        .download(&src, &dest, progress::transfer(src.as_str()))
+        .get(&src, &dest, progress::transfer(src.as_str()))
         .await
         .context("get")?;
     eprintln!("{} -> {} ({} bytes)", info.path, dest.display(), info.size);
@@ -257,5 +259,15 @@ pub async fn stat(global: &Global, args: StatArgs) -> anyhow::Result<()> {
         writeln!(out, "hash:     {}", f.hash)?;
         writeln!(out, "modified: {}", output::rfc3339(f.modified))?;
     }
+    Ok(())
+}
+
+/// `traffic`: the server's byte counters, one `name value` a line.
+pub async fn traffic(global: &Global) -> anyhow::Result<()> {
+    let client = connect(global).await?;
+    let (received, sent) = client.stats().await.context("traffic")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "received {received}")?;
+    writeln!(out, "sent {sent}")?;
     Ok(())
 }

@@ -26,13 +26,15 @@ pub async fn run(global: &Global, args: SyncArgs) -> anyhow::Result<()> {
     let what = format!("sync {}", args.dir.display());
     let config = crate::connection::resolve(global)?;
     if args.once {
-        let client = FilesClient::connect(&config).await?;
+        let client = FilesClient::connect(&config)
+            .await?
+            .with_delta(crate::connection::delta_policy(global));
         let mut engine = SyncEngine::open(options(&args), client).context(what.clone())?;
         engine.run_once().await.context(what)?;
         return Ok(());
     }
     // The daemon starts even when the server is down; changes wait for it.
-    let client = FilesClient::lazy(&config)?;
+    let client = FilesClient::lazy(&config)?.with_delta(crate::connection::delta_policy(global));
     let engine = SyncEngine::open(options(&args), client).context(what.clone())?;
     eprintln!(
         "distribusync: syncing {} with {} (Ctrl-C to stop)",

@@ -84,7 +84,7 @@ fn upload(m: &mut Menu) -> Result<(), Leave> {
     let progress = bar(m, target.as_str());
     let files = m.files.clone();
     let sent = m.act("upload", async {
-        files.upload(&local, &target, None, progress).await
+        files.put(&local, &target, None, progress).await
     });
     match sent {
         None => {}
@@ -117,9 +117,7 @@ fn download(m: &mut Menu) -> Result<(), Leave> {
     }
     let progress = bar(m, src.as_str());
     let files = m.files.clone();
-    let got = m.act("download", async {
-        files.download(&src, &dest, progress).await
-    });
+    let got = m.act("download", async { files.get(&src, &dest, progress).await });
     match got {
         None => {}
         Some(Ok(f)) => println!(

@@ -42,6 +42,7 @@ pub async fn run(global: &Global) -> anyhow::Result<()> {
     let resolved = crate::connection::resolve_given(global)?;
     let compute_server = global.compute_server.clone();
     let client_id = crate::cmd::compute::client_id(global);
+    let delta = crate::connection::delta_policy(global);
     let rt = Handle::current();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut console = Console::open(rt.clone());
@@ -53,7 +54,7 @@ pub async fn run(global: &Global) -> anyhow::Result<()> {
         let (files, compute) = {
             let _entered = rt.enter();
             (
-                FilesClient::lazy(&config)?,
+                FilesClient::lazy(&config)?.with_delta(delta),
                 ComputeClient::lazy(&config, client_id)?,
             )
         };

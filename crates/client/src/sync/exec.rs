@@ -124,7 +124,7 @@ async fn download(
     let check_path = local.clone();
     let check_dir = dir.to_owned();
     let (info, meta) = client
-        .download_checked(
+        .get_checked(
             path,
             &local,
             Arc::new(()),
@@ -510,7 +510,7 @@ impl SyncEngine {
                             Operation::Upload { path, if_revision } => {
                                 let stat = stat_path(&local)?;
                                 let info = client
-                                    .upload(&local, &path, Some(if_revision), Arc::new(()))
+                                    .put(&local, &path, Some(if_revision), Arc::new(()))
                                     .await?;
                                 Ok(Done::Uploaded { path, info, stat })
                             }
@@ -542,7 +542,7 @@ impl SyncEngine {
                                 let copy_upload = if upload_copy {
                                     Some(
                                         client
-                                            .upload(&copy_local, &copy, Some(0), Arc::new(()))
+                                            .put(&copy_local, &copy, Some(0), Arc::new(()))
                                             .await?,
                                     )
                                 } else {

@@ -109,7 +109,9 @@ impl ManifestBuilder {
         Self {
             params: *params,
             cutter,
-            buf: Vec::with_capacity(2 * cutter.max),
+            // Grows with the input up to two coarse maxima: a small file
+            // never holds more than itself.
+            buf: Vec::new(),
             start: 0,
             size: 0,
             whole: blake3::Hasher::new(),
@@ -139,6 +141,11 @@ impl ManifestBuilder {
                 self.start += len;
             }
         }
+    }
+
+    /// The whole-file hash state of the bytes fed so far.
+    pub fn hasher(&self) -> blake3::Hasher {
+        self.whole.clone()
     }
 
     /// Bytes fed so far.

@@ -141,7 +141,7 @@ impl ChunkingParams {
     }
 
     /// Sizes of the chunks a manifest lists.
-    pub fn coarse(&self) -> Level {
+    pub const fn coarse(&self) -> Level {
         self.coarse
     }
 

@@ -31,8 +31,12 @@ pub fn required_scope(path: &str) -> Option<Option<Scope>> {
         | "grpc.reflection.v1.ServerReflection"
         | "grpc.reflection.v1alpha.ServerReflection" => return None,
         "distribusync.v1.Files" => match method {
-            "List" | "Stat" | "Download" | "Watch" => Scope::Read,
-            "Upload" | "UploadOffset" | "UploadBatch" | "Delete" | "Rename" => Scope::Write,
+            "List" | "Stat" | "Download" | "Watch" | "GetManifest" => Scope::Read,
+            "Upload" | "UploadOffset" | "UploadBatch" | "Delete" | "Rename" | "DeltaUpload" => {
+                Scope::Write
+            }
+            // Server-wide traffic figures: not any one folder's business.
+            "Stats" => Scope::Admin,
             _ => return Some(None),
         },
         "distribusync.v1.Compute" => Scope::Compute,
@@ -154,10 +158,17 @@ mod tests {
     fn every_method_maps_to_its_scope() {
         let read = Some(Some(Scope::Read));
         let write = Some(Some(Scope::Write));
-        for m in ["List", "Stat", "Download", "Watch"] {
+        for m in ["List", "Stat", "Download", "Watch", "GetManifest"] {
             assert_eq!(required_scope(&format!("/distribusync.v1.Files/{m}")), read);
         }
-        for m in ["Upload", "UploadOffset", "UploadBatch", "Delete", "Rename"] {
+        for m in [
+            "Upload",
+            "UploadOffset",
+            "UploadBatch",
+            "Delete",
+            "Rename",
+            "DeltaUpload",
+        ] {
             assert_eq!(
                 required_scope(&format!("/distribusync.v1.Files/{m}")),
                 write

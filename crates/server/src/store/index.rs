@@ -171,13 +171,14 @@ impl Index {
         check_path_length(path)?;
         let conn = Connection::open(path)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::chunks::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
             max_changes,
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    pub(super) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().expect("index mutex poisoned");
         f(&mut conn)
     }
@@ -341,15 +342,18 @@ impl Index {
         hash: ContentHash,
         modified_ns: i64,
     ) -> Result<(FileRecord, ChangeRecord)> {
-        let mut done = self.commit_puts(&[(path.clone(), size, hash, modified_ns)])?;
+        let mut done = self.commit_puts(&[(path.clone(), size, hash, modified_ns)], &[])?;
         Ok(done.pop().expect("one record per put"))
     }
 
     /// Records new versions of several files in one transaction (group
-    /// commit); each gets its own revision, in order.
+    /// commit); each gets its own revision, in order. `manifests` is empty
+    /// or has one entry per put: the manifest of that version, recorded in
+    /// the same transaction (see `store/chunks.rs`).
     pub fn commit_puts(
         &self,
         puts: &[(RemotePath, u64, ContentHash, i64)],
+        manifests: &[Option<&distribusync_core::delta::Manifest>],
     ) -> Result<Vec<(FileRecord, ChangeRecord)>> {
         self.with(|c| {
             let tx = c.transaction()?;
@@ -375,6 +379,9 @@ impl Index {
                 )?
                 .execute(params![path.as_str(), to_i64(size), hash.0.to_vec(), to_i64(seq), modified_ns])?;
                 self.prune(&tx, seq)?;
+                if let Some(Some(m)) = manifests.get(out.len()) {
+                    super::chunks::record(&tx, path, seq, m)?;
+                }
                 change.seq = seq;
                 change.revision = seq;
                 let record = FileRecord {

@@ -6,7 +6,9 @@
 //! announce the change to watchers. Uploads are staged and verified before
 //! they take any lock, so a slow client never holds one.
 
+mod chunks;
 mod dav;
+mod delta;
 mod disk;
 mod index;
 mod parts;
@@ -16,10 +18,13 @@ mod view;
 use std::path::Path;
 use std::sync::Arc;
 
+use distribusync_core::delta::Manifest;
 use distribusync_core::{ContentHash, RemotePath, Revision, path::MAX_PATH_BYTES};
 use tokio::sync::broadcast;
 
+pub use chunks::{ChunkIndex, ChunkLocation};
 pub use dav::{DavLockNote, Entry};
+pub use delta::{DeltaHeader, DeltaSources, DeltaWrite};
 pub use disk::Kind;
 pub use index::{ChangeOp, ChangeRecord, DeadProp, FileRecord};
 pub use parts::KeptParts;
@@ -661,8 +666,11 @@ impl Store {
         &self,
         header: &UploadHeader,
         staged: std::path::PathBuf,
+        manifest: Option<Manifest>,
     ) -> Result<FileRecord> {
-        let mut results = self.commit_staged(vec![(header.clone(), staged)]).await?;
+        let mut results = self
+            .commit_staged(vec![(header.clone(), staged)], vec![manifest])
+            .await?;
         results.pop().expect("one result per staged file")
     }
 
@@ -675,6 +683,7 @@ impl Store {
     async fn commit_staged(
         &self,
         staged: Vec<(UploadHeader, std::path::PathBuf)>,
+        manifests: Vec<Option<Manifest>>,
     ) -> Result<Vec<Result<FileRecord>>> {
         let started = std::time::Instant::now();
         let targets: Vec<&RemotePath> = staged.iter().map(|(h, _)| &h.path).collect();
@@ -723,7 +732,17 @@ impl Store {
                     )
                 })
                 .collect();
-            let committed = match index.commit_puts(&puts) {
+            // A manifest is recorded only with a content it describes.
+            let manifests: Vec<Option<&Manifest>> = installed
+                .iter()
+                .map(|&i| {
+                    manifests
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .filter(|m| m.hash == staged[i].0.hash && m.size == staged[i].0.size)
+                })
+                .collect();
+            let committed = match index.commit_puts(&puts, &manifests) {
                 Ok(c) => c,
                 Err(e) => {
                     let what = match puts.as_slice() {
@@ -831,7 +850,7 @@ impl Store {
         .await?;
         // On a failure of the whole group, or if this future is dropped
         // (the client left), the guard removes every staging file left.
-        let committed = self.commit_staged(staged).await?;
+        let committed = self.commit_staged(staged, Vec::new()).await?;
         // Installed files left their staging name; a refused file's staging
         // copy is not needed any more: the guard removes those.
         let mut left = Vec::new();

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use distribusync_core::delta::{ManifestBuilder, PARAMS_V1};
 use distribusync_core::{ContentHash, RemotePath, Revision};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -72,7 +73,11 @@ pub(super) struct Start {
 /// a time.
 struct WriteState {
     file: File,
+    /// Hashes the bytes when no manifest is being built (a resumed upload).
     hasher: blake3::Hasher,
+    /// The manifest, cut as the bytes arrive (it hashes the whole file
+    /// too); only for an upload that started at byte 0.
+    manifest: Option<ManifestBuilder>,
     written: u64,
     /// Bytes written when the last writeback hint was given.
     flushed: u64,
@@ -90,7 +95,12 @@ impl WriteState {
     /// Writes and hashes one batch of chunks: bounded work, never a wait.
     fn write(mut self, chunks: Vec<Vec<u8>>) -> std::io::Result<Self> {
         for chunk in chunks {
-            self.hasher.update(&chunk);
+            match &mut self.manifest {
+                Some(m) => m.update(&chunk),
+                None => {
+                    self.hasher.update(&chunk);
+                }
+            }
             self.file.write_all(&chunk)?;
             self.written += chunk.len() as u64;
             if self.written - self.flushed >= WRITEBACK_STEP {
@@ -101,6 +111,11 @@ impl WriteState {
         Ok(self)
     }
 }
+
+/// Uploads smaller than this get no manifest as they stream in (one coarse
+/// chunk's minimum: below it a file is one chunk, and delta transfer is for
+/// bigger files); one is computed if ever needed (`Store::manifest_of`).
+const MANIFEST_MIN_SIZE: u64 = PARAMS_V1.coarse().min as u64;
 
 /// Chunks received but not yet written, at most (the queue between the
 /// stream and the writer).
@@ -138,9 +153,11 @@ fn writer_gone(e: impl std::fmt::Display) -> ServiceError {
 }
 
 impl Writer {
-    fn new(start: Start) -> Self {
+    fn new(start: Start, size: u64) -> Self {
         let state = WriteState {
             file: start.file,
+            manifest: (start.written == 0 && size >= MANIFEST_MIN_SIZE)
+                .then(|| ManifestBuilder::new(&PARAMS_V1)),
             hasher: start.hasher,
             written: start.written,
             flushed: start.written,
@@ -174,15 +191,20 @@ impl Writer {
         }
     }
 
-    /// Writes everything queued and returns the file and its hash.
-    async fn finish(&mut self) -> Result<(File, blake3::Hasher)> {
+    /// Writes everything queued and returns the file, its hash and the
+    /// manifest builder (if one ran).
+    async fn finish(&mut self) -> Result<(File, blake3::Hasher, Option<ManifestBuilder>)> {
         self.chunks = None;
         let task = self.task.take().ok_or_else(|| writer_gone("writer gone"))?;
         let state = task
             .await
             .map_err(writer_gone)?
             .map_err(|e| ServiceError::io("staging file", e))?;
-        Ok((state.file, state.hasher))
+        let hasher = match &state.manifest {
+            Some(m) => m.hasher(),
+            None => state.hasher,
+        };
+        Ok((state.file, hasher, state.manifest))
     }
 }
 
@@ -205,11 +227,12 @@ impl Upload {
     pub(super) fn new(store: Store, header: UploadHeader, staged: PathBuf, start: Start) -> Self {
         let received = start.written;
         let keep = header.resumable && header.size >= distribusync_core::limits::RESUME_MIN_BYTES;
+        let size = header.size;
         Self {
             store,
             header,
             staged,
-            writer: Writer::new(start),
+            writer: Writer::new(start, size),
             received,
             done: false,
             keep,
@@ -316,7 +339,7 @@ impl Upload {
     pub async fn finish(mut self) -> Result<FileRecord> {
         self.keep = false;
         let root = self.store.root().to_owned();
-        let (file, hasher) = self.writer.finish().await.map_err(|e| e.on_disk(&root))?;
+        let (file, hasher, manifest) = self.writer.finish().await.map_err(|e| e.on_disk(&root))?;
         let hash = ContentHash::from(hasher.finalize());
         if !self.hash_given {
             self.header.hash = hash;
@@ -334,16 +357,19 @@ impl Upload {
         }
         checked?;
         let (modified, path) = (self.header.modified, self.header.path.clone());
-        self.store
+        let manifest = self
+            .store
             .run(move || {
                 super::disk::set_modified(&file, &path, modified)?;
                 file.sync_all()
-                    .map_err(|e| ServiceError::io("staging file", e))
+                    .map_err(|e| ServiceError::io("staging file", e))?;
+                // The last chunks are cut here (up to two coarse maxima).
+                Ok(manifest.map(ManifestBuilder::finish))
             })
             .await?;
         let record = self
             .store
-            .commit_upload(&self.header, self.staged.clone())
+            .commit_upload(&self.header, self.staged.clone(), manifest)
             .await;
         // Once installed the staging name no longer exists; on failure Drop
         // removes it.
@@ -423,7 +449,7 @@ async fn keep_part(
     staged: PathBuf,
     mut writer: Writer,
 ) -> Result<()> {
-    let Ok((file, hasher)) = writer.finish().await else {
+    let Ok((file, hasher, _)) = writer.finish().await else {
         let _ = std::fs::remove_file(&staged);
         return Err(writer_gone("writer stopped"));
     };

@@ -11,7 +11,10 @@
 
 use distribusync_core::{RemotePath, Revision};
 
-use super::{ChangeOp, ChangeRecord, FileRecord, Store, Upload, UploadHeader};
+use super::{
+    ChangeOp, ChangeRecord, DeltaHeader, DeltaSources, DeltaWrite, FileRecord, Store, Upload,
+    UploadHeader,
+};
 use crate::auth::Identity;
 use crate::error::{Result, ServiceError};
 
@@ -130,6 +133,42 @@ impl View {
                     .unwrap_or_else(|| Err(ServiceError::InvalidArgument("lost a result".into())))
             })
             .collect())
+    }
+
+    /// See [`Store::delta_plan`]: sources are only files this caller may
+    /// read.
+    ///
+    /// # Errors
+    /// [`ServiceError::OutsidePrefix`], or the store's.
+    pub async fn delta_plan(&self, header: &DeltaHeader) -> Result<DeltaSources> {
+        self.who.confine(&header.path)?;
+        self.store.delta_plan(&self.who, header).await
+    }
+
+    /// See [`Store::begin_delta`].
+    ///
+    /// # Errors
+    /// [`ServiceError::OutsidePrefix`], or the store's.
+    pub async fn begin_delta(
+        &self,
+        header: DeltaHeader,
+        sources: DeltaSources,
+    ) -> Result<DeltaWrite> {
+        self.who.confine(&header.path)?;
+        self.store.begin_delta(header, sources).await
+    }
+
+    /// See [`Store::manifest_of`].
+    ///
+    /// # Errors
+    /// [`ServiceError::OutsidePrefix`], or the store's.
+    pub async fn manifest_of(
+        &self,
+        path: &RemotePath,
+    ) -> Result<(FileRecord, distribusync_core::delta::Manifest)> {
+        self.who.confine(path)?;
+        let (record, m, _) = self.store.manifest_of(path).await?;
+        Ok((record, m))
     }
 
     /// See [`Store::stat`].

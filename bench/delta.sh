@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Delta transfer against rsync's delta algorithm (daemon mode,
+# --no-whole-file -I, --stats), one run per case, both directions:
+#   1 byte changed in the middle; 100 bytes inserted at offset 1000;
+#   1 MiB appended; the same file under a new name.
+# Bytes on the wire: rsync's own --stats (sent + received); ours from the
+# server's counters (`distribusync traffic`: request bytes received plus
+# data and manifest bytes sent). Times end to end (process start included);
+# rsync is followed by `sync` (distribusync fsyncs; rsync does not), plain
+# rsync printed beside it. Each timed transfer starts from a flushed cache
+# (`sync`), the tools alternating which goes first.
+#
+#   bench/delta.sh [SIZE_MIB]      (default 64)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${1:-64}
+
+. bench/lib.sh
+need rsync rsync
+cargo build --release -q -p distribusync
+BIN=$PWD/target/release/distribusync
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-delta.XXXXXX")
+cleanup() { kill "${SERVER_PID:-}" "${RSYNCD_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+mkdir -p "$WORK/master" "$WORK/rsync-root" "$WORK/client"
+head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$WORK/base.bin"
+
+DS_PORT=$(port); RS_PORT=$(port)
+"$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$WORK/master" 2>"$WORK/server.log" &
+SERVER_PID=$!
+start_rsyncd "$WORK" "$WORK/rsync-root" "$RS_PORT"
+export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
+for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && break; sleep 0.1; done
+RS="rsync://127.0.0.1:$RS_PORT/bench"
+
+now() { date +%s.%N; }
+secs() { python3 -c "print(f'{$2-$1:.2f}')"; }
+kib() { python3 -c "print(f'{$1/1024:.1f}')"; }
+# Our counters: received + sent.
+ours() { "$BIN" traffic | awk '{s += $2} END {print s}'; }
+# rsync --stats: bytes sent + received.
+rs_bytes() { awk '/^Total bytes sent:/ {gsub(",","",$4); s+=$4} /^Total bytes received:/ {gsub(",","",$4); s+=$4} END {print s}' "$1"; }
+
+# The edited versions.
+python3 - "$WORK" <<'PY'
+import sys, os
+w = sys.argv[1]
+b = open(f"{w}/base.bin", "rb").read()
+mid = len(b) // 2
+open(f"{w}/byte.bin", "wb").write(b[:mid] + bytes([b[mid] ^ 0xff]) + b[mid+1:])
+open(f"{w}/insert.bin", "wb").write(b[:1000] + os.urandom(100) + b[1000:])
+open(f"{w}/append.bin", "wb").write(b + os.urandom(1 << 20))
+open(f"{w}/copy.bin", "wb").write(b)
+PY
+
+printf '%-10s %-9s %12s %12s %9s %9s %12s\n' case direction "ours KiB" "rsync KiB" "ours s" "rsync+sync s" "rsync s"
+ORDER=0
+for case in byte insert append copy; do
+  # --- upload: the server holds base.bin (and, but for copy, the same name) ---
+  "$BIN" put "$WORK/base.bin" base.bin >/dev/null 2>&1
+  cp "$WORK/base.bin" "$WORK/rsync-root/base.bin"
+  if [ "$case" = copy ]; then target="copy-of-base.bin"; else
+    target="$case.bin"
+    "$BIN" put "$WORK/base.bin" "$target" >/dev/null 2>&1
+    cp "$WORK/base.bin" "$WORK/rsync-root/$target"
+  fi
+  run_ours_up() {
+    sync; b0=$(ours); t0=$(now)
+    "$BIN" put "$WORK/$case.bin" "$target" >/dev/null 2>&1
+    t1=$(now); b1=$(ours); OURS_B=$((b1 - b0)); OURS_T=$(secs "$t0" "$t1")
+  }
+  run_rsync_up() {
+    # rsync reuses content only from the file of the same name: a copy
+    # under a new name goes whole (as the issue's figures say).
+    sync; t0=$(now)
+    rsync -I --no-whole-file --stats "$WORK/$case.bin" "$RS/$target" > "$WORK/rs.stats"
+    t1=$(now); sync; t2=$(now)
+    RS_B=$(rs_bytes "$WORK/rs.stats"); RS_T=$(secs "$t0" "$t2"); RS_PLAIN=$(secs "$t0" "$t1")
+  }
+  if [ $((ORDER % 2)) = 0 ]; then run_ours_up; run_rsync_up; else run_rsync_up; run_ours_up; fi
+  ORDER=$((ORDER + 1))
+  cmp "$WORK/$case.bin" "$WORK/master/$target"
+  printf '%-10s %-9s %12s %12s %9s %9s %12s\n' "$case" upload "$(kib $OURS_B)" "$(kib $RS_B)" "$OURS_T" "$RS_T" "$RS_PLAIN"
+
+  # --- download: the client holds base.bin under the target's name ---
+  src="$case.bin"
+  "$BIN" put "$WORK/$case.bin" "$src" >/dev/null 2>&1
+  cp "$WORK/$case.bin" "$WORK/rsync-root/$src"
+  if [ "$case" = copy ]; then dest="$WORK/client/new-name.bin"; rm -f "$dest"; cp "$WORK/base.bin" "$WORK/client/base.bin"
+  else dest="$WORK/client/$src"; cp "$WORK/base.bin" "$dest"; fi
+  rdest="$WORK/client/r-$(basename "$dest")"
+  rm -f "$rdest"; [ "$case" = copy ] || cp "$WORK/base.bin" "$rdest"
+  run_ours_down() {
+    sync; b0=$(ours); t0=$(now)
+    "$BIN" get "$src" "$dest" >/dev/null 2>&1
+    t1=$(now); b1=$(ours); OURS_B=$((b1 - b0)); OURS_T=$(secs "$t0" "$t1")
+  }
+  run_rsync_down() {
+    sync; t0=$(now)
+    rsync -I --no-whole-file --stats "$RS/$src" "$rdest" > "$WORK/rs.stats"
+    t1=$(now); sync; t2=$(now)
+    RS_B=$(rs_bytes "$WORK/rs.stats"); RS_T=$(secs "$t0" "$t2"); RS_PLAIN=$(secs "$t0" "$t1")
+  }
+  if [ $((ORDER % 2)) = 0 ]; then run_ours_down; run_rsync_down; else run_rsync_down; run_ours_down; fi
+  ORDER=$((ORDER + 1))
+  cmp "$WORK/$case.bin" "$dest"; cmp "$WORK/$case.bin" "$rdest"
+  printf '%-10s %-9s %12s %12s %9s %9s %12s\n' "$case" download "$(kib $OURS_B)" "$(kib $RS_B)" "$OURS_T" "$RS_T" "$RS_PLAIN"
+done
+echo "file: $SIZE_MIB MiB random, loopback, $(nproc) cores; one run per case"

@@ -1,0 +1,570 @@
+//! Delta transfers on the client: [`FilesClient::upload_delta`] sends only
+//! the chunks the server lacks; [`FilesClient::download_delta`] fetches
+//! only the ranges of the new version that the local old version lacks.
+//! [`FilesClient::put`] and [`FilesClient::get`] choose between them and
+//! the whole-file transfers by a [`DeltaPolicy`].
+//!
+//! Invariants: the local file is replaced only by a file whose whole-file
+//! hash is the server's (assembled in a partial file beside it, fsynced,
+//! renamed); an upload sends bytes read from the file it chunked, and the
+//! server checks each chunk and the whole (a file edited meanwhile is
+//! refused, never installed half old, half new).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use distribusync_core::delta::{
+    DeltaPlan, KnownChunks, Manifest, ManifestLimits, Op, PARAMS_V1, SourceId, chunks_requested,
+    manifest_of_reader, ranges_to_send,
+};
+use distribusync_core::{ContentHash, RemotePath, Revision, limits};
+use distribusync_proto::delta::{ManifestReceiver, manifest_header, manifest_pages};
+use distribusync_proto::v1;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{ClientError, Result};
+use crate::files::{BeforeReplace, FileInfo, FilesClient, Progress, protocol};
+
+/// When a transfer goes by delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaPolicy {
+    /// Files smaller than this go whole (the manifest exchange costs a
+    /// round trip and a chunking pass; for small files whole is as quick).
+    pub min_size: u64,
+}
+
+/// The default threshold: 8 MiB (bench/RESULTS.md, "Delta transfer").
+pub const DEFAULT_DELTA_MIN_SIZE: u64 = 8 << 20;
+
+impl Default for DeltaPolicy {
+    fn default() -> Self {
+        Self {
+            min_size: DEFAULT_DELTA_MIN_SIZE,
+        }
+    }
+}
+
+impl DeltaPolicy {
+    /// Never delta (every file is below the threshold).
+    pub fn off() -> Self {
+        Self { min_size: u64::MAX }
+    }
+}
+
+/// How a delta upload went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaOutcome {
+    /// Installed; `sent` chunk bytes went over the wire.
+    Done { file: FileInfo, sent: u64 },
+    /// The server lacks more than half of the file: nothing was sent and
+    /// nothing installed; a whole-file (resumable) upload is better.
+    Declined { missing: u64 },
+}
+
+fn local_err(path: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
+    move |e| ClientError::local(path, e)
+}
+
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ClientError::local(path, std::io::Error::other(e)))?
+}
+
+/// The manifest of a local file.
+///
+/// # Errors
+/// When the file cannot be read.
+pub async fn local_manifest(path: &Path) -> Result<Manifest> {
+    let p = path.to_owned();
+    blocking(path, move || {
+        let f = File::open(&p).map_err(local_err(&p))?;
+        manifest_of_reader(f, &PARAMS_V1).map_err(local_err(&p))
+    })
+    .await
+}
+
+impl FilesClient {
+    /// Uploads `local` as `remote` sending only the chunks the server does
+    /// not already hold in files this caller may read (the current version
+    /// of `remote`, or any other: a copy sends no chunk at all). With
+    /// `decline_over_half`, gives up before sending anything when the server
+    /// lacks more than half of the bytes ([`DeltaOutcome::Declined`]).
+    ///
+    /// # Errors
+    /// Local read errors, a revision mismatch (`if_revision`), a base that
+    /// is no longer current (`base_revision`), or the server's refusal.
+    pub async fn upload_delta(
+        &self,
+        local: &Path,
+        remote: &RemotePath,
+        if_revision: Option<Revision>,
+        base_revision: Option<Revision>,
+        decline_over_half: bool,
+        progress: Arc<dyn Progress>,
+    ) -> Result<DeltaOutcome> {
+        let meta = fs::metadata(local).map_err(local_err(local))?;
+        let manifest = local_manifest(local).await?;
+        let modified = meta.modified().map_err(local_err(local))?;
+        let (tx, rx) = mpsc::channel::<v1::DeltaUploadRequest>(4);
+        use v1::delta_upload_request::Msg;
+        let begin = v1::DeltaUploadRequest {
+            msg: Some(Msg::Begin(v1::DeltaBegin {
+                path: remote.to_string(),
+                manifest: Some(manifest_header(&manifest)),
+                modified: Some(distribusync_proto::timestamp(modified)),
+                if_revision,
+                base_revision,
+            })),
+        };
+        let manifest = Arc::new(manifest);
+        let m = manifest.clone();
+        let sender = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                if tx.send(begin).await.is_err() {
+                    return;
+                }
+                for page in manifest_pages(&m) {
+                    let msg = v1::DeltaUploadRequest {
+                        msg: Some(Msg::Page(page)),
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut inner = self.inner.clone();
+        let mut replies = inner
+            .delta_upload(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        use v1::delta_upload_response::Msg as Reply;
+        let need = match replies.message().await.map_err(|s| self.err(s))? {
+            Some(v1::DeltaUploadResponse {
+                msg: Some(Reply::Need(n)),
+            }) => n,
+            _ => return Err(protocol("delta upload: no DeltaNeed")),
+        };
+        let _ = sender.await;
+        let bitmap =
+            distribusync_core::delta::Bitmap::from_bytes(need.missing, manifest.chunks.len())
+                .map_err(|e| protocol(&format!("delta upload: {e}")))?;
+        let wanted = chunks_requested(&manifest, &bitmap)
+            .map_err(|e| protocol(&format!("delta upload: {e}")))?;
+        let ranges = ranges_to_send(&manifest, &wanted, None)
+            .map_err(|e| protocol(&format!("delta upload: {e}")))?;
+        let total: u64 = ranges.iter().map(|r| r.len).sum();
+        if total != need.bytes {
+            return Err(protocol("delta upload: the bytes asked for do not add up"));
+        }
+        if decline_over_half && total > manifest.size / 2 {
+            // Dropping the stream ends the upload on the server; nothing
+            // was staged beyond an empty file, which it removes.
+            return Ok(DeltaOutcome::Declined { missing: total });
+        }
+        progress.start(total, 0);
+        let path = local.to_owned();
+        let reader = tokio::task::spawn_blocking(move || -> Result<()> {
+            let file = File::open(&path).map_err(local_err(&path))?;
+            for r in ranges {
+                let mut at = r.offset;
+                let end = r.offset + r.len;
+                while at < end {
+                    let n = usize::try_from(end - at)
+                        .unwrap_or(usize::MAX)
+                        .min(limits::CHUNK_SIZE);
+                    let mut buf = vec![0u8; n];
+                    file.read_exact_at(&mut buf, at).map_err(local_err(&path))?;
+                    at += n as u64;
+                    progress.advance(n as u64);
+                    let msg = v1::DeltaUploadRequest {
+                        msg: Some(Msg::Data(buf)),
+                    };
+                    if tx.blocking_send(msg).is_err() {
+                        return Ok(()); // the server ended the stream: its reply says why
+                    }
+                }
+            }
+            Ok(())
+        });
+        let reply = replies.message().await;
+        reader
+            .await
+            .map_err(|e| ClientError::local(local, std::io::Error::other(e)))??;
+        match reply.map_err(|s| self.err(s))? {
+            Some(v1::DeltaUploadResponse {
+                msg: Some(Reply::File(f)),
+            }) => Ok(DeltaOutcome::Done {
+                file: f.try_into()?,
+                sent: total,
+            }),
+            _ => Err(protocol("delta upload: no file in the reply")),
+        }
+    }
+
+    /// The manifest of `remote`'s current version, with the version.
+    ///
+    /// # Errors
+    /// NotFound, or a malformed answer.
+    pub async fn manifest(&self, remote: &RemotePath) -> Result<(FileInfo, Manifest)> {
+        use v1::get_manifest_response::Msg;
+        let mut inner = self.inner.clone();
+        let mut s = inner
+            .get_manifest(v1::GetManifestRequest {
+                path: remote.to_string(),
+            })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        let bad = || protocol("GetManifest: file, header, pages");
+        let info: FileInfo = match s.message().await.map_err(|st| self.err(st))? {
+            Some(v1::GetManifestResponse {
+                msg: Some(Msg::File(f)),
+            }) => f.try_into()?,
+            _ => return Err(bad()),
+        };
+        let limits = ManifestLimits::default();
+        let mut receiver = match s.message().await.map_err(|st| self.err(st))? {
+            Some(v1::GetManifestResponse {
+                msg: Some(Msg::Header(h)),
+            }) => ManifestReceiver::new(&h, &limits).map_err(|e| protocol(&e.to_string()))?,
+            _ => return Err(bad()),
+        };
+        while !receiver.is_complete() {
+            match s.message().await.map_err(|st| self.err(st))? {
+                Some(v1::GetManifestResponse {
+                    msg: Some(Msg::Page(p)),
+                }) => receiver.add(p).map_err(|e| protocol(&e.to_string()))?,
+                _ => return Err(bad()),
+            }
+        }
+        let m = receiver.finish().map_err(|e| protocol(&e.to_string()))?;
+        m.validate(&PARAMS_V1, &limits)
+            .map_err(|e| protocol(&e.to_string()))?;
+        if m.hash != info.hash || m.size != info.size {
+            return Err(protocol("GetManifest: the manifest is not the file's"));
+        }
+        Ok((info, m))
+    }
+
+    /// Downloads `remote` into `local`, fetching only the ranges of the new
+    /// version that `local`'s current contents (the base) do not hold.
+    /// Returns the file and the bytes of file data fetched.
+    ///
+    /// # Errors
+    /// NotFound, local IO errors, a file that changed on the server while
+    /// it was fetched ([`ClientError::Stale`]), or a hash mismatch.
+    pub async fn download_delta(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+    ) -> Result<(FileInfo, u64)> {
+        self.download_delta_checked(remote, local, progress, Box::new(|_| Ok(())))
+            .await
+            .map(|(info, fetched, _)| (info, fetched))
+    }
+
+    /// As [`FilesClient::download_delta`], with `check` run just before the
+    /// new file replaces `local` (see [`FilesClient::download_checked`]);
+    /// also returns the new file's metadata.
+    ///
+    /// # Errors
+    /// As [`FilesClient::download_delta`], or what `check` returns.
+    pub async fn download_delta_checked(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+        check: BeforeReplace,
+    ) -> Result<(FileInfo, u64, fs::Metadata)> {
+        let (info, new) = self.manifest(remote).await?;
+        let base = local_manifest(local).await?;
+        let mut known = KnownChunks::new(&PARAMS_V1);
+        known
+            .add_manifest(SourceId(0), &base)
+            .map_err(|e| protocol(&e.to_string()))?;
+        let plan =
+            DeltaPlan::new(&new, &known, &PARAMS_V1).map_err(|e| protocol(&e.to_string()))?;
+        let ranges = ranges_to_send(&new, plan.missing_chunks(), None)
+            .map_err(|e| protocol(&e.to_string()))?;
+        let total: u64 = ranges.iter().map(|r| r.len).sum();
+        progress.start(total, 0);
+        let partial = delta_partial(local, &info.hash);
+        let ops = plan.ops();
+        // Literal bytes arrive range by range (in op order) through this
+        // channel; the assembler on the blocking pool copies the rest from
+        // the base.
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let (old, part) = (local.to_owned(), partial.clone());
+        let expected = (new.hash, new.size);
+        let assembler = tokio::task::spawn_blocking(move || -> Result<File> {
+            let base = File::open(&old).map_err(local_err(&old))?;
+            let mut out = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&part)
+                .map_err(local_err(&part))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut carry: Vec<u8> = Vec::new();
+            let mut buf = Vec::new();
+            for op in ops {
+                let bytes: &[u8] = match op {
+                    Op::Copy { from, len, .. } => {
+                        buf.resize(len as usize, 0);
+                        base.read_exact_at(&mut buf, from.offset)
+                            .map_err(local_err(&old))?;
+                        &buf
+                    }
+                    Op::Literal { len, .. } => {
+                        while carry.len() < len as usize {
+                            match rx.blocking_recv() {
+                                Some(d) => carry.extend_from_slice(&d),
+                                None => return Err(protocol("download ended early")),
+                            }
+                        }
+                        let rest = carry.split_off(len as usize);
+                        buf = std::mem::replace(&mut carry, rest);
+                        &buf
+                    }
+                };
+                if ContentHash::of(bytes) != *op.hash() {
+                    return Err(ClientError::Stale(format!(
+                        "{}: changed while it was being updated; try again",
+                        old.display()
+                    )));
+                }
+                hasher.update(bytes);
+                out.write_all(bytes).map_err(local_err(&part))?;
+            }
+            let got: ContentHash = hasher.finalize().into();
+            if (got, hasher.count()) != expected {
+                return Err(ClientError::Corrupt {
+                    path: old.display().to_string(),
+                });
+            }
+            out.sync_all().map_err(local_err(&part))?;
+            Ok(out)
+        });
+        let fetched = self
+            .fetch_ranges(remote, &info, &ranges, &tx, progress.as_ref())
+            .await;
+        drop(tx);
+        let assembled = assembler
+            .await
+            .map_err(|e| ClientError::local(local, std::io::Error::other(e)));
+        let file = match (fetched, assembled) {
+            (Ok(()), Ok(Ok(f))) => f,
+            (Err(e), _) | (_, Err(e)) | (_, Ok(Err(e))) => {
+                let _ = fs::remove_file(&partial);
+                return Err(e);
+            }
+        };
+        let (part, dest, modified) = (partial.clone(), local.to_owned(), info.modified);
+        let meta = blocking(local, move || {
+            file.set_modified(modified).map_err(local_err(&part))?;
+            let meta = file.metadata().map_err(local_err(&part))?;
+            drop(file);
+            if let Err(e) = check(&dest) {
+                let _ = fs::remove_file(&part);
+                return Err(e);
+            }
+            if let Err(e) = fs::rename(&part, &dest) {
+                let _ = fs::remove_file(&part);
+                return Err(ClientError::local(&dest, e));
+            }
+            if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty())
+                && let Ok(d) = File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+            Ok(meta)
+        })
+        .await?;
+        Ok((info, total, meta))
+    }
+
+    /// Streams the bytes of `ranges` of `remote` (which must still be the
+    /// version `info`) into `tx`, in order.
+    async fn fetch_ranges(
+        &self,
+        remote: &RemotePath,
+        info: &FileInfo,
+        ranges: &[distribusync_core::delta::Region],
+        tx: &mpsc::Sender<Vec<u8>>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        use v1::download_response::Msg;
+        for r in ranges {
+            let mut inner = self.inner.clone();
+            let mut s = inner
+                .download(v1::DownloadRequest {
+                    path: remote.to_string(),
+                    offset: r.offset,
+                    length: Some(r.len),
+                })
+                .await
+                .map_err(|st| self.err(st))?
+                .into_inner();
+            match s.message().await.map_err(|st| self.err(st))? {
+                Some(v1::DownloadResponse {
+                    msg: Some(Msg::Info(i)),
+                }) if i.revision == info.revision => {}
+                Some(v1::DownloadResponse {
+                    msg: Some(Msg::Info(_)),
+                }) => {
+                    return Err(ClientError::Stale(format!(
+                        "{remote}: changed on the server while it was downloaded; try again"
+                    )));
+                }
+                _ => return Err(protocol("download did not start with file info")),
+            }
+            let mut got = 0u64;
+            while let Some(msg) = s.message().await.map_err(|st| self.err(st))? {
+                let Some(Msg::Chunk(data)) = msg.msg else {
+                    return Err(protocol("unexpected message in download"));
+                };
+                got += data.len() as u64;
+                progress.advance(data.len() as u64);
+                if tx.send(data).await.is_err() {
+                    return Ok(()); // the assembler failed: its error says why
+                }
+            }
+            if got != r.len {
+                return Err(protocol("a ranged download returned the wrong length"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the server's Files service received and sent since it
+    /// started (needs the admin scope).
+    ///
+    /// # Errors
+    /// An unreachable server, or a token without the scope.
+    pub async fn stats(&self) -> Result<(u64, u64)> {
+        let mut inner = self.inner.clone();
+        let r = inner
+            .stats(v1::StatsRequest {})
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        Ok((r.bytes_received, r.bytes_sent))
+    }
+
+    /// Uploads `local` as `remote` the cheaper way: by delta when the file
+    /// is at least the client's [`DeltaPolicy::min_size`], the server has a
+    /// version of `remote` (the base) and holds at least half of the new
+    /// bytes; otherwise whole (resumable). A file new at `remote` goes whole
+    /// without being chunked first: chunking costs a pass over the file,
+    /// which new content would pay for nothing (use
+    /// [`FilesClient::upload_delta`] to have a copy found anywhere).
+    ///
+    /// # Errors
+    /// As [`FilesClient::upload`] and [`FilesClient::upload_delta`].
+    pub async fn put(
+        &self,
+        local: &Path,
+        remote: &RemotePath,
+        if_revision: Option<Revision>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<FileInfo> {
+        let policy = self.delta_policy();
+        let meta = fs::metadata(local).map_err(local_err(local))?;
+        let worth_it = meta.len() >= policy.min_size && if_revision != Some(0);
+        let base = if worth_it {
+            match self.stat(remote).await {
+                Ok(f) => Some(f.revision),
+                Err(ClientError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if let Some(base) = base {
+            // A part kept of an interrupted whole upload is resumed whole.
+            let modified = meta.modified().map_err(local_err(local))?;
+            let kept = self.upload_offset(remote, meta.len(), modified).await?;
+            if kept == 0 {
+                match self
+                    .upload_delta(
+                        local,
+                        remote,
+                        if_revision,
+                        Some(base),
+                        true,
+                        progress.clone(),
+                    )
+                    .await
+                {
+                    Ok(DeltaOutcome::Done { file, .. }) => return Ok(file),
+                    Ok(DeltaOutcome::Declined { .. }) => {}
+                    // A server without the RPC: whole.
+                    Err(ClientError::Server(m)) if m.contains("Unimplemented") => {}
+                    // Replaced meanwhile (the base is gone): whole, and
+                    // `if_revision` decides.
+                    Err(ClientError::Rejected(m)) if m.contains("no longer exists") => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.upload(local, remote, if_revision, progress).await
+    }
+
+    /// Downloads `remote` into `local` the cheaper way: by delta when
+    /// `local` exists and is at least the client's
+    /// [`DeltaPolicy::min_size`] (its contents are the base), otherwise
+    /// whole (resumable).
+    ///
+    /// # Errors
+    /// As [`FilesClient::download`] and [`FilesClient::download_delta`].
+    pub async fn get(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+    ) -> Result<FileInfo> {
+        self.get_checked(remote, local, progress, Box::new(|_| Ok(())))
+            .await
+            .map(|(info, _)| info)
+    }
+
+    /// As [`FilesClient::get`], with `check` run just before the new file
+    /// replaces `local` (see [`FilesClient::download_checked`]).
+    ///
+    /// # Errors
+    /// As [`FilesClient::get`], or what `check` returns.
+    pub async fn get_checked(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        progress: Arc<dyn Progress>,
+        check: BeforeReplace,
+    ) -> Result<(FileInfo, fs::Metadata)> {
+        let base = fs::metadata(local).ok().filter(|m| m.is_file());
+        if base.is_some_and(|m| m.len() >= self.delta_policy().min_size) {
+            return self
+                .download_delta_checked(remote, local, progress, check)
+                .await
+                .map(|(info, _, meta)| (info, meta));
+        }
+        self.download_checked(remote, local, progress, check).await
+    }
+}
+
+/// Name of the file a delta download assembles into, beside `local`.
+fn delta_partial(local: &Path, hash: &ContentHash) -> PathBuf {
+    let p = crate::files::partial_path(local, hash);
+    p.with_extension("distribusync-delta")
+}

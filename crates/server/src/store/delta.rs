@@ -1,0 +1,396 @@
+//! Delta uploads on the store side: which chunks of a new file the caller
+//! lets the server find in its own files ([`Store::delta_plan`]), and the
+//! assembly of the new file in staging from those files and the bytes the
+//! client sends ([`DeltaWrite`]).
+//!
+//! Invariants:
+//! - only files `who` may read are sources (confinement: dedup must not
+//!   tell one user what another stores);
+//! - every byte written to staging, copied or received, belongs to an op
+//!   whose hash it matches, and the whole file must match the manifest's
+//!   hash and size before it is installed, through the one commit path of
+//!   every upload ([`Store::commit_staged`]: locks, `if_revision`, fsync,
+//!   rename, index);
+//! - the previous version is never written; a failure at any point removes
+//!   the staging file ([`super::StagedGuard`]).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use distribusync_core::delta::{
+    ChunkRef, DeltaPlan, KnownChunks, Manifest, Op, PARAMS_V1, SourceId, manifest_of_reader,
+};
+use distribusync_core::{ContentHash, RemotePath, Revision};
+
+use super::chunks::ChunkIndex;
+use super::{FileRecord, StagedGuard, Store, UploadHeader};
+use crate::auth::Identity;
+use crate::error::{Result, ServiceError};
+
+/// Bytes copied from the server's own files per blocking task.
+const COPY_STEP: u64 = 64 << 20;
+
+/// What a delta upload will build: the plan and the files it copies from.
+#[derive(Debug)]
+pub struct DeltaSources {
+    pub plan: DeltaPlan,
+    files: Vec<Arc<File>>,
+}
+
+impl DeltaSources {
+    /// Bytes the client must send.
+    pub fn literal_bytes(&self) -> u64 {
+        self.plan.literal_bytes()
+    }
+}
+
+/// What the client announced for a delta upload.
+#[derive(Debug, Clone)]
+pub struct DeltaHeader {
+    pub path: RemotePath,
+    pub manifest: Manifest,
+    pub modified: SystemTime,
+    pub if_revision: Option<Revision>,
+    pub base_revision: Option<Revision>,
+}
+
+impl Store {
+    /// The manifest of `path`'s current version with the version's record
+    /// and an open handle on it; computed (and recorded) on first need when
+    /// the index has none (a file put there by hand, an upload that resumed).
+    ///
+    /// # Errors
+    /// NotFound, a folder at `path`, or a read error.
+    pub async fn manifest_of(&self, path: &RemotePath) -> Result<(FileRecord, Manifest, File)> {
+        let (record, file) = self.open_read(path).await?;
+        let s = self.clone();
+        let p = path.clone();
+        self.run(move || {
+            let index = &s.inner.index;
+            if let Some(m) = index.manifest(&p, record.revision)? {
+                return Ok((record, m, file));
+            }
+            let m = manifest_of_reader(&file, &PARAMS_V1)
+                .map_err(|e| ServiceError::io(p.to_string(), e))?;
+            if m.hash != record.hash || m.size != record.size {
+                // Changed on disk behind the index's back: not recorded.
+                return Err(ServiceError::Aborted(format!(
+                    "{}: the file changed on the server while it was read; try again",
+                    p.shown()
+                )));
+            }
+            index.set_manifest(&p, record.revision, &m)?;
+            tracing::debug!(path = %p, revision = record.revision, chunks = m.chunks.len(), "manifest computed");
+            Ok((record, m, file))
+        })
+        .await
+    }
+
+    /// Finds which chunks of `h.manifest` (validated) the server holds in
+    /// files `who` may read: the current version of `h.path` first, then
+    /// any file the chunk index names.
+    ///
+    /// # Errors
+    /// A base revision that is no longer current, a stale `if_revision`,
+    /// or the index's errors.
+    pub async fn delta_plan(&self, who: &Identity, h: &DeltaHeader) -> Result<DeltaSources> {
+        let current = self.stat_opt(&h.path).await?;
+        super::check_revision(&h.path, current.as_ref(), h.if_revision)?;
+        if let Some(base) = h.base_revision {
+            let now = current.as_ref().map(|f| f.revision);
+            if now != Some(base) {
+                return Err(ServiceError::Conflict(format!(
+                    "{}: base revision {base} no longer exists (the file is {}); \
+                     upload the whole file or start from the current version",
+                    h.path.shown(),
+                    now.map_or_else(|| "gone".to_owned(), |r| format!("at revision {r}"))
+                )));
+            }
+        }
+        let mut known = KnownChunks::new(&PARAMS_V1);
+        let mut files: Vec<Arc<File>> = Vec::new();
+        let mut opened: std::collections::HashMap<RemotePath, Option<(u32, Revision)>> =
+            Default::default();
+        if current.is_some() {
+            match self.manifest_of(&h.path).await {
+                Ok((record, m, file)) => {
+                    known.add_manifest(SourceId(0), &m).map_err(plan_error)?;
+                    files.push(Arc::new(file));
+                    opened.insert(h.path.clone(), Some((0, record.revision)));
+                }
+                // Replaced or removed meanwhile: no base, the chunk index may
+                // still find its chunks.
+                Err(ServiceError::NotFound(_) | ServiceError::Aborted(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let s = self.clone();
+        let who = who.clone();
+        let chunks = h.manifest.chunks.clone();
+        let (known, files) = self
+            .run(move || {
+                let Inner { index, disk, .. } = &*s.inner;
+                for c in &chunks {
+                    if known.locate(&c.hash).is_some() {
+                        continue;
+                    }
+                    for at in index.locate(&c.hash)? {
+                        if at.len != c.len || !who.sees(&at.path) {
+                            continue;
+                        }
+                        let source = match opened.get(&at.path) {
+                            Some(Some((id, rev))) if *rev == at.revision => *id,
+                            Some(_) => continue,
+                            None => {
+                                // Opened once; its current revision must be
+                                // the one indexed (bytes are checked anyway).
+                                let rev = index.get(&at.path)?.map(|f| f.revision);
+                                let file = (rev == Some(at.revision))
+                                    .then(|| disk.open_file(&at.path).ok())
+                                    .flatten();
+                                let Some(file) = file else {
+                                    opened.insert(at.path.clone(), None);
+                                    continue;
+                                };
+                                let id = u32::try_from(files.len()).unwrap_or(u32::MAX);
+                                files.push(Arc::new(file));
+                                opened.insert(at.path.clone(), Some((id, at.revision)));
+                                id
+                            }
+                        };
+                        known.add_pieces(
+                            SourceId(source),
+                            at.offset,
+                            &[ChunkRef {
+                                len: c.len,
+                                hash: c.hash,
+                            }],
+                        );
+                        break;
+                    }
+                }
+                Ok((known, files))
+            })
+            .await?;
+        let plan = DeltaPlan::new(&h.manifest, &known, &PARAMS_V1).map_err(plan_error)?;
+        Ok(DeltaSources { plan, files })
+    }
+
+    /// Starts assembling the file of `h` in a fresh staging file.
+    ///
+    /// # Errors
+    /// When no staging file can be made.
+    pub async fn begin_delta(&self, h: DeltaHeader, sources: DeltaSources) -> Result<DeltaWrite> {
+        let s = self.clone();
+        let (staged, file) = self
+            .run(move || {
+                let (path, file) = s.inner.disk.stage()?;
+                Ok((StagedGuard::new(&s, path, None), file))
+            })
+            .await?;
+        let ops = sources.plan.ops();
+        Ok(DeltaWrite {
+            store: self.clone(),
+            header: h,
+            staged,
+            state: Some(WriteState {
+                file,
+                hasher: blake3::Hasher::new(),
+                written: 0,
+            }),
+            ops,
+            next: 0,
+            files: sources.files,
+        })
+    }
+}
+
+use super::Inner;
+
+fn plan_error(e: distribusync_core::delta::PlanError) -> ServiceError {
+    ServiceError::InvalidArgument(e.to_string())
+}
+
+#[derive(Debug)]
+struct WriteState {
+    file: File,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+/// A delta upload being assembled in staging, op by op: copies from the
+/// server's files run on the blocking pool in bounded steps; literal bytes
+/// are handed in by the caller as they arrive from the client.
+#[derive(Debug)]
+pub struct DeltaWrite {
+    store: Store,
+    header: DeltaHeader,
+    staged: StagedGuard,
+    state: Option<WriteState>,
+    ops: Vec<Op>,
+    next: usize,
+    files: Vec<Arc<File>>,
+}
+
+impl DeltaWrite {
+    /// Does every copy up to the next literal; returns that literal's
+    /// length, or `None` when no op is left.
+    ///
+    /// # Errors
+    /// A source that no longer holds the chunk (it changed meanwhile:
+    /// ABORTED, try again), or an IO error.
+    pub async fn next_literal(&mut self) -> Result<Option<u32>> {
+        loop {
+            match self.ops.get(self.next) {
+                None => return Ok(None),
+                Some(Op::Literal { len, .. }) => return Ok(Some(*len)),
+                Some(Op::Copy { .. }) => {}
+            }
+            // A run of copies, at most COPY_STEP bytes, in one blocking task.
+            let mut end = self.next;
+            let mut bytes = 0u64;
+            while let Some(op @ Op::Copy { .. }) = self.ops.get(end) {
+                if bytes > 0 && bytes + u64::from(op.len()) > COPY_STEP {
+                    break;
+                }
+                bytes += u64::from(op.len());
+                end += 1;
+            }
+            let ops: Vec<Op> = self.ops[self.next..end].to_vec();
+            let files = self.files.clone();
+            let mut state = self.state.take().ok_or_else(gone)?;
+            let path = self.header.path.clone();
+            let state = self
+                .store
+                .run(move || {
+                    let mut buf = Vec::new();
+                    for op in ops {
+                        let Op::Copy { from, len, hash } = op else {
+                            continue;
+                        };
+                        buf.resize(len as usize, 0);
+                        let file = files.get(from.source.0 as usize).ok_or_else(gone)?;
+                        let read = file.read_exact_at(&mut buf, from.offset);
+                        if read.is_err() || ContentHash::of(&buf) != hash {
+                            return Err(ServiceError::Aborted(format!(
+                                "{}: a file the server copies from changed during the upload; \
+                                 try again",
+                                path.shown()
+                            )));
+                        }
+                        state.write(&buf)?;
+                    }
+                    Ok(state)
+                })
+                .await?;
+            self.state = Some(state);
+            self.next = end;
+        }
+    }
+
+    /// Writes the bytes of the literal op [`Self::next_literal`] named.
+    ///
+    /// # Errors
+    /// InvalidArgument when the bytes do not match the chunk's length or
+    /// hash (naming its offsets), or an IO error.
+    pub async fn literal(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let Some(Op::Literal { len, hash }) = self.ops.get(self.next).copied() else {
+            return Err(ServiceError::InvalidArgument(
+                "data sent after every chunk asked for arrived".into(),
+            ));
+        };
+        let mut state = self.state.take().ok_or_else(gone)?;
+        let path = self.header.path.clone();
+        let state = self
+            .store
+            .run(move || {
+                let (offset, end) = (state.written, state.written + bytes.len() as u64);
+                if bytes.len() != len as usize || ContentHash::of(&bytes) != hash {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "{}: the data for bytes {offset}..{} does not match chunk {hash} of the \
+                         manifest (got {} bytes)",
+                        path.shown(),
+                        offset + u64::from(len),
+                        end - offset
+                    )));
+                }
+                state.write(&bytes)?;
+                Ok(state)
+            })
+            .await?;
+        self.state = Some(state);
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Verifies the whole file, makes it durable and installs it.
+    ///
+    /// # Errors
+    /// InvalidArgument when the file is not what the manifest announced;
+    /// a revision mismatch or conflict found at commit time.
+    pub async fn finish(mut self) -> Result<FileRecord> {
+        if self.next != self.ops.len() {
+            return Err(ServiceError::InvalidArgument(format!(
+                "{}: the upload ended before every chunk asked for arrived",
+                self.header.path.shown()
+            )));
+        }
+        let state = self.state.take().ok_or_else(gone)?;
+        let h = self.header.clone();
+        let (path, size, hash, modified) =
+            (h.path.clone(), h.manifest.size, h.manifest.hash, h.modified);
+        self.store
+            .run(move || {
+                let got: ContentHash = state.hasher.finalize().into();
+                if got != hash || state.written != size {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "{}: the assembled file ({} bytes, hash {got}) is not the one the \
+                         manifest announced ({size} bytes, hash {hash})",
+                        path.shown(),
+                        state.written,
+                    )));
+                }
+                super::disk::set_modified(&state.file, &path, modified)?;
+                state
+                    .file
+                    .sync_all()
+                    .map_err(|e| ServiceError::io("staging file", e))
+            })
+            .await?;
+        let header = UploadHeader {
+            path: h.path.clone(),
+            size: h.manifest.size,
+            hash: h.manifest.hash,
+            modified: h.modified,
+            if_revision: h.if_revision,
+            offset: 0,
+            resumable: false,
+        };
+        let staged = self.staged.path.clone().ok_or_else(gone)?;
+        let record = self
+            .store
+            .commit_upload(&header, staged, Some(h.manifest))
+            .await?;
+        // Installed: the staging name is gone.
+        self.staged.take();
+        Ok(record)
+    }
+}
+
+impl WriteState {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.file
+            .write_all(bytes)
+            .map_err(|e| ServiceError::io("staging file", e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+fn gone() -> ServiceError {
+    ServiceError::io("delta upload", std::io::Error::other("assembly state lost"))
+}

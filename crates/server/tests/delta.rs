@@ -1,0 +1,425 @@
+//! Delta transfer through the real client against a real server: bytes
+//! counted by the server's Stats RPC, results compared byte for byte.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{TestServer, get_bytes, p, put_bytes};
+use distribusync_client::{DeltaOutcome, FilesClient};
+use distribusync_core::ContentHash;
+use distribusync_core::delta::{PARAMS_V1, manifest_of_bytes};
+use distribusync_proto::v1::{self, files_client};
+use tokio_stream::wrappers::ReceiverStream;
+
+const MIB: usize = 1 << 20;
+
+/// Deterministic incompressible bytes.
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The edits of the issue, each applied to `base`.
+fn edits(base: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let mid = base.len() / 2;
+    let mut overwrite = base.to_vec();
+    overwrite[mid] ^= 0xff;
+    let mut insert = base.to_vec();
+    insert.splice(1000..1000, random(100, 7));
+    let mut delete = base.to_vec();
+    delete.drain(mid..mid + 100);
+    let mut append = base.to_vec();
+    append.extend(random(MIB, 9));
+    let truncate = base[..base.len() - MIB].to_vec();
+    vec![
+        ("overwrite", overwrite),
+        ("insert", insert),
+        ("delete", delete),
+        ("append", append),
+        ("truncate", truncate),
+    ]
+}
+
+/// Bytes a transfer of `data` may move: three average chunks plus the
+/// manifest (35 bytes a chunk) and 64 KiB of message framing.
+fn allowance(data: &[u8]) -> u64 {
+    let chunks = data.len() / PARAMS_V1.coarse().avg as usize + 1;
+    3 * u64::from(PARAMS_V1.coarse().avg) + 40 * chunks as u64 + 64 * 1024
+}
+
+async fn stats(c: &FilesClient) -> (u64, u64) {
+    c.stats().await.unwrap()
+}
+
+#[tokio::test]
+async fn each_edit_of_a_64_mib_file_uploads_and_downloads_only_near_the_edit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let base = random(64 * MIB, 1);
+    put_bytes(&c, tmp.path(), "base.bin", &base).await;
+    for (kind, new) in edits(&base) {
+        // Upload: the server holds `base` (as base.bin: chunks are found
+        // in any file), the client `new`.
+        let remote = p(&format!("{kind}.bin"));
+        let local = tmp.path().join(format!("new-{kind}"));
+        std::fs::write(&local, &new).unwrap();
+        let before = stats(&c).await;
+        let out = c
+            .upload_delta(&local, &remote, None, None, false, Arc::new(()))
+            .await
+            .unwrap();
+        let received = stats(&c).await.0 - before.0;
+        let DeltaOutcome::Done { file, sent } = out else {
+            panic!("{kind}: declined");
+        };
+        assert_eq!(file.hash, ContentHash::of(&new), "{kind}");
+        assert!(
+            received <= allowance(&new),
+            "{kind}: uploading moved {received} bytes ({sent} of chunks), more than {}",
+            allowance(&new)
+        );
+        let stored = std::fs::read(server.root.join(remote.as_str())).unwrap();
+        assert!(
+            stored == new,
+            "{kind}: the server's copy is not byte-identical"
+        );
+
+        // Download: the server holds `new`, the client `base`.
+        let old = tmp.path().join(format!("old-{kind}"));
+        std::fs::write(&old, &base).unwrap();
+        let before = stats(&c).await;
+        let (info, fetched) = c.download_delta(&remote, &old, Arc::new(())).await.unwrap();
+        let sent = stats(&c).await.1 - before.1;
+        assert_eq!(info.hash, ContentHash::of(&new), "{kind}");
+        assert!(
+            sent <= allowance(&new),
+            "{kind}: downloading moved {sent} bytes ({fetched} of chunks), more than {}",
+            allowance(&new)
+        );
+        assert!(
+            std::fs::read(&old).unwrap() == new,
+            "{kind}: not byte-identical"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_copy_uploads_with_zero_chunk_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let data = random(8 * MIB, 3);
+    put_bytes(&c, tmp.path(), "videos/a.bin", &data).await;
+    let local = tmp.path().join("copy");
+    std::fs::write(&local, &data).unwrap();
+    let before = stats(&c).await;
+    let out = c
+        .upload_delta(
+            &local,
+            &p("videos/b.bin"),
+            Some(0),
+            None,
+            true,
+            Arc::new(()),
+        )
+        .await
+        .unwrap();
+    let received = stats(&c).await.0 - before.0;
+    let DeltaOutcome::Done { file, sent } = out else {
+        panic!("declined");
+    };
+    assert_eq!((sent, file.hash), (0, ContentHash::of(&data)));
+    // Only the manifest and the request's framing.
+    assert!(received < 4096, "{received} bytes for a copy");
+    assert_eq!(get_bytes(&c, tmp.path(), "videos/b.bin").await, data);
+    // A file put there by hand has no manifest yet: computed on first need.
+    std::fs::write(server.root.join("by-hand.bin"), &data).unwrap();
+    server.stop().await;
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let local = tmp.path().join("edited");
+    let mut edited = data.clone();
+    edited[100] ^= 1;
+    std::fs::write(&local, &edited).unwrap();
+    let before = stats(&c).await;
+    let out = c
+        .upload_delta(&local, &p("by-hand.bin"), None, None, true, Arc::new(()))
+        .await
+        .unwrap();
+    let DeltaOutcome::Done { sent, .. } = out else {
+        panic!("declined");
+    };
+    assert!(sent <= 4 * MIB as u64, "{sent}");
+    assert!(stats(&c).await.0 - before.0 <= allowance(&edited));
+    assert_eq!(get_bytes(&c, tmp.path(), "by-hand.bin").await, edited);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn put_and_get_choose_delta_above_the_threshold_and_whole_below() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let policy = distribusync_client::DeltaPolicy {
+        min_size: 4 * MIB as u64,
+    };
+    let c = server.client().await.with_delta(policy);
+    let data = random(16 * MIB, 5);
+    let local = tmp.path().join("f");
+    std::fs::write(&local, &data).unwrap();
+    // New content: the server lacks all of it, so it goes whole.
+    let before = stats(&c).await;
+    c.put(&local, &p("f.bin"), None, Arc::new(()))
+        .await
+        .unwrap();
+    assert!(stats(&c).await.0 - before.0 >= data.len() as u64);
+    // An edit: delta.
+    let mut edited = data.clone();
+    edited[8 * MIB] ^= 1;
+    std::fs::write(&local, &edited).unwrap();
+    let before = stats(&c).await;
+    let info = c
+        .put(&local, &p("f.bin"), None, Arc::new(()))
+        .await
+        .unwrap();
+    assert_eq!(info.hash, ContentHash::of(&edited));
+    assert!(stats(&c).await.0 - before.0 <= allowance(&edited));
+    // Get into the old version: delta; into nothing: whole.
+    let old = tmp.path().join("old");
+    std::fs::write(&old, &data).unwrap();
+    let before = stats(&c).await;
+    c.get(&p("f.bin"), &old, Arc::new(())).await.unwrap();
+    assert!(stats(&c).await.1 - before.1 <= allowance(&edited));
+    assert!(std::fs::read(&old).unwrap() == edited);
+    let fresh = tmp.path().join("fresh");
+    c.get(&p("f.bin"), &fresh, Arc::new(())).await.unwrap();
+    assert!(std::fs::read(&fresh).unwrap() == edited);
+    server.stop().await;
+}
+
+fn raw(addr: &str) -> files_client::FilesClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .unwrap()
+        .connect_lazy();
+    files_client::FilesClient::new(ch).max_decoding_message_size(16 << 20)
+}
+
+/// True when no staged upload is left anywhere under the staging folder.
+fn staging_is_empty(root: &std::path::Path) -> bool {
+    fn files_under(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            files_under(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    files_under(&root.join(".distribusync/staging")) == 0
+}
+
+/// Sends a raw delta upload and returns the server's final status: the
+/// manifest of `m`, then (if asked for anything) `data`.
+async fn raw_delta(
+    addr: &str,
+    begin: v1::DeltaBegin,
+    m: &distribusync_core::delta::Manifest,
+    data: Vec<u8>,
+) -> Result<v1::DeltaUploadResponse, tonic::Status> {
+    use v1::delta_upload_request::Msg;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let send = |msg| v1::DeltaUploadRequest { msg: Some(msg) };
+    tx.send(send(Msg::Begin(begin))).await.unwrap();
+    for page in distribusync_proto::delta::manifest_pages(m) {
+        let _ = tx.send(send(Msg::Page(page))).await;
+    }
+    let mut replies = raw(addr)
+        .delta_upload(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = replies.message().await?.expect("a reply");
+    if let Some(v1::delta_upload_response::Msg::Need(_)) = first.msg {
+        let _ = tx.send(send(Msg::Data(data))).await;
+        return Ok(replies.message().await?.expect("a reply"));
+    }
+    Ok(first)
+}
+
+fn begin(path: &str, m: &distribusync_core::delta::Manifest) -> v1::DeltaBegin {
+    v1::DeltaBegin {
+        path: path.into(),
+        manifest: Some(distribusync_proto::delta::manifest_header(m)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn bad_delta_input_is_refused_naming_the_problem_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let old = random(3 * MIB, 11);
+    let info = put_bytes(&c, tmp.path(), "f.bin", &old).await;
+    let new = random(3 * MIB, 12);
+    let m = manifest_of_bytes(&new, &PARAMS_V1);
+    let check =
+        |what: &str, r: Result<v1::DeltaUploadResponse, tonic::Status>, code, text: &str| {
+            let e = r.expect_err(what);
+            assert_eq!(e.code(), code, "{what}: {e:?}");
+            assert!(e.message().contains(text), "{what}: {}", e.message());
+        };
+
+    // A manifest whose chunks do not add up to its size.
+    let mut wrong = m.clone();
+    wrong.size += 1;
+    let r = raw_delta(&server.addr, begin("f.bin", &wrong), &wrong, new.clone()).await;
+    check("size", r, tonic::Code::InvalidArgument, "add up to");
+
+    // Bytes that do not match their chunk's hash.
+    let mut bad = new.clone();
+    bad[10] ^= 1;
+    let r = raw_delta(&server.addr, begin("f.bin", &m), &m, bad).await;
+    check(
+        "hash",
+        r,
+        tonic::Code::InvalidArgument,
+        "does not match chunk",
+    );
+
+    // Ten million chunks: refused at the header, naming the limit.
+    let mut huge = v1::DeltaBegin {
+        ..begin("f.bin", &m)
+    };
+    huge.manifest.as_mut().unwrap().chunk_count = 10_000_000;
+    let empty = distribusync_core::delta::Manifest {
+        chunks: vec![],
+        ..m.clone()
+    };
+    let r = raw_delta(&server.addr, huge, &empty, vec![]).await;
+    check(
+        "count",
+        r,
+        tonic::Code::ResourceExhausted,
+        "10000000 chunks",
+    );
+
+    // A base revision that no longer exists.
+    let gone = v1::DeltaBegin {
+        base_revision: Some(info.revision + 1000),
+        ..begin("f.bin", &m)
+    };
+    let r = raw_delta(&server.addr, gone, &m, new.clone()).await;
+    check(
+        "base",
+        r,
+        tonic::Code::FailedPrecondition,
+        "no longer exists",
+    );
+
+    // A range past the end of the file.
+    let r = raw(&server.addr)
+        .download(v1::DownloadRequest {
+            path: "f.bin".into(),
+            offset: old.len() as u64 - 10,
+            length: Some(20),
+        })
+        .await
+        .map(|_| ());
+    let e = r.expect_err("range");
+    assert_eq!(e.code(), tonic::Code::OutOfRange);
+    assert!(e.message().contains("past the end"), "{}", e.message());
+
+    // Nothing installed, nothing left in staging.
+    assert_eq!(c.stat(&p("f.bin")).await.unwrap(), info);
+    assert_eq!(get_bytes(&c, tmp.path(), "f.bin").await, old);
+    assert!(staging_is_empty(&server.root));
+
+    // And the same request done right works.
+    let r = raw_delta(&server.addr, begin("f.bin", &m), &m, new.clone()).await;
+    assert!(matches!(
+        r.unwrap().msg,
+        Some(v1::delta_upload_response::Msg::File(_))
+    ));
+    assert_eq!(get_bytes(&c, tmp.path(), "f.bin").await, new);
+    server.stop().await;
+}
+
+/// Makes a token on `root` as `distribusync token create` does.
+fn make_token(root: &std::path::Path, name: &str, scopes: &str, prefix: Option<&str>) -> String {
+    use distribusync_server::auth::{NewToken, TokenStore};
+    let now = std::time::SystemTime::now();
+    let store = TokenStore::open(root).expect("token table");
+    let new = NewToken::parse(name, scopes, prefix, None, now).expect("valid");
+    store
+        .create(&new, now)
+        .expect("create")
+        .0
+        .reveal()
+        .to_owned()
+}
+
+async fn client_with(addr: &str, token: &str) -> FilesClient {
+    use distribusync_client::{ConnectionConfig, TlsTrust, Token};
+    let config = ConnectionConfig::new(
+        addr,
+        TlsTrust::SystemRoots,
+        Some(Token::new(token).unwrap()),
+    );
+    FilesClient::connect(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_token_confined_to_a_folder_finds_no_chunks_outside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("MASTER");
+    std::fs::create_dir_all(&root).unwrap();
+    let admin = make_token(&root, "admin", "read,write,admin", None);
+    let bob = make_token(&root, "bob", "read,write", Some("bob"));
+    let server = TestServer::start(&root).await;
+    let (admin, bob) = (
+        client_with(&server.addr, &admin).await,
+        client_with(&server.addr, &bob).await,
+    );
+    let secret = random(8 * MIB, 13);
+    put_bytes(&admin, tmp.path(), "alice/secret.bin", &secret).await;
+    let local = tmp.path().join("guess");
+    std::fs::write(&local, &secret).unwrap();
+    // Bob holds the same bytes: the server must not let on that it has them.
+    let out = bob
+        .upload_delta(&local, &p("bob/guess.bin"), None, None, false, Arc::new(()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, DeltaOutcome::Done { sent, .. } if sent == secret.len() as u64),
+        "{out:?}"
+    );
+    // Inside his folder, his own file is found: his second copy is free.
+    let out = bob
+        .upload_delta(&local, &p("bob/again.bin"), None, None, false, Arc::new(()))
+        .await
+        .unwrap();
+    assert!(matches!(out, DeltaOutcome::Done { sent: 0, .. }), "{out:?}");
+    // The counters are the admin's business.
+    assert!(matches!(
+        bob.stats().await,
+        Err(distribusync_client::ClientError::PermissionDenied(_))
+    ));
+    assert!(admin.stats().await.is_ok());
+    server.stop().await;
+}
