@@ -849,6 +849,9 @@ impl SyncEngine {
                 // Whatever happened, the slice is no longer held.
                 held.done(n);
                 let report = report?;
+                // The pass's own full plan looks at everything: what the
+                // slices recorded need not wait in `touched` meanwhile.
+                self.touched.clear();
                 transfers += report.transfers;
                 offline = report.offline;
                 self.set_status(|s| s.first_pass_slices += 1);
