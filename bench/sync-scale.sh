@@ -16,6 +16,9 @@
 #   bench/sync-scale.sh [SIZES...]      (default: 10000 100000)
 #   BIN=path/to/distribusync  use that binary (e.g. an older build)
 #   ROUNDS=2 EDITS=40 CLIENTS=100 PARTS=1234
+#   MANY=processes (part 4: one `sync` process per client) or MANY=engines
+#      (one process running CLIENTS engines, each with its own connection:
+#      crates/client/examples/many_engines.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=("$@"); [ ${#SIZES[@]} -gt 0 ] || SIZES=(10000 100000)
@@ -23,11 +26,16 @@ ROUNDS=${ROUNDS:-2}
 EDITS=${EDITS:-40}
 CLIENTS=${CLIENTS:-100}
 PARTS=${PARTS:-1234}
+MANY=${MANY:-processes}
 
 . bench/lib.sh
 need rsync rsync
 [ -x /usr/bin/time ] || need /usr/bin/time time
 if [ -z "${BIN:-}" ]; then cargo build --release -q -p distribusync; BIN=$PWD/target/release/distribusync; fi
+if [ "$MANY" = engines ] && [[ $PARTS == *4* ]]; then
+  cargo build --release -q -p distribusync-client --example many_engines
+  MANY_BIN=$PWD/target/release/examples/many_engines
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-scale.XXXXXX")
 PIDS=()
 cleanup() {
@@ -179,11 +187,17 @@ if [[ $PARTS == *4* ]]; then
   done
   # Each folder's own files first (so the server holds 2 x CLIENTS), then
   # every daemon brings down the others'.
-  for c in $(seq "$CLIENTS"); do
-    "$BIN" sync "$WORK/many/c$c" --rescan-secs 3600 2>>"$WORK/many.log" &
-    PIDS+=("$!")
-  done
-  python3 - "$WORK/many" "$CLIENTS" "$EDITS" "$BIN" "$WORK" <<'PY'
+  if [ "$MANY" = engines ]; then
+    # One process, one engine (and one connection) per folder.
+    "$MANY_BIN" "$DISTRIBUSYNC_SERVER" $(for c in $(seq "$CLIENTS"); do echo "$WORK/many/c$c"; done) 2>>"$WORK/many.log" &
+    PIDS+=("$!"); MANY_PID=$!
+  else
+    for c in $(seq "$CLIENTS"); do
+      "$BIN" sync "$WORK/many/c$c" --rescan-secs 3600 2>>"$WORK/many.log" &
+      PIDS+=("$!")
+    done
+  fi
+  python3 - "$WORK/many" "$CLIENTS" "$EDITS" "$BIN" "$WORK" "$([ "$MANY" = engines ] && echo "one process running $CLIENTS engines" || echo "one process each")" <<'PY'
 import os, subprocess, sys, time
 root, clients, n, binary, work = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 def all_have(rel, want, limit=300.0):
@@ -219,7 +233,7 @@ for i in range(n):
     time.sleep(0.1)
 lat.sort()
 p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-print(f"(4) {clients} sync daemons, change -> all of them: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms ({n} changes)")
+print(f"(4) {clients} sync clients ({sys.argv[6]}), change -> all of them: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms ({n} changes)")
 PY
-  echo "    server peak RSS $(hwm "$SERVER_PID") MiB"
+  echo "    server peak RSS $(hwm "$SERVER_PID") MiB$([ "$MANY" = engines ] && echo ", engines' process $(hwm "$MANY_PID") MiB")"
 fi

@@ -1020,3 +1020,96 @@ async fn a_tree_over_the_watch_limit_says_so_once_and_syncs_by_rescans() {
     la.stop().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_sends_while_it_scans_holding_a_bounded_number_of_files() {
+    // 1,200 files in folders of 37, slices of 50: the scan may run at most
+    // four slices (one filling, two queued, one sending) ahead of what the
+    // server has, so it never holds more than 200 files unsent, whatever
+    // the size of the tree. (Scanning everything first held all 1,200.)
+    const FILES: usize = 1200;
+    const SLICE: usize = 50;
+    let s = setup();
+    for i in 0..FILES {
+        let dir = s.a.join(format!("d{:02}", i / 37));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    // One path the server already has, with other content: not sent
+    // blindly by a slice, but a conflict for the pass's full plan.
+    let theirs = s.b.join("theirs");
+    std::fs::write(&theirs, "the server's version").unwrap();
+    fc.upload(
+        &theirs,
+        &"d03/f0120".parse().unwrap(),
+        None,
+        std::sync::Arc::new(()),
+    )
+    .await
+    .unwrap();
+
+    let mut e = SyncEngine::open(
+        SyncOptions {
+            first_pass_slice: SLICE,
+            ..options(&s.a, "a")
+        },
+        client(&server.addr),
+    )
+    .unwrap();
+    let status = e.status();
+    e.run_once().await.unwrap();
+    let st = status.borrow().clone();
+    assert!(
+        st.unsent_peak > 0 && st.unsent_peak <= (SLICE * 4) as u64,
+        "held {} files unsent at once (bound {})",
+        st.unsent_peak,
+        SLICE * 4
+    );
+    assert!(
+        st.first_pass_slices >= (FILES / SLICE - 4) as u64,
+        "only {} slices were sent while scanning",
+        st.first_pass_slices
+    );
+
+    // Everything arrived, and the file both sides had is a conflict.
+    let on_server = fc.list_all(None).await.unwrap();
+    assert_eq!(
+        on_server.len(),
+        FILES + 1,
+        "every file plus a conflict copy"
+    );
+    for i in [0, 1, 36, 37, 599, 1199] {
+        let path = format!("d{:02}/f{i:04}", i / 37);
+        assert_eq!(
+            server_has(&fc, &path).await,
+            Some(distribusync_core::ContentHash::of(
+                format!("file {i}").as_bytes()
+            )),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        read(s.a.join("d03/f0120")).as_deref(),
+        Some("the server's version")
+    );
+    let copies: Vec<_> = tree(&s.a)
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("d03/f0120.conflict-a-"))
+        .collect();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].1, "file 120");
+
+    // A restart finds everything in sync: nothing moves.
+    let uploaded = st.uploaded;
+    drop(e);
+    let mut e = SyncEngine::open(options(&s.a, "a"), client(&server.addr)).unwrap();
+    let again = e.status();
+    e.run_once().await.unwrap();
+    assert_eq!(again.borrow().uploaded, 0);
+    assert_eq!(again.borrow().first_pass_slices, 0);
+    // Each file once (the conflicting one went up as its copy).
+    assert_eq!(uploaded as usize, FILES - 1);
+    server.shutdown().await;
+}

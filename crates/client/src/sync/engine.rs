@@ -46,6 +46,9 @@ pub struct SyncOptions {
     /// Watch at most this many folders (`None`: as many as the system
     /// allows): stands in for a low system limit in tests.
     pub watch_limit: Option<usize>,
+    /// A first pass (nothing in sync yet) sends new files in slices of
+    /// this many while it goes on scanning (see `pipelined_scan`).
+    pub first_pass_slice: usize,
 }
 
 impl SyncOptions {
@@ -62,6 +65,7 @@ impl SyncOptions {
                 .unwrap_or_else(|| "host".into()),
             rescan_unwatched: Duration::from_secs(30),
             watch_limit: None,
+            first_pass_slice: FIRST_PASS_SLICE,
         }
     }
 }
@@ -141,6 +145,11 @@ pub struct SyncStatus {
     pub in_flight: u64,
     /// When the last pass ended.
     pub last_pass: Option<std::time::SystemTime>,
+    /// Slices of new files a first pass sent while it was still scanning.
+    pub first_pass_slices: u64,
+    /// The most files a first pass held hashed but not yet sent at once:
+    /// bounded by the slice size, whatever the size of the tree.
+    pub unsent_peak: u64,
 }
 
 /// Outcome of executing one plan.
@@ -216,6 +225,11 @@ struct Recheck {
 const MAX_ONCE_PASSES: u32 = 5;
 /// Events closer together than this are handled in one pass.
 const BATCH: Duration = Duration::from_millis(10);
+/// Files per slice of a first pass: several upload batches' worth, so a
+/// slice keeps `parallel` transfers busy.
+pub const FIRST_PASS_SLICE: usize = 8192;
+/// Slices waiting between the scan and the sending.
+const SLICES_QUEUED: usize = 2;
 
 impl SyncEngine {
     /// Opens the folder's state (creating the folder and
@@ -251,6 +265,8 @@ impl SyncEngine {
             pending: 0,
             in_flight: 0,
             last_pass: None,
+            first_pass_slices: 0,
+            unsent_peak: 0,
         });
         Ok(Self {
             scanner: Arc::new(Scanner::new(&opts.dir)),
@@ -699,25 +715,42 @@ impl SyncEngine {
         } else {
             scope
         };
-        let scanner = self.scanner.clone();
-        // Moved into the scan and back rather than copied: with 100,000
-        // files every copy of a view costs megabytes.
-        let base = std::mem::take(&mut self.base);
-        let mut view = std::mem::take(&mut self.local);
-        let (view, base, scope) = tokio::task::spawn_blocking(move || {
-            match &scope {
-                None => view = scanner.full(&view, &base, settle),
-                Some(rels) => scanner.refresh(&mut view, rels, &base, settle),
-            }
-            (view, base, scope)
-        })
-        .await
-        .map_err(|e| SyncError::Local {
-            path: self.opts.dir.display().to_string(),
-            error: std::io::Error::other(e),
-        })?;
-        self.local = view;
-        self.base = base;
+        // A first pass: nothing is known on this side, so every file found
+        // that the server does not have is new there, whatever else the
+        // tree holds; those are sent while the scan goes on.
+        let pipelined = scope.is_none()
+            && hold.is_empty()
+            && self.opts.mode != Mode::Pull
+            && self.base.is_empty()
+            && self.local.files.is_empty();
+        let mut slice_transfers = 0;
+        let scope = if pipelined {
+            let (view, sent) = self.pipelined_scan(settle).await?;
+            self.local = view;
+            slice_transfers = sent;
+            scope
+        } else {
+            let scanner = self.scanner.clone();
+            // Moved into the scan and back rather than copied: with 100,000
+            // files every copy of a view costs megabytes.
+            let base = std::mem::take(&mut self.base);
+            let mut view = std::mem::take(&mut self.local);
+            let (view, base, scope) = tokio::task::spawn_blocking(move || {
+                match &scope {
+                    None => view = scanner.full(&view, &base, settle, None),
+                    Some(rels) => scanner.refresh(&mut view, rels, &base, settle),
+                }
+                (view, base, scope)
+            })
+            .await
+            .map_err(|e| SyncError::Local {
+                path: self.opts.dir.display().to_string(),
+                error: std::io::Error::other(e),
+            })?;
+            self.local = view;
+            self.base = base;
+            scope
+        };
         if let Some(e) = self.local.root_error.take() {
             return Err(SyncError::Local {
                 path: e,
@@ -772,6 +805,7 @@ impl SyncEngine {
         self.touched = touched;
         self.touched.append(&mut self.relisted);
         let mut report = result?;
+        report.transfers += slice_transfers;
         report.busy = self.local.busy;
         report.busy_paths = std::mem::take(&mut self.local.busy_paths);
         self.sweep_parts();
@@ -788,6 +822,118 @@ impl SyncEngine {
             }
         });
         Ok(report)
+    }
+
+    /// The scan of a first pass, with new files sent slice by slice while
+    /// it goes on (a pipeline: walking and hashing on the blocking pool,
+    /// sending here, the server committing each batch as it comes). The
+    /// scan waits when [`SLICES_QUEUED`] slices are waiting, so what is
+    /// held between scanning and sending is bounded by the slice size,
+    /// not by the tree. Each slice is planned by the core planner on its
+    /// own paths only, with nothing on the server or in the base there
+    /// (paths the server has are left to the pass's own full plan); a step
+    /// that fails is planned again by that full plan. Returns the scan's
+    /// whole view and how many transfers the slices made.
+    async fn pipelined_scan(
+        &mut self,
+        settle: Option<Duration>,
+    ) -> Result<(LocalView, usize), SyncError> {
+        let held = Arc::new(super::scan::Held::default());
+        let (tx, mut rx) = mpsc::channel(SLICES_QUEUED);
+        let size = self.opts.first_pass_slice.max(1);
+        let sink = super::scan::SliceSink {
+            tx,
+            size,
+            keep: super::scan::KEEP_TOTAL_MAX / (SLICES_QUEUED as u64 + 2),
+            held: held.clone(),
+        };
+        let scanner = self.scanner.clone();
+        let scan = tokio::task::spawn_blocking(move || {
+            scanner.full(&LocalView::default(), &BTreeMap::new(), settle, Some(sink))
+        });
+        let mut transfers = 0;
+        let mut offline = false;
+        while let Some(slice) = rx.recv().await {
+            let n = slice.files.len();
+            // Offline: the rest is only scanned; the full plan reports it.
+            if !offline {
+                let report = self.send_slice(slice).await;
+                // Whatever happened, the slice is no longer held.
+                held.done(n);
+                let report = report?;
+                // The pass's own full plan looks at everything: what the
+                // slices recorded need not wait in `touched` meanwhile.
+                self.touched.clear();
+                transfers += report.transfers;
+                offline = report.offline;
+                self.set_status(|s| s.first_pass_slices += 1);
+            } else {
+                held.done(n);
+            }
+        }
+        let view = scan.await.map_err(|e| SyncError::Local {
+            path: self.opts.dir.display().to_string(),
+            error: std::io::Error::other(e),
+        })?;
+        let peak = held.peak() as u64;
+        self.set_status(|s| s.unsent_peak = s.unsent_peak.max(peak));
+        tracing::debug!(
+            transfers,
+            peak,
+            files = view.files.len(),
+            "first pass sent while scanning"
+        );
+        Ok((view, transfers))
+    }
+
+    /// Plans and sends one slice of a first pass: its files that are
+    /// neither on the server nor in the base, as new files.
+    async fn send_slice(&mut self, slice: super::scan::Slice) -> Result<PassReport, SyncError> {
+        let rules = self.scanner.ignore();
+        let files: BTreeMap<RemotePath, super::scan::LocalEntry> = slice
+            .files
+            .into_iter()
+            .filter(|(p, _)| {
+                !self.remote.contains_key(p)
+                    && !self.base.contains_key(p)
+                    && !rules.is_ignored(p.as_str(), false)
+                    && p.as_str() != IGNORE_FILE
+            })
+            .collect();
+        if files.is_empty() {
+            return Ok(PassReport::default());
+        }
+        let input = SyncInput {
+            focus: Some(files.keys().cloned().collect()),
+            local: files,
+            // Nothing there for these paths, as filtered above.
+            remote: BTreeMap::new(),
+            base: BTreeMap::new(),
+            unreadable: BTreeSet::new(),
+            held: BTreeSet::new(),
+            ignored: BTreeSet::new(),
+            mode: self.opts.mode,
+            host: self.opts.host.clone(),
+            stamp: stamp(std::time::SystemTime::now()),
+        };
+        let plan = plan(&input);
+        let operations: Vec<Operation> = plan
+            .operations
+            .into_iter()
+            .filter(|op| matches!(op, Operation::Upload { .. }))
+            .collect();
+        // The executor works on the engine's local view: for this slice,
+        // the slice (the scan's view replaces it when the scan is done).
+        self.local = LocalView {
+            files: input.local,
+            contents: slice.contents,
+            ..LocalView::default()
+        };
+        self.execute(SyncPlan {
+            operations,
+            refused: None,
+        })
+        .await
     }
 
     /// The focus of an incremental pass over `rels` (relative, as on

@@ -1,6 +1,13 @@
 //! Reading the local folder: which files exist, and their content hashes.
 //! A file whose size, mtime and inode match what is already known is not
 //! read again.
+//!
+//! A first pass (nothing known yet) can hand its files on in [`Slice`]s as
+//! it goes, through a bounded channel ([`SliceSink`]), so sending overlaps
+//! scanning and hashing. Invariant: files hashed and not yet sent (the
+//! slice being filled, those in the channel, the one being sent) never
+//! exceed `size × (channel capacity + 2)`, counted by [`Held`]; small
+//! contents kept for those slices stay within [`KEEP_TOTAL_MAX`] in all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -52,6 +59,87 @@ pub struct LocalView {
 pub const KEEP_FILE_MAX: u64 = limits::BATCH_FILE_MAX;
 /// ...while all kept contents together stay within this.
 pub const KEEP_TOTAL_MAX: u64 = 64 << 20;
+
+/// Files of a first pass handed on before the scan has finished: each is
+/// in the scan's own view too, which stays the truth for the final plan.
+#[derive(Debug, Default)]
+pub struct Slice {
+    pub files: Vec<(RemotePath, LocalEntry)>,
+    /// The contents the scan read of some of them (see
+    /// [`LocalView::contents`]).
+    pub contents: HashMap<RemotePath, (FileStat, Arc<[u8]>)>,
+}
+
+/// How many files a first pass holds hashed but not yet sent, and the most
+/// it ever held at once: the measure of its bounded memory.
+#[derive(Debug, Default)]
+pub struct Held {
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl Held {
+    pub fn add(&self, n: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.now.fetch_add(n, SeqCst) + n;
+        self.peak.fetch_max(now, SeqCst);
+    }
+
+    pub fn done(&self, n: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Never below zero, whatever the order of calls.
+        let _ = self
+            .now
+            .fetch_update(SeqCst, SeqCst, |v| Some(v.saturating_sub(n)));
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Where a streaming scan hands its slices (see the module header).
+#[derive(Debug)]
+pub struct SliceSink {
+    pub tx: tokio::sync::mpsc::Sender<Slice>,
+    /// Files per slice.
+    pub size: usize,
+    /// Small contents kept per slice: [`KEEP_TOTAL_MAX`] shared by every
+    /// slice that can be alive at once.
+    pub keep: u64,
+    pub held: Arc<Held>,
+}
+
+impl SliceSink {
+    /// Hashes what `to_hash` lists and hands the files on (blocking while
+    /// the channel is full: the scan waits for the sending).
+    fn flush(&mut self, dir: &Path, known: &Known<'_>, view: &mut LocalView, to_hash: &mut ToHash) {
+        let batch = std::mem::take(to_hash);
+        let listed = batch.files.len();
+        if listed == 0 {
+            return;
+        }
+        self.held.add(listed);
+        let paths: Vec<RemotePath> = batch.files.iter().map(|f| f.0.clone()).collect();
+        batch.finish(dir, known, view, self.keep);
+        let mut slice = Slice::default();
+        for p in paths {
+            if let Some(c) = view.contents.remove(&p) {
+                slice.contents.insert(p.clone(), c);
+            }
+            if let Some(e) = view.files.get(&p) {
+                slice.files.push((p, e.clone()));
+            }
+        }
+        // Unreadable or busy files are not sent: no longer held.
+        self.held.done(listed - slice.files.len());
+        let sent = slice.files.len();
+        if sent > 0 && self.tx.blocking_send(slice).is_err() {
+            // The engine stopped taking slices: the scan goes on alone.
+            self.held.done(sent);
+        }
+    }
+}
 
 /// The ignore file's stat, `None` when there is none.
 fn ignore_stat(dir: &Path) -> Option<FileStat> {
@@ -109,7 +197,7 @@ impl<'a> Known<'a> {
 }
 
 /// Files found whose hash is not known yet: hashed together, in parallel,
-/// once the walk is done.
+/// once the walk is done (or slice by slice, streaming to a [`SliceSink`]).
 #[derive(Default)]
 struct ToHash {
     files: Vec<(RemotePath, String, FileStat, Option<String>)>,
@@ -119,12 +207,13 @@ struct ToHash {
 impl ToHash {
     /// Hashes everything listed (both cores) and adds it to `view`; small
     /// files are read whole and kept (see [`LocalView::contents`]).
-    fn finish(self, dir: &Path, known: &Known<'_>, view: &mut LocalView) {
+    /// Keeps at most `keep` bytes of contents in `view` in all.
+    fn finish(self, dir: &Path, known: &Known<'_>, view: &mut LocalView, keep: u64) {
         use rayon::prelude::*;
         // The bound holds across the daemon's partial rescans too: what
         // earlier ones kept (and no pass has sent yet) counts.
         let kept: u64 = view.contents.values().map(|(_, d)| d.len() as u64).sum();
-        let mut room = KEEP_TOTAL_MAX.saturating_sub(kept);
+        let mut room = keep.saturating_sub(kept);
         let listed: Vec<_> = self
             .files
             .into_iter()
@@ -277,17 +366,25 @@ impl Scanner {
 
     /// Scans the whole folder. With `settle`, a file modified less than that
     /// long ago is left alone this time (it may still be being written).
+    ///
+    /// With a `sink`, files are hashed and handed on slice by slice while
+    /// the walk goes on; the view returned holds them all the same, and
+    /// no contents.
     pub fn full(
         &self,
         old: &LocalView,
         base: &BTreeMap<RemotePath, BaseEntry>,
         settle: Option<Duration>,
+        mut sink: Option<SliceSink>,
     ) -> LocalView {
         let mut view = LocalView::default();
         let known = Known::new(&old.files, base);
         let mut to_hash = ToHash::default();
-        self.walk("", &known, settle, &mut view, &mut to_hash);
-        to_hash.finish(&self.dir, &known, &mut view);
+        self.walk("", &known, settle, &mut view, &mut to_hash, sink.as_mut());
+        match &mut sink {
+            Some(sink) => sink.flush(&self.dir, &known, &mut view, &mut to_hash),
+            None => to_hash.finish(&self.dir, &known, &mut view, KEEP_TOTAL_MAX),
+        }
         view
     }
 
@@ -345,7 +442,7 @@ impl Scanner {
             }
             view.examined += 1;
             match fs::symlink_metadata(self.dir.join(rel)) {
-                Ok(m) if m.is_dir() => self.walk(rel, &known, settle, view, &mut to_hash),
+                Ok(m) if m.is_dir() => self.walk(rel, &known, settle, view, &mut to_hash, None),
                 // A path from an event is already settled (its writer closed it,
                 // or it has been quiet long enough).
                 Ok(m) if m.is_file() => {
@@ -355,7 +452,7 @@ impl Scanner {
                 _ => {}
             }
         }
-        to_hash.finish(&self.dir, &known, view);
+        to_hash.finish(&self.dir, &known, view, KEEP_TOTAL_MAX);
     }
 
     fn walk(
@@ -365,6 +462,7 @@ impl Scanner {
         settle: Option<Duration>,
         view: &mut LocalView,
         to_hash: &mut ToHash,
+        mut sink: Option<&mut SliceSink>,
     ) {
         use rayon::prelude::*;
         // Level by level: the folders of one level are listed and stat-ed
@@ -406,6 +504,11 @@ impl Scanner {
                             Listed::Dir(sub) => next.push(sub),
                             Listed::File(sub, stat, modified) => {
                                 self.add_file(&sub, stat, modified, known, settle, view, to_hash);
+                                if let Some(sink) = sink.as_deref_mut()
+                                    && to_hash.files.len() >= sink.size
+                                {
+                                    sink.flush(&self.dir, known, view, to_hash);
+                                }
                             }
                             Listed::Part(sub) => view.parts.push(sub),
                         }
