@@ -154,7 +154,13 @@ async fn render(recorder: &PrometheusRecorder, sources: &Sources) -> String {
     recorder.handle().render()
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` is cancelled.
+/// Scrapers served at once; a connection past it is closed unserved.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
+/// A scraper must send its request headers within this.
+const METRICS_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `GET /metrics` on `listener` until `stop` is cancelled, to at
+/// most [`METRICS_MAX_CONNECTIONS`] connections at once.
 pub(crate) async fn serve_endpoint(
     listener: tokio::net::TcpListener,
     recorder: Arc<PrometheusRecorder>,
@@ -163,6 +169,7 @@ pub(crate) async fn serve_endpoint(
 ) {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+    let permits = Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => return,
@@ -174,10 +181,15 @@ pub(crate) async fn serve_endpoint(
                 }
             },
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!("metrics: too many connections; closed one");
+            continue;
+        };
         let recorder = recorder.clone();
         let sources = sources.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let recorder = recorder.clone();
                 let sources = sources.clone();
@@ -205,6 +217,8 @@ pub(crate) async fn serve_endpoint(
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 r = conn => if let Err(e) = r {

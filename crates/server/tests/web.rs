@@ -785,3 +785,78 @@ async fn an_upload_larger_than_the_free_space_fails_saying_so_and_leaves_nothing
     assert!(names(&b.get("/api/list", &[]).await.json()).is_empty());
     server.stop().await;
 }
+
+/// Sends a plain GET of `/` on an open connection and reads the status line
+/// (`None`: the server closed the connection without answering).
+async fn status_line(conn: &mut TcpStream) -> Option<String> {
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(20), reader.read_line(&mut line))
+        .await
+        .expect("an answer or a close")
+        .ok()?;
+    (n > 0).then_some(line)
+}
+
+#[tokio::test]
+async fn connections_past_the_bound_are_closed_unserved_and_a_freed_slot_serves_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut c = ServerConfig::new(tmp.path().join("MASTER"));
+    c.web = Some(WebListener::new(l).unwrap().with_max_connections(2));
+    let server = TestServer::start_with(c).await;
+
+    // Two idle keep-alive connections hold both slots (each answered once).
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert!(status_line(&mut first).await.unwrap().contains("200"));
+    assert!(status_line(&mut second).await.unwrap().contains("200"));
+    // A third is closed without an answer.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(status_line(&mut third).await, None);
+    // Once one is gone, a new connection is served again (its slot is
+    // freed when the server sees the close: retry until then).
+    drop(first);
+    let served = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let mut again = TcpStream::connect(addr).await.unwrap();
+            if let Some(line) = status_line(&mut again).await {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a freed slot serves a new connection");
+    assert!(served.contains("200"), "{served}");
+    drop(second);
+    server.stop().await;
+}
+
+/// The metrics endpoint (`serve --metrics-listen`) bounds its connections
+/// the same way: idle scrapers past the bound are closed unanswered.
+#[tokio::test]
+async fn metrics_connections_past_the_bound_are_closed_unserved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut c = ServerConfig::new(tmp.path().join("MASTER"));
+    c.metrics = Some(std::sync::Arc::new(l));
+    let server = TestServer::start_with(c).await;
+
+    let mut held = Vec::new();
+    for _ in 0..distribusync_server::METRICS_MAX_CONNECTIONS {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        // `/` is not the metrics path: a 404 still shows the connection served.
+        assert!(status_line(&mut conn).await.unwrap().contains("404"));
+        held.push(conn);
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(status_line(&mut extra).await, None);
+    drop(held);
+    server.stop().await;
+}

@@ -50,11 +50,18 @@ use crate::store::Store;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests without a byte for this long are dropped (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once by default; past it a new one is closed at
+/// once (as the WebDAV listener does), so idle keep-alive connections
+/// cannot pile up without limit.
+pub const WEB_MAX_CONNECTIONS: usize = 1024;
 
 /// The socket the web page is served on: bound by the caller (so a test
 /// binds port 0 and reads the address), taken once by [`crate::serve`].
-#[derive(Debug, Clone, Default)]
-pub struct WebListener(Arc<Mutex<Option<std::net::TcpListener>>>);
+#[derive(Debug, Clone)]
+pub struct WebListener {
+    socket: Arc<Mutex<Option<std::net::TcpListener>>>,
+    max_connections: usize,
+}
 
 impl WebListener {
     /// Wraps a bound, listening socket.
@@ -63,17 +70,28 @@ impl WebListener {
     /// When the socket cannot be made non-blocking.
     pub fn new(listener: std::net::TcpListener) -> std::io::Result<WebListener> {
         listener.set_nonblocking(true)?;
-        Ok(WebListener(Arc::new(Mutex::new(Some(listener)))))
+        Ok(WebListener {
+            socket: Arc::new(Mutex::new(Some(listener))),
+            max_connections: WEB_MAX_CONNECTIONS,
+        })
+    }
+
+    /// Serves at most `n` connections at once (default
+    /// [`WEB_MAX_CONNECTIONS`]); a connection past it is closed unserved.
+    #[must_use]
+    pub fn with_max_connections(mut self, n: usize) -> WebListener {
+        self.max_connections = n.max(1);
+        self
     }
 
     /// The bound address (`None` once taken or unreadable).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.socket.lock().unwrap_or_else(|p| p.into_inner());
         guard.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     fn take(&self) -> Option<std::net::TcpListener> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.socket.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -188,6 +206,7 @@ pub(crate) async fn start(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) -> std::io::Result<Option<SocketAddr>> {
+    let max_connections = listener.max_connections;
     let Some(listener) = listener.take() else {
         return Ok(None);
     };
@@ -216,6 +235,7 @@ pub(crate) async fn start(
         acceptor,
         shutdown,
         inner_tracker,
+        max_connections,
     ));
     Ok(Some(addr))
 }
@@ -255,8 +275,10 @@ async fn accept_loop(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    max_connections: usize,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -270,11 +292,16 @@ async fn accept_loop(
                 }
             }
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max_connections, "web: too many connections; closed one");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tracker.spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(Peer(peer));
