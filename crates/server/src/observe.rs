@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -69,7 +69,14 @@ struct MethodInfo {
     received: Counter,
     sent: Counter,
     open: Gauge,
+    /// `distribusync_rpc_requests_total` of this method, one handle per
+    /// status code (indexed by its number), registered at its first use:
+    /// a call then costs an atomic add, not a lookup of its labels.
+    requests: [OnceLock<Counter>; STATUS_CODES],
 }
+
+/// gRPC status codes are 0 (OK) to 16 (UNAUTHENTICATED).
+const STATUS_CODES: usize = 17;
 
 /// The per-method table and the recorder (`None`: metrics off; the layer
 /// still logs failures).
@@ -166,6 +173,7 @@ impl MethodInfo {
                 received: Counter::noop(),
                 sent: Counter::noop(),
                 open: Gauge::noop(),
+                requests: Default::default(),
             };
         };
         metrics::with_local_recorder(recorder, || {
@@ -191,6 +199,7 @@ impl MethodInfo {
                         "service" => s, "method" => m, "kind" => streaming.label()
                     )
                 },
+                requests: Default::default(),
                 service,
                 method,
                 streaming,
@@ -342,15 +351,23 @@ impl Call {
             self.table.live.uploads.fetch_sub(1, Relaxed);
         }
         if let Some(recorder) = &self.table.recorder {
-            metrics::with_local_recorder(&**recorder, || {
-                metrics::counter!(
-                    "distribusync_rpc_requests_total",
-                    "service" => info.service.clone(),
-                    "method" => info.method.clone(),
-                    "code" => code_name(code)
-                )
-                .increment(1);
-            });
+            let slot = usize::try_from(i32::from(code))
+                .ok()
+                .and_then(|i| info.requests.get(i));
+            let register = || {
+                metrics::with_local_recorder(&**recorder, || {
+                    metrics::counter!(
+                        "distribusync_rpc_requests_total",
+                        "service" => info.service.clone(),
+                        "method" => info.method.clone(),
+                        "code" => code_name(code)
+                    )
+                })
+            };
+            match slot {
+                Some(slot) => slot.get_or_init(register).increment(1),
+                None => register().increment(1),
+            }
         }
         if code != Code::Ok {
             let message = headers
