@@ -26,3 +26,7 @@ CONF
   rsync --daemon --no-detach --address=127.0.0.1 --port="$3" --config="$1/rsyncd.conf" &
   RSYNCD_PID=$!
 }
+
+# Writes dirty pages out and drops the page cache (as root; else only
+# `sync`), so a timed transfer starts from a flushed cache.
+flush() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }

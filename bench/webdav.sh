@@ -49,10 +49,10 @@ RCLONE=(rclone --transfers 8 --webdav-vendor other)
 
 now() { date +%s.%N; }
 declare -A T
-# time_it KEY CMD...: runs CMD after `sync`, appends its seconds to T[KEY].
+# time_it KEY CMD...: runs CMD from a flushed cache, appends its seconds to T[KEY].
 time_it() {
   local key=$1; shift
-  sync
+  flush
   local a b
   a=$(now); "$@" >/dev/null 2>>"$WORK/rclone.err"; b=$(now)
   T[$key]="${T[$key]:-} $(python3 -c "print(f'{$b-$a:.3f}')")"

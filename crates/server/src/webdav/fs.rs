@@ -148,6 +148,22 @@ impl DavDirEntry for DirEntry {
     }
 }
 
+/// Tells the kernel a GET reads `file` from start to end: it reads ahead
+/// in bigger steps, and starts on the first read of the body at once, so
+/// the disk works while the headers go out (rclone downloading 1,000
+/// files of 1 MiB from a flushed cache waits on the disk, not on us).
+/// Advice only: a failure changes nothing.
+fn advise_sequential_read(file: &std::fs::File) {
+    use rustix::fs::{Advice, fadvise};
+    let _ = fadvise(file, 0, None, Advice::Sequential);
+    let _ = fadvise(
+        file,
+        0,
+        std::num::NonZeroU64::new(super::READ_STEP as u64),
+        Advice::WillNeed,
+    );
+}
+
 /// A file opened for GET: exactly the version that was current when it
 /// was opened, whatever replaces it meanwhile.
 #[derive(Debug)]
@@ -443,6 +459,7 @@ impl DavFileSystem for DavFs {
                 return Ok(f);
             }
             let (record, file) = self.view.open_read(&p).await.map_err(fs_error)?;
+            advise_sequential_read(&file);
             let f: Box<dyn DavFile> = Box::new(ReadFile {
                 record,
                 file: std::sync::Arc::new(file),
