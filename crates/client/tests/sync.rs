@@ -1113,3 +1113,174 @@ async fn a_first_sync_sends_while_it_scans_holding_a_bounded_number_of_files() {
     assert_eq!(uploaded as usize, FILES - 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_stopped_part_way_resumes_sending_while_it_scans() {
+    // 600 files, slices of 20. The first run is stopped as soon as one
+    // slice has gone up; the next start must go on the same way (sending
+    // while it scans, holding a bounded number of files unsent), not scan
+    // and plan the whole tree at once because a base now exists.
+    const FILES: usize = 600;
+    const SLICE: usize = 20;
+    let s = setup();
+    for i in 0..FILES {
+        let dir = s.a.join(format!("d{:02}", i / 37));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    let opts = SyncOptions {
+        first_pass_slice: SLICE,
+        ..options(&s.a, "a")
+    };
+
+    let mut e = SyncEngine::open(opts.clone(), client(&server.addr)).unwrap();
+    let mut status = e.status();
+    tokio::select! {
+        biased;
+        r = status.wait_for(|s| s.first_pass_slices >= 1) => {
+            r.unwrap();
+        }
+        r = e.run_once() => panic!("the first sync ended before it could be stopped: {r:?}"),
+    }
+    drop(e);
+    let sent_before = fc.list_all(None).await.unwrap().len();
+    assert!(
+        (SLICE..FILES).contains(&sent_before),
+        "the first run was not stopped part way ({sent_before} files on the server)"
+    );
+
+    let mut e = SyncEngine::open(opts.clone(), client(&server.addr)).unwrap();
+    let again = e.status();
+    e.run_once().await.unwrap();
+    let st = again.borrow().clone();
+    assert!(
+        st.first_pass_slices > 0,
+        "the restarted first sync did not send while scanning"
+    );
+    assert!(
+        st.unsent_peak > 0 && st.unsent_peak <= (SLICE * 4) as u64,
+        "held {} files unsent at once (bound {})",
+        st.unsent_peak,
+        SLICE * 4
+    );
+    assert!(
+        (st.uploaded as usize) <= FILES - SLICE,
+        "the restart sent {} files again, not just the rest",
+        st.uploaded
+    );
+    let on_server = fc.list_all(None).await.unwrap();
+    assert_eq!(on_server.len(), FILES);
+    for i in [0, 299, 599] {
+        let path = format!("d{:02}/f{i:04}", i / 37);
+        assert_eq!(
+            server_has(&fc, &path).await,
+            Some(distribusync_core::ContentHash::of(
+                format!("file {i}").as_bytes()
+            )),
+            "{path}"
+        );
+    }
+
+    // Finished now: a further start is an ordinary restart.
+    drop(e);
+    let mut e = SyncEngine::open(opts, client(&server.addr)).unwrap();
+    let third = e.status();
+    e.run_once().await.unwrap();
+    assert_eq!(third.borrow().first_pass_slices, 0);
+    assert_eq!(third.borrow().uploaded, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_plans_only_what_changed_while_stopped() {
+    // 1,000 files in folders of 100. A restart walks the tree (1,010
+    // entries) but plans only the paths whose views disagree: none when
+    // nothing changed (planning every path of the three views added
+    // 3,000), two after an edit and a deletion made while stopped.
+    const FILES: usize = 1000;
+    let s = setup();
+    for i in 0..FILES {
+        let dir = s.a.join(format!("d{}", i / 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    once(&s.a, &server.addr, "a").await.unwrap();
+
+    let e = once(&s.a, &server.addr, "a").await.unwrap();
+    let st = e.status().borrow().clone();
+    assert_eq!((st.uploaded, st.downloaded, st.passes), (0, 0, 1));
+    assert!(
+        st.examined <= FILES as u64 + 20,
+        "a restart with nothing changed examined {} paths for {FILES} files",
+        st.examined
+    );
+    drop(e);
+
+    std::fs::write(s.a.join("d3/f0345"), "edited while stopped").unwrap();
+    std::fs::remove_file(s.a.join("d7/f0777")).unwrap();
+    let e = once(&s.a, &server.addr, "a").await.unwrap();
+    let st = e.status().borrow().clone();
+    assert_eq!((st.uploaded, st.downloaded), (1, 0));
+    assert!(
+        st.examined <= st.passes * (FILES as u64 + 20),
+        "{} paths examined in {} passes",
+        st.examined,
+        st.passes
+    );
+    assert_eq!(
+        server_has(&fc, "d3/f0345").await,
+        Some(distribusync_core::ContentHash::of(b"edited while stopped"))
+    );
+    assert_eq!(server_has(&fc, "d7/f0777").await, None);
+    assert_eq!(fc.list_all(None).await.unwrap().len(), FILES - 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_rescan_holds_the_local_view_once() {
+    // 1,500 files in folders of 100, rescanned by the same engine after a
+    // folder rename and an edit: the old view moves into the new one as
+    // the walk goes (before, the scan built a second view beside the old
+    // one plus an index of every old entry by stat: three times the tree).
+    const FILES: usize = 1500;
+    let s = setup();
+    for i in 0..FILES {
+        let dir = s.a.join(format!("d{:02}", i / 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    let mut e = once(&s.a, &server.addr, "a").await.unwrap();
+    let status = e.status();
+
+    std::fs::rename(s.a.join("d03"), s.a.join("e03")).unwrap();
+    std::fs::write(s.a.join("d07/f0705"), "edited").unwrap();
+    let uploaded = status.borrow().uploaded;
+    e.run_once().await.unwrap();
+    let st = status.borrow().clone();
+    // The tree once, plus what changed (101 files to hash, and the 100
+    // that disappeared, by stat, for the renamed ones to take their
+    // hashes from).
+    assert!(
+        st.scan_peak <= FILES as u64 + 2 * 101,
+        "a rescan of {FILES} files held {} entries at once",
+        st.scan_peak
+    );
+    assert_eq!(st.uploaded - uploaded, 1, "only the edit is sent");
+    assert_eq!(server_has(&fc, "d03/f0300").await, None);
+    assert_eq!(
+        server_has(&fc, "e03/f0300").await,
+        Some(distribusync_core::ContentHash::of(b"file 300"))
+    );
+    assert_eq!(
+        server_has(&fc, "d07/f0705").await,
+        Some(distribusync_core::ContentHash::of(b"edited"))
+    );
+    assert_eq!(fc.list_all(None).await.unwrap().len(), FILES);
+    server.shutdown().await;
+}

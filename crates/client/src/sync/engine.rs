@@ -150,6 +150,10 @@ pub struct SyncStatus {
     /// The most files a first pass held hashed but not yet sent at once:
     /// bounded by the slice size, whatever the size of the tree.
     pub unsent_peak: u64,
+    /// The most local entries one scan held at once (the old view's not
+    /// yet taken into the new one, the new one's, those waiting to be
+    /// hashed): about the tree's size for a full rescan, not twice it.
+    pub scan_peak: u64,
 }
 
 /// Outcome of executing one plan.
@@ -207,6 +211,10 @@ pub struct SyncEngine {
     /// Paths a folder rename's listing brought into the remote view
     /// during a pass: planned by the next one.
     pub(super) relisted: BTreeSet<RemotePath>,
+    /// A first pass started (by this process or an earlier one) and has
+    /// not finished: the next full pass sends as it scans, as the first
+    /// did (kept in the state database, so a restart resumes it).
+    pub(super) first_pass_unfinished: bool,
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -251,6 +259,7 @@ impl SyncEngine {
                 error: source,
             })?;
         let (base, remote, last_seq) = state.load()?;
+        let first_pass_unfinished = state.first_pass_unfinished()?;
         let (status, _) = watch::channel(SyncStatus {
             phase: SyncPhase::Starting,
             last_action: None,
@@ -267,6 +276,7 @@ impl SyncEngine {
             last_pass: None,
             first_pass_slices: 0,
             unsent_peak: 0,
+            scan_peak: 0,
         });
         Ok(Self {
             scanner: Arc::new(Scanner::new(&opts.dir)),
@@ -285,6 +295,7 @@ impl SyncEngine {
             touched: BTreeSet::new(),
             remote_reset: false,
             relisted: BTreeSet::new(),
+            first_pass_unfinished,
         })
     }
 
@@ -717,14 +728,21 @@ impl SyncEngine {
         };
         // A first pass: nothing is known on this side, so every file found
         // that the server does not have is new there, whatever else the
-        // tree holds; those are sent while the scan goes on.
+        // tree holds; those are sent while the scan goes on. So is a first
+        // pass an earlier run started and did not finish (stopped, killed,
+        // the machine went down): the base then holds what it sent.
         let pipelined = scope.is_none()
             && hold.is_empty()
             && self.opts.mode != Mode::Pull
-            && self.base.is_empty()
+            && (self.base.is_empty() || self.first_pass_unfinished)
             && self.local.files.is_empty();
+        let full_scan = scope.is_none();
         let mut slice_transfers = 0;
         let scope = if pipelined {
+            if !self.first_pass_unfinished {
+                self.state.write(&[StateWrite::FirstPass(true)])?;
+                self.first_pass_unfinished = true;
+            }
             let (view, sent) = self.pipelined_scan(settle).await?;
             self.local = view;
             slice_transfers = sent;
@@ -737,7 +755,7 @@ impl SyncEngine {
             let mut view = std::mem::take(&mut self.local);
             let (view, base, scope) = tokio::task::spawn_blocking(move || {
                 match &scope {
-                    None => view = scanner.full(&view, &base, settle, None),
+                    None => view = scanner.full(std::mem::take(&mut view), &base, settle, None),
                     Some(rels) => scanner.refresh(&mut view, rels, &base, settle),
                 }
                 (view, base, scope)
@@ -751,6 +769,8 @@ impl SyncEngine {
             self.base = base;
             scope
         };
+        let scan_peak = self.local.held_peak as u64;
+        self.set_status(|s| s.scan_peak = s.scan_peak.max(scan_peak));
         if let Some(e) = self.local.root_error.take() {
             return Err(SyncError::Local {
                 path: e,
@@ -761,12 +781,17 @@ impl SyncEngine {
         // (a folder with everything known inside it) and those the server
         // changed. A folder emptied on either side is planned whole, so
         // the safety stop judges it as before.
+        // A full pass plans the paths where the three views disagree
+        // (found by one merge of the sorted views, see `disagreeing`):
+        // its plan is the plan of every path, and on a tree in sync it
+        // plans nothing.
         let focus = scope.as_ref().and_then(|rels| self.focus_of(rels));
         let full = focus.is_none();
-        let planned = match &focus {
-            Some(f) => f.len(),
-            None => self.local.files.len() + self.remote.len() + self.base.len(),
+        let focus = match focus {
+            Some(f) => f,
+            None => self.disagreeing(hold),
         };
+        let planned = focus.len();
         if full {
             self.touched.clear();
         }
@@ -777,7 +802,7 @@ impl SyncEngine {
                 s.full_passes += 1;
             }
         });
-        let plan = self.plan(hold, focus);
+        let plan = self.plan(hold, focus, full);
         tracing::debug!(
             examined,
             full,
@@ -805,6 +830,12 @@ impl SyncEngine {
         self.touched = touched;
         self.touched.append(&mut self.relisted);
         let mut report = result?;
+        // A full pass that reached the server has done what a first pass
+        // does: the next start need not send as it scans.
+        if full_scan && self.first_pass_unfinished && !report.offline {
+            self.state.write(&[StateWrite::FirstPass(false)])?;
+            self.first_pass_unfinished = false;
+        }
         report.transfers += slice_transfers;
         report.busy = self.local.busy;
         report.busy_paths = std::mem::take(&mut self.local.busy_paths);
@@ -834,6 +865,10 @@ impl SyncEngine {
     /// (paths the server has are left to the pass's own full plan); a step
     /// that fails is planned again by that full plan. Returns the scan's
     /// whole view and how many transfers the slices made.
+    ///
+    /// The base (empty, or what an unfinished first pass sent) is lent to
+    /// the scan, which does not read again the files it holds unchanged;
+    /// what the slices record meanwhile joins it afterwards.
     async fn pipelined_scan(
         &mut self,
         settle: Option<Duration>,
@@ -848,16 +883,51 @@ impl SyncEngine {
             held: held.clone(),
         };
         let scanner = self.scanner.clone();
+        let prior = Arc::new(std::mem::take(&mut self.base));
+        let lent = prior.clone();
         let scan = tokio::task::spawn_blocking(move || {
-            scanner.full(&LocalView::default(), &BTreeMap::new(), settle, Some(sink))
+            scanner.full(LocalView::default(), &lent, settle, Some(sink))
         });
+        let sent = self.send_slices(&mut rx, &held, &prior).await;
+        // Whatever happened, the scan hands on no more slices; once it
+        // has ended the base is the engine's alone again.
+        drop(rx);
+        let view = scan.await.map_err(|e| SyncError::Local {
+            path: self.opts.dir.display().to_string(),
+            error: std::io::Error::other(e),
+        });
+        let mut base = Arc::try_unwrap(prior).unwrap_or_else(|shared| (*shared).clone());
+        base.append(&mut self.base);
+        self.base = base;
+        let transfers = sent?;
+        let view = view?;
+        let peak = held.peak() as u64;
+        self.set_status(|s| s.unsent_peak = s.unsent_peak.max(peak));
+        tracing::debug!(
+            transfers,
+            peak,
+            files = view.files.len(),
+            "first pass sent while scanning"
+        );
+        Ok((view, transfers))
+    }
+
+    /// Sends the slices of a pipelined scan as they come (see
+    /// `pipelined_scan`); `prior` is the base as the pass began. Returns
+    /// how many transfers they made.
+    async fn send_slices(
+        &mut self,
+        rx: &mut mpsc::Receiver<super::scan::Slice>,
+        held: &super::scan::Held,
+        prior: &BTreeMap<RemotePath, BaseEntry>,
+    ) -> Result<usize, SyncError> {
         let mut transfers = 0;
         let mut offline = false;
         while let Some(slice) = rx.recv().await {
             let n = slice.files.len();
             // Offline: the rest is only scanned; the full plan reports it.
             if !offline {
-                let report = self.send_slice(slice).await;
+                let report = self.send_slice(slice, prior).await;
                 // Whatever happened, the slice is no longer held.
                 held.done(n);
                 let report = report?;
@@ -871,30 +941,24 @@ impl SyncEngine {
                 held.done(n);
             }
         }
-        let view = scan.await.map_err(|e| SyncError::Local {
-            path: self.opts.dir.display().to_string(),
-            error: std::io::Error::other(e),
-        })?;
-        let peak = held.peak() as u64;
-        self.set_status(|s| s.unsent_peak = s.unsent_peak.max(peak));
-        tracing::debug!(
-            transfers,
-            peak,
-            files = view.files.len(),
-            "first pass sent while scanning"
-        );
-        Ok((view, transfers))
+        Ok(transfers)
     }
 
     /// Plans and sends one slice of a first pass: its files that are
-    /// neither on the server nor in the base, as new files.
-    async fn send_slice(&mut self, slice: super::scan::Slice) -> Result<PassReport, SyncError> {
+    /// neither on the server nor in the base (`prior`, or what the slices
+    /// before it recorded), as new files.
+    async fn send_slice(
+        &mut self,
+        slice: super::scan::Slice,
+        prior: &BTreeMap<RemotePath, BaseEntry>,
+    ) -> Result<PassReport, SyncError> {
         let rules = self.scanner.ignore();
         let files: BTreeMap<RemotePath, super::scan::LocalEntry> = slice
             .files
             .into_iter()
             .filter(|(p, _)| {
                 !self.remote.contains_key(p)
+                    && !prior.contains_key(p)
                     && !self.base.contains_key(p)
                     && !rules.is_ignored(p.as_str(), false)
                     && p.as_str() != IGNORE_FILE
@@ -970,26 +1034,89 @@ impl SyncEngine {
         Some(focus)
     }
 
-    fn plan(&mut self, hold: &BTreeSet<String>, focus: Option<BTreeSet<RemotePath>>) -> SyncPlan {
+    /// The focus of a full pass: every path whose entries in the three
+    /// views do not all agree (the same content, revision and size on
+    /// every side), plus everything at or inside a path held this time.
+    /// A path on which all sides agree makes no step and takes part in no
+    /// other's (see `distribusync_core::sync::plan_with`), so planning
+    /// these alone is the full plan. A file this folder ignores is never
+    /// in the local view (the scan skips it), so every ignored path the
+    /// server or the base holds is here too, and the planner's
+    /// "ignored" and "is the server empty?" see all of them.
+    fn disagreeing(&self, hold: &BTreeSet<String>) -> BTreeSet<RemotePath> {
+        /// The current entry's value when it is at `path`.
+        fn at<'a, V>(cur: Option<(&'a RemotePath, &'a V)>, path: &RemotePath) -> Option<&'a V> {
+            cur.filter(|(p, _)| *p == path).map(|(_, v)| v)
+        }
+        let mut out = BTreeSet::new();
+        let (mut l, mut r, mut b) = (
+            self.local.files.iter(),
+            self.remote.iter(),
+            self.base.iter(),
+        );
+        let (mut lc, mut rc, mut bc) = (l.next(), r.next(), b.next());
+        // One merge of three sorted maps: no lookups, no copies.
+        loop {
+            let least = [lc.map(|e| e.0), rc.map(|e| e.0), bc.map(|e| e.0)]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(path) = least else { break };
+            let (le, re, be) = (at(lc, path), at(rc, path), at(bc, path));
+            let agree = match (le, re, be) {
+                (Some(lf), Some(rf), Some(bf)) => {
+                    lf.hash == bf.hash
+                        && rf.hash == bf.hash
+                        && (rf.revision, rf.size) == (bf.revision, bf.size)
+                }
+                _ => false,
+            };
+            if !agree {
+                out.insert(path.clone());
+            }
+            if le.is_some() {
+                lc = l.next();
+            }
+            if re.is_some() {
+                rc = r.next();
+            }
+            if be.is_some() {
+                bc = b.next();
+            }
+        }
+        for rel in hold {
+            let Ok(at) = RemotePath::normalized(rel) else {
+                continue;
+            };
+            let found: Vec<RemotePath> =
+                distribusync_core::path::at_or_inside(&self.local.files, &at)
+                    .map(|(p, _)| p)
+                    .chain(distribusync_core::path::at_or_inside(&self.remote, &at).map(|(p, _)| p))
+                    .chain(distribusync_core::path::at_or_inside(&self.base, &at).map(|(p, _)| p))
+                    .cloned()
+                    .collect();
+            out.extend(found);
+        }
+        out
+    }
+
+    fn plan(
+        &mut self,
+        hold: &BTreeSet<String>,
+        focus: BTreeSet<RemotePath>,
+        full: bool,
+    ) -> SyncPlan {
         let now = std::time::SystemTime::now();
         // Files on the server (or in the base) that this folder ignores are
         // never touched: the scan cannot see them, which must not read as
-        // a deletion. (An incremental pass only plans its focus.)
+        // a deletion. (A pass only plans its focus, which holds every
+        // ignored path the views have: see `disagreeing`, `focus_of`.)
         let rules = self.scanner.ignore();
-        let ignored = match &focus {
-            Some(f) => f
-                .iter()
-                .filter(|p| rules.is_ignored(p.as_str(), false))
-                .cloned()
-                .collect(),
-            None => self
-                .remote
-                .keys()
-                .chain(self.base.keys())
-                .filter(|p| rules.is_ignored(p.as_str(), false))
-                .cloned()
-                .collect(),
-        };
+        let ignored = focus
+            .iter()
+            .filter(|p| rules.is_ignored(p.as_str(), false))
+            .cloned()
+            .collect();
         let mut unreadable = self.local.unreadable.clone();
         let mut held = BTreeSet::new();
         if !hold.is_empty() {
@@ -1008,17 +1135,7 @@ impl SyncEngine {
                     .or_else(|| p.ancestors().iter().find_map(|a| roots.get(a)))
                     .copied()
             };
-            let all: Box<dyn Iterator<Item = &RemotePath>> = match &focus {
-                Some(f) => Box::new(f.iter()),
-                None => Box::new(
-                    self.local
-                        .files
-                        .keys()
-                        .chain(self.remote.keys())
-                        .chain(self.base.keys()),
-                ),
-            };
-            for p in all {
+            for p in &focus {
                 match held_as(p) {
                     Some(true) => {
                         unreadable.insert(p.clone());
@@ -1033,10 +1150,8 @@ impl SyncEngine {
         // Paths left alone this time are planned again next time: what the
         // server changed there (a folder renamed while a deletion in it
         // settles) must not wait for the next full rescan.
-        if !hold.is_empty()
-            && let Some(f) = &focus
-        {
-            self.touched.extend(f.iter().cloned());
+        if !hold.is_empty() && !full {
+            self.touched.extend(focus.iter().cloned());
         }
         let input = SyncInput {
             // Lent to the planner and taken back below.
@@ -1051,7 +1166,7 @@ impl SyncEngine {
             mode: self.opts.mode,
             host: self.opts.host.clone(),
             stamp: stamp(now),
-            focus,
+            focus: Some(focus),
         };
         let plan = plan(&input);
         self.local.files = input.local;

@@ -52,6 +52,11 @@ pub struct LocalView {
     /// executor uploads it without reading the file again. Bounded by
     /// [`KEEP_TOTAL_MAX`]; the executor takes what it uses.
     pub contents: HashMap<RemotePath, (FileStat, Arc<[u8]>)>,
+    /// The most entries the last scan held at once: the old view's not yet
+    /// moved into this one, this one's, those waiting to be hashed and the
+    /// hashes of disappeared files. A full rescan of a tree of N files
+    /// holds about N, not a second copy of the view.
+    pub held_peak: usize,
 }
 
 /// Files up to this size (those that travel in upload batches) are kept in
@@ -158,24 +163,31 @@ pub fn stat_of(meta: &fs::Metadata) -> FileStat {
 
 /// Hashes already known, valid while the stat matches: by path, or by
 /// the stat alone (a renamed file keeps its inode, size and mtime).
+///
+/// Invariant: the previous view is *moved* into the new one as the walk
+/// meets each path ([`Known::take`]), so a rescan holds each entry once
+/// (the old view shrinks as the new one grows), and what is left in
+/// `old` once the walk is done is what disappeared: the only entries a
+/// renamed file can take its hash from ([`Known::by_stat`]).
 struct Known<'a> {
-    old: &'a BTreeMap<RemotePath, LocalEntry>,
+    old: BTreeMap<RemotePath, LocalEntry>,
     base: &'a BTreeMap<RemotePath, BaseEntry>,
-    by_stat: std::collections::HashMap<FileStat, ContentHash>,
 }
 
 impl<'a> Known<'a> {
     fn new(
-        old: &'a BTreeMap<RemotePath, LocalEntry>,
+        old: BTreeMap<RemotePath, LocalEntry>,
         base: &'a BTreeMap<RemotePath, BaseEntry>,
     ) -> Self {
-        let by_stat = old.values().map(|e| (e.stat, e.hash)).collect();
-        Self { old, base, by_stat }
+        Self { old, base }
     }
 
-    fn hash(&self, path: &RemotePath, stat: &FileStat) -> Option<ContentHash> {
+    /// The hash known for the file at `path` with `stat`; takes `path`
+    /// out of the old view either way (it is still there, so it is no
+    /// rename's source).
+    fn take(&mut self, path: &RemotePath, stat: &FileStat) -> Option<ContentHash> {
         self.old
-            .get(path)
+            .remove(path)
             .filter(|e| e.stat == *stat)
             .map(|e| e.hash)
             .or_else(|| {
@@ -184,7 +196,13 @@ impl<'a> Known<'a> {
                     .filter(|b| b.stat == *stat)
                     .map(|b| b.hash)
             })
-            .or_else(|| self.by_stat.get(stat).copied())
+    }
+
+    /// Hashes by stat of the old entries the walk has not met (once it is
+    /// done: the files that disappeared, one of which may have been
+    /// renamed to a path being hashed).
+    fn by_stat(&self) -> HashMap<FileStat, ContentHash> {
+        self.old.values().map(|e| (e.stat, e.hash)).collect()
     }
 
     /// Every known path inside `dir` (or everything, for the root).
@@ -214,8 +232,35 @@ impl ToHash {
         // earlier ones kept (and no pass has sent yet) counts.
         let kept: u64 = view.contents.values().map(|(_, d)| d.len() as u64).sum();
         let mut room = keep.saturating_sub(kept);
-        let listed: Vec<_> = self
-            .files
+        // A file that disappeared under one name and appeared under
+        // another with the same stat was renamed: its hash is known.
+        let by_stat = if self.files.is_empty() {
+            HashMap::new()
+        } else {
+            known.by_stat()
+        };
+        view.held_peak = view
+            .held_peak
+            .max(view.files.len() + known.old.len() + self.files.len() + by_stat.len());
+        let mut listed = Vec::with_capacity(self.files.len());
+        for (path, rel, stat, disk_name) in self.files {
+            match by_stat.get(&stat) {
+                Some(&hash) => {
+                    view.files.insert(
+                        path,
+                        LocalEntry {
+                            size: stat.size,
+                            stat,
+                            hash,
+                            disk_name,
+                        },
+                    );
+                }
+                None => listed.push((path, rel, stat, disk_name)),
+            }
+        }
+        drop(by_stat);
+        let listed: Vec<_> = listed
             .into_iter()
             .map(|f| {
                 let size = f.2.size;
@@ -370,17 +415,27 @@ impl Scanner {
     /// With a `sink`, files are hashed and handed on slice by slice while
     /// the walk goes on; the view returned holds them all the same, and
     /// no contents.
+    ///
+    /// The old view is taken by value and its entries move into the new
+    /// one as the walk meets them (see [`Known`]).
     pub fn full(
         &self,
-        old: &LocalView,
+        old: LocalView,
         base: &BTreeMap<RemotePath, BaseEntry>,
         settle: Option<Duration>,
         mut sink: Option<SliceSink>,
     ) -> LocalView {
         let mut view = LocalView::default();
-        let known = Known::new(&old.files, base);
+        let mut known = Known::new(old.files, base);
         let mut to_hash = ToHash::default();
-        self.walk("", &known, settle, &mut view, &mut to_hash, sink.as_mut());
+        self.walk(
+            "",
+            &mut known,
+            settle,
+            &mut view,
+            &mut to_hash,
+            sink.as_mut(),
+        );
         match &mut sink {
             Some(sink) => sink.flush(&self.dir, &known, &mut view, &mut to_hash),
             None => to_hash.finish(&self.dir, &known, &mut view, KEEP_TOTAL_MAX),
@@ -425,7 +480,8 @@ impl Scanner {
             }
             view.unreadable.retain(|p| !under(p.as_str()));
         }
-        let known = Known::new(&old, base);
+        view.held_peak = 0;
+        let mut known = Known::new(old, base);
         let mut to_hash = ToHash::default();
         // A folder's walk covers everything inside it.
         let covered = |rel: &str| {
@@ -442,12 +498,12 @@ impl Scanner {
             }
             view.examined += 1;
             match fs::symlink_metadata(self.dir.join(rel)) {
-                Ok(m) if m.is_dir() => self.walk(rel, &known, settle, view, &mut to_hash, None),
+                Ok(m) if m.is_dir() => self.walk(rel, &mut known, settle, view, &mut to_hash, None),
                 // A path from an event is already settled (its writer closed it,
                 // or it has been quiet long enough).
                 Ok(m) if m.is_file() => {
                     let (stat, modified) = (stat_of(&m), m.modified().ok());
-                    self.add_file(rel, stat, modified, &known, None, view, &mut to_hash);
+                    self.add_file(rel, stat, modified, &mut known, None, view, &mut to_hash);
                 }
                 _ => {}
             }
@@ -458,7 +514,7 @@ impl Scanner {
     fn walk(
         &self,
         rel: &str,
-        known: &Known<'_>,
+        known: &mut Known<'_>,
         settle: Option<Duration>,
         view: &mut LocalView,
         to_hash: &mut ToHash,
@@ -504,6 +560,9 @@ impl Scanner {
                             Listed::Dir(sub) => next.push(sub),
                             Listed::File(sub, stat, modified) => {
                                 self.add_file(&sub, stat, modified, known, settle, view, to_hash);
+                                view.held_peak = view
+                                    .held_peak
+                                    .max(view.files.len() + known.old.len() + to_hash.files.len());
                                 if let Some(sink) = sink.as_deref_mut()
                                     && to_hash.files.len() >= sink.size
                                 {
@@ -565,7 +624,7 @@ impl Scanner {
         rel: &str,
         stat: FileStat,
         modified: Option<SystemTime>,
-        known: &Known<'_>,
+        known: &mut Known<'_>,
         settle: Option<Duration>,
         view: &mut LocalView,
         to_hash: &mut ToHash,
@@ -596,18 +655,19 @@ impl Scanner {
             }
             return;
         }
+        let hash = known.take(&path, &stat);
         if let Some(window) = settle {
             let young = modified
                 .and_then(|m| SystemTime::now().duration_since(m).ok())
                 .is_some_and(|age| age < window);
-            if young && known.hash(&path, &stat).is_none() {
+            if young && hash.is_none() {
                 view.unreadable.insert(path);
                 view.busy = true;
                 view.busy_paths.insert(rel.to_owned());
                 return;
             }
         }
-        match known.hash(&path, &stat) {
+        match hash {
             Some(hash) => {
                 view.files.insert(
                     path,

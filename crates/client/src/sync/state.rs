@@ -143,6 +143,21 @@ impl State {
         load().map_err(|e| self.err(e))
     }
 
+    /// True when a first pass (see `SyncEngine::pass`) started and never
+    /// finished: the next start sends as it scans again.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn first_pass_unfinished(&self) -> Result<bool, StateError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'first_pass'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|v| v == Some(1))
+            .map_err(|e| self.err(e))
+    }
+
     /// Applies a batch of changes in one transaction.
     ///
     /// # Errors
@@ -185,6 +200,10 @@ impl State {
                     StateWrite::ClearRemote => {
                         tx.prepare_cached("DELETE FROM remote")?.execute([])?;
                     }
+                    StateWrite::FirstPass(unfinished) => {
+                        tx.prepare_cached("INSERT OR REPLACE INTO meta VALUES ('first_pass', ?1)")?
+                            .execute([i64::from(*unfinished)])?;
+                    }
                     StateWrite::LastSeq(seq) => {
                         tx.prepare_cached("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?1)")?
                             .execute([i(*seq)])?;
@@ -215,4 +234,6 @@ pub enum StateWrite {
     Remote(RemotePath, Option<RemoteFile>),
     ClearRemote,
     LastSeq(u64),
+    /// A first pass has started (`true`) or finished (`false`).
+    FirstPass(bool),
 }

@@ -22,7 +22,7 @@ pub mod model;
 mod planner;
 
 pub use conflict::conflict_name;
-pub use planner::plan;
+pub use planner::{plan, plan_with};
 
 use std::collections::BTreeMap;
 
@@ -113,7 +113,103 @@ pub struct SyncInput {
     /// entry changed since the last plan is in it, a folder together with
     /// everything inside it, and neither side is (nearly) empty, so the
     /// safety stop could not apply (it is checked anyway, cheaply).
+    ///
+    /// With [`plan_with`], the maps need hold only the focus's entries
+    /// (each focus path's entry on every side that has one), and a *full*
+    /// plan is the focused plan of the paths where the three views
+    /// disagree (see [`plan_with`]).
     pub focus: Option<std::collections::BTreeSet<RemotePath>>,
+}
+
+/// One of the three views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Local,
+    Remote,
+    Base,
+}
+
+/// The questions the planner asks of the *whole* views, beyond the
+/// entries of the paths it plans: whether a name is taken (conflict
+/// copies, rename targets), whether a whole folder moved, and whether a
+/// side is empty (the safety stop). Implemented over the input's own maps
+/// ([`InputViews`], what [`plan`] uses) and, by the client, over its state
+/// database, so a plan needs in memory only the entries it plans.
+///
+/// Every answer must describe the same views the input's maps are taken
+/// from.
+pub trait Views {
+    /// True when `side` holds `path`.
+    fn contains(&self, side: Side, path: &RemotePath) -> bool;
+    /// How many paths `side` holds strictly inside the folder `dir`.
+    fn count_inside(&self, side: Side, dir: &RemotePath) -> u64;
+    /// True when `side` holds some path strictly inside the folder `dir`.
+    fn holds_inside(&self, side: Side, dir: &RemotePath) -> bool {
+        self.count_inside(side, dir) > 0
+    }
+    /// True when the local side holds nothing but the ignore file.
+    fn local_is_empty(&self) -> bool;
+    /// True when the server holds nothing this folder does not ignore.
+    fn remote_is_empty(&self) -> bool;
+    /// How many base entries this folder does not ignore.
+    fn synced(&self) -> u64;
+}
+
+/// [`Views`] over the input's own (whole) maps.
+#[derive(Debug, Clone, Copy)]
+pub struct InputViews<'a>(pub &'a SyncInput);
+
+fn count_inside_map<V>(map: &BTreeMap<RemotePath, V>, dir: &RemotePath) -> u64 {
+    crate::path::at_or_inside(map, dir)
+        .filter(|(p, _)| *p != dir)
+        .count() as u64
+}
+
+impl Views for InputViews<'_> {
+    fn contains(&self, side: Side, path: &RemotePath) -> bool {
+        match side {
+            Side::Local => self.0.local.contains_key(path),
+            Side::Remote => self.0.remote.contains_key(path),
+            Side::Base => self.0.base.contains_key(path),
+        }
+    }
+
+    fn count_inside(&self, side: Side, dir: &RemotePath) -> u64 {
+        match side {
+            Side::Local => count_inside_map(&self.0.local, dir),
+            Side::Remote => count_inside_map(&self.0.remote, dir),
+            Side::Base => count_inside_map(&self.0.base, dir),
+        }
+    }
+
+    fn holds_inside(&self, side: Side, dir: &RemotePath) -> bool {
+        fn any<V>(map: &BTreeMap<RemotePath, V>, dir: &RemotePath) -> bool {
+            crate::path::at_or_inside(map, dir).any(|(p, _)| p != dir)
+        }
+        match side {
+            Side::Local => any(&self.0.local, dir),
+            Side::Remote => any(&self.0.remote, dir),
+            Side::Base => any(&self.0.base, dir),
+        }
+    }
+
+    fn local_is_empty(&self) -> bool {
+        // Stops at the first file that is not the ignore file: O(1) for
+        // a folder with files in it.
+        self.0.local.keys().all(|p| p.as_str() == IGNORE_FILE)
+    }
+
+    fn remote_is_empty(&self) -> bool {
+        self.0.remote.keys().all(|p| self.0.ignored.contains(p))
+    }
+
+    fn synced(&self) -> u64 {
+        self.0
+            .base
+            .keys()
+            .filter(|p| !self.0.ignored.contains(*p))
+            .count() as u64
+    }
 }
 
 /// One step of a plan. Preconditions (`if_revision`, expected local hashes)

@@ -3,15 +3,29 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    BaseFile, FileStat, LocalFile, Mode, Operation, RemoteFile, SyncInput, SyncPlan, conflict_name,
+    BaseFile, FileStat, InputViews, LocalFile, Mode, Operation, RemoteFile, Side, SyncInput,
+    SyncPlan, Views, conflict_name,
 };
-use crate::path::at_or_inside;
 use crate::{ContentHash, RemotePath};
 
 /// Computes what to do to bring local and remote into agreement. Pure and
 /// deterministic: the same input always gives the same plan.
 pub fn plan(input: &SyncInput) -> SyncPlan {
-    if let Some(why) = safety_stop(input) {
+    plan_with(input, &InputViews(input))
+}
+
+/// [`plan`], with the whole-view questions answered by `views` instead of
+/// the input's maps. Then the maps need hold only the entries of the
+/// paths in `input.focus`, and the plan equals [`plan`] of the whole
+/// views whenever the focus holds every path whose entries disagree (not
+/// the same content, revision and size on all three sides, or not absent
+/// from all three): a path on which all sides agree makes no step, is no
+/// rename's source or target and takes part in no other path's step
+/// except through `views` (property test
+/// `a_plan_of_the_disagreeing_paths_over_views_is_the_full_plan`). So a
+/// full pass over a million files needs in memory only what differs.
+pub fn plan_with(input: &SyncInput, views: &dyn Views) -> SyncPlan {
+    if let Some(why) = safety_stop(input, views) {
         return SyncPlan {
             operations: Vec::new(),
             refused: Some(why),
@@ -22,8 +36,8 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
     let mut handled: BTreeSet<RemotePath> = BTreeSet::new();
 
     if input.mode != Mode::Pull {
-        let pairs = local_renames(input);
-        renames_remote = coalesce(&pairs, input, &input.remote, |from, to, folder| {
+        let pairs = local_renames(input, views);
+        renames_remote = coalesce(&pairs, input, views, Side::Remote, |from, to, folder| {
             // A file moves only if the server still has the version we saw.
             let if_revision = (!folder).then(|| input.remote.get(&from).map_or(0, |r| r.revision));
             Operation::RenameRemote {
@@ -36,8 +50,8 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
         handled.extend(pairs.iter().flat_map(|(f, t)| [f.clone(), t.clone()]));
     }
     if input.mode != Mode::Push {
-        let pairs = remote_renames(input);
-        renames_local = coalesce(&pairs, input, &input.local, |from, to, folder| {
+        let pairs = remote_renames(input, views);
+        renames_local = coalesce(&pairs, input, views, Side::Local, |from, to, folder| {
             Operation::RenameLocal { from, to, folder }
         });
         handled.extend(pairs.iter().flat_map(|(f, t)| [f.clone(), t.clone()]));
@@ -99,9 +113,9 @@ pub fn plan(input: &SyncInput) -> SyncPlan {
             continue;
         }
         let op = match input.mode {
-            Mode::TwoWay => two_way(path, l, r, b, input, &mut taken),
+            Mode::TwoWay => two_way(path, l, r, b, views, &mut taken, input),
             Mode::Push => Some(push(path, l, r)),
-            Mode::Pull => pull(path, l, r, b, input, &mut taken),
+            Mode::Pull => pull(path, l, r, b, views, &mut taken, input),
         };
         match op {
             Some(op @ (Operation::DeleteLocal { .. } | Operation::DeleteRemote { .. })) => {
@@ -139,20 +153,15 @@ fn left_alone(input: &SyncInput, p: &RemotePath) -> bool {
     input.unreadable.contains(p) || input.ignored.contains(p) || input.held.contains(p)
 }
 
-fn safety_stop(input: &SyncInput) -> Option<String> {
+fn safety_stop(input: &SyncInput, views: &dyn Views) -> Option<String> {
     // Both tests stop at the first file found, so a folder with files in
     // it costs O(1) here; only then are the synced files counted.
-    let emptied =
-        input.local.keys().all(|p| p.as_str() == super::IGNORE_FILE) && input.unreadable.is_empty();
-    let remote_gone = input.remote.keys().all(|p| input.ignored.contains(p));
+    let emptied = views.local_is_empty() && input.unreadable.is_empty();
+    let remote_gone = views.remote_is_empty();
     if !(emptied || remote_gone) {
         return None;
     }
-    let synced = input
-        .base
-        .keys()
-        .filter(|p| !input.ignored.contains(*p))
-        .count();
+    let synced = views.synced();
     if synced < 2 {
         return None;
     }
@@ -185,15 +194,15 @@ fn conflict(
     path: &RemotePath,
     l: &LocalFile,
     r: &RemoteFile,
-    input: &SyncInput,
+    (input, views): (&SyncInput, &dyn Views),
     taken: &mut BTreeSet<RemotePath>,
     upload_copy: bool,
 ) -> Operation {
     let copy = conflict_name(path, &input.host, &input.stamp, |c| {
         taken.contains(c)
-            || input.local.contains_key(c)
-            || input.remote.contains_key(c)
-            || input.base.contains_key(c)
+            || views.contains(Side::Local, c)
+            || views.contains(Side::Remote, c)
+            || views.contains(Side::Base, c)
     });
     taken.insert(copy.clone());
     Operation::Conflict {
@@ -210,8 +219,9 @@ fn two_way(
     l: Option<&LocalFile>,
     r: Option<&RemoteFile>,
     b: Option<&BaseFile>,
-    input: &SyncInput,
+    views: &dyn Views,
     taken: &mut BTreeSet<RemotePath>,
+    input: &SyncInput,
 ) -> Option<Operation> {
     let path_ = || path.clone();
     let lc = changed_local(l, b);
@@ -235,7 +245,7 @@ fn two_way(
             path: path_(),
             local_hash: l.hash,
         },
-        (true, true, Some(l), Some(r)) => conflict(path, l, r, input, taken, true),
+        (true, true, Some(l), Some(r)) => conflict(path, l, r, (input, views), taken, true),
         // Neither changed yet they differ: cannot happen (both equal base).
         _ => return None,
     })
@@ -259,12 +269,15 @@ fn pull(
     l: Option<&LocalFile>,
     r: Option<&RemoteFile>,
     b: Option<&BaseFile>,
-    input: &SyncInput,
+    views: &dyn Views,
     taken: &mut BTreeSet<RemotePath>,
+    input: &SyncInput,
 ) -> Option<Operation> {
     let local_edited = l.is_some() && changed_local(l, b);
     match (l, r) {
-        (Some(l), Some(r)) if local_edited => Some(conflict(path, l, r, input, taken, false)),
+        (Some(l), Some(r)) if local_edited => {
+            Some(conflict(path, l, r, (input, views), taken, false))
+        }
         (l, Some(r)) => Some(Operation::Download {
             path: path.clone(),
             remote: r.clone(),
@@ -388,7 +401,8 @@ impl Content for RemoteFile {
 fn renames_on<M: Content, O: Content>(
     input: &SyncInput,
     moved: &BTreeMap<RemotePath, M>,
-    other: &BTreeMap<RemotePath, O>,
+    (other, other_side): (&BTreeMap<RemotePath, O>, Side),
+    views: &dyn Views,
 ) -> Vec<(RemotePath, RemotePath)> {
     let gone = considered(input, &input.base)
         .filter(|(p, b)| {
@@ -407,7 +421,7 @@ fn renames_on<M: Content, O: Content>(
             m.size() > 0
                 && !input.base.contains_key(*p)
                 && !other.contains_key(*p)
-                && !folder_clash(other, p)
+                && !folder_clash(views, other_side, p)
                 && !left_alone(input, p)
                 && !p.ancestors().iter().any(|a| left_alone(input, a))
         })
@@ -418,23 +432,16 @@ fn renames_on<M: Content, O: Content>(
 
 /// True when `side` holds a file inside `p` or at one of its ancestors:
 /// a file cannot be put at `p` there.
-fn folder_clash<T>(side: &BTreeMap<RemotePath, T>, p: &RemotePath) -> bool {
-    use std::ops::Bound::{Excluded, Unbounded};
-    // Paths inside `p` sort after it, among those that start with it.
-    let inside = side
-        .range::<RemotePath, _>((Excluded(p), Unbounded))
-        .map(|(k, _)| k)
-        .take_while(|k| k.as_str().starts_with(p.as_str()))
-        .any(|k| k.is_inside(p));
-    inside || p.ancestors().iter().any(|a| side.contains_key(a))
+fn folder_clash(views: &dyn Views, side: Side, p: &RemotePath) -> bool {
+    views.holds_inside(side, p) || p.ancestors().iter().any(|a| views.contains(side, a))
 }
 
-fn local_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
-    renames_on(input, &input.local, &input.remote)
+fn local_renames(input: &SyncInput, views: &dyn Views) -> Vec<(RemotePath, RemotePath)> {
+    renames_on(input, &input.local, (&input.remote, Side::Remote), views)
 }
 
-fn remote_renames(input: &SyncInput) -> Vec<(RemotePath, RemotePath)> {
-    renames_on(input, &input.remote, &input.local)
+fn remote_renames(input: &SyncInput, views: &dyn Views) -> Vec<(RemotePath, RemotePath)> {
+    renames_on(input, &input.remote, (&input.local, Side::Local), views)
 }
 
 /// The folders a file rename implies: strip the longest common tail of
@@ -461,13 +468,13 @@ fn folder_mapping(from: &RemotePath, to: &RemotePath) -> Option<(RemotePath, Rem
 /// holds exactly those files there and nothing at the target, and no path
 /// left alone this time lies in, at or above either folder (a folder
 /// rename would move it, or land on it).
-fn coalesce<T>(
+fn coalesce(
     pairs: &[(RemotePath, RemotePath)],
     input: &SyncInput,
-    target_side: &BTreeMap<RemotePath, T>,
+    views: &dyn Views,
+    target_side: Side,
     make: impl Fn(RemotePath, RemotePath, bool) -> Operation,
 ) -> Vec<Operation> {
-    let base = &input.base;
     let left: Vec<&RemotePath> = input
         .unreadable
         .iter()
@@ -487,19 +494,24 @@ fn coalesce<T>(
             None => singles.push(pair),
         }
     }
-    // Range queries: what lies inside a folder sorts together.
-    let inside = |dir: &RemotePath, p: &RemotePath| p.is_inside(dir);
+    // "Everything `side` holds inside `dir` moved": the moved paths that
+    // `side` holds inside `dir` are all it holds there (a count, so the
+    // views can answer it without listing the folder).
+    let all_moved = |side: Side, dir: &RemotePath, moved: &BTreeSet<&RemotePath>| {
+        let present = moved
+            .iter()
+            .filter(|p| p.is_inside(dir) && views.contains(side, p))
+            .count() as u64;
+        views.count_inside(side, dir) == present
+    };
     let mut ops = Vec::new();
     let mut folders = Vec::new();
     for ((from_dir, to_dir), members) in groups {
         let moved: BTreeSet<&RemotePath> = members.iter().map(|(f, _)| f).collect();
-        let whole = at_or_inside(base, &from_dir)
-            .filter(|(p, _)| inside(&from_dir, p))
-            .all(|(p, _)| moved.contains(p))
-            && at_or_inside(target_side, &from_dir)
-                .filter(|(p, _)| inside(&from_dir, p))
-                .all(|(p, _)| moved.contains(p))
-            && at_or_inside(target_side, &to_dir).next().is_none()
+        let whole = all_moved(Side::Base, &from_dir, &moved)
+            && all_moved(target_side, &from_dir, &moved)
+            && !views.contains(target_side, &to_dir)
+            && !views.holds_inside(target_side, &to_dir)
             && !to_dir.is_inside(&from_dir)
             && !from_dir.is_inside(&to_dir)
             && !near(&from_dir)

@@ -740,3 +740,125 @@ fn a_focused_plan_is_the_full_plan_when_the_focus_holds_every_change() {
     i.focus = focus(&["d0/f0.txt"]);
     assert!(plan(&i).operations.is_empty());
 }
+
+/// The paths on which the three views do not all agree (see `plan_with`).
+fn disagreeing(i: &SyncInput) -> std::collections::BTreeSet<RemotePath> {
+    let keys: std::collections::BTreeSet<&RemotePath> = i
+        .local
+        .keys()
+        .chain(i.remote.keys())
+        .chain(i.base.keys())
+        .collect();
+    keys.into_iter()
+        .filter(|p| {
+            let agree = match (i.local.get(*p), i.remote.get(*p), i.base.get(*p)) {
+                (Some(l), Some(r), Some(b)) => {
+                    l.hash == b.hash
+                        && r.hash == b.hash
+                        && (r.revision, r.size) == (b.revision, b.size)
+                }
+                _ => false,
+            };
+            !agree
+        })
+        .cloned()
+        .collect()
+}
+
+/// `i`'s maps cut down to the entries of `focus`, planned with the whole
+/// views' questions answered by `i`: what a client keeping its views in a
+/// database holds in memory for a pass.
+fn plan_of_subviews(i: &SyncInput, focus: std::collections::BTreeSet<RemotePath>) -> SyncPlan {
+    fn pick<V: Clone>(
+        m: &BTreeMap<RemotePath, V>,
+        focus: &std::collections::BTreeSet<RemotePath>,
+    ) -> BTreeMap<RemotePath, V> {
+        focus
+            .iter()
+            .filter_map(|p| m.get(p).map(|v| (p.clone(), v.clone())))
+            .collect()
+    }
+    let sub = SyncInput {
+        local: pick(&i.local, &focus),
+        remote: pick(&i.remote, &focus),
+        base: pick(&i.base, &focus),
+        focus: Some(focus),
+        ..i.clone()
+    };
+    plan_with(&sub, &InputViews(i))
+}
+
+proptest! {
+    /// A full plan needs in memory only the paths where the views
+    /// disagree: planned over those alone, with the whole views' questions
+    /// (names taken, whole folders moved, empty sides) asked of the views,
+    /// the plan is the same, in every mode.
+    #[test]
+    fn a_plan_of_the_disagreeing_paths_over_views_is_the_full_plan(w in world()) {
+        for mode in [Mode::TwoWay, Mode::Push, Mode::Pull] {
+            let i = w.input(mode);
+            prop_assert_eq!(plan_of_subviews(&i, disagreeing(&i)), plan(&i), "{:?}", mode);
+        }
+    }
+}
+
+#[test]
+fn a_plan_of_the_disagreeing_paths_sees_names_and_folders_outside_them() {
+    // A whole folder renamed: only its files disagree, and the views say
+    // nothing else was in it, so it is one folder rename.
+    let mut i = synced_tree(3, 4);
+    let files: Vec<_> = i
+        .local
+        .keys()
+        .filter(|k| k.as_str().starts_with("d1/"))
+        .cloned()
+        .collect();
+    for f in files {
+        let v = i.local.remove(&f).unwrap();
+        i.local.insert(f.rebase(&p("d1"), &p("e1")).unwrap(), v);
+    }
+    let full = plan(&i);
+    assert!(matches!(
+        full.operations[..],
+        [Operation::RenameRemote { folder: true, .. }]
+    ));
+    assert_eq!(plan_of_subviews(&i, disagreeing(&i)), full);
+
+    // All but one file of a folder moved: the one left (in agreement,
+    // so not in memory) keeps it from being a folder rename.
+    let mut i = synced_tree(2, 3);
+    for f in ["d0/f0.txt", "d0/f1.txt"] {
+        let v = i.local.remove(&p(f)).unwrap();
+        i.local.insert(p(f).rebase(&p("d0"), &p("n")).unwrap(), v);
+    }
+    let full = plan(&i);
+    assert!(matches!(
+        full.operations[..],
+        [
+            Operation::RenameRemote { folder: false, .. },
+            Operation::RenameRemote { folder: false, .. }
+        ]
+    ));
+    assert_eq!(plan_of_subviews(&i, disagreeing(&i)), full);
+
+    // A conflict whose first copy name is taken by a file in agreement:
+    // the copy gets the next free name.
+    let mut i = synced_tree(2, 2);
+    i.local.insert(p("d0/f0.txt"), lf("local edit"));
+    i.remote.insert(p("d0/f0.txt"), rf("remote edit", 2));
+    let first = conflict_name(&p("d0/f0.txt"), &i.host, &i.stamp, |_| false);
+    i.local.insert(first.clone(), lf("an older copy"));
+    i.remote.insert(first.clone(), rf("an older copy", 1));
+    i.base.insert(first.clone(), bf("an older copy", 1));
+    let full = plan(&i);
+    assert!(matches!(&full.operations[..], [Operation::Conflict { copy, .. }] if *copy != first));
+    assert_eq!(plan_of_subviews(&i, disagreeing(&i)), full);
+
+    // An emptied folder: nothing local disagrees but everything does; the
+    // views say the folder is empty and the plan refuses.
+    let mut i = synced_tree(2, 2);
+    i.local.clear();
+    let full = plan(&i);
+    assert!(full.refused.is_some());
+    assert_eq!(plan_of_subviews(&i, disagreeing(&i)), full);
+}
