@@ -5,7 +5,8 @@
 # client pinned by fingerprint; one plaintext), rounds alternating which
 # goes first, `sync` before each timed transfer.
 #
-#   bench/tls.sh [SIZE_MIB]        (default 1024; ROUNDS=3; CACHE=cold|warm)
+#   bench/tls.sh [SIZE_MIB]        (default 1024; ROUNDS=3; CACHE=cold|warm;
+#                                   BIN=path/to/distribusync to skip the build)
 #
 # CACHE=cold (the default, as every benchmark here) drops the page cache
 # before each timed transfer; CACHE=warm only runs `sync`, so the file
@@ -18,9 +19,11 @@ ROUNDS=${ROUNDS:-3}
 CACHE=${CACHE:-cold}
 
 . bench/lib.sh
-cargo build --release -q
-cargo build --release -q -p distribusync --example compute_bench
-BIN=$PWD/target/release/distribusync
+if [ -z "${BIN:-}" ]; then  # BIN=path/to/distribusync skips the build
+  cargo build --release -q
+  cargo build --release -q -p distribusync --example compute_bench
+fi
+BIN=${BIN:-$PWD/target/release/distribusync}
 CB=$PWD/target/release/examples/compute_bench
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-bench-tls.XXXXXX")
