@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use distribusync_core::delta::{
     Bitmap, ChunkRef, DeltaPlan, KnownChunks, Manifest, ManifestLimits, Op, PARAMS_V1, Region,
-    SourceId, chunks_requested, fine_chunks, manifest_of_reader, ranges_to_send,
-    regions_to_refine, worth_refining,
+    SourceId, chunks_requested, fine_chunks, manifest_of_reader, ranges_to_send, regions_to_refine,
+    worth_refining,
 };
 use distribusync_core::{ContentHash, RemotePath, Revision, limits};
 use distribusync_proto::delta::{
@@ -110,7 +110,8 @@ async fn chunk_pieces(
         for i in wanted {
             let (offset, c) = starts[i];
             buf.resize(c.len as usize, 0);
-            file.read_exact_at(&mut buf, offset).map_err(local_err(&p))?;
+            file.read_exact_at(&mut buf, offset)
+                .map_err(local_err(&p))?;
             out.push(fine_chunks(&buf, &PARAMS_V1));
         }
         Ok(out)
@@ -185,7 +186,8 @@ impl FilesClient {
         };
         let _ = sender.await;
         let bad = |e: &dyn std::fmt::Display| protocol(&format!("delta upload: {e}"));
-        let bitmap = Bitmap::from_bytes(need.missing, manifest.chunks.len()).map_err(|e| bad(&e))?;
+        let bitmap =
+            Bitmap::from_bytes(need.missing, manifest.chunks.len()).map_err(|e| bad(&e))?;
         let wanted = chunks_requested(&manifest, &bitmap).map_err(|e| bad(&e))?;
         let whole = ranges_to_send(&manifest, &wanted, None).map_err(|e| bad(&e))?;
         let mut total: u64 = whole.iter().map(|r| r.len).sum();
@@ -359,9 +361,11 @@ impl FilesClient {
             None
         };
         let ranges = match &refined {
-            Some((lists, bitmap)) => {
-                ranges_to_send(&new, plan.missing_chunks(), Some((lists.as_slice(), bitmap)))
-            }
+            Some((lists, bitmap)) => ranges_to_send(
+                &new,
+                plan.missing_chunks(),
+                Some((lists.as_slice(), bitmap)),
+            ),
             None => ranges_to_send(&new, plan.missing_chunks(), None),
         }
         .map_err(|e| protocol(&e.to_string()))?;

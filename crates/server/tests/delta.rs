@@ -622,11 +622,16 @@ async fn a_delta_upload_cut_mid_way_sends_only_the_rest_when_retried() {
         sent + kept <= size as u64 + max_chunk,
         "sent {sent} after keeping {kept}"
     );
-    assert!(received < size as u64 - kept + max_chunk + 64 * 1024, "{received}");
+    assert!(
+        received < size as u64 - kept + max_chunk + 64 * 1024,
+        "{received}"
+    );
     assert!(std::fs::read(server.root.join("new.bin")).unwrap() == data);
     // Installed: the kept part is gone.
     assert_eq!(
-        c.upload_offset(&p("new.bin"), size as u64, modified).await.unwrap(),
+        c.upload_offset(&p("new.bin"), size as u64, modified)
+            .await
+            .unwrap(),
         0
     );
     server.stop().await;

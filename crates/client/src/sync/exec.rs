@@ -625,8 +625,7 @@ impl SyncEngine {
                                     None
                                 };
                                 let (info, stat) =
-                                    download(&client, &dir, &path, local, None, Vec::new())
-                                        .await?;
+                                    download(&client, &dir, &path, local, None, Vec::new()).await?;
                                 Ok(Done::Conflict {
                                     path,
                                     copy,

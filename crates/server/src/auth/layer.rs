@@ -158,7 +158,14 @@ mod tests {
     fn every_method_maps_to_its_scope() {
         let read = Some(Some(Scope::Read));
         let write = Some(Some(Scope::Write));
-        for m in ["List", "Stat", "Download", "Watch", "GetManifest", "GetPieces"] {
+        for m in [
+            "List",
+            "Stat",
+            "Download",
+            "Watch",
+            "GetManifest",
+            "GetPieces",
+        ] {
             assert_eq!(required_scope(&format!("/distribusync.v1.Files/{m}")), read);
         }
         for m in [

@@ -267,11 +267,7 @@ impl Store {
                 "pieces sent for an upload with no base to compare them with".into(),
             ));
         };
-        let file = sources
-            .files
-            .get(id.0 as usize)
-            .cloned()
-            .ok_or_else(gone)?;
+        let file = sources.files.get(id.0 as usize).cloned().ok_or_else(gone)?;
         self.run(move || {
             sources
                 .known
