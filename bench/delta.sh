@@ -11,8 +11,82 @@
 # (`sync`), the tools alternating which goes first.
 #
 #   bench/delta.sh [SIZE_MIB]      (default 64)
+#
+# With --threshold, measures instead where delta starts to pay, to choose
+# --delta-min-size (docs/DESIGN.md, "Delta transfer on the wire"): for
+# files of 1, 2, 4, 8, 16, 32 and 64 MiB over loopback, the median of RUNS
+# (default 5) timings of
+#   - an edit (1 byte in the middle) put and got whole (--delta-min-size off)
+#     and by delta (--delta-min-size 0);
+#   - new content (random, unknown to the server) put whole and with delta
+#     on, which first chunks the file and offers the manifest (the server
+#     declines: it lacks it all) before sending it whole: the cost delta
+#     adds to new files.
+# Times end to end (process start included, the same for both), each from
+# a flushed cache. Needs the release build (debug builds are not
+# representative: chunking and hashing are several times slower).
+#
+#   bench/delta.sh --threshold [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --threshold ]; then
+  RUNS=${2:-5}
+  . bench/lib.sh
+  cargo build --release -q -p distribusync
+  BIN=$PWD/target/release/distribusync
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-delta-th.XXXXXX")
+  cleanup() { kill "${SERVER_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
+  trap cleanup EXIT
+  mkdir -p "$WORK/master" "$WORK/client"
+  DS_PORT=$(port)
+  "$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$WORK/master" 2>"$WORK/server.log" &
+  SERVER_PID=$!
+  export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
+  for _ in $(seq 100); do "$BIN" ls >/dev/null 2>&1 && break; sleep 0.1; done
+  # Median wall time of RUNS runs of: prepare (untimed), then the command.
+  # Usage: timed PREPARE COMMAND...
+  timed() {
+    local prep=$1; shift
+    local times=()
+    for _ in $(seq "$RUNS"); do
+      eval "$prep"; sync
+      local t0 t1
+      t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N)
+      times+=("$(python3 -c "print($t1-$t0)")")
+    done
+    python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:]))*1000:.1f}')" "${times[@]}"
+  }
+  printf '%-8s %14s %14s %14s %14s %14s %14s\n' MiB "edit put whole" "edit put delta" \
+    "edit get whole" "edit get delta" "new put whole" "new put delta"
+  for mib in 1 2 4 8 16 32 64; do
+    f="$WORK/base-$mib.bin"
+    head -c "$((mib << 20))" /dev/urandom > "$f"
+    python3 - "$f" "$WORK/edit-$mib.bin" <<'PY'
+import sys
+b = bytearray(open(sys.argv[1], "rb").read())
+b[len(b) // 2] ^= 0xff
+open(sys.argv[2], "wb").write(b)
+PY
+    remote="t$mib.bin"
+    # Puts of the edit: the server holds the base before each run.
+    reset_up="\"$BIN\" --delta-min-size off put \"$f\" $remote >/dev/null 2>&1"
+    pw=$(timed "$reset_up" "$BIN" --delta-min-size off put "$WORK/edit-$mib.bin" "$remote")
+    pd=$(timed "$reset_up" "$BIN" --delta-min-size 0 put "$WORK/edit-$mib.bin" "$remote")
+    # Gets of the edit: the server holds it, the client the base.
+    "$BIN" --delta-min-size off put "$WORK/edit-$mib.bin" "$remote" >/dev/null 2>&1
+    reset_down="cp \"$f\" \"$WORK/client/$remote\""
+    gw=$(timed "$reset_down" "$BIN" --delta-min-size off get "$remote" "$WORK/client/$remote")
+    gd=$(timed "$reset_down" "$BIN" --delta-min-size 0 get "$remote" "$WORK/client/$remote")
+    cmp "$WORK/edit-$mib.bin" "$WORK/client/$remote"
+    # New content: a fresh random file each run, under a fresh name.
+    reset_new="head -c $((mib << 20)) /dev/urandom > \"$WORK/new.bin\""
+    nw=$(timed "$reset_new" sh -c "\"$BIN\" --delta-min-size off put \"$WORK/new.bin\" new-w-$mib-\$\$.bin")
+    nd=$(timed "$reset_new" sh -c "\"$BIN\" --delta-min-size 0 put \"$WORK/new.bin\" new-d-$mib-\$\$.bin")
+    printf '%-8s %14s %14s %14s %14s %14s %14s\n' "$mib" "$pw" "$pd" "$gw" "$gd" "$nw" "$nd"
+  done
+  echo "median of $RUNS runs, ms; loopback, $(nproc) cores; release build"
+  exit 0
+fi
 SIZE_MIB=${1:-64}
 
 . bench/lib.sh

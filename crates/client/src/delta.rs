@@ -17,11 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use distribusync_core::delta::{
-    DeltaPlan, KnownChunks, Manifest, ManifestLimits, Op, PARAMS_V1, SourceId, chunks_requested,
-    manifest_of_reader, ranges_to_send,
+    Bitmap, ChunkRef, DeltaPlan, KnownChunks, Manifest, ManifestLimits, Op, PARAMS_V1, Region,
+    SourceId, chunks_requested, fine_chunks, manifest_of_reader, ranges_to_send, regions_to_refine,
+    worth_refining,
 };
 use distribusync_core::{ContentHash, RemotePath, Revision, limits};
-use distribusync_proto::delta::{ManifestReceiver, manifest_header, manifest_pages};
+use distribusync_proto::delta::{
+    ManifestReceiver, manifest_header, manifest_pages, pieces_of_page, pieces_page,
+};
 use distribusync_proto::v1;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -91,6 +94,31 @@ pub async fn local_manifest(path: &Path) -> Result<Manifest> {
     .await
 }
 
+/// The fine pieces of chunks `wanted` of `local` (whose manifest is
+/// `manifest`), read one chunk at a time.
+async fn chunk_pieces(
+    local: &Path,
+    manifest: &Arc<Manifest>,
+    wanted: &[usize],
+) -> Result<Vec<Vec<ChunkRef>>> {
+    let (p, m, wanted) = (local.to_owned(), manifest.clone(), wanted.to_vec());
+    blocking(local, move || {
+        let file = File::open(&p).map_err(local_err(&p))?;
+        let starts: Vec<(u64, ChunkRef)> = m.offsets().collect();
+        let mut buf = Vec::new();
+        let mut out = Vec::with_capacity(wanted.len());
+        for i in wanted {
+            let (offset, c) = starts[i];
+            buf.resize(c.len as usize, 0);
+            file.read_exact_at(&mut buf, offset)
+                .map_err(local_err(&p))?;
+            out.push(fine_chunks(&buf, &PARAMS_V1));
+        }
+        Ok(out)
+    })
+    .await
+}
+
 impl FilesClient {
     /// Uploads `local` as `remote` sending only the chunks the server does
     /// not already hold in files this caller may read (the current version
@@ -122,6 +150,7 @@ impl FilesClient {
                 modified: Some(distribusync_proto::timestamp(modified)),
                 if_revision,
                 base_revision,
+                fine: true,
             })),
         };
         let manifest = Arc::new(manifest);
@@ -156,14 +185,12 @@ impl FilesClient {
             _ => return Err(protocol("delta upload: no DeltaNeed")),
         };
         let _ = sender.await;
+        let bad = |e: &dyn std::fmt::Display| protocol(&format!("delta upload: {e}"));
         let bitmap =
-            distribusync_core::delta::Bitmap::from_bytes(need.missing, manifest.chunks.len())
-                .map_err(|e| protocol(&format!("delta upload: {e}")))?;
-        let wanted = chunks_requested(&manifest, &bitmap)
-            .map_err(|e| protocol(&format!("delta upload: {e}")))?;
-        let ranges = ranges_to_send(&manifest, &wanted, None)
-            .map_err(|e| protocol(&format!("delta upload: {e}")))?;
-        let total: u64 = ranges.iter().map(|r| r.len).sum();
+            Bitmap::from_bytes(need.missing, manifest.chunks.len()).map_err(|e| bad(&e))?;
+        let wanted = chunks_requested(&manifest, &bitmap).map_err(|e| bad(&e))?;
+        let whole = ranges_to_send(&manifest, &wanted, None).map_err(|e| bad(&e))?;
+        let mut total: u64 = whole.iter().map(|r| r.len).sum();
         if total != need.bytes {
             return Err(protocol("delta upload: the bytes asked for do not add up"));
         }
@@ -172,6 +199,36 @@ impl FilesClient {
             // was staged beyond an empty file, which it removes.
             return Ok(DeltaOutcome::Declined { missing: total });
         }
+        let ranges = if need.pieces {
+            // The fine round: the pieces of each missing chunk, then the
+            // server says which pieces it lacks.
+            let lists = chunk_pieces(local, &manifest, &wanted).await?;
+            for l in &lists {
+                let msg = v1::DeltaUploadRequest {
+                    msg: Some(Msg::Pieces(pieces_page(l))),
+                };
+                if tx.send(msg).await.is_err() {
+                    break; // the server ended the stream: its reply says why
+                }
+            }
+            let need = match replies.message().await.map_err(|s| self.err(s))? {
+                Some(v1::DeltaUploadResponse {
+                    msg: Some(Reply::PiecesNeed(n)),
+                }) => n,
+                _ => return Err(protocol("delta upload: no PiecesNeed")),
+            };
+            let count = lists.iter().map(Vec::len).sum();
+            let bitmap = Bitmap::from_bytes(need.missing, count).map_err(|e| bad(&e))?;
+            let ranges =
+                ranges_to_send(&manifest, &wanted, Some((&lists, &bitmap))).map_err(|e| bad(&e))?;
+            total = ranges.iter().map(|r| r.len).sum();
+            if total != need.bytes {
+                return Err(protocol("delta upload: the pieces asked for do not add up"));
+            }
+            ranges
+        } else {
+            whole
+        };
         progress.start(total, 0);
         let path = local.to_owned();
         let reader = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -294,10 +351,24 @@ impl FilesClient {
         known
             .add_manifest(SourceId(0), &base)
             .map_err(|e| protocol(&e.to_string()))?;
-        let plan =
+        let mut plan =
             DeltaPlan::new(&new, &known, &PARAMS_V1).map_err(|e| protocol(&e.to_string()))?;
-        let ranges = ranges_to_send(&new, plan.missing_chunks(), None)
-            .map_err(|e| protocol(&e.to_string()))?;
+        let regions = regions_to_refine(&base, &new);
+        let refined = if worth_refining(plan.literal_bytes(), &regions) {
+            self.refine_download(remote, &info, local, &mut plan, known, &regions)
+                .await?
+        } else {
+            None
+        };
+        let ranges = match &refined {
+            Some((lists, bitmap)) => ranges_to_send(
+                &new,
+                plan.missing_chunks(),
+                Some((lists.as_slice(), bitmap)),
+            ),
+            None => ranges_to_send(&new, plan.missing_chunks(), None),
+        }
+        .map_err(|e| protocol(&e.to_string()))?;
         let total: u64 = ranges.iter().map(|r| r.len).sum();
         progress.start(total, 0);
         let partial = delta_partial(local, &info.hash);
@@ -372,27 +443,107 @@ impl FilesClient {
             }
         };
         let (part, dest, modified) = (partial.clone(), local.to_owned(), info.modified);
-        let meta = blocking(local, move || {
-            file.set_modified(modified).map_err(local_err(&part))?;
-            let meta = file.metadata().map_err(local_err(&part))?;
-            drop(file);
-            if let Err(e) = check(&dest) {
-                let _ = fs::remove_file(&part);
-                return Err(e);
+        let meta = blocking(local, move || install(file, &part, &dest, modified, check)).await?;
+        Ok((info, total, meta))
+    }
+
+    /// As [`FilesClient::get_checked`], first trying `copies`: local files
+    /// that the caller's records say hold the bytes of `remote`'s current
+    /// version (a copy or a rename made on another machine, seen here by
+    /// its hash). The first whose bytes hash to the server's hash is copied
+    /// into place and nothing is downloaded; otherwise as `get_checked`.
+    ///
+    /// # Errors
+    /// As [`FilesClient::get_checked`].
+    pub async fn get_with_copies(
+        &self,
+        remote: &RemotePath,
+        local: &Path,
+        copies: Vec<PathBuf>,
+        progress: Arc<dyn Progress>,
+        mut check: BeforeReplace,
+    ) -> Result<(FileInfo, fs::Metadata)> {
+        if !copies.is_empty() {
+            let info = self.stat(remote).await?;
+            for copy in copies {
+                let (dest, i) = (local.to_owned(), info.clone());
+                match blocking(local, move || copy_local(&copy, &dest, &i, check)).await? {
+                    Ok(meta) => {
+                        tracing::debug!(path = %remote, "built from a local copy");
+                        return Ok((info, meta));
+                    }
+                    Err(back) => check = back,
+                }
             }
-            if let Err(e) = fs::rename(&part, &dest) {
-                let _ = fs::remove_file(&part);
-                return Err(ClientError::local(&dest, e));
+        }
+        self.get_checked(remote, local, progress, check).await
+    }
+
+    /// The fine round of a delta download: asks the server for the pieces
+    /// of the chunks `plan` lacks, cuts the local `regions` into pieces, and
+    /// refines `plan`. Returns the piece lists and the missing-piece bitmap
+    /// for [`ranges_to_send`]; `None` from a server without GetPieces.
+    async fn refine_download(
+        &self,
+        remote: &RemotePath,
+        info: &FileInfo,
+        local: &Path,
+        plan: &mut DeltaPlan,
+        mut known: KnownChunks,
+        regions: &[Region],
+    ) -> Result<Option<(Vec<Vec<ChunkRef>>, Bitmap)>> {
+        let chunks: Vec<u32> = plan
+            .missing_chunks()
+            .iter()
+            .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        let mut inner = self.inner.clone();
+        let request = v1::GetPiecesRequest {
+            path: remote.to_string(),
+            revision: info.revision,
+            chunks,
+        };
+        let mut s = match inner.get_pieces(request).await {
+            Ok(s) => s.into_inner(),
+            Err(st) if st.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(st) if st.code() == tonic::Code::Aborted => {
+                return Err(ClientError::Stale(format!(
+                    "{remote}: changed on the server while it was downloaded; try again"
+                )));
             }
-            if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty())
-                && let Ok(d) = File::open(dir)
-            {
-                let _ = d.sync_all();
+            Err(st) => return Err(self.err(st)),
+        };
+        let count = plan.missing_chunks().len();
+        let mut lists = Vec::with_capacity(count);
+        while let Some(msg) = s.message().await.map_err(|st| self.err(st))? {
+            if lists.len() == count {
+                return Err(protocol("GetPieces: more lists than chunks asked for"));
             }
-            Ok(meta)
+            let page = msg
+                .pieces
+                .ok_or_else(|| protocol("GetPieces: a message without pieces"))?;
+            lists.push(
+                pieces_of_page(page, PARAMS_V1.max_fine_per_chunk())
+                    .map_err(|e| protocol(&e.to_string()))?,
+            );
+        }
+        let (p, regions) = (local.to_owned(), regions.to_vec());
+        let known = blocking(local, move || {
+            let file = File::open(&p).map_err(local_err(&p))?;
+            known
+                .add_regions(SourceId(0), &regions, &PARAMS_V1, |r, buf| {
+                    file.read_exact_at(buf, r.offset)
+                })
+                .map_err(local_err(&p))?;
+            Ok(known)
         })
         .await?;
-        Ok((info, total, meta))
+        plan.refine(lists.clone(), &known)
+            .map_err(|e| protocol(&e.to_string()))?;
+        let bitmap = plan
+            .missing_pieces_bitmap()
+            .ok_or_else(|| protocol("refined plan without pieces"))?;
+        Ok(Some((lists, bitmap)))
     }
 
     /// Streams the bytes of `ranges` of `remote` (which must still be the
@@ -464,12 +615,11 @@ impl FilesClient {
     }
 
     /// Uploads `local` as `remote` the cheaper way: by delta when the file
-    /// is at least the client's [`DeltaPolicy::min_size`], the server has a
-    /// version of `remote` (the base) and holds at least half of the new
-    /// bytes; otherwise whole (resumable). A file new at `remote` goes whole
-    /// without being chunked first: chunking costs a pass over the file,
-    /// which new content would pay for nothing (use
-    /// [`FilesClient::upload_delta`] to have a copy found anywhere).
+    /// is at least the client's [`DeltaPolicy::min_size`] and the server
+    /// holds at least half of its bytes, in the version of `remote` (the
+    /// base), in any other file this caller may read (a copy, a rename seen
+    /// as a delete and a create: no chunk bytes at all) or in a kept part
+    /// of an interrupted upload of this file; otherwise whole (resumable).
     ///
     /// # Errors
     /// As [`FilesClient::upload`] and [`FilesClient::upload_delta`].
@@ -482,41 +632,30 @@ impl FilesClient {
     ) -> Result<FileInfo> {
         let policy = self.delta_policy();
         let meta = fs::metadata(local).map_err(local_err(local))?;
-        let worth_it = meta.len() >= policy.min_size && if_revision != Some(0);
-        let base = if worth_it {
-            match self.stat(remote).await {
-                Ok(f) => Some(f.revision),
-                Err(ClientError::NotFound(_)) => None,
-                Err(e) => return Err(e),
-            }
-        } else {
-            None
-        };
-        if let Some(base) = base {
-            // A part kept of an interrupted whole upload is resumed whole.
-            let modified = meta.modified().map_err(local_err(local))?;
-            let kept = self.upload_offset(remote, meta.len(), modified).await?;
-            if kept == 0 {
-                match self
-                    .upload_delta(
-                        local,
-                        remote,
-                        if_revision,
-                        Some(base),
-                        true,
-                        progress.clone(),
-                    )
-                    .await
-                {
-                    Ok(DeltaOutcome::Done { file, .. }) => return Ok(file),
-                    Ok(DeltaOutcome::Declined { .. }) => {}
-                    // A server without the RPC: whole.
-                    Err(ClientError::Server(m)) if m.contains("Unimplemented") => {}
-                    // Replaced meanwhile (the base is gone): whole, and
-                    // `if_revision` decides.
-                    Err(ClientError::Rejected(m)) if m.contains("no longer exists") => {}
+        if meta.len() >= policy.min_size {
+            // A new path (`if_revision` 0) has no base; the server still
+            // looks for its chunks in every file this caller may read.
+            let base = match if_revision {
+                Some(0) => None,
+                _ => match self.stat(remote).await {
+                    Ok(f) => Some(f.revision),
+                    Err(ClientError::NotFound(_)) => None,
                     Err(e) => return Err(e),
-                }
+                },
+            };
+            match self
+                .upload_delta(local, remote, if_revision, base, true, progress.clone())
+                .await
+            {
+                Ok(DeltaOutcome::Done { file, .. }) => return Ok(file),
+                // Mostly new content: whole, which resumes any kept part.
+                Ok(DeltaOutcome::Declined { .. }) => {}
+                // A server without the RPC: whole.
+                Err(ClientError::Server(m)) if m.contains("Unimplemented") => {}
+                // Replaced meanwhile (the base is gone): whole, and
+                // `if_revision` decides.
+                Err(ClientError::Rejected(m)) if m.contains("no longer exists") => {}
+                Err(e) => return Err(e),
             }
         }
         self.upload(local, remote, if_revision, progress).await
@@ -563,8 +702,104 @@ impl FilesClient {
     }
 }
 
-/// Name of the file a delta download assembles into, beside `local`.
+/// Name of the file a delta download (or a local copy) assembles into,
+/// beside `local`: a partial download's name, which sync ignores, but never
+/// one a download resumes from.
 fn delta_partial(local: &Path, hash: &ContentHash) -> PathBuf {
     let p = crate::files::partial_path(local, hash);
-    p.with_extension("distribusync-delta")
+    p.with_extension("delta.distribusync-part")
+}
+
+/// Gives the verified, fsynced `file` (written at `part`) its modified
+/// time, runs `check`, and renames it over `dest`; removes `part` on any
+/// failure. Returns the new file's metadata, read before it took the name.
+fn install(
+    file: File,
+    part: &Path,
+    dest: &Path,
+    modified: std::time::SystemTime,
+    check: BeforeReplace,
+) -> Result<fs::Metadata> {
+    let meta = file
+        .set_modified(modified)
+        .and_then(|()| file.metadata())
+        .map_err(local_err(part));
+    drop(file);
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = fs::remove_file(part);
+            return Err(e);
+        }
+    };
+    if let Err(e) = check(dest) {
+        let _ = fs::remove_file(part);
+        return Err(e);
+    }
+    if let Err(e) = fs::rename(part, dest) {
+        let _ = fs::remove_file(part);
+        return Err(ClientError::local(dest, e));
+    }
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(meta)
+}
+
+/// Copies `copy` to `dest` when its bytes are `info`'s (same size and
+/// hash, checked while copying); `Err(check)` hands the check back when
+/// they are not (or `copy` cannot be read), having left nothing behind.
+fn copy_local(
+    copy: &Path,
+    dest: &Path,
+    info: &FileInfo,
+    check: BeforeReplace,
+) -> Result<std::result::Result<fs::Metadata, BeforeReplace>> {
+    use std::io::Read;
+    let Ok(mut src) = File::open(copy) else {
+        return Ok(Err(check));
+    };
+    if src.metadata().map(|m| m.len()).ok() != Some(info.size) {
+        return Ok(Err(check));
+    }
+    let part = delta_partial(dest, &info.hash);
+    let copied = (|| -> Result<Option<File>> {
+        let mut out = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&part)
+            .map_err(local_err(&part))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return Ok(None),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(local_err(&part))?;
+        }
+        let got: ContentHash = hasher.finalize().into();
+        if got != info.hash || hasher.count() != info.size {
+            return Ok(None); // changed since the caller's records
+        }
+        out.sync_all().map_err(local_err(&part))?;
+        Ok(Some(out))
+    })();
+    match copied {
+        Ok(Some(out)) => install(out, &part, dest, info.modified, check).map(Ok),
+        Ok(None) => {
+            let _ = fs::remove_file(&part);
+            Ok(Err(check))
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&part);
+            Err(e)
+        }
+    }
 }

@@ -122,10 +122,14 @@ fn transfer(old: &[u8], new: &[u8], p: &ChunkingParams) -> (Vec<u8>, Moved) {
         })
         .collect();
     // Receiver: the pieces of its chunks the new file dropped, then the plan.
-    for r in regions_to_refine(&base, &manifest) {
-        let (at, len) = (r.offset as usize, r.len as usize);
-        known.add_pieces(SourceId(0), r.offset, &fine_chunks(&old[at..at + len], p));
-    }
+    let regions = regions_to_refine(&base, &manifest);
+    known
+        .add_regions(SourceId(0), &regions, p, |r, buf| {
+            let at = r.offset as usize;
+            buf.copy_from_slice(&old[at..at + buf.len()]);
+            Ok::<(), ()>(())
+        })
+        .expect("reading a slice cannot fail");
     plan.refine(lists.clone(), &known).expect("honest pieces");
     let pieces_wire = plan.missing_pieces_bitmap().expect("refined");
     let pieces = Bitmap::from_bytes(pieces_wire.as_bytes().to_vec(), pieces_wire.len())
@@ -572,4 +576,24 @@ fn an_empty_file_has_an_empty_manifest_and_transfers() {
     let (rebuilt, moved) = transfer(&[], &random_bytes(6, 50_000), &p);
     assert_eq!(rebuilt, random_bytes(6, 50_000));
     assert_eq!(moved.literal_bytes, 50_000);
+}
+
+#[test]
+fn a_fine_round_is_run_only_when_bounded_and_useful() {
+    use distribusync_core::delta::{MAX_REFINE_BYTES, Region, worth_refining};
+    let one = [Region {
+        offset: 0,
+        len: 1 << 20,
+    }];
+    assert!(worth_refining(1 << 20, &one));
+    // Nothing missing, or nowhere to look: no round.
+    assert!(!worth_refining(0, &one));
+    assert!(!worth_refining(1 << 20, &[]));
+    // Too much to read or to list: whole chunks instead.
+    assert!(!worth_refining(MAX_REFINE_BYTES + 1, &one));
+    let huge = [Region {
+        offset: 0,
+        len: MAX_REFINE_BYTES + 1,
+    }];
+    assert!(!worth_refining(1 << 20, &huge));
 }

@@ -30,6 +30,8 @@ pub enum ManifestWireError {
     PastCount { count: u64 },
     #[error("the manifest ended after {got} of the {count} chunks its header announced")]
     Short { got: usize, count: u64 },
+    #[error("a list of {count} fine pieces for one chunk, more than the limit of {limit}")]
+    TooManyPieces { count: usize, limit: usize },
 }
 
 /// The header of `m`.
@@ -48,6 +50,48 @@ pub fn manifest_pages(m: &Manifest) -> impl Iterator<Item = v1::ManifestPage> + 
         hashes: page.iter().flat_map(|c| c.hash.0).collect(),
         lens: page.iter().map(|c| c.len).collect(),
     })
+}
+
+/// The fine pieces of one chunk as one page (at most
+/// `ChunkingParams::max_fine_per_chunk` pieces: 2,048 for v1, 72 KiB).
+pub fn pieces_page(pieces: &[ChunkRef]) -> v1::ManifestPage {
+    v1::ManifestPage {
+        hashes: pieces.iter().flat_map(|c| c.hash.0).collect(),
+        lens: pieces.iter().map(|c| c.len).collect(),
+    }
+}
+
+/// The fine pieces of one chunk from a page, refused when it lists more
+/// than `limit` (checked before anything is built). Sizes are checked by
+/// the caller (`validate_fine`, through `DeltaPlan::refine`).
+///
+/// # Errors
+/// [`ManifestWireError::TooManyPieces`] or a malformed page.
+pub fn pieces_of_page(
+    page: v1::ManifestPage,
+    limit: usize,
+) -> Result<Vec<ChunkRef>, ManifestWireError> {
+    if page.lens.len() > limit {
+        return Err(ManifestWireError::TooManyPieces {
+            count: page.lens.len(),
+            limit,
+        });
+    }
+    if page.hashes.len() != 32 * page.lens.len() {
+        return Err(ManifestWireError::Page {
+            hashes: page.hashes.len(),
+            lens: page.lens.len(),
+        });
+    }
+    page.hashes
+        .chunks_exact(32)
+        .zip(&page.lens)
+        .map(|(hash, &len)| {
+            let hash =
+                ContentHash::from_slice(hash).map_err(|_| ManifestWireError::Hash(hash.len()))?;
+            Ok(ChunkRef { len, hash })
+        })
+        .collect()
 }
 
 /// A manifest being received: header first, then pages until complete.

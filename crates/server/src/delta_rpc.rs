@@ -1,6 +1,7 @@
 //! The delta RPCs of the Files service: DeltaUpload (one bidirectional
-//! stream: manifest in, missing-chunk bitmap out, chunk bytes in, file out)
-//! and GetManifest. The store does the work (`store/delta.rs`); this is the
+//! stream: manifest in, missing-chunk bitmap out, [fine pieces of the
+//! missing chunks in, missing-piece bitmap out,] bytes in, file out),
+//! GetManifest and GetPieces. The store does the work (`store/delta.rs`); this is the
 //! protocol and its checks.
 //!
 //! Invariant: nothing from the client is used before it is checked — the
@@ -9,11 +10,14 @@
 //! with [`Manifest::validate`] before anything is planned, every chunk's
 //! bytes against its hash as it arrives. Any failure drops the assembly,
 //! which removes its staging file; the current version is never touched.
+//! An upload whose stream breaks or ends early keeps what it assembled as
+//! the file's kept part (bounded with the parts of whole uploads), which
+//! the next attempt copies from instead of receiving it again.
 
 use std::time::{Duration, SystemTime};
 
 use distribusync_core::delta::{Manifest, ManifestLimits, PARAMS_V1};
-use distribusync_proto::delta::{ManifestReceiver, ManifestWireError};
+use distribusync_proto::delta::{ManifestReceiver, ManifestWireError, pieces_of_page};
 use distribusync_proto::v1;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -21,7 +25,7 @@ use tonic::{Status, Streaming};
 
 use crate::error::ServiceError;
 use crate::stats::TransferStats;
-use crate::store::{DeltaHeader, FileRecord, View};
+use crate::store::{DeltaHeader, DeltaWrite, FileRecord, View};
 
 fn wire_error(e: ManifestWireError) -> ServiceError {
     match e {
@@ -56,6 +60,19 @@ async fn next(
         Some(Some(m)) => Ok(Some(m)),
         None => Ok(None),
     })
+}
+
+/// Sends one answer of a delta upload, counting its bytes.
+async fn reply(
+    tx: &mpsc::Sender<Result<v1::DeltaUploadResponse, Status>>,
+    stats: &TransferStats,
+    msg: v1::delta_upload_response::Msg,
+) -> Result<(), Status> {
+    let msg = v1::DeltaUploadResponse { msg: Some(msg) };
+    stats.add_sent(msg.encoded_len() as u64);
+    tx.send(Ok(msg))
+        .await
+        .map_err(|_| Status::cancelled("the client went away"))
 }
 
 /// Runs one delta upload to its end: the new file's record, or why not.
@@ -108,35 +125,122 @@ pub(crate) async fn delta_upload(
         if_revision: begin.if_revision,
         base_revision: begin.base_revision,
     };
-    let sources = view.delta_plan(&h).await?;
+    let mut sources = view.delta_plan(&h).await?;
     let missing = sources.plan.missing_bitmap();
+    // The fine round, for a client that offers it and where it can help.
+    let regions = if begin.fine {
+        sources.regions_to_refine(&h.manifest)
+    } else {
+        Vec::new()
+    };
     let need = v1::DeltaNeed {
         missing: missing.as_bytes().to_vec(),
         bytes: sources.literal_bytes(),
+        pieces: !regions.is_empty(),
     };
-    tracing::debug!(path = %h.path, chunks = h.manifest.chunks.len(), missing = sources.plan.missing_chunks().len(), bytes = need.bytes, "delta upload planned");
-    if tx
-        .send(Ok(v1::DeltaUploadResponse {
-            msg: Some(v1::delta_upload_response::Msg::Need(need)),
-        }))
-        .await
-        .is_err()
-    {
-        return Err(Status::cancelled("the client went away"));
+    tracing::debug!(path = %h.path, chunks = h.manifest.chunks.len(), missing = sources.plan.missing_chunks().len(), bytes = need.bytes, refine = need.pieces, "delta upload planned");
+    reply(tx, stats, v1::delta_upload_response::Msg::Need(need)).await?;
+    if !regions.is_empty() {
+        let limit = PARAMS_V1.max_fine_per_chunk();
+        let count = sources.plan.missing_chunks().len();
+        let mut lists = Vec::with_capacity(count);
+        while lists.len() < count {
+            match next(&mut stream, idle, stats).await? {
+                Some(Msg::Pieces(p)) => lists.push(pieces_of_page(p, limit).map_err(wire_error)?),
+                Some(_) => return Err(protocol("the pieces of every missing chunk come first")),
+                None => {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "{}: the delta upload ended after {} of the {count} piece lists",
+                        h.path.shown(),
+                        lists.len()
+                    ))
+                    .into());
+                }
+            }
+        }
+        sources = view
+            .refine_delta(sources, regions, lists)
+            .await
+            .map_err(|e| match e {
+                ServiceError::InvalidArgument(m) => {
+                    ServiceError::InvalidArgument(format!("{}: {m}", h.path.shown()))
+                }
+                e => e,
+            })?;
+        let missing = sources
+            .plan
+            .missing_pieces_bitmap()
+            .ok_or_else(|| protocol("no pieces were refined"))?;
+        let need = v1::PiecesNeed {
+            missing: missing.as_bytes().to_vec(),
+            bytes: sources.literal_bytes(),
+        };
+        tracing::debug!(path = %h.path, pieces = missing.len(), bytes = need.bytes, "delta upload refined");
+        reply(tx, stats, v1::delta_upload_response::Msg::PiecesNeed(need)).await?;
     }
     let mut write = view.begin_delta(h, sources).await?;
+    match receive_data(&mut write, &mut stream, idle, stats).await {
+        Ok(()) => Ok(write.finish().await?),
+        Err(Broken { status, keep }) => {
+            if keep {
+                write.keep().await;
+            }
+            Err(status)
+        }
+    }
+}
+
+/// Why the data of a delta upload stopped coming; with `keep`, what was
+/// assembled (verified) is kept for a retry: the connection broke or went
+/// idle, or a source changed; not a client that ended the stream (it gave
+/// up) or sent what it should not.
+struct Broken {
+    status: Status,
+    keep: bool,
+}
+
+impl From<ServiceError> for Broken {
+    fn from(e: ServiceError) -> Self {
+        let keep = !matches!(e, ServiceError::InvalidArgument(_));
+        Broken {
+            status: e.into(),
+            keep,
+        }
+    }
+}
+
+/// Receives the bytes asked for and hands them to `write` op by op.
+async fn receive_data(
+    write: &mut DeltaWrite,
+    stream: &mut Streaming<v1::DeltaUploadRequest>,
+    idle: Duration,
+    stats: &TransferStats,
+) -> Result<(), Broken> {
+    use v1::delta_upload_request::Msg;
+    let refused = |status: Status| Broken {
+        status,
+        keep: false,
+    };
     let mut carry: Vec<u8> = Vec::new();
     while let Some(len) = write.next_literal().await? {
         let len = len as usize;
         while carry.len() < len {
-            match next(&mut stream, idle, stats).await? {
+            let msg = next(stream, idle, stats).await.map_err(|status| Broken {
+                keep: status.code() != tonic::Code::InvalidArgument,
+                status,
+            })?;
+            match msg {
                 Some(Msg::Data(d)) => carry.extend_from_slice(&d),
-                Some(_) => return Err(protocol("got a manifest page among the data")),
+                Some(_) => return Err(refused(protocol("got a manifest page among the data"))),
+                // A clean end is a client that gave up (it declined to
+                // send that much): nothing is kept for it.
                 None => {
-                    return Err(ServiceError::InvalidArgument(
-                        "the delta upload ended before every chunk asked for arrived".into(),
-                    )
-                    .into());
+                    return Err(refused(
+                        ServiceError::InvalidArgument(
+                            "the delta upload ended before every chunk asked for arrived".into(),
+                        )
+                        .into(),
+                    ));
                 }
             }
         }
@@ -144,9 +248,21 @@ pub(crate) async fn delta_upload(
         write.literal(std::mem::replace(&mut carry, rest)).await?;
     }
     if !carry.is_empty() {
-        return Err(protocol("got more data than was asked for"));
+        return Err(refused(protocol("got more data than was asked for")));
     }
-    Ok(write.finish().await?)
+    Ok(())
+}
+
+/// The messages of a GetPieces answer: one page per chunk.
+pub(crate) fn pieces_messages(
+    lists: &[Vec<distribusync_core::delta::ChunkRef>],
+) -> Vec<v1::GetPiecesResponse> {
+    lists
+        .iter()
+        .map(|l| v1::GetPiecesResponse {
+            pieces: Some(distribusync_proto::delta::pieces_page(l)),
+        })
+        .collect()
 }
 
 /// The messages of a GetManifest answer: the file, the header, the pages.

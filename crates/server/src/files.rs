@@ -452,6 +452,25 @@ impl Files for FilesService {
         ))))
     }
 
+    type GetPiecesStream = Stream2<v1::GetPiecesResponse>;
+
+    #[tracing::instrument(skip_all)]
+    async fn get_pieces(
+        &self,
+        request: Request<v1::GetPiecesRequest>,
+    ) -> Result<Response<Self::GetPiecesStream>, Status> {
+        let view = self.view(&request);
+        let req = request.into_inner();
+        let p = path(&req.path)?;
+        let lists = view.fine_pieces(&p, req.revision, req.chunks).await?;
+        let msgs = crate::delta_rpc::pieces_messages(&lists);
+        let bytes: usize = msgs.iter().map(prost::Message::encoded_len).sum();
+        self.stats.add_sent(bytes as u64);
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            msgs.into_iter().map(Ok),
+        ))))
+    }
+
     async fn stats(
         &self,
         _request: Request<v1::StatsRequest>,

@@ -17,7 +17,8 @@ pub struct TransferSnapshot {
     /// Bytes of upload request messages received (Upload, UploadBatch,
     /// DeltaUpload).
     pub received: u64,
-    /// Bytes of file data and manifests sent (Download, GetManifest).
+    /// Bytes of file data, manifests and pieces sent (Download,
+    /// GetManifest, GetPieces, DeltaUpload's answers).
     pub sent: u64,
 }
 

@@ -113,20 +113,29 @@ fn prune_empty_dirs(root: &Path, path: &Path) {
     }
 }
 
+/// Downloads `path` into `local`, or copies it from one of `copies` (local
+/// files whose scanned hash is the server's: a copy or rename made on
+/// another machine costs no download).
 async fn download(
     client: &FilesClient,
     dir: &Path,
     path: &RemotePath,
     local: PathBuf,
     expected: Option<FileStat>,
+    copies: Vec<PathBuf>,
 ) -> Result<(FileInfo, FileStat), ClientError> {
     no_links_below(dir, &local)?;
+    let copies = copies
+        .into_iter()
+        .filter(|c| no_links_below(dir, c).is_ok())
+        .collect();
     let check_path = local.clone();
     let check_dir = dir.to_owned();
     let (info, meta) = client
-        .get_checked(
+        .get_with_copies(
             path,
             &local,
+            copies,
             Arc::new(()),
             Box::new(move |_| {
                 no_links_below(&check_dir, &check_path)?;
@@ -225,7 +234,28 @@ impl SyncEngine {
         let mut transfers = Vec::new();
         let planned = plan.operations.len() as u64;
         self.set_status(|s| s.pending = planned);
-        for op in plan.operations {
+        // A local file whose bytes a download needs under another name (a
+        // rename made elsewhere, seen as a delete and a create) is deleted
+        // after the transfers, so the download copies it instead of
+        // fetching it; unless a download goes inside it (a folder there).
+        let downloads: Vec<(RemotePath, ContentHash)> = plan
+            .operations
+            .iter()
+            .filter_map(|op| match op {
+                Operation::Download { path, remote, .. } => Some((path.clone(), remote.hash)),
+                _ => None,
+            })
+            .collect();
+        let (deferred, operations): (Vec<Operation>, Vec<Operation>) =
+            plan.operations.into_iter().partition(|op| match op {
+                Operation::DeleteLocal { path, local_hash } => {
+                    downloads.iter().any(|(_, h)| h == local_hash)
+                        && !downloads.iter().any(|(p, _)| p.is_inside(path))
+                }
+                _ => false,
+            });
+        drop(downloads);
+        for op in operations {
             let mut writes = Vec::new();
             let result = match op {
                 Operation::RenameRemote {
@@ -305,23 +335,7 @@ impl SyncEngine {
                 }
                 Operation::DeleteLocal { path, local_hash } => {
                     report.transfers += 1;
-                    let local = self.local_path(&path);
-                    let expected = self.planned_stat(&path, Some(local_hash));
-                    match still_as_planned(&local, expected)
-                        .and_then(|()| fs::remove_file(&local).map_err(|e| local_err(&local, e)))
-                    {
-                        Ok(()) => {
-                            prune_empty_dirs(&self.opts.dir, &local);
-                            self.local.files.remove(&path);
-                            self.forget(&mut writes, &path);
-                            tracing::info!(%path, "deleted locally");
-                            self.set_status(|s| {
-                                s.last_action = Some(format!("deleted {path} here"))
-                            });
-                            Ok(())
-                        }
-                        Err(e) => Err((path, e)),
-                    }
+                    self.delete_local(path, local_hash, &mut writes)
                 }
                 Operation::SetBase { path, base } => {
                     match base {
@@ -355,11 +369,47 @@ impl SyncEngine {
                 self.failed(&mut report, &path, &e);
             }
         }
-        report.transfers += transfers.len();
-        let left = transfers.len() as u64;
+        report.transfers += transfers.len() + deferred.len();
+        let left = (transfers.len() + deferred.len()) as u64;
         self.set_status(|s| s.pending = left);
         self.run_transfers(transfers, &mut report).await?;
+        for op in deferred {
+            let Operation::DeleteLocal { path, local_hash } = op else {
+                continue;
+            };
+            let mut writes = Vec::new();
+            let result = self.delete_local(path, local_hash, &mut writes);
+            self.state.write(&writes)?;
+            self.set_status(|s| s.pending = s.pending.saturating_sub(1));
+            if let Err((path, e)) = result {
+                self.failed(&mut report, &path, &e);
+            }
+        }
         Ok(report)
+    }
+
+    /// Deletes the local file at `path` if it is still what the plan saw.
+    fn delete_local(
+        &mut self,
+        path: RemotePath,
+        local_hash: ContentHash,
+        writes: &mut Vec<StateWrite>,
+    ) -> Result<(), (RemotePath, ClientError)> {
+        let local = self.local_path(&path);
+        let expected = self.planned_stat(&path, Some(local_hash));
+        match still_as_planned(&local, expected)
+            .and_then(|()| fs::remove_file(&local).map_err(|e| local_err(&local, e)))
+        {
+            Ok(()) => {
+                prune_empty_dirs(&self.opts.dir, &local);
+                self.local.files.remove(&path);
+                self.forget(writes, &path);
+                tracing::info!(%path, "deleted locally");
+                self.set_status(|s| s.last_action = Some(format!("deleted {path} here")));
+                Ok(())
+            }
+            Err(e) => Err((path, e)),
+        }
     }
 
     /// Replaces the remote view under `dir` with the server's listing.
@@ -480,6 +530,24 @@ impl SyncEngine {
                 }
             }
         }
+        // Local files by content, for downloads whose bytes are already
+        // here under another name (at most a few candidates each).
+        let mut by_hash: std::collections::HashMap<ContentHash, Vec<PathBuf>> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Operation::Download { remote, .. } => Some((remote.hash, Vec::new())),
+                _ => None,
+            })
+            .collect();
+        if !by_hash.is_empty() {
+            for (p, e) in &self.local.files {
+                if let Some(list) = by_hash.get_mut(&e.hash)
+                    && list.len() < 4
+                {
+                    list.push(self.local_path(p));
+                }
+            }
+        }
         // A conflict that fails may have left the copy behind: it is looked
         // at again with its path.
         let copies: std::collections::HashMap<RemotePath, RemotePath> = ops
@@ -504,6 +572,13 @@ impl SyncEngine {
                     Operation::Download { local_hash, .. } => self.planned_stat(&path, *local_hash),
                     _ => self.local.files.get(&path).map(|e| e.stat),
                 };
+                let local_copies: Vec<PathBuf> = match &op {
+                    Operation::Download { remote, .. } => by_hash
+                        .get(&remote.hash)
+                        .map(|l| l.iter().filter(|c| **c != local).cloned().collect())
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
                 async move {
                     let r: Result<Done, ClientError> = async {
                         match op {
@@ -516,7 +591,8 @@ impl SyncEngine {
                             }
                             Operation::Download { path, .. } => {
                                 let (info, stat) =
-                                    download(&client, &dir, &path, local, planned).await?;
+                                    download(&client, &dir, &path, local, planned, local_copies)
+                                        .await?;
                                 Ok(Done::Downloaded { path, info, stat })
                             }
                             Operation::Conflict {
@@ -549,7 +625,7 @@ impl SyncEngine {
                                     None
                                 };
                                 let (info, stat) =
-                                    download(&client, &dir, &path, local, None).await?;
+                                    download(&client, &dir, &path, local, None, Vec::new()).await?;
                                 Ok(Done::Conflict {
                                     path,
                                     copy,

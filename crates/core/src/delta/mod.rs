@@ -40,8 +40,9 @@ pub use manifest::{
     ChunkRef, MAX_MANIFEST_CHUNKS, Manifest, ManifestError, ManifestLimits, validate_fine,
 };
 pub use plan::{
-    AssembleError, Bitmap, BitmapError, DeltaPlan, KnownChunks, Location, Op, PlanError, Region,
-    SourceId, assemble, check_range, chunks_requested, ranges_to_send, regions_to_refine,
+    AssembleError, Bitmap, BitmapError, DeltaPlan, KnownChunks, Location, MAX_REFINE_BYTES, Op,
+    PlanError, Region, SourceId, assemble, check_range, chunks_requested, ranges_to_send,
+    regions_to_refine, worth_refining,
 };
 
 use std::fmt;

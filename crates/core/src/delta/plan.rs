@@ -100,6 +100,31 @@ impl KnownChunks {
         }
     }
 
+    /// Cuts each of `regions` of `source` into fine pieces (each region is
+    /// one whole coarse chunk, see [`regions_to_refine`]) and adds them.
+    /// `read` fills the buffer with the region's bytes; this is the only
+    /// IO, and it is the caller's.
+    ///
+    /// # Errors
+    /// The first error `read` returns.
+    pub fn add_regions<E>(
+        &mut self,
+        source: SourceId,
+        regions: &[Region],
+        params: &ChunkingParams,
+        mut read: impl FnMut(Region, &mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut buf = Vec::new();
+        for r in regions {
+            // A region is one coarse chunk: at most `max` (<= 16 MiB) bytes.
+            buf.resize(usize::try_from(r.len).unwrap_or(usize::MAX), 0);
+            read(*r, &mut buf)?;
+            let pieces = super::fine_chunks(&buf, params);
+            self.add_pieces(source, r.offset, &pieces);
+        }
+        Ok(())
+    }
+
     pub fn locate(&self, hash: &ContentHash) -> Option<Location> {
         self.map.get(hash).copied()
     }
@@ -147,6 +172,25 @@ pub fn regions_to_refine(base: &Manifest, new: &Manifest) -> Vec<Region> {
         }
     }
     out
+}
+
+/// Most bytes of missing chunks, and most bytes of base regions, a fine
+/// round is run for (256 MiB): both ends read and cut that much, and the
+/// receiver holds the pieces' list (about 36 bytes per 8 KiB) meanwhile.
+/// Past it the new file is mostly new content, where pieces find little.
+pub const MAX_REFINE_BYTES: u64 = 256 << 20;
+
+/// Whether a fine round is worth its round trip and its reading: some
+/// chunks are missing, the receiver has base regions to look in, and
+/// neither exceeds [`MAX_REFINE_BYTES`]. `missing_bytes` is the sum of the
+/// missing chunks' lengths ([`DeltaPlan::literal_bytes`] before
+/// refinement).
+pub fn worth_refining(missing_bytes: u64, regions: &[Region]) -> bool {
+    let region_bytes: u64 = regions.iter().map(|r| r.len).sum();
+    missing_bytes > 0
+        && region_bytes > 0
+        && missing_bytes <= MAX_REFINE_BYTES
+        && region_bytes <= MAX_REFINE_BYTES
 }
 
 /// One step of assembling the new file, in order.

@@ -31,7 +31,7 @@ pub fn required_scope(path: &str) -> Option<Option<Scope>> {
         | "grpc.reflection.v1.ServerReflection"
         | "grpc.reflection.v1alpha.ServerReflection" => return None,
         "distribusync.v1.Files" => match method {
-            "List" | "Stat" | "Download" | "Watch" | "GetManifest" => Scope::Read,
+            "List" | "Stat" | "Download" | "Watch" | "GetManifest" | "GetPieces" => Scope::Read,
             "Upload" | "UploadOffset" | "UploadBatch" | "Delete" | "Rename" | "DeltaUpload" => {
                 Scope::Write
             }
@@ -158,7 +158,14 @@ mod tests {
     fn every_method_maps_to_its_scope() {
         let read = Some(Some(Scope::Read));
         let write = Some(Some(Scope::Write));
-        for m in ["List", "Stat", "Download", "Watch", "GetManifest"] {
+        for m in [
+            "List",
+            "Stat",
+            "Download",
+            "Watch",
+            "GetManifest",
+            "GetPieces",
+        ] {
             assert_eq!(required_scope(&format!("/distribusync.v1.Files/{m}")), read);
         }
         for m in [

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use distribusync_core::delta::{
-    ChunkRef, DeltaPlan, KnownChunks, Manifest, Op, PARAMS_V1, SourceId, manifest_of_reader,
+    ChunkRef, DeltaPlan, KnownChunks, MAX_REFINE_BYTES, Manifest, Op, PARAMS_V1, Region, SourceId,
+    fine_chunks, manifest_of_reader, regions_to_refine, worth_refining,
 };
 use distribusync_core::{ContentHash, RemotePath, Revision};
 
@@ -38,12 +39,30 @@ const COPY_STEP: u64 = 64 << 20;
 pub struct DeltaSources {
     pub plan: DeltaPlan,
     files: Vec<Arc<File>>,
+    known: KnownChunks,
+    /// Where the fine round looks for pieces: the current version of the
+    /// path, or else the file that holds most of the new file's chunks.
+    base: Option<(SourceId, Manifest)>,
 }
 
 impl DeltaSources {
     /// Bytes the client must send.
     pub fn literal_bytes(&self) -> u64 {
         self.plan.literal_bytes()
+    }
+
+    /// The base regions a fine round would read, when one is worth it
+    /// (empty: ask for whole chunks).
+    pub fn regions_to_refine(&self, new: &Manifest) -> Vec<Region> {
+        let Some((_, base)) = &self.base else {
+            return Vec::new();
+        };
+        let regions = regions_to_refine(base, new);
+        if worth_refining(self.plan.literal_bytes(), &regions) {
+            regions
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -114,12 +133,14 @@ impl Store {
         let mut files: Vec<Arc<File>> = Vec::new();
         let mut opened: std::collections::HashMap<RemotePath, Option<(u32, Revision)>> =
             Default::default();
+        let mut base = None;
         if current.is_some() {
             match self.manifest_of(&h.path).await {
                 Ok((record, m, file)) => {
                     known.add_manifest(SourceId(0), &m).map_err(plan_error)?;
                     files.push(Arc::new(file));
                     opened.insert(h.path.clone(), Some((0, record.revision)));
+                    base = Some((SourceId(0), m));
                 }
                 // Replaced or removed meanwhile: no base, the chunk index may
                 // still find its chunks.
@@ -130,9 +151,40 @@ impl Store {
         let s = self.clone();
         let who = who.clone();
         let chunks = h.manifest.chunks.clone();
-        let (known, files) = self
+        let part = super::disk::partial_name(
+            &h.path,
+            h.manifest.size,
+            distribusync_proto::unix_nanos(h.modified),
+        );
+        let (known, files, base) = self
             .run(move || {
                 let Inner { index, disk, .. } = &*s.inner;
+                // A part kept of an interrupted upload of this very file
+                // (same path, size and modified time; whole or delta) is a
+                // prefix of it: its whole chunks need not be sent again.
+                if let Ok(f) = File::open(disk.partials_dir().join(&part))
+                    && let Ok(len) = f.metadata().map(|m| m.len())
+                {
+                    let mut end = 0u64;
+                    let whole = chunks
+                        .iter()
+                        .take_while(|c| {
+                            end += u64::from(c.len);
+                            end <= len
+                        })
+                        .count();
+                    if whole > 0 {
+                        let id = u32::try_from(files.len()).unwrap_or(u32::MAX);
+                        files.push(Arc::new(f));
+                        known.add_pieces(SourceId(id), 0, &chunks[..whole]);
+                        tracing::debug!(part = %part, len, chunks = whole, "delta upload resumes from a kept part");
+                    }
+                }
+                // Chunks found per source other than the path's own version,
+                // and what each source is: the best one is the fine round's
+                // base when the path has no version (a copy, then edited).
+                let mut hits: std::collections::HashMap<u32, (usize, RemotePath, Revision)> =
+                    Default::default();
                 for c in &chunks {
                     if known.locate(&c.hash).is_some() {
                         continue;
@@ -169,14 +221,127 @@ impl Store {
                                 hash: c.hash,
                             }],
                         );
+                        hits.entry(source)
+                            .or_insert_with(|| (0, at.path.clone(), at.revision))
+                            .0 += 1;
                         break;
                     }
                 }
-                Ok((known, files))
+                if base.is_none()
+                    && let Some((id, (_, path, revision))) = hits
+                        .into_iter()
+                        .max_by_key(|(id, (n, _, _))| (*n, std::cmp::Reverse(*id)))
+                {
+                    base = index
+                        .manifest(&path, revision)?
+                        .map(|m| (SourceId(id), m));
+                }
+                Ok((known, files, base))
             })
             .await?;
         let plan = DeltaPlan::new(&h.manifest, &known, &PARAMS_V1).map_err(plan_error)?;
-        Ok(DeltaSources { plan, files })
+        Ok(DeltaSources {
+            plan,
+            files,
+            known,
+            base,
+        })
+    }
+
+    /// The fine round of a delta upload: cuts the base `regions` (from
+    /// [`DeltaSources::regions_to_refine`]) into pieces and looks up the
+    /// client's pieces of each missing chunk (`lists`, in order) among
+    /// them. Afterwards the plan asks for missing pieces only.
+    ///
+    /// # Errors
+    /// Piece lists that do not describe the missing chunks
+    /// (InvalidArgument), or a read error of the base.
+    pub async fn refine_delta(
+        &self,
+        mut sources: DeltaSources,
+        regions: Vec<Region>,
+        lists: Vec<Vec<ChunkRef>>,
+    ) -> Result<DeltaSources> {
+        let Some(id) = sources.base.as_ref().map(|(id, _)| *id) else {
+            return Err(ServiceError::InvalidArgument(
+                "pieces sent for an upload with no base to compare them with".into(),
+            ));
+        };
+        let file = sources.files.get(id.0 as usize).cloned().ok_or_else(gone)?;
+        self.run(move || {
+            sources
+                .known
+                .add_regions(id, &regions, &PARAMS_V1, |r, buf| {
+                    file.read_exact_at(buf, r.offset)
+                })
+                .map_err(|e| ServiceError::io("delta base", e))?;
+            let known = &sources.known;
+            sources.plan.refine(lists, known).map_err(plan_error)?;
+            Ok(sources)
+        })
+        .await
+    }
+
+    /// The fine pieces of chunks `chunks` (ascending indexes) of `path`'s
+    /// version `revision`, for a delta download's fine round.
+    ///
+    /// # Errors
+    /// ABORTED when the file is no longer at `revision` or changed while it
+    /// was read; InvalidArgument for indexes out of order or past the end;
+    /// RESOURCE_EXHAUSTED for more than [`MAX_REFINE_BYTES`] of chunks.
+    pub async fn fine_pieces(
+        &self,
+        path: &RemotePath,
+        revision: Revision,
+        chunks: Vec<u32>,
+    ) -> Result<Vec<Vec<ChunkRef>>> {
+        let (record, manifest, file) = self.manifest_of(path).await?;
+        if record.revision != revision {
+            return Err(ServiceError::Aborted(format!(
+                "{}: now at revision {}, not {revision}; fetch the manifest again",
+                path.shown(),
+                record.revision
+            )));
+        }
+        let starts: Vec<(u64, ChunkRef)> = manifest.offsets().collect();
+        let mut total = 0u64;
+        let mut last: Option<u32> = None;
+        for &i in &chunks {
+            if last.is_some_and(|l| l >= i) || i as usize >= starts.len() {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "{}: chunk indexes must be ascending and below {} (got {i})",
+                    path.shown(),
+                    starts.len()
+                )));
+            }
+            last = Some(i);
+            total += u64::from(starts[i as usize].1.len);
+        }
+        if total > MAX_REFINE_BYTES {
+            return Err(ServiceError::TooLarge {
+                what: format!("pieces of {total} bytes of chunks"),
+                limit: format!("{MAX_REFINE_BYTES} bytes per request"),
+            });
+        }
+        let p = path.clone();
+        self.run(move || {
+            let mut buf = Vec::new();
+            let mut out = Vec::with_capacity(chunks.len());
+            for i in chunks {
+                let (offset, c) = starts[i as usize];
+                buf.resize(c.len as usize, 0);
+                let read = file.read_exact_at(&mut buf, offset);
+                if read.is_err() || ContentHash::of(&buf) != c.hash {
+                    return Err(ServiceError::Aborted(format!(
+                        "{}: the file changed on the server while it was read; try again",
+                        p.shown()
+                    )));
+                }
+                out.push(fine_chunks(&buf, &PARAMS_V1));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Starts assembling the file of `h` in a fresh staging file.
@@ -376,7 +541,69 @@ impl DeltaWrite {
             .await?;
         // Installed: the staging name is gone.
         self.staged.take();
+        // A part kept of an earlier attempt of this file is of no use now.
+        let modified_ns = distribusync_proto::unix_nanos(header.modified);
+        let s = self.store.clone();
+        let _ = self
+            .store
+            .run(move || {
+                let (path, size) = (&header.path, header.size);
+                let name = super::disk::partial_name(path, size, modified_ns);
+                let _ = std::fs::remove_file(s.inner.disk.partials_dir().join(name));
+                s.forget_part_hash(path, size, modified_ns);
+                Ok(())
+            })
+            .await;
         Ok(record)
+    }
+
+    /// Keeps what was assembled so far, verified op by op, as the kept part
+    /// of this file (the key of whole uploads: path, size, modified time),
+    /// so that a retry, by delta or whole, sends only the rest; within the
+    /// bound on kept parts (`--max-kept-bytes`). Nothing is kept when an
+    /// existing part holds as much, or nothing was written.
+    pub async fn keep(mut self) {
+        let Some(state) = self.state.take() else {
+            return; // lost mid-step: the guard removes the file
+        };
+        let Some(staged) = self.staged.path.clone() else {
+            return;
+        };
+        let h = self.header.clone();
+        let s = self.store.clone();
+        let guard = self.staged;
+        let _ = self
+            .store
+            .run(move || {
+                let modified_ns = distribusync_proto::unix_nanos(h.modified);
+                let (path, size) = (&h.path, h.manifest.size);
+                let name = super::disk::partial_name(path, size, modified_ns);
+                let existing = std::fs::metadata(s.inner.disk.partials_dir().join(name))
+                    .map_or(0, |m| m.len());
+                if state.written == 0 || state.written <= existing {
+                    drop(guard); // removes the staging file
+                    return Ok(());
+                }
+                s.remember_part_hash(path, size, modified_ns, state.hasher.clone());
+                let kept = state
+                    .file
+                    .set_modified(SystemTime::now())
+                    .and_then(|()| state.file.sync_data())
+                    .and_then(|()| s.inner.disk.keep_partial(&staged, path, size, modified_ns));
+                match kept {
+                    Ok(()) => {
+                        guard.take();
+                        tracing::info!(path = %path, bytes = state.written, "kept the part of an interrupted delta upload");
+                        s.trim_kept_parts();
+                    }
+                    Err(_) => {
+                        s.forget_part_hash(path, size, modified_ns);
+                        drop(guard);
+                    }
+                }
+                Ok(())
+            })
+            .await;
     }
 }
 

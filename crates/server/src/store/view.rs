@@ -158,6 +158,33 @@ impl View {
         self.store.begin_delta(header, sources).await
     }
 
+    /// See [`Store::refine_delta`] (the sources were confined when planned).
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn refine_delta(
+        &self,
+        sources: DeltaSources,
+        regions: Vec<distribusync_core::delta::Region>,
+        lists: Vec<Vec<distribusync_core::delta::ChunkRef>>,
+    ) -> Result<DeltaSources> {
+        self.store.refine_delta(sources, regions, lists).await
+    }
+
+    /// See [`Store::fine_pieces`].
+    ///
+    /// # Errors
+    /// [`ServiceError::OutsidePrefix`], or the store's.
+    pub async fn fine_pieces(
+        &self,
+        path: &RemotePath,
+        revision: Revision,
+        chunks: Vec<u32>,
+    ) -> Result<Vec<Vec<distribusync_core::delta::ChunkRef>>> {
+        self.who.confine(path)?;
+        self.store.fine_pieces(path, revision, chunks).await
+    }
+
     /// See [`Store::manifest_of`].
     ///
     /// # Errors
