@@ -40,6 +40,13 @@ pub struct DeltaPolicy {
     pub min_size: u64,
 }
 
+/// Largest new file (no version at its path) whose chunks are looked for
+/// in the server's other files before it is sent: the search reads the
+/// whole file once before sending anything. 1 GiB covers the copies the
+/// issue names (a 500 MiB video under a second name); bigger new files go
+/// whole at once.
+pub const NEW_PATH_SEARCH_MAX: u64 = 1 << 30;
+
 /// The default threshold: 8 MiB (bench/RESULTS.md, "Delta transfer").
 pub const DEFAULT_DELTA_MIN_SIZE: u64 = 8 << 20;
 
@@ -643,10 +650,20 @@ impl FilesClient {
                     Err(e) => return Err(e),
                 },
             };
-            match self
-                .upload_delta(local, remote, if_revision, base, true, progress.clone())
-                .await
-            {
+            // Without a base the search for known chunks is a guess that
+            // costs a chunking pass before the first byte goes; past
+            // NEW_PATH_SEARCH_MAX that pass would hold the upload back too
+            // long (a 64 GiB file: about a minute), so it goes whole.
+            let guess_too_dear = base.is_none() && meta.len() > NEW_PATH_SEARCH_MAX;
+            let tried = if guess_too_dear {
+                Ok(DeltaOutcome::Declined {
+                    missing: meta.len(),
+                })
+            } else {
+                self.upload_delta(local, remote, if_revision, base, true, progress.clone())
+                    .await
+            };
+            match tried {
                 Ok(DeltaOutcome::Done { file, .. }) => return Ok(file),
                 // Mostly new content: whole, which resumes any kept part.
                 Ok(DeltaOutcome::Declined { .. }) => {}
