@@ -34,6 +34,10 @@ use crate::error::{Result, ServiceError};
 /// A boxed future, so that the traits can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What [`Metadata::commit_puts`] answers: per file, its new record and
+/// change, or why it was refused.
+pub type Committed = Vec<Result<(FileRecord, ChangeRecord)>>;
+
 /// A new version of a file, as [`Metadata::commit_puts`] records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewVersion {
@@ -84,10 +88,7 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// The backend's.
-    fn commit_puts(
-        &self,
-        puts: Vec<NewVersion>,
-    ) -> BoxFuture<'_, Result<Vec<Result<(FileRecord, ChangeRecord)>>>>;
+    fn commit_puts(&self, puts: Vec<NewVersion>) -> BoxFuture<'_, Result<Committed>>;
 
     /// Records the deletion of the file at `path`.
     ///

@@ -26,7 +26,8 @@ use distribusync_core::{ContentHash, RemotePath, Revision, path::MAX_PATH_BYTES}
 use tokio::sync::broadcast;
 
 pub use backend::{
-    BoxFuture, ChangeFeed, Metadata, NewVersion, RenameFacts, check_rename, check_rename_paths,
+    BoxFuture, ChangeFeed, Committed, Metadata, NewVersion, RenameFacts, check_rename,
+    check_rename_paths,
 };
 pub use chunks::{ChunkIndex, ChunkLocation};
 pub use dav::{DavLockNote, Entry};

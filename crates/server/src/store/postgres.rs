@@ -33,7 +33,7 @@ use tokio_postgres::config::Host;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::backend::{
-    BoxFuture, ChangeFeed, Metadata, NewVersion, RenameFacts, check_put, check_rename,
+    BoxFuture, ChangeFeed, Committed, Metadata, NewVersion, RenameFacts, check_put, check_rename,
     check_rename_paths, manifest_of, nothing_to_delete,
 };
 use super::{ChangeOp, ChangeRecord, FileRecord, chunks};
@@ -646,10 +646,7 @@ impl Metadata for PgMetadata {
         })
     }
 
-    fn commit_puts(
-        &self,
-        puts: Vec<NewVersion>,
-    ) -> BoxFuture<'_, Result<Vec<Result<(FileRecord, ChangeRecord)>>>> {
+    fn commit_puts(&self, puts: Vec<NewVersion>) -> BoxFuture<'_, Result<Committed>> {
         Box::pin(async move {
             self.write(move |tx| {
                 Box::pin(async move {

@@ -21,8 +21,8 @@ use tokio::sync::broadcast;
 use super::{ChangeOp, ChangeRecord, FILE_COLS, FileRecord, Index, file_row, folder_range, to_i64};
 use crate::error::Result;
 use crate::store::backend::{
-    BoxFuture, ChangeFeed, Metadata, NewVersion, RenameFacts, check_put, check_rename, manifest_of,
-    nothing_to_delete,
+    BoxFuture, ChangeFeed, Committed, Metadata, NewVersion, RenameFacts, check_put, check_rename,
+    manifest_of, nothing_to_delete,
 };
 use crate::store::{ChunkIndex, chunks};
 
@@ -91,7 +91,7 @@ impl LocalMetadata {
     }
 }
 
-fn commit_puts(ix: &Index, puts: &[NewVersion]) -> Result<Vec<Result<(FileRecord, ChangeRecord)>>> {
+fn commit_puts(ix: &Index, puts: &[NewVersion]) -> Result<Committed> {
     ix.with(|c| {
         let tx = c.transaction()?;
         let mut out = Vec::with_capacity(puts.len());
@@ -259,10 +259,7 @@ impl Metadata for LocalMetadata {
         self.run(move |ix| ix.list_page(prefix.as_ref(), after.as_deref(), limit))
     }
 
-    fn commit_puts(
-        &self,
-        puts: Vec<NewVersion>,
-    ) -> BoxFuture<'_, Result<Vec<Result<(FileRecord, ChangeRecord)>>>> {
+    fn commit_puts(&self, puts: Vec<NewVersion>) -> BoxFuture<'_, Result<Committed>> {
         let done = self.run(move |ix| commit_puts(ix, &puts));
         Box::pin(async move {
             let done = done.await?;
