@@ -96,6 +96,11 @@ pub enum ServiceError {
     },
     #[error("index: {0}")]
     Index(rusqlite::Error),
+    /// The metadata database of the cluster backend failed or cannot be
+    /// reached (one line naming it, never its password): the request may
+    /// be tried again.
+    #[error("{0}")]
+    Database(String),
 }
 
 /// True for the errors of a full disk or an exhausted quota.
@@ -181,6 +186,7 @@ impl ServiceError {
             ServiceError::NoSpace { .. } => Code::ResourceExhausted,
             ServiceError::Unrecorded { source, .. } => source.code(),
             ServiceError::Io { .. } | ServiceError::Index(_) => Code::Internal,
+            ServiceError::Database(_) => Code::Unavailable,
         }
     }
 }

@@ -72,7 +72,7 @@ CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks (path);
 
 /// A manifest as stored: params (u32), size (u64), hash, then per chunk
 /// its length (u32) and hash; little-endian.
-fn encode(m: &Manifest) -> Vec<u8> {
+pub(super) fn encode(m: &Manifest) -> Vec<u8> {
     let mut out = Vec::with_capacity(44 + 36 * m.chunks.len());
     out.extend_from_slice(&m.params.to_le_bytes());
     out.extend_from_slice(&m.size.to_le_bytes());
@@ -84,7 +84,7 @@ fn encode(m: &Manifest) -> Vec<u8> {
     out
 }
 
-fn decode(b: &[u8]) -> Option<Manifest> {
+pub(super) fn decode(b: &[u8]) -> Option<Manifest> {
     let (head, rest) = b.split_at_checked(44)?;
     if !rest.len().is_multiple_of(36) {
         return None;

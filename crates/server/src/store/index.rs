@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::error::Result;
 
+pub(super) mod backend;
 mod dav;
 pub use dav::DeadProp;
 

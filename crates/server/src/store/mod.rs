@@ -6,12 +6,15 @@
 //! announce the change to watchers. Uploads are staged and verified before
 //! they take any lock, so a slow client never holds one.
 
+mod backend;
 mod chunks;
 mod dav;
 mod delta;
 mod disk;
 mod index;
 mod parts;
+mod postgres;
+mod queue;
 mod upload;
 mod view;
 
@@ -22,12 +25,19 @@ use distribusync_core::delta::Manifest;
 use distribusync_core::{ContentHash, RemotePath, Revision, path::MAX_PATH_BYTES};
 use tokio::sync::broadcast;
 
+pub use backend::{
+    BoxFuture, ChangeFeed, Committed, Metadata, NewVersion, RenameFacts, check_rename,
+    check_rename_paths,
+};
 pub use chunks::{ChunkIndex, ChunkLocation};
 pub use dav::{DavLockNote, Entry};
 pub use delta::{DeltaHeader, DeltaSources, DeltaWrite};
 pub use disk::Kind;
+pub use index::backend::LocalMetadata;
 pub use index::{ChangeOp, ChangeRecord, DeadProp, FileRecord};
 pub use parts::KeptParts;
+pub use postgres::{PgFeed, PgMetadata, SCHEMA_VERSION};
+pub use queue::{ClaimedJob, JobOutcome, JobQueue, JobRecord, JobState, LocalJobQueue, PgJobQueue};
 pub use upload::{Upload, UploadHeader, verify};
 pub use view::View;
 
