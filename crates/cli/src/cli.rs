@@ -397,9 +397,21 @@ pub struct SyncArgs {
     /// Transfers (single files or batches of small ones) in flight at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub transfers: u16,
-    /// Log lines as plain text or JSON (one object a line).
+    /// Log lines as plain text or JSON (one object a line). In a
+    /// terminal, plain text also shows a live status line.
     #[arg(long, env = "DISTRIBUSYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+    /// Serve the daemon's Prometheus metrics (pending files and bytes,
+    /// transfers in flight, last pass, conflicts, errors, bytes moved) on
+    /// http://ADDR/metrics: plain HTTP, no token, so keep it on loopback
+    /// or a private network. Off when omitted.
+    #[arg(
+        long,
+        env = "DISTRIBUSYNC_SYNC_METRICS_LISTEN",
+        value_name = "ADDR",
+        conflicts_with = "once"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         // number sort gains ~20%); see docs/DESIGN.md.
         let _ = rustix::thread::disable_transparent_huge_pages(true);
     }
-    init_tracing(&cli.command);
+    let line = init_tracing(&cli.command);
     if matches!(cli.command, Command::Config(_)) {
         return match config::print(&parsed) {
             Ok(()) => ExitCode::SUCCESS,
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(parsed.cli)) {
+    match runtime.block_on(run(parsed.cli, line)) {
         Ok(code) => code,
         Err(err) => {
             // A closed pipe (`distribusync ls | head`) is not a failure.
@@ -104,7 +104,9 @@ fn root_on_command_line(matches: &clap::ArgMatches) -> bool {
         .any(|m| m.value_source("root") == Some(clap::parser::ValueSource::CommandLine))
 }
 
-fn init_tracing(command: &Command) {
+/// Installs the log subscriber; returns the live status line of `sync`
+/// when it has one (its log lines are then written above the line).
+fn init_tracing(command: &Command) -> Option<cmd::sync::live::StatusLine> {
     use tracing_subscriber::EnvFilter;
     // Long-running commands log what they do; one-shot commands stay quiet
     // unless RUST_LOG asks.
@@ -125,18 +127,27 @@ fn init_tracing(command: &Command) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
+    let line = match command {
+        Command::Sync(_) => cmd::sync::live::StatusLine::for_terminal(format),
+        _ => None,
+    };
+    match (format, &line) {
         // One JSON object a line: the event's fields at the top level
         // (`code`, `method`, …), beside `timestamp`, `level`, `target`.
-        cli::LogFormat::Json => builder.json().flatten_event(true).init(),
+        (cli::LogFormat::Json, _) => builder.json().flatten_event(true).init(),
+        (cli::LogFormat::Plain, Some(line)) => builder
+            .with_ansi(true)
+            .with_writer(line.log_writer())
+            .init(),
         // Colours only for a person; a log file or a pipe gets plain text.
-        cli::LogFormat::Plain => builder
+        (cli::LogFormat::Plain, None) => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+    line
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, line: Option<cmd::sync::live::StatusLine>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => cmd::serve::run(args).await,
         Command::Ls(c) => cmd::files::ls(&c.global, c.args).await,
@@ -150,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sort(c) => cmd::compute::sort(&c.global, c.args).await,
         Command::Job(c) => cmd::compute::job(&c.global, c.args).await,
         Command::Jobs(c) => cmd::compute::jobs(&c.global, c.args).await,
-        Command::Sync(c) => cmd::sync::run(&c.global, c.args).await,
+        Command::Sync(c) => cmd::sync::run(&c.global, c.args, line).await,
         Command::Status(c) => cmd::status::run(&c.global, c.args).await,
         Command::Menu(c) => menu::run(&c.global).await,
         Command::Token(args) => cmd::token::run(args).await,

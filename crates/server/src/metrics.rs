@@ -1,7 +1,8 @@
 //! Prometheus metrics: the recorder the [`observe`](crate::observe) layer
 //! writes per-RPC figures into, the figures read at each scrape (files,
 //! bytes, kept parts, index size, jobs), and the HTTP endpoint serving
-//! `/metrics` (`serve --metrics-listen`).
+//! `/metrics` (`serve --metrics-listen`, through the endpoint shared with
+//! the sync daemon, [`crate::metrics_endpoint`]).
 //!
 //! Invariants: each server has its own recorder (nothing global, so two
 //! servers in one process, as in tests, never mix figures); the state
@@ -12,8 +13,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use tokio_util::sync::CancellationToken;
 
@@ -154,84 +153,17 @@ async fn render(recorder: &PrometheusRecorder, sources: &Sources) -> String {
     recorder.handle().render()
 }
 
-/// Scrapers served at once; a connection past it is closed unserved.
-pub const METRICS_MAX_CONNECTIONS: usize = 16;
-/// A scraper must send its request headers within this.
-const METRICS_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Serves `GET /metrics` on `listener` until `stop` is cancelled, to at
-/// most [`METRICS_MAX_CONNECTIONS`] connections at once.
+/// Serves the server's `/metrics` on `listener` until `stop` (the
+/// endpoint is [`crate::metrics_endpoint`], shared with the sync daemon).
 pub(crate) async fn serve_endpoint(
     listener: tokio::net::TcpListener,
     recorder: Arc<PrometheusRecorder>,
     sources: Sources,
     stop: CancellationToken,
 ) {
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    let permits = Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONNECTIONS));
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::debug!(error = %e, "metrics: accept failed");
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!("metrics: too many connections; closed one");
-            continue;
-        };
-        let recorder = recorder.clone();
-        let sources = sources.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let recorder = recorder.clone();
-                let sources = sources.clone();
-                async move {
-                    let response = if req.uri().path() != "/metrics" {
-                        plain(
-                            http::StatusCode::NOT_FOUND,
-                            "not found: try /metrics\n".into(),
-                        )
-                    } else if req.method() != http::Method::GET {
-                        plain(
-                            http::StatusCode::METHOD_NOT_ALLOWED,
-                            "only GET /metrics\n".into(),
-                        )
-                    } else {
-                        let text = render(&recorder, &sources).await;
-                        let mut r = plain(http::StatusCode::OK, text);
-                        r.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                        );
-                        r
-                    };
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(METRICS_HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(error = %e, "metrics: connection ended");
-                },
-                () = stop.cancelled() => {}
-            }
-        });
-    }
-}
-
-fn plain(status: http::StatusCode, body: String) -> http::Response<Full<Bytes>> {
-    let mut r = http::Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r
+    let scrape = move || {
+        let (recorder, sources) = (recorder.clone(), sources.clone());
+        async move { render(&recorder, &sources).await }
+    };
+    crate::metrics_endpoint::serve_metrics(listener, scrape, stop).await;
 }

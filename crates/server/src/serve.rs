@@ -20,6 +20,7 @@ use crate::compute::{ComputeConfig, ComputeService};
 use crate::files::FilesService;
 use crate::observe::{Live, ObserveLayer};
 use crate::store::{Store, StoreConfig};
+use crate::tls::SharedTls;
 use crate::transport::{self, KEEPALIVE_TIMEOUT, TransportConfig};
 
 /// Which services one server process hosts (`serve --services`). The
@@ -74,7 +75,8 @@ pub struct ServerConfig {
 }
 
 /// The settings a running server takes without a restart (and without
-/// dropping a connection): the TLS identity for new handshakes, and the
+/// dropping a connection): the TLS identity for new handshakes on every
+/// listener (gRPC, the web page, WebDAV), and the
 /// largest file accepted for uploads that start from then on. Changing
 /// between TLS and plaintext, or anything else, needs a restart.
 #[derive(Debug, Clone)]
@@ -275,13 +277,14 @@ pub async fn serve_with_webdav(
         required = auth.required(),
         "authentication"
     );
+    // One identity for the three listeners: a reload swaps it for all.
+    let shared_tls = config.tls.as_ref().map(SharedTls::new);
     if let (Some(listener), Some(store)) = (webdav, store_handle.clone()) {
-        let tls = config.tls.as_ref().map(crate::TlsIdentity::acceptor_http1);
         tokio::spawn(crate::webdav::run(
             listener,
             store,
             auth.clone(),
-            tls,
+            shared_tls.clone(),
             config.webdav.clone(),
             token.clone(),
         ));
@@ -317,7 +320,7 @@ pub async fn serve_with_webdav(
             store: store_handle.clone(),
             compute: web_compute,
             auth: auth.clone(),
-            tls: config.tls.clone(),
+            tls: shared_tls.clone(),
             root: config.root.clone(),
         };
         crate::web::start(web, parts, token.clone(), web_tasks.clone())
@@ -327,10 +330,6 @@ pub async fn serve_with_webdav(
     web_tasks.close();
 
     let addr = listener.local_addr().ok();
-    let shared_tls = config
-        .tls
-        .as_ref()
-        .map(|id| Arc::new(std::sync::RwLock::new(id.acceptor())));
     if let Some(mut reload) = config.reload.clone() {
         let shared_tls = shared_tls.clone();
         let store = store_handle.clone();
@@ -406,16 +405,14 @@ pub async fn serve_with_webdav(
 }
 
 /// Applies reloaded settings; see [`Reloadable`].
-fn apply_reload(new: &Reloadable, tls: Option<&transport::SharedAcceptor>, store: Option<&Store>) {
+fn apply_reload(new: &Reloadable, tls: Option<&SharedTls>, store: Option<&Store>) {
     match (tls, &new.tls) {
         (Some(shared), Some(id)) => {
-            *shared
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = id.acceptor();
+            shared.replace(id);
             tracing::info!(
                 fingerprint = %id.fingerprint(),
                 not_after = id.not_after(),
-                "reloaded the TLS certificate (new connections use it)"
+                "reloaded the TLS certificate (new connections on every listener use it)"
             );
         }
         (None, None) => {}

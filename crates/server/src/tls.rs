@@ -15,7 +15,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use distribusync_core::Fingerprint;
 use rustls::pki_types::pem::PemObject;
@@ -227,6 +227,70 @@ impl TlsIdentity {
         let mut config = (*self.config).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+/// The identity every TLS listener of one server presents (gRPC, the web
+/// page, WebDAV), swapped whole by a reload. Each listener reads it once
+/// per accepted connection, so new handshakes get the new certificate and
+/// connections already made keep theirs; no listener can be left behind
+/// on the old one. A std lock: held only to clone or replace the
+/// acceptors, never across an await.
+#[derive(Clone)]
+pub(crate) struct SharedTls(Arc<RwLock<Acceptors>>);
+
+/// One identity, as gRPC (ALPN `h2`) and as HTTP/1.1 (ALPN `http/1.1`:
+/// the web page and WebDAV; a browser offered `h2` would speak HTTP/2 to
+/// an HTTP/1.1 server).
+struct Acceptors {
+    grpc: tokio_rustls::TlsAcceptor,
+    http1: tokio_rustls::TlsAcceptor,
+}
+
+impl Acceptors {
+    fn of(id: &TlsIdentity) -> Self {
+        Acceptors {
+            grpc: id.acceptor(),
+            http1: id.acceptor_http1(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTls").finish_non_exhaustive()
+    }
+}
+
+impl SharedTls {
+    pub(crate) fn new(id: &TlsIdentity) -> Self {
+        SharedTls(Arc::new(RwLock::new(Acceptors::of(id))))
+    }
+
+    /// New handshakes on every listener present `id` from now on.
+    pub(crate) fn replace(&self, id: &TlsIdentity) {
+        let new = Acceptors::of(id);
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+    }
+
+    /// The acceptor for a new gRPC connection.
+    pub(crate) fn grpc(&self) -> tokio_rustls::TlsAcceptor {
+        self.read(|a| a.grpc.clone())
+    }
+
+    /// The acceptor for a new HTTP/1.1 connection (web page, WebDAV).
+    pub(crate) fn http1(&self) -> tokio_rustls::TlsAcceptor {
+        self.read(|a| a.http1.clone())
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Acceptors) -> T) -> T {
+        f(&self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 

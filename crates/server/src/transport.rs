@@ -121,10 +121,6 @@ impl Acceptor {
     }
 }
 
-/// The TLS acceptor new connections use, swapped by a reload (a std lock:
-/// held only to clone or replace it, never across an await).
-pub(crate) type SharedAcceptor = Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>;
-
 /// Connections accepted on `listener`, bounded and with a handshake
 /// deadline (see the module's invariants). An accept that fails (out of
 /// descriptors, most often) is retried after a pause that grows to a
@@ -132,7 +128,7 @@ pub(crate) type SharedAcceptor = Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor
 pub(crate) fn incoming(
     listener: TcpListener,
     config: &TransportConfig,
-    tls: Option<SharedAcceptor>,
+    tls: Option<crate::tls::SharedTls>,
 ) -> impl Stream<Item = std::io::Result<Conn>> + Send + 'static {
     let max = config.max_connections.max(1);
     let accepted = accept(listener, config, max);
@@ -142,10 +138,7 @@ pub(crate) fn incoming(
             .map(move |conn| {
                 // The identity as it is now: a reload swaps it for new
                 // handshakes; connections already made keep theirs.
-                let acceptor = shared
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
+                let acceptor = shared.grpc();
                 async move { conn?.into_tls(&acceptor).await }
             })
             // At most `max` handshakes at once: each holds a permit.

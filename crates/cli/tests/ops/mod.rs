@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::{Server, cmd, ok, tmp};
 
+mod reload;
+mod sync_daemon;
+
 /// Waits (safety net: 20 s) until the server logged the metrics address,
 /// and returns it.
 fn metrics_addr(server: &Server) -> String {

@@ -145,6 +145,8 @@ pub struct SyncStatus {
     pub in_flight: u64,
     /// When the last pass ended.
     pub last_pass: Option<std::time::SystemTime>,
+    /// When the last pass in which nothing failed ended.
+    pub last_success: Option<std::time::SystemTime>,
     /// Slices of new files a first pass sent while it was still scanning.
     pub first_pass_slices: u64,
     /// The most files a first pass held hashed but not yet sent at once:
@@ -154,6 +156,24 @@ pub struct SyncStatus {
     /// yet taken into the new one, the new one's, those waiting to be
     /// hashed): about the tree's size for a full rescan, not twice it.
     pub scan_peak: u64,
+    /// Bytes the current pass's transfers have still to move (0 between
+    /// passes).
+    pub bytes_pending: u64,
+    /// File content sent to the server since start, in bytes: what was
+    /// read and sent (a delta only what it carried; a resumed upload from
+    /// where it resumed), not the protocol around it.
+    pub bytes_sent: u64,
+    /// File content received from the server since start, in bytes (as
+    /// `bytes_sent`).
+    pub bytes_received: u64,
+    /// Conflicts met since start: both sides changed a file, and the local
+    /// version was kept as a copy.
+    pub conflicts: u64,
+    /// Steps (transfers, deletions, renames) that failed since start; each
+    /// is tried again later.
+    pub errors: u64,
+    /// The transfers running now, with how far each has got.
+    pub moving: Vec<super::traffic::Moving>,
 }
 
 /// Outcome of executing one plan.
@@ -274,9 +294,16 @@ impl SyncEngine {
             pending: 0,
             in_flight: 0,
             last_pass: None,
+            last_success: None,
             first_pass_slices: 0,
             unsent_peak: 0,
             scan_peak: 0,
+            bytes_pending: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            conflicts: 0,
+            errors: 0,
+            moving: Vec::new(),
         });
         Ok(Self {
             scanner: Arc::new(Scanner::new(&opts.dir)),
@@ -845,9 +872,12 @@ impl SyncEngine {
             s.phase = SyncPhase::Idle;
             s.pending = 0;
             s.in_flight = 0;
-            s.last_pass = Some(std::time::SystemTime::now());
+            s.bytes_pending = 0;
+            let now = std::time::SystemTime::now();
+            s.last_pass = Some(now);
             if report.failures.is_empty() {
                 s.last_error = None;
+                s.last_success = Some(now);
             } else {
                 s.last_error = report.failures.last().cloned();
             }

@@ -14,8 +14,9 @@ use futures::StreamExt;
 use super::engine::{PassReport, SyncEngine, SyncError};
 use super::scan::{LocalEntry, stat_of};
 use super::state::{BaseEntry, FileStat, StateWrite};
+use super::traffic::{Direction, Tracker};
 use crate::error::ClientError;
-use crate::files::{BatchFile, FileInfo, FilesClient};
+use crate::files::{BatchFile, FileInfo, FilesClient, Progress};
 
 /// Transfers in flight: each yields the results of its files.
 type Job = futures::future::BoxFuture<'static, Vec<(RemotePath, Result<Done, ClientError>)>>;
@@ -123,6 +124,7 @@ async fn download(
     local: PathBuf,
     expected: Option<FileStat>,
     copies: Vec<PathBuf>,
+    progress: Arc<dyn Progress>,
 ) -> Result<(FileInfo, FileStat), ClientError> {
     no_links_below(dir, &local)?;
     let copies = copies
@@ -136,7 +138,7 @@ async fn download(
             path,
             &local,
             copies,
-            Arc::new(()),
+            progress,
             Box::new(move |_| {
                 no_links_below(&check_dir, &check_path)?;
                 still_as_planned(&check_path, expected)
@@ -153,6 +155,7 @@ impl SyncEngine {
     fn failed(&self, report: &mut PassReport, path: &RemotePath, e: &ClientError) {
         tracing::warn!(%path, error = %e, "not synced this time");
         report.failures.push(format!("{path}: {e}"));
+        self.set_status(|s| s.errors += 1);
         if e.is_unreachable() {
             report.offline = true;
         } else {
@@ -486,8 +489,12 @@ impl SyncEngine {
         let mut ops = others;
         ops.extend(plan.singles.iter().filter_map(|&i| uploads[i].take()));
         let mut jobs: Vec<Job> = Vec::new();
+        // Each transfer's bytes are pending until it moves them (see
+        // `traffic`).
+        let mut planned_bytes = 0u64;
         for batch in plan.batches {
             let mut items = Vec::with_capacity(batch.len());
+            let mut bytes = 0u64;
             for i in batch {
                 let Some(Operation::Upload { path, if_revision }) = uploads[i].take() else {
                     continue;
@@ -496,6 +503,7 @@ impl SyncEngine {
                     continue;
                 };
                 let (stat, hash) = (entry.stat, entry.hash);
+                bytes += stat.size;
                 // What the scan read, if it is still what the view says.
                 let source = match self.local.contents.remove(&path) {
                     Some((at, data)) if at == stat => BatchSource::Memory {
@@ -508,7 +516,18 @@ impl SyncEngine {
                 };
                 items.push((source, path, if_revision));
             }
-            jobs.push(Box::pin(upload_batch(self.client.clone(), items)));
+            let what = match &items[..] {
+                [(_, path, _)] => path.to_string(),
+                _ => format!("{} small files", items.len()),
+            };
+            let tracker = Tracker::new(self.status.clone(), what, Direction::Up, bytes);
+            planned_bytes += tracker.planned();
+            let client = self.client.clone();
+            jobs.push(Box::pin(async move {
+                let results = upload_batch(client, items, &tracker).await;
+                tracker.finish();
+                results
+            }));
         }
         // Whatever the scan kept and this pass did not use is stale by the
         // next one.
@@ -579,19 +598,75 @@ impl SyncEngine {
                         .unwrap_or_default(),
                     _ => Vec::new(),
                 };
+                let local_size = self.local.files.get(&path).map_or(0, |e| e.stat.size);
+                let status = self.status.clone();
+                // What goes up (a new version, or a conflict's copy) and
+                // what comes down, each with the bytes it plans to move.
+                let (up, down) = match &op {
+                    Operation::Upload { .. } => (
+                        Some(Tracker::new(
+                            status,
+                            path.to_string(),
+                            Direction::Up,
+                            local_size,
+                        )),
+                        None,
+                    ),
+                    Operation::Download { remote, .. } => (
+                        None,
+                        Some(Tracker::new(
+                            status,
+                            path.to_string(),
+                            Direction::Down,
+                            remote.size,
+                        )),
+                    ),
+                    Operation::Conflict {
+                        copy,
+                        upload_copy,
+                        remote,
+                        ..
+                    } => (
+                        upload_copy.then(|| {
+                            Tracker::new(
+                                status.clone(),
+                                copy.to_string(),
+                                Direction::Up,
+                                local_size,
+                            )
+                        }),
+                        Some(Tracker::new(
+                            status,
+                            path.to_string(),
+                            Direction::Down,
+                            remote.size,
+                        )),
+                    ),
+                    _ => (None, None),
+                };
+                let (up, down) = (up.map(Arc::new), down.map(Arc::new));
+                planned_bytes += up.as_ref().map_or(0, |t| t.planned())
+                    + down.as_ref().map_or(0, |t| t.planned());
+                let progress = |t: &Option<Arc<Tracker>>| -> Arc<dyn Progress> {
+                    match t {
+                        Some(t) => t.clone() as Arc<dyn Progress>,
+                        None => Arc::new(()),
+                    }
+                };
+                let (up_progress, down_progress) = (progress(&up), progress(&down));
                 async move {
                     let r: Result<Done, ClientError> = async {
                         match op {
                             Operation::Upload { path, if_revision } => {
                                 let stat = stat_path(&local)?;
                                 let info = client
-                                    .put(&local, &path, Some(if_revision), Arc::new(()))
+                                    .put(&local, &path, Some(if_revision), up_progress)
                                     .await?;
                                 Ok(Done::Uploaded { path, info, stat })
                             }
                             Operation::Download { path, .. } => {
                                 let (info, stat) =
-                                    download(&client, &dir, &path, local, planned, local_copies)
+                                    download(&client, &dir, &path, local, planned, local_copies, down_progress)
                                         .await?;
                                 Ok(Done::Downloaded { path, info, stat })
                             }
@@ -618,14 +693,15 @@ impl SyncEngine {
                                 let copy_upload = if upload_copy {
                                     Some(
                                         client
-                                            .put(&copy_local, &copy, Some(0), Arc::new(()))
+                                            .put(&copy_local, &copy, Some(0), up_progress)
                                             .await?,
                                     )
                                 } else {
                                     None
                                 };
                                 let (info, stat) =
-                                    download(&client, &dir, &path, local, None, Vec::new()).await?;
+                                    download(&client, &dir, &path, local, None, Vec::new(), down_progress)
+                                        .await?;
                                 Ok(Done::Conflict {
                                     path,
                                     copy,
@@ -640,6 +716,9 @@ impl SyncEngine {
                         }
                     }
                     .await;
+                    for t in up.iter().chain(&down) {
+                        t.finish();
+                    }
                     vec![(path, r)]
                 }
             })
@@ -650,6 +729,7 @@ impl SyncEngine {
                 .into_iter()
                 .map(|f| Box::pin(f) as futures::future::BoxFuture<'static, _>),
         );
+        self.set_status(|s| s.bytes_pending = planned_bytes);
         let parallel = self.opts.parallel.max(1);
         let mut waiting = jobs.len();
         self.set_status(|s| s.in_flight = waiting.min(parallel) as u64);
@@ -713,6 +793,7 @@ impl SyncEngine {
                         }
                         self.record(&mut writes, &path, &info, stat);
                         self.set_status(|s| {
+                            s.conflicts += 1;
                             s.last_action =
                                 Some(format!("conflict on {path}: local version kept as {copy}"))
                         });
@@ -749,7 +830,9 @@ enum BatchSource {
 async fn upload_batch(
     client: FilesClient,
     items: Vec<(BatchSource, RemotePath, u64)>,
+    tracker: &Tracker,
 ) -> Vec<(RemotePath, Result<Done, ClientError>)> {
+    tracker.start(tracker.planned(), 0);
     let paths: Vec<RemotePath> = items.iter().map(|(_, p, _)| p.clone()).collect();
     let read = tokio::task::spawn_blocking(move || {
         items
@@ -797,6 +880,11 @@ async fn upload_batch(
     // its place, by `upload_batch_files`.
     let mut stats = Vec::with_capacity(read.len());
     let mut request = Vec::with_capacity(read.len());
+    let sending: u64 = read
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|(_, f)| f.data.len() as u64)
+        .sum();
     for r in read {
         let (stat, file) = match r {
             Ok((stat, file)) => (Some(stat), Ok(file)),
@@ -806,24 +894,28 @@ async fn upload_batch(
         request.push(file);
     }
     match client.upload_batch_files(request).await {
-        Ok(results) => paths
-            .into_iter()
-            .zip(stats)
-            .zip(results)
-            .map(|((path, stat), r)| {
-                let done = r.and_then(|info| {
-                    let stat = stat.ok_or_else(|| {
-                        ClientError::Protocol("a file that was not read has a result".into())
-                    })?;
-                    Ok(Done::Uploaded {
-                        path: path.clone(),
-                        info,
-                        stat,
-                    })
-                });
-                (path, done)
-            })
-            .collect(),
+        Ok(results) => {
+            // The server took the request: every file read went over.
+            tracker.moved(sending);
+            paths
+                .into_iter()
+                .zip(stats)
+                .zip(results)
+                .map(|((path, stat), r)| {
+                    let done = r.and_then(|info| {
+                        let stat = stat.ok_or_else(|| {
+                            ClientError::Protocol("a file that was not read has a result".into())
+                        })?;
+                        Ok(Done::Uploaded {
+                            path: path.clone(),
+                            info,
+                            stat,
+                        })
+                    });
+                    (path, done)
+                })
+                .collect()
+        }
         Err(e) => {
             let msg = e.to_string();
             let unreachable = e.is_unreachable();

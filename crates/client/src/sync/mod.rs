@@ -11,8 +11,10 @@ mod ignore;
 mod remote;
 mod scan;
 mod state;
+mod traffic;
 mod watcher;
 
 pub use distribusync_core::sync::Mode;
 pub use engine::{SyncEngine, SyncError, SyncOptions, SyncPhase, SyncStatus};
 pub use ignore::{BUILTIN as BUILTIN_IGNORES, IgnoreRules};
+pub use traffic::{Direction, Moving};

@@ -190,7 +190,8 @@ pub(crate) struct Parts {
     pub store: Option<Store>,
     pub compute: Option<ComputeService>,
     pub auth: Auth,
-    pub tls: Option<crate::TlsIdentity>,
+    /// Shared with the other listeners, so a reload reaches the page too.
+    pub tls: Option<crate::tls::SharedTls>,
     pub root: std::path::PathBuf,
 }
 
@@ -226,7 +227,7 @@ pub(crate) async fn start(
         shutdown: shutdown.clone(),
     };
     let app = router(web);
-    let acceptor = parts.tls.as_ref().map(crate::TlsIdentity::acceptor);
+    let acceptor = parts.tls;
     tracing::info!(%addr, tls = acceptor.is_some(), "serving the web page");
     let inner_tracker = tracker.clone();
     tracker.spawn(accept_loop(
@@ -272,7 +273,7 @@ pub(crate) struct Peer(pub SocketAddr);
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    acceptor: Option<crate::tls::SharedTls>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     max_connections: usize,
@@ -298,7 +299,8 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
-        let acceptor = acceptor.clone();
+        // The identity as it is now: a reload swaps it for new handshakes.
+        let acceptor = acceptor.as_ref().map(crate::tls::SharedTls::http1);
         let watcher = graceful.watcher();
         tracker.spawn(async move {
             let _permit = permit;

@@ -80,7 +80,7 @@ pub(crate) async fn run(
     listener: TcpListener,
     store: Store,
     auth: Auth,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::SharedTls>,
     config: WebDavConfig,
     shutdown: CancellationToken,
 ) {
@@ -115,8 +115,9 @@ pub(crate) async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (front, tls, shutdown, config) =
-            (front.clone(), tls.clone(), shutdown.clone(), config.clone());
+        // The identity as it is now: a reload swaps it for new handshakes.
+        let tls = tls.as_ref().map(crate::tls::SharedTls::http1);
+        let (front, shutdown, config) = (front.clone(), shutdown.clone(), config.clone());
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
