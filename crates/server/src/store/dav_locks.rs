@@ -146,7 +146,7 @@ fn blocker<'a>(
     deep: bool,
 ) -> Option<&'a LockRecord> {
     let held = |l: &LockRecord| {
-        pass.tokens.iter().any(|t| *t == l.token) && (ignore_principal || l.principal == pass.owner)
+        pass.tokens.contains(&l.token) && (ignore_principal || l.principal == pass.owner)
     };
     let mut holds = false;
     let mut shared = None;
