@@ -124,6 +124,7 @@ pub(crate) async fn delta_upload(
         modified,
         if_revision: begin.if_revision,
         base_revision: begin.base_revision,
+        locks: Default::default(),
     };
     let mut sources = view.delta_plan(&h).await?;
     let missing = sources.plan.missing_bitmap();

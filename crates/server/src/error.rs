@@ -58,6 +58,12 @@ pub enum ServiceError {
         owner: String,
         until: String,
     },
+    /// A LOCK past a bound of the WebDAV lock table.
+    #[error(
+        "token {who}: too many WebDAV locks (the limit is {limit}); unlock files no longer \
+         open, or wait for their locks to expire"
+    )]
+    TooManyLocks { who: String, limit: String },
     #[error("{0}")]
     OutOfRange(String),
     /// The operation cannot go on as asked, but the same request from the
@@ -183,7 +189,9 @@ impl ServiceError {
             ServiceError::OutsidePrefix { .. } => Code::PermissionDenied,
             ServiceError::Aborted(_) => Code::Aborted,
             ServiceError::TooLarge { .. } => Code::ResourceExhausted,
-            ServiceError::NoSpace { .. } => Code::ResourceExhausted,
+            ServiceError::NoSpace { .. } | ServiceError::TooManyLocks { .. } => {
+                Code::ResourceExhausted
+            }
             ServiceError::Unrecorded { source, .. } => source.code(),
             ServiceError::Io { .. } | ServiceError::Index(_) => Code::Internal,
             ServiceError::Database(_) => Code::Unavailable,

@@ -146,6 +146,7 @@ fn upload_header(h: v1::UploadHeader, trailer: bool) -> Result<(UploadHeader, bo
             if_revision: h.if_revision,
             offset: h.offset,
             resumable,
+            locks: Default::default(),
         },
         in_trailer,
     ))

@@ -5,118 +5,62 @@
 //! operations WebDAV makes (PUT, DELETE, MOVE, COPY) go through the same
 //! [`View`] methods as gRPC's, so sync clients see them as any other change.
 
-use std::collections::HashMap;
-use std::time::SystemTime;
-
 use distribusync_core::RemotePath;
 
-use super::{DeadProp, FileRecord, Store, View};
-use crate::error::{Result, ServiceError};
-
-/// A WebDAV lock as the rest of the server sees it: gRPC writes to a
-/// locked path are refused naming it (WebDAV requests are checked by
-/// `dav-server` itself, against the tokens they submit).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DavLockNote {
-    pub token: String,
-    /// Who took it (the token's name).
-    pub owner: String,
-    /// Covers everything under a folder too.
-    pub deep: bool,
-    pub until: Option<SystemTime>,
-}
-
-/// The WebDAV locks held, by full path (`None`: the server's root).
-/// Kept in memory: a lock is a short lease a client renews, and a restart
-/// ends them as it ends the connections that hold them.
-// A std Mutex: held for a map lookup, never across an await.
-#[derive(Debug, Default)]
-pub(crate) struct DavLocks(std::sync::Mutex<LockMap>);
-
-/// Locks by token: where each is and what it is.
-type LockMap = HashMap<String, (Option<RemotePath>, DavLockNote)>;
-
-impl DavLocks {
-    fn map(&self) -> std::sync::MutexGuard<'_, LockMap> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// True when a lock at `at` (deep or not) covers a write to `path`: the
-/// path itself, anything under a deep lock, anything a folder write at
-/// `path` would move or remove.
-fn covers(at: Option<&RemotePath>, note: &DavLockNote, path: &RemotePath) -> bool {
-    match at {
-        None => note.deep,
-        Some(at) => at == path || (note.deep && path.is_inside(at)) || at.is_inside(path),
-    }
-}
-
-impl Store {
-    /// Records a WebDAV lock (taken or refreshed).
-    pub fn note_dav_lock(&self, at: Option<RemotePath>, note: DavLockNote) {
-        self.inner
-            .dav_locks
-            .map()
-            .insert(note.token.clone(), (at, note));
-    }
-
-    /// Forgets the WebDAV lock with `token`, or every lock at or under
-    /// `at` (a resource deleted) when `token` is `None`.
-    pub fn drop_dav_lock(&self, at: Option<&RemotePath>, token: Option<&str>) {
-        self.inner.dav_locks.map().retain(|_, (p, n)| match token {
-            Some(t) => n.token != t,
-            None => match (at, p) {
-                (None, _) => false,
-                (Some(a), Some(p)) => !(p == a || p.is_inside(a)),
-                (Some(_), None) => true,
-            },
-        });
-    }
-
-    /// The first live WebDAV lock covering a write to one of `paths`.
-    ///
-    /// # Errors
-    /// [`ServiceError::Locked`] naming the path and the lock.
-    pub fn check_dav_locks(&self, paths: &[&RemotePath]) -> Result<()> {
-        let now = SystemTime::now();
-        let mut map = self.inner.dav_locks.map();
-        map.retain(|_, (_, n)| n.until.is_none_or(|u| u > now));
-        for path in paths {
-            if let Some((_, note)) = map.values().find(|(at, n)| covers(at.as_ref(), n, path)) {
-                return Err(ServiceError::Locked {
-                    path: (*path).clone(),
-                    token: note.token.clone(),
-                    owner: note.owner.clone(),
-                    until: note.until.map_or_else(
-                        || "it is unlocked".to_owned(),
-                        |u| {
-                            let left = u.duration_since(now).unwrap_or_default().as_secs();
-                            format!("it is unlocked or expires (in {left} s)")
-                        },
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-}
+use super::{DeadProp, FileRecord, Inner, Store, View};
+use crate::error::Result;
 
 /// What a path is, as WebDAV sees it.
 #[derive(Debug, Clone)]
 pub enum Entry {
     File(FileRecord),
     /// A folder holding files, or an (empty) MKCOL collection.
-    Folder,
+    Folder(FolderTimes),
+}
+
+/// A folder's dates (ns since the epoch), as WebDAV shows them; the store
+/// keeps no row per folder, so they come from where the folder lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FolderTimes {
+    /// The folder's modification time on disk: when an entry was last
+    /// added to it, removed or renamed in it (as `ls -l` and Apache's
+    /// mod_dav show it). `None` for a collection with nothing on disk.
+    pub modified_ns: Option<i64>,
+    /// When MKCOL made it, for a collection.
+    pub created_ns: Option<i64>,
+}
+
+impl FolderTimes {
+    /// The last modification: on disk, else the collection's creation.
+    pub fn modified(&self) -> Option<i64> {
+        self.modified_ns.or(self.created_ns)
+    }
+
+    /// The creation: the collection's, else the first time known.
+    pub fn created(&self) -> Option<i64> {
+        self.created_ns.or(self.modified_ns)
+    }
+}
+
+/// The dates of folder `path` (`None`: the server's root).
+fn folder_times(inner: &Inner, path: Option<&RemotePath>) -> Result<FolderTimes> {
+    let created_ns = match path {
+        Some(p) => inner.index.collection_created(p)?,
+        None => None,
+    };
+    Ok(FolderTimes {
+        modified_ns: inner.disk.folder_modified_ns(path),
+        created_ns,
+    })
 }
 
 impl Store {
     async fn dav<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&super::Index) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let s = self.clone();
-        self.run(move || f(&s.inner.index)).await
+        self.run(move || f(&s.inner)).await
     }
 }
 
@@ -127,21 +71,21 @@ impl View {
     /// # Errors
     /// [`crate::ServiceError::OutsidePrefix`], or the index's.
     pub async fn entry(&self, path: Option<&RemotePath>) -> Result<Option<Entry>> {
-        let Some(path) = path else {
-            return Ok(Some(Entry::Folder));
-        };
-        if self.who().prefix.as_ref() == Some(path) {
-            return Ok(Some(Entry::Folder));
+        let root = path.is_none() || self.who().prefix.as_ref() == path;
+        if !root && let Some(p) = path {
+            self.who().confine(p)?;
         }
-        self.who().confine(path)?;
-        let p = path.clone();
+        let p = path.cloned();
         self.store()
-            .dav(move |index| {
-                if let Some(f) = index.get(&p)? {
+            .dav(move |inner| {
+                let Some(p) = p else {
+                    return Ok(Some(Entry::Folder(folder_times(inner, None)?)));
+                };
+                if !root && let Some(f) = inner.index.get(&p)? {
                     return Ok(Some(Entry::File(f)));
                 }
-                if index.is_folder(&p)? || index.is_collection(&p)? {
-                    return Ok(Some(Entry::Folder));
+                if root || inner.index.is_folder(&p)? || inner.index.is_collection(&p)? {
+                    return Ok(Some(Entry::Folder(folder_times(inner, Some(&p))?)));
                 }
                 Ok(None)
             })
@@ -156,7 +100,7 @@ impl View {
     pub async fn children(
         &self,
         dir: Option<&RemotePath>,
-    ) -> Result<(Vec<FileRecord>, Vec<String>)> {
+    ) -> Result<(Vec<FileRecord>, Vec<(String, FolderTimes)>)> {
         if let Some(d) = dir
             && self.who().prefix.as_ref() != Some(d)
         {
@@ -164,14 +108,23 @@ impl View {
         }
         let d = dir.cloned();
         self.store()
-            .dav(move |index| {
+            .dav(move |inner| {
+                let index = &inner.index;
                 let (files, mut folders) = index.children(d.as_ref())?;
                 folders.extend(index.collections_in(d.as_ref())?);
                 folders.sort();
                 folders.dedup();
                 // A file and a collection of one name: the file wins.
                 folders.retain(|n| !files.iter().any(|f| f.path.file_name() == n));
-                Ok((files, folders))
+                let mut dated = Vec::with_capacity(folders.len());
+                for name in folders {
+                    let full = match &d {
+                        Some(d) => RemotePath::parse(&format!("{d}/{name}"))?,
+                        None => RemotePath::parse(&name)?,
+                    };
+                    dated.push((name, folder_times(inner, Some(&full))?));
+                }
+                Ok((files, dated))
             })
             .await
     }
@@ -184,7 +137,7 @@ impl View {
         self.who().confine(path)?;
         let p = path.clone();
         self.store()
-            .dav(move |index| index.add_collection(&p))
+            .dav(move |inner| inner.index.add_collection(&p))
             .await?;
         tracing::info!(%path, "collection made (WebDAV)");
         Ok(())
@@ -198,7 +151,9 @@ impl View {
     pub async fn forget_dav(&self, path: &RemotePath) -> Result<()> {
         self.who().confine(path)?;
         let p = path.clone();
-        self.store().dav(move |index| index.forget_dav(&p)).await
+        self.store()
+            .dav(move |inner| inner.index.forget_dav(&p))
+            .await
     }
 
     /// Moves collections and dead properties along with a MOVE.
@@ -209,7 +164,9 @@ impl View {
         self.who().confine(from)?;
         self.who().confine(to)?;
         let (f, t) = (from.clone(), to.clone());
-        self.store().dav(move |index| index.move_dav(&f, &t)).await
+        self.store()
+            .dav(move |inner| inner.index.move_dav(&f, &t))
+            .await
     }
 
     /// Copies a file's dead properties along with a COPY.
@@ -221,7 +178,7 @@ impl View {
         self.who().confine(to)?;
         let (f, t) = (from.clone(), to.clone());
         self.store()
-            .dav(move |index| index.copy_props(&f, &t))
+            .dav(move |inner| inner.index.copy_props(&f, &t))
             .await
     }
 
@@ -234,7 +191,7 @@ impl View {
         let Some(key) = self.prop_key(path)? else {
             return Ok(Vec::new());
         };
-        self.store().dav(move |index| index.props(&key)).await
+        self.store().dav(move |inner| inner.index.props(&key)).await
     }
 
     /// Sets and removes dead properties of `path`, all or nothing.
@@ -253,7 +210,7 @@ impl View {
             ));
         };
         self.store()
-            .dav(move |index| index.patch_props(&key, &patch))
+            .dav(move |inner| inner.index.patch_props(&key, &patch))
             .await
     }
 

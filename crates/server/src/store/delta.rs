@@ -74,6 +74,8 @@ pub struct DeltaHeader {
     pub modified: SystemTime,
     pub if_revision: Option<Revision>,
     pub base_revision: Option<Revision>,
+    /// As [`UploadHeader::locks`].
+    pub locks: super::LockPass,
 }
 
 impl Store {
@@ -533,6 +535,7 @@ impl DeltaWrite {
             if_revision: h.if_revision,
             offset: 0,
             resumable: false,
+            locks: h.locks.clone(),
         };
         let staged = self.staged.path.clone().ok_or_else(gone)?;
         let record = self

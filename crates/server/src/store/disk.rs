@@ -330,6 +330,23 @@ impl Disk {
         rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
     }
 
+    /// The modification time (ns since the epoch) of folder `path` (`None`:
+    /// the root) on disk: when an entry was last added, removed or renamed
+    /// in it. `None` when it is no folder (or not reachable without a link).
+    pub fn folder_modified_ns(&self, path: Option<&RemotePath>) -> Option<i64> {
+        let st = match path {
+            None => rustix::fs::fstat(&*self.root_fd).ok()?,
+            Some(p) => {
+                if self.kind(p).ok()? != Kind::Folder {
+                    return None;
+                }
+                self.lstat(p.as_str()).ok()?
+            }
+        };
+        let ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
+        i64::try_from(ns).ok()
+    }
+
     /// fsyncs a folder (`None`: the root) so a rename or creation inside it
     /// is durable.
     pub fn sync_folder(&self, folder: Option<&RemotePath>) -> Result<()> {

@@ -81,7 +81,19 @@ CREATE TABLE IF NOT EXISTS changes (
     folder INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dav_collections (
-    path TEXT PRIMARY KEY NOT NULL
+    path TEXT PRIMARY KEY NOT NULL,
+    created_ns INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dav_locks (
+    token TEXT PRIMARY KEY NOT NULL,
+    path TEXT,
+    url TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    owner_xml BLOB,
+    shared INTEGER NOT NULL,
+    deep INTEGER NOT NULL,
+    timeout_s INTEGER NOT NULL,
+    until_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dav_props (
     path TEXT NOT NULL,
@@ -172,6 +184,7 @@ impl Index {
         check_path_length(path)?;
         let conn = Connection::open(path)?;
         conn.execute_batch(SCHEMA)?;
+        dav::migrate(&conn)?;
         conn.execute_batch(super::chunks::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -416,6 +429,10 @@ impl Index {
             };
             change.seq = Self::append(&tx, &change)?;
             tx.execute("DELETE FROM files WHERE path = ?1", [path.as_str()])?;
+            // Its dead properties go with it, and those of folders it
+            // was the last file of.
+            tx.execute("DELETE FROM dav_props WHERE path = ?1", [path.as_str()])?;
+            dav::drop_vanished_folder_props(&tx, path)?;
             self.prune(&tx, change.seq)?;
             tx.commit()?;
             Ok(change)
@@ -516,6 +533,14 @@ impl Index {
                     params![new.as_str(), to_i64(seq), f.path.as_str()],
                 )?;
             }
+            // Dead properties (and, for a folder, the collections inside
+            // it) follow.
+            if folder {
+                dav::move_dav_rows(&tx, from, to)?;
+            } else {
+                dav::move_file_props(&tx, from, to)?;
+            }
+            dav::drop_vanished_folder_props(&tx, from)?;
             tx.execute(
                 "DELETE FROM pending_renames WHERE from_path = ?1 AND to_path = ?2",
                 [from.as_str(), to.as_str()],

@@ -9,6 +9,7 @@
 mod backend;
 mod chunks;
 mod dav;
+mod dav_locks;
 mod delta;
 mod disk;
 mod index;
@@ -30,7 +31,8 @@ pub use backend::{
     check_rename_paths,
 };
 pub use chunks::{ChunkIndex, ChunkLocation};
-pub use dav::{DavLockNote, Entry};
+pub use dav::{Entry, FolderTimes};
+pub use dav_locks::{LockLimits, LockPass, LockRecord, NewLock};
 pub use delta::{DeltaHeader, DeltaSources, DeltaWrite};
 pub use disk::Kind;
 pub use index::backend::LocalMetadata;
@@ -158,8 +160,8 @@ struct Inner {
     /// the upload told the kernel not to cache). Only a shortcut: lost at a
     /// restart, and the whole file's hash is checked at the end anyway.
     part_hashes: std::sync::Mutex<PartHashes>,
-    /// WebDAV locks, which gRPC writes respect too.
-    dav_locks: dav::DavLocks,
+    /// WebDAV locks, which every write obeys when it commits.
+    dav_locks: dav_locks::DavLocks,
 }
 
 /// Hash state (and byte count) of kept upload parts, by part name.
@@ -232,6 +234,7 @@ impl Store {
         let store = blocking(move || {
             let disk = Disk::open(&root)?;
             let index = Index::open(&disk.meta_dir().join("index.db"), config.max_changes)?;
+            let dav_locks = dav_locks::DavLocks::new(index.load_locks()?);
             let (changes, _) = broadcast::channel(1024);
             Ok(Self {
                 inner: Arc::new(Inner {
@@ -242,7 +245,7 @@ impl Store {
                     max_file_size: config.max_file_size.into(),
                     config,
                     part_hashes: Default::default(),
-                    dav_locks: Default::default(),
+                    dav_locks,
                 }),
             })
         })
@@ -715,7 +718,11 @@ impl Store {
             for (i, ((h, file), current)) in staged.iter().zip(current).enumerate() {
                 // The disk says whether a folder is in the way (folders exist
                 // only while files are in them, so it agrees with the index).
-                let attempt = check_revision(&h.path, current.as_ref(), h.if_revision)
+                // Under the path lock, just before the install: a WebDAV
+                // lock taken while the data arrived is obeyed.
+                let attempt = s
+                    .obey_dav_locks(&[&h.path], &h.locks)
+                    .and_then(|()| check_revision(&h.path, current.as_ref(), h.if_revision))
                     .and_then(|()| disk.install(file, &h.path, &mut checked));
                 match attempt {
                     Ok(folder) => {
@@ -964,13 +971,21 @@ impl Store {
     /// Deletes a file.
     ///
     /// # Errors
-    /// NotFound, a revision mismatch, or a folder at `path`.
-    pub async fn delete(&self, path: &RemotePath, if_revision: Option<Revision>) -> Result<u64> {
+    /// NotFound, a revision mismatch, a folder at `path`, or a WebDAV
+    /// lock `pass` does not hold.
+    pub async fn delete(
+        &self,
+        path: &RemotePath,
+        if_revision: Option<Revision>,
+        pass: &LockPass,
+    ) -> Result<u64> {
         let _guard = self.inner.locks.lock(&[path]).await;
         let s = self.clone();
         let p = path.clone();
+        let pass = pass.clone();
         let change = self
             .run(move || {
+                s.obey_dav_locks(&[&p], &pass)?;
                 let Inner { disk, index, .. } = &*s.inner;
                 let current = index.get(&p)?;
                 if current.is_none() {
@@ -1006,13 +1021,15 @@ impl Store {
     /// # Errors
     /// NotFound for a missing source; AlreadyExists when `to` exists and
     /// `overwrite` is false (a folder is never overwritten); InvalidArgument
-    /// for a rename onto itself or into itself.
+    /// for a rename onto itself or into itself; a WebDAV lock `pass` does
+    /// not hold on either end (or inside a folder).
     pub async fn rename(
         &self,
         from: &RemotePath,
         to: &RemotePath,
         overwrite: bool,
         if_revision: Option<Revision>,
+        pass: &LockPass,
     ) -> Result<(u64, u64)> {
         if from == to {
             return Err(ServiceError::InvalidArgument(format!(
@@ -1030,8 +1047,10 @@ impl Store {
         let _guard = self.inner.locks.lock(&[from, to]).await;
         let s = self.clone();
         let (f, t) = (from.clone(), to.clone());
+        let pass = pass.clone();
         let (change, moved) = self
             .run(move || {
+                s.obey_dav_locks(&[&f, &t], &pass)?;
                 let Inner { disk, index, .. } = &*s.inner;
                 let file = index.get(&f)?;
                 let folder = file.is_none() && index.is_folder(&f)?;

@@ -27,6 +27,11 @@ pub struct UploadHeader {
     /// Whether a later request can name this upload (the client sent its
     /// modified time), so an interrupted one is worth keeping.
     pub resumable: bool,
+    /// The WebDAV lock tokens the write may pass (set by the [`View`]
+    /// that begins it; see `store/dav_locks.rs`).
+    ///
+    /// [`View`]: super::View
+    pub locks: super::LockPass,
 }
 
 /// An upload being received. Chunks are written and hashed on the blocking

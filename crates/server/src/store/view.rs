@@ -12,8 +12,8 @@
 use distribusync_core::{RemotePath, Revision};
 
 use super::{
-    ChangeOp, ChangeRecord, DeltaHeader, DeltaSources, DeltaWrite, FileRecord, Store, Upload,
-    UploadHeader,
+    ChangeOp, ChangeRecord, DeltaHeader, DeltaSources, DeltaWrite, FileRecord, LockPass, Store,
+    Upload, UploadHeader,
 };
 use crate::auth::Identity;
 use crate::error::{Result, ServiceError};
@@ -26,9 +26,9 @@ const RENAME_PAGE: u32 = 1000;
 pub struct View {
     store: Store,
     who: Identity,
-    /// Requests from WebDAV: its locks were checked by `dav-server`
-    /// against the lock tokens the request submitted.
-    webdav: bool,
+    /// The WebDAV lock tokens this caller's writes may pass (a WebDAV
+    /// request's, from its `If` header; none for anyone else).
+    locks: LockPass,
 }
 
 /// True when `a` and `b` are equal or one lies inside the other.
@@ -41,27 +41,36 @@ impl Store {
     pub fn view(&self, who: Identity) -> View {
         View {
             store: self.clone(),
+            locks: LockPass {
+                owner: who.name.to_string(),
+                tokens: Vec::new(),
+            },
             who,
-            webdav: false,
         }
     }
 }
 
 impl View {
-    /// This view for WebDAV requests (see [`View::webdav`]).
+    /// This view for a WebDAV request that submitted these lock tokens.
     #[must_use]
-    pub fn for_webdav(mut self) -> View {
-        self.webdav = true;
+    pub fn with_lock_tokens(mut self, tokens: Vec<String>) -> View {
+        self.locks.tokens = tokens;
         self
     }
 
-    /// Refuses a write to a path a WebDAV client holds locked (WebDAV's
-    /// own requests are checked by `dav-server`).
+    /// This view, also passing the lock `token` (one this request was
+    /// just granted).
+    #[must_use]
+    pub fn passing(mut self, token: String) -> View {
+        self.locks.tokens.push(token);
+        self
+    }
+
+    /// Refuses up front a write to a path a WebDAV lock this caller does
+    /// not hold covers (a fast answer: the store checks again when the
+    /// write commits).
     fn unlocked(&self, paths: &[&RemotePath]) -> Result<()> {
-        if self.webdav {
-            return Ok(());
-        }
-        self.store.check_dav_locks(paths)
+        self.store.obey_dav_locks(paths, &self.locks)
     }
 
     pub fn who(&self) -> &Identity {
@@ -76,9 +85,10 @@ impl View {
     ///
     /// # Errors
     /// [`ServiceError::OutsidePrefix`], or the store's.
-    pub async fn begin_upload(&self, header: UploadHeader) -> Result<Upload> {
+    pub async fn begin_upload(&self, mut header: UploadHeader) -> Result<Upload> {
         self.who.confine(&header.path)?;
         self.unlocked(&[&header.path])?;
+        header.locks = self.locks.clone();
         self.store.begin_upload(header).await
     }
 
@@ -107,7 +117,8 @@ impl View {
     ) -> Result<Vec<Result<FileRecord>>> {
         let mut slots: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(files.len());
         let mut inside = Vec::with_capacity(files.len());
-        for f in files {
+        for mut f in files {
+            f.0.locks = self.locks.clone();
             match self
                 .who
                 .confine(&f.0.path)
@@ -151,10 +162,12 @@ impl View {
     /// [`ServiceError::OutsidePrefix`], or the store's.
     pub async fn begin_delta(
         &self,
-        header: DeltaHeader,
+        mut header: DeltaHeader,
         sources: DeltaSources,
     ) -> Result<DeltaWrite> {
         self.who.confine(&header.path)?;
+        self.unlocked(&[&header.path])?;
+        header.locks = self.locks.clone();
         self.store.begin_delta(header, sources).await
     }
 
@@ -223,7 +236,7 @@ impl View {
     pub async fn delete(&self, path: &RemotePath, if_revision: Option<Revision>) -> Result<u64> {
         self.who.confine(path)?;
         self.unlocked(&[path])?;
-        self.store.delete(path, if_revision).await
+        self.store.delete(path, if_revision, &self.locks).await
     }
 
     /// See [`Store::rename`]: both ends must lie inside the folder.
@@ -240,7 +253,9 @@ impl View {
         self.who.confine(from)?;
         self.who.confine(to)?;
         self.unlocked(&[from, to])?;
-        self.store.rename(from, to, overwrite, if_revision).await
+        self.store
+            .rename(from, to, overwrite, if_revision, &self.locks)
+            .await
     }
 
     /// What `prefix` (a List's) lists for this caller: `None` when nothing

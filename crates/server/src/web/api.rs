@@ -398,6 +398,7 @@ pub(crate) async fn upload(
         if_revision: None,
         offset: q.offset,
         resumable: true,
+        locks: Default::default(),
     };
     let missing = q.size.saturating_sub(q.offset);
     if let Some(free) = free_space(web.store()?.root()).await

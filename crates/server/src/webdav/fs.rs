@@ -22,8 +22,9 @@ use distribusync_core::{ContentHash, RemotePath, Revision};
 use futures::FutureExt;
 use http::StatusCode;
 
+use super::Said;
 use crate::ServiceError;
-use crate::store::{Entry, FileRecord, Upload, UploadHeader, View};
+use crate::store::{Entry, FileRecord, FolderTimes, Upload, UploadHeader, View};
 
 /// Bytes read per step of a COPY.
 const COPY_STEP: usize = 1 << 20;
@@ -34,6 +35,11 @@ pub(crate) struct DavFs {
     pub view: View,
     /// From a PUT's If-Match: checked again when the upload commits.
     pub if_revision: Option<Revision>,
+    /// Where a refusal's reason goes, for the answer's body.
+    pub said: Said,
+    /// A LOCK request: a write it opens is the empty file a LOCK of an
+    /// unmapped URL makes.
+    pub lock_request: bool,
 }
 
 /// The ETag of a file: its content hash (shortened) and revision.
@@ -74,6 +80,17 @@ pub(crate) fn remote_path(
     Ok(Some(RemotePath::normalized(&full)?))
 }
 
+/// [`fs_error`], telling `said` the reason (which names the path, the
+/// limit and the numbers) for the answer's body. Not for a missing path:
+/// `dav-server` asks about paths that may not exist on its way to
+/// success, and its answer for one that must is its own.
+fn told(said: &Said, e: ServiceError) -> FsError {
+    if !matches!(e, ServiceError::NotFound(_)) {
+        said.say(None, e.to_string());
+    }
+    fs_error(e)
+}
+
 /// The status class of a store error, logged with its full text (which
 /// names the path and the cause).
 fn fs_error(e: ServiceError) -> FsError {
@@ -96,10 +113,27 @@ fn fs_error(e: ServiceError) -> FsError {
     mapped
 }
 
-/// Metadata of a file or folder.
+/// Metadata of a file or of a folder (`file: None`).
 #[derive(Debug, Clone)]
 struct Meta {
     file: Option<FileRecord>,
+    folder: FolderTimes,
+}
+
+impl Meta {
+    fn file(f: FileRecord) -> Self {
+        Self {
+            file: Some(f),
+            folder: FolderTimes::default(),
+        }
+    }
+
+    fn folder(times: FolderTimes) -> Self {
+        Self {
+            file: None,
+            folder: times,
+        }
+    }
 }
 
 fn time_of(ns: i64) -> SystemTime {
@@ -116,11 +150,27 @@ impl DavMetaData for Meta {
     }
 
     fn modified(&self) -> FsResult<SystemTime> {
-        // Folders have no time of their own in the store.
-        Ok(self
-            .file
-            .as_ref()
-            .map_or(SystemTime::UNIX_EPOCH, |f| time_of(f.modified_ns)))
+        match &self.file {
+            Some(f) => Ok(time_of(f.modified_ns)),
+            // A date unknown is left out rather than shown as 1970.
+            None => self
+                .folder
+                .modified()
+                .map(time_of)
+                .ok_or(FsError::NotImplemented),
+        }
+    }
+
+    fn created(&self) -> FsResult<SystemTime> {
+        match &self.file {
+            // The store keeps no creation time of a file.
+            Some(_) => Err(FsError::NotImplemented),
+            None => self
+                .folder
+                .created()
+                .map(time_of)
+                .ok_or(FsError::NotImplemented),
+        }
     }
 
     fn is_dir(&self) -> bool {
@@ -176,6 +226,7 @@ struct ReadFile {
 /// A file being written by PUT.
 #[derive(Debug)]
 struct WriteFile {
+    said: Said,
     upload: Option<Upload>,
     record: Option<FileRecord>,
     /// Body frames (often a few KiB each) gathered into steps of
@@ -188,9 +239,7 @@ const WRITE_STEP: usize = 1 << 20;
 
 impl DavFile for ReadFile {
     fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
-        let m: Box<dyn DavMetaData> = Box::new(Meta {
-            file: Some(self.record.clone()),
-        });
+        let m: Box<dyn DavMetaData> = Box::new(Meta::file(self.record.clone()));
         Box::pin(std::future::ready(Ok(m)))
     }
 
@@ -251,9 +300,7 @@ impl DavFile for ReadFile {
 impl DavFile for WriteFile {
     fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
         let r: FsResult<Box<dyn DavMetaData>> = match &self.record {
-            Some(f) => Ok(Box::new(Meta {
-                file: Some(f.clone()),
-            })),
+            Some(f) => Ok(Box::new(Meta::file(f.clone()))),
             None => Err(FsError::NotFound),
         };
         Box::pin(std::future::ready(r))
@@ -274,7 +321,11 @@ impl DavFile for WriteFile {
         async move {
             if self.pending.is_empty() && buf.len() >= WRITE_STEP {
                 let upload = self.upload.as_mut().ok_or(FsError::GeneralFailure)?;
-                return upload.write(Vec::from(buf)).await.map_err(fs_error);
+                let said = &self.said;
+                return upload
+                    .write(Vec::from(buf))
+                    .await
+                    .map_err(|e| told(said, e));
             }
             self.pending.extend_from_slice(&buf);
             if self.pending.len() >= WRITE_STEP {
@@ -304,7 +355,7 @@ impl DavFile for WriteFile {
             let Some(upload) = self.upload.take() else {
                 return Ok(());
             };
-            let record = upload.finish().await.map_err(fs_error)?;
+            let record = upload.finish().await.map_err(|e| told(&self.said, e))?;
             self.record = Some(record);
             Ok(())
         }
@@ -319,7 +370,8 @@ impl WriteFile {
         }
         let data = std::mem::replace(&mut self.pending, Vec::with_capacity(WRITE_STEP));
         let upload = self.upload.as_mut().ok_or(FsError::GeneralFailure)?;
-        upload.write(data).await.map_err(fs_error)
+        let said = &self.said;
+        upload.write(data).await.map_err(|e| told(said, e))
     }
 }
 
@@ -331,7 +383,12 @@ fn free_space(root: &std::path::Path) -> Option<u64> {
 
 impl DavFs {
     fn path(&self, p: &DavPath) -> FsResult<Option<RemotePath>> {
-        remote_path(p.as_bytes(), self.view.who().prefix.as_ref()).map_err(fs_error)
+        remote_path(p.as_bytes(), self.view.who().prefix.as_ref()).map_err(|e| self.fail(e))
+    }
+
+    /// [`told`], to this request's [`Said`].
+    fn fail(&self, e: ServiceError) -> FsError {
+        told(&self.said, e)
     }
 
     /// True for the caller's root.
@@ -340,7 +397,7 @@ impl DavFs {
     }
 
     async fn entry(&self, p: Option<&RemotePath>) -> FsResult<Option<Entry>> {
-        self.view.entry(p).await.map_err(fs_error)
+        self.view.entry(p).await.map_err(|e| self.fail(e))
     }
 
     /// The folder `p` is in must exist (RFC 4918: else 409).
@@ -350,14 +407,14 @@ impl DavFs {
             return Ok(());
         }
         match self.entry(parent.as_ref()).await? {
-            Some(Entry::Folder) => Ok(()),
+            Some(Entry::Folder(_)) => Ok(()),
             _ => Err(FsError::NotFound),
         }
     }
 
     async fn open_write(&self, p: RemotePath, options: OpenOptions) -> FsResult<WriteFile> {
         let exists = match self.entry(Some(&p)).await? {
-            Some(Entry::Folder) => return Err(FsError::Forbidden),
+            Some(Entry::Folder(_)) => return Err(FsError::Forbidden),
             Some(Entry::File(_)) => true,
             None => false,
         };
@@ -371,14 +428,14 @@ impl DavFs {
         let max = self.view.store().max_file_size();
         if let Some(size) = options.size {
             if size > max {
-                return Err(fs_error(ServiceError::TooLarge {
+                return Err(self.fail(ServiceError::TooLarge {
                     what: format!("{}: size {size} bytes", p.shown()),
                     limit: format!("{max} bytes (max file size)"),
                 }));
             }
             // Refused before a byte is read: the body would fill the disk.
             if free_space(self.view.store().root()).is_some_and(|free| size > free) {
-                return Err(fs_error(ServiceError::NoSpace {
+                return Err(self.fail(ServiceError::NoSpace {
                     disk: Some(self.view.store().root().display().to_string()),
                     context: format!("{}: {size} bytes announced", p.shown()),
                 }));
@@ -392,21 +449,51 @@ impl DavFs {
             if_revision: self.if_revision,
             offset: 0,
             resumable: false,
+            locks: Default::default(),
         };
-        let mut upload = self.view.begin_upload(header).await.map_err(fs_error)?;
+        if self.lock_request {
+            return self.make_empty(header).await;
+        }
+        let mut upload = self
+            .view
+            .begin_upload(header)
+            .await
+            .map_err(|e| self.fail(e))?;
         upload.unannounced(options.size.is_some());
         Ok(WriteFile {
+            said: self.said.clone(),
             upload: Some(upload),
             record: None,
             pending: Vec::new(),
         })
     }
 
+    /// The empty file a LOCK of an unmapped URL makes (RFC 4918 §7.3),
+    /// written under the lock this request was just granted.
+    async fn make_empty(&self, header: UploadHeader) -> FsResult<WriteFile> {
+        let mut view = self.view.clone();
+        for token in self.said.granted() {
+            view = view.passing(token);
+        }
+        let mut upload = view
+            .begin_upload(UploadHeader { size: 0, ..header })
+            .await
+            .map_err(|e| self.fail(e))?;
+        upload.unannounced(true);
+        let record = upload.finish().await.map_err(|e| self.fail(e))?;
+        Ok(WriteFile {
+            said: self.said.clone(),
+            upload: None,
+            record: Some(record),
+            pending: Vec::new(),
+        })
+    }
+
     async fn copy_file(&self, from: &RemotePath, to: &RemotePath) -> FsResult<()> {
-        if let Some(Entry::Folder) = self.entry(Some(to)).await? {
+        if let Some(Entry::Folder(_)) = self.entry(Some(to)).await? {
             return Err(FsError::Exists);
         }
-        let (record, file) = self.view.open_read(from).await.map_err(fs_error)?;
+        let (record, file) = self.view.open_read(from).await.map_err(|e| self.fail(e))?;
         let header = UploadHeader {
             path: to.clone(),
             size: record.size,
@@ -416,8 +503,13 @@ impl DavFs {
             if_revision: None,
             offset: 0,
             resumable: false,
+            locks: Default::default(),
         };
-        let mut upload = self.view.begin_upload(header).await.map_err(fs_error)?;
+        let mut upload = self
+            .view
+            .begin_upload(header)
+            .await
+            .map_err(|e| self.fail(e))?;
         let file = std::sync::Arc::new(file);
         let mut pos = 0u64;
         while pos < record.size {
@@ -431,15 +523,18 @@ impl DavFs {
             })
             .await
             .map_err(|_| FsError::GeneralFailure)?
-            .map_err(|e| fs_error(ServiceError::io(from.to_string(), e)))?;
+            .map_err(|e| self.fail(ServiceError::io(from.to_string(), e)))?;
             if chunk.is_empty() {
                 break;
             }
             pos += chunk.len() as u64;
-            upload.write(chunk).await.map_err(fs_error)?;
+            upload.write(chunk).await.map_err(|e| self.fail(e))?;
         }
-        upload.finish().await.map_err(fs_error)?;
-        self.view.copy_props(from, to).await.map_err(fs_error)
+        upload.finish().await.map_err(|e| self.fail(e))?;
+        self.view
+            .copy_props(from, to)
+            .await
+            .map_err(|e| self.fail(e))
     }
 }
 
@@ -458,7 +553,7 @@ impl DavFileSystem for DavFs {
                 let f: Box<dyn DavFile> = Box::new(self.open_write(p, options).await?);
                 return Ok(f);
             }
-            let (record, file) = self.view.open_read(&p).await.map_err(fs_error)?;
+            let (record, file) = self.view.open_read(&p).await.map_err(|e| self.fail(e))?;
             advise_sequential_read(&file);
             let f: Box<dyn DavFile> = Box::new(ReadFile {
                 record,
@@ -478,23 +573,27 @@ impl DavFileSystem for DavFs {
         async move {
             let p = self.path(path)?;
             match self.entry(p.as_ref()).await? {
-                Some(Entry::Folder) => {}
+                Some(Entry::Folder(_)) => {}
                 Some(Entry::File(_)) => return Err(FsError::Forbidden),
                 None => return Err(FsError::NotFound),
             }
-            let (files, folders) = self.view.children(p.as_ref()).await.map_err(fs_error)?;
+            let (files, folders) = self
+                .view
+                .children(p.as_ref())
+                .await
+                .map_err(|e| self.fail(e))?;
             let mut entries: Vec<FsResult<Box<dyn DavDirEntry>>> =
                 Vec::with_capacity(files.len() + folders.len());
-            for name in folders {
+            for (name, times) in folders {
                 entries.push(Ok(Box::new(DirEntry {
                     name,
-                    meta: Meta { file: None },
+                    meta: Meta::folder(times),
                 })));
             }
             for f in files {
                 entries.push(Ok(Box::new(DirEntry {
                     name: f.path.file_name().to_owned(),
-                    meta: Meta { file: Some(f) },
+                    meta: Meta::file(f),
                 })));
             }
             let s: FsStream<Box<dyn DavDirEntry>> = Box::pin(futures::stream::iter(entries));
@@ -507,8 +606,8 @@ impl DavFileSystem for DavFs {
         async move {
             let p = self.path(path)?;
             let m: Box<dyn DavMetaData> = match self.entry(p.as_ref()).await? {
-                Some(Entry::File(f)) => Box::new(Meta { file: Some(f) }),
-                Some(Entry::Folder) => Box::new(Meta { file: None }),
+                Some(Entry::File(f)) => Box::new(Meta::file(f)),
+                Some(Entry::Folder(times)) => Box::new(Meta::folder(times)),
                 None => return Err(FsError::NotFound),
             };
             Ok(m)
@@ -526,7 +625,10 @@ impl DavFileSystem for DavFs {
                 return Err(FsError::Exists);
             }
             self.parent_exists(&p).await?;
-            self.view.make_collection(&p).await.map_err(fs_error)
+            self.view
+                .make_collection(&p)
+                .await
+                .map_err(|e| self.fail(e))
         }
         .boxed()
     }
@@ -538,17 +640,21 @@ impl DavFileSystem for DavFs {
                 return Err(FsError::Forbidden);
             };
             match self.entry(Some(&p)).await? {
-                Some(Entry::Folder) => {}
+                Some(Entry::Folder(_)) => {}
                 Some(Entry::File(_)) => return Err(FsError::Forbidden),
                 None => return Err(FsError::NotFound),
             }
             // dav-server deletes the files first; one that arrived since
             // keeps the folder.
-            let (files, folders) = self.view.children(Some(&p)).await.map_err(fs_error)?;
+            let (files, folders) = self
+                .view
+                .children(Some(&p))
+                .await
+                .map_err(|e| self.fail(e))?;
             if !files.is_empty() || !folders.is_empty() {
                 return Err(FsError::Exists);
             }
-            self.view.forget_dav(&p).await.map_err(fs_error)
+            self.view.forget_dav(&p).await.map_err(|e| self.fail(e))
         }
         .boxed()
     }
@@ -556,8 +662,9 @@ impl DavFileSystem for DavFs {
     fn remove_file<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
         async move {
             let p = self.path(path)?.ok_or(FsError::Forbidden)?;
-            self.view.delete(&p, None).await.map_err(fs_error)?;
-            self.view.forget_dav(&p).await.map_err(fs_error)
+            // Its dead properties go in the same transaction.
+            self.view.delete(&p, None).await.map_err(|e| self.fail(e))?;
+            Ok(())
         }
         .boxed()
     }
@@ -569,21 +676,25 @@ impl DavFileSystem for DavFs {
             if self.is_root(Some(&f)) || self.is_root(Some(&t)) {
                 return Err(FsError::Forbidden);
             }
+            // A rename moves dead properties (and a folder's collections)
+            // in its own transaction.
             match self.entry(Some(&f)).await? {
-                None => return Err(FsError::NotFound),
-                Some(Entry::File(_)) => {
-                    self.view
-                        .rename(&f, &t, true, None)
-                        .await
-                        .map_err(fs_error)?;
-                }
-                Some(Entry::Folder) => match self.view.rename(&f, &t, false, None).await {
-                    // Only an (empty) collection: nothing on disk to move.
-                    Ok(_) | Err(ServiceError::NotFound(_)) => {}
-                    Err(e) => return Err(fs_error(e)),
+                None => Err(FsError::NotFound),
+                Some(Entry::File(_)) => self
+                    .view
+                    .rename(&f, &t, true, None)
+                    .await
+                    .map(drop)
+                    .map_err(|e| self.fail(e)),
+                Some(Entry::Folder(_)) => match self.view.rename(&f, &t, false, None).await {
+                    Ok(_) => Ok(()),
+                    // Only (empty) collections: nothing on disk to move.
+                    Err(ServiceError::NotFound(_)) => {
+                        self.view.move_dav(&f, &t).await.map_err(|e| self.fail(e))
+                    }
+                    Err(e) => Err(self.fail(e)),
                 },
             }
-            self.view.move_dav(&f, &t).await.map_err(fs_error)
         }
         .boxed()
     }
@@ -629,7 +740,7 @@ impl DavFileSystem for DavFs {
             self.view
                 .patch_props(p.as_ref(), changes)
                 .await
-                .map_err(fs_error)?;
+                .map_err(|e| self.fail(e))?;
             Ok(answer)
         }
         .boxed()
@@ -638,7 +749,11 @@ impl DavFileSystem for DavFs {
     fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
         async move {
             let p = self.path(path)?;
-            let props = self.view.props(p.as_ref()).await.map_err(fs_error)?;
+            let props = self
+                .view
+                .props(p.as_ref())
+                .await
+                .map_err(|e| self.fail(e))?;
             Ok(props
                 .into_iter()
                 .map(|d| DavProp {
@@ -656,7 +771,11 @@ impl DavFileSystem for DavFs {
         async move {
             let p = self.path(path)?;
             let ns = prop.namespace.unwrap_or_default();
-            let props = self.view.props(p.as_ref()).await.map_err(fs_error)?;
+            let props = self
+                .view
+                .props(p.as_ref())
+                .await
+                .map_err(|e| self.fail(e))?;
             props
                 .into_iter()
                 .find(|d| d.ns == ns && d.name == prop.name)

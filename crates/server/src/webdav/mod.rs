@@ -11,20 +11,23 @@
 //! method that changes anything needs `write` (403 naming the scope). Every
 //! path in the URL and in `Destination` is checked by the store's path
 //! rules before anything runs: a hostile one is 400 naming it. A token's
-//! folder is the root it sees. Locks are recorded by full path, so every
-//! caller sees the same lock, and gRPC writes to a locked path are refused.
+//! folder is the root it sees. Locks live in the store's one table
+//! ([`locks::LockFront`]), so every caller sees the same lock and every
+//! write, whoever sends it, obeys it when it commits. A refusal names what
+//! it refuses in a short text body ([`Said`]): `dav-server` answers its
+//! errors with none. A partial PUT (`Content-Range`) is refused 400 (RFC
+//! 9110 §14.5): the store installs only whole versions.
 
 mod fs;
+mod locks;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dav_server::body::Body;
+use dav_server::body::{Body, BodyType};
 use dav_server::davpath::DavPath;
-use dav_server::ls::{DavLock, DavLockSystem, LsFuture};
-use dav_server::memls::MemLs;
 use dav_server::{DavConfig, DavHandler};
 use distribusync_core::RemotePath;
 use distribusync_core::token::Scope;
@@ -36,7 +39,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, Identity, Refusal};
-use crate::store::{DavLockNote, Store};
+use crate::store::{LockLimits, Store};
 use fs::{DavFs, remote_path, revision_of_etag};
 
 /// Most entries a PROPFIND with `Depth: infinity` may cover; beyond it the
@@ -54,14 +57,101 @@ pub struct WebDavConfig {
     pub header_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most WebDAV locks alive at once on the server; past it a LOCK is
+    /// 503 naming the limit.
+    pub max_locks: usize,
+    /// Most WebDAV locks alive at once per token name.
+    pub max_locks_per_token: usize,
+    /// The longest a lock lives without a refresh (what a LOCK without
+    /// Timeout, or with `Infinite`, gets).
+    pub max_lock_lifetime: Duration,
 }
 
 impl Default for WebDavConfig {
     fn default() -> Self {
+        let locks = LockLimits::default();
         Self {
             header_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_locks: locks.max_locks,
+            max_locks_per_token: locks.max_per_token,
+            max_lock_lifetime: locks.max_lifetime,
         }
+    }
+}
+
+impl WebDavConfig {
+    fn lock_limits(&self) -> LockLimits {
+        LockLimits {
+            max_locks: self.max_locks.max(1),
+            max_per_token: self.max_locks_per_token.max(1),
+            max_lifetime: self.max_lock_lifetime.max(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// What the file system and the lock table tell each other and the
+/// front while `dav-server` runs one request: why it was refused (its own
+/// error answers carry no body; [`Said::explain`] gives them this text),
+/// and the lock tokens it was granted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Said(Arc<std::sync::Mutex<Told>>);
+
+#[derive(Debug, Default)]
+struct Told {
+    reason: Option<Reason>,
+    granted: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Reason {
+    /// Set by the lock table, whose refusals `dav-server` answers as 423:
+    /// the status to answer instead (423 itself, or 503 for a bound).
+    status: Option<StatusCode>,
+    text: String,
+}
+
+impl Said {
+    // A std Mutex: set and read without an await in between.
+    fn told(&self) -> std::sync::MutexGuard<'_, Told> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records why the request is being refused (the last word wins).
+    pub(crate) fn say(&self, status: Option<StatusCode>, text: String) {
+        self.told().reason = Some(Reason { status, text });
+    }
+
+    /// Records a lock granted to this request.
+    pub(crate) fn granted_lock(&self, token: String) {
+        self.told().granted.push(token);
+    }
+
+    /// The lock tokens granted to this request.
+    pub(crate) fn granted(&self) -> Vec<String> {
+        self.told().granted.clone()
+    }
+
+    /// `res`, with the reason as its body if it is a bodiless refusal.
+    fn explain(&self, res: Response<Body>) -> Response<Body> {
+        let status = res.status();
+        if !(status.is_client_error() || status.is_server_error()) {
+            return res;
+        }
+        let Some(reason) = self.told().reason.take() else {
+            return res;
+        };
+        let status = match reason.status {
+            Some(told) if status == StatusCode::LOCKED => told,
+            Some(_) => return res,
+            None if matches!(res.body().inner, BodyType::Empty) => status,
+            None => return res,
+        };
+        let mut out = answer(status, reason.text);
+        if let Some(close) = res.headers().get(header::CONNECTION) {
+            out.headers_mut().insert(header::CONNECTION, close.clone());
+        }
+        *out
     }
 }
 
@@ -71,7 +161,7 @@ struct Front {
     store: Store,
     auth: Auth,
     handler: Arc<DavHandler>,
-    locks: MemLs,
+    limits: LockLimits,
 }
 
 /// Serves WebDAV on `listener` until `shutdown` is cancelled; then stops
@@ -88,12 +178,11 @@ pub(crate) async fn run(
         .read_buf_size(READ_STEP)
         .autoindex(false)
         .build_handler();
-    let locks = *MemLs::new();
     let front = Front {
         store,
         auth,
         handler: Arc::new(handler),
-        locks,
+        limits: config.lock_limits(),
     };
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     tracing::info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "serving WebDAV");
@@ -185,6 +274,42 @@ fn answer(status: StatusCode, text: impl Into<String>) -> Refused {
 /// Methods that change nothing.
 fn reads_only(m: &Method) -> bool {
     matches!(m.as_str(), "GET" | "HEAD" | "OPTIONS" | "PROPFIND")
+}
+
+/// The lifetime a LOCK's `Timeout` header asks for (RFC 4918 §10.7): its
+/// first value, `Second-N`; `None` for `Infinite`, no header, or one not
+/// understood (the lock table grants its longest then).
+fn asked_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("timeout")?.to_str().ok()?;
+    let first = value.split(',').next()?.trim();
+    let secs = first
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("second-"))
+        .and(first.get(7..))?;
+    secs.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The lock tokens an `If` header submits (RFC 4918 §10.4): every
+/// `<urn:uuid:…>` (or `opaquelocktoken:`) in it; resource tags and ETags
+/// are not tokens. `dav-server` evaluates the conditions themselves; the
+/// store needs only which locks the request may pass when it commits.
+fn submitted_tokens(headers: &http::HeaderMap) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for value in headers.get_all("if") {
+        let Ok(text) = value.to_str() else { continue };
+        let mut rest = text;
+        while let Some(open) = rest.find('<') {
+            let Some(len) = rest[open..].find('>') else {
+                break;
+            };
+            let item = &rest[open + 1..open + len];
+            if item.starts_with("urn:uuid:") || item.starts_with("opaquelocktoken:") {
+                tokens.push(item.to_owned());
+            }
+            rest = &rest[open + len + 1..];
+        }
+    }
+    tokens
 }
 
 /// The token in an `Authorization` header: the password of Basic (the
@@ -305,7 +430,21 @@ impl Front {
                 .ok_or_else(|| answer(StatusCode::BAD_REQUEST, "Destination: not a valid URL"))?;
             remote_path(dest.as_bytes(), prefix.as_ref()).map_err(|e| bad("Destination", &e))?;
         }
-        let view = self.store.view(who.clone()).for_webdav();
+        if method == Method::PUT && req.headers().contains_key(header::CONTENT_RANGE) {
+            return Err(answer(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}: a PUT with Content-Range (a partial update) is not supported; \
+                     send the whole file",
+                    path.as_ref()
+                        .map_or_else(|| "/".to_owned(), |p| p.shown().into_owned())
+                ),
+            ));
+        }
+        let view = self
+            .store
+            .view(who.clone())
+            .with_lock_tokens(submitted_tokens(req.headers()));
         if method.as_str() == "PROPFIND" {
             self.bound_depth(&mut req, &view, path.as_ref()).await?;
         }
@@ -315,18 +454,35 @@ impl Front {
             .flatten()
             .and_then(|v| v.to_str().ok())
             .and_then(revision_of_etag);
-        let fs = DavFs { view, if_revision };
-        let locks = PrefixLocks {
-            inner: self.locks.clone(),
+        // The lock table decides a lock's lifetime from what was asked:
+        // `dav-server` would cap an exclusive lock at 600 s and leave one
+        // without Timeout unbounded, so it is not told.
+        let asked = (method.as_str() == "LOCK")
+            .then(|| {
+                let asked = asked_timeout(req.headers());
+                req.headers_mut().remove("timeout");
+                asked
+            })
+            .flatten();
+        let said = Said::default();
+        let fs = DavFs {
+            view,
+            if_revision,
+            said: said.clone(),
+            lock_request: method.as_str() == "LOCK",
+        };
+        let locks = locks::LockFront {
             store: self.store.clone(),
             prefix,
-            owner: who.name.to_string(),
+            limits: self.limits,
+            asked,
+            said: said.clone(),
         };
         let config = DavConfig::new()
             .filesystem(Box::new(fs))
             .locksystem(Box::new(locks))
             .principal(who.name.to_string());
-        Ok(self.handler.handle_with(config, req).await)
+        Ok(said.explain(self.handler.handle_with(config, req).await))
     }
 
     /// Lets a PROPFIND with `Depth: infinity` through when the tree under
@@ -374,184 +530,36 @@ impl Front {
     }
 }
 
-/// Percent-encodes a path for a URL (everything but unreserved bytes and
-/// `/`).
-fn encode(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The one lock table, seen from a caller's root: paths are made full
-/// (`/team/a` for a token of folder `team` locking `/a`) on the way in and
-/// relative on the way out, so callers of different folders see the same
-/// locks; each lock taken is noted in the store for gRPC writes to respect.
-#[derive(Debug, Clone)]
-struct PrefixLocks {
-    inner: MemLs,
-    store: Store,
-    prefix: Option<RemotePath>,
-    owner: String,
-}
-
-impl PrefixLocks {
-    fn url_prefix(&self) -> String {
-        self.prefix
-            .as_ref()
-            .map(|p| format!("/{}", encode(p.as_str())))
-            .unwrap_or_default()
-    }
-
-    fn full(&self, path: &DavPath) -> DavPath {
-        let pre = self.url_prefix();
-        if pre.is_empty() {
-            return path.clone();
-        }
-        DavPath::new(&format!("{pre}{}", path.as_url_string())).unwrap_or_else(|_| path.clone())
-    }
-
-    fn relative(&self, mut lock: DavLock) -> DavLock {
-        let pre = self.url_prefix();
-        if !pre.is_empty() {
-            let full = lock.path.as_url_string();
-            if let Some(rest) = full.strip_prefix(&pre)
-                && let Ok(p) = DavPath::new(if rest.is_empty() { "/" } else { rest })
-            {
-                lock.path = Box::new(p);
-            }
-        }
-        lock
-    }
-
-    /// The store's path of a full lock path (`None`: the server's root).
-    fn remote(full: &DavPath) -> Option<RemotePath> {
-        remote_path(full.as_bytes(), None).ok().flatten()
-    }
-
-    fn note(&self, lock: &DavLock) {
-        self.store.note_dav_lock(
-            Self::remote(&lock.path),
-            DavLockNote {
-                token: lock.token.clone(),
-                owner: self.owner.clone(),
-                deep: lock.deep,
-                until: lock.timeout_at,
-            },
-        );
-    }
-}
-
-impl DavLockSystem for PrefixLocks {
-    fn lock(
-        &'_ self,
-        path: &DavPath,
-        principal: Option<&str>,
-        owner: Option<&xmltree::Element>,
-        timeout: Option<Duration>,
-        shared: bool,
-        deep: bool,
-    ) -> LsFuture<'_, Result<DavLock, DavLock>> {
-        let full = self.full(path);
-        let principal = principal.map(str::to_owned);
-        let owner = owner.cloned();
-        Box::pin(async move {
-            let r = self
-                .inner
-                .lock(
-                    &full,
-                    principal.as_deref(),
-                    owner.as_ref(),
-                    timeout,
-                    shared,
-                    deep,
-                )
-                .await;
-            if let Ok(lock) = &r {
-                self.note(lock);
-            }
-            r.map(|l| self.relative(l)).map_err(|l| self.relative(l))
-        })
-    }
-
-    fn unlock(&'_ self, path: &DavPath, token: &str) -> LsFuture<'_, Result<(), ()>> {
-        let full = self.full(path);
-        let token = token.to_owned();
-        Box::pin(async move {
-            let r = self.inner.unlock(&full, &token).await;
-            if r.is_ok() {
-                self.store.drop_dav_lock(None, Some(&token));
-            }
-            r
-        })
-    }
-
-    fn refresh(
-        &'_ self,
-        path: &DavPath,
-        token: &str,
-        timeout: Option<Duration>,
-    ) -> LsFuture<'_, Result<DavLock, ()>> {
-        let full = self.full(path);
-        let token = token.to_owned();
-        Box::pin(async move {
-            let r = self.inner.refresh(&full, &token, timeout).await;
-            if let Ok(lock) = &r {
-                self.note(lock);
-            }
-            r.map(|l| self.relative(l))
-        })
-    }
-
-    fn check(
-        &'_ self,
-        path: &DavPath,
-        principal: Option<&str>,
-        ignore_principal: bool,
-        deep: bool,
-        submitted_tokens: &[String],
-    ) -> LsFuture<'_, Result<(), DavLock>> {
-        let full = self.full(path);
-        let principal = principal.map(str::to_owned);
-        let tokens = submitted_tokens.to_vec();
-        Box::pin(async move {
-            self.inner
-                .check(&full, principal.as_deref(), ignore_principal, deep, &tokens)
-                .await
-                .map_err(|l| self.relative(l))
-        })
-    }
-
-    fn discover(&'_ self, path: &DavPath) -> LsFuture<'_, Vec<DavLock>> {
-        let full = self.full(path);
-        Box::pin(async move {
-            self.inner
-                .discover(&full)
-                .await
-                .into_iter()
-                .map(|l| self.relative(l))
-                .collect()
-        })
-    }
-
-    fn delete(&'_ self, path: &DavPath) -> LsFuture<'_, Result<(), ()>> {
-        let full = self.full(path);
-        Box::pin(async move {
-            let r = self.inner.delete(&full).await;
-            self.store.drop_dav_lock(Self::remote(&full).as_ref(), None);
-            r
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_asks_for_the_first_timeout_and_infinite_is_none() {
+        let with = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("timeout", HeaderValue::from_static(v));
+            asked_timeout(&h)
+        };
+        assert_eq!(with("Second-60"), Some(Duration::from_secs(60)));
+        assert_eq!(with("second-5, Infinite"), Some(Duration::from_secs(5)));
+        assert_eq!(with("Infinite, Second-4100000000"), None);
+        assert_eq!(with("Second-x"), None);
+        assert_eq!(asked_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn lock_tokens_are_read_from_the_if_header_and_nothing_else() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "if",
+            HeaderValue::from_static(
+                "<http://h/a> (<urn:uuid:1-2> [\"e-1\"]) (Not <opaquelocktoken:x> <DAV:no-lock>)",
+            ),
+        );
+        assert_eq!(submitted_tokens(&h), ["urn:uuid:1-2", "opaquelocktoken:x"]);
+        assert!(submitted_tokens(&http::HeaderMap::new()).is_empty());
+    }
 
     #[test]
     fn the_token_is_the_basic_password_or_a_bearer() {
@@ -563,10 +571,5 @@ mod tests {
         assert_eq!(token_of(b"Bearer ds_x").as_deref(), Some("ds_x"));
         assert_eq!(token_of(b"Basic !!!"), None);
         assert_eq!(token_of(b"Digest x"), None);
-    }
-
-    #[test]
-    fn prefixes_are_percent_encoded() {
-        assert_eq!(encode("a b/ü"), "a%20b/%C3%BC");
     }
 }
