@@ -665,9 +665,16 @@ impl SyncEngine {
                                 Ok(Done::Uploaded { path, info, stat })
                             }
                             Operation::Download { path, .. } => {
-                                let (info, stat) =
-                                    download(&client, &dir, &path, local, planned, local_copies, down_progress)
-                                        .await?;
+                                let (info, stat) = download(
+                                    &client,
+                                    &dir,
+                                    &path,
+                                    local,
+                                    planned,
+                                    local_copies,
+                                    down_progress,
+                                )
+                                .await?;
                                 Ok(Done::Downloaded { path, info, stat })
                             }
                             Operation::Conflict {
@@ -699,9 +706,16 @@ impl SyncEngine {
                                 } else {
                                     None
                                 };
-                                let (info, stat) =
-                                    download(&client, &dir, &path, local, None, Vec::new(), down_progress)
-                                        .await?;
+                                let (info, stat) = download(
+                                    &client,
+                                    &dir,
+                                    &path,
+                                    local,
+                                    None,
+                                    Vec::new(),
+                                    down_progress,
+                                )
+                                .await?;
                                 Ok(Done::Conflict {
                                     path,
                                     copy,
