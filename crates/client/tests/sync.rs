@@ -1284,3 +1284,54 @@ async fn a_full_rescan_holds_the_local_view_once() {
     assert_eq!(fc.list_all(None).await.unwrap().len(), FILES);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_renamed_moments_after_its_files_were_saved_travels_as_one_rename() {
+    // The files are younger than the settle window when their folder is
+    // renamed. A young file is normally left alone until it settles, but
+    // one with the stat (inode, size, mtime) of a file the view knew is
+    // that file renamed: its content is known, so the folder travels as
+    // one rename, not as deletes now and uploads once the files settle.
+    let s = setup();
+    std::fs::create_dir_all(s.a.join("docs")).unwrap();
+    for i in 0..10 {
+        std::fs::write(s.a.join(format!("docs/f{i}")), format!("file {i}")).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    drop(once(&s.a, &server.addr, "a").await.unwrap());
+    let seq_before = fc
+        .list_all(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.revision)
+        .max()
+        .unwrap();
+
+    let mut opts = options(&s.a, "a");
+    opts.settle = Duration::from_secs(3600);
+    let engine = SyncEngine::open(opts, client(&server.addr)).unwrap();
+    let status = engine.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(engine.run(stop.clone()));
+    // The daemon's first pass sees the folder as it is before the rename.
+    eventually("the daemon's first pass", || status.borrow().passes >= 1).await;
+    std::fs::rename(s.a.join("docs"), s.a.join("papers")).unwrap();
+    let mut arrived = false;
+    for _ in 0..1200 {
+        if server_has(&fc, "papers/f9").await.is_some()
+            && server_has(&fc, "docs/f0").await.is_none()
+        {
+            arrived = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(arrived, "the rename did not reach the server within 60 s");
+    let changes = logged_since(&fc, seq_before).await;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    server.shutdown().await;
+}

@@ -172,6 +172,10 @@ pub fn stat_of(meta: &fs::Metadata) -> FileStat {
 struct Known<'a> {
     old: BTreeMap<RemotePath, LocalEntry>,
     base: &'a BTreeMap<RemotePath, BaseEntry>,
+    /// Hashes by stat of the old view as it was when the walk met its
+    /// first young file without a known hash ([`Known::renamed_from`]);
+    /// built only then, so a scan meeting none holds no second index.
+    young_index: Option<HashMap<FileStat, ContentHash>>,
 }
 
 impl<'a> Known<'a> {
@@ -179,7 +183,11 @@ impl<'a> Known<'a> {
         old: BTreeMap<RemotePath, LocalEntry>,
         base: &'a BTreeMap<RemotePath, BaseEntry>,
     ) -> Self {
-        Self { old, base }
+        Self {
+            old,
+            base,
+            young_index: None,
+        }
     }
 
     /// The hash known for the file at `path` with `stat`; takes `path`
@@ -196,6 +204,20 @@ impl<'a> Known<'a> {
                     .filter(|b| b.stat == *stat)
                     .map(|b| b.hash)
             })
+    }
+
+    /// The hash of an old entry with exactly `stat` (inode, size, mtime):
+    /// a file met young under a new name with the stat of a file the view
+    /// knew is that file renamed (a folder renamed moments after its
+    /// files were saved), so its content is known and it need not wait to
+    /// settle; otherwise the rename would travel as deletes now and
+    /// uploads later.
+    fn renamed_from(&mut self, stat: &FileStat) -> Option<ContentHash> {
+        let old = &self.old;
+        self.young_index
+            .get_or_insert_with(|| old.values().map(|e| (e.stat, e.hash)).collect())
+            .get(stat)
+            .copied()
     }
 
     /// Hashes by stat of the old entries the walk has not met (once it is
@@ -655,11 +677,14 @@ impl Scanner {
             }
             return;
         }
-        let hash = known.take(&path, &stat);
+        let mut hash = known.take(&path, &stat);
         if let Some(window) = settle {
             let young = modified
                 .and_then(|m| SystemTime::now().duration_since(m).ok())
                 .is_some_and(|age| age < window);
+            if young && hash.is_none() {
+                hash = known.renamed_from(&stat);
+            }
             if young && hash.is_none() {
                 view.unreadable.insert(path);
                 view.busy = true;
