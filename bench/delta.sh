@@ -112,9 +112,9 @@ now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2-$1:.2f}')"; }
 kib() { python3 -c "print(f'{$1/1024:.1f}')"; }
 # Our counters: received + sent.
-ours() { "$BIN" traffic | awk '{s += $2} END {print s}'; }
+ours() { "$BIN" traffic | awk '{s += $2} END {printf "%.0f\n", s}'; }
 # rsync --stats: bytes sent + received.
-rs_bytes() { awk '/^Total bytes sent:/ {gsub(",","",$4); s+=$4} /^Total bytes received:/ {gsub(",","",$4); s+=$4} END {print s}' "$1"; }
+rs_bytes() { awk '/^Total bytes sent:/ {gsub(",","",$4); s+=$4} /^Total bytes received:/ {gsub(",","",$4); s+=$4} END {printf "%.0f\n", s}' "$1"; }
 
 # The edited versions.
 python3 - "$WORK" <<'PY'
