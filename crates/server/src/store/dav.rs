@@ -194,6 +194,32 @@ impl View {
         self.store().dav(move |inner| inner.index.props(&key)).await
     }
 
+    /// The dead properties of the paths directly in folder `dir` (`None`:
+    /// the server's root), by path; paths without any are absent.
+    ///
+    /// # Errors
+    /// [`crate::ServiceError::OutsidePrefix`], or the index's.
+    pub async fn child_props(
+        &self,
+        dir: Option<&RemotePath>,
+    ) -> Result<std::collections::HashMap<String, Vec<DeadProp>>> {
+        if let Some(mine) = self.who().prefix.as_ref() {
+            match dir {
+                Some(d) if d == mine => {}
+                Some(d) => self.who().confine(d)?,
+                None => {
+                    return Err(crate::ServiceError::InvalidArgument(
+                        "the server's root lies outside this token's folder".into(),
+                    ));
+                }
+            }
+        }
+        let d = dir.cloned();
+        self.store()
+            .dav(move |inner| inner.index.child_props(d.as_ref()))
+            .await
+    }
+
     /// Sets and removes dead properties of `path`, all or nothing.
     ///
     /// # Errors

@@ -40,6 +40,21 @@ pub(crate) struct DavFs {
     /// A LOCK request: a write it opens is the empty file a LOCK of an
     /// unmapped URL makes.
     pub lock_request: bool,
+    /// The dead properties of the children of the folder this request last
+    /// listed, read in one query: a PROPFIND asks for every child's.
+    /// Only for a PROPFIND (which changes nothing, and sees one moment);
+    /// `None` for every other method.
+    pub child_props: Option<ChildPropsCache>,
+}
+
+/// See [`DavFs::child_props`].
+pub(crate) type ChildPropsCache = std::sync::Arc<std::sync::Mutex<Option<ChildProps>>>;
+
+/// The dead properties of the paths directly in `dir`, by path.
+#[derive(Debug)]
+pub(crate) struct ChildProps {
+    dir: Option<RemotePath>,
+    by_path: std::collections::HashMap<String, Vec<crate::store::DeadProp>>,
 }
 
 /// The ETag of a file: its content hash (shortened) and revision.
@@ -382,6 +397,28 @@ fn free_space(root: &std::path::Path) -> Option<u64> {
 }
 
 impl DavFs {
+    fn child_props(&self) -> Option<std::sync::MutexGuard<'_, Option<ChildProps>>> {
+        let cache = self.child_props.as_ref()?;
+        Some(cache.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// `path`'s dead properties from the listing's cache, when `path` lies
+    /// directly in the folder last listed (`None`: not known there).
+    fn cached_props(&self, path: Option<&RemotePath>) -> Option<Vec<crate::store::DeadProp>> {
+        let path = path?;
+        let cache = self.child_props()?;
+        let c = cache.as_ref()?;
+        (path.parent() == c.dir).then(|| c.by_path.get(path.as_str()).cloned().unwrap_or_default())
+    }
+
+    /// The dead properties of `path`: from the cache or the store.
+    async fn props_of(&self, path: Option<&RemotePath>) -> FsResult<Vec<crate::store::DeadProp>> {
+        if let Some(found) = self.cached_props(path) {
+            return Ok(found);
+        }
+        self.view.props(path).await.map_err(|e| self.fail(e))
+    }
+
     fn path(&self, p: &DavPath) -> FsResult<Option<RemotePath>> {
         remote_path(p.as_bytes(), self.view.who().prefix.as_ref()).map_err(|e| self.fail(e))
     }
@@ -582,6 +619,19 @@ impl DavFileSystem for DavFs {
                 .children(p.as_ref())
                 .await
                 .map_err(|e| self.fail(e))?;
+            if self.child_props.is_some() {
+                let by_path = self
+                    .view
+                    .child_props(p.as_ref())
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                if let Some(mut cache) = self.child_props() {
+                    *cache = Some(ChildProps {
+                        dir: p.clone(),
+                        by_path,
+                    });
+                }
+            }
             let mut entries: Vec<FsResult<Box<dyn DavDirEntry>>> =
                 Vec::with_capacity(files.len() + folders.len());
             for (name, times) in folders {
@@ -710,9 +760,16 @@ impl DavFileSystem for DavFs {
 
     fn have_props<'a>(
         &'a self,
-        _path: &'a DavPath,
+        path: &'a DavPath,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
-        Box::pin(std::future::ready(true))
+        // False only when the listing's cache knows there are none; when
+        // unsure, `get_props` looks.
+        let known_none = self
+            .path(path)
+            .ok()
+            .and_then(|p| self.cached_props(p.as_ref()))
+            .is_some_and(|found| found.is_empty());
+        Box::pin(std::future::ready(!known_none))
     }
 
     fn patch_props<'a>(
@@ -749,11 +806,7 @@ impl DavFileSystem for DavFs {
     fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
         async move {
             let p = self.path(path)?;
-            let props = self
-                .view
-                .props(p.as_ref())
-                .await
-                .map_err(|e| self.fail(e))?;
+            let props = self.props_of(p.as_ref()).await?;
             Ok(props
                 .into_iter()
                 .map(|d| DavProp {
@@ -771,11 +824,7 @@ impl DavFileSystem for DavFs {
         async move {
             let p = self.path(path)?;
             let ns = prop.namespace.unwrap_or_default();
-            let props = self
-                .view
-                .props(p.as_ref())
-                .await
-                .map_err(|e| self.fail(e))?;
+            let props = self.props_of(p.as_ref()).await?;
             props
                 .into_iter()
                 .find(|d| d.ns == ns && d.name == prop.name)

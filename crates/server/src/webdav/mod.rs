@@ -470,6 +470,7 @@ impl Front {
             if_revision,
             said: said.clone(),
             lock_request: method.as_str() == "LOCK",
+            child_props: (method.as_str() == "PROPFIND").then(Default::default),
         };
         let locks = locks::LockFront {
             store: self.store.clone(),

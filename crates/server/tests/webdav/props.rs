@@ -100,3 +100,50 @@ async fn folders_show_real_dates_not_1970() {
     assert!(one.text().contains("getlastmodified"), "{}", one.text());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_folder_listing_shows_each_child_its_own_dead_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("M");
+    let s = DavServer::start(&root).await;
+    for path in [
+        "/list/a.txt",
+        "/list/b.txt",
+        "/list/sub/c.txt",
+        "/other.txt",
+    ] {
+        if path == "/list/a.txt" {
+            send(s.dav, "MKCOL", "/list", &[], b"").await;
+            send(s.dav, "MKCOL", "/list/sub", &[], b"").await;
+        }
+        let put = send(s.dav, "PUT", path, &[], b"x").await;
+        assert!(put.status.is_success(), "{path}: {}", put.text());
+    }
+    for (path, value) in [
+        ("/list/a.txt", "crimson"),
+        ("/list/sub", "azure"),
+        ("/list/sub/c.txt", "emerald"),
+        ("/other.txt", "slategrey"),
+    ] {
+        let patch = send(s.dav, "PROPPATCH", path, &[], &set_color(value)).await;
+        assert_eq!(patch.status, StatusCode::MULTI_STATUS, "{}", patch.text());
+    }
+    // Asked by name and with allprop, one level and the whole tree.
+    for (depth, body) in [("1", ASK_COLOR), ("1", &b""[..]), ("infinity", ASK_COLOR)] {
+        let list = send(s.dav, "PROPFIND", "/list", &[("depth", depth)], body).await;
+        assert_eq!(list.status, StatusCode::MULTI_STATUS, "{}", list.text());
+        let text = list.text();
+        let a = response_of(&text, "/list/a.txt");
+        assert!(a.contains("crimson") && !a.contains("azure"), "{a}");
+        let b = response_of(&text, "/list/b.txt");
+        assert!(!b.contains("crimson") && !b.contains("emerald"), "{b}");
+        let sub = response_of(&text, "/list/sub/");
+        assert!(sub.contains("azure") && !sub.contains("emerald"), "{sub}");
+        assert!(!text.contains("slategrey"), "{text}");
+        if depth == "infinity" {
+            let c = response_of(&text, "/list/sub/c.txt");
+            assert!(c.contains("emerald") && !c.contains("azure"), "{c}");
+        }
+    }
+    s.stop().await;
+}

@@ -279,6 +279,42 @@ impl Index {
         })
     }
 
+    /// The dead properties of every path directly in `dir` (the root when
+    /// `None`) that has any, in one query: a PROPFIND of a folder asks for
+    /// each child's, and one look-up per child cost it a round trip to the
+    /// blocking pool per file. Bounded as a listing of `dir` is (deeper
+    /// paths are filtered out in the query).
+    pub fn child_props(
+        &self,
+        dir: Option<&RemotePath>,
+    ) -> Result<std::collections::HashMap<String, Vec<DeadProp>>> {
+        let (lo, hi) = range(dir);
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT path, ns, name, xml FROM dav_props WHERE path >= ?1 AND path < ?2 \
+                 AND path != ?1 AND instr(substr(path, length(?1) + 1), '/') = 0 \
+                 ORDER BY path, ns, name",
+            )?;
+            let mut found: std::collections::HashMap<String, Vec<DeadProp>> =
+                std::collections::HashMap::new();
+            let rows = st.query_map(params![lo, hi], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    DeadProp {
+                        ns: r.get(1)?,
+                        name: r.get(2)?,
+                        xml: r.get(3)?,
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (path, prop) = row?;
+                found.entry(path).or_default().push(prop);
+            }
+            Ok(found)
+        })
+    }
+
     /// Sets (`Some`) and removes (`None`) dead properties of `path`, all in
     /// one transaction: PROPPATCH is all or nothing.
     pub fn patch_props(
