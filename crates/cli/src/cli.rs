@@ -37,8 +37,10 @@ pub struct MenuArgs {}
 /// defaults.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Global {
-    /// File server to talk to: https://host:port (TLS) or http://host:port
-    /// [default: the profile's, else http://127.0.0.1:50000]
+    /// File server to talk to: https://host:port (TLS) or http://host:port;
+    /// several instances of one cluster separated by commas (the next is
+    /// used when one does not answer) [default: the profile's, else
+    /// http://127.0.0.1:50000]
     #[arg(long, global = true, env = "DISTRIBUSYNC_SERVER")]
     pub server: Option<String>,
     /// Saved connection profile to use (`distribusync login --profile

@@ -8,6 +8,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_distribusync");
 
 mod compute;
 mod delta;
+mod failover;
 mod ops;
 mod tls;
 mod token;

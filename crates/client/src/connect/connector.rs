@@ -50,27 +50,8 @@ impl std::fmt::Debug for Connector {
     }
 }
 
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<ClientIo>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let opened = this.open().await;
-            this.record(opened.as_ref().err().cloned());
-            opened.map(TokioIo::new)
-        })
-    }
-}
-
 impl Connector {
-    fn record(&self, failure: Option<ConnectError>) {
+    pub(crate) fn record(&self, failure: Option<ConnectError>) {
         if let Ok(mut slot) = self.failure.lock() {
             *slot = failure;
         }
@@ -167,6 +148,116 @@ fn certificate_why(c: &rustls::CertificateError) -> String {
 pub(crate) enum ClientIo {
     Plain(Sniff),
     Tls(Box<tokio_rustls::client::TlsStream<BufReader<Sniff>>>),
+}
+
+/// Several servers that share their state (issue 12: instances on one
+/// PostgreSQL and one bucket), given as `--server a,b`: a connection goes
+/// to the server that took the last one, else to the next that answers,
+/// in the order given. A lazy channel reconnects through here, so a client
+/// whose server dies continues on another at its next connection; what was
+/// in flight fails and is retried as after any cut connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Failover {
+    pub targets: Arc<[Connector]>,
+    /// Index of the server that took the last connection.
+    pub preferred: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// How long one server of several may take to accept a connection before
+/// the next is tried (one server alone has the channel's own timeout).
+pub(crate) const FAILOVER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Failover {
+    pub(crate) fn new(targets: Vec<Connector>) -> Self {
+        Self {
+            targets: targets.into(),
+            preferred: Arc::default(),
+        }
+    }
+
+    /// The first server's settings (for what needs one: the fingerprint
+    /// `login` shows, messages).
+    pub(crate) fn first(&self) -> &Connector {
+        &self.targets[0]
+    }
+
+    pub(crate) async fn open(&self) -> Result<ClientIo, ConnectError> {
+        let n = self.targets.len();
+        if n == 1 {
+            return self.targets[0].open().await;
+        }
+        let start = self.preferred.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::with_capacity(n);
+        for i in 0..n {
+            let at = (start + i) % n;
+            let target = &self.targets[at];
+            let opened = tokio::time::timeout(FAILOVER_CONNECT_TIMEOUT, target.open())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ConnectError::Unreachable {
+                        addr: target.url.to_string(),
+                        why: format!("no connection within {FAILOVER_CONNECT_TIMEOUT:?}"),
+                    })
+                });
+            match opened {
+                Ok(io) => {
+                    if at != start {
+                        tracing::info!(server = %target.url, "connected to another server of the list");
+                    }
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return Ok(io);
+                }
+                Err(e) => {
+                    tracing::debug!(server = %target.url, error = %e, "server of the list not reachable");
+                    failures.push(e);
+                }
+            }
+        }
+        Err(none_answered(failures))
+    }
+}
+
+/// What to say when no server of a list took the connection: a refusal
+/// that needs the person's action (TLS trust, wrong scheme) first, as one
+/// server alone would say it; else that none could be reached, each with
+/// its reason.
+fn none_answered(failures: Vec<ConnectError>) -> ConnectError {
+    if let Some(e) = failures
+        .iter()
+        .find(|e| !matches!(e, ConnectError::Unreachable { .. }))
+    {
+        return e.clone();
+    }
+    let (addrs, whys): (Vec<String>, Vec<String>) = failures
+        .into_iter()
+        .map(|e| match e {
+            ConnectError::Unreachable { addr, why } => (addr.clone(), format!("{addr}: {why}")),
+            other => (String::new(), other.to_string()),
+        })
+        .unzip();
+    ConnectError::Unreachable {
+        addr: addrs.join(", "),
+        why: whys.join("; "),
+    }
+}
+
+impl tower_service::Service<http::Uri> for Failover {
+    type Response = TokioIo<ClientIo>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let opened = this.open().await;
+            this.first().record(opened.as_ref().err().cloned());
+            opened.map(TokioIo::new)
+        })
+    }
 }
 
 /// A TCP stream that remembers the first byte the server sent and, on a

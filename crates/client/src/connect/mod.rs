@@ -25,7 +25,7 @@ mod tls;
 
 pub use channel::AuthChannel;
 use channel::FailureSlot;
-use connector::Connector;
+use connector::{Connector, Failover};
 pub use tls::{TlsTrust, fingerprint_of};
 
 /// Why a connection could not be set up or was refused at the TLS level.
@@ -138,7 +138,8 @@ impl Bearer {
 /// and handed to every client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionConfig {
-    /// The file server: `https://host:port` (TLS) or `http://host:port`.
+    /// The file server: `https://host:port` (TLS) or `http://host:port`;
+    /// several servers sharing one state separated by commas.
     pub endpoint: String,
     /// The compute server when it is another one than `endpoint`.
     pub compute_endpoint: Option<String>,
@@ -158,14 +159,25 @@ impl ConnectionConfig {
     /// A server at `addr` trusted as `tls` says. An address without a
     /// scheme is `https://` when `tls` names a CA or a fingerprint, else
     /// `http://`.
+    ///
+    /// `addr` may list several servers that share their state, separated
+    /// by commas (`https://a:50000,https://b:50000`): a connection goes to
+    /// the one that took the last, else to the next that answers.
     pub fn new(addr: &str, tls: TlsTrust, token: Option<Token>) -> Self {
-        let endpoint = if addr.contains("://") {
-            addr.to_owned()
-        } else if tls.is_explicit() {
-            format!("https://{addr}")
-        } else {
-            format!("http://{addr}")
-        };
+        let endpoint = addr
+            .split(',')
+            .map(|one| {
+                let one = one.trim();
+                if one.contains("://") {
+                    one.to_owned()
+                } else if tls.is_explicit() {
+                    format!("https://{one}")
+                } else {
+                    format!("http://{one}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         Self {
             endpoint,
             compute_endpoint: None,
@@ -213,7 +225,7 @@ impl ConnectionConfig {
     /// [`ClientError::Connect`] or [`ClientError::BadAddress`].
     pub async fn connect(&self) -> Result<AuthChannel> {
         let (endpoint, connector) = self.endpoint_and_connector(None)?;
-        let slot = connector.failure.clone();
+        let slot = connector.first().failure.clone();
         let channel = endpoint
             .connect_with_connector(connector)
             .await
@@ -240,7 +252,7 @@ impl ConnectionConfig {
     /// [`ClientError::BadAddress`], or a CA file that cannot be used.
     pub fn connect_lazy(&self) -> Result<AuthChannel> {
         let (endpoint, connector) = self.endpoint_and_connector(None)?;
-        let slot = connector.failure.clone();
+        let slot = connector.first().failure.clone();
         Ok(AuthChannel::with_slot(
             endpoint.connect_with_connector_lazy(connector),
             self.bearer(),
@@ -293,18 +305,62 @@ impl ConnectionConfig {
     fn endpoint_and_connector(
         &self,
         record: Option<Arc<Mutex<Option<Fingerprint>>>>,
-    ) -> Result<(Endpoint, Connector)> {
-        let uri: http::Uri = self
-            .endpoint
+    ) -> Result<(Endpoint, Failover)> {
+        let failure = FailureSlot::default();
+        let mut targets: Vec<Connector> = Vec::new();
+        let mut origin = None;
+        for url in self.endpoint.split(',') {
+            let (target, target_origin) = self.target(url, record.clone(), failure.clone())?;
+            if let Some(first) = targets.first()
+                && first.tls.is_some() != target.tls.is_some()
+            {
+                return Err(
+                    self.bad_address("the servers of a list must all be https:// or all http://")
+                );
+            }
+            origin.get_or_insert(target_origin);
+            targets.push(target);
+        }
+        let Some((authority, origin)) = origin else {
+            return Err(self.bad_address("no server address"));
+        };
+        // tonic is always given http://: TLS is the connector's business,
+        // and no tonic TLS feature enabled elsewhere in a build can then
+        // refuse an https:// URI (docs/DESIGN.md).
+        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|e| self.bad_address(e.to_string()))?;
+        let mut endpoint = tuned(endpoint).origin(origin);
+        if targets.len() > 1 {
+            // Each server gets its own time to answer (Failover).
+            let each = connector::FAILOVER_CONNECT_TIMEOUT;
+            endpoint =
+                endpoint.connect_timeout(each * u32::try_from(targets.len()).unwrap_or(u32::MAX));
+        }
+        Ok((endpoint, Failover::new(targets)))
+    }
+
+    /// One server of the list: how to reach it, and its `(authority,
+    /// origin)`.
+    fn target(
+        &self,
+        url: &str,
+        record: Option<Arc<Mutex<Option<Fingerprint>>>>,
+        failure: FailureSlot,
+    ) -> Result<(Connector, (String, http::Uri))> {
+        let bad = |why: String| ClientError::BadAddress {
+            addr: url.to_owned(),
+            why,
+        };
+        let uri: http::Uri = url
             .parse()
-            .map_err(|e: http::uri::InvalidUri| self.bad_address(e.to_string()))?;
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(self.bad_address("the address must start with http:// or https://")),
+            _ => return Err(bad("the address must start with http:// or https://".into())),
         };
         let Some(host) = uri.host() else {
-            return Err(self.bad_address("no host name"));
+            return Err(bad("no host name".into()));
         };
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -315,28 +371,23 @@ impl ConnectionConfig {
         };
         let tls = if https {
             let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
-                .map_err(|e| self.bad_address(e.to_string()))?;
+                .map_err(|e| bad(e.to_string()))?;
             Some((tls::client_config(&self.tls, record)?, name))
         } else {
             None
         };
-        // tonic is always given http://: TLS is the connector's business,
-        // and no tonic TLS feature enabled elsewhere in a build can then
-        // refuse an https:// URI (docs/DESIGN.md).
-        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
-            .map_err(|e| self.bad_address(e.to_string()))?;
         let origin: http::Uri = format!("{}://{authority}", if https { "https" } else { "http" })
             .parse()
-            .map_err(|e: http::uri::InvalidUri| self.bad_address(e.to_string()))?;
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
         let connector = Connector {
             host: bare.into(),
             port,
-            url: self.endpoint.as_str().into(),
-            authority: authority.into(),
+            url: url.into(),
+            authority: authority.clone().into(),
             tls,
-            failure: FailureSlot::default(),
+            failure,
         };
-        Ok((tuned(endpoint).origin(origin), connector))
+        Ok((connector, (authority, origin)))
     }
 
     fn connect_failed(&self, e: &tonic::transport::Error) -> ClientError {
