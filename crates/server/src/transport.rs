@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_util::either::Either;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Timeouts and bounds of the transport; `serve` flags set them.
@@ -172,7 +173,7 @@ fn accept(
                     // Small messages must not wait for Nagle (docs/DESIGN.md).
                     let _ = tcp.set_nodelay(true);
                     let conn = Conn {
-                        io: Io::Plain(tcp),
+                        io: Either::Left(tcp),
                         _permit: permit,
                         handshake: Some(Handshake {
                             deadline: Box::pin(tokio::time::sleep(a.handshake_timeout)),
@@ -205,11 +206,8 @@ pub(crate) struct Conn {
     handshake: Option<Handshake>,
 }
 
-/// The byte stream under a connection.
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<BufReader<TcpStream>>>),
-}
+/// The byte stream under a connection: plain, or TLS over it.
+type Io = Either<TcpStream, Box<tokio_rustls::server::TlsStream<BufReader<TcpStream>>>>;
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -225,7 +223,7 @@ impl Conn {
             _permit,
             handshake,
         } = self;
-        let Io::Plain(tcp) = io else {
+        let Either::Left(tcp) = io else {
             return Err(std::io::Error::other("TLS over TLS"));
         };
         let deadline = handshake
@@ -255,7 +253,7 @@ impl Conn {
         };
         match tokio::time::timeout_at(deadline, handshake_io).await {
             Ok(Ok(tls)) => Ok(Conn {
-                io: Io::Tls(Box::new(tls)),
+                io: Either::Right(Box::new(tls)),
                 _permit,
                 handshake,
             }),
@@ -310,66 +308,8 @@ impl Connected for Conn {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         match &self.io {
-            Io::Plain(tcp) => tcp.connect_info(),
-            Io::Tls(tls) => tls.get_ref().0.get_ref().connect_info(),
-        }
-    }
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            Io::Tls(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            Io::Tls(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_flush(cx),
-            Io::Tls(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            Io::Tls(io) => Pin::new(io).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            Io::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(io) => io.is_write_vectored(),
-            Io::Tls(io) => io.is_write_vectored(),
+            Either::Left(tcp) => tcp.connect_info(),
+            Either::Right(tls) => tls.get_ref().0.get_ref().connect_info(),
         }
     }
 }

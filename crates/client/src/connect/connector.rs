@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use super::ConnectError;
 use super::tls::Mismatch;
@@ -73,7 +74,7 @@ impl Connector {
             refuse_tls: self.tls.is_none().then(|| self.clone()),
         };
         let Some((config, name)) = &self.tls else {
-            return Ok(ClientIo::Plain(sniff));
+            return Ok(Either::Left(sniff));
         };
         let connector = tokio_rustls::TlsConnector::from(config.clone());
         // Read ahead below rustls, which reads one record at a time, and
@@ -85,7 +86,7 @@ impl Connector {
                 tls.get_mut()
                     .1
                     .set_buffer_limit(Some(limits::TLS_WRITE_BUFFER));
-                Ok(ClientIo::Tls(Box::new(tls)))
+                Ok(Either::Right(Box::new(tls)))
             }
             Err(e) => Err(self.handshake_error(&e, first.load(Ordering::Relaxed))),
         }
@@ -144,11 +145,8 @@ fn certificate_why(c: &rustls::CertificateError) -> String {
     }
 }
 
-/// The stream under a channel.
-pub(crate) enum ClientIo {
-    Plain(Sniff),
-    Tls(Box<tokio_rustls::client::TlsStream<BufReader<Sniff>>>),
-}
+/// The stream under a channel: plain, or TLS over it.
+pub(crate) type ClientIo = Either<Sniff, Box<tokio_rustls::client::TlsStream<BufReader<Sniff>>>>;
 
 /// Several servers that share their state (issue 12: instances on one
 /// PostgreSQL and one bucket), given as `--server a,b`: a connection goes
@@ -317,59 +315,5 @@ impl AsyncWrite for Sniff {
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
-    }
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            ClientIo::Tls(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ClientIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            ClientIo::Tls(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain(io) => Pin::new(io).poll_flush(cx),
-            ClientIo::Tls(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            ClientIo::Tls(io) => Pin::new(io).poll_shutdown(cx),
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ClientIo::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            ClientIo::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientIo::Plain(io) => io.is_write_vectored(),
-            ClientIo::Tls(io) => io.is_write_vectored(),
-        }
     }
 }
