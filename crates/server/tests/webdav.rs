@@ -528,26 +528,31 @@ async fn a_webdav_lock_stops_grpc_writes_naming_it_until_unlocked() {
     assert!(text.contains("report.odt"), "{text}");
     assert!(grpc.delete(&p("report.odt"), None).await.is_err());
 
-    // The holder writes with its token; others over WebDAV are 423.
+    holder_writes_then_unlocks(&s, &grpc, &local, &token).await;
+    s.stop().await;
+}
+
+/// With `/report.odt` locked by `token`: a PUT without the token is 423,
+/// the holder's PUT with it goes through, and after the holder's UNLOCK a
+/// sync client (gRPC) may replace the file again.
+async fn holder_writes_then_unlocks(s: &DavServer, grpc: &FilesClient, local: &Path, token: &str) {
     let other = send(s.dav, "PUT", "/report.odt", &[], b"x").await;
     assert_eq!(other.status, StatusCode::LOCKED);
     let cond = format!("({token})");
     let mine = send(s.dav, "PUT", "/report.odt", &[("if", &cond)], b"v3").await;
     assert_eq!(mine.status, StatusCode::NO_CONTENT, "{}", mine.text());
-
     let unlock = send(
         s.dav,
         "UNLOCK",
         "/report.odt",
-        &[("lock-token", &token)],
+        &[("lock-token", token)],
         b"",
     )
     .await;
     assert_eq!(unlock.status, StatusCode::NO_CONTENT);
-    grpc.upload(&local, &p("report.odt"), None, Arc::new(()))
+    grpc.upload(local, &p("report.odt"), None, Arc::new(()))
         .await
         .expect("unlocked");
-    s.stop().await;
 }
 
 /// The `litmus` WebDAV compliance suite (Debian package `litmus`), every

@@ -238,23 +238,7 @@ async fn a_lock_outlives_a_restart_and_still_serves_its_holder() {
         refused.to_string().contains("locked by a WebDAV client"),
         "{refused}"
     );
-    let other = send(s.dav, "PUT", "/report.odt", &[], b"x").await;
-    assert_eq!(other.status, StatusCode::LOCKED);
     // The holder's token still works: to write, then to unlock.
-    let cond = format!("({token})");
-    let mine = send(s.dav, "PUT", "/report.odt", &[("if", &cond)], b"v3").await;
-    assert_eq!(mine.status, StatusCode::NO_CONTENT, "{}", mine.text());
-    let unlock = send(
-        s.dav,
-        "UNLOCK",
-        "/report.odt",
-        &[("lock-token", &token)],
-        b"",
-    )
-    .await;
-    assert_eq!(unlock.status, StatusCode::NO_CONTENT);
-    grpc.upload(&local, &p("report.odt"), None, Arc::new(()))
-        .await
-        .expect("unlocked");
+    holder_writes_then_unlocks(&s, &grpc, &local, &token).await;
     s.stop().await;
 }
