@@ -340,73 +340,63 @@ async fn a_cross_site_request_is_refused_before_it_does_anything() {
     let b = Browser::open(&web.addr).await;
     assert_eq!(b.upload("keep.txt", b"keep", 0, 4).await.status, 200);
     let body = br#"{"path":"keep.txt"}"#;
-    // No CSRF token (a form another page submits): refused.
-    let h = [
-        ("Cookie", b.cookie.as_str()),
-        ("Content-Type", "application/json"),
+    let (cookie, csrf) = (b.cookie.as_str(), b.csrf.as_str());
+    let json = ("Content-Type", "application/json");
+    let origin = format!("http://{}", web.addr);
+    // Each refused, and nothing deleted.
+    // (what, headers, body)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [u8]);
+    let refused: [Case; 5] = [
+        (
+            "no CSRF token (a form another page submits)",
+            vec![("Cookie", cookie), json],
+            body,
+        ),
+        (
+            "a form-encoded post with the cookie",
+            vec![
+                ("Cookie", cookie),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            b"path=keep.txt",
+        ),
+        (
+            "the right token from another origin",
+            vec![
+                ("Cookie", cookie),
+                ("X-CSRF-Token", csrf),
+                ("Origin", "http://evil.example"),
+                json,
+            ],
+            body,
+        ),
+        (
+            "the right token from a cross-site fetch",
+            vec![
+                ("Cookie", cookie),
+                ("X-CSRF-Token", csrf),
+                ("Sec-Fetch-Site", "cross-site"),
+                json,
+            ],
+            body,
+        ),
+        (
+            "a wrong CSRF token",
+            vec![("Cookie", cookie), ("X-CSRF-Token", "0000"), json],
+            body,
+        ),
     ];
-    assert_eq!(
-        http(&web.addr, "POST", "/api/delete", &h, body)
-            .await
-            .status,
-        403
-    );
-    // A form-encoded post with the cookie: refused too.
-    let h = [
-        ("Cookie", b.cookie.as_str()),
-        ("Content-Type", "application/x-www-form-urlencoded"),
-    ];
-    assert_eq!(
-        http(&web.addr, "POST", "/api/delete", &h, b"path=keep.txt")
-            .await
-            .status,
-        403
-    );
-    // The right token but from another origin: refused.
-    let h = [
-        ("Cookie", b.cookie.as_str()),
-        ("X-CSRF-Token", b.csrf.as_str()),
-        ("Origin", "http://evil.example"),
-        ("Content-Type", "application/json"),
-    ];
-    assert_eq!(
-        http(&web.addr, "POST", "/api/delete", &h, body)
-            .await
-            .status,
-        403
-    );
-    let h = [
-        ("Cookie", b.cookie.as_str()),
-        ("X-CSRF-Token", b.csrf.as_str()),
-        ("Sec-Fetch-Site", "cross-site"),
-        ("Content-Type", "application/json"),
-    ];
-    assert_eq!(
-        http(&web.addr, "POST", "/api/delete", &h, body)
-            .await
-            .status,
-        403
-    );
-    // A wrong CSRF token: refused.
-    let h = [
-        ("Cookie", b.cookie.as_str()),
-        ("X-CSRF-Token", "0000"),
-        ("Content-Type", "application/json"),
-    ];
-    assert_eq!(
-        http(&web.addr, "POST", "/api/delete", &h, body)
-            .await
-            .status,
-        403
-    );
+    for (what, headers, payload) in &refused {
+        let answer = http(&web.addr, "POST", "/api/delete", headers, payload).await;
+        assert_eq!(answer.status, 403, "{what}");
+    }
     assert_eq!(b.get("/api/file?path=keep.txt", &[]).await.body, b"keep");
     // Same origin with the token: done.
-    let origin = format!("http://{}", web.addr);
     let h = [
-        ("Cookie", b.cookie.as_str()),
-        ("X-CSRF-Token", b.csrf.as_str()),
+        ("Cookie", cookie),
+        ("X-CSRF-Token", csrf),
         ("Origin", origin.as_str()),
-        ("Content-Type", "application/json"),
+        json,
     ];
     assert_eq!(
         http(&web.addr, "POST", "/api/delete", &h, body)
