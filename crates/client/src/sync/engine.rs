@@ -243,6 +243,10 @@ pub struct SyncEngine {
     /// not finished: the next full pass sends as it scans, as the first
     /// did (kept in the state database, so a restart resumes it).
     pub(super) first_pass_unfinished: bool,
+    /// The scan's own read-only connection to the base, kept between
+    /// passes (lent to each scan's thread and handed back), so a pass
+    /// over one saved file does not open the database again.
+    pub(super) reader: Option<super::state::BaseReader>,
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -332,6 +336,7 @@ impl SyncEngine {
             remote_reset: false,
             relisted: BTreeSet::new(),
             first_pass_unfinished,
+            reader: None,
         })
     }
 
@@ -790,16 +795,19 @@ impl SyncEngine {
         } else {
             let scanner = self.scanner.clone();
             // The base is read by the scan through its own connection.
-            let base = self.state.reader()?;
+            let base = match self.reader.take() {
+                Some(r) => r,
+                None => self.state.reader()?,
+            };
             // Moved into the scan and back rather than copied: with 100,000
             // files every copy of a view costs megabytes.
             let mut view = std::mem::take(&mut self.local);
-            let (view, scope) = tokio::task::spawn_blocking(move || {
+            let (view, scope, base) = tokio::task::spawn_blocking(move || {
                 match &scope {
                     None => view = scanner.full(std::mem::take(&mut view), &base, settle, None),
                     Some(rels) => scanner.refresh(&mut view, rels, &base, settle),
                 }
-                (view, scope)
+                (view, scope, base)
             })
             .await
             .map_err(|e| SyncError::Local {
@@ -807,6 +815,7 @@ impl SyncEngine {
                 error: std::io::Error::other(e),
             })?;
             self.local = view;
+            self.reader = Some(base);
             scope
         };
         let scan_peak = self.local.held_peak as u64;
