@@ -466,6 +466,7 @@ impl FilesClient {
         &self,
         remote: &RemotePath,
         local: &Path,
+        expect: Option<crate::files::Expected>,
         copies: Vec<PathBuf>,
         progress: Arc<dyn Progress>,
         mut check: BeforeReplace,
@@ -483,7 +484,8 @@ impl FilesClient {
                 }
             }
         }
-        self.get_checked(remote, local, progress, check).await
+        self.get_checked(remote, local, expect, progress, check)
+            .await
     }
 
     /// The fine round of a delta download: asks the server for the pieces
@@ -691,7 +693,7 @@ impl FilesClient {
         local: &Path,
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
-        self.get_checked(remote, local, progress, Box::new(|_| Ok(())))
+        self.get_checked(remote, local, None, progress, Box::new(|_| Ok(())))
             .await
             .map(|(info, _)| info)
     }
@@ -701,10 +703,12 @@ impl FilesClient {
     ///
     /// # Errors
     /// As [`FilesClient::get`], or what `check` returns.
+    /// With `expect`, see [`FilesClient::download_checked`].
     pub async fn get_checked(
         &self,
         remote: &RemotePath,
         local: &Path,
+        expect: Option<crate::files::Expected>,
         progress: Arc<dyn Progress>,
         check: BeforeReplace,
     ) -> Result<(FileInfo, fs::Metadata)> {
@@ -715,7 +719,8 @@ impl FilesClient {
                 .await
                 .map(|(info, _, meta)| (info, meta));
         }
-        self.download_checked(remote, local, progress, check).await
+        self.download_checked(remote, local, expect, progress, check)
+            .await
     }
 }
 

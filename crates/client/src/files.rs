@@ -26,6 +26,14 @@ pub struct FileInfo {
     pub modified: SystemTime,
 }
 
+/// The version of a file a caller already knows the server holds (from
+/// the change log or a listing), so a download need not ask first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    pub hash: ContentHash,
+    pub size: u64,
+}
+
 /// Observes a transfer (a progress bar, or nothing).
 pub trait Progress: Send + Sync {
     /// The transfer will move `total` bytes, starting at `done`.
@@ -636,7 +644,7 @@ impl FilesClient {
         local: &Path,
         progress: Arc<dyn Progress>,
     ) -> Result<FileInfo> {
-        self.download_attempt(remote, local, progress, Box::new(|_| Ok(())), 3, true)
+        self.download_attempt(remote, local, None, progress, Box::new(|_| Ok(())), 3, true)
             .await
             .map(|(info, _)| info)
     }
@@ -647,25 +655,34 @@ impl FilesClient {
     /// Also returns the new local file's metadata, read from the open file
     /// before it took the name (so a later edit cannot be mistaken for it).
     ///
+    /// With `expect`, the version the caller already knows the server has
+    /// (a sync plan's, from the change log): no `Stat` first, a round trip
+    /// saved per file. The download still starts with the server's own
+    /// header and is verified against it; a header naming another version
+    /// falls back to asking first.
+    ///
     /// # Errors
     /// As [`FilesClient::download`], or what `check` returns.
     pub async fn download_checked(
         &self,
         remote: &RemotePath,
         local: &Path,
+        expect: Option<Expected>,
         progress: Arc<dyn Progress>,
         check: BeforeReplace,
     ) -> Result<(FileInfo, fs::Metadata)> {
         // Not clearing other versions' parts here: that lists the whole
         // folder, once per file a sync pass downloads into it.
-        self.download_attempt(remote, local, progress, check, 3, false)
+        self.download_attempt(remote, local, expect, progress, check, 3, false)
             .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn download_attempt(
         &self,
         remote: &RemotePath,
         local: &Path,
+        expect: Option<Expected>,
         progress: Arc<dyn Progress>,
         check: BeforeReplace,
         attempts: u32,
@@ -680,13 +697,19 @@ impl FilesClient {
                 ),
             ));
         }
-        let info = self.stat(remote).await?;
-        let partial = partial_path(local, &info.hash);
+        let (hash, size) = match expect {
+            Some(e) => (e.hash, e.size),
+            None => {
+                let info = self.stat(remote).await?;
+                (info.hash, info.size)
+            }
+        };
+        let partial = partial_path(local, &hash);
         if clear_stale {
             remove_stale_parts(local, &partial);
         }
         let offset = match fs::metadata(&partial) {
-            Ok(m) if m.len() <= info.size => m.len(),
+            Ok(m) if m.len() <= size => m.len(),
             _ => 0,
         };
         let mut inner = self.inner.clone();
@@ -706,8 +729,9 @@ impl FilesClient {
             }) => i.try_into()?,
             _ => return Err(protocol("download did not start with file info")),
         };
-        if head.hash != info.hash {
-            // Replaced between stat and download: start over for that version.
+        if head.hash != hash {
+            // Replaced between stat (or the caller's look) and download:
+            // start over, asking the server which version it has now.
             if attempts == 0 {
                 return Err(ClientError::Stale(format!(
                     "{remote}: keeps changing on the server while downloading; try again later"
@@ -716,6 +740,7 @@ impl FilesClient {
             return Box::pin(self.download_attempt(
                 remote,
                 local,
+                None,
                 progress,
                 check,
                 attempts - 1,
@@ -793,6 +818,7 @@ impl FilesClient {
                 return Box::pin(self.download_attempt(
                     remote,
                     local,
+                    None,
                     progress,
                     check,
                     attempts - 1,

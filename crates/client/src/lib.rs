@@ -24,8 +24,8 @@ pub use connect::{
 pub use delta::{DEFAULT_DELTA_MIN_SIZE, DeltaOutcome, DeltaPolicy};
 pub use error::{ClientError, Result};
 pub use files::{
-    BatchFile, Change, ChangeKind, FileInfo, FilesClient, ListPages, Progress, WatchEvent,
-    WatchStream, hash_local,
+    BatchFile, Change, ChangeKind, Expected, FileInfo, FilesClient, ListPages, Progress,
+    WatchEvent, WatchStream, hash_local,
 };
 pub use profile::{DEFAULT_PROFILE, Profile, ProfileError, Profiles};
 pub use tree::{LocalTree, Skipped, local_tree};

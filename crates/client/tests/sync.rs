@@ -1335,3 +1335,175 @@ async fn a_folder_renamed_moments_after_its_files_were_saved_travels_as_one_rena
     task.await.unwrap().unwrap();
     server.shutdown().await;
 }
+
+/// `GET /metrics` of a server started with a metrics listener: the body.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.contains(" 200"), "{head}");
+    body.to_owned()
+}
+
+/// Calls of a Files method the server has finished, whatever their code.
+fn calls(metrics: &str, method: &str) -> u64 {
+    let label = format!(r#"service="distribusync.v1.Files",method="{method}","#);
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("distribusync_rpc_requests_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_from_the_server_costs_one_download_and_no_stat() {
+    // The change log already says which version the server has (revision,
+    // hash, size): a client fetching it need not ask again first. With a
+    // hundred clients, that question was a hundred round trips per change.
+    let s = setup();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = listener.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", tcp.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let mut config = ServerConfig::new(&s.root);
+    config.metrics = Some(std::sync::Arc::new(listener));
+    let st = stop.clone();
+    let task = tokio::spawn(async move {
+        distribusync_server::serve(tcp, config, async move { st.cancelled().await })
+            .await
+            .unwrap();
+    });
+    let server = Server { addr, stop, task };
+    let fc = client(&server.addr);
+    std::fs::write(s.a.join("first"), "synced before").unwrap();
+    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
+    until_idle(&mut status).await;
+    until_on_server(&fc, "first", "synced before").await;
+
+    let before = scrape(metrics).await;
+    const CHANGES: u64 = 5;
+    for i in 0..CHANGES {
+        let src = s.b.join(format!("src{i}"));
+        std::fs::write(&src, format!("from elsewhere {i}")).unwrap();
+        fc.upload(
+            &src,
+            &format!("new/f{i}").parse().unwrap(),
+            Some(0),
+            std::sync::Arc::new(()),
+        )
+        .await
+        .unwrap();
+    }
+    eventually("the server's changes arrive", || {
+        (0..CHANGES).all(|i| {
+            read(s.a.join(format!("new/f{i}"))).as_deref()
+                == Some(format!("from elsewhere {i}").as_str())
+        })
+    })
+    .await;
+    // Counted when each call ends: wait for the last download's count.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let now = scrape(metrics).await;
+        if calls(&now, "Download") >= calls(&before, "Download") + CHANGES
+            || tokio::time::Instant::now() > deadline
+        {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        calls(&after, "Download") - calls(&before, "Download"),
+        CHANGES,
+        "one download per file changed on the server"
+    );
+    assert_eq!(
+        calls(&after, "Stat") - calls(&before, "Stat"),
+        0,
+        "no Stat before a download whose version the change log gave"
+    );
+    la.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_view_and_the_base_stay_in_the_state_database_not_in_memory() {
+    // 2,000 files sent in slices of 100: the engine holds a slice's worth
+    // of entries of the server view and the base at most (what one group
+    // of transfers records before its transaction: 100 of each), never
+    // the 2,000 each view has; a restart over a tree in sync holds none,
+    // and a change from the server holds its own.
+    const FILES: usize = 2000;
+    const SLICE: usize = 100;
+    let s = setup();
+    for i in 0..FILES {
+        let dir = s.a.join(format!("d{:02}", i / 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    let mut opts = options(&s.a, "a");
+    opts.first_pass_slice = SLICE;
+    let (la, mut status) = live_with(opts, &server.addr);
+    until_idle(&mut status).await;
+    until_on_server(&fc, "d19/f1999", "file 1999").await;
+    until_idle(&mut status).await;
+    let first = status.borrow().views_held;
+    assert!(
+        first <= 4 * SLICE as u64,
+        "a first sync of {FILES} files held {first} entries of the server view and base"
+    );
+
+    // Changed on the server by someone else: the change's own entries.
+    let src = s.b.join("src");
+    std::fs::write(&src, "changed on the server").unwrap();
+    for path in ["d03/f0301", "d17/f1702"] {
+        let info = fc.stat(&path.parse().unwrap()).await.unwrap();
+        fc.upload(
+            &src,
+            &path.parse().unwrap(),
+            Some(info.revision),
+            std::sync::Arc::new(()),
+        )
+        .await
+        .unwrap();
+    }
+    eventually("the server's changes arrive", || {
+        ["d03/f0301", "d17/f1702"]
+            .iter()
+            .all(|p| read(s.a.join(p)).as_deref() == Some("changed on the server"))
+    })
+    .await;
+    until_idle(&mut status).await;
+    assert!(status.borrow().views_held <= 4 * SLICE as u64);
+    la.stop().await;
+
+    // A restart over the tree in sync: the full pass compares the walk
+    // with the database and holds no entry of the server view.
+    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
+    until_idle(&mut status).await;
+    let restarted = status.borrow().clone();
+    // (At most the few changes the log may still hold past what the
+    // state recorded; nowhere near the 2,000 the view has.)
+    assert!(
+        restarted.views_held <= 10,
+        "a restart with nothing to plan held {} entries of the server view and base",
+        restarted.views_held
+    );
+    assert_eq!(restarted.uploaded + restarted.downloaded, 0);
+    assert!(
+        restarted.examined <= FILES as u64 + 50,
+        "the restart examined {} paths",
+        restarted.examined
+    );
+    la.stop().await;
+    assert_eq!(tree(&s.a).len(), FILES);
+    server.shutdown().await;
+}

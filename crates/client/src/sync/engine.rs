@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use distribusync_core::RemotePath;
 use distribusync_core::sync::{
-    IGNORE_FILE, Mode, Operation, RemoteFile, SyncInput, SyncPlan, plan,
+    IGNORE_FILE, InputViews, Mode, Operation, RemoteFile, Side, SyncInput, SyncPlan, Views, plan,
+    plan_with,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::remote::{self, RemoteMsg};
 use super::scan::{LocalView, Scanner};
-use super::state::{BaseEntry, FileStat, State, StateError, StateWrite};
+use super::state::{FileStat, State, StateError, StateWrite};
 use super::watcher::{self, LocalEvent};
 use crate::files::{ChangeKind, FilesClient};
 
@@ -156,6 +157,12 @@ pub struct SyncStatus {
     /// yet taken into the new one, the new one's, those waiting to be
     /// hashed): about the tree's size for a full rescan, not twice it.
     pub scan_peak: u64,
+    /// The most entries of the server view and the merge base held in
+    /// memory at once: both live in the state database, and a pass holds
+    /// only the entries of the paths it plans, an operation only those it
+    /// changes. A pass over a tree in sync holds none, however big the
+    /// tree.
+    pub views_held: u64,
     /// Bytes the current pass's transfers have still to move (0 between
     /// passes).
     pub bytes_pending: u64,
@@ -203,8 +210,9 @@ pub struct SyncEngine {
     pub(super) client: FilesClient,
     pub(super) scanner: Arc<Scanner>,
     pub(super) state: State,
-    pub(super) base: BTreeMap<RemotePath, BaseEntry>,
-    pub(super) remote: BTreeMap<RemotePath, RemoteFile>,
+    // The server view and the merge base are not here: they live in the
+    // state database (see `state`), read by path or by folder as a pass
+    // needs them, walked in path order by a full pass.
     /// Newest change-log sequence known per path (including deletions), so
     /// an older change arriving late never overrides a newer one.
     pub(super) seen: HashMap<RemotePath, u64>,
@@ -235,6 +243,10 @@ pub struct SyncEngine {
     /// not finished: the next full pass sends as it scans, as the first
     /// did (kept in the state database, so a restart resumes it).
     pub(super) first_pass_unfinished: bool,
+    /// The scan's own read-only connection to the base, kept between
+    /// passes (lent to each scan's thread and handed back), so a pass
+    /// over one saved file does not open the database again.
+    pub(super) reader: Option<super::state::BaseReader>,
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -256,6 +268,8 @@ const BATCH: Duration = Duration::from_millis(10);
 /// Files per slice of a first pass: several upload batches' worth, so a
 /// slice keeps `parallel` transfers busy.
 pub const FIRST_PASS_SLICE: usize = 8192;
+/// Files in the first slice of a first pass (see `SliceSink::next`).
+const FIRST_SLICE_START: usize = 512;
 /// Slices waiting between the scan and the sending.
 const SLICES_QUEUED: usize = 2;
 
@@ -278,7 +292,7 @@ impl SyncEngine {
                 path: opts.dir.display().to_string(),
                 error: source,
             })?;
-        let (base, remote, last_seq) = state.load()?;
+        let last_seq = state.last_seq()?;
         let first_pass_unfinished = state.first_pass_unfinished()?;
         let (status, _) = watch::channel(SyncStatus {
             phase: SyncPhase::Starting,
@@ -298,6 +312,7 @@ impl SyncEngine {
             first_pass_slices: 0,
             unsent_peak: 0,
             scan_peak: 0,
+            views_held: 0,
             bytes_pending: 0,
             bytes_sent: 0,
             bytes_received: 0,
@@ -310,8 +325,6 @@ impl SyncEngine {
             opts,
             client,
             state,
-            base,
-            remote,
             seen: HashMap::new(),
             last_seq,
             local: LocalView::default(),
@@ -323,6 +336,7 @@ impl SyncEngine {
             remote_reset: false,
             relisted: BTreeSet::new(),
             first_pass_unfinished,
+            reader: None,
         })
     }
 
@@ -535,7 +549,11 @@ impl SyncEngine {
                     if !changes.is_empty() {
                         let _news = self.apply_remote(changes)?;
                         remote_dirty = true;
-                        batch_until.get_or_insert(Instant::now() + BATCH);
+                        // No window: what the server had already sent was
+                        // taken above (one pass for a burst), and waiting
+                        // for more would delay every change from the
+                        // server by the window.
+                        batch_until.get_or_insert(Instant::now());
                     }
                 }
                 () = tokio::time::sleep_until(wake) => {}
@@ -761,8 +779,8 @@ impl SyncEngine {
         let pipelined = scope.is_none()
             && hold.is_empty()
             && self.opts.mode != Mode::Pull
-            && (self.base.is_empty() || self.first_pass_unfinished)
-            && self.local.files.is_empty();
+            && self.local.files.is_empty()
+            && (self.first_pass_unfinished || self.state.base_each(|_, _| false)?);
         let full_scan = scope.is_none();
         let mut slice_transfers = 0;
         let scope = if pipelined {
@@ -776,16 +794,20 @@ impl SyncEngine {
             scope
         } else {
             let scanner = self.scanner.clone();
+            // The base is read by the scan through its own connection.
+            let base = match self.reader.take() {
+                Some(r) => r,
+                None => self.state.reader()?,
+            };
             // Moved into the scan and back rather than copied: with 100,000
             // files every copy of a view costs megabytes.
-            let base = std::mem::take(&mut self.base);
             let mut view = std::mem::take(&mut self.local);
-            let (view, base, scope) = tokio::task::spawn_blocking(move || {
+            let (view, scope, base) = tokio::task::spawn_blocking(move || {
                 match &scope {
                     None => view = scanner.full(std::mem::take(&mut view), &base, settle, None),
                     Some(rels) => scanner.refresh(&mut view, rels, &base, settle),
                 }
-                (view, base, scope)
+                (view, scope, base)
             })
             .await
             .map_err(|e| SyncError::Local {
@@ -793,7 +815,7 @@ impl SyncEngine {
                 error: std::io::Error::other(e),
             })?;
             self.local = view;
-            self.base = base;
+            self.reader = Some(base);
             scope
         };
         let scan_peak = self.local.held_peak as u64;
@@ -812,11 +834,14 @@ impl SyncEngine {
         // (found by one merge of the sorted views, see `disagreeing`):
         // its plan is the plan of every path, and on a tree in sync it
         // plans nothing.
-        let focus = scope.as_ref().and_then(|rels| self.focus_of(rels));
+        let focus = match scope.as_ref() {
+            Some(rels) => self.focus_of(rels)?,
+            None => None,
+        };
         let full = focus.is_none();
         let focus = match focus {
             Some(f) => f,
-            None => self.disagreeing(hold),
+            None => self.disagreeing(hold)?,
         };
         let planned = focus.len();
         if full {
@@ -829,12 +854,11 @@ impl SyncEngine {
                 s.full_passes += 1;
             }
         });
-        let plan = self.plan(hold, focus, full);
+        let plan = self.plan(hold, focus, full)?;
         tracing::debug!(
             examined,
             full,
             files = self.local.files.len(),
-            remote = self.remote.len(),
             left_alone = self.local.unreadable.len(),
             operations = plan.operations.len(),
             "scanned and planned"
@@ -868,7 +892,9 @@ impl SyncEngine {
         report.busy_paths = std::mem::take(&mut self.local.busy_paths);
         self.sweep_parts();
         report.only_uploads = only_uploads;
+        let views_held = self.state.held_peak() as u64;
         self.set_status(|s| {
+            s.views_held = views_held;
             s.phase = SyncPhase::Idle;
             s.pending = 0;
             s.in_flight = 0;
@@ -909,26 +935,25 @@ impl SyncEngine {
         let sink = super::scan::SliceSink {
             tx,
             size,
+            next: size.min(FIRST_SLICE_START),
             keep: super::scan::KEEP_TOTAL_MAX / (SLICES_QUEUED as u64 + 2),
             held: held.clone(),
         };
         let scanner = self.scanner.clone();
-        let prior = Arc::new(std::mem::take(&mut self.base));
-        let lent = prior.clone();
+        // The scan reads the base (empty, or what an unfinished first pass
+        // sent) through its own connection, while the slices record what
+        // they send through the engine's.
+        let base = self.state.reader()?;
         let scan = tokio::task::spawn_blocking(move || {
-            scanner.full(LocalView::default(), &lent, settle, Some(sink))
+            scanner.full(LocalView::default(), &base, settle, Some(sink))
         });
-        let sent = self.send_slices(&mut rx, &held, &prior).await;
-        // Whatever happened, the scan hands on no more slices; once it
-        // has ended the base is the engine's alone again.
+        let sent = self.send_slices(&mut rx, &held).await;
+        // Whatever happened, the scan hands on no more slices.
         drop(rx);
         let view = scan.await.map_err(|e| SyncError::Local {
             path: self.opts.dir.display().to_string(),
             error: std::io::Error::other(e),
         });
-        let mut base = Arc::try_unwrap(prior).unwrap_or_else(|shared| (*shared).clone());
-        base.append(&mut self.base);
-        self.base = base;
         let transfers = sent?;
         let view = view?;
         let peak = held.peak() as u64;
@@ -943,13 +968,11 @@ impl SyncEngine {
     }
 
     /// Sends the slices of a pipelined scan as they come (see
-    /// `pipelined_scan`); `prior` is the base as the pass began. Returns
-    /// how many transfers they made.
+    /// `pipelined_scan`). Returns how many transfers they made.
     async fn send_slices(
         &mut self,
         rx: &mut mpsc::Receiver<super::scan::Slice>,
         held: &super::scan::Held,
-        prior: &BTreeMap<RemotePath, BaseEntry>,
     ) -> Result<usize, SyncError> {
         let mut transfers = 0;
         let mut offline = false;
@@ -957,7 +980,7 @@ impl SyncEngine {
             let n = slice.files.len();
             // Offline: the rest is only scanned; the full plan reports it.
             if !offline {
-                let report = self.send_slice(slice, prior).await;
+                let report = self.send_slice(slice).await;
                 // Whatever happened, the slice is no longer held.
                 held.done(n);
                 let report = report?;
@@ -975,24 +998,26 @@ impl SyncEngine {
     }
 
     /// Plans and sends one slice of a first pass: its files that are
-    /// neither on the server nor in the base (`prior`, or what the slices
-    /// before it recorded), as new files.
-    async fn send_slice(
-        &mut self,
-        slice: super::scan::Slice,
-        prior: &BTreeMap<RemotePath, BaseEntry>,
-    ) -> Result<PassReport, SyncError> {
+    /// neither on the server nor in the base (what an unfinished first
+    /// pass sent, or the slices before it), as new files.
+    async fn send_slice(&mut self, slice: super::scan::Slice) -> Result<PassReport, SyncError> {
         let rules = self.scanner.ignore();
-        let files: BTreeMap<RemotePath, super::scan::LocalEntry> = slice
-            .files
+        // A first sync to an empty server (the common case) asks nothing
+        // per file; otherwise one look-up of each path (and in the base,
+        // when a first pass resumes or the slices before it sent some).
+        let server_empty = self.state.remote_each(|_, _| false)?;
+        let base_empty = self.state.base_each(|_, _| false)?;
+        let mut kept = Vec::with_capacity(slice.files.len());
+        for (p, e) in slice.files {
+            let known = (!server_empty && self.state.remote_get(&p)?.is_some())
+                || (!base_empty && self.state.base_get(&p)?.is_some());
+            if !known {
+                kept.push((p, e));
+            }
+        }
+        let files: BTreeMap<RemotePath, super::scan::LocalEntry> = kept
             .into_iter()
-            .filter(|(p, _)| {
-                !self.remote.contains_key(p)
-                    && !prior.contains_key(p)
-                    && !self.base.contains_key(p)
-                    && !rules.is_ignored(p.as_str(), false)
-                    && p.as_str() != IGNORE_FILE
-            })
+            .filter(|(p, _)| !rules.is_ignored(p.as_str(), false) && p.as_str() != IGNORE_FILE)
             .collect();
         if files.is_empty() {
             return Ok(PassReport::default());
@@ -1034,34 +1059,43 @@ impl SyncEngine {
     /// disk), taking the paths the server changed; `None` when the pass
     /// must plan everything: a side that may be empty (the safety stop
     /// needs the whole picture).
-    fn focus_of(&mut self, rels: &BTreeSet<String>) -> Option<BTreeSet<RemotePath>> {
+    fn focus_of(
+        &mut self,
+        rels: &BTreeSet<String>,
+    ) -> Result<Option<BTreeSet<RemotePath>>, SyncError> {
         let rules = self.scanner.ignore();
         // Each test stops at the first file that is not the ignore file /
         // not ignored: O(1) for any folder with files in it.
         let local_empty = self.local.files.keys().all(|p| p.as_str() == IGNORE_FILE);
         let remote_empty = self
-            .remote
-            .keys()
-            .all(|p| rules.is_ignored(p.as_str(), false));
+            .state
+            .remote_each(|p, _| rules.is_ignored(p.as_str(), false))?;
         if local_empty || remote_empty {
-            return None;
+            return Ok(None);
         }
         let mut focus = std::mem::take(&mut self.touched);
         for rel in rels {
             let Ok(at) = RemotePath::normalized(rel) else {
                 continue;
             };
-            let found: Vec<RemotePath> =
-                distribusync_core::path::at_or_inside(&self.local.files, &at)
-                    .map(|(p, _)| p)
-                    .chain(distribusync_core::path::at_or_inside(&self.remote, &at).map(|(p, _)| p))
-                    .chain(distribusync_core::path::at_or_inside(&self.base, &at).map(|(p, _)| p))
-                    .cloned()
-                    .collect();
-            focus.extend(found);
+            focus.extend(self.known_at_or_inside(&at)?);
             focus.insert(at);
         }
-        Some(focus)
+        Ok(Some(focus))
+    }
+
+    /// Every path at `at` or inside it that a view holds: range queries
+    /// (the server view's in the state database), so the cost follows
+    /// the folder, not the tree.
+    fn known_at_or_inside(&self, at: &RemotePath) -> Result<Vec<RemotePath>, SyncError> {
+        let mut found: Vec<RemotePath> =
+            distribusync_core::path::at_or_inside(&self.local.files, at)
+                .map(|(p, _)| p)
+                .cloned()
+                .collect();
+        found.extend(self.state.remote_inside(at)?.into_keys());
+        found.extend(self.state.base_inside(at)?.into_keys());
+        Ok(found)
     }
 
     /// The focus of a full pass: every path whose entries in the three
@@ -1073,26 +1107,18 @@ impl SyncEngine {
     /// in the local view (the scan skips it), so every ignored path the
     /// server or the base holds is here too, and the planner's
     /// "ignored" and "is the server empty?" see all of them.
-    fn disagreeing(&self, hold: &BTreeSet<String>) -> BTreeSet<RemotePath> {
-        /// The current entry's value when it is at `path`.
-        fn at<'a, V>(cur: Option<(&'a RemotePath, &'a V)>, path: &RemotePath) -> Option<&'a V> {
-            cur.filter(|(p, _)| *p == path).map(|(_, v)| v)
-        }
+    fn disagreeing(&self, hold: &BTreeSet<String>) -> Result<BTreeSet<RemotePath>, SyncError> {
         let mut out = BTreeSet::new();
-        let (mut l, mut r, mut b) = (
-            self.local.files.iter(),
-            self.remote.iter(),
-            self.base.iter(),
-        );
-        let (mut lc, mut rc, mut bc) = (l.next(), r.next(), b.next());
-        // One merge of three sorted maps: no lookups, no copies.
-        loop {
-            let least = [lc.map(|e| e.0), rc.map(|e| e.0), bc.map(|e| e.0)]
-                .into_iter()
-                .flatten()
-                .min();
-            let Some(path) = least else { break };
-            let (le, re, be) = (at(lc, path), at(rc, path), at(bc, path));
+        let mut l = self.local.files.iter().peekable();
+        // One merge of the local view with the server view and the base,
+        // both read in path order from the state database: no look-ups, no
+        // copies, a row of each held at a time. Only a path all three
+        // hold can agree.
+        self.state.both_each(|path, re, be| {
+            while let Some((p, _)) = l.next_if(|(p, _)| *p < path) {
+                out.insert(p.clone());
+            }
+            let le = l.next_if(|(p, _)| *p == path).map(|(_, v)| v);
             let agree = match (le, re, be) {
                 (Some(lf), Some(rf), Some(bf)) => {
                     lf.hash == bf.hash
@@ -1104,30 +1130,16 @@ impl SyncEngine {
             if !agree {
                 out.insert(path.clone());
             }
-            if le.is_some() {
-                lc = l.next();
-            }
-            if re.is_some() {
-                rc = r.next();
-            }
-            if be.is_some() {
-                bc = b.next();
-            }
-        }
+            true
+        })?;
+        out.extend(l.map(|(p, _)| p.clone()));
         for rel in hold {
             let Ok(at) = RemotePath::normalized(rel) else {
                 continue;
             };
-            let found: Vec<RemotePath> =
-                distribusync_core::path::at_or_inside(&self.local.files, &at)
-                    .map(|(p, _)| p)
-                    .chain(distribusync_core::path::at_or_inside(&self.remote, &at).map(|(p, _)| p))
-                    .chain(distribusync_core::path::at_or_inside(&self.base, &at).map(|(p, _)| p))
-                    .cloned()
-                    .collect();
-            out.extend(found);
+            out.extend(self.known_at_or_inside(&at)?);
         }
-        out
+        Ok(out)
     }
 
     fn plan(
@@ -1135,7 +1147,7 @@ impl SyncEngine {
         hold: &BTreeSet<String>,
         focus: BTreeSet<RemotePath>,
         full: bool,
-    ) -> SyncPlan {
+    ) -> Result<SyncPlan, SyncError> {
         let now = std::time::SystemTime::now();
         // Files on the server (or in the base) that this folder ignores are
         // never touched: the scan cannot see them, which must not read as
@@ -1183,13 +1195,24 @@ impl SyncEngine {
         if !hold.is_empty() && !full {
             self.touched.extend(focus.iter().cloned());
         }
+        // The server's and the base's entries of the paths planned: all
+        // the planner reads of those views beyond what `DbViews` answers
+        // (see `plan_with`), so a plan holds what it plans, not the tree.
+        let (mut remote, mut base) = (BTreeMap::new(), BTreeMap::new());
+        for p in &focus {
+            if let Some(f) = self.state.remote_get(p)? {
+                remote.insert(p.clone(), f);
+            }
+            if let Some(b) = self.state.base_get(p)? {
+                base.insert(p.clone(), b);
+            }
+        }
+        self.state.note_held(remote.len() + base.len());
         let input = SyncInput {
             // Lent to the planner and taken back below.
             local: std::mem::take(&mut self.local.files),
-            // Lent to the planner and taken back below.
-            remote: std::mem::take(&mut self.remote),
-            // Lent too, and taken back below.
-            base: std::mem::take(&mut self.base),
+            remote,
+            base,
             unreadable,
             held,
             ignored,
@@ -1198,11 +1221,18 @@ impl SyncEngine {
             stamp: stamp(now),
             focus: Some(focus),
         };
-        let plan = plan(&input);
+        let plan = plan_with(
+            &input,
+            &DbViews {
+                input: &input,
+                state: &self.state,
+                rules: &rules,
+            },
+        );
         self.local.files = input.local;
-        self.remote = input.remote;
-        self.base = input.base;
-        plan
+        let peak = self.state.held_peak() as u64;
+        self.set_status(|s| s.views_held = peak);
+        Ok(plan)
     }
 
     /// Removes the partial downloads known (see `parts`) that no download
@@ -1225,15 +1255,13 @@ impl SyncEngine {
                     };
                     RemotePath::normalized(&path).ok().map(|p| (p, hash))
                 });
-            let wanted = target.is_some_and(|(p, hash)| {
-                self.remote
-                    .get(&p)
-                    .is_some_and(|r| r.hash.to_hex().starts_with(hash))
-                    && self
-                        .local
-                        .files
-                        .get(&p)
-                        .is_none_or(|l| self.remote.get(&p).is_some_and(|r| r.hash != l.hash))
+            // (A read that fails keeps the part: the next pass looks again.)
+            let wanted = target.is_some_and(|(p, hash)| match self.state.remote_get(&p) {
+                Ok(r) => r.is_some_and(|r| {
+                    r.hash.to_hex().starts_with(hash)
+                        && self.local.files.get(&p).is_none_or(|l| r.hash != l.hash)
+                }),
+                Err(_) => true,
             });
             let local = self.opts.dir.join(&rel);
             if wanted {
@@ -1259,6 +1287,8 @@ impl SyncEngine {
     pub(super) fn apply_remote(&mut self, msgs: Vec<RemoteMsg>) -> Result<usize, SyncError> {
         tracing::debug!(changes = msgs.len(), "server changes");
         let mut writes = Vec::new();
+        // Writes a snapshot made (already in the database).
+        let mut snapshot = 0;
         for msg in msgs {
             match msg {
                 RemoteMsg::Change(c) => {
@@ -1276,33 +1306,38 @@ impl SyncEngine {
                         ChangeKind::Rename {
                             from, to, revision, ..
                         } => {
-                            self.move_remote(&from, &to, revision, seq, &mut writes);
+                            self.move_remote(&from, &to, revision, seq, &mut writes)?;
                         }
                     }
                     self.last_seq = self.last_seq.max(seq);
                 }
                 RemoteMsg::Snapshot(all, seq) => {
                     self.remote_reset = true;
-                    self.remote.clear();
                     self.seen.clear();
+                    // Replaces the whole view (and what this burst set
+                    // before it), written at once: later changes of the
+                    // burst read it from the database.
                     writes.clear();
                     writes.push(StateWrite::ClearRemote);
+                    snapshot = all.len();
                     for f in all {
                         let file = RemoteFile {
                             revision: f.revision,
                             hash: f.hash,
                             size: f.size,
                         };
-                        writes.push(StateWrite::Remote(f.path.clone(), Some(file.clone())));
-                        self.remote.insert(f.path, file);
+                        writes.push(StateWrite::Remote(f.path, Some(file)));
                     }
                     self.last_seq = seq;
+                    writes.push(StateWrite::LastSeq(seq));
+                    self.state.write(&writes)?;
+                    writes.clear();
                 }
                 RemoteMsg::CaughtUp | RemoteMsg::Offline(_) => {}
             }
         }
         // Each change that was news wrote the remote view (a snapshot too).
-        let news = writes.len();
+        let news = writes.len() + snapshot;
         writes.push(StateWrite::LastSeq(self.last_seq));
         self.state.write(&writes)?;
         // Guards at or below last_seq are spent: the stream is past them.
@@ -1327,10 +1362,7 @@ impl SyncEngine {
         self.seen.insert(path.clone(), seq);
         self.touched.insert(path.clone());
         writes.push(StateWrite::Remote(path.clone(), file.clone()));
-        match file {
-            Some(f) => self.remote.insert(path.clone(), f),
-            None => self.remote.remove(path),
-        };
+        self.state.stage_remote(path, file);
     }
 
     /// Moves `from` (a file, or everything inside a folder) to `to` in the
@@ -1342,11 +1374,13 @@ impl SyncEngine {
         revision: u64,
         seq: u64,
         writes: &mut Vec<StateWrite>,
-    ) {
-        let moved: Vec<(RemotePath, RemotePath, RemoteFile)> =
-            distribusync_core::path::at_or_inside(&self.remote, from)
-                .filter_map(|(p, f)| p.rebase(from, to).map(|n| (p.clone(), n, f.clone())))
-                .collect();
+    ) -> Result<(), StateError> {
+        let moved: Vec<(RemotePath, RemotePath, RemoteFile)> = self
+            .state
+            .remote_inside(from)?
+            .into_iter()
+            .filter_map(|(p, f)| p.rebase(from, to).map(|n| (p, n, f)))
+            .collect();
         for (old, new, f) in moved {
             if self.seen.get(&old).is_some_and(|s| *s >= seq) {
                 continue;
@@ -1354,6 +1388,81 @@ impl SyncEngine {
             self.set_remote(&old, None, seq, writes);
             self.set_remote(&new, Some(RemoteFile { revision, ..f }), seq, writes);
         }
+        Ok(())
+    }
+}
+
+/// The planner's whole-view questions (see `distribusync_core::sync::Views`)
+/// answered from the engine's views: the local view from the input's map
+/// (lent whole), the server view and the base from the state database.
+/// A read that fails gives the cautious answer (a name taken, a folder not
+/// wholly moved, the server empty: the safety stop), never a step that
+/// could lose a file.
+struct DbViews<'a> {
+    input: &'a SyncInput,
+    state: &'a State,
+    rules: &'a super::ignore::IgnoreRules,
+}
+
+impl DbViews<'_> {
+    fn cautious<T>(&self, r: Result<T, StateError>, cautious: T) -> T {
+        r.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the server view; planning cautiously");
+            cautious
+        })
+    }
+}
+
+impl Views for DbViews<'_> {
+    fn contains(&self, side: Side, path: &RemotePath) -> bool {
+        match side {
+            Side::Remote => self.cautious(self.state.remote_get(path).map(|f| f.is_some()), true),
+            Side::Base => self.cautious(self.state.base_get(path).map(|f| f.is_some()), true),
+            Side::Local => InputViews(self.input).contains(side, path),
+        }
+    }
+
+    fn count_inside(&self, side: Side, dir: &RemotePath) -> u64 {
+        match side {
+            Side::Remote => self.cautious(self.state.remote_count_inside(dir), u64::MAX),
+            Side::Base => self.cautious(self.state.base_count_inside(dir), u64::MAX),
+            Side::Local => InputViews(self.input).count_inside(side, dir),
+        }
+    }
+
+    fn holds_inside(&self, side: Side, dir: &RemotePath) -> bool {
+        match side {
+            Side::Local => InputViews(self.input).holds_inside(side, dir),
+            _ => self.count_inside(side, dir) > 0,
+        }
+    }
+
+    fn local_is_empty(&self) -> bool {
+        InputViews(self.input).local_is_empty()
+    }
+
+    fn remote_is_empty(&self) -> bool {
+        // Stops at the first file this folder does not ignore.
+        let rules = self.rules;
+        self.cautious(
+            self.state
+                .remote_each(|p, _| rules.is_ignored(p.as_str(), false)),
+            true,
+        )
+    }
+
+    fn synced(&self) -> u64 {
+        // Asked only when a side looks empty (the safety stop): a pass
+        // over the base then, counting what this folder does not ignore.
+        let (rules, mut n) = (self.rules, 0u64);
+        let counted = self.state.base_each(|p, _| {
+            if !rules.is_ignored(p.as_str(), false) {
+                n += 1;
+            }
+            true
+        });
+        // Unreadable: as many as it takes to stop.
+        self.cautious(counted.map(|_| n), u64::MAX)
     }
 }
 

@@ -13,10 +13,10 @@ use futures::StreamExt;
 
 use super::engine::{PassReport, SyncEngine, SyncError};
 use super::scan::{LocalEntry, stat_of};
-use super::state::{BaseEntry, FileStat, StateWrite};
+use super::state::{BaseEntry, FileStat, StateError, StateWrite};
 use super::traffic::{Direction, Tracker};
 use crate::error::ClientError;
-use crate::files::{BatchFile, FileInfo, FilesClient, Progress};
+use crate::files::{BatchFile, Expected, FileInfo, FilesClient, Progress};
 
 /// Transfers in flight: each yields the results of its files.
 type Job = futures::future::BoxFuture<'static, Vec<(RemotePath, Result<Done, ClientError>)>>;
@@ -117,12 +117,14 @@ fn prune_empty_dirs(root: &Path, path: &Path) {
 /// Downloads `path` into `local`, or copies it from one of `copies` (local
 /// files whose scanned hash is the server's: a copy or rename made on
 /// another machine costs no download).
+#[allow(clippy::too_many_arguments)]
 async fn download(
     client: &FilesClient,
     dir: &Path,
     path: &RemotePath,
     local: PathBuf,
     expected: Option<FileStat>,
+    version: &RemoteFile,
     copies: Vec<PathBuf>,
     progress: Arc<dyn Progress>,
 ) -> Result<(FileInfo, FileStat), ClientError> {
@@ -137,6 +139,12 @@ async fn download(
         .get_with_copies(
             path,
             &local,
+            // The plan's version (from the change log or a listing): the
+            // download need not ask the server which version it has.
+            Some(Expected {
+                hash: version.hash,
+                size: version.size,
+            }),
             copies,
             progress,
             Box::new(move |_| {
@@ -197,7 +205,7 @@ impl SyncEngine {
             stat,
         };
         writes.push(StateWrite::Base(path.clone(), Some(base.clone())));
-        self.base.insert(path.clone(), base);
+        self.state.stage_base(path, Some(base));
         self.local.files.insert(
             path.clone(),
             LocalEntry {
@@ -210,26 +218,35 @@ impl SyncEngine {
     }
 
     fn forget(&mut self, writes: &mut Vec<StateWrite>, path: &RemotePath) {
-        self.base.remove(path);
+        self.state.stage_base(path, None);
         writes.push(StateWrite::Base(path.clone(), None));
     }
 
-    fn moved(&mut self, writes: &mut Vec<StateWrite>, from: &RemotePath, to: &RemotePath) {
-        let moved: Vec<_> = distribusync_core::path::at_or_inside(&self.base, from)
-            .filter_map(|(p, _)| p.rebase(from, to).map(|n| (p.clone(), n)))
+    fn moved(
+        &mut self,
+        writes: &mut Vec<StateWrite>,
+        from: &RemotePath,
+        to: &RemotePath,
+    ) -> Result<(), StateError> {
+        let moved: Vec<_> = self
+            .state
+            .base_inside(from)?
+            .into_iter()
+            .filter_map(|(p, b)| p.rebase(from, to).map(|n| (p, n, b)))
             .collect();
-        for (old, new) in moved {
-            let mut b = self.base.remove(&old).expect("listed above");
+        for (old, new, mut b) in moved {
+            self.state.stage_base(&old, None);
             writes.push(StateWrite::Base(old, None));
-            if let Some(r) = self.remote.get(&new) {
+            if let Some(r) = self.state.remote_get(&new)? {
                 b.revision = r.revision;
             }
             if let Some(l) = self.local.files.get(&new) {
                 b.stat = l.stat;
             }
             writes.push(StateWrite::Base(new.clone(), Some(b.clone())));
-            self.base.insert(new, b);
+            self.state.stage_base(&new, Some(b));
         }
+        Ok(())
     }
 
     pub(super) async fn execute(&mut self, plan: SyncPlan) -> Result<PassReport, SyncError> {
@@ -270,13 +287,13 @@ impl SyncEngine {
                     report.transfers += 1;
                     match self.client.rename(&from, &to, false, if_revision).await {
                         Ok((seq, files)) => {
-                            self.move_remote(&from, &to, seq, seq, &mut writes);
+                            self.move_remote(&from, &to, seq, seq, &mut writes)?;
                             if folder {
                                 // A folder moves with whatever is in it now:
                                 // take the server's word for its files.
                                 self.refresh_remote(&to, &mut writes).await;
                             }
-                            self.moved(&mut writes, &from, &to);
+                            self.moved(&mut writes, &from, &to)?;
                             tracing::info!(%from, %to, folder, files, "renamed on server");
                             self.set_status(|s| {
                                 s.last_action =
@@ -299,7 +316,7 @@ impl SyncEngine {
                     report.transfers += 1;
                     match self.rename_local(&from, &to) {
                         Ok(()) => {
-                            self.moved(&mut writes, &from, &to);
+                            self.moved(&mut writes, &from, &to)?;
                             tracing::info!(%from, %to, folder, "renamed locally");
                             self.set_status(|s| {
                                 s.last_action = Some(format!("renamed {from} -> {to} here"))
@@ -356,7 +373,7 @@ impl SyncEngine {
                                 stat,
                             };
                             writes.push(StateWrite::Base(path.clone(), Some(entry.clone())));
-                            self.base.insert(path, entry);
+                            self.state.stage_base(&path, Some(entry));
                         }
                         None => self.forget(&mut writes, &path),
                     }
@@ -429,7 +446,7 @@ impl SyncEngine {
                     };
                     writes.push(StateWrite::Remote(f.path.clone(), Some(file.clone())));
                     self.relisted.insert(f.path.clone());
-                    self.remote.insert(f.path, file);
+                    self.state.stage_remote(&f.path, Some(file));
                 }
             }
             // The change log brings the same facts a little later.
@@ -664,13 +681,14 @@ impl SyncEngine {
                                     .await?;
                                 Ok(Done::Uploaded { path, info, stat })
                             }
-                            Operation::Download { path, .. } => {
+                            Operation::Download { path, remote, .. } => {
                                 let (info, stat) = download(
                                     &client,
                                     &dir,
                                     &path,
                                     local,
                                     planned,
+                                    &remote,
                                     local_copies,
                                     down_progress,
                                 )
@@ -682,7 +700,7 @@ impl SyncEngine {
                                 copy,
                                 local_hash,
                                 upload_copy,
-                                ..
+                                remote,
                             } => {
                                 // Keep the local edit under the copy's name, then
                                 // bring the server's version to the original name.
@@ -712,6 +730,7 @@ impl SyncEngine {
                                     &path,
                                     local,
                                     None,
+                                    &remote,
                                     Vec::new(),
                                     down_progress,
                                 )

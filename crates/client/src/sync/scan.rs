@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use distribusync_core::{ContentHash, RemotePath, limits};
 
 use super::ignore::IgnoreRules;
-use super::state::{BaseEntry, FileStat};
+use super::state::{BaseReader, FileStat};
 
 /// A local file as last scanned: the planner's own type, so the view is
 /// lent to the planner for a pass instead of copied (with a million files
@@ -107,8 +107,14 @@ impl Held {
 #[derive(Debug)]
 pub struct SliceSink {
     pub tx: tokio::sync::mpsc::Sender<Slice>,
-    /// Files per slice.
+    /// Files per slice, at most.
     pub size: usize,
+    /// Files in the next slice: the first slices are small, so sending
+    /// starts as soon as the scan has found a few hundred files (a first
+    /// slice of `size` would keep the pipeline idle until the scan had
+    /// hashed that many: most of a 10,000-file tree), then each is twice
+    /// the last, up to `size`.
+    pub next: usize,
     /// Small contents kept per slice: [`KEEP_TOTAL_MAX`] shared by every
     /// slice that can be alive at once.
     pub keep: u64,
@@ -139,6 +145,7 @@ impl SliceSink {
         // Unreadable or busy files are not sent: no longer held.
         self.held.done(listed - slice.files.len());
         let sent = slice.files.len();
+        self.next = (self.next * 2).min(self.size).max(1);
         if sent > 0 && self.tx.blocking_send(slice).is_err() {
             // The engine stopped taking slices: the scan goes on alone.
             self.held.done(sent);
@@ -171,7 +178,8 @@ pub fn stat_of(meta: &fs::Metadata) -> FileStat {
 /// renamed file can take its hash from ([`Known::by_stat`]).
 struct Known<'a> {
     old: BTreeMap<RemotePath, LocalEntry>,
-    base: &'a BTreeMap<RemotePath, BaseEntry>,
+    /// The base, read from the state database by path (see `state`).
+    base: &'a BaseReader,
     /// Hashes by stat of the old view as it was when the walk met its
     /// first young file without a known hash ([`Known::renamed_from`]);
     /// built only then, so a scan meeting none holds no second index.
@@ -179,10 +187,7 @@ struct Known<'a> {
 }
 
 impl<'a> Known<'a> {
-    fn new(
-        old: BTreeMap<RemotePath, LocalEntry>,
-        base: &'a BTreeMap<RemotePath, BaseEntry>,
-    ) -> Self {
+    fn new(old: BTreeMap<RemotePath, LocalEntry>, base: &'a BaseReader) -> Self {
         Self {
             old,
             base,
@@ -199,8 +204,11 @@ impl<'a> Known<'a> {
             .filter(|e| e.stat == *stat)
             .map(|e| e.hash)
             .or_else(|| {
+                // (A read that fails costs a re-hash, nothing else.)
                 self.base
                     .get(path)
+                    .ok()
+                    .flatten()
                     .filter(|b| b.stat == *stat)
                     .map(|b| b.hash)
             })
@@ -227,12 +235,16 @@ impl<'a> Known<'a> {
         self.old.values().map(|e| (e.stat, e.hash)).collect()
     }
 
-    /// Every known path inside `dir` (or everything, for the root).
-    fn inside<'s>(&'s self, dir: Option<&'s RemotePath>) -> impl Iterator<Item = &'s RemotePath> {
-        self.old
-            .keys()
-            .chain(self.base.keys())
-            .filter(move |p| dir.is_none_or(|d| p.is_inside(d)))
+    /// Every known path inside `dir`; `None` when the base cannot be read.
+    fn inside(&self, dir: &RemotePath) -> Option<Vec<RemotePath>> {
+        let mut found: Vec<RemotePath> = distribusync_core::path::at_or_inside(&self.old, dir)
+            .map(|(p, _)| p)
+            .filter(|p| p.is_inside(dir))
+            .cloned()
+            .collect();
+        let base = self.base.inside(dir).ok()?;
+        found.extend(base.into_iter().filter(|p| p.is_inside(dir)));
+        Some(found)
     }
 }
 
@@ -318,7 +330,12 @@ impl ToHash {
                 Ok((hash, n, data)) if n == stat.size => {
                     // Kept only if it may be sent: content equal to the
                     // base's (a file merely touched) never is.
-                    let unsent = known.base.get(&path).is_some_and(|b| b.hash == hash);
+                    let unsent = known
+                        .base
+                        .get(&path)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|b| b.hash == hash);
                     if let Some(data) = data.filter(|_| !unsent) {
                         view.contents.insert(path.clone(), (stat, data));
                     }
@@ -443,7 +460,7 @@ impl Scanner {
     pub fn full(
         &self,
         old: LocalView,
-        base: &BTreeMap<RemotePath, BaseEntry>,
+        base: &BaseReader,
         settle: Option<Duration>,
         mut sink: Option<SliceSink>,
     ) -> LocalView {
@@ -471,7 +488,7 @@ impl Scanner {
         &self,
         view: &mut LocalView,
         rels: &BTreeSet<String>,
-        base: &BTreeMap<RemotePath, BaseEntry>,
+        base: &BaseReader,
         settle: Option<Duration>,
     ) {
         view.busy = false;
@@ -567,11 +584,18 @@ impl Scanner {
                                 continue;
                             }
                             // Everything known below it stays as it was: an
-                            // unreadable folder is not a deleted one.
+                            // unreadable folder is not a deleted one. (Not
+                            // knowing what that is stops the pass.)
                             if let Ok(p) = RemotePath::normalized(dir_rel) {
-                                let below: Vec<RemotePath> =
-                                    known.inside(Some(&p)).cloned().collect();
-                                view.unreadable.extend(below);
+                                match known.inside(&p) {
+                                    Some(below) => view.unreadable.extend(below),
+                                    None => {
+                                        view.root_error = Some(format!(
+                                            "{}: {e}; and the sync state cannot be read",
+                                            dir.display()
+                                        ));
+                                    }
+                                }
                             }
                             continue;
                         }
@@ -586,7 +610,7 @@ impl Scanner {
                                     .held_peak
                                     .max(view.files.len() + known.old.len() + to_hash.files.len());
                                 if let Some(sink) = sink.as_deref_mut()
-                                    && to_hash.files.len() >= sink.size
+                                    && to_hash.files.len() >= sink.next
                                 {
                                     sink.flush(&self.dir, known, view, to_hash);
                                 }

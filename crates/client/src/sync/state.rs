@@ -1,6 +1,18 @@
 //! `DIR/.distribusync/state.db`: the merge base per path, the last known
 //! server view, and the last change-log sequence applied to it. Restarting
 //! with this intact costs no transfers and no re-hashing.
+//!
+//! The server view (the `remote` table) and the merge base (`base`) live
+//! here only, not in memory: the engine asks for the entries it needs by
+//! path (a point look-up) or by folder (a range of the primary key: every
+//! path inside `dir` sorts between `dir/` and `dir0`), or walks both in
+//! path order for a full pass's merge. Invariant: what the engine set but
+//! has not written yet (the steps of one operation, before their
+//! transaction) is in a `pending` overlay, which every read consults
+//! first; a write that carries an entry takes it out of `pending`, so
+//! `pending` holds at most one operation's or one burst's changes,
+//! whatever the size of the tree. A scan reads the base through its own
+//! connection ([`State::reader`]), on its own thread.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +42,15 @@ pub struct StateError {
 pub struct State {
     conn: Connection,
     path: String,
+    file: std::path::PathBuf,
+    /// Remote entries set and not yet written (`None`: removed); see the
+    /// module header.
+    pending: BTreeMap<RemotePath, Option<RemoteFile>>,
+    /// The same for the base.
+    base_pending: BTreeMap<RemotePath, Option<BaseEntry>>,
+    /// The most entries of the two views held in memory at once: the
+    /// overlays, or a plan's own entries ([`State::note_held`]).
+    held_peak: usize,
 }
 
 const SCHEMA: &str = "
@@ -50,6 +71,206 @@ fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// One of the two views kept in the database: its queries and its rows.
+trait Table {
+    type Entry: Clone;
+    /// `path, …` of one path (`?1`).
+    const GET: &'static str;
+    /// `path, …` at `?1` or in `[?2, ?3)`.
+    const INSIDE: &'static str;
+    /// How many paths in `[?1, ?2)`.
+    const COUNT: &'static str;
+    /// Every `path, …` in path order.
+    const ALL: &'static str;
+    /// A row; `None` for one that no longer parses (skipped: the next scan
+    /// and listing recreate it).
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(RemotePath, Self::Entry)>>;
+}
+
+struct RemoteTable;
+
+impl Table for RemoteTable {
+    type Entry = RemoteFile;
+    const GET: &'static str = "SELECT path, revision, hash, size FROM remote WHERE path = ?1";
+    const INSIDE: &'static str = "SELECT path, revision, hash, size FROM remote \
+                                  WHERE path = ?1 OR (path >= ?2 AND path < ?3)";
+    const COUNT: &'static str = "SELECT count(*) FROM remote WHERE path >= ?1 AND path < ?2";
+    const ALL: &'static str = "SELECT path, revision, hash, size FROM remote ORDER BY path";
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(RemotePath, RemoteFile)>> {
+        let Some((path, hash)) = path_and_hash(r)? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            path,
+            RemoteFile {
+                revision: r.get::<_, i64>(1)? as u64,
+                hash,
+                size: r.get::<_, i64>(3)? as u64,
+            },
+        )))
+    }
+}
+
+struct BaseTable;
+
+impl Table for BaseTable {
+    type Entry = BaseEntry;
+    const GET: &'static str =
+        "SELECT path, revision, hash, size, mtime_ns, inode FROM base WHERE path = ?1";
+    const INSIDE: &'static str = "SELECT path, revision, hash, size, mtime_ns, inode FROM base \
+                                  WHERE path = ?1 OR (path >= ?2 AND path < ?3)";
+    const COUNT: &'static str = "SELECT count(*) FROM base WHERE path >= ?1 AND path < ?2";
+    const ALL: &'static str =
+        "SELECT path, revision, hash, size, mtime_ns, inode FROM base ORDER BY path";
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(RemotePath, BaseEntry)>> {
+        let Some((path, hash)) = path_and_hash(r)? else {
+            return Ok(None);
+        };
+        let size = r.get::<_, i64>(3)? as u64;
+        Ok(Some((
+            path,
+            BaseEntry {
+                revision: r.get::<_, i64>(1)? as u64,
+                hash,
+                size,
+                stat: FileStat {
+                    size,
+                    mtime_ns: r.get(4)?,
+                    inode: r.get::<_, i64>(5)? as u64,
+                },
+            },
+        )))
+    }
+}
+
+/// The entry at `path`: `pending`'s, else the table's.
+fn get<T: Table>(
+    conn: &Connection,
+    pending: &BTreeMap<RemotePath, Option<T::Entry>>,
+    path: &RemotePath,
+) -> rusqlite::Result<Option<T::Entry>> {
+    if let Some(p) = pending.get(path) {
+        return Ok(p.clone());
+    }
+    let mut st = conn.prepare_cached(T::GET)?;
+    let found = st.query_row([path.as_str()], T::row).optional()?;
+    Ok(found.flatten().map(|(_, e)| e))
+}
+
+/// The entries at `dir` or inside it, in path order.
+fn inside<T: Table>(
+    conn: &Connection,
+    pending: &BTreeMap<RemotePath, Option<T::Entry>>,
+    dir: &RemotePath,
+) -> rusqlite::Result<BTreeMap<RemotePath, T::Entry>> {
+    let (lo, hi) = folder_range(dir);
+    let mut out = BTreeMap::new();
+    let mut st = conn.prepare_cached(T::INSIDE)?;
+    let mut rows = st.query([dir.as_str(), lo.as_str(), hi.as_str()])?;
+    while let Some(r) = rows.next()? {
+        if let Some((p, e)) = T::row(r)? {
+            out.insert(p, e);
+        }
+    }
+    for (p, e) in distribusync_core::path::at_or_inside(pending, dir) {
+        match e {
+            Some(e) => out.insert(p.clone(), e.clone()),
+            None => out.remove(p),
+        };
+    }
+    Ok(out)
+}
+
+/// How many entries are strictly inside the folder `dir`.
+fn count_inside<T: Table>(
+    conn: &Connection,
+    pending: &BTreeMap<RemotePath, Option<T::Entry>>,
+    dir: &RemotePath,
+) -> rusqlite::Result<u64> {
+    if distribusync_core::path::at_or_inside(pending, dir)
+        .next()
+        .is_some()
+    {
+        let all = inside::<T>(conn, pending, dir)?;
+        return Ok(all.keys().filter(|p| *p != dir).count() as u64);
+    }
+    let (lo, hi) = folder_range(dir);
+    let mut st = conn.prepare_cached(T::COUNT)?;
+    let n: i64 = st.query_row([lo.as_str(), hi.as_str()], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// A table's rows in path order, with `pending` laid over them: a cursor
+/// holding one row at a time.
+struct Merged<'s, 'p, T: Table> {
+    rows: rusqlite::Rows<'s>,
+    pending:
+        std::iter::Peekable<std::collections::btree_map::Iter<'p, RemotePath, Option<T::Entry>>>,
+    /// The next row of the table not yet handed on.
+    head: Option<(RemotePath, T::Entry)>,
+    done: bool,
+}
+
+impl<'s, 'p, T: Table> Merged<'s, 'p, T> {
+    fn new(rows: rusqlite::Rows<'s>, pending: &'p BTreeMap<RemotePath, Option<T::Entry>>) -> Self {
+        Self {
+            rows,
+            pending: pending.iter().peekable(),
+            head: None,
+            done: false,
+        }
+    }
+
+    fn next(&mut self) -> rusqlite::Result<Option<(RemotePath, T::Entry)>> {
+        loop {
+            if self.head.is_none() && !self.done {
+                match self.rows.next()? {
+                    Some(r) => match T::row(r)? {
+                        Some(e) => self.head = Some(e),
+                        None => continue,
+                    },
+                    None => self.done = true,
+                }
+            }
+            let pending_first = match (&self.head, self.pending.peek()) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some((h, _)), Some((p, _))) => *p <= h,
+            };
+            if !pending_first {
+                return Ok(self.head.take());
+            }
+            let Some((p, e)) = self.pending.next() else {
+                return Ok(self.head.take());
+            };
+            // Pending replaces the row at the same path.
+            if self.head.as_ref().is_some_and(|(h, _)| h == p) {
+                self.head = None;
+            }
+            if let Some(e) = e {
+                return Ok(Some((p.clone(), e.clone())));
+            }
+        }
+    }
+}
+
+/// Every entry of a table in path order (pending included), each handed
+/// to `f`, until `f` says false; false when it stopped early.
+fn each<T: Table>(
+    conn: &Connection,
+    pending: &BTreeMap<RemotePath, Option<T::Entry>>,
+    f: &mut dyn FnMut(&RemotePath, &T::Entry) -> bool,
+) -> rusqlite::Result<bool> {
+    let mut st = conn.prepare_cached(T::ALL)?;
+    let mut cur = Merged::<T>::new(st.query([])?, pending);
+    while let Some((p, e)) = cur.next()? {
+        if !f(&p, &e) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 impl State {
     /// Opens or creates the database.
     ///
@@ -63,7 +284,14 @@ impl State {
         };
         let conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(Self { conn, path: shown })
+        Ok(Self {
+            conn,
+            path: shown,
+            file: path.to_owned(),
+            pending: BTreeMap::new(),
+            base_pending: BTreeMap::new(),
+            held_peak: 0,
+        })
     }
 
     fn err(&self, source: rusqlite::Error) -> StateError {
@@ -73,74 +301,38 @@ impl State {
         }
     }
 
-    /// Every base entry and the remote view, and the last sequence applied.
+    /// A read-only connection of its own, for a scan on another thread:
+    /// it reads the base as last written (a scan starts between
+    /// operations, when nothing is pending).
+    ///
+    /// # Errors
+    /// When SQLite cannot open it.
+    pub fn reader(&self) -> Result<BaseReader, StateError> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(
+            &self.file,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(BaseReader {
+            conn,
+            none: BTreeMap::new(),
+        })
+    }
+
+    /// The last change-log sequence applied (the views stay in the
+    /// database: see the module header).
     ///
     /// # Errors
     /// When the database cannot be read.
-    #[allow(clippy::type_complexity)]
-    pub fn load(
-        &self,
-    ) -> Result<
-        (
-            BTreeMap<RemotePath, BaseEntry>,
-            BTreeMap<RemotePath, RemoteFile>,
-            u64,
-        ),
-        StateError,
-    > {
-        let load = || -> rusqlite::Result<_> {
-            let mut base = BTreeMap::new();
-            let mut st = self
-                .conn
-                .prepare("SELECT path, revision, hash, size, mtime_ns, inode FROM base")?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let Some((path, hash)) = path_and_hash(r)? else {
-                    continue;
-                };
-                let size = r.get::<_, i64>(3)? as u64;
-                base.insert(
-                    path,
-                    BaseEntry {
-                        revision: r.get::<_, i64>(1)? as u64,
-                        hash,
-                        size,
-                        stat: FileStat {
-                            size,
-                            mtime_ns: r.get(4)?,
-                            inode: r.get::<_, i64>(5)? as u64,
-                        },
-                    },
-                );
-            }
-            let mut remote = BTreeMap::new();
-            let mut st = self
-                .conn
-                .prepare("SELECT path, revision, hash, size FROM remote")?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let Some((path, hash)) = path_and_hash(r)? else {
-                    continue;
-                };
-                remote.insert(
-                    path,
-                    RemoteFile {
-                        revision: r.get::<_, i64>(1)? as u64,
-                        hash,
-                        size: r.get::<_, i64>(3)? as u64,
-                    },
-                );
-            }
-            let seq: i64 = self
-                .conn
-                .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
-                    r.get(0)
-                })
-                .optional()?
-                .unwrap_or(0);
-            Ok((base, remote, seq as u64))
-        };
-        load().map_err(|e| self.err(e))
+    pub fn last_seq(&self) -> Result<u64, StateError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|v| v.unwrap_or(0) as u64)
+            .map_err(|e| self.err(e))
     }
 
     /// True when a first pass (see `SyncEngine::pass`) started and never
@@ -215,8 +407,207 @@ impl State {
         run(&mut self.conn).map_err(|e| StateError {
             path: self.path.clone(),
             source: e,
-        })
+        })?;
+        // Written: the database answers for these now.
+        for w in batch {
+            match w {
+                StateWrite::Remote(p, _) => {
+                    self.pending.remove(p);
+                }
+                StateWrite::Base(p, _) => {
+                    self.base_pending.remove(p);
+                }
+                StateWrite::ClearRemote => self.pending.clear(),
+                _ => {}
+            }
+        }
+        Ok(())
     }
+
+    /// Sets one path of the remote view; read back at once, written by
+    /// the next [`State::write`] that carries the same change (the caller
+    /// pushes a [`StateWrite::Remote`] for it).
+    pub fn stage_remote(&mut self, path: &RemotePath, file: Option<RemoteFile>) {
+        self.pending.insert(path.clone(), file);
+        self.note_held(0);
+    }
+
+    /// As [`State::stage_remote`], for the base ([`StateWrite::Base`]).
+    pub fn stage_base(&mut self, path: &RemotePath, entry: Option<BaseEntry>) {
+        self.base_pending.insert(path.clone(), entry);
+        self.note_held(0);
+    }
+
+    /// Notes that `n` entries of the views are held in memory for a moment
+    /// (a plan's own), for [`State::held_peak`].
+    pub fn note_held(&mut self, n: usize) {
+        let now = n + self.pending.len() + self.base_pending.len();
+        self.held_peak = self.held_peak.max(now);
+    }
+
+    /// The most entries of the two views ever held in memory at once.
+    pub fn held_peak(&self) -> usize {
+        self.held_peak
+    }
+
+    /// The server's entry at `path`.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn remote_get(&self, path: &RemotePath) -> Result<Option<RemoteFile>, StateError> {
+        get::<RemoteTable>(&self.conn, &self.pending, path).map_err(|e| self.err(e))
+    }
+
+    /// The base's entry at `path`.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn base_get(&self, path: &RemotePath) -> Result<Option<BaseEntry>, StateError> {
+        get::<BaseTable>(&self.conn, &self.base_pending, path).map_err(|e| self.err(e))
+    }
+
+    /// The server's entries at `dir` or inside it, in path order: a range
+    /// of the primary key, so the cost follows the folder, not the tree.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn remote_inside(
+        &self,
+        dir: &RemotePath,
+    ) -> Result<BTreeMap<RemotePath, RemoteFile>, StateError> {
+        inside::<RemoteTable>(&self.conn, &self.pending, dir).map_err(|e| self.err(e))
+    }
+
+    /// As [`State::remote_inside`], for the base.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn base_inside(
+        &self,
+        dir: &RemotePath,
+    ) -> Result<BTreeMap<RemotePath, BaseEntry>, StateError> {
+        inside::<BaseTable>(&self.conn, &self.base_pending, dir).map_err(|e| self.err(e))
+    }
+
+    /// How many entries the server has strictly inside the folder `dir`.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn remote_count_inside(&self, dir: &RemotePath) -> Result<u64, StateError> {
+        count_inside::<RemoteTable>(&self.conn, &self.pending, dir).map_err(|e| self.err(e))
+    }
+
+    /// As [`State::remote_count_inside`], for the base.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn base_count_inside(&self, dir: &RemotePath) -> Result<u64, StateError> {
+        count_inside::<BaseTable>(&self.conn, &self.base_pending, dir).map_err(|e| self.err(e))
+    }
+
+    /// Every entry of the server view in path order (what is pending
+    /// included), each handed to `f`; stops early when `f` says false.
+    /// Returns false when it stopped early. One pass over the primary
+    /// key: nothing but the current row is held.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn remote_each(
+        &self,
+        mut f: impl FnMut(&RemotePath, &RemoteFile) -> bool,
+    ) -> Result<bool, StateError> {
+        each::<RemoteTable>(&self.conn, &self.pending, &mut f).map_err(|e| self.err(e))
+    }
+
+    /// As [`State::remote_each`], for the base.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn base_each(
+        &self,
+        mut f: impl FnMut(&RemotePath, &BaseEntry) -> bool,
+    ) -> Result<bool, StateError> {
+        each::<BaseTable>(&self.conn, &self.base_pending, &mut f).map_err(|e| self.err(e))
+    }
+
+    /// Every path the server view or the base holds, in path order, with
+    /// its entry on each side: one merge of the two tables' primary keys,
+    /// holding a row of each at a time. Stops when `f` says false.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn both_each(
+        &self,
+        mut f: impl FnMut(&RemotePath, Option<&RemoteFile>, Option<&BaseEntry>) -> bool,
+    ) -> Result<(), StateError> {
+        let mut run = || -> rusqlite::Result<()> {
+            let mut rs = self.conn.prepare_cached(RemoteTable::ALL)?;
+            let mut bs = self.conn.prepare_cached(BaseTable::ALL)?;
+            let mut r = Merged::<RemoteTable>::new(rs.query([])?, &self.pending);
+            let mut b = Merged::<BaseTable>::new(bs.query([])?, &self.base_pending);
+            let (mut rc, mut bc) = (r.next()?, b.next()?);
+            loop {
+                let go_on = match (&rc, &bc) {
+                    (None, None) => return Ok(()),
+                    (Some((rp, re)), Some((bp, be))) if rp == bp => f(rp, Some(re), Some(be)),
+                    (Some((rp, re)), Some((bp, _))) if rp < bp => f(rp, Some(re), None),
+                    (Some((rp, re)), None) => f(rp, Some(re), None),
+                    (_, Some((bp, be))) => f(bp, None, Some(be)),
+                };
+                if !go_on {
+                    return Ok(());
+                }
+                let (r_at, b_at) = match (&rc, &bc) {
+                    (Some((rp, _)), Some((bp, _))) => (rp <= bp, bp <= rp),
+                    (Some(_), None) => (true, false),
+                    (None, Some(_)) => (false, true),
+                    (None, None) => (false, false),
+                };
+                if r_at {
+                    rc = r.next()?;
+                }
+                if b_at {
+                    bc = b.next()?;
+                }
+            }
+        };
+        run().map_err(|e| self.err(e))
+    }
+}
+
+/// A scan's own read-only connection to the base (see [`State::reader`]).
+#[derive(Debug)]
+pub struct BaseReader {
+    conn: Connection,
+    /// Nothing is pending for a reader.
+    none: BTreeMap<RemotePath, Option<BaseEntry>>,
+}
+
+impl BaseReader {
+    /// The base's entry at `path`.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn get(&self, path: &RemotePath) -> rusqlite::Result<Option<BaseEntry>> {
+        get::<BaseTable>(&self.conn, &self.none, path)
+    }
+
+    /// The base's paths at `dir` or inside it.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn inside(&self, dir: &RemotePath) -> rusqlite::Result<Vec<RemotePath>> {
+        Ok(inside::<BaseTable>(&self.conn, &self.none, dir)?
+            .into_keys()
+            .collect())
+    }
+}
+
+/// The bounds of the paths strictly inside `dir`: from `dir/` (included)
+/// to `dir0` (excluded; `0` follows `/`), in byte order, which is both
+/// SQLite's text order and [`RemotePath`]'s.
+fn folder_range(dir: &RemotePath) -> (String, String) {
+    (format!("{dir}/"), format!("{dir}0"))
 }
 
 /// Column 0 as a path and column 2 as a hash; `None` for a row that no
@@ -236,4 +627,94 @@ pub enum StateWrite {
     LastSeq(u64),
     /// A first pass has started (`true`) or finished (`false`).
     FirstPass(bool),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(n: u8) -> RemoteFile {
+        RemoteFile {
+            revision: u64::from(n),
+            hash: ContentHash::of(&[n]),
+            size: 1,
+        }
+    }
+
+    fn p(s: &str) -> RemotePath {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_server_view_reads_back_by_path_by_folder_and_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut st = State::open(&tmp.path().join("state.db")).unwrap();
+        let names = ["d", "d.txt", "d/a", "d/b/c", "d0", "d1/x", "e"];
+        let writes: Vec<StateWrite> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| StateWrite::Remote(p(n), Some(file(i as u8))))
+            .collect();
+        st.write(&writes).unwrap();
+        assert_eq!(st.remote_get(&p("d/a")).unwrap(), Some(file(2)));
+        assert_eq!(st.remote_get(&p("d/zz")).unwrap(), None);
+        // At or inside `d`: not `d.txt`, `d0` or `d1/x`, which sort near it.
+        let inside: Vec<String> = st
+            .remote_inside(&p("d"))
+            .unwrap()
+            .into_keys()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(inside, ["d", "d/a", "d/b/c"]);
+        assert_eq!(st.remote_count_inside(&p("d")).unwrap(), 2);
+
+        // Set but not written: read back at once, in order, everywhere.
+        st.stage_remote(&p("d/a"), None);
+        st.stage_remote(&p("d/aa"), Some(file(9)));
+        st.stage_remote(&p("a"), Some(file(8)));
+        assert_eq!(st.remote_get(&p("d/a")).unwrap(), None);
+        assert_eq!(st.remote_count_inside(&p("d")).unwrap(), 2);
+        let mut all = Vec::new();
+        assert!(
+            st.remote_each(|p, f| {
+                all.push((p.to_string(), f.revision));
+                true
+            })
+            .unwrap()
+        );
+        let want = [
+            ("a", 8),
+            ("d", 0),
+            ("d.txt", 1),
+            ("d/aa", 9),
+            ("d/b/c", 3),
+            ("d0", 4),
+            ("d1/x", 5),
+            ("e", 6),
+        ];
+        let want: Vec<(String, u64)> = want.iter().map(|(p, r)| (p.to_string(), *r)).collect();
+        assert_eq!(all, want);
+        // Stops when told to.
+        let mut seen = 0;
+        assert!(
+            !st.remote_each(|_, _| {
+                seen += 1;
+                seen < 3
+            })
+            .unwrap()
+        );
+        assert_eq!(seen, 3);
+        assert_eq!(st.held_peak(), 3);
+        // Written: pending is empty again, the database answers.
+        st.write(&[
+            StateWrite::Remote(p("d/a"), None),
+            StateWrite::Remote(p("d/aa"), Some(file(9))),
+            StateWrite::Remote(p("a"), Some(file(8))),
+        ])
+        .unwrap();
+        assert!(st.pending.is_empty());
+        assert_eq!(st.remote_get(&p("d/aa")).unwrap(), Some(file(9)));
+        st.write(&[StateWrite::ClearRemote]).unwrap();
+        assert!(st.remote_each(|_, _| false).unwrap(), "empty");
+    }
 }

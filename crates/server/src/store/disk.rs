@@ -166,6 +166,8 @@ pub struct Disk {
     _lock: std::sync::Arc<File>,
     /// The root, for resolving paths beneath it.
     root_fd: std::sync::Arc<OwnedFd>,
+    /// Concurrent batches share their `syncfs` (see `flush`).
+    flushes: std::sync::Arc<super::flush::FlushGroup>,
 }
 
 /// Name under which the part of an interrupted upload of `path` (with this
@@ -281,6 +283,7 @@ impl Disk {
             partials,
             _lock: std::sync::Arc::new(lock),
             root_fd: std::sync::Arc::new(root_fd),
+            flushes: std::sync::Arc::default(),
         })
     }
 
@@ -650,10 +653,14 @@ impl Disk {
     }
 
     /// Flushes every staged file's data with one `syncfs` (for batches of
-    /// small files, instead of an fsync each).
+    /// small files, instead of an fsync each), shared with the batches
+    /// staged meanwhile (see `flush`): returns once what the caller
+    /// wrote before it called is durable.
     pub fn sync_staging(&self) -> Result<()> {
-        let dir = File::open(&self.staging).map_err(|e| ServiceError::io("staging", e))?;
-        rustix::fs::syncfs(&dir).map_err(|e| ServiceError::io("staging", e.into()))
+        self.flushes.flush(|| {
+            let dir = File::open(&self.staging).map_err(|e| ServiceError::io("staging", e))?;
+            rustix::fs::syncfs(&dir).map_err(|e| ServiceError::io("staging", e.into()))
+        })
     }
 
     /// Removes the file at `path` and then any folders it leaves empty.

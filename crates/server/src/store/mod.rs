@@ -12,6 +12,7 @@ mod dav;
 mod dav_locks;
 mod delta;
 mod disk;
+mod flush;
 mod index;
 mod parts;
 mod postgres;
