@@ -39,6 +39,9 @@ pub(crate) struct Connector {
     pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     /// What went wrong with the last connection, for the channel to name.
     pub failure: super::FailureSlot,
+    /// The other servers of a list (`--server a,b`), tried in order when
+    /// this one cannot be reached.
+    pub alternates: Arc<[Connector]>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -62,7 +65,7 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let opened = this.open().await;
+            let opened = this.open_any().await;
             this.record(opened.as_ref().err().cloned());
             opened.map(TokioIo::new)
         })
@@ -70,6 +73,22 @@ impl tower_service::Service<http::Uri> for Connector {
 }
 
 impl Connector {
+    /// Opens a connection to this server or, when it cannot be reached,
+    /// to the first of the alternates that can; the first error if none.
+    async fn open_any(&self) -> Result<ClientIo, ConnectError> {
+        let first = match self.open().await {
+            Err(e @ ConnectError::Unreachable { .. }) => e,
+            done => return done,
+        };
+        for other in self.alternates.iter() {
+            match other.open().await {
+                Err(ConnectError::Unreachable { .. }) => continue,
+                done => return done,
+            }
+        }
+        Err(first)
+    }
+
     fn record(&self, failure: Option<ConnectError>) {
         if let Ok(mut slot) = self.failure.lock() {
             *slot = failure;

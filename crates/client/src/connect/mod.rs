@@ -290,12 +290,39 @@ impl ConnectionConfig {
         }
     }
 
+    /// The channel's endpoint and connector. A list of servers (`https://a:50000,https://b:50000`:
+    /// instances of one cluster) is one connector that dials them in
+    /// order, each new connection going to the first that answers; an
+    /// address without a scheme in the list takes the first one's.
     fn endpoint_and_connector(
         &self,
         record: Option<Arc<Mutex<Option<Fingerprint>>>>,
     ) -> Result<(Endpoint, Connector)> {
-        let uri: http::Uri = self
-            .endpoint
+        let mut urls = self.endpoint.split(',').map(str::trim);
+        let first = urls.next().unwrap_or_default();
+        let scheme = first.split_once("://").map_or("http", |(s, _)| s);
+        let (endpoint, mut connector) = self.endpoint_and_connector_for(first, record.clone())?;
+        let alternates = urls
+            .map(|u| {
+                let url = if u.contains("://") {
+                    u.to_owned()
+                } else {
+                    format!("{scheme}://{u}")
+                };
+                self.endpoint_and_connector_for(&url, record.clone())
+                    .map(|(_, c)| c)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        connector.alternates = alternates.into();
+        Ok((endpoint, connector))
+    }
+
+    fn endpoint_and_connector_for(
+        &self,
+        url: &str,
+        record: Option<Arc<Mutex<Option<Fingerprint>>>>,
+    ) -> Result<(Endpoint, Connector)> {
+        let uri: http::Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| self.bad_address(e.to_string()))?;
         let https = match uri.scheme_str() {
@@ -331,10 +358,11 @@ impl ConnectionConfig {
         let connector = Connector {
             host: bare.into(),
             port,
-            url: self.endpoint.as_str().into(),
+            url: url.into(),
             authority: authority.into(),
             tls,
             failure: FailureSlot::default(),
+            alternates: Arc::new([]),
         };
         Ok((tuned(endpoint).origin(origin), connector))
     }
