@@ -186,9 +186,41 @@ pub struct ServeArgs {
     /// TLS, same store. See docs/DESIGN.md, "WebDAV".
     #[arg(long, env = "DISTRIBUSYNC_WEBDAV_LISTEN")]
     pub webdav_listen: Option<SocketAddr>,
-    /// The folder the server owns (created if missing).
+    /// The folder the server owns (created if missing). With --metadata
+    /// and --blobs, only this instance's own state (staging, kept parts,
+    /// TLS identity, tokens): the files are in the cluster.
     #[arg(long, env = "DISTRIBUSYNC_ROOT", default_value = "./MASTER")]
     pub root: PathBuf,
+    /// Serve the cluster backend: metadata in this PostgreSQL database
+    /// (postgres://USER:PASSWORD@HOST:PORT/DATABASE), shared by every
+    /// instance given the same; needs --blobs. See docs/DESIGN.md,
+    /// "Cluster backend".
+    #[arg(
+        long,
+        env = "DISTRIBUSYNC_METADATA",
+        value_name = "URL",
+        requires = "blobs"
+    )]
+    pub metadata: Option<String>,
+    /// The cluster backend's contents: chunks in this S3 bucket
+    /// (s3://BUCKET), credentials from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY; needs --metadata.
+    #[arg(
+        long,
+        env = "DISTRIBUSYNC_BLOBS",
+        value_name = "URL",
+        requires = "metadata"
+    )]
+    pub blobs: Option<String>,
+    /// The S3 endpoint of --blobs (an S3-compatible server such as
+    /// SeaweedFS or MinIO: http://s3.internal:8333); AWS when not given.
+    #[arg(
+        long,
+        env = "DISTRIBUSYNC_S3_ENDPOINT",
+        value_name = "URL",
+        requires = "blobs"
+    )]
+    pub s3_endpoint: Option<String>,
     /// Largest file accepted, in bytes.
     #[arg(long, env = "DISTRIBUSYNC_MAX_FILE_SIZE", default_value_t = distribusync_core::limits::DEFAULT_MAX_FILE_SIZE)]
     pub max_file_size: u64,

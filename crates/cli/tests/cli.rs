@@ -6,6 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_distribusync");
 
+mod cluster;
 mod compute;
 mod delta;
 mod failover;
@@ -28,10 +29,16 @@ impl Server {
 
     /// `serve` with extra flags (e.g. `--services compute`).
     fn start_with(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_env(dir, extra, &[])
+    }
+
+    /// `serve` with extra flags and environment variables.
+    fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(dir.join("MASTER"))
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
             .spawn()
@@ -40,7 +47,11 @@ impl Server {
         let mut lines = BufReader::new(stderr).lines();
         let addr = loop {
             let line = lines.next().expect("server printed its address").unwrap();
-            if let Some(i) = line.find("http://") {
+            // The line that says where it serves (log lines before it may
+            // name other URLs: the cluster backend's S3 endpoint).
+            if line.starts_with("distribusync: serving")
+                && let Some(i) = line.rfind("http://")
+            {
                 break line[i..].trim().to_owned();
             }
         };

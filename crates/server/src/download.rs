@@ -137,3 +137,20 @@ pub(crate) fn file_chunks(
         }
     })
 }
+
+/// The bytes of `content` from `offset` to `end`: a local file as
+/// [`file_chunks`] reads it, or the chunks of the cluster's bucket (see
+/// `store/cluster.rs`).
+pub(crate) fn content_chunks(
+    path: RemotePath,
+    content: crate::store::Content,
+    offset: u64,
+    end: u64,
+) -> crate::store::ContentStream {
+    match content {
+        crate::store::Content::File(file) => Box::pin(file_chunks(path, file, offset, end)),
+        crate::store::Content::Chunks { manifest, blobs } => {
+            crate::store::chunk_stream(&manifest, blobs, offset, end)
+        }
+    }
+}

@@ -107,6 +107,18 @@ pub enum ServiceError {
     /// be tried again.
     #[error("{0}")]
     Database(String),
+    /// The cluster backend's object storage failed or cannot be reached
+    /// (one line naming the bucket): the request may be tried again.
+    #[error("{0}")]
+    Blobs(String),
+    /// Stored content no longer matches its hash (one line naming the
+    /// object): never served.
+    #[error("{0}")]
+    Corrupt(String),
+    /// What this server's backend does not offer (the cluster backend has
+    /// no WebDAV, web page or delta transfer yet): the client falls back.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// True for the errors of a full disk or an exhausted quota.
@@ -194,7 +206,9 @@ impl ServiceError {
             }
             ServiceError::Unrecorded { source, .. } => source.code(),
             ServiceError::Io { .. } | ServiceError::Index(_) => Code::Internal,
-            ServiceError::Database(_) => Code::Unavailable,
+            ServiceError::Database(_) | ServiceError::Blobs(_) => Code::Unavailable,
+            ServiceError::Corrupt(_) => Code::DataLoss,
+            ServiceError::Unsupported(_) => Code::Unimplemented,
         }
     }
 }

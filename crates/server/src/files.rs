@@ -369,7 +369,7 @@ impl Files for FilesService {
         let view = self.view(&request);
         let req = request.into_inner();
         let p = path(&req.path)?;
-        let (record, file) = view.open_read(&p).await?;
+        let (record, content) = view.open_content(&p).await?;
         if req.offset > record.size {
             return Err(ServiceError::OutOfRange(format!(
                 "{}: offset {} is past the end of the file ({} bytes)",
@@ -396,7 +396,7 @@ impl Files for FilesService {
         };
         let stats = self.stats.clone();
         stats.add_sent(prost::Message::encoded_len(&first) as u64);
-        let chunks = crate::download::file_chunks(p, file, req.offset, end);
+        let chunks = crate::download::content_chunks(p, content, req.offset, end);
         let stream = futures::stream::once(async { Ok(first) }).chain(chunks.map(move |r| {
             r.map(|data| {
                 let msg = v1::DownloadResponse {

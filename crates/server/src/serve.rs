@@ -72,6 +72,11 @@ pub struct ServerConfig {
     pub reload: Option<tokio::sync::watch::Receiver<Reloadable>>,
     /// The WebDAV listener's settings (used with [`serve_with_webdav`]).
     pub webdav: crate::WebDavConfig,
+    /// The cluster backend (`serve --metadata … --blobs …`), opened by the
+    /// caller; `None`: the local backend, MASTER at `root`. With it, `root`
+    /// holds only this instance's own state (staging, kept parts, TLS
+    /// identity, tokens).
+    pub cluster: Option<crate::store::ClusterBackend>,
 }
 
 /// The settings a running server takes without a restart (and without
@@ -101,6 +106,7 @@ impl ServerConfig {
             ready: None,
             reload: None,
             webdav: crate::WebDavConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -128,6 +134,8 @@ pub enum ServeError {
     Insecure(std::net::SocketAddr),
     #[error("WebDAV serves the files: it needs the files service (--services files)")]
     WebDavWithoutFiles,
+    #[error("{0} is not available on the cluster backend (--metadata, --blobs) yet")]
+    NotOnCluster(&'static str),
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting,
@@ -161,6 +169,14 @@ pub async fn serve_with_webdav(
     if webdav.is_some() && !config.services.files {
         return Err(ServeError::WebDavWithoutFiles);
     }
+    if config.cluster.is_some() {
+        if webdav.is_some() {
+            return Err(ServeError::NotOnCluster("WebDAV (--webdav-listen)"));
+        }
+        if config.web.is_some() {
+            return Err(ServeError::NotOnCluster("the web page (--web-listen)"));
+        }
+    }
     let addr = listener.local_addr().ok();
     // The web page's and WebDAV's addresses count too: tokens are required as soon as
     // either is reachable beyond loopback.
@@ -191,7 +207,10 @@ pub async fn serve_with_webdav(
     let started = std::time::Instant::now();
     let mut store_handle = None;
     let files = if config.services.files {
-        let store = Store::open(&config.root, config.store.clone()).await?;
+        let store = match &config.cluster {
+            Some(c) => Store::open_cluster(&config.root, config.store.clone(), c.clone()).await?,
+            None => Store::open(&config.root, config.store.clone()).await?,
+        };
         store_handle = Some(store.clone());
         health_reporter
             .set_serving::<FilesServer<FilesService>>()

@@ -580,3 +580,39 @@ async fn workers_on_two_instances_run_each_job_exactly_once() {
         assert_eq!((rec.state, rec.attempts), (JobState::Done, 1));
     }
 }
+
+/// In PostgreSQL a manifest follows its file through renames (in the
+/// cluster backend it is where the content is), under the new revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_backend_moves_a_manifest_with_its_file() {
+    let url = postgres().database("manifest_moves");
+    let m = PgMetadata::open(&url, 1000).await.unwrap();
+    let mut data = vec![0u8; 2_000_000];
+    blake3::Hasher::new()
+        .update(b"moves")
+        .finalize_xof()
+        .fill(&mut data);
+    let manifest = manifest_of_bytes(&data, &PARAMS_V1);
+    let with = NewVersion {
+        size: manifest.size,
+        hash: manifest.hash,
+        manifest: Some(manifest.clone()),
+        ..put("d/a.bin", None)
+    };
+    put_one(&m, with).await.unwrap();
+    let (change, _) = m
+        .commit_rename(p("d/a.bin"), p("d/b.bin"), false, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.manifest(p("d/b.bin"), change.seq).await.unwrap(),
+        Some(manifest.clone())
+    );
+    let (change, moved) = m.commit_rename(p("d"), p("e"), false, None).await.unwrap();
+    assert_eq!(moved, 1);
+    assert_eq!(
+        m.manifest(p("e/b.bin"), change.seq).await.unwrap(),
+        Some(manifest)
+    );
+    assert_eq!(m.manifest(p("d/b.bin"), change.seq).await.unwrap(), None);
+}

@@ -98,6 +98,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let cluster = open_cluster(&args).await?;
     let metrics = match args.metrics_listen {
         Some(addr) => Some(std::sync::Arc::new(
             std::net::TcpListener::bind(addr).map_err(|e| {
@@ -109,6 +110,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let open_files = distribusync_server::raise_descriptor_limit();
     tracing::debug!(?open_files, "open-file limit");
     let mut config = ServerConfig::new(&args.root);
+    config.cluster = cluster;
     config.store.max_file_size = args.max_file_size;
     config.store.max_kept_parts = args.max_kept_parts;
     config.store.max_kept_bytes = args.max_kept_bytes;
@@ -144,9 +146,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         insecure: args.insecure,
         ..distribusync_server::AuthConfig::default()
     };
+    let files = match (&args.metadata, &args.blobs) {
+        (Some(_), Some(blobs)) => format!("the cluster ({blobs})"),
+        _ => args.root.display().to_string(),
+    };
     let what = match (config.services.files, config.services.compute) {
-        (true, true) => format!("{} and compute", args.root.display()),
-        (true, false) => args.root.display().to_string(),
+        (true, true) => format!("{files} and compute"),
+        (true, false) => files,
         _ => "compute".to_owned(),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -215,6 +221,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("server failed")?;
     Ok(())
+}
+
+/// The cluster backend `--metadata` and `--blobs` name, opened (its
+/// database and bucket checked); `None` without them. Anything wrong is a
+/// usage error (exit 2), one line saying what.
+async fn open_cluster(
+    args: &ServeArgs,
+) -> anyhow::Result<Option<distribusync_server::store::ClusterBackend>> {
+    let (Some(metadata), Some(blobs)) = (&args.metadata, &args.blobs) else {
+        return Ok(None);
+    };
+    if !args.services.contains(&Service::Files) {
+        return Err(UsageError(
+            "serve: --metadata and --blobs hold the files: they need the files service (--services files)"
+                .into(),
+        )
+        .into());
+    }
+    let refusal = |e: distribusync_server::ServiceError| UsageError(format!("serve: {e}"));
+    let config =
+        distribusync_server::store::BlobsConfig::from_url(blobs, args.s3_endpoint.as_deref())
+            .map_err(refusal)?;
+    let max_changes = distribusync_server::store::StoreConfig::default().max_changes;
+    let backend = distribusync_server::store::ClusterBackend::open(metadata, &config, max_changes)
+        .await
+        .map_err(refusal)?;
+    Ok(Some(backend))
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -125,6 +125,12 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     /// The backend's.
     fn log_bounds(&self) -> BoxFuture<'_, Result<(u64, u64)>>;
 
+    /// `(files, bytes)`: how many files there are and their total size.
+    ///
+    /// # Errors
+    /// The backend's.
+    fn totals(&self) -> BoxFuture<'_, Result<(u64, u64)>>;
+
     /// The manifest of `path` at `revision`, if one is recorded and that
     /// revision is still the file's current one.
     ///

@@ -86,6 +86,9 @@ impl Store {
     /// # Errors
     /// NotFound, a folder at `path`, or a read error.
     pub async fn manifest_of(&self, path: &RemotePath) -> Result<(FileRecord, Manifest, File)> {
+        if self.cluster().is_some() {
+            return Err(Self::unsupported("delta transfer"));
+        }
         let (record, file) = self.open_read(path).await?;
         let s = self.clone();
         let p = path.clone();
@@ -118,6 +121,9 @@ impl Store {
     /// A base revision that is no longer current, a stale `if_revision`,
     /// or the index's errors.
     pub async fn delta_plan(&self, who: &Identity, h: &DeltaHeader) -> Result<DeltaSources> {
+        if self.cluster().is_some() {
+            return Err(Self::unsupported("delta transfer"));
+        }
         let current = self.stat_opt(&h.path).await?;
         super::check_revision(&h.path, current.as_ref(), h.if_revision)?;
         if let Some(base) = h.base_revision {
@@ -351,6 +357,9 @@ impl Store {
     /// # Errors
     /// When no staging file can be made.
     pub async fn begin_delta(&self, h: DeltaHeader, sources: DeltaSources) -> Result<DeltaWrite> {
+        if self.cluster().is_some() {
+            return Err(Self::unsupported("delta transfer"));
+        }
         let s = self.clone();
         let (staged, file) = self
             .run(move || {

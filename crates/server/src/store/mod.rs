@@ -5,9 +5,16 @@
 //! disk durably, commit the index and change log in one transaction, then
 //! announce the change to watchers. Uploads are staged and verified before
 //! they take any lock, so a slow client never holds one.
+//!
+//! A store opened with [`Store::open_cluster`] is the other backend: each
+//! operation then goes through [`Metadata`], [`ChangeFeed`] and [`Blobs`]
+//! (PostgreSQL and S3, shared by several instances) instead, see
+//! `store/cluster.rs`; only staging stays on this instance's disk.
 
 mod backend;
+mod blobs;
 mod chunks;
+mod cluster;
 mod dav;
 mod dav_locks;
 mod delta;
@@ -31,7 +38,12 @@ pub use backend::{
     BoxFuture, ChangeFeed, Committed, Metadata, NewVersion, RenameFacts, check_rename,
     check_rename_paths,
 };
+pub use blobs::{Blobs, BlobsConfig, Installed, S3Blobs, StoredChunk};
 pub use chunks::{ChunkIndex, ChunkLocation};
+pub use cluster::{
+    COLLECT_GRACE, ClusterBackend, CollectReport, Content, ContentStream, PIN_TTL, chunk_stream,
+    chunks_covering,
+};
 pub use dav::{Entry, FolderTimes};
 pub use dav_locks::{LockLimits, LockPass, LockRecord, NewLock};
 pub use delta::{DeltaHeader, DeltaSources, DeltaWrite};
@@ -163,6 +175,10 @@ struct Inner {
     part_hashes: std::sync::Mutex<PartHashes>,
     /// WebDAV locks, which every write obeys when it commits.
     dav_locks: dav_locks::DavLocks,
+    /// The cluster backend, when the store is on one: files, revisions and
+    /// contents are there, and `disk` and `index` hold only this
+    /// instance's staging (see `store/cluster.rs`).
+    cluster: Option<ClusterBackend>,
 }
 
 /// Hash state (and byte count) of kept upload parts, by part name.
@@ -230,6 +246,16 @@ impl Store {
     /// # Errors
     /// When the folder or the index cannot be opened.
     pub async fn open(root: &Path, config: StoreConfig) -> Result<Self> {
+        Self::open_parts(root, config, None).await
+    }
+
+    /// [`Store::open`], or [`Store::open_cluster`] with `cluster`.
+    async fn open_parts(
+        root: &Path,
+        config: StoreConfig,
+        cluster: Option<ClusterBackend>,
+    ) -> Result<Self> {
+        let local = cluster.is_none();
         let shown = root.to_owned();
         let root = root.to_owned();
         let store = blocking(move || {
@@ -247,13 +273,16 @@ impl Store {
                     config,
                     part_hashes: Default::default(),
                     dav_locks,
+                    cluster,
                 }),
             })
         })
         .await
         .map_err(|e| e.on_disk(&shown))?;
-        let s = store.clone();
-        store.run(move || s.reconcile()).await?;
+        if local {
+            let s = store.clone();
+            store.run(move || s.reconcile()).await?;
+        }
         let s = store.clone();
         let kept = store.run(move || Ok(s.trim_kept_parts())).await?;
         tracing::info!(
@@ -511,6 +540,9 @@ impl Store {
     /// Live changes, announced after they are committed. Changes may arrive
     /// slightly out of order; watchers fill gaps from [`Store::changes_since`].
     pub fn subscribe(&self) -> broadcast::Receiver<ChangeRecord> {
+        if let Some(c) = self.cluster() {
+            return c.feed.subscribe();
+        }
         self.inner.changes.subscribe()
     }
 
@@ -704,6 +736,9 @@ impl Store {
         staged: Vec<(UploadHeader, std::path::PathBuf)>,
         manifests: Vec<Option<Manifest>>,
     ) -> Result<Vec<Result<FileRecord>>> {
+        if let Some(c) = self.cluster() {
+            return self.cluster_commit(c, staged, manifests).await;
+        }
         let started = std::time::Instant::now();
         let targets: Vec<&RemotePath> = staged.iter().map(|(h, _)| &h.path).collect();
         let _guard = self.inner.locks.lock(&targets).await;
@@ -904,6 +939,9 @@ impl Store {
     }
 
     async fn stat_opt(&self, path: &RemotePath) -> Result<Option<FileRecord>> {
+        if let Some(c) = self.cluster() {
+            return c.metadata.get(path.clone()).await;
+        }
         let s = self.clone();
         let p = path.clone();
         self.run(move || s.inner.index.get(&p)).await
@@ -925,6 +963,9 @@ impl Store {
     }
 
     async fn is_folder(&self, path: &RemotePath) -> Result<bool> {
+        if let Some(c) = self.cluster() {
+            return c.metadata.is_folder(path.clone()).await;
+        }
         let s = self.clone();
         let p = path.clone();
         self.run(move || s.inner.index.is_folder(&p)).await
@@ -933,6 +974,9 @@ impl Store {
     /// Opens a file for download: its metadata and an open handle on exactly
     /// that version (later replacements do not affect the handle).
     pub async fn open_read(&self, path: &RemotePath) -> Result<(FileRecord, std::fs::File)> {
+        if self.cluster().is_some() {
+            return Err(Self::unsupported("reading a file as a local file"));
+        }
         let _guard = self.inner.locks.lock(&[path]).await;
         let s = self.clone();
         let p = path.clone();
@@ -953,6 +997,19 @@ impl Store {
         .await
     }
 
+    /// Opens a file for download: its metadata and its content, exactly
+    /// that version (later replacements do not affect it).
+    ///
+    /// # Errors
+    /// NotFound; Conflict for a folder; the backend's.
+    pub async fn open_content(&self, path: &RemotePath) -> Result<(FileRecord, Content)> {
+        if let Some(c) = self.cluster() {
+            return Self::cluster_open(c, path).await;
+        }
+        let (record, file) = self.open_read(path).await?;
+        Ok((record, Content::File(file)))
+    }
+
     /// One page of a listing; see [`Index::list_page`].
     pub async fn list_page(
         &self,
@@ -960,6 +1017,9 @@ impl Store {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<FileRecord>> {
+        if let Some(c) = self.cluster() {
+            return c.metadata.list_page(prefix, after, limit).await;
+        }
         let s = self.clone();
         self.run(move || {
             s.inner
@@ -980,6 +1040,12 @@ impl Store {
         if_revision: Option<Revision>,
         pass: &LockPass,
     ) -> Result<u64> {
+        if let Some(c) = self.cluster() {
+            self.obey_dav_locks(&[path], pass)?;
+            let change = c.metadata.commit_delete(path.clone(), if_revision).await?;
+            tracing::info!(%path, seq = change.seq, "deleted");
+            return Ok(change.seq);
+        }
         let _guard = self.inner.locks.lock(&[path]).await;
         let s = self.clone();
         let p = path.clone();
@@ -1045,6 +1111,15 @@ impl Store {
                 to.shown()
             )));
         }
+        if let Some(c) = self.cluster() {
+            self.obey_dav_locks(&[from, to], pass)?;
+            let (change, moved) = c
+                .metadata
+                .commit_rename(from.clone(), to.clone(), overwrite, if_revision)
+                .await?;
+            tracing::info!(%from, %to, seq = change.seq, files = moved, "renamed");
+            return Ok((change.seq, moved));
+        }
         let _guard = self.inner.locks.lock(&[from, to]).await;
         let s = self.clone();
         let (f, t) = (from.clone(), to.clone());
@@ -1107,6 +1182,9 @@ impl Store {
 
     /// Up to `limit` changes after `since`.
     pub async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<ChangeRecord>> {
+        if let Some(c) = self.cluster() {
+            return c.metadata.changes_since(since, limit).await;
+        }
         let s = self.clone();
         self.run(move || s.inner.index.changes_since(since, limit))
             .await
@@ -1118,6 +1196,17 @@ impl Store {
     /// # Errors
     /// When the index cannot be read.
     pub async fn stats(&self) -> Result<StoreStats> {
+        if let Some(c) = self.cluster() {
+            let (files, bytes) = c.metadata.totals().await?;
+            let s = self.clone();
+            let kept = self.run(move || Ok(s.kept_parts())).await?;
+            return Ok(StoreStats {
+                files,
+                bytes,
+                index_bytes: 0,
+                kept,
+            });
+        }
         let s = self.clone();
         self.run(move || {
             let (files, bytes) = s.inner.index.totals()?;
@@ -1139,6 +1228,9 @@ impl Store {
 
     /// `(floor, newest)`: watchers with `since < floor` must resync.
     pub async fn log_bounds(&self) -> Result<(u64, u64)> {
+        if let Some(c) = self.cluster() {
+            return c.metadata.log_bounds().await;
+        }
         let s = self.clone();
         self.run(move || s.inner.index.log_bounds()).await
     }

@@ -39,8 +39,9 @@ use super::backend::{
 use super::{ChangeOp, ChangeRecord, FileRecord, chunks};
 use crate::error::{Result, ServiceError};
 
-/// The schema version this server writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+/// The schema version this server writes and reads (2: chunk pins for the
+/// collector; a version-1 database is brought up to it at open).
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The channel commits notify on.
 const CHANNEL: &str = "distribusync_changes";
@@ -51,6 +52,11 @@ const POOL_SIZE: usize = 16;
 /// Taken (as a transaction-scoped advisory lock) while the schema is
 /// created, so that instances starting together do not race on it.
 const SCHEMA_LOCK: i64 = 0x6469_7374_7379_6e63; // "distsync"
+
+/// The chunk collector's lock: taken exclusively while it decides and
+/// removes, shared by each upload while it pins its chunks (see
+/// [`PgMetadata::pin_chunks`]).
+const COLLECTOR_LOCK: i64 = 0x6469_7374_6763_6f6c; // "distgcol"
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS head (
@@ -80,6 +86,12 @@ CREATE TABLE IF NOT EXISTS manifests (
     path TEXT COLLATE "C" PRIMARY KEY,
     revision BIGINT NOT NULL,
     manifest BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pins (
+    hash BYTEA NOT NULL,
+    owner TEXT NOT NULL,
+    until TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (hash, owner)
 );
 "#;
 
@@ -331,6 +343,129 @@ impl PgMetadata {
         Ok(())
     }
 
+    /// Pins chunks an upload is about to store or reuse, for `ttl`: the
+    /// collector removes no pinned chunk. Taken under the collector's lock
+    /// (shared), so a pin is either seen by a collection or made after it
+    /// has finished removing: an upload that pinned a chunk and then found
+    /// it in the bucket can rely on it staying there.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn pin_chunks(
+        &self,
+        owner: &str,
+        hashes: &[ContentHash],
+        ttl: Duration,
+    ) -> Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock_shared($1)",
+            &[&COLLECTOR_LOCK],
+        )
+        .await?;
+        let mut keys: Vec<&[u8]> = hashes.iter().map(|h| h.0.as_slice()).collect();
+        // One row per chunk, and in one order: concurrent pins never
+        // deadlock on each other's rows.
+        keys.sort_unstable();
+        keys.dedup();
+        tx.execute(
+            "INSERT INTO pins (hash, owner, until) \
+             SELECT h, $2, clock_timestamp() + make_interval(secs => $3) \
+             FROM unnest($1::bytea[]) AS h \
+             ON CONFLICT (hash, owner) DO UPDATE SET until = GREATEST(pins.until, EXCLUDED.until)",
+            &[&keys, &owner, &ttl.as_secs_f64()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Drops the pins of `owner` (its files are committed, or refused).
+    ///
+    /// # Errors
+    /// When the database fails (the pins then expire by themselves).
+    pub async fn unpin(&self, owner: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM pins WHERE owner = $1", &[&owner])
+            .await?;
+        Ok(())
+    }
+
+    /// One collection: of the `stored` chunks, removes with `remove` those
+    /// written more than `grace` ago that no manifest references and no
+    /// upload has pinned. Decided and done under the collector's lock
+    /// (exclusive): another instance collecting meanwhile is skipped
+    /// (`None`), and no upload pins a chunk while its fate is decided.
+    ///
+    /// # Errors
+    /// When the database fails, or `remove` does (what was removed before
+    /// stays removed: each was garbage).
+    pub async fn collect<F, Fut>(
+        &self,
+        stored: Vec<super::StoredChunk>,
+        grace: Duration,
+        mut remove: F,
+    ) -> Result<Option<super::CollectReport>>
+    where
+        F: FnMut(ContentHash) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let locked: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&COLLECTOR_LOCK])
+            .await?
+            .try_get(0)?;
+        if !locked {
+            return Ok(None);
+        }
+        tx.execute("DELETE FROM pins WHERE until < clock_timestamp()", &[])
+            .await?;
+        let now: f64 = tx
+            .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+            .await?
+            .try_get(0)?;
+        let mut live = std::collections::HashSet::new();
+        for row in tx.query("SELECT hash FROM pins", &[]).await? {
+            live.insert(hash_from(row.try_get(0)?)?);
+        }
+        for row in tx
+            .query("SELECT path, manifest FROM manifests", &[])
+            .await?
+        {
+            let path: &str = row.try_get(0)?;
+            let m = chunks::decode(row.try_get(1)?).ok_or_else(|| {
+                damaged(format!("the manifest of {}", distribusync_core::echo(path)))
+            })?;
+            live.extend(m.chunks.iter().map(|c| c.hash));
+        }
+        let before = now - grace.as_secs_f64();
+        let mut report = super::CollectReport {
+            stored: stored.len(),
+            ..Default::default()
+        };
+        for chunk in stored {
+            if live.contains(&chunk.hash) {
+                continue;
+            }
+            // Written within the grace period: an upload may be storing
+            // it (its pin is the guarantee; this is the margin).
+            if chunk.written as f64 >= before {
+                report.young += 1;
+                continue;
+            }
+            remove(chunk.hash).await?;
+            report.removed += 1;
+        }
+        tx.commit().await?;
+        Ok(Some(report))
+    }
+
     /// Starts a transaction that holds the `head` row: the one writer at a
     /// time, across every instance (see the module's invariants).
     async fn write<T: Send>(
@@ -556,10 +691,32 @@ async fn rename_in(
         folder,
     };
     append(tx, seq, &change).await?;
+    // A manifest describes content, which a rename does not change: the
+    // current one of each file moved goes with it, under its new revision
+    // (in the cluster backend it is where the content is). Moved before the
+    // files, whose revision it is matched on.
     let moved = if folder {
         let (lo, hi) = folder_range(&from);
         // Characters, as substr counts them: the part after `from`.
         let rest = i32::try_from(from.as_str().chars().count() + 1).unwrap_or(i32::MAX);
+        let (to_lo, to_hi) = folder_range(&to);
+        tx.execute(
+            "DELETE FROM manifests WHERE path >= $1 AND path < $2",
+            &[&to_lo, &to_hi],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE manifests m SET path = $1::text || substr(m.path, $2::int), revision = $3 \
+             FROM files f WHERE f.path = m.path AND f.revision = m.revision \
+             AND m.path >= $4 AND m.path < $5",
+            &[&to.as_str(), &rest, &to_i64(seq), &lo, &hi],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM manifests WHERE path >= $1 AND path < $2",
+            &[&lo, &hi],
+        )
+        .await?;
         tx.execute(
             "UPDATE files SET path = $1::text || substr(path, $2::int), revision = $3 \
              WHERE path >= $4 AND path < $5",
@@ -569,11 +726,16 @@ async fn rename_in(
     } else {
         tx.execute("DELETE FROM files WHERE path = $1", &[&to.as_str()])
             .await?;
+        tx.execute("DELETE FROM manifests WHERE path = $1", &[&to.as_str()])
+            .await?;
         tx.execute(
-            "DELETE FROM manifests WHERE path = $1 OR path = $2",
-            &[&from.as_str(), &to.as_str()],
+            "UPDATE manifests m SET path = $1, revision = $2 \
+             FROM files f WHERE m.path = $3 AND f.path = m.path AND f.revision = m.revision",
+            &[&to.as_str(), &to_i64(seq), &from.as_str()],
         )
         .await?;
+        tx.execute("DELETE FROM manifests WHERE path = $1", &[&from.as_str()])
+            .await?;
         tx.execute(
             "UPDATE files SET path = $1, revision = $2 WHERE path = $3",
             &[&to.as_str(), &to_i64(seq), &from.as_str()],
@@ -721,6 +883,21 @@ impl Metadata for PgMetadata {
             let oldest: Option<i64> = row.try_get(1)?;
             let floor = oldest.map_or(newest, |o| o - 1);
             Ok((floor as u64, newest as u64))
+        })
+    }
+
+    fn totals(&self) -> BoxFuture<'_, Result<(u64, u64)>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0)::BIGINT FROM files",
+                    &[],
+                )
+                .await?;
+            let files: i64 = row.try_get(0)?;
+            let bytes: i64 = row.try_get(1)?;
+            Ok((files as u64, bytes as u64))
         })
     }
 

@@ -207,6 +207,10 @@ impl View {
         path: &RemotePath,
     ) -> Result<(FileRecord, distribusync_core::delta::Manifest)> {
         self.who.confine(path)?;
+        if let Some(c) = self.store.cluster() {
+            // The cluster records every file's manifest with it.
+            return Store::cluster_manifest(c, path).await;
+        }
         let (record, m, _) = self.store.manifest_of(path).await?;
         Ok((record, m))
     }
@@ -227,6 +231,15 @@ impl View {
     pub async fn open_read(&self, path: &RemotePath) -> Result<(FileRecord, std::fs::File)> {
         self.who.confine(path)?;
         self.store.open_read(path).await
+    }
+
+    /// See [`Store::open_content`].
+    ///
+    /// # Errors
+    /// [`ServiceError::OutsidePrefix`], or the store's.
+    pub async fn open_content(&self, path: &RemotePath) -> Result<(FileRecord, super::Content)> {
+        self.who.confine(path)?;
+        self.store.open_content(path).await
     }
 
     /// See [`Store::delete`].

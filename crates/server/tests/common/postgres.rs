@@ -11,6 +11,7 @@
 //! Stopped at the end: a watchdog shell (also as `postgres`) waits on a
 //! pipe from this process; when the test binary exits, however it exits,
 //! the pipe closes and the watchdog stops the server and removes its folder.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
@@ -21,6 +22,9 @@ use std::sync::{Mutex, OnceLock};
 pub struct Postgres {
     pub port: u16,
     bin: PathBuf,
+    /// Its folder (data and log) and the options it runs with.
+    dir: PathBuf,
+    options: String,
     /// Held open for the life of the test binary (see the module's header).
     _watchdog: Mutex<ChildStdin>,
 }
@@ -132,17 +136,7 @@ fn start() -> Result<Postgres, String> {
          -c full_page_writes=off -c max_connections=300",
         dir.display()
     );
-    let mut pg_ctl = as_postgres(bin.join("pg_ctl"));
-    pg_ctl
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &options, "-l"])
-        .arg(dir.join("log"))
-        .args(["-w", "-t", "60", "start"]);
-    if let Err(e) = run(pg_ctl, "pg_ctl start") {
-        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-        return Err(format!("{e}\n{log}"));
-    }
+    pg_start(&bin, &dir, &options)?;
     let mut watchdog = as_postgres("sh");
     watchdog
         .args([
@@ -159,8 +153,25 @@ fn start() -> Result<Postgres, String> {
     Ok(Postgres {
         port,
         bin,
+        dir,
+        options,
         _watchdog: Mutex::new(stdin),
     })
+}
+
+fn pg_start(bin: &Path, dir: &Path, options: &str) -> Result<(), String> {
+    let mut pg_ctl = as_postgres(bin.join("pg_ctl"));
+    pg_ctl
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-o", options, "-l"])
+        .arg(dir.join("log"))
+        .args(["-w", "-t", "60", "start"]);
+    if let Err(e) = run(pg_ctl, "pg_ctl start") {
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        return Err(format!("{e}\n{log}"));
+    }
+    Ok(())
 }
 
 impl Postgres {
@@ -184,6 +195,51 @@ impl Postgres {
         ]);
         run(createdb, "createdb").unwrap_or_else(|e| panic!("{e}"));
         self.url(&db)
+    }
+
+    /// Stops the server (fast: sessions are ended), as an outage would.
+    ///
+    /// # Panics
+    /// When pg_ctl fails.
+    pub fn stop(&self) {
+        let mut pg_ctl = as_postgres(self.bin.join("pg_ctl"));
+        pg_ctl
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"]);
+        run(pg_ctl, "pg_ctl stop").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts it again after [`Postgres::stop`], on the same port.
+    ///
+    /// # Panics
+    /// When it does not start.
+    pub fn start_again(&self) {
+        pg_start(&self.bin, &self.dir, &self.options).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Runs `sql` in the database of `url` (made by [`Postgres::database`]).
+    ///
+    /// # Panics
+    /// When psql fails, with its output.
+    pub fn sql(&self, url: &str, sql: &str) {
+        let db = url.rsplit('/').next().expect("a database in the URL");
+        let mut psql = Command::new(self.bin.join("psql"));
+        psql.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ]);
+        run(psql, "psql").unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The URL of database `db`.

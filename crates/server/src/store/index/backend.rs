@@ -308,6 +308,10 @@ impl Metadata for LocalMetadata {
         self.run(Index::log_bounds)
     }
 
+    fn totals(&self) -> BoxFuture<'_, Result<(u64, u64)>> {
+        self.run(Index::totals)
+    }
+
     fn manifest(
         &self,
         path: RemotePath,
