@@ -126,16 +126,20 @@ ours() { "$BIN" traffic | awk '{s += $2} END {printf "%.0f\n", s}'; }
 # rsync --stats: bytes sent + received.
 rs_bytes() { awk '/^Total bytes sent:/ {gsub(",","",$4); s+=$4} /^Total bytes received:/ {gsub(",","",$4); s+=$4} END {printf "%.0f\n", s}' "$1"; }
 
-# The edited versions.
-python3 - "$WORK" <<'PY'
+# The edited versions (only those of the cases run: 1 GiB each).
+python3 - "$WORK" ${CASES:-byte insert append copy} <<'PY'
 import sys, os
-w = sys.argv[1]
+w, cases = sys.argv[1], sys.argv[2:]
 b = open(f"{w}/base.bin", "rb").read()
 mid = len(b) // 2
-open(f"{w}/byte.bin", "wb").write(b[:mid] + bytes([b[mid] ^ 0xff]) + b[mid+1:])
-open(f"{w}/insert.bin", "wb").write(b[:1000] + os.urandom(100) + b[1000:])
-open(f"{w}/append.bin", "wb").write(b + os.urandom(1 << 20))
-open(f"{w}/copy.bin", "wb").write(b)
+make = {
+    "byte": lambda: b[:mid] + bytes([b[mid] ^ 0xff]) + b[mid+1:],
+    "insert": lambda: b[:1000] + os.urandom(100) + b[1000:],
+    "append": lambda: b + os.urandom(1 << 20),
+    "copy": lambda: b,
+}
+for c in cases:
+    open(f"{w}/{c}.bin", "wb").write(make[c]())
 PY
 
 printf '%-10s %-9s %12s %12s %9s %9s %12s\n' case direction "ours KiB" "rsync KiB" "ours s" "rsync+sync s" "rsync s"
