@@ -12,6 +12,12 @@
 #
 #   bench/delta.sh [SIZE_MIB]      (default 64)
 #
+# BIN=path/to/distribusync uses that binary instead of building the
+# release one (e.g. target/release-inc/distribusync, for figures by hand:
+# say which build they had); CASES="byte copy" runs only those cases;
+# SERVER_LOG=FILE keeps the server's log (with RUST_LOG=debug: where the
+# time goes).
+#
 # With --threshold, measures instead where delta starts to pay, to choose
 # --delta-min-size (docs/DESIGN.md, "Delta transfer on the wire"): for
 # files of 1, 2, 4, 8, 16, 32 and 64 MiB over loopback, the median of RUNS
@@ -32,8 +38,10 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = --threshold ]; then
   RUNS=${2:-5}
   . bench/lib.sh
-  cargo build --release -q -p distribusync
-  BIN=$PWD/target/release/distribusync
+  if [ -z "${BIN:-}" ]; then
+    cargo build --release -q -p distribusync
+    BIN=$PWD/target/release/distribusync
+  fi
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-delta-th.XXXXXX")
   cleanup() { kill "${SERVER_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
   trap cleanup EXIT
@@ -91,8 +99,10 @@ SIZE_MIB=${1:-64}
 
 . bench/lib.sh
 need rsync rsync
-cargo build --release -q -p distribusync
-BIN=$PWD/target/release/distribusync
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p distribusync
+  BIN=$PWD/target/release/distribusync
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-delta.XXXXXX")
 cleanup() { kill "${SERVER_PID:-}" "${RSYNCD_PID:-}" 2>/dev/null || true; rm -rf "$WORK"; }
@@ -101,7 +111,7 @@ mkdir -p "$WORK/master" "$WORK/rsync-root" "$WORK/client"
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$WORK/base.bin"
 
 DS_PORT=$(port); RS_PORT=$(port)
-"$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$WORK/master" 2>"$WORK/server.log" &
+"$BIN" serve --listen "127.0.0.1:$DS_PORT" --root "$WORK/master" 2>"${SERVER_LOG:-$WORK/server.log}" &
 SERVER_PID=$!
 start_rsyncd "$WORK" "$WORK/rsync-root" "$RS_PORT"
 export DISTRIBUSYNC_SERVER="http://127.0.0.1:$DS_PORT"
@@ -116,21 +126,25 @@ ours() { "$BIN" traffic | awk '{s += $2} END {printf "%.0f\n", s}'; }
 # rsync --stats: bytes sent + received.
 rs_bytes() { awk '/^Total bytes sent:/ {gsub(",","",$4); s+=$4} /^Total bytes received:/ {gsub(",","",$4); s+=$4} END {printf "%.0f\n", s}' "$1"; }
 
-# The edited versions.
-python3 - "$WORK" <<'PY'
+# The edited versions (only those of the cases run: 1 GiB each).
+python3 - "$WORK" ${CASES:-byte insert append copy} <<'PY'
 import sys, os
-w = sys.argv[1]
+w, cases = sys.argv[1], sys.argv[2:]
 b = open(f"{w}/base.bin", "rb").read()
 mid = len(b) // 2
-open(f"{w}/byte.bin", "wb").write(b[:mid] + bytes([b[mid] ^ 0xff]) + b[mid+1:])
-open(f"{w}/insert.bin", "wb").write(b[:1000] + os.urandom(100) + b[1000:])
-open(f"{w}/append.bin", "wb").write(b + os.urandom(1 << 20))
-open(f"{w}/copy.bin", "wb").write(b)
+make = {
+    "byte": lambda: b[:mid] + bytes([b[mid] ^ 0xff]) + b[mid+1:],
+    "insert": lambda: b[:1000] + os.urandom(100) + b[1000:],
+    "append": lambda: b + os.urandom(1 << 20),
+    "copy": lambda: b,
+}
+for c in cases:
+    open(f"{w}/{c}.bin", "wb").write(make[c]())
 PY
 
 printf '%-10s %-9s %12s %12s %9s %9s %12s\n' case direction "ours KiB" "rsync KiB" "ours s" "rsync+sync s" "rsync s"
 ORDER=0
-for case in byte insert append copy; do
+for case in ${CASES:-byte insert append copy}; do
   # --- upload: the server holds base.bin (and, but for copy, the same name) ---
   "$BIN" put "$WORK/base.bin" base.bin >/dev/null 2>&1
   cp "$WORK/base.bin" "$WORK/rsync-root/base.bin"

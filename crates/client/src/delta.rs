@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use distribusync_core::delta::{
-    Bitmap, ChunkRef, DeltaPlan, KnownChunks, Manifest, ManifestLimits, Op, PARAMS_V1, Region,
-    SourceId, chunks_requested, fine_chunks, manifest_of_reader, ranges_to_send, regions_to_refine,
-    worth_refining,
+    Bitmap, ChunkRef, DeltaPlan, KnownChunks, Manifest, ManifestBuilder, ManifestLimits, Op,
+    PARAMS_V1, Region, SourceId, chunks_requested, fine_chunks, hash_checking, manifest_of_reader,
+    ranges_to_send, regions_to_refine, worth_refining,
 };
 use distribusync_core::{ContentHash, RemotePath, Revision, limits};
 use distribusync_proto::delta::{
@@ -41,11 +41,25 @@ pub struct DeltaPolicy {
 }
 
 /// Largest new file (no version at its path) whose chunks are looked for
-/// in the server's other files before it is sent: the search reads the
-/// whole file once before sending anything. 1 GiB covers the copies the
-/// issue names (a 500 MiB video under a second name); bigger new files go
-/// whole at once.
+/// in the server's other files when the server cannot be asked first
+/// (an older server without FindChunks): the search reads the whole file
+/// once before sending anything. 1 GiB covers the copies the issue names
+/// (a 500 MiB video under a second name); bigger new files go whole.
 pub const NEW_PATH_SEARCH_MAX: u64 = 1 << 30;
+
+/// Bytes at the start of a new file chunked for the probe
+/// ([`FilesClient::probe`]): about a dozen coarse chunks.
+const PROBE_BYTES: u64 = 16 << 20;
+
+/// Most chunks a probe asks about (the server's limit is 64).
+const PROBE_CHUNKS: usize = 64;
+
+/// Most bytes of the base read, checked and written at once by a delta
+/// download (consecutive chunks); at least one chunk.
+const COPY_BLOCK: u64 = 8 << 20;
+
+/// Data written between writeback hints (as whole downloads do).
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// The default threshold: 8 MiB (bench/RESULTS.md, "Delta transfer").
 pub const DEFAULT_DELTA_MIN_SIZE: u64 = 8 << 20;
@@ -352,8 +366,8 @@ impl FilesClient {
         progress: Arc<dyn Progress>,
         check: BeforeReplace,
     ) -> Result<(FileInfo, u64, fs::Metadata)> {
-        let (info, new) = self.manifest(remote).await?;
-        let base = local_manifest(local).await?;
+        // The server's manifest comes while the base is chunked.
+        let ((info, new), base) = tokio::try_join!(self.manifest(remote), local_manifest(local))?;
         let mut known = KnownChunks::new(&PARAMS_V1);
         known
             .add_manifest(SourceId(0), &base)
@@ -397,34 +411,68 @@ impl FilesClient {
             let mut hasher = blake3::Hasher::new();
             let mut carry: Vec<u8> = Vec::new();
             let mut buf = Vec::new();
-            for op in ops {
-                let bytes: &[u8] = match op {
-                    Op::Copy { from, len, .. } => {
-                        buf.resize(len as usize, 0);
+            let mut pieces = Vec::new();
+            let (mut written, mut flushed) = (0u64, 0u64);
+            let mut rest = &ops[..];
+            while let Some(first) = rest.first() {
+                pieces.clear();
+                match *first {
+                    Op::Copy { from, .. } => {
+                        // Consecutive bytes of the base, read and checked
+                        // as one block.
+                        let mut len = 0u64;
+                        for op in rest {
+                            match *op {
+                                Op::Copy {
+                                    from: f,
+                                    len: l,
+                                    hash,
+                                } if f.source == from.source
+                                    && f.offset == from.offset + len
+                                    && (len == 0 || len + u64::from(l) <= COPY_BLOCK) =>
+                                {
+                                    len += u64::from(l);
+                                    pieces.push(ChunkRef { len: l, hash });
+                                }
+                                _ => break,
+                            }
+                        }
+                        buf.resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
                         base.read_exact_at(&mut buf, from.offset)
                             .map_err(local_err(&old))?;
-                        &buf
                     }
-                    Op::Literal { len, .. } => {
+                    Op::Literal { len, hash } => {
                         while carry.len() < len as usize {
                             match rx.blocking_recv() {
                                 Some(d) => carry.extend_from_slice(&d),
                                 None => return Err(protocol("download ended early")),
                             }
                         }
-                        let rest = carry.split_off(len as usize);
-                        buf = std::mem::replace(&mut carry, rest);
-                        &buf
+                        let tail = carry.split_off(len as usize);
+                        buf = std::mem::replace(&mut carry, tail);
+                        pieces.push(ChunkRef { len, hash });
                     }
-                };
-                if ContentHash::of(bytes) != *op.hash() {
+                }
+                rest = &rest[pieces.len()..];
+                // Each piece is checked (the base may have changed since it
+                // was chunked; the server's bytes are checked as they come)
+                // while the same bytes feed the whole-file hash, on two
+                // threads.
+                if hash_checking(&mut hasher, &buf, &pieces).is_err() {
                     return Err(ClientError::Stale(format!(
                         "{}: changed while it was being updated; try again",
                         old.display()
                     )));
                 }
-                hasher.update(bytes);
-                out.write_all(bytes).map_err(local_err(&part))?;
+                out.write_all(&buf).map_err(local_err(&part))?;
+                // Writeback starts as we go, so the fsync below is short.
+                written += buf.len() as u64;
+                if written - flushed >= WRITEBACK_STEP {
+                    let range = std::num::NonZeroU64::new(written - flushed);
+                    let advice = rustix::fs::Advice::DontNeed;
+                    let _ = rustix::fs::fadvise(&out, flushed, range, advice);
+                    flushed = written;
+                }
             }
             let got: ContentHash = hasher.finalize().into();
             if (got, hasher.count()) != expected {
@@ -608,6 +656,62 @@ impl FilesClient {
         Ok(())
     }
 
+    /// Whether the server holds any of the first chunks of `local` (its
+    /// first [`PROBE_BYTES`], cut as a whole manifest cuts them) in files
+    /// this caller may read: the question asked before a new file is
+    /// chunked whole for a delta upload, so that new content goes at once
+    /// and a copy still goes by delta. `None` from a server that cannot
+    /// answer (no FindChunks).
+    ///
+    /// # Errors
+    /// Local read errors, or the server's refusal.
+    pub async fn probe(&self, local: &Path) -> Result<Option<bool>> {
+        let p = local.to_owned();
+        let chunks = blocking(local, move || {
+            use std::io::Read;
+            let file = File::open(&p).map_err(local_err(&p))?;
+            let whole = file.metadata().map_err(local_err(&p))?.len() <= PROBE_BYTES;
+            let mut builder = ManifestBuilder::new(&PARAMS_V1);
+            let mut input = file.take(PROBE_BYTES);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => builder.update(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(ClientError::local(&p, e)),
+                }
+            }
+            // All of a short file is cut; of a longer one, the chunks
+            // that the rest cannot change.
+            let mut chunks = if whole {
+                builder.finish().chunks
+            } else {
+                builder.chunks().to_vec()
+            };
+            chunks.truncate(PROBE_CHUNKS);
+            Ok(chunks)
+        })
+        .await?;
+        if chunks.is_empty() {
+            return Ok(Some(false));
+        }
+        let mut inner = self.inner.clone();
+        let request = v1::FindChunksRequest {
+            params: PARAMS_V1.id(),
+            chunks: Some(pieces_page(&chunks)),
+        };
+        match inner.find_chunks(request).await {
+            Ok(r) => {
+                let known = Bitmap::from_bytes(r.into_inner().known, chunks.len())
+                    .map_err(|e| protocol(&format!("FindChunks: {e}")))?;
+                Ok(Some(known.ones().next().is_some()))
+            }
+            Err(st) if st.code() == tonic::Code::Unimplemented => Ok(None),
+            Err(st) => Err(self.err(st)),
+        }
+    }
+
     /// Bytes the server's Files service received and sent since it
     /// started (needs the admin scope).
     ///
@@ -652,12 +756,21 @@ impl FilesClient {
                     Err(e) => return Err(e),
                 },
             };
-            // Without a base the search for known chunks is a guess that
-            // costs a chunking pass before the first byte goes; past
-            // NEW_PATH_SEARCH_MAX that pass would hold the upload back too
-            // long (a 64 GiB file: about a minute), so it goes whole.
-            let guess_too_dear = base.is_none() && meta.len() > NEW_PATH_SEARCH_MAX;
-            let tried = if guess_too_dear {
+            // Without a base, the search for known chunks costs a chunking
+            // pass over the whole file before the first byte goes: the
+            // server is first asked about the file's first chunks, and
+            // new content goes whole at once. A server that cannot be
+            // asked gets the search up to NEW_PATH_SEARCH_MAX (past it the
+            // pass would hold the upload back too long: a 64 GiB file,
+            // about a minute).
+            let search = match base {
+                Some(_) => true,
+                None => match self.probe(local).await? {
+                    Some(known) => known,
+                    None => meta.len() <= NEW_PATH_SEARCH_MAX,
+                },
+            };
+            let tried = if !search {
                 Ok(DeltaOutcome::Declined {
                     missing: meta.len(),
                 })

@@ -1,7 +1,7 @@
 //! The delta RPCs of the Files service: DeltaUpload (one bidirectional
 //! stream: manifest in, missing-chunk bitmap out, [fine pieces of the
 //! missing chunks in, missing-piece bitmap out,] bytes in, file out),
-//! GetManifest and GetPieces. The store does the work (`store/delta.rs`); this is the
+//! GetManifest, GetPieces and FindChunks. The store does the work (`store/delta.rs`); this is the
 //! protocol and its checks.
 //!
 //! Invariant: nothing from the client is used before it is checked — the
@@ -252,6 +252,40 @@ async fn receive_data(
         return Err(refused(protocol("got more data than was asked for")));
     }
     Ok(())
+}
+
+/// Most chunks one FindChunks request may ask about.
+const FIND_CHUNKS_MAX: usize = 64;
+
+/// Answers FindChunks: which of the chunks asked about the server holds in
+/// files the caller may read.
+pub(crate) async fn find_chunks(
+    view: &View,
+    req: v1::FindChunksRequest,
+) -> Result<v1::FindChunksResponse, Status> {
+    if req.params != PARAMS_V1.id() {
+        return Err(ServiceError::InvalidArgument(format!(
+            "chunks cut with parameters v{}; this server cuts with v{}",
+            req.params,
+            PARAMS_V1.id()
+        ))
+        .into());
+    }
+    let page = req.chunks.ok_or_else(|| {
+        ServiceError::InvalidArgument("a FindChunks request names no chunks".into())
+    })?;
+    let chunks = pieces_of_page(page, FIND_CHUNKS_MAX).map_err(|e| match e {
+        ManifestWireError::TooManyPieces { count, limit } => ServiceError::InvalidArgument(
+            format!("FindChunks asks about {count} chunks; at most {limit} per request"),
+        ),
+        e => wire_error(e),
+    })?;
+    let known = view.find_chunks(chunks).await?;
+    Ok(v1::FindChunksResponse {
+        known: distribusync_core::delta::Bitmap::from_bools(known)
+            .as_bytes()
+            .to_vec(),
+    })
 }
 
 /// The messages of a GetPieces answer: one page per chunk.

@@ -472,6 +472,21 @@ impl Files for FilesService {
         ))))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn find_chunks(
+        &self,
+        request: Request<v1::FindChunksRequest>,
+    ) -> Result<Response<v1::FindChunksResponse>, Status> {
+        let view = self.view(&request);
+        let req = request.into_inner();
+        self.stats
+            .add_received(prost::Message::encoded_len(&req) as u64);
+        let reply = crate::delta_rpc::find_chunks(&view, req).await?;
+        self.stats
+            .add_sent(prost::Message::encoded_len(&reply) as u64);
+        Ok(Response::new(reply))
+    }
+
     async fn stats(
         &self,
         _request: Request<v1::StatsRequest>,

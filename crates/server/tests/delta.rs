@@ -375,6 +375,45 @@ async fn bad_delta_input_is_refused_naming_the_problem_and_leaves_nothing() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn bytes_changed_by_hand_behind_the_index_are_not_copied_into_a_new_version() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let data = random(24 * MIB, 51);
+    put_bytes(&c, tmp.path(), "disk.img", &data).await;
+    // Someone writes into the middle of the server's file in place: the
+    // index still names its old chunks there.
+    let on_server = server.root.join("disk.img");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&on_server)
+        .unwrap()
+        .write_all_at(b"scribbled", 12 * MIB as u64)
+        .unwrap();
+    let by_hand = std::fs::read(&on_server).unwrap();
+    // An edit near the start: the rest would be copied from that file.
+    let mut edited = data.clone();
+    edited[100] ^= 1;
+    let local = tmp.path().join("edited");
+    std::fs::write(&local, &edited).unwrap();
+    let e = c
+        .upload_delta(&local, &p("disk.img"), None, None, false, Arc::new(()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, distribusync_client::ClientError::Restart(m) if m.contains("changed during the upload")),
+        "{e:?}"
+    );
+    assert!(
+        std::fs::read(&on_server).unwrap() == by_hand,
+        "left as it was"
+    );
+    assert!(staging_is_empty(&server.root));
+    server.stop().await;
+}
+
 /// Makes a token on `root` as `distribusync token create` does.
 fn make_token(root: &std::path::Path, name: &str, scopes: &str, prefix: Option<&str>) -> String {
     use distribusync_server::auth::{NewToken, TokenStore};
@@ -415,7 +454,10 @@ async fn a_token_confined_to_a_folder_finds_no_chunks_outside_it() {
     put_bytes(&admin, tmp.path(), "alice/secret.bin", &secret).await;
     let local = tmp.path().join("guess");
     std::fs::write(&local, &secret).unwrap();
-    // Bob holds the same bytes: the server must not let on that it has them.
+    // Bob holds the same bytes: the server must not let on that it has
+    // them, neither to a probe nor to a delta upload.
+    assert_eq!(bob.probe(&local).await.unwrap(), Some(false));
+    assert_eq!(admin.probe(&local).await.unwrap(), Some(true));
     let out = bob
         .upload_delta(&local, &p("bob/guess.bin"), None, None, false, Arc::new(()))
         .await
@@ -473,6 +515,77 @@ async fn put_of_a_copy_under_a_new_name_sends_no_chunk_bytes() {
     let received = stats(&c).await.0 - before.0;
     assert!(received <= NEAR_EDIT, "{received} bytes for an edited copy");
     assert!(std::fs::read(server.root.join("videos/c.bin")).unwrap() == edited);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_file_the_server_lacks_is_probed_then_sent_whole_without_a_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let policy = distribusync_client::DeltaPolicy {
+        min_size: 4 * MIB as u64,
+    };
+    let c = server.client().await.with_delta(policy);
+    // What a whole upload of 64 MiB of new content costs, request framing
+    // included...
+    let whole = tmp.path().join("whole");
+    std::fs::write(&whole, random(64 * MIB, 41)).unwrap();
+    let before = stats(&c).await;
+    c.upload(&whole, &p("new-1.bin"), None, Arc::new(()))
+        .await
+        .unwrap();
+    let plain = stats(&c).await.0 - before.0;
+    // ...and what `put` of other new content of the same size costs: the
+    // probe of its first chunks (about 16 of them, ~40 bytes each) on top,
+    // not the manifest of all 64 (which a search of the whole file sends
+    // before the server declines it).
+    let new = tmp.path().join("new");
+    let data = random(64 * MIB, 42);
+    std::fs::write(&new, &data).unwrap();
+    assert_eq!(c.probe(&new).await.unwrap(), Some(false));
+    let before = stats(&c).await;
+    let info = c
+        .put(&new, &p("new-2.bin"), None, Arc::new(()))
+        .await
+        .unwrap();
+    let received = stats(&c).await.0 - before.0;
+    assert_eq!(info.hash, ContentHash::of(&data));
+    assert!(
+        received <= plain + 1024,
+        "{received} bytes received for a new file, {plain} for a whole upload"
+    );
+    // A copy of it under a third name: the probe finds its chunks.
+    assert_eq!(c.probe(&new).await.unwrap(), Some(true));
+    let before = stats(&c).await;
+    c.put(&new, &p("new-3.bin"), None, Arc::new(()))
+        .await
+        .unwrap();
+    let received = stats(&c).await.0 - before.0;
+    assert!(received < 8192, "{received} bytes for a copy");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_probe_of_too_many_chunks_or_other_parameters_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let mut raw = raw(&server.addr);
+    let chunk = distribusync_core::delta::ChunkRef {
+        len: 1 << 20,
+        hash: ContentHash::of(b"x"),
+    };
+    let ask = |params, n| v1::FindChunksRequest {
+        params,
+        chunks: Some(distribusync_proto::delta::pieces_page(&vec![chunk; n])),
+    };
+    let e = raw.find_chunks(ask(PARAMS_V1.id(), 65)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("65 chunks"), "{}", e.message());
+    let e = raw.find_chunks(ask(9, 1)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("v9"), "{}", e.message());
+    let ok = raw.find_chunks(ask(PARAMS_V1.id(), 64)).await.unwrap();
+    assert_eq!(ok.into_inner().known, vec![0u8; 8]);
     server.stop().await;
 }
 

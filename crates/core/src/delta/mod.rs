@@ -28,14 +28,18 @@
 //!   and [`assemble`] checks every piece and the whole-file hash.
 //!
 //! Everything here is IO-free except [`manifest_of_reader`], which reads a
-//! [`std::io::Read`] through a bounded buffer (about two coarse chunks).
+//! [`std::io::Read`] through a few bounded blocks. It and [`hash_checking`]
+//! spread their hashing over threads of their own (scoped: none outlives
+//! the call), as the CPU of a delta transfer is these hash passes.
 //! docs/DESIGN.md ("Delta transfer (core)") describes the protocol built on it.
 
 mod chunker;
 mod manifest;
 mod plan;
 
-pub use chunker::{ManifestBuilder, fine_chunks, manifest_of_bytes, manifest_of_reader};
+pub use chunker::{
+    ManifestBuilder, fine_chunks, hash_checking, manifest_of_bytes, manifest_of_reader,
+};
 pub use manifest::{
     ChunkRef, MAX_MANIFEST_CHUNKS, Manifest, ManifestError, ManifestLimits, validate_fine,
 };

@@ -32,9 +32,9 @@ pub fn required_scope(path: &str) -> Option<Option<Scope>> {
         | "grpc.reflection.v1alpha.ServerReflection" => return None,
         "distribusync.v1.Files" => match method {
             "List" | "Stat" | "Download" | "Watch" | "GetManifest" | "GetPieces" => Scope::Read,
-            "Upload" | "UploadOffset" | "UploadBatch" | "Delete" | "Rename" | "DeltaUpload" => {
-                Scope::Write
-            }
+            "Upload" | "UploadOffset" | "UploadBatch" | "Delete" | "Rename" | "DeltaUpload"
+            // The probe before a DeltaUpload: it tells what DeltaNeed would.
+            | "FindChunks" => Scope::Write,
             // Server-wide traffic figures: not any one folder's business.
             "Stats" => Scope::Admin,
             _ => return Some(None),
@@ -175,6 +175,7 @@ mod tests {
             "Delete",
             "Rename",
             "DeltaUpload",
+            "FindChunks",
         ] {
             assert_eq!(
                 required_scope(&format!("/distribusync.v1.Files/{m}")),

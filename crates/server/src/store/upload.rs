@@ -214,12 +214,12 @@ impl Writer {
 }
 
 /// Data written since the last writeback hint before the next one.
-const WRITEBACK_STEP: u64 = 8 << 20;
+pub(super) const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Asks the kernel to start writing a range to disk now (and not to keep it
 /// cached), so the fsync at the end of a big upload has little left to do
 /// and the upload does not fill the page cache. A hint: failure is ignored.
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
     let _ = rustix::fs::fadvise(
         file,
         offset,

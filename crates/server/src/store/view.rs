@@ -156,6 +156,17 @@ impl View {
         self.store.delta_plan(&self.who, header).await
     }
 
+    /// See [`Store::find_chunks`]: only files this caller may read count.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn find_chunks(
+        &self,
+        chunks: Vec<distribusync_core::delta::ChunkRef>,
+    ) -> Result<Vec<bool>> {
+        self.store.find_chunks(&self.who, chunks).await
+    }
+
     /// See [`Store::begin_delta`].
     ///
     /// # Errors
