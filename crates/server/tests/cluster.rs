@@ -188,7 +188,7 @@ async fn an_upload_through_one_instance_downloads_byte_identical_through_the_oth
     );
     // The staging folders of both instances are empty again.
     for instance in ["a", "b"] {
-        let left = staged_files(&dir.path().join(instance));
+        let left = common::staged_files(&dir.path().join(instance));
         assert_eq!(left, 0, "{instance}: staging files left");
     }
     cluster.stop().await;
@@ -466,26 +466,6 @@ async fn delta_transfers_fall_back_where_the_cluster_has_no_delta_and_stay_exact
         "the delta download differs"
     );
     cluster.stop().await;
-}
-
-/// Staging files under an instance's folder.
-fn staged_files(root: &Path) -> usize {
-    fn under(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| {
-                        if e.path().is_dir() {
-                            under(&e.path())
-                        } else {
-                            1
-                        }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    under(&root.join(".distribusync/staging"))
 }
 
 /// Bytes of staging files under an instance's folder.

@@ -54,26 +54,6 @@ fn chunk(data: &[u8]) -> v1::UploadRequest {
     }
 }
 
-/// Files in the server's staging area: one per upload in progress.
-fn staged_files(root: &std::path::Path) -> usize {
-    fn under(dir: &std::path::Path) -> usize {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| {
-                        if e.path().is_dir() {
-                            under(&e.path())
-                        } else {
-                            1
-                        }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    under(&root.join(".distribusync/staging"))
-}
-
 /// Polls `check` until it holds (a safety net, not a timing).
 async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
     let deadline = tokio::time::Instant::now() + SAFETY;
@@ -172,7 +152,7 @@ fn stalled_uploads_and_unread_downloads_starve_no_other_client() {
         }
         let root = server.root.clone();
         until("every stalled upload to begin", || {
-            let n = staged_files(&root);
+            let n = common::staged_files(&root);
             async move { n == stalled }
         })
         .await;

@@ -145,3 +145,24 @@ pub async fn get_bytes(c: &FilesClient, dir: &Path, path: &str) -> Vec<u8> {
     c.download(&p(path), &local, Arc::new(())).await.unwrap();
     std::fs::read(local).unwrap()
 }
+
+/// Files in a server's staging area under `root`: one per upload in
+/// progress (none once every upload ended, however it ended).
+pub fn staged_files(root: &Path) -> usize {
+    fn under(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            under(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    under(&root.join(".distribusync/staging"))
+}
