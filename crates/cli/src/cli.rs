@@ -384,11 +384,15 @@ pub struct PutArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Remote file.
+    /// Remote file (or folder with -r).
     pub remote: String,
     /// Local destination (a file, or an existing folder); defaults to the
-    /// remote file's name in the current folder.
+    /// remote file's name in the current folder. With -r: the folder the
+    /// remote folder's files go into (created if missing), as `put -r`.
     pub local: Option<PathBuf>,
+    /// Download a folder and everything in it.
+    #[arg(short, long)]
+    pub recursive: bool,
 }
 
 #[derive(Debug, Args)]

@@ -383,6 +383,52 @@ fn put_r_of_many_files_fits_them_in_batches_within_the_server_limits() {
 }
 
 #[test]
+fn get_r_brings_a_remote_folder_back_as_put_r_sent_it() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    std::fs::create_dir_all(dir.join("photos/sub/deeper")).unwrap();
+    let mut sent = Vec::new();
+    for (i, rel) in ["a.jpg", "sub/b.jpg", "sub/deeper/c.jpg", "sub/d.jpg"]
+        .iter()
+        .enumerate()
+    {
+        let data = noise(1000 + i * 70_000, i as u64);
+        std::fs::write(dir.join("photos").join(rel), &data).unwrap();
+        sent.push((*rel, data));
+    }
+    ok(&dir, s, &["put", "-r", "photos", "trips/2026"]);
+    std::fs::write(dir.join("outside.txt"), b"not under the folder").unwrap();
+    ok(&dir, s, &["put", "outside.txt", "trips/2026.txt"]);
+
+    // Into a named folder (made), and by default under the folder's name.
+    ok(&dir, s, &["get", "-r", "trips/2026", "back"]);
+    ok(&dir, s, &["get", "-r", "trips/2026/"]);
+    for root in ["back", "2026"] {
+        assert_eq!(visible_files(&dir.join(root)).len(), sent.len(), "{root}");
+        for (rel, data) in &sent {
+            assert_eq!(
+                &std::fs::read(dir.join(root).join(rel)).unwrap(),
+                data,
+                "{root}/{rel}"
+            );
+        }
+    }
+    // A sibling whose name merely starts with the folder's is not part of it.
+    assert!(!dir.join("back.txt").exists() && !dir.join("2026.txt").exists());
+
+    let err = fail(&dir, s, &["get", "-r", "nothing/here", "x"], 1);
+    assert!(
+        err.contains("nothing/here") && err.contains("no files"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("x").exists(),
+        "nothing made for a folder that is not there"
+    );
+}
+
+#[test]
 fn sync_once_uploads_a_folder_with_the_transfers_asked_for() {
     let (_t, dir) = tmp();
     let server = Server::start(&dir);

@@ -22,7 +22,7 @@ use distribusync_core::ContentHash;
 use distribusync_core::delta::{PARAMS_V1, manifest_of_bytes};
 use distribusync_proto::v1::{self, files_client};
 use distribusync_server::ServerConfig;
-use distribusync_server::store::{BlobsConfig, ClusterBackend};
+use distribusync_server::store::{Blobs, BlobsConfig, ClusterBackend, S3Blobs};
 use postgres::postgres;
 use seaweedfs::seaweedfs;
 
@@ -398,6 +398,53 @@ async fn the_collector_keeps_what_files_and_uploads_in_flight_need_and_reclaims_
     }
     assert!(get_bytes(&b, dir.path(), "kept.bin").await == kept);
     cluster.stop().await;
+}
+
+/// Chunks on their way to the bucket are held in memory; however many
+/// uploads send at once, an instance holds at most its budget of them
+/// (64 MiB), and every upload still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_on_their_way_to_the_bucket_stay_within_the_instance_budget() {
+    let _gate = OUTAGE.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = S3Blobs::open(&blobs_config(seaweedfs().bucket()))
+        .await
+        .unwrap();
+    // 12 files of 8 MiB (chunks of up to 4 MiB, 8 at a time a file):
+    // up to 96 MiB would be sent at once.
+    let files: Vec<_> = (0..12)
+        .map(|i| {
+            let bytes = data(&format!("budget {i}"), 8 << 20);
+            let manifest = manifest_of_bytes(&bytes, &PARAMS_V1);
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, &bytes).unwrap();
+            (path, manifest)
+        })
+        .collect();
+    let installed = futures::future::join_all(files.iter().map(|(path, manifest)| {
+        let blobs = blobs.clone();
+        async move {
+            blobs
+                .install(Arc::new(std::fs::File::open(path).unwrap()), manifest)
+                .await
+        }
+    }))
+    .await;
+    for (done, (_, manifest)) in installed.into_iter().zip(&files) {
+        assert_eq!(done.unwrap().stored, manifest.chunks.len());
+    }
+    let peak = blobs.sending_peak();
+    assert!(peak > 0 && peak <= S3Blobs::SENDING_BUDGET, "peak {peak}");
+    let stored: std::collections::HashSet<_> = blobs
+        .list_chunks()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.hash)
+        .collect();
+    for (_, m) in &files {
+        assert!(m.chunks.iter().all(|c| stored.contains(&c.hash)));
+    }
 }
 
 /// A group of small files (UploadBatch, what `put -r` and sync send) is

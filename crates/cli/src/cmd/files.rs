@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use distribusync_client::{ClientError, FileInfo, FilesClient, local_tree};
 use distribusync_core::RemotePath;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::UsageError;
 use crate::cli::{GetArgs, Global, LsArgs, MvArgs, PutArgs, RmArgs, StatArgs};
@@ -15,6 +15,9 @@ use crate::progress;
 
 /// Uploads in flight at once for `put -r`.
 const PARALLEL_UPLOADS: usize = 8;
+
+/// Downloads in flight at once for `get -r`.
+const PARALLEL_DOWNLOADS: usize = 8;
 
 pub(crate) fn remote(s: &str) -> anyhow::Result<RemotePath> {
     Ok(RemotePath::normalized(s).map_err(|e| UsageError(e.to_string()))?)
@@ -200,6 +203,9 @@ fn print_put(out: &mut impl Write, f: &FileInfo, json: bool) -> anyhow::Result<(
 }
 
 pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
+    if args.recursive {
+        return get_tree(global, args).await;
+    }
     let src = remote(&args.remote)?;
     let dest = get_target(&src, args.local.as_deref());
     let client = connect(global).await?;
@@ -208,6 +214,84 @@ pub async fn get(global: &Global, args: GetArgs) -> anyhow::Result<()> {
         .await
         .context("get")?;
     eprintln!("{} -> {} ({} bytes)", info.path, dest.display(), info.size);
+    Ok(())
+}
+
+/// Where `get -r` puts the file `path` found under the remote folder
+/// `base`: LOCAL joined with what follows `base/` (already checked: a
+/// `RemotePath` has no `..`, no absolute or empty component).
+pub(crate) fn tree_target(base: &RemotePath, path: &RemotePath, local: &Path) -> Option<PathBuf> {
+    let rel = path
+        .as_str()
+        .strip_prefix(base.as_str())?
+        .strip_prefix('/')?;
+    Some(local.join(rel))
+}
+
+/// `get -r REMOTE [LOCAL]`: every file under the remote folder, into LOCAL
+/// (default: the folder's name here), [`PARALLEL_DOWNLOADS`] at a time
+/// over one connection. A file that fails is named and the rest go on.
+async fn get_tree(global: &Global, args: GetArgs) -> anyhow::Result<()> {
+    let base = remote(args.remote.trim_end_matches('/'))?;
+    let local = args
+        .local
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(base.file_name()));
+    let client = connect(global).await?;
+    let files = client
+        .list_all(Some(&base))
+        .await
+        .with_context(|| format!("get {}", args.remote))?;
+    // The folder's files (a file named as the folder itself is not one).
+    let files: Vec<FileInfo> = files
+        .into_iter()
+        .filter(|f| tree_target(&base, &f.path, &local).is_some())
+        .collect();
+    if files.is_empty() {
+        return Err(ClientError::NotFound(format!(
+            "{}: no files under this folder on the server",
+            base.shown()
+        ))
+        .into());
+    }
+    let total = files.len();
+    let bars = progress::Transfers::new();
+    let progress_for = bars.factory();
+    let downloads = futures::stream::iter(files)
+        .map(|f| {
+            let (client, local, base) = (&client, &local, &base);
+            let progress = progress_for(&f.path);
+            let path = f.path.clone();
+            async move {
+                let dest = tree_target(base, &f.path, local)
+                    .ok_or_else(|| anyhow::anyhow!("{}: not under {}", f.path, base))?;
+                if let Some(parent) = dest.parent() {
+                    tokio::fs::create_dir_all(parent)
+                        .await
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                let info = client.get(&f.path, &dest, progress).await?;
+                anyhow::Ok((info, dest))
+            }
+            .map(move |r| (path, r))
+        })
+        .buffer_unordered(PARALLEL_DOWNLOADS);
+    futures::pin_mut!(downloads);
+    let mut failed = 0usize;
+    while let Some((path, result)) = downloads.next().await {
+        match result {
+            Ok((info, dest)) => bars.suspend(|| {
+                eprintln!("{} -> {} ({} bytes)", info.path, dest.display(), info.size);
+            }),
+            Err(e) => {
+                bars.suspend(|| eprintln!("distribusync: get {path}: {e:#}"));
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("get: {failed} of {total} file(s) failed");
+    }
     Ok(())
 }
 

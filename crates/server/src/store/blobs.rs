@@ -47,6 +47,19 @@ use crate::error::{Result, ServiceError};
 /// Chunks sent to (or read from) the bucket at once by one upload.
 const PARALLEL_CHUNKS: usize = 8;
 
+/// Bytes of chunks read from staging files and on their way to the bucket,
+/// over every upload of this instance: with 8 files of a group and 8 chunks
+/// of a file (up to 4 MiB each) in flight, concurrent groups would
+/// otherwise hold up to 256 MiB each.
+const SENDING_BUDGET: usize = 64 << 20;
+
+/// Chunks at least this big are looked for in the bucket before they are
+/// sent; smaller ones are sent (see `S3Blobs::put_chunk`).
+const ASK_FIRST_FROM: u32 = 64 << 10;
+
+/// The unit of [`SENDING_BUDGET`]'s semaphore.
+const SENDING_UNIT: usize = 64 << 10;
+
 /// The folder of the bucket chunks are kept in.
 const CHUNKS: &str = "chunks";
 
@@ -204,6 +217,10 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct S3Blobs {
     store: Arc<dyn ObjectStore>,
     shown: Arc<str>,
+    /// [`SENDING_BUDGET`] in units of [`SENDING_UNIT`].
+    sending: Arc<tokio::sync::Semaphore>,
+    /// The most units of it ever held at once (see [`Self::sending_peak`]).
+    sending_peak: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl fmt::Debug for S3Blobs {
@@ -263,11 +280,22 @@ impl S3Blobs {
         let blobs = Self {
             store: Arc::new(store),
             shown: shown.into(),
+            sending: Arc::new(tokio::sync::Semaphore::new(SENDING_BUDGET / SENDING_UNIT)),
+            sending_peak: Arc::default(),
         };
         blobs.check().await?;
         tracing::info!(bucket = %blobs.shown, "contents in S3");
         Ok(blobs)
     }
+
+    /// The most bytes of chunks this instance has held at once on their
+    /// way to the bucket (bounded by [`SENDING_BUDGET`], 64 MiB).
+    pub fn sending_peak(&self) -> usize {
+        self.sending_peak.load(std::sync::atomic::Ordering::Relaxed) * SENDING_UNIT
+    }
+
+    /// The most [`Self::sending_peak`] may reach.
+    pub const SENDING_BUDGET: usize = SENDING_BUDGET;
 
     /// The bucket, as printed.
     pub fn bucket(&self) -> &str {
@@ -318,16 +346,32 @@ impl S3Blobs {
         chunk: ChunkRef,
     ) -> Result<bool> {
         let k = key(&chunk.hash);
-        match self
-            .store
-            .get_opts(&k, GetOptions::new().with_head(true))
-            .await
-        {
-            Ok(_) => return Ok(false),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(self.fail(&format!("chunk {}", chunk.hash), &e)),
+        // A small chunk is sent without asking first: the question costs a
+        // round trip like the answer, and sending it again writes the key
+        // with the very bytes it is named after (no reader can tell).
+        if chunk.len >= ASK_FIRST_FROM {
+            match self
+                .store
+                .get_opts(&k, GetOptions::new().with_head(true))
+                .await
+            {
+                Ok(_) => return Ok(false),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.fail(&format!("chunk {}", chunk.hash), &e)),
+            }
         }
         let len = chunk.len as usize;
+        // Held until the chunk is in the bucket (a chunk is at most the
+        // budget: FastCDC's maximum is 4 MiB).
+        let units = len
+            .div_ceil(SENDING_UNIT)
+            .clamp(1, SENDING_BUDGET / SENDING_UNIT);
+        let _sending = self.sending.acquire_many(units as u32).await.map_err(|_| {
+            ServiceError::Blobs(format!("blob store {}: shutting down", self.shown))
+        })?;
+        let held = SENDING_BUDGET / SENDING_UNIT - self.sending.available_permits();
+        self.sending_peak
+            .fetch_max(held, std::sync::atomic::Ordering::Relaxed);
         let bytes = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len];
             file.read_exact_at(&mut buf, offset).map(|()| buf)

@@ -36,8 +36,11 @@ use super::upload::UploadHeader;
 use super::{ChangeFeed, FileRecord, Metadata, NewVersion, PgFeed, PgMetadata, Store};
 use crate::error::{Result, ServiceError};
 
-/// Files of one group whose chunks are stored at once.
-const PARALLEL_FILES: usize = 8;
+/// Files of one group whose chunks are stored at once. A small file's
+/// store is a round trip or two to the bucket: a batch of them is bound by
+/// latency, so many go at once; the bytes held are bounded by the blob
+/// store's sending budget, not by this.
+const PARALLEL_FILES: usize = 32;
 
 /// Reads of a download's chunks in flight: the one being sent and the next.
 const READ_AHEAD: usize = 2;
@@ -102,7 +105,23 @@ impl ClusterBackend {
     /// # Errors
     /// When the database fails.
     pub async fn pin(&self, owner: &str, manifest: &Manifest) -> Result<()> {
-        let hashes: Vec<_> = manifest.chunks.iter().map(|c| c.hash).collect();
+        self.pin_all(owner, [manifest]).await
+    }
+
+    /// Pins the chunks of several manifests under `owner` in one
+    /// transaction (see [`Self::pin`]).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn pin_all<'m>(
+        &self,
+        owner: &str,
+        manifests: impl IntoIterator<Item = &'m Manifest>,
+    ) -> Result<()> {
+        let hashes: Vec<_> = manifests
+            .into_iter()
+            .flat_map(|m| m.chunks.iter().map(|c| c.hash))
+            .collect();
         self.pg.pin_chunks(owner, &hashes, PIN_TTL).await
     }
 
@@ -247,6 +266,14 @@ impl Store {
         self.inner.cluster.as_ref()
     }
 
+    /// Whether a staging file must be flushed before it is committed: on
+    /// the local backend it becomes the file (and must survive a crash);
+    /// on the cluster it is a scratch copy whose bytes go to the bucket,
+    /// which keeps them (and a crash before the commit leaves nothing).
+    pub(super) fn flushes_staging(&self) -> bool {
+        self.inner.cluster.is_none()
+    }
+
     /// The refusal of what the cluster backend does not offer yet.
     pub(super) fn unsupported(what: &str) -> ServiceError {
         ServiceError::Unsupported(format!(
@@ -345,14 +372,14 @@ impl Store {
         started: std::time::Instant,
     ) -> Result<Vec<Result<FileRecord>>> {
         // Per file: WebDAV locks (none in the cluster, which serves no
-        // WebDAV, but obeyed as everywhere), its manifest, its chunks.
-        let stored: Vec<Result<Manifest>> = futures::stream::iter(prepared)
-            .map(|(h, file, given)| {
-                let blobs = c.blobs.clone();
-                async move {
+        // WebDAV, but obeyed as everywhere) and its manifest.
+        let described: Vec<Result<(Arc<std::fs::File>, Manifest)>> =
+            futures::stream::iter(prepared)
+                .map(|(h, file, given)| async move {
                     self.obey_dav_locks(&[&h.path], &h.locks)?;
                     let f = Arc::new(
-                        std::fs::File::open(&file).map_err(|e| ServiceError::io("staging file", e))?,
+                        std::fs::File::open(&file)
+                            .map_err(|e| ServiceError::io("staging file", e))?,
                     );
                     let manifest = match given {
                         Some(m) => m,
@@ -372,11 +399,31 @@ impl Store {
                             std::io::Error::other("changed after it was verified"),
                         ));
                     }
-                    // Pinned first: the collector leaves a pinned chunk
-                    // alone, so one found in the bucket stays there.
-                    c.pin(owner, &manifest).await?;
+                    Ok((f, manifest))
+                })
+                .buffered(PARALLEL_FILES)
+                .collect()
+                .await;
+        // The group's chunks are pinned in one transaction, before any is
+        // looked for in the bucket: the collector leaves a pinned chunk
+        // alone, so one found there stays there. (One transaction a group,
+        // not one a file: a batch of small files is one commit of pins.)
+        c.pin_all(
+            owner,
+            described
+                .iter()
+                .filter_map(|d| d.as_ref().ok())
+                .map(|(_, m)| m),
+        )
+        .await?;
+        // Then each file's chunks go to the bucket.
+        let stored: Vec<Result<Manifest>> = futures::stream::iter(described)
+            .map(|d| {
+                let blobs = c.blobs.clone();
+                async move {
+                    let (f, manifest) = d?;
                     let done = blobs.install(f, &manifest).await?;
-                    tracing::debug!(path = %h.path, stored = done.stored, reused = done.reused, "chunks stored");
+                    tracing::debug!(stored = done.stored, reused = done.reused, "chunks stored");
                     Ok(manifest)
                 }
             })

@@ -866,7 +866,8 @@ impl Store {
         // syncfs flushes whatever anyone wrote to the filesystem: on a
         // busy disk it took 40 ms at the median and 200 ms at p90 where an
         // fsync took 16 and 60, and a sync client's save is one file.
-        let fsync_each = files.len() <= FSYNC_EACH_MAX;
+        let flush = self.flushes_staging();
+        let fsync_each = flush && files.len() <= FSYNC_EACH_MAX;
         let (mut results, staged, slots, mut guard) = self.run(move || {
             let mut results: Vec<Option<Result<FileRecord>>> = Vec::with_capacity(files.len());
             let mut staged = Vec::new();
@@ -912,7 +913,7 @@ impl Store {
                 staged.push((h, path));
             }
             let written = started.elapsed();
-            if !fsync_each {
+            if flush && !fsync_each {
                 s.inner.disk.sync_staging()?;
             }
             tracing::debug!(files = staged.len(), ?written, synced = ?started.elapsed(), "batch staged");

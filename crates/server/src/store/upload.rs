@@ -362,12 +362,15 @@ impl Upload {
         }
         checked?;
         let (modified, path) = (self.header.modified, self.header.path.clone());
+        let flush = self.store.flushes_staging();
         let manifest = self
             .store
             .run(move || {
                 super::disk::set_modified(&file, &path, modified)?;
-                file.sync_all()
-                    .map_err(|e| ServiceError::io("staging file", e))?;
+                if flush {
+                    file.sync_all()
+                        .map_err(|e| ServiceError::io("staging file", e))?;
+                }
                 // The last chunks are cut here (up to two coarse maxima).
                 Ok(manifest.map(ManifestBuilder::finish))
             })
