@@ -262,6 +262,19 @@ pub struct ServeArgs {
     /// Longest deadline a job may ask for.
     #[arg(long, env = "DISTRIBUSYNC_MAX_JOB_DEADLINE", default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_job_deadline: std::time::Duration,
+    /// Cluster backend: how long a job claimed by an instance stays its
+    /// without a renewal (renewed every third of it while the job runs);
+    /// the jobs of an instance that dies run again elsewhere after this.
+    #[arg(long, env = "DISTRIBUSYNC_JOB_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub job_lease: std::time::Duration,
+    /// Cluster backend: most tries of a job whose instances keep dying
+    /// mid-job; past them the job fails, saying so.
+    #[arg(long, env = "DISTRIBUSYNC_JOB_ATTEMPTS", default_value_t = distribusync_server::ComputeConfig::default().job_attempts, value_parser = clap::value_parser!(u32).range(1..))]
+    pub job_attempts: u32,
+    /// Test only: on the cluster backend, claim jobs and hold them
+    /// without computing (so a test can kill the instance mid-job).
+    #[arg(long, env = "DISTRIBUSYNC_TEST_HOLD_JOBS", hide = true)]
+    pub test_hold_jobs: bool,
     /// How long finished job results are kept for `job ID`.
     #[arg(long, env = "DISTRIBUSYNC_RESULT_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub result_ttl: std::time::Duration,

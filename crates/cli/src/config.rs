@@ -61,11 +61,12 @@ pub fn serve_command() -> clap::Command {
         .unwrap_or_else(|| clap::Command::new("serve"))
 }
 
-/// The settings' args, in definition order.
+/// The settings' args, in definition order (hidden ones, for tests only,
+/// are not settings).
 fn settings(serve: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
     serve.get_arguments().filter(|a| {
         a.get_long()
-            .is_some_and(|l| !NOT_SETTINGS.contains(&l) && !a.is_positional())
+            .is_some_and(|l| !NOT_SETTINGS.contains(&l) && !a.is_positional() && !a.is_hide_set())
     })
 }
 

@@ -20,6 +20,8 @@ struct Server {
     addr: String,
     /// What the server logged so far (its stderr).
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Notified after each line added to `logs`.
+    logged_more: std::sync::Arc<std::sync::Condvar>,
 }
 
 impl Server {
@@ -57,13 +59,38 @@ impl Server {
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = logs.clone();
+        let logged_more = std::sync::Arc::new(std::sync::Condvar::new());
+        let (kept, more) = (logs.clone(), logged_more.clone());
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 kept.lock().unwrap().push(line);
+                more.notify_all();
             }
         });
-        Self { child, addr, logs }
+        Self {
+            child,
+            addr,
+            logs,
+            logged_more,
+        }
+    }
+
+    /// Waits (safety net: one minute) until the server logged a line
+    /// containing every one of `words`.
+    ///
+    /// # Panics
+    /// When it did not.
+    fn wait_logged(&self, words: &[&str]) {
+        let has = |logs: &Vec<String>| logs.iter().any(|l| words.iter().all(|w| l.contains(w)));
+        let logs = self.logs.lock().unwrap();
+        let (logs, waited) = self
+            .logged_more
+            .wait_timeout_while(logs, std::time::Duration::from_secs(60), |l| !has(l))
+            .unwrap();
+        assert!(
+            !waited.timed_out(),
+            "the server did not log {words:?}: {logs:#?}"
+        );
     }
 
     /// True once the server logged a line containing every one of `words`.

@@ -95,6 +95,10 @@ impl ComputeError {
             crate::ClientError::Connect(c) => ComputeError::Connect(c),
             crate::ClientError::Unreachable { addr }
             | crate::ClientError::ConnectionLost { addr } => ComputeError::Unreachable { addr },
+            crate::ClientError::Unavailable { message, .. } => ComputeError::Rejected {
+                code: Code::Unavailable,
+                message,
+            },
             other => ComputeError::Protocol(other.to_string()),
         }
     }

@@ -13,6 +13,10 @@ pub const CURRENT_REVISION_KEY: &str = "x-distribusync-current-revision";
 pub enum ClientError {
     #[error("cannot reach server at {addr} (is \"distribusync serve\" running?)")]
     Unreachable { addr: String },
+    /// The server answered UNAVAILABLE itself (a store it depends on is
+    /// down, it is shutting down): its reason, worth retrying later.
+    #[error("the server at {addr} is unavailable: {message}")]
+    Unavailable { addr: String, message: String },
     #[error("lost the connection to the server at {addr}; run it again to resume")]
     ConnectionLost { addr: String },
     #[error("invalid server address {addr:?}: {why}")]
@@ -108,6 +112,12 @@ impl ClientError {
             }
             Code::ResourceExhausted => Self::LimitExceeded(msg),
             Code::Aborted => Self::Restart(msg),
+            // The server's own reason (a transport failure was matched
+            // above): "cannot reach server" would hide what is down.
+            Code::Unavailable if !msg.is_empty() => Self::Unavailable {
+                addr: addr.to_owned(),
+                message: msg,
+            },
             Code::Unavailable | Code::Cancelled => Self::Unreachable {
                 addr: addr.to_owned(),
             },
@@ -120,6 +130,10 @@ impl ClientError {
     pub fn duplicate(&self) -> Self {
         match self {
             Self::Unreachable { addr } => Self::Unreachable { addr: addr.clone() },
+            Self::Unavailable { addr, message } => Self::Unavailable {
+                addr: addr.clone(),
+                message: message.clone(),
+            },
             Self::ConnectionLost { addr } => Self::ConnectionLost { addr: addr.clone() },
             Self::Connect(c) => Self::Connect(c.clone()),
             other => Self::Rejected(other.to_string()),
@@ -135,7 +149,10 @@ impl ClientError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::ConnectionLost { .. } | Self::Connect(_)
+            Self::Unreachable { .. }
+                | Self::Unavailable { .. }
+                | Self::ConnectionLost { .. }
+                | Self::Connect(_)
         )
     }
 }

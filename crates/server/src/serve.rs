@@ -235,7 +235,13 @@ pub async fn serve_with_webdav(
             idle_timeout: config.transport.idle_timeout,
             ..config.compute.clone()
         };
-        let service = ComputeService::with_shutdown(compute, token.clone());
+        let service = match &config.cluster {
+            Some(cluster) => {
+                let queue = cluster.job_queue(compute.job_attempts).await?;
+                ComputeService::on_cluster(compute, token.clone(), queue).await?
+            }
+            None => ComputeService::with_shutdown(compute, token.clone()),
+        };
         compute_handle = Some(service.clone());
         Some(service.into_server())
     } else {
@@ -280,13 +286,19 @@ pub async fn serve_with_webdav(
     let tokens = if config.auth.mode == AuthMode::Off {
         None
     } else {
-        let root = config.root.clone();
-        let opened = tokio::task::spawn_blocking(move || TokenStore::open(&root))
-            .await
-            .map_err(|e| crate::auth::TokenStoreError::Io {
-                context: "opening the token table".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let opened = match &config.cluster {
+            // Shared by every instance (docs/DESIGN.md, "Cluster backend").
+            Some(cluster) => TokenStore::open_cluster(cluster.database().clone()).await?,
+            None => {
+                let root = config.root.clone();
+                tokio::task::spawn_blocking(move || TokenStore::open(&root))
+                    .await
+                    .map_err(|e| crate::auth::TokenStoreError::Io {
+                        context: "opening the token table".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??
+            }
+        };
         Some(Arc::new(opened))
     };
     let auth = Auth::new(config.auth.clone(), tokens.clone(), loopback);

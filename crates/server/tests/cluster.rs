@@ -87,8 +87,16 @@ impl Cluster {
     }
 
     async fn start_gated(dir: &Path, name: &str, gate: Gate) -> Self {
+        Self::start_on(dir, name, gate, &seaweedfs().endpoint).await
+    }
+
+    /// Two instances reaching the S3 endpoint at `endpoint`.
+    async fn start_on(dir: &Path, name: &str, gate: Gate, endpoint: &str) -> Self {
         let url = postgres().database(name);
-        let blobs = blobs_config(seaweedfs().bucket());
+        let blobs = BlobsConfig {
+            endpoint: Some(endpoint.to_owned()),
+            ..blobs_config(seaweedfs().bucket())
+        };
         let mut servers = Vec::new();
         for instance in ["a", "b"] {
             let mut config = ServerConfig::new(dir.join(instance));
@@ -638,6 +646,12 @@ async fn with_postgres_stopped_requests_fail_clearly_and_service_resumes_by_itse
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("metadata database"), "{status:?}");
+    // The client shows the server's reason, not "cannot reach server".
+    let err = a.stat(&p("before.txt")).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Unavailable { message, .. } if message.contains("metadata database")),
+        "{err}"
+    );
     let during = dir.path().join("during.txt");
     std::fs::write(&during, b"during").unwrap();
     assert!(
@@ -670,4 +684,142 @@ async fn with_postgres_stopped_requests_fail_clearly_and_service_resumes_by_itse
         other => panic!("expected after.txt, got {other:?}"),
     }
     cluster.stop().await;
+}
+
+/// A TCP relay in front of the S3 endpoint that can be stopped (its port
+/// then refuses connections and those open are cut, as when the endpoint
+/// itself stops) and started again on the same port: an outage of the
+/// endpoint for this test's instances only.
+struct S3Relay {
+    endpoint: String,
+    port: u16,
+    running: std::sync::Mutex<Option<tokio_util::sync::CancellationToken>>,
+}
+
+impl S3Relay {
+    async fn start() -> Self {
+        let relay = S3Relay {
+            endpoint: String::new(),
+            port: 0,
+            running: std::sync::Mutex::new(None),
+        };
+        let port = relay.listen(0).await;
+        S3Relay {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            ..relay
+        }
+    }
+
+    /// Relays from `port` (0: any) to the endpoint; the port.
+    async fn listen(&self, port: u16) -> u16 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .unwrap();
+        let listener = socket.listen(64).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = seaweedfs()
+            .endpoint
+            .trim_start_matches("http://")
+            .to_owned();
+        let stop = tokio_util::sync::CancellationToken::new();
+        *self.running.lock().unwrap() = Some(stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    c = listener.accept() => match c { Ok(c) => c, Err(_) => continue },
+                };
+                let (stop, upstream) = (stop.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut conn, &mut up) => {}
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// The endpoint goes away: connections refused, open ones cut.
+    fn stop(&self) {
+        if let Some(stop) = self.running.lock().unwrap().take() {
+            stop.cancel();
+        }
+    }
+
+    /// The endpoint is back, on the same port.
+    async fn start_again(&self) {
+        self.listen(self.port).await;
+    }
+}
+
+/// With the S3 endpoint stopped, uploads and downloads fail at once saying
+/// which storage (UNAVAILABLE, naming the blob store), nothing is
+/// half-committed, and the service resumes by itself once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_s3_stopped_transfers_fail_naming_the_storage_and_service_resumes_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = S3Relay::start().await;
+    let cluster = Cluster::start_on(
+        dir.path(),
+        "s3_outage",
+        Gate::Shared(OUTAGE.read().await),
+        &relay.endpoint,
+    )
+    .await;
+    let (a, b) = (cluster.a.client().await, cluster.b.client().await);
+    put_bytes(&a, dir.path(), "before.bin", &data("before", 3 << 20)).await;
+
+    relay.stop();
+    let during = dir.path().join("during.bin");
+    std::fs::write(&during, data("during", 3 << 20)).unwrap();
+    let err = a
+        .upload(&during, &p("during.bin"), None, Arc::new(()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Unavailable { message, .. } if message.contains("blob store")),
+        "{err}"
+    );
+    // The old file's metadata is there, its contents are not reachable:
+    // a clear refusal, not a torn download.
+    let back = dir.path().join("back.bin");
+    let err = b
+        .download(&p("before.bin"), &back, Arc::new(()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("blob store"), "{err}");
+
+    relay.start_again().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match a.upload(&during, &p("after.bin"), None, Arc::new(())).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "never resumed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(matches!(
+        b.stat(&p("during.bin")).await,
+        Err(ClientError::NotFound(_))
+    ));
+    assert_eq!(
+        get_bytes(&b, dir.path(), "after.bin").await,
+        data("during", 3 << 20)
+    );
+    assert_eq!(
+        get_bytes(&b, dir.path(), "before.bin").await,
+        data("before", 3 << 20)
+    );
+    cluster.stop().await;
+    relay.stop();
 }

@@ -74,12 +74,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let refusal = distribusync_server::ServeError::Insecure(addr);
         return Err(UsageError(format!("serve: {refusal}")).into());
     }
+    if args.job_lease < std::time::Duration::from_millis(100) {
+        return Err(UsageError("serve: --job-lease must be at least 100ms".into()).into());
+    }
     if args.print_fingerprint {
         println!("{}", identity(&args)?.fingerprint());
         return Ok(());
     }
     if args.tls == TlsMode::Off && args.tls_cert.is_some() {
         return Err(UsageError("serve: --tls off conflicts with --tls-cert".into()).into());
+    }
+    if tls_wanted(&args) && args.metadata.is_some() && args.tls_cert.is_none() {
+        return Err(UsageError(
+            "serve: TLS on the cluster backend (--metadata) needs --tls-cert and --tls-key, the same on every instance: \
+             a certificate made by each instance has its own fingerprint, and a client pinned to one would refuse the others"
+                .into(),
+        )
+        .into());
     }
     let tls = if tls_wanted(&args) {
         Some(identity(&args)?)
@@ -127,6 +138,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_deadline: args.max_job_deadline,
         result_ttl: args.result_ttl,
         memory_budget: args.compute_memory,
+        job_lease: args.job_lease,
+        job_attempts: args.job_attempts,
+        hold_claimed_jobs: args.test_hold_jobs,
         ..defaults
     };
     config.transport = TransportConfig {
@@ -298,6 +312,14 @@ fn reloaded() -> anyhow::Result<distribusync_server::Reloadable> {
     let crate::cli::Command::Serve(args) = parsed.cli.command else {
         anyhow::bail!("not serve");
     };
+    if tls_wanted(&args) && args.metadata.is_some() && args.tls_cert.is_none() {
+        return Err(UsageError(
+            "serve: TLS on the cluster backend (--metadata) needs --tls-cert and --tls-key, the same on every instance: \
+             a certificate made by each instance has its own fingerprint, and a client pinned to one would refuse the others"
+                .into(),
+        )
+        .into());
+    }
     let tls = if tls_wanted(&args) {
         Some(identity(&args)?)
     } else {

@@ -38,6 +38,10 @@ pub struct Target {
         default_value = "./MASTER"
     )]
     pub root: PathBuf,
+    /// The cluster's token table instead (as `serve --metadata`): the
+    /// PostgreSQL database every instance of the cluster uses.
+    #[arg(long, global = true, env = "DISTRIBUSYNC_METADATA", value_name = "URL")]
+    pub metadata: Option<String>,
     /// Whether --root was given on the command line (set by `main` from
     /// clap's matches): remotely it would be ignored, so it is refused.
     #[arg(skip)]
@@ -167,6 +171,18 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         ))
         .into()),
         true => run_remote(remote, args.command).await,
+        false if args.target.metadata.is_some() => {
+            let url = args.target.metadata.clone().unwrap_or_default();
+            check_input(&args.command)?;
+            let max_changes = distribusync_server::store::StoreConfig::default().max_changes;
+            let db = distribusync_server::store::PgMetadata::open(&url, max_changes)
+                .await
+                .map_err(|e| anyhow::anyhow!("token: {e}"))?;
+            let store = TokenStore::open_cluster(db).await.map_err(refusal)?;
+            tokio::task::spawn_blocking(move || run_on(&store, args.command))
+                .await
+                .context("token")?
+        }
         false => {
             let root = args.target.root.clone();
             tokio::task::spawn_blocking(move || run_local(&root, args.command))
@@ -232,20 +248,35 @@ fn print_list(rows: &[Listed], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_local(root: &std::path::Path, command: TokenCommand) -> anyhow::Result<()> {
-    let now = SystemTime::now();
-    // Input is checked before the table is opened (or made).
+/// Checks the input of `command` before a table is opened (or made).
+fn check_input(command: &TokenCommand) -> anyhow::Result<()> {
     if let TokenCommand::Create {
         name,
         scopes,
         prefix,
         expires,
-    } = &command
+    } = command
     {
-        NewToken::parse(name, scopes, prefix.as_deref(), expires.as_deref(), now)
-            .map_err(refusal)?;
+        NewToken::parse(
+            name,
+            scopes,
+            prefix.as_deref(),
+            expires.as_deref(),
+            SystemTime::now(),
+        )
+        .map_err(refusal)?;
     }
+    Ok(())
+}
+
+fn run_local(root: &std::path::Path, command: TokenCommand) -> anyhow::Result<()> {
+    check_input(&command)?;
     let store = TokenStore::open(root).map_err(refusal)?;
+    run_on(&store, command)
+}
+
+fn run_on(store: &TokenStore, command: TokenCommand) -> anyhow::Result<()> {
+    let now = SystemTime::now();
     match command {
         TokenCommand::Create {
             name,

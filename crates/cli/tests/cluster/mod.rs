@@ -5,6 +5,10 @@
 //! PostgreSQL and SeaweedFS are real servers, started once for this test
 //! binary by the server crate's harnesses.
 
+mod faults;
+mod jobs;
+mod tokens;
+
 #[path = "../../../server/tests/common/postgres.rs"]
 mod postgres;
 #[path = "../../../server/tests/common/seaweedfs.rs"]
@@ -104,6 +108,10 @@ fn serve_on_a_cluster_refuses_bad_input_with_one_line_and_exit_code_2() {
          INSERT INTO distribusync_schema VALUES (1, 99);",
     );
     run(flags(&newer, &bucket), &KEYS, "schema version 99");
+    // TLS without a certificate given to every instance.
+    let mut tls = flags(&url, &bucket);
+    tls.extend(["--tls".into(), "on".into()]);
+    run(tls, &KEYS, "needs --tls-cert and --tls-key");
     // One without the other is a usage error too.
     let (code, _) = refused(&dir, &["--metadata", &url], &KEYS);
     assert_eq!(code, Some(2));

@@ -362,6 +362,7 @@ impl Auth {
             cache.live = live;
             cache.any = !rows.is_empty();
             cache.generation = Some(generation);
+            tracing::info!(generation, live = cache.live.len(), "token table read");
         } else {
             // Expiry needs no change of the table.
             let expired: Vec<String> = self
@@ -431,6 +432,16 @@ impl Auth {
             return Ok(());
         }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        // The cluster's table: a change made through any instance wakes
+        // this one at once (the poll stays, for a lost notification).
+        let changed = Arc::new(tokio::sync::Notify::new());
+        if let Some(db) = self.inner.store.as_ref().and_then(|s| s.cluster()) {
+            tokio::spawn(follow_changes(
+                db.clone(),
+                changed.clone(),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(async move {
             let mut every = tokio::time::interval(POLL_INTERVAL);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -439,6 +450,7 @@ impl Auth {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     _ = every.tick() => {}
+                    () = changed.notified() => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };
                 let auth = Auth { inner };
@@ -470,5 +482,46 @@ impl Auth {
     /// The scope the method at `path` needs; see [`required_scope`].
     pub fn scope_for(path: &str) -> Option<Option<Scope>> {
         required_scope(path)
+    }
+}
+
+/// Wakes `changed` on each change of the cluster's token table
+/// (`NOTIFY distribusync_tokens`), listening again after a lost session.
+async fn follow_changes(
+    db: crate::store::PgMetadata,
+    changed: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let session = tokio::select! {
+            () = shutdown.cancelled() => return,
+            s = db.listen_to(tokens::TOKENS_CHANNEL) => s,
+        };
+        match session {
+            Ok(mut session) => {
+                pause = Duration::from_millis(100);
+                // Changes while no session listened are read now.
+                changed.notify_one();
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        p = session.payloads.recv() => match p {
+                            Some(_) => changed.notify_one(),
+                            None => break,
+                        },
+                    }
+                }
+                tracing::warn!("tokens: the listening session ended; listening again");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tokens: cannot listen for changes; the poll continues")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }

@@ -9,7 +9,15 @@
 //! A revoked token keeps its row (marked) so `token list` can show it; a
 //! new token may take a revoked token's name, which replaces that row.
 //!
-//! All methods block; async callers run them on the blocking pool.
+//! On the cluster backend (`serve --metadata …`) the same table and the
+//! key live in PostgreSQL instead ([`TokenStore::open_cluster`]), shared by
+//! every instance: a token made through any instance, or with `token
+//! create --metadata URL`, works on all of them, and each change also
+//! sends `NOTIFY distribusync_tokens` (see [`TOKENS_CHANNEL`]) so that
+//! every instance reads the table again at once, not at its next poll.
+//!
+//! All methods block; async callers run them on the blocking pool (the
+//! PostgreSQL table's methods wait there for the runtime's connections).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,6 +54,21 @@ pub enum TokenStoreError {
     },
     #[error("token table: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The cluster's token table (its message names the database).
+    #[error("token table: {0}")]
+    Database(String),
+}
+
+impl From<crate::ServiceError> for TokenStoreError {
+    fn from(e: crate::ServiceError) -> Self {
+        TokenStoreError::Database(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for TokenStoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        crate::ServiceError::from(e).into()
+    }
 }
 
 impl From<TokenStoreError> for tonic::Status {
@@ -61,6 +84,10 @@ impl From<TokenStoreError> for tonic::Status {
             E::Io { .. } | E::Sqlite(_) => {
                 tracing::error!(error = %msg, "token table");
                 tonic::Status::internal("the server cannot read its token table")
+            }
+            E::Database(_) => {
+                tracing::warn!(error = %msg, "token table");
+                tonic::Status::unavailable(msg)
             }
         }
     }
@@ -150,11 +177,51 @@ CREATE TABLE IF NOT EXISTS token_meta (
 INSERT OR IGNORE INTO token_meta (one, generation) VALUES (1, 0);
 ";
 
-/// The token table of one ROOT and the key its hashes are made with.
+/// The cluster's token table (in PostgreSQL): the same columns, and the
+/// key in the one row of `token_meta`.
+const PG_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT COLLATE "C" NOT NULL UNIQUE,
+    hash BYTEA NOT NULL,
+    scopes TEXT NOT NULL,
+    prefix TEXT,
+    created_ns BIGINT NOT NULL,
+    last_used_ns BIGINT,
+    expires_ns BIGINT,
+    revoked_ns BIGINT
+);
+CREATE TABLE IF NOT EXISTS token_meta (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    generation BIGINT NOT NULL,
+    key BYTEA NOT NULL
+);
+"#;
+
+/// The channel every change of the cluster's token table is announced on.
+pub const TOKENS_CHANNEL: &str = "distribusync_tokens";
+
+/// Taken (transaction-scoped) while the cluster's token table is made.
+const TOKENS_SCHEMA_LOCK: i64 = 0x6469_7374_746f_6b6e; // "disttokn"
+
+/// Where a [`TokenStore`]'s table is.
+#[derive(Debug)]
+enum Table {
+    /// `ROOT/.distribusync/index.db`.
+    // A std Mutex: every use is one short statement on a blocking thread.
+    Sqlite(Mutex<Connection>),
+    /// The cluster's database; `rt` runs its statements.
+    Postgres {
+        db: crate::store::PgMetadata,
+        rt: tokio::runtime::Handle,
+    },
+}
+
+/// The token table of one ROOT (or of the cluster) and the key its hashes
+/// are made with.
 #[derive(Debug)]
 pub struct TokenStore {
-    // A std Mutex: every use is one short statement on a blocking thread.
-    conn: Mutex<Connection>,
+    table: Table,
     key: [u8; 32],
 }
 
@@ -209,33 +276,85 @@ fn load_or_make_key(dir: &Path) -> Result<[u8; 32]> {
     }
 }
 
+/// A row's columns as either database gives them.
+struct RawRow {
+    id: String,
+    name: String,
+    hash: Vec<u8>,
+    scopes: String,
+    prefix: Option<String>,
+    created: i64,
+    last_used: Option<i64>,
+    expires: Option<i64>,
+    revoked: Option<i64>,
+}
+
+impl RawRow {
+    /// The row; `Err(what)` names the column that does not parse.
+    fn parse(self) -> Result<TokenRow, &'static str> {
+        let hash: [u8; 32] = self.hash.try_into().map_err(|_| "hash")?;
+        Ok(TokenRow {
+            id: TokenId::parse(&self.id).map_err(|_| "id")?,
+            name: self.name,
+            hash: blake3::Hash::from_bytes(hash),
+            scopes: Scopes::parse(&self.scopes).map_err(|_| "scopes")?,
+            prefix: self
+                .prefix
+                .map(|p| RemotePath::parse(&p))
+                .transpose()
+                .map_err(|_| "prefix")?,
+            created: from_unix_nanos(self.created),
+            last_used: self.last_used.map(from_unix_nanos),
+            expires: self.expires.map(from_unix_nanos),
+            revoked: self.revoked.map(from_unix_nanos),
+        })
+    }
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
-    let id: String = r.get(0)?;
-    let scopes: String = r.get(3)?;
-    let prefix: Option<String> = r.get(4)?;
-    let hash: Vec<u8> = r.get(2)?;
-    let bad = |what: &str| {
+    let raw = RawRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        hash: r.get(2)?,
+        scopes: r.get(3)?,
+        prefix: r.get(4)?,
+        created: r.get(5)?,
+        last_used: r.get(6)?,
+        expires: r.get(7)?,
+        revoked: r.get(8)?,
+    };
+    raw.parse().map_err(|what| {
         rusqlite::Error::FromSqlConversionFailure(
             0,
             rusqlite::types::Type::Text,
             format!("bad {what} in the token table").into(),
         )
-    };
-    let hash: [u8; 32] = hash.try_into().map_err(|_| bad("hash"))?;
-    Ok(TokenRow {
-        id: TokenId::parse(&id).map_err(|_| bad("id"))?,
-        name: r.get(1)?,
-        hash: blake3::Hash::from_bytes(hash),
-        scopes: Scopes::parse(&scopes).map_err(|_| bad("scopes"))?,
-        prefix: prefix
-            .map(|p| RemotePath::parse(&p))
-            .transpose()
-            .map_err(|_| bad("prefix"))?,
-        created: from_unix_nanos(r.get(5)?),
-        last_used: r.get::<_, Option<i64>>(6)?.map(from_unix_nanos),
-        expires: r.get::<_, Option<i64>>(7)?.map(from_unix_nanos),
-        revoked: r.get::<_, Option<i64>>(8)?.map(from_unix_nanos),
     })
+}
+
+fn pg_row(r: &tokio_postgres::Row) -> Result<TokenRow> {
+    let raw = RawRow {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        hash: r.try_get(2)?,
+        scopes: r.try_get(3)?,
+        prefix: r.try_get(4)?,
+        created: r.try_get(5)?,
+        last_used: r.try_get(6)?,
+        expires: r.try_get(7)?,
+        revoked: r.try_get(8)?,
+    };
+    raw.parse()
+        .map_err(|what| TokenStoreError::Database(format!("bad {what} in the token table")))
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| TokenStoreError::Io {
+        context: "the OS random number generator".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(b)
 }
 
 const COLUMNS: &str =
@@ -253,14 +372,76 @@ impl TokenStore {
         let conn = Connection::open(dir.join("index.db"))?;
         conn.execute_batch(SCHEMA)?;
         Ok(TokenStore {
-            conn: Mutex::new(conn),
+            table: Table::Sqlite(Mutex::new(conn)),
             key,
         })
     }
 
+    /// Opens (creating if needed) the cluster's token table in `db`, with
+    /// the key stored beside it (made by the first instance to open it):
+    /// every instance on the database checks tokens alike.
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn open_cluster(db: crate::store::PgMetadata) -> Result<TokenStore> {
+        let fresh: [u8; 32] = random_bytes()?;
+        let mut client = db.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOKENS_SCHEMA_LOCK])
+            .await?;
+        tx.batch_execute(PG_SCHEMA).await?;
+        tx.execute(
+            "INSERT INTO token_meta (one, generation, key) VALUES (1, 0, $1) ON CONFLICT (one) DO NOTHING",
+            &[&fresh.as_slice()],
+        )
+        .await?;
+        let key: Vec<u8> = tx
+            .query_one("SELECT key FROM token_meta WHERE one = 1", &[])
+            .await?
+            .try_get(0)?;
+        tx.commit().await?;
+        drop(client);
+        let key = key.try_into().map_err(|_| {
+            TokenStoreError::Database("the token key in the database is not 32 bytes".into())
+        })?;
+        Ok(TokenStore {
+            table: Table::Postgres {
+                db,
+                rt: tokio::runtime::Handle::current(),
+            },
+            key,
+        })
+    }
+
+    /// The cluster's database, when the table is there.
+    pub fn cluster(&self) -> Option<&crate::store::PgMetadata> {
+        match &self.table {
+            Table::Postgres { db, .. } => Some(db),
+            Table::Sqlite(_) => None,
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn.lock().expect("token store mutex poisoned");
+        let Table::Sqlite(conn) = &self.table else {
+            return Err(TokenStoreError::Database("not a local token table".into()));
+        };
+        let mut conn = conn.lock().expect("token store mutex poisoned");
         f(&mut conn)
+    }
+
+    /// Runs `f` with a connection to the cluster's database (`None`: the
+    /// table is local), waiting on this blocking thread.
+    fn with_pg<T, F>(&self, f: impl FnOnce(deadpool_postgres::Object) -> F) -> Option<Result<T>>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let Table::Postgres { db, rt } = &self.table else {
+            return None;
+        };
+        Some(rt.block_on(async {
+            let client = db.client().await?;
+            f(client).await
+        }))
     }
 
     /// The keyed hash the table stores for `token`.
@@ -279,14 +460,8 @@ impl TokenStore {
     /// # Errors
     /// [`TokenStoreError::Duplicate`] when a live token has the name.
     pub fn create(&self, new: &NewToken, now: SystemTime) -> Result<(Token, TokenRow)> {
-        let mut id = [0u8; ID_BYTES];
-        let mut secret = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut id)
-            .and_then(|()| getrandom::fill(&mut secret))
-            .map_err(|e| TokenStoreError::Io {
-                context: "the OS random number generator".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let id: [u8; ID_BYTES] = random_bytes()?;
+        let secret: [u8; SECRET_BYTES] = random_bytes()?;
         let token = Token::from_parts(id, secret);
         let row = TokenRow {
             id: token.id().clone(),
@@ -299,6 +474,52 @@ impl TokenStore {
             revoked: None,
             hash: self.hash(&token),
         };
+        if let Some(done) = self.with_pg(|mut c| {
+            let row = row.clone();
+            async move {
+                let tx = c.transaction().await?;
+                // Taken first: writers of the table go one at a time.
+                tx.execute("UPDATE token_meta SET generation = generation + 1", &[])
+                    .await?;
+                let live: Option<Option<i64>> = tx
+                    .query_opt(
+                        "SELECT revoked_ns FROM tokens WHERE name = $1",
+                        &[&row.name],
+                    )
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+                match live {
+                    Some(None) => return Err(TokenStoreError::Duplicate(row.name.clone())),
+                    Some(Some(_)) => {
+                        tx.execute("DELETE FROM tokens WHERE name = $1", &[&row.name])
+                            .await?;
+                    }
+                    None => {}
+                }
+                tx.execute(
+                    "INSERT INTO tokens (id, name, hash, scopes, prefix, created_ns, expires_ns) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[
+                        &row.id.as_str(),
+                        &row.name,
+                        &row.hash.as_bytes().as_slice(),
+                        &row.scopes.to_string(),
+                        &row.prefix.as_ref().map(RemotePath::as_str),
+                        &unix_nanos(now),
+                        &row.expires.map(unix_nanos),
+                    ],
+                )
+                .await?;
+                tx.execute("SELECT pg_notify($1, 'created')", &[&TOKENS_CHANNEL])
+                    .await?;
+                tx.commit().await?;
+                Ok::<(), TokenStoreError>(())
+            }
+        }) {
+            done?;
+            return Ok((token, row));
+        }
         self.with(|c| {
             let tx = c.transaction()?;
             let live: Option<Option<i64>> = tx
@@ -340,6 +561,29 @@ impl TokenStore {
     /// # Errors
     /// [`TokenStoreError::Unknown`] when no live token has that name.
     pub fn revoke(&self, name: &str, now: SystemTime) -> Result<TokenRow> {
+        if let Some(done) = self.with_pg(|mut c| async move {
+            let tx = c.transaction().await?;
+            tx.execute("UPDATE token_meta SET generation = generation + 1", &[])
+                .await?;
+            let revoked = tx
+                .query_opt(
+                    &format!(
+                        "UPDATE tokens SET revoked_ns = $2 WHERE name = $1 AND revoked_ns IS NULL \
+                         RETURNING {COLUMNS}"
+                    ),
+                    &[&name, &unix_nanos(now)],
+                )
+                .await?;
+            let Some(revoked) = revoked else {
+                return Err(TokenStoreError::Unknown(name.to_owned()));
+            };
+            tx.execute("SELECT pg_notify($1, 'revoked')", &[&TOKENS_CHANNEL])
+                .await?;
+            tx.commit().await?;
+            pg_row(&revoked)
+        }) {
+            return done;
+        }
         self.with(|c| {
             let tx = c.transaction()?;
             let n = tx.execute(
@@ -365,6 +609,14 @@ impl TokenStore {
     /// # Errors
     /// When the table cannot be read.
     pub fn list(&self) -> Result<Vec<TokenRow>> {
+        if let Some(done) = self.with_pg(|c| async move {
+            let rows = c
+                .query(&format!("SELECT {COLUMNS} FROM tokens ORDER BY name"), &[])
+                .await?;
+            rows.iter().map(pg_row).collect::<Result<Vec<_>>>()
+        }) {
+            return done;
+        }
         self.with(|c| {
             let mut st =
                 c.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens ORDER BY name"))?;
@@ -381,6 +633,15 @@ impl TokenStore {
     /// # Errors
     /// When the table cannot be read.
     pub fn generation(&self) -> Result<i64> {
+        if let Some(done) = self.with_pg(|c| async move {
+            Ok::<i64, TokenStoreError>(
+                c.query_one("SELECT generation FROM token_meta WHERE one = 1", &[])
+                    .await?
+                    .try_get(0)?,
+            )
+        }) {
+            return done;
+        }
         self.with(|c| {
             Ok(
                 c.prepare_cached("SELECT generation FROM token_meta WHERE one = 1")?
@@ -395,6 +656,20 @@ impl TokenStore {
     /// # Errors
     /// When the table cannot be written.
     pub fn record_use(&self, used: &[(TokenId, SystemTime)]) -> Result<()> {
+        if let Some(done) = self.with_pg(|mut c| async move {
+            let tx = c.transaction().await?;
+            for (id, t) in used {
+                tx.execute(
+                    "UPDATE tokens SET last_used_ns = GREATEST(coalesce(last_used_ns, 0), $2) WHERE id = $1",
+                    &[&id.as_str(), &unix_nanos(*t)],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<(), TokenStoreError>(())
+        }) {
+            return done;
+        }
         self.with(|c| {
             let tx = c.transaction()?;
             {

@@ -49,6 +49,10 @@ pub enum ComputeError {
     ShuttingDown,
     #[error("the computation failed unexpectedly (a bug: see the server log)")]
     WorkerLost,
+    /// The cluster backend's job queue cannot be used (its message names
+    /// the metadata database and why).
+    #[error("compute jobs: {0}")]
+    JobStore(String),
 }
 
 impl ComputeError {
@@ -70,7 +74,7 @@ impl ComputeError {
             }
             ComputeError::AlreadyExists(_) => Code::AlreadyExists,
             ComputeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            ComputeError::ShuttingDown => Code::Unavailable,
+            ComputeError::ShuttingDown | ComputeError::JobStore(_) => Code::Unavailable,
             ComputeError::WorkerLost => Code::Internal,
         }
     }

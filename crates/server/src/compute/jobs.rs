@@ -80,13 +80,13 @@ pub(crate) enum Task {
 }
 
 impl Task {
-    fn kind(&self) -> v1::JobKind {
+    pub(crate) fn kind(&self) -> v1::JobKind {
         match self {
             Task::Add(_) => v1::JobKind::Add,
             Task::Sort(..) => v1::JobKind::Sort,
         }
     }
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Task::Add(n) | Task::Sort(n, _) => n.len(),
         }
@@ -109,6 +109,14 @@ pub(crate) struct KeptNumbers {
 }
 
 impl KeptNumbers {
+    /// `numbers`, holding `reservation` (their bytes) while kept.
+    pub(crate) fn new(numbers: Numbers, reservation: Reservation) -> Self {
+        Self {
+            numbers,
+            _reservation: reservation,
+        }
+    }
+
     /// The numbers as a wire result (a copy: small results only).
     fn inline(&self) -> v1::JobResult {
         v1::JobResult {
@@ -204,7 +212,7 @@ impl JobEntry {
 }
 
 /// Words for a final state, as error messages use them.
-fn state_word(s: v1::JobState) -> &'static str {
+pub(crate) fn state_word(s: v1::JobState) -> &'static str {
     match s {
         v1::JobState::Succeeded => "succeeded",
         v1::JobState::Failed => "failed",
@@ -433,15 +441,17 @@ impl Jobs {
         self.shared.tasks.wait().await;
     }
 
-    /// Accepts a job: validates it, reserves a queue slot and starts its task.
-    pub(crate) fn submit(
+    /// Checks a job before it is accepted (on either backend); the time it
+    /// has to finish.
+    ///
+    /// # Errors
+    /// ShuttingDown, a bad client id, too many numbers, bad numbers.
+    pub(crate) fn check(
         &self,
-        owner: Arc<str>,
-        client_id: String,
-        job_id: Option<Uuid>,
+        client_id: &str,
+        task: &Task,
         deadline: Option<Duration>,
-        task: Task,
-    ) -> Result<(Uuid, SystemTime), ComputeError> {
+    ) -> Result<Duration, ComputeError> {
         let cfg = &self.shared.config;
         if self.shared.shutdown.is_cancelled() {
             return Err(ComputeError::ShuttingDown);
@@ -457,7 +467,7 @@ impl Jobs {
                 limit: cfg.max_numbers,
             });
         }
-        match &task {
+        match task {
             Task::Add(n) => {
                 if n.len() < 2 {
                     return Err(arith::ArithError::TooFew(n.len()).into());
@@ -466,10 +476,56 @@ impl Jobs {
             }
             Task::Sort(n, _) => n.validate()?,
         }
-        let timeout = match deadline {
+        Ok(match deadline {
             None | Some(Duration::ZERO) => cfg.default_deadline,
             Some(d) => d.min(cfg.max_deadline),
+        })
+    }
+
+    /// Pushes `job` (finished, its result inline when small) to the
+    /// subscribers of `owner`'s device `client_id` on this instance (the
+    /// cluster backend's jobs end on any instance).
+    pub(crate) fn publish(&self, owner: &str, client_id: &str, job: v1::Job) {
+        let key = owner_key(owner, client_id);
+        let mut st = self.lock();
+        let Some(subs) = st.subscribers.get_mut(&key) else {
+            return;
         };
+        let event = Arc::new(Event { job, inline: None });
+        subs.retain(|(sub, tx)| match tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(
+                    subscriber = sub,
+                    "callback subscriber fell behind: ending its stream"
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if subs.is_empty() {
+            st.subscribers.remove(&key);
+        }
+    }
+
+    /// Ends every callback stream (each client library opens its stream
+    /// again and asks for the jobs it waits for with GetJob): events may
+    /// have been missed.
+    pub(crate) fn end_all_subscribers(&self) {
+        self.lock().subscribers.clear();
+    }
+
+    /// Accepts a job: validates it, reserves a queue slot and starts its task.
+    pub(crate) fn submit(
+        &self,
+        owner: Arc<str>,
+        client_id: String,
+        job_id: Option<Uuid>,
+        deadline: Option<Duration>,
+        task: Task,
+    ) -> Result<(Uuid, SystemTime), ComputeError> {
+        let cfg = &self.shared.config;
+        let timeout = self.check(&client_id, &task, deadline)?;
         // The input is already decoded; it stays held while the job waits
         // and runs, and a sort's result is the same memory.
         let reservation = self.reserve(numbers_bytes(task.len()))?;

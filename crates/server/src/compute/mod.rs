@@ -13,6 +13,7 @@
 //! until the numbers are freed.
 
 mod budget;
+mod cluster;
 mod error;
 mod inbound;
 pub use inbound::Budgeted;
@@ -79,6 +80,17 @@ pub struct ComputeConfig {
     /// DEADLINE_EXCEEDED (`serve --idle-timeout`): an announced total holds
     /// its share of the memory budget while the input arrives.
     pub idle_timeout: Duration,
+    /// Cluster backend: how long a claimed job stays an instance's without
+    /// a renewal (renewed every third of it while the job runs); an
+    /// instance that dies loses its jobs to the others after this.
+    pub job_lease: Duration,
+    /// Cluster backend: most tries of a job whose instances keep dying
+    /// mid-job; past them it fails, saying so.
+    pub job_attempts: u32,
+    /// Test only (`DISTRIBUSYNC_TEST_HOLD_JOBS=true`, docs/DESIGN.md, "Cluster
+    /// backend"): on the cluster backend this instance claims jobs and
+    /// holds them without computing, so a test can kill it mid-job.
+    pub hold_claimed_jobs: bool,
 }
 
 impl Default for ComputeConfig {
@@ -95,6 +107,9 @@ impl Default for ComputeConfig {
             max_callback_streams_per_client: 64,
             max_callback_streams: 1024,
             idle_timeout: crate::TransportConfig::default().idle_timeout,
+            job_lease: Duration::from_secs(30),
+            job_attempts: 3,
+            hold_claimed_jobs: false,
         }
     }
 }
@@ -115,6 +130,10 @@ impl ComputeConfig {
 pub struct ComputeService {
     config: Arc<ComputeConfig>,
     jobs: Jobs,
+    /// The cluster backend's jobs (`cluster`): asynchronous jobs go there
+    /// instead of `jobs`, which then keeps the memory budget and the
+    /// callback subscribers only.
+    cluster: Option<cluster::ClusterJobs>,
     shutdown: CancellationToken,
 }
 
@@ -130,8 +149,33 @@ impl ComputeService {
         ComputeService {
             jobs: Jobs::new(config.clone(), shutdown.clone()),
             config: Arc::new(config),
+            cluster: None,
             shutdown,
         }
+    }
+
+    /// A service whose asynchronous jobs live in the cluster's job queue
+    /// (see `cluster`): any instance on the database may run them, and
+    /// their results reach callback streams on every instance.
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn on_cluster(
+        config: ComputeConfig,
+        shutdown: CancellationToken,
+        queue: crate::store::PgJobQueue,
+    ) -> crate::error::Result<Self> {
+        let mut service = Self::with_shutdown(config, shutdown);
+        service.cluster = Some(
+            cluster::ClusterJobs::start(
+                queue,
+                service.jobs.clone(),
+                (*service.config).clone(),
+                service.shutdown.clone(),
+            )
+            .await?,
+        );
+        Ok(service)
     }
 
     /// Triggers the shutdown described in [`ComputeService::with_shutdown`].
@@ -142,6 +186,9 @@ impl ComputeService {
     /// Waits until every job task has ended; call after shutdown.
     pub async fn drained(&self) {
         self.jobs.drained().await;
+        if let Some(cluster) = &self.cluster {
+            cluster.drained().await;
+        }
     }
 
     /// Number of open Callbacks streams (a disconnected client leaves none).
@@ -393,9 +440,16 @@ impl Compute for ComputeService {
                 ComputeError::InvalidArgument("deadline must not be negative".into())
             })?),
         };
-        let (id, deadline) = self
-            .jobs
-            .submit(who.owner, req.client_id, job_id, deadline, task)?;
+        let (id, deadline) = match &self.cluster {
+            Some(cluster) => {
+                cluster
+                    .submit(&who.owner, req.client_id, job_id, deadline, task)
+                    .await?
+            }
+            None => self
+                .jobs
+                .submit(who.owner, req.client_id, job_id, deadline, task)?,
+        };
         Ok(Response::new(v1::SubmitResponse {
             job_id: id.to_string(),
             deadline: Some(timestamp(deadline)),
@@ -418,9 +472,11 @@ impl Compute for ComputeService {
     #[instrument(skip_all)]
     async fn get_job(&self, req: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
         let who = Identity::of(&req);
-        Ok(Response::new(
-            self.jobs.get(&who.owner, &req.into_inner().job_id)?,
-        ))
+        let id = req.into_inner().job_id;
+        Ok(Response::new(match &self.cluster {
+            Some(cluster) => cluster.get(&who.owner, &id).await?,
+            None => self.jobs.get(&who.owner, &id)?,
+        }))
     }
 
     #[instrument(skip_all)]
@@ -432,7 +488,11 @@ impl Compute for ComputeService {
         // (which then answers NOT_FOUND, as GetJob would).
         let reserved = self.jobs.reserve(RESULT_STREAM_RESERVE)?;
         let who = Identity::of(&req);
-        let kept = self.jobs.result(&who.owner, &req.into_inner().job_id)?;
+        let id = req.into_inner().job_id;
+        let kept = match &self.cluster {
+            Some(cluster) => cluster.result(&who.owner, &id).await?,
+            None => self.jobs.result(&who.owner, &id)?,
+        };
         Ok(Response::new(chunked(kept, reserved, |numbers| {
             v1::JobResultChunk {
                 numbers: Some(numbers),
@@ -446,9 +506,11 @@ impl Compute for ComputeService {
         req: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::Job>, Status> {
         let who = Identity::of(&req);
-        Ok(Response::new(
-            self.jobs.cancel(&who.owner, &req.into_inner().job_id)?,
-        ))
+        let id = req.into_inner().job_id;
+        Ok(Response::new(match &self.cluster {
+            Some(cluster) => cluster.cancel(&who.owner, &id).await?,
+            None => self.jobs.cancel(&who.owner, &id)?,
+        }))
     }
 
     #[instrument(skip_all)]
@@ -456,10 +518,13 @@ impl Compute for ComputeService {
         &self,
         req: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let owner = Identity::of(&req).owner;
+        let client_id = req.into_inner().client_id;
         Ok(Response::new(v1::ListJobsResponse {
-            jobs: self
-                .jobs
-                .list(&Identity::of(&req).owner, &req.into_inner().client_id),
+            jobs: match &self.cluster {
+                Some(cluster) => cluster.list(&owner, &client_id).await?,
+                None => self.jobs.list(&owner, &client_id),
+            },
         }))
     }
 }

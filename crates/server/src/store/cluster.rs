@@ -99,6 +99,20 @@ impl ClusterBackend {
         })
     }
 
+    /// The cluster's database (tokens live there too).
+    pub fn database(&self) -> &PgMetadata {
+        &self.pg
+    }
+
+    /// The job queue on the cluster's database (its table made if
+    /// missing); a job is tried at most `max_attempts` times.
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn job_queue(&self, max_attempts: u32) -> Result<super::PgJobQueue> {
+        super::PgJobQueue::open(self.pg.clone(), max_attempts).await
+    }
+
     /// Pins the chunks of `manifest` for [`PIN_TTL`] on behalf of `owner`
     /// (see [`PgMetadata::pin_chunks`]).
     ///

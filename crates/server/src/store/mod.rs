@@ -51,8 +51,11 @@ pub use disk::Kind;
 pub use index::backend::LocalMetadata;
 pub use index::{ChangeOp, ChangeRecord, DeadProp, FileRecord};
 pub use parts::KeptParts;
-pub use postgres::{PgFeed, PgMetadata, SCHEMA_VERSION};
-pub use queue::{ClaimedJob, JobOutcome, JobQueue, JobRecord, JobState, LocalJobQueue, PgJobQueue};
+pub use postgres::{Notifications, PgFeed, PgMetadata, SCHEMA_VERSION};
+pub use queue::{
+    ClaimedJob, FinalState, JOBS_CHANNEL, JobOutcome, JobQueue, JobRecord, JobRow, JobSpec,
+    JobState, LocalJobQueue, PgJobQueue, SubmitRefused,
+};
 pub use upload::{Upload, UploadHeader, verify};
 pub use view::View;
 

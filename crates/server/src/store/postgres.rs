@@ -290,7 +290,7 @@ impl PgMetadata {
     }
 
     /// A connection from the pool.
-    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.inner.pool.get().await.map_err(|e| {
             let why = match &e {
                 deadpool_postgres::PoolError::Backend(e) => chain(e),
@@ -972,6 +972,53 @@ async fn listen(config: &tokio_postgres::Config, shown: &str) -> Result<Listener
         _client: client,
         wake,
     })
+}
+
+/// A session listening on one channel (see [`PgMetadata::listen_to`]).
+pub struct Notifications {
+    _client: tokio_postgres::Client,
+    /// The payload of each notification, in order; ends when the session
+    /// does (the database went away).
+    pub payloads: mpsc::UnboundedReceiver<String>,
+}
+
+impl std::fmt::Debug for Notifications {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifications").finish_non_exhaustive()
+    }
+}
+
+impl PgMetadata {
+    /// A new session (not from the pool) listening on `channel`.
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn listen_to(&self, channel: &str) -> Result<Notifications> {
+        let shown = &self.inner.shown;
+        let (client, mut connection) = self.inner.config.connect(NoTls).await.map_err(|e| {
+            ServiceError::Database(format!(
+                "cannot reach the metadata database {shown}: {}",
+                chain(&e)
+            ))
+        })?;
+        let (tx, payloads) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            use futures::StreamExt;
+            while let Some(Ok(m)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m
+                    && tx.send(n.payload().to_owned()).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {channel}")).await?;
+        Ok(Notifications {
+            _client: client,
+            payloads,
+        })
+    }
 }
 
 impl PgFeed {

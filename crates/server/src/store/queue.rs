@@ -16,12 +16,18 @@
 //! claiming statement: claimers on any instance never wait on each other
 //! and never take the same job.
 //!
-//! Not yet wired to the Compute service, which keeps its own in-memory
-//! registry (`compute/jobs.rs`).
+//! The Compute service uses [`PgJobQueue`] on the cluster backend
+//! (`compute/cluster.rs`), with the columns and calls it adds for the
+//! service ([`JobSpec`], [`PgJobQueue::submit_job`], …): a job's final
+//! state as the service shows it, and `NOTIFY distribusync_jobs` sent by
+//! the statement that changes a job (so on commit) to wake the workers of
+//! every instance (`queued`) and to tell every instance a job ended
+//! (`done ID`, then read by id). On the local backend the service keeps
+//! its own in-memory registry (`compute/jobs.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::backend::BoxFuture;
 use super::postgres::PgMetadata;
@@ -258,7 +264,104 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted BIGSERIAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (submitted) WHERE state IN (0, 1);
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS client_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS kind SMALLINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS count BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS submitted_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp();
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS deadline TIMESTAMPTZ;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS finished_at TIMESTAMPTZ;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS outcome SMALLINT;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS error_code INTEGER;
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, submitted_at DESC);
 "#;
+
+/// The channel job changes are announced on (see the module docs).
+pub const JOBS_CHANNEL: &str = "distribusync_jobs";
+
+/// Taken (transaction-scoped) while the jobs table is made, so that
+/// instances starting together do not race on it.
+const JOBS_SCHEMA_LOCK: i64 = 0x6469_7374_6a6f_6273; // "distjobs"
+
+/// A job as the Compute service submits it to [`PgJobQueue::submit_job`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    pub id: String,
+    pub owner: String,
+    pub client_id: String,
+    /// The service's job kind (its wire number).
+    pub kind: i16,
+    /// How many numbers the job was given.
+    pub count: u64,
+    pub deadline: SystemTime,
+    pub payload: Vec<u8>,
+}
+
+/// Why [`PgJobQueue::submit_job`] did not queue a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitRefused {
+    /// `capacity` jobs are queued or running already.
+    Full,
+    /// A job with that id exists.
+    Exists,
+}
+
+/// How a job ended, as the Compute service records it with
+/// [`PgJobQueue::finish_job`] or [`PgJobQueue::cancel_job`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalState {
+    /// The service's final state (its wire number).
+    pub outcome: i16,
+    /// Done (the result kept) or failed, for the queue.
+    pub done: bool,
+    pub result: Option<Vec<u8>>,
+    /// The gRPC code the job failed with (0 when it did not).
+    pub error_code: i32,
+    pub error: Option<String>,
+}
+
+/// A job as the Compute service shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: String,
+    pub owner: String,
+    pub client_id: String,
+    pub kind: i16,
+    pub count: u64,
+    pub state: JobState,
+    /// The service's final state, once recorded by it (`None`: the queue
+    /// failed the job itself, out of attempts).
+    pub outcome: Option<i16>,
+    pub attempts: u32,
+    pub submitted: SystemTime,
+    pub deadline: Option<SystemTime>,
+    pub finished: Option<SystemTime>,
+    /// Read only when asked for.
+    pub result: Option<Vec<u8>>,
+    pub error_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+const ROW_COLS: &str = "id, owner, client_id, kind, count, state, outcome, attempts, \
+                        submitted_at, deadline, finished_at, error_code, error";
+
+fn row_from(row: &tokio_postgres::Row, with_result: bool) -> Result<JobRow> {
+    Ok(JobRow {
+        id: row.try_get(0)?,
+        owner: row.try_get(1)?,
+        client_id: row.try_get(2)?,
+        kind: row.try_get(3)?,
+        count: u64::try_from(row.try_get::<_, i64>(4)?).unwrap_or(0),
+        state: state_from(row.try_get(5)?)?,
+        outcome: row.try_get(6)?,
+        attempts: u32::try_from(row.try_get::<_, i32>(7)?).unwrap_or(0),
+        submitted: row.try_get(8)?,
+        deadline: row.try_get(9)?,
+        finished: row.try_get(10)?,
+        error_code: row.try_get(11)?,
+        error: row.try_get(12)?,
+        result: if with_result { row.try_get(13)? } else { None },
+    })
+}
 
 /// The job queue in PostgreSQL, on the database of a [`PgMetadata`]; a
 /// cheap clone.
@@ -289,8 +392,12 @@ impl PgJobQueue {
     /// # Errors
     /// When the database cannot be reached.
     pub async fn open(db: PgMetadata, max_attempts: u32) -> Result<Self> {
-        let client = db.client().await?;
-        client.batch_execute(JOBS_SCHEMA).await?;
+        let mut client = db.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&JOBS_SCHEMA_LOCK])
+            .await?;
+        tx.batch_execute(JOBS_SCHEMA).await?;
+        tx.commit().await?;
         Ok(Self {
             db,
             max_attempts: max_attempts.max(1),
@@ -320,10 +427,14 @@ impl JobQueue for PgJobQueue {
             // Out of attempts with the last lease run out: failed, not retried.
             client
                 .execute(
-                    "UPDATE jobs SET state = 3, worker = NULL, lease_until = NULL, \
-                     error = 'gave up after ' || attempts || ' attempts: each worker stopped before finishing' \
-                     WHERE state = 1 AND lease_until <= clock_timestamp() AND attempts >= $1",
-                    &[&max],
+                    "WITH gave_up AS ( \
+                         UPDATE jobs SET state = 3, worker = NULL, lease_until = NULL, \
+                         finished_at = clock_timestamp(), \
+                         error = 'gave up after ' || attempts || ' attempts: each worker stopped before finishing' \
+                         WHERE state = 1 AND lease_until <= clock_timestamp() AND attempts >= $1 \
+                         RETURNING id) \
+                     SELECT pg_notify($2, 'done ' || id) FROM gave_up",
+                    &[&max, &JOBS_CHANNEL],
                 )
                 .await?;
             let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
@@ -367,7 +478,8 @@ impl JobQueue for PgJobQueue {
             let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
             let n = client
                 .execute(
-                    "UPDATE jobs SET state = $4, result = $5, error = $6, worker = NULL, lease_until = NULL \
+                    "UPDATE jobs SET state = $4, result = $5, error = $6, worker = NULL, lease_until = NULL, \
+                     finished_at = clock_timestamp() \
                      WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 1",
                     &[&id, &worker, &attempt, &state, &result, &error],
                 )
@@ -397,5 +509,269 @@ impl JobQueue for PgJobQueue {
                 error: row.try_get(5)?,
             }))
         })
+    }
+}
+
+impl PgJobQueue {
+    /// The database the queue is on.
+    pub fn db(&self) -> &PgMetadata {
+        &self.db
+    }
+
+    /// How often a job is tried at most.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Queues `spec` unless `capacity` jobs are queued or running already
+    /// (counted over every instance) or its id is taken; wakes the workers
+    /// of every instance. Its submission time.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn submit_job(
+        &self,
+        spec: &JobSpec,
+        capacity: usize,
+    ) -> Result<std::result::Result<SystemTime, SubmitRefused>> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        let active: i64 = tx
+            .query_one("SELECT count(*) FROM jobs WHERE state IN (0, 1)", &[])
+            .await?
+            .try_get(0)?;
+        if usize::try_from(active).unwrap_or(usize::MAX) >= capacity {
+            return Ok(Err(SubmitRefused::Full));
+        }
+        let count = i64::try_from(spec.count).unwrap_or(i64::MAX);
+        let row = tx
+            .query_opt(
+                "INSERT INTO jobs (id, owner, payload, state, client_id, kind, count, deadline) \
+                 VALUES ($1, $2, $3, 0, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING \
+                 RETURNING submitted_at",
+                &[
+                    &spec.id,
+                    &spec.owner,
+                    &spec.payload,
+                    &spec.client_id,
+                    &spec.kind,
+                    &count,
+                    &spec.deadline,
+                ],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Err(SubmitRefused::Exists));
+        };
+        tx.execute("SELECT pg_notify($1, 'queued')", &[&JOBS_CHANNEL])
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(row.try_get(0)?))
+    }
+
+    /// Extends `worker`'s claim on `attempt` of job `id` to `lease` from
+    /// now; false when the claim is no longer the job's current one (the
+    /// job was cancelled, or its lease ran out and another worker took it).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn renew(
+        &self,
+        id: &str,
+        worker: &str,
+        attempt: u32,
+        lease: Duration,
+    ) -> Result<bool> {
+        let client = self.db.client().await?;
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX) as f64;
+        let n = client
+            .execute(
+                "UPDATE jobs SET lease_until = clock_timestamp() + $4 * interval '1 millisecond' \
+                 WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 1",
+                &[&id, &worker, &attempt, &lease_ms],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Gives `worker`'s claim on `attempt` of job `id` back, without
+    /// counting the attempt (the worker did not run it: it is shutting
+    /// down, or had no memory for it), and wakes the workers.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn release(&self, id: &str, worker: &str, attempt: u32) -> Result<()> {
+        let client = self.db.client().await?;
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        client
+            .execute(
+                "WITH released AS ( \
+                     UPDATE jobs SET state = 0, attempts = attempts - 1, worker = NULL, lease_until = NULL \
+                     WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 1 RETURNING id) \
+                 SELECT pg_notify($4, 'queued') FROM released",
+                &[&id, &worker, &attempt, &JOBS_CHANNEL],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records how `worker`'s `attempt` at job `id` ended and tells every
+    /// instance (`done ID`); false (nothing recorded) when that claim is no
+    /// longer the job's current one.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn finish_job(
+        &self,
+        id: &str,
+        worker: &str,
+        attempt: u32,
+        end: &FinalState,
+    ) -> Result<bool> {
+        let client = self.db.client().await?;
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        let state = if end.done {
+            JobState::Done as i16
+        } else {
+            JobState::Failed as i16
+        };
+        let rows = client
+            .query(
+                "WITH ended AS ( \
+                     UPDATE jobs SET state = $4, outcome = $5, result = $6, error_code = $7, error = $8, \
+                     worker = NULL, lease_until = NULL, finished_at = clock_timestamp() \
+                     WHERE id = $1 AND worker = $2 AND attempts = $3 AND state = 1 RETURNING id) \
+                 SELECT pg_notify($9, 'done ' || id) FROM ended",
+                &[
+                    &id,
+                    &worker,
+                    &attempt,
+                    &state,
+                    &end.outcome,
+                    &end.result,
+                    &end.error_code,
+                    &end.error,
+                    &JOBS_CHANNEL,
+                ],
+            )
+            .await?;
+        Ok(rows.len() == 1)
+    }
+
+    /// Ends `owner`'s job `id` as `end` says if it is queued or running
+    /// (its worker, on any instance, loses its claim and is told); the
+    /// job as it is after.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn cancel_job(
+        &self,
+        id: &str,
+        owner: &str,
+        end: &FinalState,
+    ) -> Result<Option<(bool, JobRow)>> {
+        let client = self.db.client().await?;
+        let cancelled = client
+            .query_opt(
+                &format!(
+                    "WITH ended AS ( \
+                         UPDATE jobs SET state = 3, outcome = $3, error_code = $4, error = $5, \
+                         worker = NULL, lease_until = NULL, finished_at = clock_timestamp() \
+                         WHERE id = $1 AND owner = $2 AND state IN (0, 1) RETURNING {ROW_COLS}), \
+                     told AS (SELECT pg_notify($6, 'done ' || id) FROM ended) \
+                     SELECT {ROW_COLS} FROM ended, told"
+                ),
+                &[
+                    &id,
+                    &owner,
+                    &end.outcome,
+                    &end.error_code,
+                    &end.error,
+                    &JOBS_CHANNEL,
+                ],
+            )
+            .await?;
+        match cancelled {
+            Some(row) => Ok(Some((true, row_from(&row, false)?))),
+            None => Ok(self.job(id, Some(owner), None).await?.map(|r| (false, r))),
+        }
+    }
+
+    /// Job `id` (only if `owner`'s, when given), with its result when it
+    /// is at most `result_up_to` bytes.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn job(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        result_up_to: Option<u64>,
+    ) -> Result<Option<JobRow>> {
+        let client = self.db.client().await?;
+        let row = match result_up_to {
+            Some(max) => {
+                let max = i64::try_from(max).unwrap_or(i64::MAX);
+                client
+                    .query_opt(
+                        &format!(
+                            "SELECT {ROW_COLS}, \
+                             CASE WHEN octet_length(result) > $3::BIGINT THEN NULL ELSE result END \
+                             FROM jobs WHERE id = $1 AND ($2::TEXT IS NULL OR owner = $2)"
+                        ),
+                        &[&id, &owner, &max],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .query_opt(
+                        &format!(
+                            "SELECT {ROW_COLS} FROM jobs WHERE id = $1 AND ($2::TEXT IS NULL OR owner = $2)"
+                        ),
+                        &[&id, &owner],
+                    )
+                    .await?
+            }
+        };
+        row.map(|r| row_from(&r, result_up_to.is_some()))
+            .transpose()
+    }
+
+    /// Up to `limit` of `owner`'s jobs (of device `client_id`, or of all
+    /// its devices when empty), newest first, without results.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn list(&self, owner: &str, client_id: &str, limit: u32) -> Result<Vec<JobRow>> {
+        let client = self.db.client().await?;
+        let limit = i64::from(limit);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {ROW_COLS} FROM jobs WHERE owner = $1 AND ($2 = '' OR client_id = $2) \
+                     ORDER BY submitted_at DESC, id LIMIT $3"
+                ),
+                &[&owner, &client_id, &limit],
+            )
+            .await?;
+        rows.iter().map(|r| row_from(r, false)).collect()
+    }
+
+    /// Removes the jobs that finished more than `ttl` ago; how many.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn forget_finished(&self, ttl: Duration) -> Result<u64> {
+        let client = self.db.client().await?;
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX) as f64;
+        Ok(client
+            .execute(
+                "DELETE FROM jobs WHERE state IN (2, 3) \
+                 AND finished_at < clock_timestamp() - $1 * interval '1 millisecond'",
+                &[&ttl_ms],
+            )
+            .await?)
     }
 }

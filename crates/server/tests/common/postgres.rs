@@ -223,6 +223,15 @@ impl Postgres {
     /// # Panics
     /// When psql fails, with its output.
     pub fn sql(&self, url: &str, sql: &str) {
+        self.query(url, sql);
+    }
+
+    /// Runs `sql` in the database of `url`; what it printed, unaligned,
+    /// fields separated by `|`, one row a line.
+    ///
+    /// # Panics
+    /// When psql fails, with its output.
+    pub fn query(&self, url: &str, sql: &str) -> String {
         let db = url.rsplit('/').next().expect("a database in the URL");
         let mut psql = Command::new(self.bin.join("psql"));
         psql.args([
@@ -236,10 +245,12 @@ impl Postgres {
             "ON_ERROR_STOP=1",
             "-d",
             db,
+            "-A",
+            "-t",
             "-c",
             sql,
         ]);
-        run(psql, "psql").unwrap_or_else(|e| panic!("{e}"));
+        run(psql, "psql").unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The URL of database `db`.

@@ -136,6 +136,12 @@ fn start() -> Result<Seaweed, String> {
         "-ip.bind=127.0.0.1".to_owned(),
         "-admin.ui=false".to_owned(),
         "-webdav=false".to_owned(),
+        // Left to itself, `mini` sizes its volume count by the free disk
+        // space: on a full shared disk it could not grow a volume for a
+        // new bucket and answered 500 after 30 s. Small volumes, enough
+        // of them, made on demand (not preallocated).
+        "-volume.max=200".to_owned(),
+        "-master.volumeSizeLimitMB=128".to_owned(),
         format!("-bucket={}", buckets.join(",")),
     ];
     args.extend(names.iter().zip(&ports).map(|(n, p)| format!("-{n}={p}")));

@@ -1,0 +1,243 @@
+//! Compute jobs on the cluster backend, through two real `serve`
+//! processes on one PostgreSQL database (issue 12, "Jobs across
+//! instances"): a job submitted on one instance reaches the callback
+//! stream on the other; an instance killed (SIGKILL) mid-job loses the job
+//! to the other when its lease runs out, and the job completes once, or
+//! fails saying so once it was tried as often as allowed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use distribusync_core::compute::Numbers;
+use distribusync_proto::v1::{self, compute_client::ComputeClient};
+use tonic::transport::Channel;
+
+use super::super::{Server, tmp};
+use super::KEYS;
+use super::postgres::postgres;
+use super::seaweedfs::seaweedfs;
+
+/// The client id the tests' jobs and callbacks use.
+const CLIENT: &str = "laptop";
+
+/// Flags of an instance on a new database named after `name` (its URL
+/// second), with a short job lease so a dead instance's jobs move on fast.
+pub(super) fn cluster_flags(name: &str, attempts: u32) -> (Vec<String>, String) {
+    let url = postgres().database(name);
+    let flags = vec![
+        "--metadata".into(),
+        url.clone(),
+        "--blobs".into(),
+        format!("s3://{}", seaweedfs().bucket()),
+        "--s3-endpoint".into(),
+        seaweedfs().endpoint.clone(),
+        "--job-lease".into(),
+        "1s".into(),
+        "--job-attempts".into(),
+        attempts.to_string(),
+    ];
+    (flags, url)
+}
+
+/// `serve` with `flags` in its own folder `dir/name`.
+pub(super) fn start(dir: &Path, name: &str, flags: &[String], env: &[(&str, &str)]) -> Server {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Server::start_env(&root, &args, env)
+}
+
+async fn client(addr: &str) -> ComputeClient<Channel> {
+    ComputeClient::connect(addr.to_owned())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20)
+}
+
+fn sort_job(numbers: &[i64]) -> v1::SubmitRequest {
+    v1::SubmitRequest {
+        client_id: CLIENT.into(),
+        task: Some(v1::submit_request::Task::Sort(v1::SortTask {
+            numbers: Some(v1::Numbers::from(numbers)),
+            order: v1::SortOrder::Ascending as i32,
+        })),
+        ..Default::default()
+    }
+}
+
+async fn callbacks(addr: &str) -> tonic::Streaming<v1::JobEvent> {
+    client(addr)
+        .await
+        .callbacks(v1::CallbacksRequest {
+            client_id: CLIENT.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next event of `events` (safety net: one minute).
+async fn next_event(events: &mut tonic::Streaming<v1::JobEvent>) -> v1::Job {
+    tokio::time::timeout(Duration::from_secs(60), events.message())
+        .await
+        .expect("an event within a minute")
+        .expect("the callback stream works")
+        .expect("the callback stream stays open")
+        .job
+        .expect("the event has a job")
+}
+
+fn ints(n: v1::Numbers) -> Vec<i64> {
+    match Numbers::try_from(n).unwrap() {
+        Numbers::Ints(v) => v,
+        Numbers::Floats(v) => panic!("decimals: {v:?}"),
+    }
+}
+
+fn sorted(job: &v1::Job) -> Vec<i64> {
+    match job.result.clone().and_then(|r| r.value) {
+        Some(v1::job_result::Value::Sorted(n)) => ints(n),
+        other => panic!("no sorted result: {other:?} in {job:?}"),
+    }
+}
+
+#[test]
+fn a_job_submitted_on_one_instance_reaches_the_callback_stream_on_the_other() {
+    let (_t, dir) = tmp();
+    let (flags, _) = cluster_flags("jobs_across", 3);
+    let a = start(&dir, "a", &flags, &KEYS);
+    let b = start(&dir, "b", &flags, &KEYS);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut events = callbacks(&b.addr).await;
+        let mut on_a = client(&a.addr).await;
+        let mut on_b = client(&b.addr).await;
+        let small = on_a
+            .submit(sort_job(&[3, -1, 2]))
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        let job = next_event(&mut events).await;
+        assert_eq!(job.job_id, small);
+        assert_eq!(job.state(), v1::JobState::Succeeded, "{job:?}");
+        assert_eq!(sorted(&job), vec![-1, 2, 3]);
+
+        // Too big for an event: streamed by GetJobResult through B.
+        let big: Vec<i64> = (0..20_000).rev().collect();
+        let id = on_a
+            .submit(sort_job(&big))
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        let job = next_event(&mut events).await;
+        assert_eq!(job.job_id, id);
+        assert!(job.result_in_stream, "{job:?}");
+        let mut chunks = on_b
+            .get_job_result(v1::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut back = Vec::new();
+        while let Some(chunk) = chunks.message().await.unwrap() {
+            back.extend(ints(chunk.numbers.unwrap()));
+        }
+        assert!(back == (0..20_000).collect::<Vec<i64>>(), "not sorted");
+
+        // Either instance shows both jobs; a finished job cannot be cancelled.
+        let shown = on_a
+            .get_job(v1::GetJobRequest {
+                job_id: small.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(sorted(&shown), vec![-1, 2, 3]);
+        let listed = on_b
+            .list_jobs(v1::ListJobsRequest {
+                client_id: CLIENT.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        let mut ids: Vec<&str> = listed.iter().map(|j| j.job_id.as_str()).collect();
+        ids.sort_unstable();
+        let mut want = vec![small.as_str(), id.as_str()];
+        want.sort_unstable();
+        assert_eq!(ids, want);
+        let refused = on_b
+            .cancel_job(v1::CancelJobRequest { job_id: small })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().contains("already finished"),
+            "{refused:?}"
+        );
+    });
+}
+
+/// Submits a sort on instance A, which claims the job and holds it
+/// without computing (the test knob); once it does, starts B, kills A
+/// (SIGKILL) and returns the job as B's callback stream tells it ended,
+/// with the database's URL.
+fn killed_mid_job(name: &str, attempts: u32) -> (v1::Job, String) {
+    let (_t, dir) = tmp();
+    let (flags, url) = cluster_flags(name, attempts);
+    let mut holding = KEYS.to_vec();
+    holding.push(("DISTRIBUSYNC_TEST_HOLD_JOBS", "true"));
+    let mut a = start(&dir, "a", &flags, &holding);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let job = rt.block_on(async {
+        let id = client(&a.addr)
+            .await
+            .submit(sort_job(&[5, 4, 3]))
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        a.wait_logged(&["holding the job", &id]);
+        let b = start(&dir, "b", &flags, &KEYS);
+        let mut events = callbacks(&b.addr).await;
+        a.child.kill().unwrap();
+        a.child.wait().unwrap();
+        let job = next_event(&mut events).await;
+        assert_eq!(job.job_id, id);
+        job
+    });
+    (job, url)
+}
+
+#[test]
+fn a_job_whose_instance_is_killed_mid_job_runs_again_on_another_and_completes_once() {
+    let (job, url) = killed_mid_job("killed_mid_job", 3);
+    assert_eq!(job.state(), v1::JobState::Succeeded, "{job:?}");
+    assert_eq!(sorted(&job), vec![3, 4, 5]);
+    // Tried twice (A's claim, then B's), recorded done once.
+    let row = postgres().query(
+        &url,
+        &format!(
+            "SELECT attempts, state FROM jobs WHERE id = '{}'",
+            job.job_id
+        ),
+    );
+    assert_eq!(row, "2|2");
+}
+
+#[test]
+fn a_job_out_of_attempts_fails_saying_so() {
+    let (job, _) = killed_mid_job("out_of_attempts", 1);
+    assert_eq!(job.state(), v1::JobState::Failed, "{job:?}");
+    assert_eq!(job.error_code, tonic::Code::Aborted as i32, "{job:?}");
+    assert!(
+        job.error.contains("gave up after 1 attempts"),
+        "{}",
+        job.error
+    );
+}
