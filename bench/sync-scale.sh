@@ -18,7 +18,9 @@
 #   ROUNDS=2 EDITS=40 CLIENTS=100 PARTS=1234
 #   MANY=processes (part 4: one `sync` process per client) or MANY=engines
 #      (one process running CLIENTS engines, each with its own connection:
-#      crates/client/examples/many_engines.rs)
+#      crates/client/examples/many_engines.rs; MANY_BIN=path/to/many_engines
+#      to use a built one, else the one beside BIN's examples/, else built)
+#   PARTS=4 runs part 4 alone (no tree is made or synced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=("$@"); [ ${#SIZES[@]} -gt 0 ] || SIZES=(10000 100000)
@@ -32,9 +34,13 @@ MANY=${MANY:-processes}
 need rsync rsync
 [ -x /usr/bin/time ] || need /usr/bin/time time
 if [ -z "${BIN:-}" ]; then cargo build --release -q -p distribusync; BIN=$PWD/target/release/distribusync; fi
-if [ "$MANY" = engines ] && [[ $PARTS == *4* ]]; then
-  cargo build --release -q -p distribusync-client --example many_engines
-  MANY_BIN=$PWD/target/release/examples/many_engines
+if [ "$MANY" = engines ] && [[ $PARTS == *4* ]] && [ -z "${MANY_BIN:-}" ]; then
+  if [ -x "$(dirname "$BIN")/examples/many_engines" ]; then
+    MANY_BIN=$(dirname "$BIN")/examples/many_engines
+  else
+    cargo build --release -q -p distribusync-client --example many_engines
+    MANY_BIN=$PWD/target/release/examples/many_engines
+  fi
 fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-scale.XXXXXX")
 PIDS=()
@@ -78,6 +84,8 @@ PY
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); binary $BIN"
+# Parts 1-3 work on the trees; part 4 alone makes none.
+[[ $PARTS == *[123]* ]] || SIZES=()
 for N in "${SIZES[@]}"; do
   SRC="$WORK/src.$N"; make_tree "$SRC" "$N"
   if [[ $PARTS == *1* ]]; then

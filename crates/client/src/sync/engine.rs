@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::remote::{self, RemoteMsg};
 use super::scan::{LocalView, Scanner};
-use super::state::{FileStat, State, StateError, StateWrite};
+use super::state::{FileStat, PAGE, State, StateError, StateWrite};
 use super::watcher::{self, LocalEvent};
 use crate::files::{ChangeKind, FilesClient};
 
@@ -397,6 +397,7 @@ impl SyncEngine {
     async fn catch_up(&mut self) -> Result<usize, SyncError> {
         let mut w = self.client.watch(self.last_seq).await?;
         let mut msgs = Vec::new();
+        let mut news = 0;
         loop {
             match w.next().await? {
                 Some(crate::WatchEvent::Change(c)) => msgs.push(RemoteMsg::Change(c)),
@@ -406,8 +407,12 @@ impl SyncEngine {
                 }
                 Some(crate::WatchEvent::CaughtUp(_)) | None => break,
             }
+            // A page at a time: a log of any length is never held whole.
+            if msgs.len() >= PAGE {
+                news += self.apply_remote(std::mem::take(&mut msgs))?;
+            }
         }
-        self.apply_remote(msgs)
+        Ok(news + self.apply_remote(msgs)?)
     }
 
     /// Runs until `shutdown` is cancelled: watches the folder and the
@@ -1281,14 +1286,17 @@ impl SyncEngine {
         }
     }
 
-    /// Records server-side changes in the remote view (one state write).
-    /// Returns how many changes were news (not already known, as the
-    /// engine's own changes are from the replies to them).
+    /// Records server-side changes in the remote view, a page of writes
+    /// per transaction ([`PAGE`]: what the overlay holds stays bounded
+    /// however many changes one read of the log brings, e.g. a restart
+    /// reading back the thousands a first sync made). Returns how many
+    /// changes were news: not already known, as the engine's own changes
+    /// are from the replies to them (in this run: `seen`; after a restart:
+    /// the view already holds exactly that entry).
     pub(super) fn apply_remote(&mut self, msgs: Vec<RemoteMsg>) -> Result<usize, SyncError> {
         tracing::debug!(changes = msgs.len(), "server changes");
         let mut writes = Vec::new();
-        // Writes a snapshot made (already in the database).
-        let mut snapshot = 0;
+        let mut news = 0;
         for msg in msgs {
             match msg {
                 RemoteMsg::Change(c) => {
@@ -1300,16 +1308,23 @@ impl SyncEngine {
                                 hash: info.hash,
                                 size: info.size,
                             };
-                            self.set_remote(&info.path, Some(file), seq, &mut writes);
+                            news += self.remote_change(&info.path, Some(file), seq, &mut writes)?;
                         }
-                        ChangeKind::Delete(path) => self.set_remote(&path, None, seq, &mut writes),
+                        ChangeKind::Delete(path) => {
+                            news += self.remote_change(&path, None, seq, &mut writes)?;
+                        }
                         ChangeKind::Rename {
                             from, to, revision, ..
                         } => {
-                            self.move_remote(&from, &to, revision, seq, &mut writes)?;
+                            news += self.move_remote(&from, &to, revision, seq, &mut writes)?;
                         }
                     }
                     self.last_seq = self.last_seq.max(seq);
+                    if writes.len() >= PAGE {
+                        writes.push(StateWrite::LastSeq(self.last_seq));
+                        self.state.write(&writes)?;
+                        writes.clear();
+                    }
                 }
                 RemoteMsg::Snapshot(all, seq) => {
                     self.remote_reset = true;
@@ -1319,7 +1334,7 @@ impl SyncEngine {
                     // burst read it from the database.
                     writes.clear();
                     writes.push(StateWrite::ClearRemote);
-                    snapshot = all.len();
+                    news += all.len();
                     for f in all {
                         let file = RemoteFile {
                             revision: f.revision,
@@ -1336,8 +1351,6 @@ impl SyncEngine {
                 RemoteMsg::CaughtUp | RemoteMsg::Offline(_) => {}
             }
         }
-        // Each change that was news wrote the remote view (a snapshot too).
-        let news = writes.len() + snapshot;
         writes.push(StateWrite::LastSeq(self.last_seq));
         self.state.write(&writes)?;
         // Guards at or below last_seq are spent: the stream is past them.
@@ -1348,25 +1361,57 @@ impl SyncEngine {
         Ok(news)
     }
 
-    /// Sets one path of the remote view, unless a newer change already did.
+    /// Sets one path of the remote view, unless a newer change already
+    /// did; true when it did set it.
     pub(super) fn set_remote(
         &mut self,
         path: &RemotePath,
         file: Option<RemoteFile>,
         seq: u64,
         writes: &mut Vec<StateWrite>,
-    ) {
+    ) -> bool {
         if self.seen.get(path).is_some_and(|s| *s >= seq) {
-            return;
+            return false;
         }
         self.seen.insert(path.clone(), seq);
         self.touched.insert(path.clone());
         writes.push(StateWrite::Remote(path.clone(), file.clone()));
         self.state.stage_remote(path, file);
+        true
+    }
+
+    /// A change read from the log: set as [`SyncEngine::set_remote`] does,
+    /// unless the view already holds that change or a later one at the
+    /// path (an entry's revision is the sequence of the change that made
+    /// it): the engine's own changes, recorded from the replies and read
+    /// back after a restart (when `seen` is empty), or older changes to a
+    /// path changed again since. Then nothing is staged, written or
+    /// planned. Returns 1 when it was news.
+    fn remote_change(
+        &mut self,
+        path: &RemotePath,
+        file: Option<RemoteFile>,
+        seq: u64,
+        writes: &mut Vec<StateWrite>,
+    ) -> Result<usize, StateError> {
+        if self.seen.get(path).is_some_and(|s| *s >= seq) {
+            return Ok(0);
+        }
+        let held = self.state.remote_get(path)?;
+        if held == file || held.is_some_and(|h| h.revision >= seq) {
+            self.seen.insert(path.clone(), seq);
+            return Ok(0);
+        }
+        Ok(usize::from(self.set_remote(path, file, seq, writes)))
     }
 
     /// Moves `from` (a file, or everything inside a folder) to `to` in the
-    /// remote view, with the rename's revision.
+    /// remote view, with the rename's revision; returns how many entries
+    /// it set. A page of the folder at a time, each written once it fills
+    /// a page of writes ([`PAGE`]), so a folder of any size holds about a
+    /// page in memory (the writes before the last page may be written
+    /// before the caller's own transaction: each is a fact the server
+    /// already committed).
     pub(super) fn move_remote(
         &mut self,
         from: &RemotePath,
@@ -1374,21 +1419,31 @@ impl SyncEngine {
         revision: u64,
         seq: u64,
         writes: &mut Vec<StateWrite>,
-    ) -> Result<(), StateError> {
-        let moved: Vec<(RemotePath, RemotePath, RemoteFile)> = self
-            .state
-            .remote_inside(from)?
-            .into_iter()
-            .filter_map(|(p, f)| p.rebase(from, to).map(|n| (p, n, f)))
-            .collect();
-        for (old, new, f) in moved {
-            if self.seen.get(&old).is_some_and(|s| *s >= seq) {
-                continue;
+    ) -> Result<usize, StateError> {
+        let mut set = 0;
+        let mut after: Option<RemotePath> = None;
+        loop {
+            let page = self.state.remote_inside_page(from, after.as_ref(), PAGE)?;
+            for (old, f) in page.entries {
+                let Some(new) = old.rebase(from, to) else {
+                    continue;
+                };
+                if self.seen.get(&old).is_some_and(|s| *s >= seq) {
+                    continue;
+                }
+                self.set_remote(&old, None, seq, writes);
+                self.set_remote(&new, Some(RemoteFile { revision, ..f }), seq, writes);
+                set += 2;
             }
-            self.set_remote(&old, None, seq, writes);
-            self.set_remote(&new, Some(RemoteFile { revision, ..f }), seq, writes);
+            if writes.len() >= PAGE {
+                self.state.write(writes)?;
+                writes.clear();
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(set),
+            }
         }
-        Ok(())
     }
 }
 

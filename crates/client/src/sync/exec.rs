@@ -13,7 +13,7 @@ use futures::StreamExt;
 
 use super::engine::{PassReport, SyncEngine, SyncError};
 use super::scan::{LocalEntry, stat_of};
-use super::state::{BaseEntry, FileStat, StateError, StateWrite};
+use super::state::{BaseEntry, FileStat, PAGE, StateError, StateWrite};
 use super::traffic::{Direction, Tracker};
 use crate::error::ClientError;
 use crate::files::{BatchFile, Expected, FileInfo, FilesClient, Progress};
@@ -228,25 +228,35 @@ impl SyncEngine {
         from: &RemotePath,
         to: &RemotePath,
     ) -> Result<(), StateError> {
-        let moved: Vec<_> = self
-            .state
-            .base_inside(from)?
-            .into_iter()
-            .filter_map(|(p, b)| p.rebase(from, to).map(|n| (p, n, b)))
-            .collect();
-        for (old, new, mut b) in moved {
-            self.state.stage_base(&old, None);
-            writes.push(StateWrite::Base(old, None));
-            if let Some(r) = self.state.remote_get(&new)? {
-                b.revision = r.revision;
+        // A page of the folder at a time, written once the writes fill a
+        // page (as `move_remote`): a folder of any size holds about a page.
+        let mut after: Option<RemotePath> = None;
+        loop {
+            let page = self.state.base_inside_page(from, after.as_ref(), PAGE)?;
+            for (old, mut b) in page.entries {
+                let Some(new) = old.rebase(from, to) else {
+                    continue;
+                };
+                self.state.stage_base(&old, None);
+                writes.push(StateWrite::Base(old, None));
+                if let Some(r) = self.state.remote_get(&new)? {
+                    b.revision = r.revision;
+                }
+                if let Some(l) = self.local.files.get(&new) {
+                    b.stat = l.stat;
+                }
+                writes.push(StateWrite::Base(new.clone(), Some(b.clone())));
+                self.state.stage_base(&new, Some(b));
             }
-            if let Some(l) = self.local.files.get(&new) {
-                b.stat = l.stat;
+            if writes.len() >= PAGE {
+                self.state.write(writes)?;
+                writes.clear();
             }
-            writes.push(StateWrite::Base(new.clone(), Some(b.clone())));
-            self.state.stage_base(&new, Some(b));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     pub(super) async fn execute(&mut self, plan: SyncPlan) -> Result<PassReport, SyncError> {
@@ -839,6 +849,12 @@ impl SyncEngine {
                         }
                         self.failed(report, &path, &e);
                     }
+                }
+                // A page at a time (see `state::PAGE`): a batch of a
+                // thousand files is not held whole in the overlay.
+                if writes.len() >= PAGE {
+                    self.state.write(&writes)?;
+                    writes.clear();
                 }
             }
             self.state.write(&writes)?;

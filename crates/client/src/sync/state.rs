@@ -9,9 +9,11 @@
 //! path order for a full pass's merge. Invariant: what the engine set but
 //! has not written yet (the steps of one operation, before their
 //! transaction) is in a `pending` overlay, which every read consults
-//! first; a write that carries an entry takes it out of `pending`, so
-//! `pending` holds at most one operation's or one burst's changes,
-//! whatever the size of the tree. A scan reads the base through its own
+//! first; a write that carries an entry takes it out of `pending`. Where
+//! many entries are set at once (a read of the change log, a batch's
+//! results, a folder's rename) the caller writes them a page at a time
+//! ([`PAGE`]), so `pending` holds at most about a page, whatever the size
+//! of the tree or of the burst. A scan reads the base through its own
 //! connection ([`State::reader`]), on its own thread.
 
 use std::collections::BTreeMap;
@@ -67,6 +69,13 @@ CREATE TABLE IF NOT EXISTS remote (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
 ";
 
+/// Entries set at most before the caller writes them (see the module
+/// header): a change log read of any length, a batch of any size and a
+/// folder of any size are recorded a page at a time, so the overlay (and
+/// the transaction) stays this small. A few hundred rows make one SQLite
+/// transaction cheap next to its commit, and a page is a few tens of KiB.
+pub const PAGE: usize = 256;
+
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -82,6 +91,9 @@ trait Table {
     const COUNT: &'static str;
     /// Every `path, …` in path order.
     const ALL: &'static str;
+    /// `path, …` in `(?1, ?2)`, in path order, at most `?3` of them: one
+    /// range of the primary key.
+    const PAGE: &'static str;
     /// A row; `None` for one that no longer parses (skipped: the next scan
     /// and listing recreate it).
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(RemotePath, Self::Entry)>>;
@@ -96,6 +108,8 @@ impl Table for RemoteTable {
                                   WHERE path = ?1 OR (path >= ?2 AND path < ?3)";
     const COUNT: &'static str = "SELECT count(*) FROM remote WHERE path >= ?1 AND path < ?2";
     const ALL: &'static str = "SELECT path, revision, hash, size FROM remote ORDER BY path";
+    const PAGE: &'static str = "SELECT path, revision, hash, size FROM remote \
+                                WHERE path > ?1 AND path < ?2 ORDER BY path LIMIT ?3";
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(RemotePath, RemoteFile)>> {
         let Some((path, hash)) = path_and_hash(r)? else {
             return Ok(None);
@@ -122,6 +136,8 @@ impl Table for BaseTable {
     const COUNT: &'static str = "SELECT count(*) FROM base WHERE path >= ?1 AND path < ?2";
     const ALL: &'static str =
         "SELECT path, revision, hash, size, mtime_ns, inode FROM base ORDER BY path";
+    const PAGE: &'static str = "SELECT path, revision, hash, size, mtime_ns, inode FROM base \
+                                WHERE path > ?1 AND path < ?2 ORDER BY path LIMIT ?3";
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(RemotePath, BaseEntry)>> {
         let Some((path, hash)) = path_and_hash(r)? else {
             return Ok(None);
@@ -179,6 +195,82 @@ fn inside<T: Table>(
         };
     }
     Ok(out)
+}
+
+/// A stretch of a folder's entries (see [`State::remote_inside_page`]).
+#[derive(Debug)]
+pub struct Page<E> {
+    /// The entries, in path order (`pending` laid over the table's).
+    pub entries: Vec<(RemotePath, E)>,
+    /// Where the next page starts (after this path); `None`: this was the
+    /// last one.
+    pub next: Option<RemotePath>,
+}
+
+/// The entries at `dir` or inside it that sort after `after` (all of
+/// them with `None`), in path order: the table's next `limit` rows, with
+/// `pending` laid over the same stretch of paths (so a page can be
+/// shorter, or a little longer, than `limit`; an empty one is not the
+/// end, `next` says). Paging through a folder this way holds one page at
+/// a time, and setting entries at or before a page's end does not
+/// disturb the pages after it.
+fn inside_page<T: Table>(
+    conn: &Connection,
+    pending: &BTreeMap<RemotePath, Option<T::Entry>>,
+    dir: &RemotePath,
+    after: Option<&RemotePath>,
+    limit: usize,
+) -> rusqlite::Result<Page<T::Entry>> {
+    let limit = limit.max(1);
+    let (lo, hi) = folder_range(dir);
+    let mut out = BTreeMap::new();
+    // `dir` itself on the first page; then the rows strictly inside it
+    // after `after` (no path is `dir/` itself, so `> dir/` is "inside"):
+    // one range of the primary key from where the last page ended.
+    if after.is_none()
+        && let Some((p, e)) = conn
+            .prepare_cached(T::GET)?
+            .query_row([dir.as_str()], T::row)
+            .optional()?
+            .flatten()
+    {
+        out.insert(p, e);
+    }
+    let from = match after {
+        Some(a) if a.as_str() > lo.as_str() => a.as_str(),
+        _ => lo.as_str(),
+    };
+    let mut st = conn.prepare_cached(T::PAGE)?;
+    let mut rows = st.query(params![
+        from,
+        hi.as_str(),
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    ])?;
+    let mut read = 0;
+    let mut last: Option<RemotePath> = None;
+    while let Some(r) = rows.next()? {
+        read += 1;
+        if let Some((p, e)) = T::row(r)? {
+            last = Some(p.clone());
+            out.insert(p, e);
+        }
+    }
+    // The stretch of paths this page covers: up to its last row, or to
+    // the end of the folder when the table had no more.
+    let next = if read >= limit { last } else { None };
+    for (p, e) in distribusync_core::path::at_or_inside(pending, dir) {
+        if after.is_some_and(|a| p <= a) || next.as_ref().is_some_and(|l| p > l) {
+            continue;
+        }
+        match e {
+            Some(e) => out.insert(p.clone(), e.clone()),
+            None => out.remove(p),
+        };
+    }
+    Ok(Page {
+        entries: out.into_iter().collect(),
+        next,
+    })
 }
 
 /// How many entries are strictly inside the folder `dir`.
@@ -489,6 +581,36 @@ impl State {
         inside::<BaseTable>(&self.conn, &self.base_pending, dir).map_err(|e| self.err(e))
     }
 
+    /// A page of [`State::remote_inside`]: the entries after `after`, the
+    /// table's next `limit` rows with what is pending laid over them;
+    /// the page says where the next one starts.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn remote_inside_page(
+        &self,
+        dir: &RemotePath,
+        after: Option<&RemotePath>,
+        limit: usize,
+    ) -> Result<Page<RemoteFile>, StateError> {
+        inside_page::<RemoteTable>(&self.conn, &self.pending, dir, after, limit)
+            .map_err(|e| self.err(e))
+    }
+
+    /// As [`State::remote_inside_page`], for the base.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn base_inside_page(
+        &self,
+        dir: &RemotePath,
+        after: Option<&RemotePath>,
+        limit: usize,
+    ) -> Result<Page<BaseEntry>, StateError> {
+        inside_page::<BaseTable>(&self.conn, &self.base_pending, dir, after, limit)
+            .map_err(|e| self.err(e))
+    }
+
     /// How many entries the server has strictly inside the folder `dir`.
     ///
     /// # Errors
@@ -716,5 +838,73 @@ mod tests {
         assert_eq!(st.remote_get(&p("d/aa")).unwrap(), Some(file(9)));
         st.write(&[StateWrite::ClearRemote]).unwrap();
         assert!(st.remote_each(|_, _| false).unwrap(), "empty");
+    }
+
+    #[test]
+    fn a_folder_reads_back_a_page_at_a_time_with_what_is_pending() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut st = State::open(&tmp.path().join("state.db")).unwrap();
+        let names = ["c", "d", "d/a", "d/b", "d/c", "d/d/e", "d/f", "d.x", "d0"];
+        let writes: Vec<StateWrite> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| StateWrite::Remote(p(n), Some(file(i as u8))))
+            .collect();
+        st.write(&writes).unwrap();
+        // Set and not written: `d/b` gone, `d/bb` new, `d/f` changed.
+        st.stage_remote(&p("d/b"), None);
+        st.stage_remote(&p("d/bb"), Some(file(20)));
+        st.stage_remote(&p("d/f"), Some(file(21)));
+        st.stage_remote(&p("e"), Some(file(22)));
+        let mut seen = Vec::new();
+        let mut after: Option<RemotePath> = None;
+        let mut pages = 0;
+        loop {
+            let page = st.remote_inside_page(&p("d"), after.as_ref(), 2).unwrap();
+            pages += 1;
+            assert!(page.entries.len() <= 3, "about a page: {page:?}");
+            seen.extend(
+                page.entries
+                    .into_iter()
+                    .map(|(p, f)| (p.to_string(), f.revision)),
+            );
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let want: Vec<(String, u64)> = [
+            ("d", 1),
+            ("d/a", 2),
+            ("d/bb", 20),
+            ("d/c", 4),
+            ("d/d/e", 5),
+            ("d/f", 21),
+        ]
+        .iter()
+        .map(|(p, r)| (p.to_string(), *r))
+        .collect();
+        assert_eq!(seen, want, "every entry once, in order, pending laid over");
+        assert!(pages >= 3, "{pages} pages");
+        // The base pages the same way.
+        st.write(&[StateWrite::Base(
+            p("d/a"),
+            Some(BaseEntry {
+                revision: 1,
+                hash: ContentHash::of(b"a"),
+                size: 1,
+                stat: FileStat::default(),
+            }),
+        )])
+        .unwrap();
+        let base = st.base_inside_page(&p("d"), None, 10).unwrap();
+        assert_eq!(base.entries.len(), 1);
+        assert!(base.next.is_none());
+        // A page whose rows are all gone in `pending` is empty, not the end.
+        st.stage_remote(&p("d/a"), None);
+        st.stage_remote(&p("d/bb"), None);
+        let page = st.remote_inside_page(&p("d"), Some(&p("d")), 2).unwrap();
+        assert!(page.entries.is_empty());
+        assert_eq!(page.next, Some(p("d/b")));
     }
 }

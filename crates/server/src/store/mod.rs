@@ -814,6 +814,7 @@ impl Store {
                     return Err(e.unrecorded(what));
                 }
             };
+            tracing::debug!(files = puts.len(), committed = ?started.elapsed(), "group committed");
             let mut changes = Vec::with_capacity(puts.len());
             for (&i, (record, change)) in installed.iter().zip(committed) {
                 results[i] = Some(Ok(record));
