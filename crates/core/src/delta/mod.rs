@@ -25,7 +25,8 @@
 //!   sets) made with other parameters are refused, never mixed;
 //! - assembling the [`DeltaPlan`]'s [`Op`]s from the receiver's own bytes plus
 //!   the bytes the sender sends for [`ranges_to_send`] reproduces the new file,
-//!   and [`assemble`] checks every piece and the whole-file hash.
+//!   and [`assemble`] checks every piece, every chunk (one rebuilt from
+//!   pieces too: [`RebuiltChunks`]) and the whole-file hash.
 //!
 //! Everything here is IO-free except [`manifest_of_reader`], which reads a
 //! [`std::io::Read`] through a few bounded blocks. It and [`hash_checking`]
@@ -45,8 +46,8 @@ pub use manifest::{
 };
 pub use plan::{
     AssembleError, Bitmap, BitmapError, DeltaPlan, KnownChunks, Location, MAX_REFINE_BYTES, Op,
-    PlanError, Region, SourceId, assemble, check_range, chunks_requested, ranges_to_send,
-    regions_to_refine, worth_refining,
+    PlanError, RebuiltChunkError, RebuiltChunks, Region, SourceId, assemble, check_range,
+    chunks_requested, ranges_to_send, regions_to_refine, worth_refining,
 };
 
 use std::fmt;

@@ -19,11 +19,13 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use distribusync_core::delta::{
-    ChunkRef, DeltaPlan, KnownChunks, MAX_REFINE_BYTES, Manifest, Op, PARAMS_V1, Region, SourceId,
-    fine_chunks, hash_checking, manifest_of_reader, regions_to_refine, worth_refining,
+    ChunkRef, DeltaPlan, KnownChunks, MAX_REFINE_BYTES, Manifest, Op, PARAMS_V1, RebuiltChunks,
+    Region, SourceId, fine_chunks, hash_checking, manifest_of_reader, regions_to_refine,
+    worth_refining,
 };
 use distribusync_core::{ContentHash, RemotePath, Revision};
 
@@ -97,13 +99,30 @@ impl Store {
         let (record, file) = self.open_read(path).await?;
         let s = self.clone();
         let p = path.clone();
+        let recorded = self
+            .run(move || s.inner.index.manifest(&p, record.revision))
+            .await?;
+        if let Some(m) = recorded {
+            return Ok((record, m, file));
+        }
+        // Computing one holds three threads and ~32 MiB: at most
+        // `max_manifests` at once, the others wait here, on the async side
+        // (holding no thread), and then find the manifest recorded when a
+        // request before them computed it.
+        let permit = self.inner.manifests.acquire().await?;
+        let s = self.clone();
+        let p = path.clone();
         self.run(move || {
+            // Held until the manifest is recorded, for those waiting on it.
+            let _permit = permit;
             let index = &s.inner.index;
             if let Some(m) = index.manifest(&p, record.revision)? {
                 return Ok((record, m, file));
             }
+            let computing = s.inner.manifests.computing();
             let m = manifest_of_reader(&file, &PARAMS_V1)
                 .map_err(|e| ServiceError::io(p.to_string(), e))?;
+            drop(computing);
             if m.hash != record.hash || m.size != record.size {
                 // Changed on disk behind the index's back: not recorded.
                 return Err(ServiceError::Aborted(format!(
@@ -396,16 +415,19 @@ impl Store {
             })
             .await?;
         let ops = sources.plan.ops();
+        let rebuilt = RebuiltChunks::new(&sources.plan);
         Ok(DeltaWrite {
             store: self.clone(),
-            header: h,
             staged,
             state: Some(WriteState {
                 file,
                 hasher: blake3::Hasher::new(),
                 written: 0,
                 flushed: 0,
+                rebuilt,
+                path: h.path.clone(),
             }),
+            header: h,
             ops,
             next: 0,
             files: sources.files,
@@ -414,6 +436,64 @@ impl Store {
 }
 
 use super::Inner;
+
+/// How many manifests are being computed, and the most at once so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ManifestLoad {
+    pub running: u64,
+    pub most: u64,
+}
+
+/// The bound on manifests computed at once: a semaphore, and a count of
+/// the computations actually running (taken around the computation itself,
+/// not the permit), which the metrics show and a test checks the bound by.
+#[derive(Debug)]
+pub(super) struct ManifestGate {
+    permits: Arc<tokio::sync::Semaphore>,
+    running: Arc<AtomicU64>,
+    most: Arc<AtomicU64>,
+}
+
+/// One manifest being computed; counted while it lives.
+#[derive(Debug)]
+pub(super) struct Computing(Arc<AtomicU64>);
+
+impl Drop for Computing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ManifestGate {
+    pub(super) fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+            running: Arc::default(),
+            most: Arc::default(),
+        }
+    }
+
+    /// Waits for a turn to compute a manifest.
+    pub(super) async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().acquire_owned().await.map_err(|_| {
+            ServiceError::io("manifests", std::io::Error::other("the store is closing"))
+        })
+    }
+
+    /// Counts one computation until the value returned is dropped.
+    pub(super) fn computing(&self) -> Computing {
+        let now = self.running.fetch_add(1, Ordering::Relaxed) + 1;
+        self.most.fetch_max(now, Ordering::Relaxed);
+        Computing(self.running.clone())
+    }
+
+    pub(super) fn load(&self) -> ManifestLoad {
+        ManifestLoad {
+            running: self.running.load(Ordering::Relaxed),
+            most: self.most.load(Ordering::Relaxed),
+        }
+    }
+}
 
 fn plan_error(e: distribusync_core::delta::PlanError) -> ServiceError {
     ServiceError::InvalidArgument(e.to_string())
@@ -426,6 +506,11 @@ struct WriteState {
     written: u64,
     /// Bytes written when the last writeback hint was given.
     flushed: u64,
+    /// The chunks rebuilt from fine pieces, each checked against its hash
+    /// in the manifest as its last byte is written.
+    rebuilt: RebuiltChunks,
+    /// The file being uploaded, for errors.
+    path: RemotePath,
 }
 
 /// A delta upload being assembled in staging, op by op: copies from the
@@ -690,6 +775,12 @@ impl WriteState {
     /// [`super::upload::WRITEBACK_STEP`] so that the fsync before install
     /// has little left to do.
     fn write_hashed(&mut self, bytes: &[u8]) -> Result<()> {
+        // Before the write: a chunk the client's pieces do not rebuild is
+        // its error (each piece matched its own hash), and nothing of it
+        // reaches the staging file.
+        self.rebuilt
+            .feed(bytes)
+            .map_err(|e| ServiceError::InvalidArgument(format!("{}: {e}", self.path.shown())))?;
         self.file
             .write_all(bytes)
             .map_err(|e| ServiceError::io("staging file", e))?;
