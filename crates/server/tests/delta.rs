@@ -925,3 +925,46 @@ async fn a_burst_of_manifest_requests_computes_at_most_the_bound_at_once() {
     assert_eq!(gauge(&scraped, "distribusync_manifests_computing"), 0);
     server.stop().await;
 }
+
+/// A source whose size and modified time are those the index records is
+/// copied from on trust: its chunks feed the whole-file hash without a
+/// check of their own. Bytes changed by hand with the modified time put
+/// back are then caught by the whole-file hash, and named as a changed
+/// source (try again), not blamed on the client; nothing is installed.
+#[tokio::test]
+async fn a_source_changed_by_hand_with_its_time_put_back_is_caught_and_named() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let data = random(24 * MIB, 71);
+    put_bytes(&c, tmp.path(), "disk.img", &data).await;
+    let on_server = server.root.join("disk.img");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&on_server)
+        .unwrap();
+    let time = file.metadata().unwrap().modified().unwrap();
+    file.write_all_at(b"scribbled", 12 * MIB as u64).unwrap();
+    file.set_modified(time).unwrap();
+    drop(file);
+    let by_hand = std::fs::read(&on_server).unwrap();
+    let mut edited = data.clone();
+    edited[100] ^= 1;
+    let local = tmp.path().join("edited");
+    std::fs::write(&local, &edited).unwrap();
+    let e = c
+        .upload_delta(&local, &p("disk.img"), None, None, true, Arc::new(()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, distribusync_client::ClientError::Restart(m) if m.contains("changed during the upload")),
+        "{e:?}"
+    );
+    assert!(
+        std::fs::read(&on_server).unwrap() == by_hand,
+        "left as it was"
+    );
+    assert!(staging_is_empty(&server.root));
+    server.stop().await;
+}

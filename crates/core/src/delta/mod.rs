@@ -35,12 +35,14 @@
 //! docs/DESIGN.md ("Delta transfer (core)") describes the protocol built on it.
 
 mod chunker;
+mod copy;
 mod manifest;
 mod plan;
 
 pub use chunker::{
     ManifestBuilder, fine_chunks, hash_checking, manifest_of_bytes, manifest_of_reader,
 };
+pub use copy::{CopyBlock, CopyError, copy_blocks, copy_pipelined};
 pub use manifest::{
     ChunkRef, MAX_MANIFEST_CHUNKS, Manifest, ManifestError, ManifestLimits, validate_fine,
 };
