@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Delta transfer against rsync's delta algorithm (daemon mode,
-# --no-whole-file -I, --stats), one run per case, both directions:
+# --no-whole-file -I, --stats), ROUNDS runs per case (default 3), both
+# directions:
 #   1 byte changed in the middle; 100 bytes inserted at offset 1000;
 #   1 MiB appended; the same file under a new name.
 # Bytes on the wire: rsync's own --stats (sent + received); ours from the
 # server's counters (`distribusync traffic`: request bytes received plus
 # data and manifest bytes sent). Times end to end (process start included);
 # rsync is followed by `sync` (distribusync fsyncs; rsync does not), plain
-# rsync printed beside it. Each timed transfer starts from a flushed cache
-# (`sync`), the tools alternating which goes first.
+# rsync printed beside it. Each timed transfer starts from a dropped page
+# cache (`sync; echo 3 > /proc/sys/vm/drop_caches`, as root; bench/lib.sh
+# `flush`), the tools alternating which goes first; each figure is the
+# median of the rounds with their spread [min-max], and the load average
+# is printed before and after.
 #
 #   bench/delta.sh [SIZE_MIB]      (default 64)
 #
-# BIN=path/to/distribusync uses that binary instead of building the
+# ROUNDS=N sets the rounds per case. BIN=path/to/distribusync uses that binary instead of building the
 # release one (e.g. target/release-inc/distribusync, for figures by hand:
 # say which build they had); CASES="byte copy" runs only those cases;
 # SERVER_LOG=FILE keeps the server's log (with RUST_LOG=debug: where the
@@ -96,6 +100,7 @@ PY
   exit 0
 fi
 SIZE_MIB=${1:-64}
+ROUNDS=${ROUNDS:-3}
 
 . bench/lib.sh
 need rsync rsync
@@ -142,57 +147,83 @@ for c in cases:
     open(f"{w}/{c}.bin", "wb").write(make[c]())
 PY
 
-printf '%-10s %-9s %12s %12s %9s %9s %12s\n' case direction "ours KiB" "rsync KiB" "ours s" "rsync+sync s" "rsync s"
+# median [min-max] of the values given.
+spread() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f'{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]')" "$@"; }
+med_kib() { python3 -c "import statistics,sys; print(f'{statistics.median(float(x) for x in sys.argv[1:])/1024:.1f}')" "$@"; }
+# One result line from the runs collected in OB OT RB RT RP.
+report() {
+  printf '%-8s %-9s %10s %10s %-20s %-20s %-20s\n' "$1" "$2" "$(med_kib "${OB[@]}")" "$(med_kib "${RB[@]}")" \
+    "$(spread "${OT[@]}")" "$(spread "${RT[@]}")" "$(spread "${RP[@]}")"
+}
+
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-8s %-9s %10s %10s %-20s %-20s %-20s\n' case direction "ours KiB" "rsync KiB" \
+  "ours s" "rsync+sync s" "rsync s"
 ORDER=0
 for case in ${CASES:-byte insert append copy}; do
   # --- upload: the server holds base.bin (and, but for copy, the same name) ---
   "$BIN" put "$WORK/base.bin" base.bin >/dev/null 2>&1
   cp "$WORK/base.bin" "$WORK/rsync-root/base.bin"
-  if [ "$case" = copy ]; then target="copy-of-base.bin"; else
-    target="$case.bin"
-    "$BIN" put "$WORK/base.bin" "$target" >/dev/null 2>&1
-    cp "$WORK/base.bin" "$WORK/rsync-root/$target"
-  fi
+  if [ "$case" = copy ]; then target="copy-of-base.bin"; else target="$case.bin"; fi
   run_ours_up() {
-    sync; b0=$(ours); t0=$(now)
+    b0=$(ours); flush; t0=$(now)
     "$BIN" put "$WORK/$case.bin" "$target" >/dev/null 2>&1
-    t1=$(now); b1=$(ours); OURS_B=$((b1 - b0)); OURS_T=$(secs "$t0" "$t1")
+    t1=$(now); b1=$(ours); OB+=($((b1 - b0))); OT+=("$(secs "$t0" "$t1")")
   }
   run_rsync_up() {
     # rsync reuses content only from the file of the same name: a copy
     # under a new name goes whole (as the issue's figures say).
-    sync; t0=$(now)
+    flush; t0=$(now)
     rsync -I --no-whole-file --stats "$WORK/$case.bin" "$RS/$target" > "$WORK/rs.stats"
     t1=$(now); sync; t2=$(now)
-    RS_B=$(rs_bytes "$WORK/rs.stats"); RS_T=$(secs "$t0" "$t2"); RS_PLAIN=$(secs "$t0" "$t1")
+    RB+=("$(rs_bytes "$WORK/rs.stats")"); RT+=("$(secs "$t0" "$t2")"); RP+=("$(secs "$t0" "$t1")")
   }
-  if [ $((ORDER % 2)) = 0 ]; then run_ours_up; run_rsync_up; else run_rsync_up; run_ours_up; fi
-  ORDER=$((ORDER + 1))
-  cmp "$WORK/$case.bin" "$WORK/master/$target"
-  printf '%-10s %-9s %12s %12s %9s %9s %12s\n' "$case" upload "$(kib $OURS_B)" "$(kib $RS_B)" "$OURS_T" "$RS_T" "$RS_PLAIN"
+  OB=(); OT=(); RB=(); RT=(); RP=()
+  for _ in $(seq "$ROUNDS"); do
+    # Each round from the same start: the target holds the base (or, for
+    # copy, does not exist) on both servers.
+    if [ "$case" = copy ]; then
+      "$BIN" rm "$target" >/dev/null 2>&1 || true
+      rm -f "$WORK/rsync-root/$target"
+    else
+      "$BIN" put "$WORK/base.bin" "$target" >/dev/null 2>&1
+      cp "$WORK/base.bin" "$WORK/rsync-root/$target"
+    fi
+    if [ $((ORDER % 2)) = 0 ]; then run_ours_up; run_rsync_up; else run_rsync_up; run_ours_up; fi
+    ORDER=$((ORDER + 1))
+    cmp "$WORK/$case.bin" "$WORK/master/$target"
+    cmp "$WORK/$case.bin" "$WORK/rsync-root/$target"
+  done
+  report "$case" upload
 
   # --- download: the client holds base.bin under the target's name ---
   src="$case.bin"
   "$BIN" put "$WORK/$case.bin" "$src" >/dev/null 2>&1
   cp "$WORK/$case.bin" "$WORK/rsync-root/$src"
-  if [ "$case" = copy ]; then dest="$WORK/client/new-name.bin"; rm -f "$dest"; cp "$WORK/base.bin" "$WORK/client/base.bin"
-  else dest="$WORK/client/$src"; cp "$WORK/base.bin" "$dest"; fi
+  if [ "$case" = copy ]; then dest="$WORK/client/new-name.bin"; cp "$WORK/base.bin" "$WORK/client/base.bin"
+  else dest="$WORK/client/$src"; fi
   rdest="$WORK/client/r-$(basename "$dest")"
-  rm -f "$rdest"; [ "$case" = copy ] || cp "$WORK/base.bin" "$rdest"
   run_ours_down() {
-    sync; b0=$(ours); t0=$(now)
+    b0=$(ours); flush; t0=$(now)
     "$BIN" get "$src" "$dest" >/dev/null 2>&1
-    t1=$(now); b1=$(ours); OURS_B=$((b1 - b0)); OURS_T=$(secs "$t0" "$t1")
+    t1=$(now); b1=$(ours); OB+=($((b1 - b0))); OT+=("$(secs "$t0" "$t1")")
   }
   run_rsync_down() {
-    sync; t0=$(now)
+    flush; t0=$(now)
     rsync -I --no-whole-file --stats "$RS/$src" "$rdest" > "$WORK/rs.stats"
     t1=$(now); sync; t2=$(now)
-    RS_B=$(rs_bytes "$WORK/rs.stats"); RS_T=$(secs "$t0" "$t2"); RS_PLAIN=$(secs "$t0" "$t1")
+    RB+=("$(rs_bytes "$WORK/rs.stats")"); RT+=("$(secs "$t0" "$t2")"); RP+=("$(secs "$t0" "$t1")")
   }
-  if [ $((ORDER % 2)) = 0 ]; then run_ours_down; run_rsync_down; else run_rsync_down; run_ours_down; fi
-  ORDER=$((ORDER + 1))
-  cmp "$WORK/$case.bin" "$dest"; cmp "$WORK/$case.bin" "$rdest"
-  printf '%-10s %-9s %12s %12s %9s %9s %12s\n' "$case" download "$(kib $OURS_B)" "$(kib $RS_B)" "$OURS_T" "$RS_T" "$RS_PLAIN"
+  OB=(); OT=(); RB=(); RT=(); RP=()
+  for _ in $(seq "$ROUNDS"); do
+    if [ "$case" = copy ]; then rm -f "$dest" "$rdest"
+    else cp "$WORK/base.bin" "$dest"; cp "$WORK/base.bin" "$rdest"; fi
+    if [ $((ORDER % 2)) = 0 ]; then run_ours_down; run_rsync_down; else run_rsync_down; run_ours_down; fi
+    ORDER=$((ORDER + 1))
+    cmp "$WORK/$case.bin" "$dest"; cmp "$WORK/$case.bin" "$rdest"
+  done
+  report "$case" download
 done
-echo "file: $SIZE_MIB MiB random, loopback, $(nproc) cores; one run per case"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "file: $SIZE_MIB MiB random, loopback, $(nproc) cores; median [min-max] of $ROUNDS rounds,"
+echo "order alternating, each timed transfer from a dropped page cache ($(flush_kind))"

@@ -30,3 +30,6 @@ CONF
 # Writes dirty pages out and drops the page cache (as root; else only
 # `sync`), so a timed transfer starts from a flushed cache.
 flush() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+# What `flush` can do here: "page cache dropped" as root, else "sync only".
+flush_kind() { if [ -w /proc/sys/vm/drop_caches ]; then echo "page cache dropped"; else echo "sync only: not root"; fi; }

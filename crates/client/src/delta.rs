@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use distribusync_core::delta::{
-    Bitmap, ChunkRef, DeltaPlan, KnownChunks, Manifest, ManifestBuilder, ManifestLimits, Op,
-    PARAMS_V1, Region, SourceId, chunks_requested, fine_chunks, hash_checking, manifest_of_reader,
-    ranges_to_send, regions_to_refine, worth_refining,
+    Bitmap, ChunkRef, CopyError, DeltaPlan, KnownChunks, Manifest, ManifestBuilder, ManifestLimits,
+    Op, PARAMS_V1, Region, SourceId, chunks_requested, copy_blocks, copy_pipelined, fine_chunks,
+    hash_checking, manifest_of_reader, ranges_to_send, regions_to_refine, worth_refining,
 };
 use distribusync_core::{ContentHash, RemotePath, Revision, limits};
 use distribusync_proto::delta::{
@@ -54,9 +54,10 @@ const PROBE_BYTES: u64 = 16 << 20;
 /// Most chunks a probe asks about (the server's limit is 64).
 const PROBE_CHUNKS: usize = 64;
 
-/// Most bytes of the base read, checked and written at once by a delta
-/// download (consecutive chunks); at least one chunk.
-const COPY_BLOCK: u64 = 8 << 20;
+/// Most bytes of the base read, hashed and written at once by a delta
+/// download (consecutive chunks); at least one chunk. Three are in flight
+/// (read, hashed, written: `copy_pipelined`).
+const COPY_BLOCK: u64 = 4 << 20;
 
 /// Data written between writeback hints (as whole downloads do).
 const WRITEBACK_STEP: u64 = 8 << 20;
@@ -366,6 +367,12 @@ impl FilesClient {
         progress: Arc<dyn Progress>,
         check: BeforeReplace,
     ) -> Result<(FileInfo, u64, fs::Metadata)> {
+        // The base's size and modified time before it is chunked: if they
+        // are the same when it is copied from, its chunks are taken to be
+        // what its manifest says (the whole file's hash checks the result).
+        let stamp = fs::metadata(local)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()));
         // The server's manifest comes while the base is chunked.
         let ((info, new), base) = tokio::try_join!(self.manifest(remote), local_manifest(local))?;
         let mut known = KnownChunks::new(&PARAMS_V1);
@@ -410,72 +417,86 @@ impl FilesClient {
                 .map_err(local_err(&part))?;
             let mut hasher = blake3::Hasher::new();
             let mut carry: Vec<u8> = Vec::new();
-            let mut buf = Vec::new();
-            let mut pieces = Vec::new();
             let (mut written, mut flushed) = (0u64, 0u64);
-            let mut rest = &ops[..];
-            while let Some(first) = rest.first() {
-                pieces.clear();
-                match *first {
-                    Op::Copy { from, .. } => {
-                        // Consecutive bytes of the base, read and checked
-                        // as one block.
-                        let mut len = 0u64;
-                        for op in rest {
-                            match *op {
-                                Op::Copy {
-                                    from: f,
-                                    len: l,
-                                    hash,
-                                } if f.source == from.source
-                                    && f.offset == from.offset + len
-                                    && (len == 0 || len + u64::from(l) <= COPY_BLOCK) =>
-                                {
-                                    len += u64::from(l);
-                                    pieces.push(ChunkRef { len: l, hash });
-                                }
-                                _ => break,
-                            }
-                        }
-                        buf.resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
-                        base.read_exact_at(&mut buf, from.offset)
-                            .map_err(local_err(&old))?;
-                    }
-                    Op::Literal { len, hash } => {
-                        while carry.len() < len as usize {
-                            match rx.blocking_recv() {
-                                Some(d) => carry.extend_from_slice(&d),
-                                None => return Err(protocol("download ended early")),
-                            }
-                        }
-                        let tail = carry.split_off(len as usize);
-                        buf = std::mem::replace(&mut carry, tail);
-                        pieces.push(ChunkRef { len, hash });
-                    }
-                }
-                rest = &rest[pieces.len()..];
-                // Each piece is checked (the base may have changed since it
-                // was chunked; the server's bytes are checked as they come)
-                // while the same bytes feed the whole-file hash, on two
-                // threads.
-                if hash_checking(&mut hasher, &buf, &pieces).is_err() {
-                    return Err(ClientError::Stale(format!(
-                        "{}: changed while it was being updated; try again",
-                        old.display()
-                    )));
-                }
-                out.write_all(&buf).map_err(local_err(&part))?;
+            let mut write = |bytes: &[u8]| -> Result<()> {
+                out.write_all(bytes).map_err(local_err(&part))?;
                 // Writeback starts as we go, so the fsync below is short.
-                written += buf.len() as u64;
+                written += bytes.len() as u64;
                 if written - flushed >= WRITEBACK_STEP {
                     let range = std::num::NonZeroU64::new(written - flushed);
                     let advice = rustix::fs::Advice::DontNeed;
                     let _ = rustix::fs::fadvise(&out, flushed, range, advice);
                     flushed = written;
                 }
+                Ok(())
+            };
+            let stale = || {
+                ClientError::Stale(format!(
+                    "{}: changed while it was being updated; try again",
+                    old.display()
+                ))
+            };
+            let now = || {
+                let m = base.metadata().ok()?;
+                Some((m.len(), m.modified().ok()))
+            };
+            // The base as it was chunked: its chunks and pieces are what
+            // they were hashed to be, and only the whole-file hash takes
+            // them (docs/DESIGN.md, "Time (round 7)"); else each is checked.
+            let trusted = stamp.is_some() && now() == stamp;
+            let mut rest = &ops[..];
+            while let Some(&first) = rest.first() {
+                let (blocks, used) = copy_blocks(rest, COPY_BLOCK, u64::MAX, |_| !trusted);
+                if used > 0 {
+                    // Base bytes: read ahead and written behind while
+                    // each block is hashed.
+                    copy_pipelined(
+                        &blocks,
+                        &mut hasher,
+                        |b, buf| base.read_exact_at(buf, b.offset),
+                        &mut write,
+                    )
+                    .map_err(|e| match e {
+                        CopyError::Write(e) => e,
+                        CopyError::Read { error, .. } => ClientError::local(&old, error),
+                        CopyError::Mismatch { .. } => stale(),
+                    })?;
+                    rest = &rest[used..];
+                    continue;
+                }
+                let Op::Literal { len, hash } = first else {
+                    return Err(protocol("a copy that is not one"));
+                };
+                while carry.len() < len as usize {
+                    match rx.blocking_recv() {
+                        Some(d) => carry.extend_from_slice(&d),
+                        None => return Err(protocol("download ended early")),
+                    }
+                }
+                let tail = carry.split_off(len as usize);
+                let buf = std::mem::replace(&mut carry, tail);
+                // The server's bytes are checked as they come.
+                if hash_checking(&mut hasher, &buf, &[ChunkRef { len, hash }]).is_err() {
+                    return Err(stale());
+                }
+                write(&buf)?;
+                rest = &rest[1..];
             }
             let got: ContentHash = hasher.finalize().into();
             if (got, hasher.count()) != expected {
+                // Bytes copied on trust that are not their chunk: the base
+                // changed (try again); else the server's bytes are wrong.
+                let changed = |op: &Op| match *op {
+                    Op::Copy { from, len, hash } => {
+                        let mut b = vec![0u8; len as usize];
+                        base.read_exact_at(&mut b, from.offset).is_err()
+                            || ContentHash::of(&b) != hash
+                    }
+                    Op::Literal { .. } => false,
+                };
+                if trusted && ops.iter().any(changed) {
+                    return Err(stale());
+                }
                 return Err(ClientError::Corrupt {
                     path: old.display().to_string(),
                 });

@@ -494,6 +494,88 @@ fn assembly_refuses_bytes_that_do_not_match_their_hash() {
     assert!(e.to_string().starts_with("source 0 has no bytes at"), "{e}");
 }
 
+#[test]
+fn a_chunk_rebuilt_from_pieces_that_are_not_its_own_is_refused_naming_it() {
+    use distribusync_core::delta::{AssembleError, RebuiltChunks};
+    let p = params();
+    let (old, _) = honest();
+    let mut new = old.clone();
+    new[50_000] ^= 1;
+    let base = manifest_of_bytes(&old, &p);
+    let honest_m = manifest_of_bytes(&new, &p);
+    let mut known = KnownChunks::new(&p);
+    known.add_manifest(SourceId(0), &base).expect("same params");
+    let regions = regions_to_refine(&base, &honest_m);
+    known
+        .add_regions(SourceId(0), &regions, &p, |r, buf| {
+            let at = r.offset as usize;
+            buf.copy_from_slice(&old[at..at + buf.len()]);
+            Ok::<(), ()>(())
+        })
+        .expect("reading a slice cannot fail");
+    // The sender names another hash for the edited chunk but sends that
+    // chunk's true pieces: every piece, and the whole file, still match.
+    let plan_for = |m: &Manifest| {
+        let mut plan = DeltaPlan::new(m, &known, &p).expect("same params");
+        let starts: Vec<u64> = m.offsets().map(|(o, _)| o).collect();
+        let lists = plan
+            .missing_chunks()
+            .iter()
+            .map(|&i| {
+                let at = starts[i] as usize;
+                fine_chunks(&new[at..at + m.chunks[i].len as usize], &p)
+            })
+            .collect();
+        plan.refine(lists, &known).expect("valid piece lists");
+        plan
+    };
+    let literals = |plan: &DeltaPlan| -> Vec<u8> {
+        let mut at = 0usize;
+        let mut out = Vec::new();
+        for op in plan.ops() {
+            let len = op.len() as usize;
+            if matches!(op, Op::Literal { .. }) {
+                out.extend_from_slice(&new[at..at + len]);
+            }
+            at += len;
+        }
+        out
+    };
+    let good = plan_for(&honest_m);
+    assert_eq!(
+        assemble(&honest_m, &good.ops(), &[&old], &literals(&good)).expect("honest"),
+        new
+    );
+    let mut checks = RebuiltChunks::new(&good);
+    assert!(!checks.is_empty());
+    for piece in new.chunks(777) {
+        checks
+            .feed(piece)
+            .expect("honest pieces rebuild their chunk");
+    }
+
+    let mut lying = honest_m.clone();
+    let i = good.missing_chunks()[0];
+    lying.chunks[i].hash = ContentHash::of(b"some other chunk");
+    let bad = plan_for(&lying);
+    let e = assemble(&lying, &bad.ops(), &[&old], &literals(&bad)).unwrap_err();
+    assert!(
+        matches!(e, AssembleError::Rebuilt(ref r) if r.index == i),
+        "{e}"
+    );
+    let mut checks = RebuiltChunks::new(&bad);
+    let e = new
+        .chunks(777)
+        .try_for_each(|piece| checks.feed(piece))
+        .unwrap_err();
+    assert_eq!(e.index, i);
+    assert!(e.to_string().contains(&format!("chunk {i} (bytes")), "{e}");
+    assert!(e.to_string().contains("not that chunk's"), "{e}");
+    // A plan not refined checks nothing (its chunks are checked whole).
+    let unrefined = DeltaPlan::new(&lying, &known, &p).expect("same params");
+    assert!(RebuiltChunks::new(&unrefined).is_empty());
+}
+
 /// A reader that hands out a few bytes at a time and is sometimes
 /// interrupted, as pipes and sockets are.
 struct Trickle<'a> {

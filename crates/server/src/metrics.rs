@@ -80,6 +80,14 @@ fn describe() {
         Unit::Bytes,
         "Bytes held by kept parts"
     );
+    describe_gauge!(
+        "distribusync_manifests_computing",
+        "File manifests being computed for delta transfers (bounded)"
+    );
+    describe_gauge!(
+        "distribusync_manifests_computing_max",
+        "The most file manifests computed at once since the server started"
+    );
     describe_gauge!("distribusync_files", "Files stored");
     describe_gauge!(
         "distribusync_file_bytes",
@@ -136,6 +144,8 @@ async fn render(recorder: &PrometheusRecorder, sources: &Sources) -> String {
             gauge!("distribusync_index_bytes").set(s.index_bytes as f64);
             gauge!("distribusync_kept_parts").set(s.kept.count as f64);
             gauge!("distribusync_kept_part_bytes").set(s.kept.bytes as f64);
+            gauge!("distribusync_manifests_computing").set(s.manifests.running as f64);
+            gauge!("distribusync_manifests_computing_max").set(s.manifests.most as f64);
         }
         if let Some(j) = jobs {
             gauge!("distribusync_jobs", "state" => "queued").set(j.queued as f64);

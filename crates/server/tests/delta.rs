@@ -749,3 +749,222 @@ async fn a_delta_upload_cut_mid_way_sends_only_the_rest_when_retried() {
     );
     server.stop().await;
 }
+
+/// A raw delta upload that takes the fine round: the manifest `m` (the
+/// client's word), the true pieces of each chunk asked for cut from `new`,
+/// then the bytes of the pieces asked for. Returns the server's last reply.
+async fn raw_fine_delta(
+    addr: &str,
+    m: &distribusync_core::delta::Manifest,
+    path: &str,
+    new: &[u8],
+) -> Result<v1::DeltaUploadResponse, tonic::Status> {
+    use distribusync_core::delta::{
+        Bitmap, ChunkRef, chunks_requested, fine_chunks, ranges_to_send,
+    };
+    use v1::delta_upload_request::Msg;
+    use v1::delta_upload_response::Msg as Reply;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let send = |msg| v1::DeltaUploadRequest { msg: Some(msg) };
+    let begin = v1::DeltaBegin {
+        fine: true,
+        ..begin(path, m)
+    };
+    tx.send(send(Msg::Begin(begin))).await.unwrap();
+    for page in distribusync_proto::delta::manifest_pages(m) {
+        let _ = tx.send(send(Msg::Page(page))).await;
+    }
+    let mut replies = raw(addr)
+        .delta_upload(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let Some(Reply::Need(need)) = replies.message().await?.expect("a reply").msg else {
+        panic!("no DeltaNeed");
+    };
+    assert!(need.pieces, "the server asks for the pieces");
+    let bitmap = Bitmap::from_bytes(need.missing, m.chunks.len()).unwrap();
+    let wanted = chunks_requested(m, &bitmap).unwrap();
+    let starts: Vec<u64> = m.offsets().map(|(o, _)| o).collect();
+    let lists: Vec<Vec<ChunkRef>> = wanted
+        .iter()
+        .map(|&i| {
+            let at = starts[i] as usize;
+            fine_chunks(&new[at..at + m.chunks[i].len as usize], &PARAMS_V1)
+        })
+        .collect();
+    for l in &lists {
+        let page = distribusync_proto::delta::pieces_page(l);
+        let _ = tx.send(send(Msg::Pieces(page))).await;
+    }
+    let Some(Reply::PiecesNeed(asked)) = replies.message().await?.expect("a reply").msg else {
+        panic!("no PiecesNeed");
+    };
+    let count = lists.iter().map(Vec::len).sum();
+    let pieces = Bitmap::from_bytes(asked.missing, count).unwrap();
+    let ranges = ranges_to_send(m, &wanted, Some((&lists, &pieces))).unwrap();
+    for r in ranges {
+        let bytes = new[r.offset as usize..(r.offset + r.len) as usize].to_vec();
+        let _ = tx.send(send(Msg::Data(bytes))).await;
+    }
+    Ok(replies.message().await?.expect("a reply"))
+}
+
+/// The fine round's pieces come from the client: each is checked against
+/// its own hash, but only the chunk's hash in the manifest says they are
+/// that chunk. A manifest naming one hash for a chunk whose pieces build
+/// other bytes (the whole file still matching) is refused, not installed
+/// with a manifest that lies about it.
+#[tokio::test]
+async fn pieces_that_do_not_rebuild_the_chunk_the_manifest_names_install_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let old = random(8 * MIB, 61);
+    let info = put_bytes(&c, tmp.path(), "f.bin", &old).await;
+    let mut new = old.clone();
+    new[4 * MIB] ^= 0xff;
+    let honest = manifest_of_bytes(&new, &PARAMS_V1);
+    let base = manifest_of_bytes(&old, &PARAMS_V1);
+    let i = honest
+        .chunks
+        .iter()
+        .position(|ch| !base.chunks.contains(ch))
+        .expect("the edited chunk");
+    let mut lying = honest.clone();
+    lying.chunks[i].hash = ContentHash::of(b"not the bytes of this chunk");
+
+    let e = raw_fine_delta(&server.addr, &lying, "f.bin", &new)
+        .await
+        .expect_err("a chunk its pieces do not rebuild");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains(&format!("chunk {i} (bytes"))
+            && e.message().contains("rebuilt from its pieces"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(c.stat(&p("f.bin")).await.unwrap(), info);
+    assert_eq!(get_bytes(&c, tmp.path(), "f.bin").await, old);
+    assert!(staging_is_empty(&server.root));
+
+    // The same upload with the true manifest goes through.
+    let r = raw_fine_delta(&server.addr, &honest, "f.bin", &new).await;
+    assert!(
+        matches!(
+            r.unwrap().msg,
+            Some(v1::delta_upload_response::Msg::File(_))
+        ),
+        "installed"
+    );
+    assert!(get_bytes(&c, tmp.path(), "f.bin").await == new);
+    server.stop().await;
+}
+
+/// `GET /metrics` of a server started with a metrics listener: the body.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.contains(" 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of an unlabelled gauge in a scrape.
+fn gauge(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}")) as u64
+}
+
+/// Each manifest the server computes (for a file it has none for) holds
+/// three threads and ~32 MiB: a burst of requests that all need one
+/// computes at most `max_manifests` at once; the others wait their turn,
+/// and every answer is right.
+#[tokio::test]
+async fn a_burst_of_manifest_requests_computes_at_most_the_bound_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("MASTER");
+    std::fs::create_dir_all(&root).unwrap();
+    // Files put there by hand: found at start, with no manifest recorded.
+    const FILES: u64 = 8;
+    let mut expected = Vec::new();
+    for n in 0..FILES {
+        let data = random(16 * MIB, 100 + n);
+        std::fs::write(root.join(format!("f{n}.bin")), &data).unwrap();
+        expected.push(manifest_of_bytes(&data, &PARAMS_V1));
+    }
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    let mut config = distribusync_server::ServerConfig::new(&root);
+    config.metrics = Some(Arc::new(metrics));
+    config.store.max_manifests = 2;
+    let server = TestServer::start_with(config).await;
+    let c = server.client().await;
+
+    let asked = (0..FILES).map(|n| {
+        let c = c.clone();
+        async move { c.manifest(&p(&format!("f{n}.bin"))).await }
+    });
+    let got = futures::future::join_all(asked).await;
+    for (n, (r, want)) in got.into_iter().zip(&expected).enumerate() {
+        let (_, m) = r.unwrap_or_else(|e| panic!("f{n}.bin: {e}"));
+        assert_eq!(&m, want, "f{n}.bin");
+    }
+    let scraped = scrape(metrics_addr).await;
+    let most = gauge(&scraped, "distribusync_manifests_computing_max");
+    assert!(
+        (1..=2).contains(&most),
+        "{most} manifests were computed at once; the bound is 2"
+    );
+    assert_eq!(gauge(&scraped, "distribusync_manifests_computing"), 0);
+    server.stop().await;
+}
+
+/// A source whose size and modified time are those the index records is
+/// copied from on trust: its chunks feed the whole-file hash without a
+/// check of their own. Bytes changed by hand with the modified time put
+/// back are then caught by the whole-file hash, and named as a changed
+/// source (try again), not blamed on the client; nothing is installed.
+#[tokio::test]
+async fn a_source_changed_by_hand_with_its_time_put_back_is_caught_and_named() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&tmp.path().join("MASTER")).await;
+    let c = server.client().await;
+    let data = random(24 * MIB, 71);
+    put_bytes(&c, tmp.path(), "disk.img", &data).await;
+    let on_server = server.root.join("disk.img");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&on_server)
+        .unwrap();
+    let time = file.metadata().unwrap().modified().unwrap();
+    file.write_all_at(b"scribbled", 12 * MIB as u64).unwrap();
+    file.set_modified(time).unwrap();
+    drop(file);
+    let by_hand = std::fs::read(&on_server).unwrap();
+    let mut edited = data.clone();
+    edited[100] ^= 1;
+    let local = tmp.path().join("edited");
+    std::fs::write(&local, &edited).unwrap();
+    let e = c
+        .upload_delta(&local, &p("disk.img"), None, None, true, Arc::new(()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, distribusync_client::ClientError::Restart(m) if m.contains("changed during the upload")),
+        "{e:?}"
+    );
+    assert!(
+        std::fs::read(&on_server).unwrap() == by_hand,
+        "left as it was"
+    );
+    assert!(staging_is_empty(&server.root));
+    server.stop().await;
+}

@@ -25,7 +25,8 @@
 //!   sets) made with other parameters are refused, never mixed;
 //! - assembling the [`DeltaPlan`]'s [`Op`]s from the receiver's own bytes plus
 //!   the bytes the sender sends for [`ranges_to_send`] reproduces the new file,
-//!   and [`assemble`] checks every piece and the whole-file hash.
+//!   and [`assemble`] checks every piece, every chunk (one rebuilt from
+//!   pieces too: [`RebuiltChunks`]) and the whole-file hash.
 //!
 //! Everything here is IO-free except [`manifest_of_reader`], which reads a
 //! [`std::io::Read`] through a few bounded blocks. It and [`hash_checking`]
@@ -34,19 +35,21 @@
 //! docs/DESIGN.md ("Delta transfer (core)") describes the protocol built on it.
 
 mod chunker;
+mod copy;
 mod manifest;
 mod plan;
 
 pub use chunker::{
     ManifestBuilder, fine_chunks, hash_checking, manifest_of_bytes, manifest_of_reader,
 };
+pub use copy::{CopyBlock, CopyError, copy_blocks, copy_pipelined};
 pub use manifest::{
     ChunkRef, MAX_MANIFEST_CHUNKS, Manifest, ManifestError, ManifestLimits, validate_fine,
 };
 pub use plan::{
     AssembleError, Bitmap, BitmapError, DeltaPlan, KnownChunks, Location, MAX_REFINE_BYTES, Op,
-    PlanError, Region, SourceId, assemble, check_range, chunks_requested, ranges_to_send,
-    regions_to_refine, worth_refining,
+    PlanError, RebuiltChunkError, RebuiltChunks, Region, SourceId, assemble, check_range,
+    chunks_requested, ranges_to_send, regions_to_refine, worth_refining,
 };
 
 use std::fmt;

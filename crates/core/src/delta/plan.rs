@@ -374,6 +374,120 @@ impl DeltaPlan {
     }
 }
 
+/// A chunk rebuilt from its fine pieces that is not the chunk the manifest
+/// names: the pieces (each of which matched its own hash) do not describe
+/// the chunk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "chunk {index} (bytes {offset}..{end}) rebuilt from its pieces has hash {got}, \
+     the manifest names {expected}: the pieces sent for it are not that chunk's"
+)]
+pub struct RebuiltChunkError {
+    pub index: usize,
+    pub offset: u64,
+    pub end: u64,
+    pub got: ContentHash,
+    pub expected: ContentHash,
+}
+
+/// Checks each chunk a refined plan rebuilds from fine pieces against the
+/// chunk's own hash in the manifest, as the bytes of the new file are
+/// written in order ([`RebuiltChunks::feed`]).
+///
+/// Each piece is checked against its hash as it is copied or received,
+/// and the whole file against the manifest's hash at the end; but the
+/// pieces' list comes from the sender, and nothing else ties it to the
+/// coarse chunk it claims to cut: a list that rebuilds other bytes would
+/// install a file whose recorded manifest names a chunk it does not hold.
+/// Only refined chunks are hashed again (a copied or a whole literal
+/// chunk is checked against the chunk's hash itself).
+#[derive(Debug, Clone)]
+pub struct RebuiltChunks {
+    /// (chunk index, offset, len, hash) of each refined chunk, in order.
+    spans: Vec<(usize, u64, u32, ContentHash)>,
+    next: usize,
+    at: u64,
+    hasher: blake3::Hasher,
+}
+
+impl RebuiltChunks {
+    /// The refined chunks of `plan` (none before [`DeltaPlan::refine`]).
+    pub fn new(plan: &DeltaPlan) -> Self {
+        let mut spans = Vec::new();
+        if plan.pieces.is_some() {
+            let mut offset = 0u64;
+            let starts: Vec<u64> = plan
+                .chunks
+                .iter()
+                .map(|c| {
+                    let o = offset;
+                    offset += u64::from(c.len);
+                    o
+                })
+                .collect();
+            for &i in &plan.missing {
+                let c = plan.chunks[i];
+                spans.push((i, starts[i], c.len, c.hash));
+            }
+        }
+        Self {
+            spans,
+            next: 0,
+            at: 0,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// Whether any chunk is rebuilt from pieces.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Takes the next bytes of the new file, in order from its first byte.
+    ///
+    /// # Errors
+    /// [`RebuiltChunkError`] for the first refined chunk these bytes
+    /// complete whose hash is not the manifest's.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), RebuiltChunkError> {
+        while !bytes.is_empty() {
+            let Some(&(index, offset, len, expected)) = self.spans.get(self.next) else {
+                self.at += bytes.len() as u64;
+                return Ok(());
+            };
+            let end = offset + u64::from(len);
+            if self.at < offset {
+                let skip = usize::try_from(offset - self.at)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                bytes = &bytes[skip..];
+                self.at += skip as u64;
+                continue;
+            }
+            let take = usize::try_from(end - self.at)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            self.hasher.update(&bytes[..take]);
+            bytes = &bytes[take..];
+            self.at += take as u64;
+            if self.at == end {
+                let got: ContentHash = self.hasher.finalize().into();
+                self.hasher.reset();
+                self.next += 1;
+                if got != expected {
+                    return Err(RebuiltChunkError {
+                        index,
+                        offset,
+                        end,
+                        got,
+                        expected,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The sender's reading of the receiver's missing-chunk bitmap.
 ///
 /// # Errors
@@ -486,6 +600,8 @@ pub enum AssembleError {
         end: u64,
         hash: ContentHash,
     },
+    #[error(transparent)]
+    Rebuilt(#[from] RebuiltChunkError),
     #[error("the assembled file has hash {got}, the manifest announced {expected}")]
     WholeHash {
         got: ContentHash,
@@ -549,6 +665,26 @@ pub fn assemble(
             });
         }
         out.extend_from_slice(bytes);
+    }
+    // Every chunk the manifest names is what was built there (a chunk
+    // rebuilt from pieces is checked by nothing else).
+    for (index, (offset, c)) in new.offsets().enumerate() {
+        let end = offset + u64::from(c.len);
+        let bytes = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(a, b)| out.get(a..b));
+        let got = bytes.map(ContentHash::of);
+        if got != Some(c.hash) {
+            return Err(RebuiltChunkError {
+                index,
+                offset,
+                end,
+                got: got.unwrap_or_else(|| ContentHash::of(&[])),
+                expected: c.hash,
+            }
+            .into());
+        }
     }
     let got = ContentHash::of(&out);
     if got != new.hash || out.len() as u64 != new.size {

@@ -398,8 +398,12 @@ impl Store {
                     let manifest = match given {
                         Some(m) => m,
                         None => {
-                            let reader = f.clone();
+                            // Bounded with every manifest this server
+                            // computes ([`super::StoreConfig::max_manifests`]).
+                            let permit = self.inner.manifests.acquire().await?;
+                            let (reader, s) = (f.clone(), self.clone());
                             super::blocking(move || {
+                                let _running = (permit, s.inner.manifests.computing());
                                 manifest_of_reader(&*reader, &PARAMS_V1)
                                     .map_err(|e| ServiceError::io("staging file", e))
                             })

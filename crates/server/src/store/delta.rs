@@ -19,15 +19,18 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use distribusync_core::delta::{
-    ChunkRef, DeltaPlan, KnownChunks, MAX_REFINE_BYTES, Manifest, Op, PARAMS_V1, Region, SourceId,
-    fine_chunks, hash_checking, manifest_of_reader, regions_to_refine, worth_refining,
+    ChunkRef, CopyError, DeltaPlan, KnownChunks, MAX_REFINE_BYTES, Manifest, Op, PARAMS_V1,
+    RebuiltChunks, Region, SourceId, copy_blocks, copy_pipelined, fine_chunks, hash_checking,
+    manifest_of_reader, regions_to_refine, worth_refining,
 };
 use distribusync_core::{ContentHash, RemotePath, Revision};
 
 use super::chunks::ChunkIndex;
+use super::disk::FileMeta;
 use super::{FileRecord, StagedGuard, Store, UploadHeader};
 use crate::auth::Identity;
 use crate::error::{Result, ServiceError};
@@ -36,14 +39,20 @@ use crate::error::{Result, ServiceError};
 const COPY_STEP: u64 = 64 << 20;
 
 /// Most bytes read, checked and written at once by a copy (consecutive
-/// chunks of one source file); at least one chunk.
-const COPY_BLOCK: u64 = 8 << 20;
+/// chunks of one source file); at least one chunk. Three are in flight
+/// (read, hashed, written: `copy_pipelined`).
+const COPY_BLOCK: u64 = 4 << 20;
 
 /// What a delta upload will build: the plan and the files it copies from.
 #[derive(Debug)]
 pub struct DeltaSources {
     pub plan: DeltaPlan,
     files: Vec<Arc<File>>,
+    /// Per file: its size and modified time when they are those the index
+    /// records for the version whose manifest named its chunks (the rule
+    /// reconcile uses for "unchanged"); `None`: not trusted, every chunk
+    /// copied from it is checked (a kept part, a file changed by hand).
+    stamps: Vec<Option<Trusted>>,
     known: KnownChunks,
     /// Where the fine round looks for pieces: the current version of the
     /// path, or else the file that holds most of the new file's chunks.
@@ -97,13 +106,30 @@ impl Store {
         let (record, file) = self.open_read(path).await?;
         let s = self.clone();
         let p = path.clone();
+        let recorded = self
+            .run(move || s.inner.index.manifest(&p, record.revision))
+            .await?;
+        if let Some(m) = recorded {
+            return Ok((record, m, file));
+        }
+        // Computing one holds three threads and ~32 MiB: at most
+        // `max_manifests` at once, the others wait here, on the async side
+        // (holding no thread), and then find the manifest recorded when a
+        // request before them computed it.
+        let permit = self.inner.manifests.acquire().await?;
+        let s = self.clone();
+        let p = path.clone();
         self.run(move || {
+            // Held until the manifest is recorded, for those waiting on it.
+            let _permit = permit;
             let index = &s.inner.index;
             if let Some(m) = index.manifest(&p, record.revision)? {
                 return Ok((record, m, file));
             }
+            let computing = s.inner.manifests.computing();
             let m = manifest_of_reader(&file, &PARAMS_V1)
                 .map_err(|e| ServiceError::io(p.to_string(), e))?;
+            drop(computing);
             if m.hash != record.hash || m.size != record.size {
                 // Changed on disk behind the index's back: not recorded.
                 return Err(ServiceError::Aborted(format!(
@@ -144,6 +170,7 @@ impl Store {
         }
         let mut known = KnownChunks::new(&PARAMS_V1);
         let mut files: Vec<Arc<File>> = Vec::new();
+        let mut stamps: Vec<Option<Trusted>> = Vec::new();
         let mut opened: std::collections::HashMap<RemotePath, Option<(u32, Revision)>> =
             Default::default();
         let mut base = None;
@@ -151,6 +178,7 @@ impl Store {
             match self.manifest_of(&h.path).await {
                 Ok((record, m, file)) => {
                     known.add_manifest(SourceId(0), &m).map_err(plan_error)?;
+                    stamps.push(trusted(&file, &record));
                     files.push(Arc::new(file));
                     opened.insert(h.path.clone(), Some((0, record.revision)));
                     base = Some((SourceId(0), m));
@@ -169,7 +197,7 @@ impl Store {
             h.manifest.size,
             distribusync_proto::unix_nanos(h.modified),
         );
-        let (known, files, base) = self
+        let (known, files, stamps, base) = self
             .run(move || {
                 let Inner { index, disk, .. } = &*s.inner;
                 // A part kept of an interrupted upload of this very file
@@ -189,6 +217,7 @@ impl Store {
                     if whole > 0 {
                         let id = u32::try_from(files.len()).unwrap_or(u32::MAX);
                         files.push(Arc::new(f));
+                        stamps.push(None);
                         known.add_pieces(SourceId(id), 0, &chunks[..whole]);
                         tracing::debug!(part = %part, len, chunks = whole, "delta upload resumes from a kept part");
                     }
@@ -212,15 +241,17 @@ impl Store {
                             None => {
                                 // Opened once; its current revision must be
                                 // the one indexed (bytes are checked anyway).
-                                let rev = index.get(&at.path)?.map(|f| f.revision);
-                                let file = (rev == Some(at.revision))
-                                    .then(|| disk.open_file(&at.path).ok())
-                                    .flatten();
-                                let Some(file) = file else {
+                                let record =
+                                    index.get(&at.path)?.filter(|f| f.revision == at.revision);
+                                let file = record
+                                    .as_ref()
+                                    .and_then(|_| disk.open_file(&at.path).ok());
+                                let (Some(record), Some(file)) = (record, file) else {
                                     opened.insert(at.path.clone(), None);
                                     continue;
                                 };
                                 let id = u32::try_from(files.len()).unwrap_or(u32::MAX);
+                                stamps.push(trusted(&file, &record));
                                 files.push(Arc::new(file));
                                 opened.insert(at.path.clone(), Some((id, at.revision)));
                                 id
@@ -249,13 +280,14 @@ impl Store {
                         .manifest(&path, revision)?
                         .map(|m| (SourceId(id), m));
                 }
-                Ok((known, files, base))
+                Ok((known, files, stamps, base))
             })
             .await?;
         let plan = DeltaPlan::new(&h.manifest, &known, &PARAMS_V1).map_err(plan_error)?;
         Ok(DeltaSources {
             plan,
             files,
+            stamps,
             known,
             base,
         })
@@ -396,24 +428,91 @@ impl Store {
             })
             .await?;
         let ops = sources.plan.ops();
+        let rebuilt = RebuiltChunks::new(&sources.plan);
+        let exact = exact_copy(&ops, &sources.stamps, &h.manifest);
         Ok(DeltaWrite {
             store: self.clone(),
-            header: h,
             staged,
             state: Some(WriteState {
-                file,
                 hasher: blake3::Hasher::new(),
-                written: 0,
-                flushed: 0,
+                sink: Sink {
+                    file,
+                    written: 0,
+                    flushed: 0,
+                    rebuilt,
+                    path: h.path.clone(),
+                },
             }),
+            header: h,
             ops,
             next: 0,
             files: sources.files,
+            exact,
+            stamps: sources.stamps,
+            unchecked: false,
         })
     }
 }
 
 use super::Inner;
+
+/// How many manifests are being computed, and the most at once so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ManifestLoad {
+    pub running: u64,
+    pub most: u64,
+}
+
+/// The bound on manifests computed at once: a semaphore, and a count of
+/// the computations actually running (taken around the computation itself,
+/// not the permit), which the metrics show and a test checks the bound by.
+#[derive(Debug)]
+pub(super) struct ManifestGate {
+    permits: Arc<tokio::sync::Semaphore>,
+    running: Arc<AtomicU64>,
+    most: Arc<AtomicU64>,
+}
+
+/// One manifest being computed; counted while it lives.
+#[derive(Debug)]
+pub(super) struct Computing(Arc<AtomicU64>);
+
+impl Drop for Computing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ManifestGate {
+    pub(super) fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+            running: Arc::default(),
+            most: Arc::default(),
+        }
+    }
+
+    /// Waits for a turn to compute a manifest.
+    pub(super) async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().acquire_owned().await.map_err(|_| {
+            ServiceError::io("manifests", std::io::Error::other("the store is closing"))
+        })
+    }
+
+    /// Counts one computation until the value returned is dropped.
+    pub(super) fn computing(&self) -> Computing {
+        let now = self.running.fetch_add(1, Ordering::Relaxed) + 1;
+        self.most.fetch_max(now, Ordering::Relaxed);
+        Computing(self.running.clone())
+    }
+
+    pub(super) fn load(&self) -> ManifestLoad {
+        ManifestLoad {
+            running: self.running.load(Ordering::Relaxed),
+            most: self.most.load(Ordering::Relaxed),
+        }
+    }
+}
 
 fn plan_error(e: distribusync_core::delta::PlanError) -> ServiceError {
     ServiceError::InvalidArgument(e.to_string())
@@ -421,11 +520,23 @@ fn plan_error(e: distribusync_core::delta::PlanError) -> ServiceError {
 
 #[derive(Debug)]
 struct WriteState {
-    file: File,
+    /// The whole file's hash, fed every byte written, in order.
     hasher: blake3::Hasher,
+    sink: Sink,
+}
+
+/// The staging file and what was written to it.
+#[derive(Debug)]
+struct Sink {
+    file: File,
     written: u64,
     /// Bytes written when the last writeback hint was given.
     flushed: u64,
+    /// The chunks rebuilt from fine pieces, each checked against its hash
+    /// in the manifest as its last byte is written.
+    rebuilt: RebuiltChunks,
+    /// The file being uploaded, for errors.
+    path: RemotePath,
 }
 
 /// A delta upload being assembled in staging, op by op: copies from the
@@ -440,6 +551,14 @@ pub struct DeltaWrite {
     ops: Vec<Op>,
     next: usize,
     files: Vec<Arc<File>>,
+    /// As [`DeltaSources::stamps`].
+    stamps: Vec<Option<Trusted>>,
+    /// The whole file is one trusted source's bytes, copied in the kernel
+    /// and not hashed (see [`exact_copy`]).
+    exact: bool,
+    /// Some copied bytes were taken on the whole-file hash alone (their
+    /// source trusted): a mismatch at the end is then looked into.
+    unchecked: bool,
 }
 
 impl DeltaWrite {
@@ -466,8 +585,13 @@ impl DeltaWrite {
                 bytes += u64::from(op.len());
                 end += 1;
             }
-            let ops: Vec<Op> = self.ops[self.next..end].to_vec();
-            let files = self.files.clone();
+            let stamps = self.stamps.clone();
+            let (blocks, used) =
+                copy_blocks(&self.ops[self.next..end], COPY_BLOCK, u64::MAX, |s| {
+                    stamps.get(s.0 as usize).is_none_or(Option::is_none)
+                });
+            self.unchecked |= blocks.iter().any(|b| !b.check);
+            let (files, exact) = (self.files.clone(), self.exact);
             let mut state = self.state.take().ok_or_else(gone)?;
             let path = self.header.path.clone();
             let state = self
@@ -480,49 +604,51 @@ impl DeltaWrite {
                             path.shown()
                         ))
                     };
-                    let mut buf = Vec::new();
-                    let mut pieces = Vec::new();
-                    let mut rest = &ops[..];
-                    while let Some(Op::Copy { from, .. }) = rest.first() {
-                        // Consecutive bytes of one file, read and checked
-                        // as one block.
-                        let mut len = 0u64;
-                        pieces.clear();
-                        for op in rest {
-                            match op {
-                                Op::Copy {
-                                    from: f,
-                                    len: l,
-                                    hash,
-                                } if f.source == from.source
-                                    && f.offset == from.offset + len
-                                    && (len == 0 || len + u64::from(*l) <= COPY_BLOCK) =>
-                                {
-                                    len += u64::from(*l);
-                                    pieces.push(ChunkRef {
-                                        len: *l,
-                                        hash: *hash,
-                                    });
-                                }
-                                _ => break,
+                    let WriteState { hasher, sink } = &mut state;
+                    if exact {
+                        // One trusted file, whole: its bytes need not
+                        // come into the process (see `exact_copy`).
+                        for b in &blocks {
+                            let file = files.get(b.source.0 as usize).ok_or_else(gone)?;
+                            if !sink.copy_from(file, b.offset, b.len)? {
+                                return Err(changed());
                             }
                         }
-                        rest = &rest[pieces.len()..];
-                        buf.resize(usize::try_from(len).map_err(|_| gone())?, 0);
-                        let file = files.get(from.source.0 as usize).ok_or_else(gone)?;
-                        file.read_exact_at(&mut buf, from.offset)
-                            .map_err(|_| changed())?;
-                        // Each copied chunk is checked (its source may have
-                        // changed since it was indexed) while the same
-                        // bytes feed the whole-file hash, on two threads.
-                        hash_checking(&mut state.hasher, &buf, &pieces).map_err(|_| changed())?;
-                        state.write_hashed(&buf)?;
+                    } else {
+                        // Read ahead and written behind while each block
+                        // is hashed. A chunk of an untrusted source is
+                        // checked against its hash (it may have changed
+                        // since it was indexed); one of a trusted source
+                        // only feeds the whole-file hash (docs/DESIGN.md,
+                        // "Time (round 7)").
+                        copy_pipelined(
+                            &blocks,
+                            hasher,
+                            |b, buf| match files.get(b.source.0 as usize) {
+                                Some(f) => f.read_exact_at(buf, b.offset),
+                                None => Err(std::io::Error::other("no such source")),
+                            },
+                            |bytes| sink.write(bytes),
+                        )
+                        .map_err(|e| match e {
+                            CopyError::Write(e) => e,
+                            CopyError::Read { .. } | CopyError::Mismatch { .. } => changed(),
+                        })?;
+                    }
+                    // A trusted source written meanwhile no longer is.
+                    for b in blocks.iter().filter(|b| !b.check) {
+                        let i = b.source.0 as usize;
+                        let now = files.get(i).and_then(|f| FileMeta::of_open(f));
+                        let then = stamps.get(i).copied().flatten().map(|t| t.meta);
+                        if now.is_none() || now != then {
+                            return Err(changed());
+                        }
                     }
                     Ok(state)
                 })
                 .await?;
             self.state = Some(state);
-            self.next = end;
+            self.next += used;
         }
     }
 
@@ -542,7 +668,7 @@ impl DeltaWrite {
         let state = self
             .store
             .run(move || {
-                let (offset, end) = (state.written, state.written + bytes.len() as u64);
+                let (offset, end) = (state.sink.written, state.sink.written + bytes.len() as u64);
                 let piece = [ChunkRef { len, hash }];
                 let fits = bytes.len() == len as usize;
                 if !fits || hash_checking(&mut state.hasher, &bytes, &piece).is_err() {
@@ -554,7 +680,7 @@ impl DeltaWrite {
                         end - offset
                     )));
                 }
-                state.write_hashed(&bytes)?;
+                state.sink.write(&bytes)?;
                 Ok(state)
             })
             .await?;
@@ -579,19 +705,43 @@ impl DeltaWrite {
         let h = self.header.clone();
         let (path, size, hash, modified) =
             (h.path.clone(), h.manifest.size, h.manifest.hash, h.modified);
+        let exact = self.exact;
+        let recheck = self.unchecked.then(|| {
+            let staged = self.staged.path.clone();
+            (staged, self.ops.clone(), self.stamps.clone())
+        });
         self.store
             .run(move || {
-                let got: ContentHash = state.hasher.finalize().into();
-                if got != hash || state.written != size {
+                // An exact copy's bytes are those of a file whose hash is
+                // the manifest's: not hashed again.
+                let got: ContentHash = if exact {
+                    hash
+                } else {
+                    state.hasher.finalize().into()
+                };
+                if got != hash || state.sink.written != size {
+                    // Some bytes were copied on trust: if one of them is
+                    // not its chunk, a source changed (try again), else
+                    // the manifest is wrong (the client's error).
+                    if let Some((Some(staged), ops, stamps)) = recheck
+                        && !copies_hold(&staged, &ops, &stamps)
+                    {
+                        return Err(ServiceError::Aborted(format!(
+                            "{}: a file the server copies from changed during the upload; \
+                             try again",
+                            path.shown()
+                        )));
+                    }
                     return Err(ServiceError::InvalidArgument(format!(
                         "{}: the assembled file ({} bytes, hash {got}) is not the one the \
                          manifest announced ({size} bytes, hash {hash})",
                         path.shown(),
-                        state.written,
+                        state.sink.written,
                     )));
                 }
-                super::disk::set_modified(&state.file, &path, modified)?;
+                super::disk::set_modified(&state.sink.file, &path, modified)?;
                 state
+                    .sink
                     .file
                     .sync_all()
                     .map_err(|e| ServiceError::io("staging file", e))
@@ -644,6 +794,10 @@ impl DeltaWrite {
         let Some(state) = self.state.take() else {
             return; // lost mid-step: the guard removes the file
         };
+        if self.exact {
+            // Not hashed as it was copied, and cheap to copy again.
+            return;
+        }
         let Some(staged) = self.staged.path.clone() else {
             return;
         };
@@ -658,20 +812,21 @@ impl DeltaWrite {
                 let name = super::disk::partial_name(path, size, modified_ns);
                 let existing = std::fs::metadata(s.inner.disk.partials_dir().join(name))
                     .map_or(0, |m| m.len());
-                if state.written == 0 || state.written <= existing {
+                if state.sink.written == 0 || state.sink.written <= existing {
                     drop(guard); // removes the staging file
                     return Ok(());
                 }
                 s.remember_part_hash(path, size, modified_ns, state.hasher.clone());
                 let kept = state
+                    .sink
                     .file
                     .set_modified(SystemTime::now())
-                    .and_then(|()| state.file.sync_data())
+                    .and_then(|()| state.sink.file.sync_data())
                     .and_then(|()| s.inner.disk.keep_partial(&staged, path, size, modified_ns));
                 match kept {
                     Ok(()) => {
                         guard.take();
-                        tracing::info!(path = %path, bytes = state.written, "kept the part of an interrupted delta upload");
+                        tracing::info!(path = %path, bytes = state.sink.written, "kept the part of an interrupted delta upload");
                         s.trim_kept_parts();
                     }
                     Err(_) => {
@@ -685,21 +840,143 @@ impl DeltaWrite {
     }
 }
 
-impl WriteState {
-    /// Writes bytes already fed to `hasher`, starting their writeback every
-    /// [`super::upload::WRITEBACK_STEP`] so that the fsync before install
-    /// has little left to do.
-    fn write_hashed(&mut self, bytes: &[u8]) -> Result<()> {
+impl Sink {
+    /// Writes bytes already fed to the whole-file hash, starting their
+    /// writeback every [`super::upload::WRITEBACK_STEP`] so that the fsync
+    /// before install has little left to do.
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        // Before the write: a chunk the client's pieces do not rebuild is
+        // its error (each piece matched its own hash), and nothing of it
+        // reaches the staging file.
+        self.rebuilt
+            .feed(bytes)
+            .map_err(|e| ServiceError::InvalidArgument(format!("{}: {e}", self.path.shown())))?;
         self.file
             .write_all(bytes)
             .map_err(|e| ServiceError::io("staging file", e))?;
         self.written += bytes.len() as u64;
+        self.hint();
+        Ok(())
+    }
+
+    /// Starts the writeback of what was written since the last hint, every
+    /// [`super::upload::WRITEBACK_STEP`].
+    fn hint(&mut self) {
         if self.written - self.flushed >= super::upload::WRITEBACK_STEP {
             super::upload::start_writeback(&self.file, self.flushed, self.written - self.flushed);
             self.flushed = self.written;
         }
-        Ok(())
     }
+
+    /// Appends `len` bytes of `src` from `offset`, copied inside the kernel
+    /// (`copy_file_range`) where it can, else through a buffer, and not
+    /// hashed (see `exact_copy`). `Ok(false)` when `src` ends first.
+    fn copy_from(&mut self, src: &File, mut offset: u64, len: u64) -> Result<bool> {
+        let io = |e| ServiceError::io("staging file", e);
+        let end = offset + len;
+        let mut buf: Vec<u8> = Vec::new();
+        while offset < end {
+            let want = usize::try_from(end - offset)
+                .unwrap_or(usize::MAX)
+                .min(COPY_BLOCK as usize);
+            let n = if buf.is_empty() {
+                match rustix::fs::copy_file_range(src, Some(&mut offset), &self.file, None, want) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => n,
+                    // Not between these files (another filesystem, an
+                    // old kernel): through a buffer from here on.
+                    Err(_) => {
+                        buf.resize(COPY_BLOCK as usize, 0);
+                        continue;
+                    }
+                }
+            } else {
+                let n = src.read_at(&mut buf[..want], offset).map_err(io)?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                self.file.write_all(&buf[..n]).map_err(io)?;
+                offset += n as u64;
+                n
+            };
+            self.written += n as u64;
+            self.hint();
+        }
+        Ok(true)
+    }
+}
+
+/// A copy source whose size and modified time are those the index records
+/// for the version whose manifest named its chunks (the rule reconcile
+/// uses for "unchanged"): its bytes are taken to be what that manifest and
+/// `hash` say (docs/DESIGN.md, "Time (round 7)").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Trusted {
+    meta: FileMeta,
+    hash: ContentHash,
+}
+
+/// `file` as a trusted source of `record`'s version, if it is one.
+fn trusted(file: &File, record: &FileRecord) -> Option<Trusted> {
+    FileMeta::of_open(file)
+        .filter(|m| m.len == record.size && m.modified_ns == record.modified_ns)
+        .map(|meta| Trusted {
+            meta,
+            hash: record.hash,
+        })
+}
+
+/// Whether `ops` copy all of one trusted source, in order, and that
+/// source's recorded hash and size are the manifest's: the new file is
+/// then byte for byte a file whose hash the index already holds (and which
+/// downloads serve on that trust), so its bytes are copied in the kernel
+/// and not hashed again; a copy under a new name costs a copy, not a read
+/// and two hash passes.
+fn exact_copy(ops: &[Op], stamps: &[Option<Trusted>], m: &Manifest) -> bool {
+    let Some(Op::Copy { from: first, .. }) = ops.first() else {
+        return false;
+    };
+    let Some(t) = stamps.get(first.source.0 as usize).copied().flatten() else {
+        return false;
+    };
+    if t.hash != m.hash || t.meta.len != m.size {
+        return false;
+    }
+    let mut at = 0u64;
+    for op in ops {
+        match op {
+            Op::Copy { from, len, .. } if from.source == first.source && from.offset == at => {
+                at += u64::from(*len);
+            }
+            _ => return false,
+        }
+    }
+    at == m.size
+}
+
+/// Whether every chunk copied from a trusted source is, in the staging
+/// file `staged`, what its hash says (read back after a whole-file
+/// mismatch, to tell a changed source from a wrong manifest).
+fn copies_hold(staged: &std::path::Path, ops: &[Op], stamps: &[Option<Trusted>]) -> bool {
+    let Ok(file) = File::open(staged) else {
+        return false;
+    };
+    let mut at = 0u64;
+    let mut buf = Vec::new();
+    for op in ops {
+        if let Op::Copy { from, len, hash } = op
+            && stamps
+                .get(from.source.0 as usize)
+                .is_some_and(Option::is_some)
+        {
+            buf.resize(*len as usize, 0);
+            if file.read_exact_at(&mut buf, at).is_err() || ContentHash::of(&buf) != *hash {
+                return false;
+            }
+        }
+        at += u64::from(op.len());
+    }
+    true
 }
 
 fn gone() -> ServiceError {

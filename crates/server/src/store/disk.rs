@@ -48,6 +48,12 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
+    /// The size and modified time of an open file (`None` if it cannot be
+    /// read).
+    pub fn of_open(f: &File) -> Option<Self> {
+        rustix::fs::fstat(f).ok().map(|st| Self::of(&st))
+    }
+
     fn of(st: &rustix::fs::Stat) -> Self {
         let ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
         Self {

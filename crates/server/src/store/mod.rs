@@ -46,7 +46,7 @@ pub use cluster::{
 };
 pub use dav::{Entry, FolderTimes};
 pub use dav_locks::{LockLimits, LockPass, LockRecord, NewLock};
-pub use delta::{DeltaHeader, DeltaSources, DeltaWrite};
+pub use delta::{DeltaHeader, DeltaSources, DeltaWrite, ManifestLoad};
 pub use disk::Kind;
 pub use index::backend::LocalMetadata;
 pub use index::{ChangeOp, ChangeRecord, DeadProp, FileRecord};
@@ -131,6 +131,10 @@ pub struct StoreConfig {
     pub max_kept_parts: usize,
     /// Most bytes those parts may hold together.
     pub max_kept_bytes: u64,
+    /// Most file manifests computed at once (for delta transfers of files
+    /// the index has none for): each holds three threads and up to ~32 MiB
+    /// while it runs (see `store/delta.rs`). At least 1.
+    pub max_manifests: usize,
 }
 
 impl Default for StoreConfig {
@@ -140,6 +144,7 @@ impl Default for StoreConfig {
             max_changes: 1_000_000,
             max_kept_parts: 64,
             max_kept_bytes: 8 << 30,
+            max_manifests: 2,
         }
     }
 }
@@ -154,6 +159,9 @@ pub struct StoreStats {
     pub index_bytes: u64,
     /// Parts of interrupted uploads kept for resuming.
     pub kept: KeptParts,
+    /// Manifests being computed now, and the most computed at once since
+    /// the store opened (bounded by [`StoreConfig::max_manifests`]).
+    pub manifests: delta::ManifestLoad,
 }
 
 /// A cheap, cloneable handle on the store.
@@ -182,6 +190,8 @@ struct Inner {
     /// contents are there, and `disk` and `index` hold only this
     /// instance's staging (see `store/cluster.rs`).
     cluster: Option<ClusterBackend>,
+    /// Bounds the manifests computed at once ([`StoreConfig::max_manifests`]).
+    manifests: delta::ManifestGate,
 }
 
 /// Hash state (and byte count) of kept upload parts, by part name.
@@ -273,6 +283,7 @@ impl Store {
                     locks: PathLocks::default(),
                     changes,
                     max_file_size: config.max_file_size.into(),
+                    manifests: delta::ManifestGate::new(config.max_manifests),
                     config,
                     part_hashes: Default::default(),
                     dav_locks,
@@ -1210,6 +1221,7 @@ impl Store {
                 bytes,
                 index_bytes: 0,
                 kept,
+                manifests: self.inner.manifests.load(),
             });
         }
         let s = self.clone();
@@ -1226,6 +1238,7 @@ impl Store {
                 bytes,
                 index_bytes,
                 kept: s.kept_parts(),
+                manifests: s.inner.manifests.load(),
             })
         })
         .await
