@@ -878,6 +878,18 @@ async fn one_change_in_a_big_tree_examines_a_handful_of_paths_not_the_tree() {
     let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
     until_idle(&mut status).await;
     until_on_server(&fc, "d29/f2999", "file 2999").await;
+    // Files written just before the engine started are still "being
+    // written" to it: the first pass leaves them for a look of their own a
+    // moment later, and the engine is idle in between. Wait for them all.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while fc.list_all(None).await.unwrap().len() < FILES {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the first sync"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_idle(&mut status).await;
     let before = status.borrow().clone();
     assert!(
         before.examined >= FILES as u64,
