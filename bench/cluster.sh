@@ -15,7 +15,8 @@
 #  (3) change -> Watch across instances: `put` through instance A, a `sync`
 #      daemon connected to instance B, the file polled in its folder;
 #      p50 and p99 (run first, on the empty cluster);
-#  (4) peak RSS of each instance (VmHWM).
+#  (4) peak RSS of each instance (VmHWM), over the run and per step (reset
+#      after each step with clear_refs), and what instance A holds after it.
 #
 #   bench/cluster.sh            ROUNDS=2 FILES=1000 BIG_MIB=1024 SMALL=10000
 #   BIN=path/to/distribusync    use that binary (skips the release build)
@@ -53,6 +54,16 @@ cleanup() {
 trap cleanup EXIT
 now() { date +%s.%N; }
 hwm() { awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$1/status"; }
+# Peak RSS per step: each instance's peak is read after the step and then
+# reset (clear_refs 5); the whole run's peak is kept beside.
+PEAK_A=0; PEAK_B=0; STEP_PEAKS=()
+step_peak() { # NAME
+  local a b; a=$(hwm "$A_PID"); b=$(hwm "$B_PID")
+  PEAK_A=$(( a > PEAK_A ? a : PEAK_A )); PEAK_B=$(( b > PEAK_B ? b : PEAK_B ))
+  STEP_PEAKS+=("$1: A $a, B $b; A after it: $(awk '/^(Rss|Anonymous|LazyFree):/ {printf "%s %d MiB ", $1, $2/1024}' "/proc/$A_PID/smaps_rollup")")
+  echo 5 > "/proc/$A_PID/clear_refs" 2>/dev/null || true
+  echo 5 > "/proc/$B_PID/clear_refs" 2>/dev/null || true
+}
 median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
 spread() { python3 -c "import sys; v=sorted(map(float, sys.argv[1:])); print(f'{v[0]:.2f}-{v[-1]:.2f}')" "$@"; }
 mbps() { python3 -c "print(f'{$1/($3-$2)/1e6:.1f}')"; }
@@ -194,6 +205,7 @@ for set in small big; do
           flush; t0=$(now)
           "${who}_$dir" "$set" "$n"
           t1=$(now)
+          step_peak "$set $dir, $n instance(s), $who"
           T[$set,$n,$who,$dir]+="$(mbps "$BYTES" "$t0" "$t1") "
         done
       done
@@ -246,6 +258,7 @@ first_sync() { # cluster|local ROUND -> seconds
   local t0 t1; t0=$(now)
   "$BIN" sync "$WORK/fs-$name" --once --server "http://127.0.0.1:$port" >/dev/null 2>"$WORK/fs-$name.log"
   t1=$(now)
+  echo "first sync, $1 backend, round $2: $(hwm "$pid")" >> "$WORK/first-sync-peaks"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$WORK/fs-$name" "$WORK/$name-root"
   python3 -c "print(f'{$t1-$t0:.2f}')"
@@ -268,4 +281,6 @@ c=$(median "${CL[@]}"); l=$(median "${LO[@]}")
 echo "(2) first sync of $SMALL x 4 KiB: cluster ${c} s (${CL[*]}), local backend ${l} s (${LO[*]}): $(python3 -c "print(f'{$c/$l:.2f}x')") (target <= 2x)"
 echo "    the same tree by rclone copy --transfers 32 to a bucket of the same endpoint: $(median "${RC[@]}") s (${RC[*]})"
 
-echo "(4) peak RSS: instance A $(hwm "$A_PID") MiB, instance B $(hwm "$B_PID") MiB (target < 128 MiB)"
+echo "(4) peak RSS: instance A $PEAK_A MiB, instance B $PEAK_B MiB (target < 128 MiB); per step, MiB:"
+printf '    %s\n' "${STEP_PEAKS[@]}"
+sed 's/^/    /' "$WORK/first-sync-peaks"
