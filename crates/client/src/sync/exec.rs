@@ -491,6 +491,22 @@ impl SyncEngine {
                 self.local.files.insert(new, e);
             }
         }
+        // Files there as the base records them move with the base (see
+        // `moved`); what was gone at the old names is gone at the new.
+        let lo = format!("{from}/");
+        let gone: Vec<RemotePath> = self
+            .local
+            .deleted
+            .iter()
+            .filter(|p| *p == from || p.as_str().starts_with(&lo))
+            .cloned()
+            .collect();
+        for old in gone {
+            self.local.deleted.remove(&old);
+            if let Some(new) = old.rebase(from, to) {
+                self.local.deleted.insert(new);
+            }
+        }
         Ok(())
     }
 

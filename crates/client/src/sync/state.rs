@@ -723,6 +723,35 @@ impl BaseReader {
             .into_keys()
             .collect())
     }
+
+    /// The base's entries at `dir` or inside it.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn inside_entries(
+        &self,
+        dir: &RemotePath,
+    ) -> rusqlite::Result<BTreeMap<RemotePath, BaseEntry>> {
+        inside::<BaseTable>(&self.conn, &self.none, dir)
+    }
+
+    /// Every path of the base, in path order, each handed to `f`: one
+    /// pass over the primary key, a row held at a time.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn each_path(&self, mut f: impl FnMut(&RemotePath)) -> rusqlite::Result<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT path FROM base ORDER BY path")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            if let Ok(p) = RemotePath::parse(&r.get::<_, String>(0)?) {
+                f(&p);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The bounds of the paths strictly inside `dir`: from `dir/` (included)
