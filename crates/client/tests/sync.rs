@@ -1401,8 +1401,9 @@ async fn a_change_from_the_server_costs_one_download_and_no_stat() {
     let before = scrape(metrics).await;
     const CHANGES: u64 = 5;
     for i in 0..CHANGES {
+        // Bigger than what the change log carries (see the next test).
         let src = s.b.join(format!("src{i}"));
-        std::fs::write(&src, format!("from elsewhere {i}")).unwrap();
+        std::fs::write(&src, big(i)).unwrap();
         fc.upload(
             &src,
             &format!("new/f{i}").parse().unwrap(),
@@ -1413,10 +1414,7 @@ async fn a_change_from_the_server_costs_one_download_and_no_stat() {
         .unwrap();
     }
     eventually("the server's changes arrive", || {
-        (0..CHANGES).all(|i| {
-            read(s.a.join(format!("new/f{i}"))).as_deref()
-                == Some(format!("from elsewhere {i}").as_str())
-        })
+        (0..CHANGES).all(|i| read(s.a.join(format!("new/f{i}"))) == Some(big(i)))
     })
     .await;
     // Counted when each call ends: wait for the last download's count.
@@ -1441,6 +1439,100 @@ async fn a_change_from_the_server_costs_one_download_and_no_stat() {
         "no Stat before a download whose version the change log gave"
     );
     la.stop().await;
+    server.shutdown().await;
+}
+
+/// A file of 8 KiB: more than a change record carries.
+fn big(i: u64) -> String {
+    format!("from elsewhere {i}\n").repeat(8192 / 16)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_changed_on_the_server_comes_with_its_change_and_no_download() {
+    // A put of a file of at most 4 KiB reaches watching clients with its
+    // content: a sync client writes it (verified, fsynced, renamed into
+    // place as a download would) without a Download call, so a hundred
+    // clients of one change make no hundred downloads. A bigger file is
+    // still downloaded, once. (Before: one Download per client per change,
+    // whatever the size.)
+    let s = setup();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = listener.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", tcp.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let mut config = ServerConfig::new(&s.root);
+    config.metrics = Some(std::sync::Arc::new(listener));
+    let st = stop.clone();
+    let task = tokio::spawn(async move {
+        distribusync_server::serve(tcp, config, async move { st.cancelled().await })
+            .await
+            .unwrap();
+    });
+    let server = Server { addr, stop, task };
+    let fc = client(&server.addr);
+    std::fs::write(s.a.join("first"), "synced before").unwrap();
+    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
+    until_idle(&mut status).await;
+    until_on_server(&fc, "first", "synced before").await;
+
+    let before = scrape(metrics).await;
+    let put = |name: String, data: String| {
+        let (fc, src) = (
+            fc.clone(),
+            s.b.join(format!("src-{}", name.replace('/', "-"))),
+        );
+        async move {
+            std::fs::write(&src, &data).unwrap();
+            let at = name.parse().unwrap();
+            let known = fc.stat(&at).await.map_or(0, |i| i.revision);
+            fc.upload(&src, &at, Some(known), std::sync::Arc::new(()))
+                .await
+                .unwrap();
+        }
+    };
+    const CHANGES: u64 = 5;
+    for i in 0..CHANGES {
+        put(format!("small/f{i}"), format!("small {i}")).await;
+    }
+    // An existing file replaced, and one of exactly 4 KiB.
+    put("first".into(), "replaced on the server".into()).await;
+    put("small/edge".into(), "x".repeat(4096)).await;
+    eventually("the server's small changes arrive", || {
+        (0..CHANGES).all(|i| {
+            read(s.a.join(format!("small/f{i}"))).as_deref() == Some(format!("small {i}").as_str())
+        }) && read(s.a.join("first")).as_deref() == Some("replaced on the server")
+            && read(s.a.join("small/edge")) == Some("x".repeat(4096))
+    })
+    .await;
+    // Then a big one, whose download is counted: once it is, any download
+    // of the small ones (made before it) would be counted too.
+    put("big".into(), big(0)).await;
+    eventually("the big file arrives", || {
+        read(s.a.join("big")) == Some(big(0))
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let now = scrape(metrics).await;
+        if calls(&now, "Download") > calls(&before, "Download")
+            || tokio::time::Instant::now() > deadline
+        {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        calls(&after, "Download") - calls(&before, "Download"),
+        1,
+        "only the file bigger than 4 KiB was downloaded"
+    );
+    until_idle(&mut status).await;
+    la.stop().await;
+    // Recorded as in sync: a restart moves nothing.
+    let e = once(&s.a, &server.addr, "a").await.unwrap();
+    let st = e.status().borrow().clone();
+    assert_eq!((st.uploaded, st.downloaded), (0, 0));
     server.shutdown().await;
 }
 

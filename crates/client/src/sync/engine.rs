@@ -255,6 +255,11 @@ pub struct SyncEngine {
     /// A full scan of this process has read the folder: a full pass is
     /// no longer a first one.
     pub(super) scanned: bool,
+    /// Small files' content the change log brought with their puts (the
+    /// server sends it for live changes), by path: the next pass's
+    /// download of exactly that version writes it without asking the
+    /// server. Emptied by every pass; at most [`INLINE_KEPT`] entries.
+    pub(super) inline: HashMap<RemotePath, (crate::files::FileInfo, Arc<[u8]>)>,
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -268,6 +273,10 @@ struct Recheck {
     /// Still being written (looked at once quiet), or a step that failed.
     busy: bool,
 }
+
+/// Most small files' contents from the change log kept for the next pass
+/// (each at most the server's inline limit, a few KiB).
+const INLINE_KEPT: usize = 256;
 
 /// Most passes `run_once` makes before giving up on converging.
 const MAX_ONCE_PASSES: u32 = 5;
@@ -347,6 +356,7 @@ impl SyncEngine {
             first_pass_unfinished,
             reader: None,
             scanned: false,
+            inline: HashMap::new(),
         })
     }
 
@@ -896,6 +906,8 @@ impl SyncEngine {
         // can hold others' files, which `relisted` brings.)
         let touched = std::mem::take(&mut self.touched);
         let result = self.execute(plan).await;
+        // Content not used by this pass is not trusted for a later one.
+        self.inline.clear();
         self.touched = touched;
         self.touched.append(&mut self.relisted);
         let mut report = result?;
@@ -1420,7 +1432,15 @@ impl SyncEngine {
                                 hash: info.hash,
                                 size: info.size,
                             };
-                            news += self.remote_change(&info.path, Some(file), seq, &mut writes)?;
+                            let new =
+                                self.remote_change(&info.path, Some(file), seq, &mut writes)?;
+                            news += new;
+                            match c.content {
+                                Some(data) if new > 0 && self.inline.len() < INLINE_KEPT => {
+                                    self.inline.insert(info.path.clone(), (info, data));
+                                }
+                                _ => {}
+                            }
                         }
                         ChangeKind::Delete(path) => {
                             news += self.remote_change(&path, None, seq, &mut writes)?;

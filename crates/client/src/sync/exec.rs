@@ -126,9 +126,32 @@ async fn download(
     expected: Option<FileStat>,
     version: &RemoteFile,
     copies: Vec<PathBuf>,
+    inline: Option<(FileInfo, Arc<[u8]>)>,
     progress: Arc<dyn Progress>,
 ) -> Result<(FileInfo, FileStat), ClientError> {
     no_links_below(dir, &local)?;
+    // The bytes the change log brought: written as a download would be,
+    // with no call to the server (a hundred clients of one change make no
+    // hundred downloads).
+    if let Some((info, data)) = inline {
+        let (check_path, check_dir) = (local.clone(), dir.to_owned());
+        match crate::delta::install_content(
+            &local,
+            &info,
+            data,
+            Box::new(move |_| {
+                no_links_below(&check_dir, &check_path)?;
+                still_as_planned(&check_path, expected)
+            }),
+        )
+        .await
+        {
+            Ok(meta) => return Ok((info, stat_of(&meta))),
+            // Not that version's bytes after all: fetch them.
+            Err(ClientError::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let copies = copies
         .into_iter()
         .filter(|c| no_links_below(dir, c).is_ok())
@@ -642,6 +665,13 @@ impl SyncEngine {
                     _ => Vec::new(),
                 };
                 let local_size = self.local.files.get(&path).map_or(0, |e| e.stat.size);
+                let inline = match &op {
+                    Operation::Download { remote, .. } => self
+                        .inline
+                        .remove(&path)
+                        .filter(|(i, _)| i.hash == remote.hash && i.revision == remote.revision),
+                    _ => None,
+                };
                 let status = self.status.clone();
                 // What goes up (a new version, or a conflict's copy) and
                 // what comes down, each with the bytes it plans to move.
@@ -716,6 +746,7 @@ impl SyncEngine {
                                     planned,
                                     &remote,
                                     local_copies,
+                                    inline,
                                     down_progress,
                                 )
                                 .await?;
@@ -758,6 +789,7 @@ impl SyncEngine {
                                     None,
                                     &remote,
                                     Vec::new(),
+                                    None,
                                     down_progress,
                                 )
                                 .await?;
