@@ -135,6 +135,8 @@ async fn download(
     // hundred downloads).
     if let Some((info, data)) = inline {
         let (check_path, check_dir) = (local.clone(), dir.to_owned());
+        // Content received from the server, like a download's.
+        let size = data.len() as u64;
         match crate::delta::install_content(
             &local,
             &info,
@@ -146,7 +148,11 @@ async fn download(
         )
         .await
         {
-            Ok(meta) => return Ok((info, stat_of(&meta))),
+            Ok(meta) => {
+                progress.start(size, 0);
+                progress.advance(size);
+                return Ok((info, stat_of(&meta)));
+            }
             // Not that version's bytes after all: fetch them.
             Err(ClientError::Corrupt { .. }) => {}
             Err(e) => return Err(e),
