@@ -638,6 +638,19 @@ impl SyncEngine {
                     list.push(self.local_path(p));
                 }
             }
+            // Files in sync are not in the view (see `scan`): the base's
+            // index by content finds them. (A hint: the copy is checked
+            // against the hash as it is made.)
+            for (hash, list) in by_hash.iter_mut().filter(|(_, l)| l.len() < 4) {
+                for p in self.state.base_with_hash(hash, 4).unwrap_or_default() {
+                    if list.len() < 4
+                        && !self.local.files.contains_key(&p)
+                        && !self.local.deleted.contains(&p)
+                    {
+                        list.push(self.local_path(&p));
+                    }
+                }
+            }
         }
         // A conflict that fails may have left the copy behind: it is looked
         // at again with its path.

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS remote (
     size INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS base_by_hash ON base (hash);
 ";
 
 /// Entries set at most before the caller writes them (see the module
@@ -556,6 +557,36 @@ impl State {
     /// When the database cannot be read.
     pub fn base_get(&self, path: &RemotePath) -> Result<Option<BaseEntry>, StateError> {
         get::<BaseTable>(&self.conn, &self.base_pending, path).map_err(|e| self.err(e))
+    }
+
+    /// Up to `limit` paths whose base entry has the content `hash` (an
+    /// index on the hash): where a download may find those bytes on disk
+    /// already, for files in sync that the local view does not hold.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn base_with_hash(
+        &self,
+        hash: &ContentHash,
+        limit: usize,
+    ) -> Result<Vec<RemotePath>, StateError> {
+        let run = || -> rusqlite::Result<Vec<RemotePath>> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT path FROM base WHERE hash = ?1 LIMIT ?2")?;
+            let mut rows = st.query(params![
+                hash.0.to_vec(),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                if let Ok(p) = RemotePath::parse(&r.get::<_, String>(0)?) {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        };
+        run().map_err(|e| self.err(e))
     }
 
     /// The server's entries at `dir` or inside it, in path order: a range
