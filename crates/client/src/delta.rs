@@ -904,6 +904,53 @@ fn install(
     Ok(meta)
 }
 
+/// Writes `data`, the content of the version `info` names (a small
+/// file's bytes the change log carried), to `local` as a download would:
+/// checked against `info`'s hash and size, written beside it, fsynced,
+/// then `check`, then renamed into place (and the folder fsynced).
+///
+/// # Errors
+/// When `data` is not `info`'s content, a local write fails, or `check`
+/// fails (then `local` is untouched).
+pub async fn install_content(
+    local: &Path,
+    info: &FileInfo,
+    data: Arc<[u8]>,
+    check: BeforeReplace,
+) -> Result<fs::Metadata> {
+    if data.len() as u64 != info.size || ContentHash::of(&data) != info.hash {
+        return Err(ClientError::Corrupt {
+            path: local.display().to_string(),
+        });
+    }
+    let (dest, hash, modified) = (local.to_owned(), info.hash, info.modified);
+    blocking(local, move || {
+        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(local_err(dir))?;
+        }
+        let part = delta_partial(&dest, &hash);
+        let written = (|| -> Result<File> {
+            let mut out = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&part)
+                .map_err(local_err(&part))?;
+            out.write_all(&data).map_err(local_err(&part))?;
+            out.sync_all().map_err(local_err(&part))?;
+            Ok(out)
+        })();
+        match written {
+            Ok(out) => install(out, &part, &dest, modified, check),
+            Err(e) => {
+                let _ = fs::remove_file(&part);
+                Err(e)
+            }
+        }
+    })
+    .await
+}
+
 /// Copies `copy` to `dest` when its bytes are `info`'s (same size and
 /// hash, checked while copying); `Err(check)` hands the check back when
 /// they are not (or `copy` cannot be read), having left nothing behind.

@@ -65,6 +65,9 @@ pub enum ChangeKind {
 pub struct Change {
     pub seq: u64,
     pub kind: ChangeKind,
+    /// A small file's whole content, when the server sent it with the
+    /// put (checked against the hash by whoever uses it).
+    pub content: Option<Arc<[u8]>>,
 }
 
 /// An event of a watch stream.
@@ -135,7 +138,15 @@ fn change_from(c: v1::Change) -> Result<Change> {
         },
         _ => return Err(protocol("change op")),
     };
-    Ok(Change { seq: c.seq, kind })
+    let content = match kind {
+        ChangeKind::Put(_) => c.content.map(Arc::from),
+        _ => None,
+    };
+    Ok(Change {
+        seq: c.seq,
+        kind,
+        content,
+    })
 }
 
 /// Name of the partial file a download into `local` resumes from; keyed by

@@ -1401,8 +1401,9 @@ async fn a_change_from_the_server_costs_one_download_and_no_stat() {
     let before = scrape(metrics).await;
     const CHANGES: u64 = 5;
     for i in 0..CHANGES {
+        // Bigger than what the change log carries (see the next test).
         let src = s.b.join(format!("src{i}"));
-        std::fs::write(&src, format!("from elsewhere {i}")).unwrap();
+        std::fs::write(&src, big(i)).unwrap();
         fc.upload(
             &src,
             &format!("new/f{i}").parse().unwrap(),
@@ -1413,10 +1414,7 @@ async fn a_change_from_the_server_costs_one_download_and_no_stat() {
         .unwrap();
     }
     eventually("the server's changes arrive", || {
-        (0..CHANGES).all(|i| {
-            read(s.a.join(format!("new/f{i}"))).as_deref()
-                == Some(format!("from elsewhere {i}").as_str())
-        })
+        (0..CHANGES).all(|i| read(s.a.join(format!("new/f{i}"))) == Some(big(i)))
     })
     .await;
     // Counted when each call ends: wait for the last download's count.
@@ -1441,6 +1439,100 @@ async fn a_change_from_the_server_costs_one_download_and_no_stat() {
         "no Stat before a download whose version the change log gave"
     );
     la.stop().await;
+    server.shutdown().await;
+}
+
+/// A file of 8 KiB: more than a change record carries.
+fn big(i: u64) -> String {
+    format!("from elsewhere {i}\n").repeat(8192 / 16)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_changed_on_the_server_comes_with_its_change_and_no_download() {
+    // A put of a file of at most 4 KiB reaches watching clients with its
+    // content: a sync client writes it (verified, fsynced, renamed into
+    // place as a download would) without a Download call, so a hundred
+    // clients of one change make no hundred downloads. A bigger file is
+    // still downloaded, once. (Before: one Download per client per change,
+    // whatever the size.)
+    let s = setup();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = listener.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", tcp.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let mut config = ServerConfig::new(&s.root);
+    config.metrics = Some(std::sync::Arc::new(listener));
+    let st = stop.clone();
+    let task = tokio::spawn(async move {
+        distribusync_server::serve(tcp, config, async move { st.cancelled().await })
+            .await
+            .unwrap();
+    });
+    let server = Server { addr, stop, task };
+    let fc = client(&server.addr);
+    std::fs::write(s.a.join("first"), "synced before").unwrap();
+    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
+    until_idle(&mut status).await;
+    until_on_server(&fc, "first", "synced before").await;
+
+    let before = scrape(metrics).await;
+    let put = |name: String, data: String| {
+        let (fc, src) = (
+            fc.clone(),
+            s.b.join(format!("src-{}", name.replace('/', "-"))),
+        );
+        async move {
+            std::fs::write(&src, &data).unwrap();
+            let at = name.parse().unwrap();
+            let known = fc.stat(&at).await.map_or(0, |i| i.revision);
+            fc.upload(&src, &at, Some(known), std::sync::Arc::new(()))
+                .await
+                .unwrap();
+        }
+    };
+    const CHANGES: u64 = 5;
+    for i in 0..CHANGES {
+        put(format!("small/f{i}"), format!("small {i}")).await;
+    }
+    // An existing file replaced, and one of exactly 4 KiB.
+    put("first".into(), "replaced on the server".into()).await;
+    put("small/edge".into(), "x".repeat(4096)).await;
+    eventually("the server's small changes arrive", || {
+        (0..CHANGES).all(|i| {
+            read(s.a.join(format!("small/f{i}"))).as_deref() == Some(format!("small {i}").as_str())
+        }) && read(s.a.join("first")).as_deref() == Some("replaced on the server")
+            && read(s.a.join("small/edge")) == Some("x".repeat(4096))
+    })
+    .await;
+    // Then a big one, whose download is counted: once it is, any download
+    // of the small ones (made before it) would be counted too.
+    put("big".into(), big(0)).await;
+    eventually("the big file arrives", || {
+        read(s.a.join("big")) == Some(big(0))
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let now = scrape(metrics).await;
+        if calls(&now, "Download") > calls(&before, "Download")
+            || tokio::time::Instant::now() > deadline
+        {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        calls(&after, "Download") - calls(&before, "Download"),
+        1,
+        "only the file bigger than 4 KiB was downloaded"
+    );
+    until_idle(&mut status).await;
+    la.stop().await;
+    // Recorded as in sync: a restart moves nothing.
+    let e = once(&s.a, &server.addr, "a").await.unwrap();
+    let st = e.status().borrow().clone();
+    assert_eq!((st.uploaded, st.downloaded), (0, 0));
     server.shutdown().await;
 }
 
@@ -1529,4 +1621,108 @@ async fn the_server_view_and_the_base_stay_in_the_state_database_not_in_memory()
     la.stop().await;
     assert_eq!(tree(&s.a).len(), FILES);
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_view_held_between_passes_follows_what_differs_not_the_tree() {
+    // 3,000 files in folders of 100. Between passes the engine holds in
+    // memory only the local files that differ from the merge base (which
+    // lives in the state database) and the base paths gone from disk: a
+    // few entries after a first sync, after edits, a deletion, a folder
+    // renamed and a change from the server, and after a restart that
+    // finds an edit and a deletion made while stopped. (Before, the local
+    // view held every file of the tree between passes: 3,000 entries
+    // here, 150-250 MB at a million files.)
+    const FILES: usize = 3000;
+    const BOUND: u64 = 200;
+    let s = setup();
+    for i in 0..FILES {
+        let dir = s.a.join(format!("d{:02}", i / 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
+    }
+    let server = start_server(&s.root, None).await;
+    let fc = client(&server.addr);
+    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| {
+            s.uploaded == FILES as u64 && s.phase == distribusync_client::sync::SyncPhase::Idle
+        }),
+    )
+    .await
+    .expect("the first sync ends")
+    .unwrap();
+    let first = status.borrow().clone();
+    assert!(
+        first.local_held <= BOUND,
+        "after a first sync of {FILES} files the engine held {} local entries",
+        first.local_held
+    );
+
+    // Changes here and on the server while it runs.
+    std::fs::write(s.a.join("d05/f0505"), "edited here").unwrap();
+    std::fs::remove_file(s.a.join("d06/f0606")).unwrap();
+    std::fs::rename(s.a.join("d07"), s.a.join("e07")).unwrap();
+    let src = s.b.join("src");
+    std::fs::write(&src, "changed on the server").unwrap();
+    let info = fc.stat(&"d08/f0808".parse().unwrap()).await.unwrap();
+    fc.upload(
+        &src,
+        &"d08/f0808".parse().unwrap(),
+        Some(info.revision),
+        std::sync::Arc::new(()),
+    )
+    .await
+    .unwrap();
+    until_on_server(&fc, "d05/f0505", "edited here").await;
+    until_on_server(&fc, "e07/f0700", "file 700").await;
+    eventually("the server's change arrives", || {
+        read(s.a.join("d08/f0808")).as_deref() == Some("changed on the server")
+    })
+    .await;
+    until_gone_from_server(&fc, "d06/f0606").await;
+    until_gone_from_server(&fc, "d07/f0700").await;
+    until_idle(&mut status).await;
+    let live = status.borrow().clone();
+    assert!(
+        live.local_held <= BOUND,
+        "after a few changes the engine held {} local entries",
+        live.local_held
+    );
+    la.stop().await;
+    assert_eq!(server_has(&fc, "d06/f0606").await, None);
+    assert_eq!(server_has(&fc, "d07/f0700").await, None);
+
+    // Changed while stopped: the restart's full scan finds the edit (a
+    // file that differs) and the deletion (a base path not on disk),
+    // though neither the walk nor the view holds the files in sync.
+    std::fs::write(s.a.join("d10/f1010"), "edited while stopped").unwrap();
+    std::fs::remove_file(s.a.join("d11/f1111")).unwrap();
+    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
+    until_on_server(&fc, "d10/f1010", "edited while stopped").await;
+    until_gone_from_server(&fc, "d11/f1111").await;
+    until_idle(&mut status).await;
+    let restarted = status.borrow().clone();
+    assert_eq!(server_has(&fc, "d11/f1111").await, None);
+    assert_eq!((restarted.uploaded, restarted.downloaded), (1, 0));
+    assert!(
+        restarted.local_held <= BOUND,
+        "after a restart the engine held {} local entries",
+        restarted.local_held
+    );
+    la.stop().await;
+    assert_eq!(fc.list_all(None).await.unwrap().len(), FILES - 2);
+    server.shutdown().await;
+}
+
+async fn until_gone_from_server(fc: &FilesClient, path: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server_has(fc, path).await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {path} to leave the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

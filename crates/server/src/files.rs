@@ -27,6 +27,9 @@ pub struct FilesService {
     shutdown: CancellationToken,
     /// An upload stream that brings nothing for this long ends.
     idle_timeout: Duration,
+    /// Small files' content sent with their changes, read once for every
+    /// watching client (see `inline`).
+    inline: Arc<crate::inline::InlineCache>,
 }
 
 impl FilesService {
@@ -37,6 +40,7 @@ impl FilesService {
             stats: Arc::default(),
             shutdown,
             idle_timeout: crate::TransportConfig::default().idle_timeout,
+            inline: Arc::default(),
         }
     }
 
@@ -95,6 +99,7 @@ fn change(c: &ChangeRecord) -> v1::Change {
             distribusync_proto::from_unix_nanos(c.modified_ns),
         )),
         folder: c.folder,
+        content: None,
     }
 }
 
@@ -599,6 +604,7 @@ impl Files for FilesService {
         let (tx, rx) = mpsc::channel(64);
         let shutdown = self.shutdown.clone();
         let revoked = view.who().revoked();
+        let inline = self.inline.clone();
         tokio::spawn(async move {
             let start = if since < floor || since > newest {
                 let resync = v1::watch_response::Event::Resync(v1::Resync {
@@ -623,7 +629,7 @@ impl Files for FilesService {
                 () = revoked => {
                     let _ = tx.send(Err(Identity::revoked_status())).await;
                 }
-                r = feed_watch(view, live, start, &tx) => {
+                r = feed_watch(view, &inline, live, start, &tx) => {
                     if let Err(e) = r {
                         let _ = tx.send(Err(e.into())).await;
                     }
@@ -636,10 +642,20 @@ impl Files for FilesService {
 
 type WatchTx = mpsc::Sender<Result<v1::WatchResponse, Status>>;
 
-/// Sends what `view` may see of `c`; false when the client has gone.
-async fn send_change(view: &View, c: ChangeRecord, tx: &WatchTx) -> Result<bool, ServiceError> {
+/// Sends what `view` may see of `c` (with `inline`, a small file's put
+/// with its content); false when the client has gone.
+async fn send_change(
+    view: &View,
+    inline: Option<&crate::inline::InlineCache>,
+    c: ChangeRecord,
+    tx: &WatchTx,
+) -> Result<bool, ServiceError> {
     for c in view.visible(c).await? {
-        if !send_event(tx, v1::watch_response::Event::Change(change(&c))).await {
+        let mut msg = change(&c);
+        if let Some(inline) = inline {
+            msg.content = inline.content(view, &c).await;
+        }
+        if !send_event(tx, v1::watch_response::Event::Change(msg)).await {
             return Ok(false);
         }
     }
@@ -654,6 +670,8 @@ async fn send_event(tx: &WatchTx, event: v1::watch_response::Event) -> bool {
 }
 
 /// Sends every logged change after `*last`; false when the client has gone.
+/// Without content: a backlog (a restart reading back thousands of its own
+/// changes) is not worth reading every small file for.
 async fn catch_up(view: &View, last: &mut u64, tx: &WatchTx) -> Result<bool, ServiceError> {
     loop {
         let batch = view.store().changes_since(*last, 1000).await?;
@@ -662,7 +680,7 @@ async fn catch_up(view: &View, last: &mut u64, tx: &WatchTx) -> Result<bool, Ser
         }
         for c in batch {
             let seq = c.seq;
-            if !send_change(view, c, tx).await? {
+            if !send_change(view, None, c, tx).await? {
                 return Ok(false);
             }
             *last = seq;
@@ -674,6 +692,7 @@ async fn catch_up(view: &View, last: &mut u64, tx: &WatchTx) -> Result<bool, Ser
 /// index. Returns when the client goes away.
 async fn feed_watch(
     view: View,
+    inline: &crate::inline::InlineCache,
     mut live: broadcast::Receiver<ChangeRecord>,
     mut last: u64,
     tx: &WatchTx,
@@ -690,7 +709,7 @@ async fn feed_watch(
             Ok(c) if c.seq <= last => {}
             Ok(c) if c.seq == last + 1 => {
                 let seq = c.seq;
-                if !send_change(&view, c, tx).await? {
+                if !send_change(&view, Some(inline), c, tx).await? {
                     return Ok(());
                 }
                 last = seq;

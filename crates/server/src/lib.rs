@@ -15,6 +15,7 @@ mod delta_rpc;
 mod download;
 pub mod error;
 pub mod files;
+mod inline;
 pub mod locks;
 mod metrics;
 mod metrics_endpoint;

@@ -11,11 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use distribusync_core::RemotePath;
 use distribusync_core::sync::{
-    IGNORE_FILE, InputViews, Mode, Operation, RemoteFile, Side, SyncInput, SyncPlan, Views, plan,
-    plan_with,
+    IGNORE_FILE, Mode, Operation, RemoteFile, Side, SyncInput, SyncPlan, Views, plan, plan_with,
 };
+use distribusync_core::{ContentHash, RemotePath};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -163,6 +162,12 @@ pub struct SyncStatus {
     /// changes. A pass over a tree in sync holds none, however big the
     /// tree.
     pub views_held: u64,
+    /// Entries of the local view the engine held in memory after the last
+    /// pass: the files that differ from the merge base and the base paths
+    /// gone from disk (see `scan`), not the files as the base records
+    /// them, which stay in the state database. A folder in sync holds
+    /// none, however big.
+    pub local_held: u64,
     /// Bytes the current pass's transfers have still to move (0 between
     /// passes).
     pub bytes_pending: u64,
@@ -247,6 +252,14 @@ pub struct SyncEngine {
     /// passes (lent to each scan's thread and handed back), so a pass
     /// over one saved file does not open the database again.
     pub(super) reader: Option<super::state::BaseReader>,
+    /// A full scan of this process has read the folder: a full pass is
+    /// no longer a first one.
+    pub(super) scanned: bool,
+    /// Small files' content the change log brought with their puts (the
+    /// server sends it for live changes), by path: the next pass's
+    /// download of exactly that version writes it without asking the
+    /// server. Emptied by every pass; at most [`INLINE_KEPT`] entries.
+    pub(super) inline: HashMap<RemotePath, (crate::files::FileInfo, Arc<[u8]>)>,
 }
 
 /// How long the engine's own changes are recognised in events (they
@@ -260,6 +273,10 @@ struct Recheck {
     /// Still being written (looked at once quiet), or a step that failed.
     busy: bool,
 }
+
+/// Most small files' contents from the change log kept for the next pass
+/// (each at most the server's inline limit, a few KiB).
+const INLINE_KEPT: usize = 256;
 
 /// Most passes `run_once` makes before giving up on converging.
 const MAX_ONCE_PASSES: u32 = 5;
@@ -313,6 +330,7 @@ impl SyncEngine {
             unsent_peak: 0,
             scan_peak: 0,
             views_held: 0,
+            local_held: 0,
             bytes_pending: 0,
             bytes_sent: 0,
             bytes_received: 0,
@@ -337,6 +355,8 @@ impl SyncEngine {
             relisted: BTreeSet::new(),
             first_pass_unfinished,
             reader: None,
+            scanned: false,
+            inline: HashMap::new(),
         })
     }
 
@@ -784,7 +804,7 @@ impl SyncEngine {
         let pipelined = scope.is_none()
             && hold.is_empty()
             && self.opts.mode != Mode::Pull
-            && self.local.files.is_empty()
+            && !self.scanned
             && (self.first_pass_unfinished || self.state.base_each(|_, _| false)?);
         let full_scan = scope.is_none();
         let mut slice_transfers = 0;
@@ -823,6 +843,9 @@ impl SyncEngine {
             self.reader = Some(base);
             scope
         };
+        if full_scan {
+            self.scanned = true;
+        }
         let scan_peak = self.local.held_peak as u64;
         self.set_status(|s| s.scan_peak = s.scan_peak.max(scan_peak));
         if let Some(e) = self.local.root_error.take() {
@@ -883,6 +906,8 @@ impl SyncEngine {
         // can hold others' files, which `relisted` brings.)
         let touched = std::mem::take(&mut self.touched);
         let result = self.execute(plan).await;
+        // Content not used by this pass is not trusted for a later one.
+        self.inline.clear();
         self.touched = touched;
         self.touched.append(&mut self.relisted);
         let mut report = result?;
@@ -896,10 +921,13 @@ impl SyncEngine {
         report.busy = self.local.busy;
         report.busy_paths = std::mem::take(&mut self.local.busy_paths);
         self.sweep_parts();
+        self.compact_local()?;
         report.only_uploads = only_uploads;
         let views_held = self.state.held_peak() as u64;
+        let local_held = (self.local.files.len() + self.local.deleted.len()) as u64;
         self.set_status(|s| {
             s.views_held = views_held;
+            s.local_held = local_held;
             s.phase = SyncPhase::Idle;
             s.pending = 0;
             s.in_flight = 0;
@@ -1071,7 +1099,7 @@ impl SyncEngine {
         let rules = self.scanner.ignore();
         // Each test stops at the first file that is not the ignore file /
         // not ignored: O(1) for any folder with files in it.
-        let local_empty = self.local.files.keys().all(|p| p.as_str() == IGNORE_FILE);
+        let local_empty = self.local_is_empty()?;
         let remote_empty = self
             .state
             .remote_each(|p, _| rules.is_ignored(p.as_str(), false))?;
@@ -1119,14 +1147,21 @@ impl SyncEngine {
         // both read in path order from the state database: no look-ups, no
         // copies, a row of each held at a time. Only a path all three
         // hold can agree.
+        // A path the local view does not hold (nor mark as gone) is on
+        // disk as the base records it (see `scan`).
+        let deleted = &self.local.deleted;
         self.state.both_each(|path, re, be| {
             while let Some((p, _)) = l.next_if(|(p, _)| *p < path) {
                 out.insert(p.clone());
             }
-            let le = l.next_if(|(p, _)| *p == path).map(|(_, v)| v);
+            let le = match l.next_if(|(p, _)| *p == path) {
+                Some((_, v)) => Some(v.hash),
+                None if deleted.contains(path) => None,
+                None => be.map(|b| b.hash),
+            };
             let agree = match (le, re, be) {
-                (Some(lf), Some(rf), Some(bf)) => {
-                    lf.hash == bf.hash
+                (Some(lh), Some(rf), Some(bf)) => {
+                    lh == bf.hash
                         && rf.hash == bf.hash
                         && (rf.revision, rf.size) == (bf.revision, bf.size)
                 }
@@ -1213,6 +1248,22 @@ impl SyncEngine {
             }
         }
         self.state.note_held(remote.len() + base.len());
+        // The local entries of the paths planned that are on disk as the
+        // base records them: taken out of the base for this pass (and
+        // dropped again by `compact_local` once it is done).
+        for (p, b) in &base {
+            if !self.local.files.contains_key(p) && !self.local.deleted.contains(p) {
+                self.local.files.insert(
+                    p.clone(),
+                    super::scan::LocalEntry {
+                        size: b.size,
+                        stat: b.stat,
+                        hash: b.hash,
+                        disk_name: None,
+                    },
+                );
+            }
+        }
         let input = SyncInput {
             // Lent to the planner and taken back below.
             local: std::mem::take(&mut self.local.files),
@@ -1230,6 +1281,7 @@ impl SyncEngine {
             &input,
             &DbViews {
                 input: &input,
+                deleted: &self.local.deleted,
                 state: &self.state,
                 rules: &rules,
             },
@@ -1238,6 +1290,78 @@ impl SyncEngine {
         let peak = self.state.held_peak() as u64;
         self.set_status(|s| s.views_held = peak);
         Ok(plan)
+    }
+
+    /// True when the local view holds nothing but the ignore file.
+    fn local_is_empty(&self) -> Result<bool, SyncError> {
+        Ok(local_is_empty(
+            &self.local.files,
+            &self.local.deleted,
+            &self.state,
+        )?)
+    }
+
+    /// The content hash of the local file at `path` as the view knows it
+    /// (its own entry, else the base's unless marked gone).
+    fn local_hash(&self, path: &RemotePath) -> Option<ContentHash> {
+        if let Some(e) = self.local.files.get(path) {
+            return Some(e.hash);
+        }
+        if self.local.deleted.contains(path) {
+            return None;
+        }
+        self.state.base_get(path).ok().flatten().map(|b| b.hash)
+    }
+
+    /// Drops from the local view what agrees with the base again (see
+    /// `scan`): an entry with the base's content (whose stat the base
+    /// takes, when only that differs: a file touched), a deletion marker
+    /// whose path the base no longer holds or the view holds again. What
+    /// stays is what differs: a file changed and not sent yet, one left
+    /// for later, a deletion not carried out. Costs a look-up per entry
+    /// the view holds, never a pass over the tree.
+    fn compact_local(&mut self) -> Result<(), SyncError> {
+        let files = std::mem::take(&mut self.local.files);
+        let mut deleted = std::mem::take(&mut self.local.deleted);
+        let mut gone = Vec::new();
+        for p in &deleted {
+            if files.contains_key(p) || self.state.base_get(p)?.is_none() {
+                gone.push(p.clone());
+            }
+        }
+        for p in gone {
+            deleted.remove(&p);
+        }
+        let mut kept = BTreeMap::new();
+        let mut writes = Vec::new();
+        for (p, e) in files {
+            let base = match e.disk_name {
+                Some(_) => None,
+                None if self.local.unreadable.contains(&p) => None,
+                None => self.state.base_get(&p)?,
+            };
+            match base {
+                Some(b) if b.hash == e.hash && b.size == e.size => {
+                    if b.stat != e.stat {
+                        let b = super::state::BaseEntry { stat: e.stat, ..b };
+                        writes.push(StateWrite::Base(p, Some(b)));
+                        if writes.len() >= PAGE {
+                            self.state.write(&writes)?;
+                            writes.clear();
+                        }
+                    }
+                }
+                _ => {
+                    kept.insert(p, e);
+                }
+            }
+        }
+        if !writes.is_empty() {
+            self.state.write(&writes)?;
+        }
+        self.local.files = kept;
+        self.local.deleted = deleted;
+        Ok(())
     }
 
     /// Removes the partial downloads known (see `parts`) that no download
@@ -1264,7 +1388,7 @@ impl SyncEngine {
             let wanted = target.is_some_and(|(p, hash)| match self.state.remote_get(&p) {
                 Ok(r) => r.is_some_and(|r| {
                     r.hash.to_hex().starts_with(hash)
-                        && self.local.files.get(&p).is_none_or(|l| r.hash != l.hash)
+                        && self.local_hash(&p).is_none_or(|l| r.hash != l)
                 }),
                 Err(_) => true,
             });
@@ -1308,7 +1432,15 @@ impl SyncEngine {
                                 hash: info.hash,
                                 size: info.size,
                             };
-                            news += self.remote_change(&info.path, Some(file), seq, &mut writes)?;
+                            let new =
+                                self.remote_change(&info.path, Some(file), seq, &mut writes)?;
+                            news += new;
+                            match c.content {
+                                Some(data) if new > 0 && self.inline.len() < INLINE_KEPT => {
+                                    self.inline.insert(info.path.clone(), (info, data));
+                                }
+                                _ => {}
+                            }
                         }
                         ChangeKind::Delete(path) => {
                             news += self.remote_change(&path, None, seq, &mut writes)?;
@@ -1455,6 +1587,8 @@ impl SyncEngine {
 /// could lose a file.
 struct DbViews<'a> {
     input: &'a SyncInput,
+    /// The local view's deletion markers (its `files` are the input's).
+    deleted: &'a BTreeSet<RemotePath>,
     state: &'a State,
     rules: &'a super::ignore::IgnoreRules,
 }
@@ -1473,7 +1607,11 @@ impl Views for DbViews<'_> {
         match side {
             Side::Remote => self.cautious(self.state.remote_get(path).map(|f| f.is_some()), true),
             Side::Base => self.cautious(self.state.base_get(path).map(|f| f.is_some()), true),
-            Side::Local => InputViews(self.input).contains(side, path),
+            Side::Local => {
+                self.input.local.contains_key(path)
+                    || (!self.deleted.contains(path)
+                        && self.cautious(self.state.base_get(path).map(|f| f.is_some()), true))
+            }
         }
     }
 
@@ -1481,19 +1619,22 @@ impl Views for DbViews<'_> {
         match side {
             Side::Remote => self.cautious(self.state.remote_count_inside(dir), u64::MAX),
             Side::Base => self.cautious(self.state.base_count_inside(dir), u64::MAX),
-            Side::Local => InputViews(self.input).count_inside(side, dir),
+            Side::Local => self.cautious(
+                local_count_inside(&self.input.local, self.deleted, self.state, dir),
+                u64::MAX,
+            ),
         }
     }
 
     fn holds_inside(&self, side: Side, dir: &RemotePath) -> bool {
-        match side {
-            Side::Local => InputViews(self.input).holds_inside(side, dir),
-            _ => self.count_inside(side, dir) > 0,
-        }
+        self.count_inside(side, dir) > 0
     }
 
     fn local_is_empty(&self) -> bool {
-        InputViews(self.input).local_is_empty()
+        self.cautious(
+            local_is_empty(&self.input.local, self.deleted, self.state),
+            false,
+        )
     }
 
     fn remote_is_empty(&self) -> bool {
@@ -1519,6 +1660,49 @@ impl Views for DbViews<'_> {
         // Unreadable: as many as it takes to stop.
         self.cautious(counted.map(|_| n), u64::MAX)
     }
+}
+
+/// How many paths the local view holds strictly inside `dir`: the base's
+/// count, with the view's own files and deletion markers laid over it
+/// (both small: see `scan`), so the cost follows what differs.
+fn local_count_inside(
+    files: &BTreeMap<RemotePath, super::scan::LocalEntry>,
+    deleted: &BTreeSet<RemotePath>,
+    state: &State,
+    dir: &RemotePath,
+) -> Result<u64, StateError> {
+    let mut n = state.base_count_inside(dir)?;
+    for (p, _) in distribusync_core::path::at_or_inside(files, dir) {
+        if p != dir && state.base_get(p)?.is_none() {
+            n += 1;
+        }
+    }
+    let lo = format!("{dir}/");
+    for p in deleted
+        .range::<str, _>((
+            std::ops::Bound::Included(lo.as_str()),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|p| p.as_str().starts_with(&lo))
+    {
+        if !files.contains_key(p) && state.base_get(p)?.is_some() {
+            n = n.saturating_sub(1);
+        }
+    }
+    Ok(n)
+}
+
+/// True when the local view holds nothing but the ignore file: its own
+/// files, then the base's paths not marked gone (stops at the first).
+fn local_is_empty(
+    files: &BTreeMap<RemotePath, super::scan::LocalEntry>,
+    deleted: &BTreeSet<RemotePath>,
+    state: &State,
+) -> Result<bool, StateError> {
+    if !files.keys().all(|p| p.as_str() == IGNORE_FILE) {
+        return Ok(false);
+    }
+    state.base_each(|p, _| p.as_str() == IGNORE_FILE || deleted.contains(p))
 }
 
 /// `yyyymmdd-hhmmss` in UTC, for conflict copy names.

@@ -126,9 +126,38 @@ async fn download(
     expected: Option<FileStat>,
     version: &RemoteFile,
     copies: Vec<PathBuf>,
+    inline: Option<(FileInfo, Arc<[u8]>)>,
     progress: Arc<dyn Progress>,
 ) -> Result<(FileInfo, FileStat), ClientError> {
     no_links_below(dir, &local)?;
+    // The bytes the change log brought: written as a download would be,
+    // with no call to the server (a hundred clients of one change make no
+    // hundred downloads).
+    if let Some((info, data)) = inline {
+        let (check_path, check_dir) = (local.clone(), dir.to_owned());
+        // Content received from the server, like a download's.
+        let size = data.len() as u64;
+        match crate::delta::install_content(
+            &local,
+            &info,
+            data,
+            Box::new(move |_| {
+                no_links_below(&check_dir, &check_path)?;
+                still_as_planned(&check_path, expected)
+            }),
+        )
+        .await
+        {
+            Ok(meta) => {
+                progress.start(size, 0);
+                progress.advance(size);
+                return Ok((info, stat_of(&meta)));
+            }
+            // Not that version's bytes after all: fetch them.
+            Err(ClientError::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let copies = copies
         .into_iter()
         .filter(|c| no_links_below(dir, c).is_ok())
@@ -491,6 +520,22 @@ impl SyncEngine {
                 self.local.files.insert(new, e);
             }
         }
+        // Files there as the base records them move with the base (see
+        // `moved`); what was gone at the old names is gone at the new.
+        let lo = format!("{from}/");
+        let gone: Vec<RemotePath> = self
+            .local
+            .deleted
+            .iter()
+            .filter(|p| *p == from || p.as_str().starts_with(&lo))
+            .cloned()
+            .collect();
+        for old in gone {
+            self.local.deleted.remove(&old);
+            if let Some(new) = old.rebase(from, to) {
+                self.local.deleted.insert(new);
+            }
+        }
         Ok(())
     }
 
@@ -593,6 +638,19 @@ impl SyncEngine {
                     list.push(self.local_path(p));
                 }
             }
+            // Files in sync are not in the view (see `scan`): the base's
+            // index by content finds them. (A hint: the copy is checked
+            // against the hash as it is made.)
+            for (hash, list) in by_hash.iter_mut().filter(|(_, l)| l.len() < 4) {
+                for p in self.state.base_with_hash(hash, 4).unwrap_or_default() {
+                    if list.len() < 4
+                        && !self.local.files.contains_key(&p)
+                        && !self.local.deleted.contains(&p)
+                    {
+                        list.push(self.local_path(&p));
+                    }
+                }
+            }
         }
         // A conflict that fails may have left the copy behind: it is looked
         // at again with its path.
@@ -626,6 +684,13 @@ impl SyncEngine {
                     _ => Vec::new(),
                 };
                 let local_size = self.local.files.get(&path).map_or(0, |e| e.stat.size);
+                let inline = match &op {
+                    Operation::Download { remote, .. } => self
+                        .inline
+                        .remove(&path)
+                        .filter(|(i, _)| i.hash == remote.hash && i.revision == remote.revision),
+                    _ => None,
+                };
                 let status = self.status.clone();
                 // What goes up (a new version, or a conflict's copy) and
                 // what comes down, each with the bytes it plans to move.
@@ -700,6 +765,7 @@ impl SyncEngine {
                                     planned,
                                     &remote,
                                     local_copies,
+                                    inline,
                                     down_progress,
                                 )
                                 .await?;
@@ -742,6 +808,7 @@ impl SyncEngine {
                                     None,
                                     &remote,
                                     Vec::new(),
+                                    None,
                                     down_progress,
                                 )
                                 .await?;

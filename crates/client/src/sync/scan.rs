@@ -8,6 +8,17 @@
 //! slice being filled, those in the channel, the one being sent) never
 //! exceed `size × (channel capacity + 2)`, counted by [`Held`]; small
 //! contents kept for those slices stay within [`KEEP_TOTAL_MAX`] in all.
+//!
+//! The local view held between passes is an overlay on the merge base
+//! (which lives in the state database): `files` holds the files that
+//! differ from their base entry (or have none, or a disk name of their
+//! own), `deleted` the base paths that are not on disk (or cannot be read
+//! now). Invariant: a path in neither is on disk exactly as its base entry
+//! records it (same stat, so the same content). A full scan does not put
+//! such files in `files` at all; a pass takes what it plans out of the
+//! base (`SyncEngine::plan`) and drops what agrees again once it
+//! is done (`SyncEngine::compact_local`). So what stays in memory follows
+//! what differs, not the size of the tree.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -29,7 +40,12 @@ pub type LocalEntry = distribusync_core::sync::LocalFile;
 /// The local view of the folder.
 #[derive(Debug, Default, Clone)]
 pub struct LocalView {
+    /// The files that differ from the base (see the module header), plus
+    /// the entries a pass took out of the base for the paths it plans.
     pub files: BTreeMap<RemotePath, LocalEntry>,
+    /// Base paths the folder does not hold as the base records them: gone
+    /// from disk, or unreadable now (see the module header).
+    pub deleted: BTreeSet<RemotePath>,
     /// Files that exist but could not be read (or named), or are still being
     /// written; sync leaves them alone and looks again later.
     pub unreadable: BTreeSet<RemotePath>,
@@ -178,6 +194,15 @@ pub fn stat_of(meta: &fs::Metadata) -> FileStat {
 /// renamed file can take its hash from ([`Known::by_stat`]).
 struct Known<'a> {
     old: BTreeMap<RemotePath, LocalEntry>,
+    /// A full scan leaves out of the view the files exactly as the base
+    /// records them (and notes them in `met`); a refresh takes every file
+    /// it meets into the view.
+    leave_base: bool,
+    /// The paths (a 128-bit digest of each) a full scan met exactly as
+    /// the base records them: what is neither in the view nor in `met`
+    /// once the walk is done is gone from disk. 16 bytes a file while the
+    /// scan runs, none after it.
+    met: std::collections::HashSet<u128>,
     /// The base, read from the state database by path (see `state`).
     base: &'a BaseReader,
     /// Hashes by stat of the old view as it was when the walk met its
@@ -187,31 +212,39 @@ struct Known<'a> {
 }
 
 impl<'a> Known<'a> {
-    fn new(old: BTreeMap<RemotePath, LocalEntry>, base: &'a BaseReader) -> Self {
+    fn new(old: BTreeMap<RemotePath, LocalEntry>, base: &'a BaseReader, leave_base: bool) -> Self {
         Self {
             old,
             base,
             young_index: None,
+            leave_base,
+            met: std::collections::HashSet::new(),
         }
     }
 
-    /// The hash known for the file at `path` with `stat`; takes `path`
+    /// The hash known for the file at `path` with `stat`, and whether the
+    /// base records exactly that (same stat and content); takes `path`
     /// out of the old view either way (it is still there, so it is no
     /// rename's source).
-    fn take(&mut self, path: &RemotePath, stat: &FileStat) -> Option<ContentHash> {
-        self.old
+    fn take(&mut self, path: &RemotePath, stat: &FileStat) -> Option<(ContentHash, bool)> {
+        let old = self
+            .old
             .remove(path)
             .filter(|e| e.stat == *stat)
-            .map(|e| e.hash)
-            .or_else(|| {
-                // (A read that fails costs a re-hash, nothing else.)
-                self.base
-                    .get(path)
-                    .ok()
-                    .flatten()
-                    .filter(|b| b.stat == *stat)
-                    .map(|b| b.hash)
-            })
+            .map(|e| e.hash);
+        // (A read that fails costs a re-hash, nothing else.)
+        let base = self
+            .base
+            .get(path)
+            .ok()
+            .flatten()
+            .filter(|b| b.stat == *stat)
+            .map(|b| b.hash);
+        match (old, base) {
+            (Some(o), b) => Some((o, b == Some(o))),
+            (None, Some(b)) => Some((b, true)),
+            (None, None) => None,
+        }
     }
 
     /// The hash of an old entry with exactly `stat` (inode, size, mtime):
@@ -383,6 +416,15 @@ fn read_small(local: &Path, stat: &FileStat) -> std::io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// A path's 128-bit digest: what a full scan keeps of each file it met
+/// as the base records it (see `Known::met`).
+fn digest(path: &RemotePath) -> u128 {
+    let h = ContentHash::of(path.as_str().as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h.as_bytes()[..16]);
+    u128::from_le_bytes(b)
+}
+
 /// One entry of a folder listing.
 enum Listed {
     Dir(String),
@@ -465,7 +507,7 @@ impl Scanner {
         mut sink: Option<SliceSink>,
     ) -> LocalView {
         let mut view = LocalView::default();
-        let mut known = Known::new(old.files, base);
+        let mut known = Known::new(old.files, base, true);
         let mut to_hash = ToHash::default();
         self.walk(
             "",
@@ -479,6 +521,25 @@ impl Scanner {
             Some(sink) => sink.flush(&self.dir, &known, &mut view, &mut to_hash),
             None => to_hash.finish(&self.dir, &known, &mut view, KEEP_TOTAL_MAX),
         }
+        // What the base holds and the walk did not meet as it records it
+        // (nor took into the view) is gone, or unreadable now. (A base
+        // that cannot be read is what the walk's look-ups met too: those
+        // files were hashed and are in the view; the rest stop the pass.)
+        let met = std::mem::take(&mut known.met);
+        drop(known);
+        let mut deleted = BTreeSet::new();
+        let walked = base.each_path(|p| {
+            if !view.files.contains_key(p) && !met.contains(&digest(p)) {
+                deleted.insert(p.clone());
+            }
+        });
+        if let Err(e) = walked {
+            view.root_error = Some(format!(
+                "{}: the sync state cannot be read: {e}",
+                self.dir.display()
+            ));
+        }
+        view.deleted = deleted;
         view
     }
 
@@ -501,6 +562,9 @@ impl Scanner {
         // the path (a name on disk normalizes to it, folder by folder), so
         // the cost follows the paths, not the size of the tree.
         let mut old = BTreeMap::new();
+        // The base's paths there: each is either met again (and in the
+        // view) or gone from disk (a deletion marker) after the walk.
+        let mut in_base = Vec::new();
         for rel in rels {
             let under = |name: &str| name == rel || name.starts_with(&format!("{rel}/"));
             let gone: Vec<RemotePath> = match RemotePath::normalized(rel) {
@@ -517,10 +581,42 @@ impl Scanner {
                     old.insert(p, e);
                 }
             }
+            // Files as the base records them are not in the view between
+            // passes: taken out of the base here, so the walk reuses
+            // their hashes (and a rename finds them by stat).
+            if let Ok(at) = RemotePath::normalized(rel) {
+                match base.inside_entries(&at) {
+                    Ok(entries) => {
+                        for (p, b) in entries {
+                            if !under(p.as_str()) {
+                                continue;
+                            }
+                            if !view.deleted.remove(&p) && !old.contains_key(&p) {
+                                old.insert(
+                                    p.clone(),
+                                    LocalEntry {
+                                        size: b.size,
+                                        stat: b.stat,
+                                        hash: b.hash,
+                                        disk_name: None,
+                                    },
+                                );
+                            }
+                            in_base.push(p);
+                        }
+                    }
+                    Err(e) => {
+                        view.root_error = Some(format!(
+                            "{}: the sync state cannot be read: {e}",
+                            self.dir.display()
+                        ));
+                    }
+                }
+            }
             view.unreadable.retain(|p| !under(p.as_str()));
         }
         view.held_peak = 0;
-        let mut known = Known::new(old, base);
+        let mut known = Known::new(old, base, false);
         let mut to_hash = ToHash::default();
         // A folder's walk covers everything inside it.
         let covered = |rel: &str| {
@@ -548,6 +644,11 @@ impl Scanner {
             }
         }
         to_hash.finish(&self.dir, &known, view, KEEP_TOTAL_MAX);
+        for p in in_base {
+            if !view.files.contains_key(&p) {
+                view.deleted.insert(p);
+            }
+        }
     }
 
     fn walk(
@@ -683,6 +784,14 @@ impl Scanner {
             }
         };
         let disk_name = (path.as_str() != rel).then(|| rel.to_owned());
+        if known.met.contains(&digest(&path)) {
+            // Met already as the base records it, under its own name.
+            if path.as_str() != rel {
+                tracing::warn!(%path, "two local names differ only in Unicode form; the second is not synced");
+                view.unreadable.insert(path);
+            }
+            return;
+        }
         if let Some(existing) = view.files.get(&path) {
             if existing.disk_name.as_deref().unwrap_or(path.as_str()) != rel {
                 tracing::warn!(%path, "two local names differ only in Unicode form; the second is not synced");
@@ -701,7 +810,14 @@ impl Scanner {
             }
             return;
         }
-        let mut hash = known.take(&path, &stat);
+        let taken = known.take(&path, &stat);
+        if taken.is_some_and(|(_, as_base)| as_base) && known.leave_base && disk_name.is_none() {
+            // Exactly as the base records it: not held (see the module
+            // header), only noted as met.
+            known.met.insert(digest(&path));
+            return;
+        }
+        let mut hash = taken.map(|(h, _)| h);
         if let Some(window) = settle {
             let young = modified
                 .and_then(|m| SystemTime::now().duration_since(m).ok())

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS remote (
     size INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS base_by_hash ON base (hash);
 ";
 
 /// Entries set at most before the caller writes them (see the module
@@ -558,6 +559,36 @@ impl State {
         get::<BaseTable>(&self.conn, &self.base_pending, path).map_err(|e| self.err(e))
     }
 
+    /// Up to `limit` paths whose base entry has the content `hash` (an
+    /// index on the hash): where a download may find those bytes on disk
+    /// already, for files in sync that the local view does not hold.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn base_with_hash(
+        &self,
+        hash: &ContentHash,
+        limit: usize,
+    ) -> Result<Vec<RemotePath>, StateError> {
+        let run = || -> rusqlite::Result<Vec<RemotePath>> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT path FROM base WHERE hash = ?1 LIMIT ?2")?;
+            let mut rows = st.query(params![
+                hash.0.to_vec(),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                if let Ok(p) = RemotePath::parse(&r.get::<_, String>(0)?) {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        };
+        run().map_err(|e| self.err(e))
+    }
+
     /// The server's entries at `dir` or inside it, in path order: a range
     /// of the primary key, so the cost follows the folder, not the tree.
     ///
@@ -722,6 +753,35 @@ impl BaseReader {
         Ok(inside::<BaseTable>(&self.conn, &self.none, dir)?
             .into_keys()
             .collect())
+    }
+
+    /// The base's entries at `dir` or inside it.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn inside_entries(
+        &self,
+        dir: &RemotePath,
+    ) -> rusqlite::Result<BTreeMap<RemotePath, BaseEntry>> {
+        inside::<BaseTable>(&self.conn, &self.none, dir)
+    }
+
+    /// Every path of the base, in path order, each handed to `f`: one
+    /// pass over the primary key, a row held at a time.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn each_path(&self, mut f: impl FnMut(&RemotePath)) -> rusqlite::Result<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT path FROM base ORDER BY path")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            if let Ok(p) = RemotePath::parse(&r.get::<_, String>(0)?) {
+                f(&p);
+            }
+        }
+        Ok(())
     }
 }
 
