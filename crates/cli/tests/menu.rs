@@ -45,8 +45,31 @@ impl Server {
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        // The address shows once the port is bound, a moment before the
+        // server answers (it opens its store first); the menu's header
+        // probes with a short timeout, so wait until it answers.
+        wait_serving(&addr);
         Self { child, addr }
     }
+}
+
+/// Waits until the server at `addr` answers a health check of its files
+/// service.
+fn wait_serving(addr: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let probe = || {
+        rt.block_on(distribusync_client::probe(
+            addr,
+            "distribusync.v1.Files",
+            Duration::from_millis(TIMEOUT_MS),
+        ))
+    };
+    wait_until(&format!("the server at {addr} never answered"), || {
+        probe() == distribusync_client::Reachability::Serving
+    });
 }
 
 impl Drop for Server {
