@@ -328,7 +328,10 @@ fn auto_sync_from_the_menu_moves_a_file_to_the_server() {
     // Wait (bounded) for the engine, running inside the menu process, to
     // put the file on the server.
     wait_until("note.txt never reached the server", || {
-        std::fs::read_to_string(master.join("note.txt")).ok().as_deref() == Some("synced\n")
+        std::fs::read_to_string(master.join("note.txt"))
+            .ok()
+            .as_deref()
+            == Some("synced\n")
     });
 
     // The file is on the server's disk a moment before the engine has the
