@@ -45,8 +45,31 @@ impl Server {
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        // The address shows once the port is bound, a moment before the
+        // server answers (it opens its store first); the menu's header
+        // probes with a short timeout, so wait until it answers.
+        wait_serving(&addr);
         Self { child, addr }
     }
+}
+
+/// Waits until the server at `addr` answers a health check of its files
+/// service.
+fn wait_serving(addr: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let probe = || {
+        rt.block_on(distribusync_client::probe(
+            addr,
+            "distribusync.v1.Files",
+            Duration::from_millis(TIMEOUT_MS),
+        ))
+    };
+    wait_until(&format!("the server at {addr} never answered"), || {
+        probe() == distribusync_client::Reachability::Serving
+    });
 }
 
 impl Drop for Server {
@@ -304,21 +327,16 @@ fn auto_sync_from_the_menu_moves_a_file_to_the_server() {
     std::fs::write(tmp.path().join("SYNCHRONIZED/note.txt"), "synced\n").unwrap();
     // Wait (bounded) for the engine, running inside the menu process, to
     // put the file on the server.
-    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
-    while std::fs::read_to_string(master.join("note.txt"))
-        .ok()
-        .as_deref()
-        != Some("synced\n")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "note.txt never reached the server"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("note.txt never reached the server", || {
+        std::fs::read_to_string(master.join("note.txt"))
+            .ok()
+            .as_deref()
+            == Some("synced\n")
+    });
 
     // The file is on the server's disk a moment before the engine has the
     // server's answer and records it: ask for the status until it says so.
+    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
     loop {
         p.send_line("3").unwrap();
         p.exp_string("auto-sync of ./SYNCHRONIZED: ").unwrap();
@@ -468,6 +486,32 @@ fn a_script_gets_its_async_results_and_bad_lines_are_asked_again() {
     assert!(result < out.find("Bye.").unwrap(), "{out}");
 }
 
+/// Sizes of the regular files under `dir`, in its sub-folders too.
+fn file_sizes(dir: &Path) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return sizes;
+    };
+    for entry in entries.flatten() {
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => sizes.extend(file_sizes(&entry.path())),
+            Ok(t) if t.is_file() => sizes.extend(entry.metadata().map(|m| m.len())),
+            _ => {}
+        }
+    }
+    sizes
+}
+
+/// Polls `done` until it holds; panics with `what` after [`TIMEOUT_MS`]
+/// (a safety net: the state polled is what the test waits for).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn ctrl_c_during_a_transfer_cancels_it_and_the_menu_carries_on() {
     let tmp = tempfile::tempdir().unwrap();
@@ -485,19 +529,12 @@ fn ctrl_c_during_a_transfer_cancels_it_and_the_menu_carries_on() {
     // The progress bar is up: the transfer runs.
     p.exp_string("big.bin [").unwrap();
     // The server keeps an interrupted upload only once it has received
-    // something of it: wait for the first bytes to land in staging.
+    // something of it: wait for the first bytes to land in a staging file
+    // (staging is split into shard folders, whose own sizes say nothing).
     let staging = tmp.path().join("MASTER/.distribusync/staging");
-    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
-    while !std::fs::read_dir(&staging)
-        .unwrap()
-        .any(|e| e.and_then(|e| e.metadata()).is_ok_and(|m| m.len() > 0))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the upload never reached the server"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the upload never reached the server", || {
+        file_sizes(&staging).iter().any(|&len| len > 0)
+    });
     p.send_control('c').unwrap();
     p.exp_string("upload: interrupted").unwrap();
     // Still in the menu, and nothing reached the server.
@@ -507,11 +544,9 @@ fn ctrl_c_during_a_transfer_cancels_it_and_the_menu_carries_on() {
     assert!(!tmp.path().join("MASTER/big.bin").exists());
     // What the server received is kept, so uploading it again resumes.
     let partial = tmp.path().join("MASTER/.distribusync/partial");
-    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
-    while std::fs::read_dir(&partial).unwrap().next().is_none() {
-        assert!(Instant::now() < deadline, "nothing kept for resuming");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("nothing kept for resuming", || {
+        file_sizes(&partial).iter().any(|&len| len > 0)
+    });
     p.exp_string("files> ").unwrap();
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();
