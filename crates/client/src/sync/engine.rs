@@ -808,6 +808,10 @@ impl SyncEngine {
             && (self.first_pass_unfinished || self.state.base_each(|_, _| false)?);
         let full_scan = scope.is_none();
         let mut slice_transfers = 0;
+        // Where the server view and the base differ, for a full pass's
+        // plan (see `disagreeing`): read from the state database beside
+        // the scan, which does not write it.
+        let mut differing = None;
         let scope = if pipelined {
             if !self.first_pass_unfinished {
                 self.state.write(&[StateWrite::FirstPass(true)])?;
@@ -823,6 +827,13 @@ impl SyncEngine {
             let base = match self.reader.take() {
                 Some(r) => r,
                 None => self.state.reader()?,
+            };
+            let views = match &scope {
+                None => {
+                    let views = self.state.views_reader()?;
+                    Some(tokio::task::spawn_blocking(move || views.differing()))
+                }
+                Some(_) => None,
             };
             // Moved into the scan and back rather than copied: with 100,000
             // files every copy of a view costs megabytes.
@@ -841,6 +852,12 @@ impl SyncEngine {
             })?;
             self.local = view;
             self.reader = Some(base);
+            if let Some(views) = views {
+                differing = Some(views.await.map_err(|e| SyncError::Local {
+                    path: self.opts.dir.display().to_string(),
+                    error: std::io::Error::other(e),
+                })??);
+            }
             scope
         };
         if full_scan {
@@ -869,7 +886,7 @@ impl SyncEngine {
         let full = focus.is_none();
         let focus = match focus {
             Some(f) => f,
-            None => self.disagreeing(hold)?,
+            None => self.disagreeing(hold, differing)?,
         };
         let planned = focus.len();
         if full {
@@ -1140,7 +1157,64 @@ impl SyncEngine {
     /// in the local view (the scan skips it), so every ignored path the
     /// server or the base holds is here too, and the planner's
     /// "ignored" and "is the server empty?" see all of them.
-    fn disagreeing(&self, hold: &BTreeSet<String>) -> Result<BTreeSet<RemotePath>, SyncError> {
+    fn disagreeing(
+        &self,
+        hold: &BTreeSet<String>,
+        differing: Option<Vec<RemotePath>>,
+    ) -> Result<BTreeSet<RemotePath>, SyncError> {
+        let mut out = match differing {
+            Some(d) => self.disagreeing_with(d)?,
+            None => self.disagreeing_merged()?,
+        };
+        for rel in hold {
+            let Ok(at) = RemotePath::normalized(rel) else {
+                continue;
+            };
+            out.extend(self.known_at_or_inside(&at)?);
+        }
+        Ok(out)
+    }
+
+    /// [`Self::disagreeing`] from where the server view and the base
+    /// differ (`differing`, read beside the scan): those paths, the paths
+    /// still pending a write, and the local view's own entries that do
+    /// not agree with both, each looked up by path. The cost follows the
+    /// view (what differs on disk), not the tree.
+    fn disagreeing_with(
+        &self,
+        differing: Vec<RemotePath>,
+    ) -> Result<BTreeSet<RemotePath>, SyncError> {
+        let mut out: BTreeSet<RemotePath> = differing.into_iter().collect();
+        out.extend(self.state.pending_paths().cloned());
+        for (p, e) in &self.local.files {
+            if out.contains(p) {
+                continue;
+            }
+            let agree = match (self.state.remote_get(p)?, self.state.base_get(p)?) {
+                (Some(rf), Some(bf)) => {
+                    e.hash == bf.hash
+                        && rf.hash == bf.hash
+                        && (rf.revision, rf.size) == (bf.revision, bf.size)
+                }
+                _ => false,
+            };
+            if !agree {
+                out.insert(p.clone());
+            }
+        }
+        for p in &self.local.deleted {
+            if !self.local.files.contains_key(p)
+                && (self.state.remote_get(p)?.is_some() || self.state.base_get(p)?.is_some())
+            {
+                out.insert(p.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Self::disagreeing`] by one merge of the local view with both
+    /// views in the database (a first pass, whose view holds every file).
+    fn disagreeing_merged(&self) -> Result<BTreeSet<RemotePath>, SyncError> {
         let mut out = BTreeSet::new();
         let mut l = self.local.files.iter().peekable();
         // One merge of the local view with the server view and the base,
@@ -1173,12 +1247,6 @@ impl SyncEngine {
             true
         })?;
         out.extend(l.map(|(p, _)| p.clone()));
-        for rel in hold {
-            let Ok(at) = RemotePath::normalized(rel) else {
-                continue;
-            };
-            out.extend(self.known_at_or_inside(&at)?);
-        }
         Ok(out)
     }
 

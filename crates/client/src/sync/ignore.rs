@@ -68,6 +68,15 @@ impl IgnoreRules {
     }
 
     /// True when `rel` (relative to the folder, '/'-separated) is ignored.
+    /// Whether `rel` itself is ignored, its folders being known not to be
+    /// (a walk that does not enter ignored folders checks each entry with
+    /// this: one match per entry instead of one per folder above it).
+    pub fn is_ignored_entry(&self, rel: &str, is_dir: bool) -> bool {
+        rel == distribusync_core::RESERVED_DIR
+            || rel.starts_with(".distribusync/")
+            || self.rules.matched(rel, is_dir).is_ignore()
+    }
+
     pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
         if rel == distribusync_core::RESERVED_DIR || rel.starts_with(".distribusync/") {
             return true;

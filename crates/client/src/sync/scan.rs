@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use distribusync_core::{ContentHash, RemotePath, limits};
 
 use super::ignore::IgnoreRules;
-use super::state::{BaseReader, FileStat};
+use super::state::{BaseEntry, BaseReader, FileStat};
 
 /// A local file as last scanned: the planner's own type, so the view is
 /// lent to the planner for a pass instead of copied (with a million files
@@ -209,6 +209,11 @@ struct Known<'a> {
     /// first young file without a known hash ([`Known::renamed_from`]);
     /// built only then, so a scan meeting none holds no second index.
     young_index: Option<HashMap<FileStat, ContentHash>>,
+    /// The base's files directly in the folder the walk is in (its path,
+    /// `""` for the top), read with one range query when the walk enters
+    /// it ([`Known::enter`]) instead of a look-up per file; an entry is
+    /// taken out as the walk meets its file.
+    folder: Option<(String, HashMap<RemotePath, BaseEntry>)>,
 }
 
 impl<'a> Known<'a> {
@@ -217,6 +222,7 @@ impl<'a> Known<'a> {
             old,
             base,
             young_index: None,
+            folder: None,
             leave_base,
             met: std::collections::HashSet::new(),
         }
@@ -232,18 +238,36 @@ impl<'a> Known<'a> {
             .remove(path)
             .filter(|e| e.stat == *stat)
             .map(|e| e.hash);
-        // (A read that fails costs a re-hash, nothing else.)
-        let base = self
-            .base
-            .get(path)
-            .ok()
-            .flatten()
-            .filter(|b| b.stat == *stat)
-            .map(|b| b.hash);
+        let parent = path.as_str().rsplit_once('/').map_or("", |(d, _)| d);
+        let base = match &mut self.folder {
+            Some((dir, files)) if dir == parent => files.remove(path),
+            // (A read that fails costs a re-hash, nothing else.)
+            _ => self.base.get(path).ok().flatten(),
+        };
+        let base = base.filter(|b| b.stat == *stat).map(|b| b.hash);
         match (old, base) {
             (Some(o), b) => Some((o, b == Some(o))),
             (None, Some(b)) => Some((b, true)),
             (None, None) => None,
+        }
+    }
+
+    /// Reads the base's files directly in `dir_rel` (relative, as on
+    /// disk), for [`Known::take`]. A folder whose name does not normalize,
+    /// or a read that fails, leaves the look-ups to `take`, one per file.
+    fn enter(&mut self, dir_rel: &str) {
+        self.folder = None;
+        let dir = if dir_rel.is_empty() {
+            None
+        } else {
+            match RemotePath::normalized(dir_rel) {
+                Ok(d) => Some(d),
+                Err(_) => return,
+            }
+        };
+        if let Ok(files) = self.base.files_in(dir.as_ref()) {
+            let name = dir.map_or_else(String::new, |d| d.as_str().to_owned());
+            self.folder = Some((name, files));
         }
     }
 
@@ -414,6 +438,26 @@ fn read_small(local: &Path, stat: &FileStat) -> std::io::Result<Vec<u8>> {
     let mut data = Vec::with_capacity(stat.size as usize);
     file.take(stat.size + 1).read_to_end(&mut data)?;
     Ok(data)
+}
+
+/// Folders listed (and their files stat-ed) at once by a walk.
+const LISTED_AT_ONCE: usize = 64;
+
+/// Threads listing folders: more than the cores, because with a cold
+/// cache a listing mostly waits for the disk to read inodes, and a disk
+/// (a virtual one above all) answers many reads in flight faster than
+/// one or two at a time. `None` when the pool cannot be made: the
+/// global pool lists instead.
+fn listing_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(8)
+            .thread_name(|i| format!("ds-list-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
 }
 
 /// A path's 128-bit digest: what a full scan keeps of each file it met
@@ -669,11 +713,17 @@ impl Scanner {
             let mut next = Vec::new();
             // A few folders at a time, so a wide level of big folders is
             // never all held in memory at once.
-            for folders in level.chunks(32) {
-                let listed: Vec<(&String, std::io::Result<Vec<Listed>>)> = folders
-                    .par_iter()
-                    .map(|dir_rel| (dir_rel, self.list_dir(dir_rel)))
-                    .collect();
+            for folders in level.chunks(LISTED_AT_ONCE) {
+                let list = || -> Vec<(&String, std::io::Result<Vec<Listed>>)> {
+                    folders
+                        .par_iter()
+                        .map(|dir_rel| (dir_rel, self.list_dir(dir_rel)))
+                        .collect()
+                };
+                let listed = match listing_pool() {
+                    Some(pool) => pool.install(list),
+                    None => list(),
+                };
                 for (dir_rel, listing) in listed {
                     let entries = match listing {
                         Ok(e) => e,
@@ -702,6 +752,9 @@ impl Scanner {
                         }
                     };
                     view.examined += entries.len();
+                    if entries.iter().any(|e| matches!(e, Listed::File(..))) {
+                        known.enter(dir_rel);
+                    }
                     for entry in entries {
                         match entry {
                             Listed::Dir(sub) => next.push(sub),
@@ -734,6 +787,9 @@ impl Scanner {
             self.dir.join(dir_rel)
         };
         let rules = self.ignore();
+        // Everything in an ignored folder is ignored; otherwise each entry
+        // is matched alone (its folders are not ignored).
+        let dir_ignored = !dir_rel.is_empty() && rules.is_ignored(dir_rel, true);
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir)?.flatten() {
             let name = entry.file_name();
@@ -748,7 +804,7 @@ impl Scanner {
             };
             let Ok(meta) = entry.metadata() else { continue };
             let ft = meta.file_type();
-            if rules.is_ignored(&sub, ft.is_dir()) {
+            if dir_ignored || rules.is_ignored_entry(&sub, ft.is_dir()) {
                 if ft.is_file() && name.ends_with(PART_SUFFIX) {
                     out.push(Listed::Part(sub));
                 }

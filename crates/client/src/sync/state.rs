@@ -17,6 +17,7 @@
 //! connection ([`State::reader`]), on its own thread.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
 
 use distribusync_core::sync::RemoteFile;
@@ -67,8 +68,17 @@ CREATE TABLE IF NOT EXISTS remote (
     size INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS base_by_hash ON base (hash);
+DROP INDEX IF EXISTS base_by_hash;
+CREATE INDEX IF NOT EXISTS base_by_hash_big ON base (hash) WHERE size >= 65536;
 ";
+
+// `base_by_hash_big`: files of at least 64 KiB are found by content in
+// the base (`State::base_with_hash`, whose query repeats the index's
+// `WHERE` so that SQLite uses it). Smaller ones are not indexed: content
+// hashes are random keys, so indexing every file costs a random B-tree
+// page per file recorded (a first sync of 100,000 small files wrote
+// hundreds of MB of log for it), while fetching a small file again is one
+// round trip, when its content does not come with its change already.
 
 /// Entries set at most before the caller writes them (see the module
 /// header): a change log read of any length, a batch of any size and a
@@ -413,6 +423,31 @@ impl State {
         })
     }
 
+    /// A read-only connection of its own to both views (see
+    /// [`ViewsReader`]), reading them as last written. With paths
+    /// pending (set and not written yet), those are what it cannot see:
+    /// [`State::pending_paths`].
+    ///
+    /// # Errors
+    /// When SQLite cannot open it.
+    pub fn views_reader(&self) -> Result<ViewsReader, StateError> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(
+            &self.file,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(ViewsReader {
+            conn,
+            path: self.path.clone(),
+        })
+    }
+
+    /// The paths set in either view and not written yet.
+    pub fn pending_paths(&self) -> impl Iterator<Item = &RemotePath> {
+        self.pending.keys().chain(self.base_pending.keys())
+    }
+
     /// The last change-log sequence applied (the views stay in the
     /// database: see the module header).
     ///
@@ -560,8 +595,10 @@ impl State {
     }
 
     /// Up to `limit` paths whose base entry has the content `hash` (an
-    /// index on the hash): where a download may find those bytes on disk
-    /// already, for files in sync that the local view does not hold.
+    /// index on the hash), among files of at least 64 KiB
+    /// (none for a smaller `hash`'s file): where a download may find those
+    /// bytes on disk already, for files in sync that the local view does
+    /// not hold.
     ///
     /// # Errors
     /// When the database cannot be read.
@@ -571,9 +608,10 @@ impl State {
         limit: usize,
     ) -> Result<Vec<RemotePath>, StateError> {
         let run = || -> rusqlite::Result<Vec<RemotePath>> {
-            let mut st = self
-                .conn
-                .prepare_cached("SELECT path FROM base WHERE hash = ?1 LIMIT ?2")?;
+            let mut st = self.conn.prepare_cached(
+                // The size term selects the partial index (see the schema).
+                "SELECT path FROM base WHERE hash = ?1 AND size >= 65536 LIMIT ?2",
+            )?;
             let mut rows = st.query(params![
                 hash.0.to_vec(),
                 i64::try_from(limit).unwrap_or(i64::MAX)
@@ -728,6 +766,90 @@ impl State {
     }
 }
 
+/// A read-only connection of its own to both views, for
+/// [`ViewsReader::differing`] on another thread (see
+/// [`State::views_reader`]).
+#[derive(Debug)]
+pub struct ViewsReader {
+    conn: Connection,
+    path: String,
+}
+
+impl ViewsReader {
+    /// Every path where the server view and the base differ, as written:
+    /// one side has it and the other not, or the revision, content or
+    /// size differ. One merge of the two tables in path order comparing
+    /// the columns as stored, so a tree in sync costs a read of each row
+    /// and nothing per row kept or allocated; what is returned follows
+    /// what differs.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn differing(&self) -> Result<Vec<RemotePath>, StateError> {
+        self.merge().map_err(|source| StateError {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn merge(&self) -> rusqlite::Result<Vec<RemotePath>> {
+        let mut rs = self
+            .conn
+            .prepare("SELECT path, revision, hash, size FROM remote ORDER BY path")?;
+        let mut bs = self
+            .conn
+            .prepare("SELECT path, revision, hash, size FROM base ORDER BY path")?;
+        let mut r = rs.query([])?;
+        let mut b = bs.query([])?;
+        let mut out = Vec::new();
+        let mut keep = |p: &str| {
+            // A row that no longer parses is skipped, as everywhere.
+            if let Ok(p) = RemotePath::parse(p) {
+                out.push(p);
+            }
+        };
+        let (mut rc, mut bc) = (r.next()?, b.next()?);
+        loop {
+            let (rp, bp) = match (rc, bc) {
+                (None, None) => break,
+                (Some(rr), None) => {
+                    keep(rr.get_ref(0)?.as_str()?);
+                    rc = r.next()?;
+                    continue;
+                }
+                (None, Some(br)) => {
+                    keep(br.get_ref(0)?.as_str()?);
+                    bc = b.next()?;
+                    continue;
+                }
+                (Some(rr), Some(br)) => (rr, br),
+            };
+            let (rpath, bpath) = (rp.get_ref(0)?.as_str()?, bp.get_ref(0)?.as_str()?);
+            match rpath.cmp(bpath) {
+                std::cmp::Ordering::Less => {
+                    keep(rpath);
+                    rc = r.next()?;
+                }
+                std::cmp::Ordering::Greater => {
+                    keep(bpath);
+                    bc = b.next()?;
+                }
+                std::cmp::Ordering::Equal => {
+                    let same = (1..4).try_fold(true, |same, i| {
+                        Ok::<_, rusqlite::Error>(same && rp.get_ref(i)? == bp.get_ref(i)?)
+                    })?;
+                    if !same {
+                        keep(rpath);
+                    }
+                    rc = r.next()?;
+                    bc = b.next()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A scan's own read-only connection to the base (see [`State::reader`]).
 #[derive(Debug)]
 pub struct BaseReader {
@@ -743,6 +865,57 @@ impl BaseReader {
     /// When the database cannot be read.
     pub fn get(&self, path: &RemotePath) -> rusqlite::Result<Option<BaseEntry>> {
         get::<BaseTable>(&self.conn, &self.none, path)
+    }
+
+    /// The base's files directly in the folder `dir` (`None`: the top),
+    /// not deeper: a range of the primary key per run of files, each
+    /// subfolder's subtree skipped with one seek (everything inside
+    /// `dir/sub` sorts before `dir/sub0`). So a scan reads a folder's
+    /// entries with a query or two instead of a look-up per file, and the
+    /// cost follows the folder, not what is below it.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub fn files_in(
+        &self,
+        dir: Option<&RemotePath>,
+    ) -> rusqlite::Result<HashMap<RemotePath, BaseEntry>> {
+        let prefix = dir.map_or_else(String::new, |d| format!("{d}/"));
+        let upper = dir.map(|d| format!("{d}0"));
+        let mut out = HashMap::new();
+        let mut from = prefix.clone();
+        loop {
+            let mut st = match upper {
+                Some(_) => self.conn.prepare_cached(
+                    "SELECT path, revision, hash, size, mtime_ns, inode FROM base \
+                     WHERE path >= ?1 AND path < ?2 ORDER BY path",
+                )?,
+                None => self.conn.prepare_cached(
+                    "SELECT path, revision, hash, size, mtime_ns, inode FROM base \
+                     WHERE path >= ?1 ORDER BY path",
+                )?,
+            };
+            let mut rows = match &upper {
+                Some(u) => st.query(params![from, u])?,
+                None => st.query(params![from])?,
+            };
+            let mut skip_to = None;
+            while let Some(r) = rows.next()? {
+                let path = r.get_ref(0)?.as_str()?;
+                let rest = path.get(prefix.len()..).unwrap_or_default();
+                if let Some(slash) = rest.find('/') {
+                    skip_to = Some(format!("{prefix}{}0", &rest[..slash]));
+                    break;
+                }
+                if let Some((p, e)) = BaseTable::row(r)? {
+                    out.insert(p, e);
+                }
+            }
+            match skip_to {
+                Some(next) => from = next,
+                None => return Ok(out),
+            }
+        }
     }
 
     /// The base's paths at `dir` or inside it.
@@ -825,6 +998,141 @@ mod tests {
 
     fn p(s: &str) -> RemotePath {
         s.parse().unwrap()
+    }
+
+    fn base_entry(n: u8) -> BaseEntry {
+        BaseEntry {
+            revision: u64::from(n),
+            hash: ContentHash::of(&[n]),
+            size: 1,
+            stat: FileStat {
+                size: 1,
+                mtime_ns: i64::from(n),
+                inode: u64::from(n),
+            },
+        }
+    }
+
+    #[test]
+    fn a_folder_s_own_files_read_back_without_what_is_below_or_beside_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut st = State::open(&tmp.path().join("state.db")).unwrap();
+        let names = [
+            "top.txt", "d", "d-x", "d.txt", "d/a", "d/b/c", "d/b/e/f", "d/b.txt", "d/b0", "d/c",
+            "d/z/y", "d0", "d1/x", "e",
+        ];
+        let writes: Vec<StateWrite> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| StateWrite::Base(p(n), Some(base_entry(i as u8))))
+            .collect();
+        st.write(&writes).unwrap();
+        let reader = st.reader().unwrap();
+        let names_in = |dir: Option<&str>| -> Vec<String> {
+            let mut v: Vec<String> = reader
+                .files_in(dir.map(p).as_ref())
+                .unwrap()
+                .into_keys()
+                .map(|k| k.as_str().to_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names_in(Some("d")), ["d/a", "d/b.txt", "d/b0", "d/c"]);
+        assert_eq!(names_in(Some("d/b")), ["d/b/c"]);
+        assert_eq!(names_in(None), ["d", "d-x", "d.txt", "d0", "e", "top.txt"]);
+        assert!(names_in(Some("nothing")).is_empty());
+        assert_eq!(
+            reader.files_in(Some(&p("d"))).unwrap()[&p("d/c")],
+            base_entry(9)
+        );
+    }
+
+    #[test]
+    fn the_paths_where_the_server_view_and_the_base_differ_are_found_in_one_merge() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut st = State::open(&tmp.path().join("state.db")).unwrap();
+        let mut writes = Vec::new();
+        for (i, n) in ["a", "b/same", "c", "d", "e/x"].iter().enumerate() {
+            writes.push(StateWrite::Base(p(n), Some(base_entry(i as u8))));
+        }
+        let as_remote = |b: BaseEntry| RemoteFile {
+            revision: b.revision,
+            hash: b.hash,
+            size: b.size,
+        };
+        // Agreeing: "a", "b/same" (a different stat is the local side's
+        // business). Differing: "c" (content), "d" (revision), "e/x" (only
+        // in the base), "f" (only on the server).
+        writes.push(StateWrite::Remote(p("a"), Some(as_remote(base_entry(0)))));
+        writes.push(StateWrite::Remote(
+            p("b/same"),
+            Some(as_remote(base_entry(1))),
+        ));
+        writes.push(StateWrite::Remote(
+            p("c"),
+            Some(RemoteFile {
+                hash: ContentHash::of(b"other"),
+                ..as_remote(base_entry(2))
+            }),
+        ));
+        writes.push(StateWrite::Remote(
+            p("d"),
+            Some(RemoteFile {
+                revision: 99,
+                ..as_remote(base_entry(3))
+            }),
+        ));
+        writes.push(StateWrite::Remote(p("f"), Some(file(7))));
+        st.write(&writes).unwrap();
+        let differing = st.views_reader().unwrap().differing().unwrap();
+        assert_eq!(differing, vec![p("c"), p("d"), p("e/x"), p("f")]);
+    }
+
+    #[test]
+    fn big_files_are_found_by_content_through_an_index_small_ones_are_not_indexed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut st = State::open(&tmp.path().join("state.db")).unwrap();
+        let entry = |size: u64, hash: ContentHash| BaseEntry {
+            revision: 1,
+            hash,
+            size,
+            stat: FileStat {
+                size,
+                mtime_ns: 1,
+                inode: 1,
+            },
+        };
+        let (big, small) = (ContentHash::of(b"big"), ContentHash::of(b"small"));
+        st.write(&[
+            StateWrite::Base(p("a/big.iso"), Some(entry(1 << 20, big))),
+            StateWrite::Base(p("b/copy.iso"), Some(entry(1 << 20, big))),
+            StateWrite::Base(p("a/note.txt"), Some(entry(100, small))),
+        ])
+        .unwrap();
+        let found = st.base_with_hash(&big, 4).unwrap();
+        assert_eq!(found, vec![p("a/big.iso"), p("b/copy.iso")]);
+        assert!(st.base_with_hash(&small, 4).unwrap().is_empty());
+        // The look-up is an index search, not a pass over the base; and
+        // the index holds only the big files.
+        let plan: String = st
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT path FROM base WHERE hash = ?1 AND size >= 65536 LIMIT 4",
+                [big.0.to_vec()],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("base_by_hash_big"), "{plan}");
+        let indexed: i64 = st
+            .conn
+            .query_row(
+                "SELECT count(*) FROM base INDEXED BY base_by_hash_big WHERE size >= 65536",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexed, 2);
     }
 
     #[test]
