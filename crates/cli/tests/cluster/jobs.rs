@@ -183,6 +183,101 @@ fn a_job_submitted_on_one_instance_reaches_the_callback_stream_on_the_other() {
     });
 }
 
+/// The jobs' `/metrics` figures count on the cluster backend too: each
+/// job's end once over the instances (by the instance that recorded it),
+/// a cancellation by the instance asked, and the shared queue empty once
+/// the jobs are done.
+#[test]
+fn job_metrics_count_every_job_once_over_the_instances() {
+    use super::super::ops::{get, metrics_addr, samples, scrape};
+    let (_t, dir) = tmp();
+    let (mut flags, _) = cluster_flags("jobs_metrics", 3);
+    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let a = start(&dir, "a", &flags, &KEYS);
+    let b = start(&dir, "b", &flags, &KEYS);
+    let metrics = [metrics_addr(&a), metrics_addr(&b)];
+    // One figure summed over both instances.
+    let total = |key: &str| -> f64 { metrics.iter().map(|m| get(&samples(&scrape(m)), key)).sum() };
+    let succeeded = r#"distribusync_jobs_finished_total{state="succeeded"}"#;
+    let cancelled = r#"distribusync_jobs_finished_total{state="cancelled"}"#;
+    assert_eq!(total(succeeded), 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut events = callbacks(&b.addr).await;
+        let (mut on_a, mut on_b) = (client(&a.addr).await, client(&b.addr).await);
+        for i in 0..3 {
+            let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
+            on.submit(sort_job(&[3, i, -1])).await.unwrap();
+        }
+        for _ in 0..3 {
+            let job = next_event(&mut events).await;
+            assert_eq!(job.state(), v1::JobState::Succeeded, "{job:?}");
+        }
+    });
+    // The instance that ran a job counts it just after it recorded the
+    // end, which is when the event left: wait for the figure.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while total(succeeded) < 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "succeeded jobs never counted: {}",
+            total(succeeded)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(total(succeeded), 3.0, "a job counted twice");
+    assert_eq!(total(r#"distribusync_jobs{state="queued"}"#), 0.0);
+    assert_eq!(total(r#"distribusync_jobs{state="running"}"#), 0.0);
+    assert_eq!(total(cancelled), 0.0);
+    drop((a, b));
+
+    // A job held by its instance (the test knob), cancelled through the
+    // other: counted once, as cancelled, by the instance asked.
+    let (mut flags, _) = cluster_flags("jobs_metrics_cancel", 3);
+    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let mut holding = KEYS.to_vec();
+    holding.push(("DISTRIBUSYNC_TEST_HOLD_JOBS", "true"));
+    let a = start(&dir, "a2", &flags, &holding);
+    let m_a = metrics_addr(&a);
+    let running = r#"distribusync_jobs{state="running"}"#;
+    let (b, m_b) = rt.block_on(async {
+        let mut on_a = client(&a.addr).await;
+        let id = on_a
+            .submit(sort_job(&[2, 1]))
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        // A is the only instance yet: it claims the job and holds it, and
+        // shows it running.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while get(&samples(&scrape(&m_a)), running) != 1.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the job never ran on A"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let job = on_a
+            .get_job(v1::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(job.state(), v1::JobState::Running, "{job:?}");
+        let b = start(&dir, "b2", &flags, &KEYS);
+        let m_b = metrics_addr(&b);
+        client(&b.addr)
+            .await
+            .cancel_job(v1::CancelJobRequest { job_id: id })
+            .await
+            .unwrap();
+        (b, m_b)
+    });
+    assert_eq!(get(&samples(&scrape(&m_b)), cancelled), 1.0);
+    assert_eq!(get(&samples(&scrape(&m_a)), cancelled), 0.0);
+    drop((a, b));
+}
+
 /// Submits a sort on instance A, which claims the job and holds it
 /// without computing (the test knob); once it does, starts B, kills A
 /// (SIGKILL) and returns the job as B's callback stream tells it ended,

@@ -10,28 +10,35 @@ use super::{Server, cmd, ok, tmp};
 mod reload;
 mod sync_daemon;
 
-/// Waits (safety net: 20 s) until the server logged the metrics address,
+/// Waits (safety net: 30 s) until the server logged the metrics address,
 /// and returns it.
-fn metrics_addr(server: &Server) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub(crate) fn metrics_addr(server: &Server) -> String {
+    logged_metrics_addr(&server.logs)
+}
+
+/// The metrics address a process logged (`… metrics on http://ADDR/metrics`)
+/// in `logs`, once it has (safety net: 30 s).
+fn logged_metrics_addr(logs: &std::sync::Mutex<Vec<String>>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let found = server.logs.lock().unwrap().iter().find_map(|l| {
+        let found = logs.lock().unwrap().iter().find_map(|l| {
             l.split_once("metrics on http://")
-                .map(|(_, a)| a.to_owned())
+                .map(|(_, a)| a.trim_end_matches("/metrics").to_owned())
         });
         if let Some(a) = found {
-            return a.trim_end_matches("/metrics").to_owned();
+            return a;
         }
         assert!(
             Instant::now() < deadline,
-            "the server never said where metrics are"
+            "no metrics address: {:?}",
+            logs.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// `GET /metrics` over plain HTTP/1.0: the status line and the body.
-fn scrape(addr: &str) -> String {
+pub(crate) fn scrape(addr: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -51,7 +58,7 @@ fn scrape(addr: &str) -> String {
 
 /// Samples by their full name with labels (`name{a="b",c="d"}`, labels as
 /// the exporter renders them).
-fn samples(text: &str) -> HashMap<String, f64> {
+pub(crate) fn samples(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| {
@@ -61,7 +68,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-fn get(s: &HashMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn get(s: &HashMap<String, f64>, key: &str) -> f64 {
     s.get(key).copied().unwrap_or(0.0)
 }
 

@@ -40,22 +40,7 @@ impl Daemon {
 
     /// Where it serves metrics (safety net: 30 s).
     fn metrics_addr(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self.logs.lock().unwrap().iter().find_map(|l| {
-                l.split_once("metrics on http://")
-                    .map(|(_, a)| a.trim_end_matches("/metrics").to_owned())
-            });
-            if let Some(a) = found {
-                return a;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no metrics address: {:?}",
-                self.logs
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::logged_metrics_addr(&self.logs)
     }
 }
 

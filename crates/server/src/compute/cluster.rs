@@ -392,7 +392,25 @@ impl ClusterJobs {
             });
         }
         info!(job = %id, "job cancelled");
+        self.inner.jobs.count_ended(v1::JobState::Cancelled);
         Ok(job)
+    }
+
+    /// Jobs queued in the shared queue, running here, and ended by this
+    /// instance (see [`super::ComputeService::job_counts`]).
+    pub(crate) async fn counts(&self) -> super::JobCounts {
+        let queued = match self.inner.queue.queued().await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "compute jobs: cannot count the queued jobs");
+                0
+            }
+        };
+        super::JobCounts {
+            queued,
+            running: self.running().len() as u64,
+            ended: self.inner.jobs.counts().ended,
+        }
     }
 
     /// `owner`'s jobs (of device `client_id`, or all when empty).
@@ -511,7 +529,12 @@ impl ClusterJobs {
                 .finish_job(&job.id, &inner.worker, job.attempt, &end)
                 .await
             {
-                Ok(true) => debug!(job = %job.id, "job finished"),
+                Ok(true) => {
+                    debug!(job = %job.id, "job finished");
+                    let state = v1::JobState::try_from(i32::from(end.outcome))
+                        .unwrap_or(v1::JobState::Unspecified);
+                    inner.jobs.count_ended(state);
+                }
                 Ok(false) => {
                     info!(job = %job.id, "job's claim lost before it finished: outcome dropped");
                 }

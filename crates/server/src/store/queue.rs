@@ -759,6 +759,19 @@ impl PgJobQueue {
         rows.iter().map(|r| row_from(r, false)).collect()
     }
 
+    /// How many jobs wait in the queue (over every instance).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn queued(&self) -> Result<u64> {
+        let client = self.db.client().await?;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM jobs WHERE state = 0", &[])
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Removes the jobs that finished more than `ttl` ago; how many.
     ///
     /// # Errors
