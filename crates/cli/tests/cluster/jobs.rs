@@ -183,6 +183,88 @@ fn a_job_submitted_on_one_instance_reaches_the_callback_stream_on_the_other() {
     });
 }
 
+/// Kept results are bounded on the cluster as on the local backend
+/// (`--compute-memory`): past the bound the oldest result is dropped from
+/// the database, and its job answers NOT_FOUND saying it was evicted and
+/// to submit it again; the newer results are still whole.
+#[test]
+fn kept_results_are_bounded_over_the_instances_oldest_evicted_first() {
+    const N: i64 = 410_000;
+    let (_t, dir) = tmp();
+    let (mut flags, _) = cluster_flags("jobs_kept", 3);
+    // 8.75 MiB of it usable: two results of 410,000 numbers (3.13 MiB
+    // each) fit, three do not; reading one back (twice its size, and a
+    // stream's 2 MiB) fits too.
+    flags.extend(["--compute-memory", "10MiB", "--job-workers", "1"].map(String::from));
+    let a = start(&dir, "a", &flags, &KEYS);
+    let b = start(&dir, "b", &flags, &KEYS);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut events = callbacks(&b.addr).await;
+        let (mut on_a, mut on_b) = (client(&a.addr).await, client(&b.addr).await);
+        let mut ids = Vec::new();
+        for i in 0..3i64 {
+            let numbers: Vec<i64> = (0..N).map(|n| (n * 7919 + i) % (N + 1)).collect();
+            let on = if i == 1 { &mut on_b } else { &mut on_a };
+            let id = on
+                .submit(sort_job(&numbers))
+                .await
+                .unwrap()
+                .into_inner()
+                .job_id;
+            // One at a time: each finishes after the one before.
+            let job = next_event(&mut events).await;
+            assert_eq!(job.job_id, id);
+            assert_eq!(job.state(), v1::JobState::Succeeded, "{job:?}");
+            ids.push(id);
+        }
+        for on in [&mut on_a, &mut on_b] {
+            let gone = on
+                .get_job(v1::GetJobRequest {
+                    job_id: ids[0].clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+            assert!(
+                gone.message().contains("evicted")
+                    && gone.message().contains("submit the job again"),
+                "{gone:?}"
+            );
+            let gone = on
+                .get_job_result(v1::GetJobRequest {
+                    job_id: ids[0].clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+        }
+        // The newer two are kept: shown, and the newest read back whole.
+        for id in &ids[1..] {
+            let job = on_b
+                .get_job(v1::GetJobRequest { job_id: id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(job.result_in_stream, "{job:?}");
+        }
+        let mut chunks = on_a
+            .get_job_result(v1::GetJobRequest {
+                job_id: ids[2].clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut back = Vec::new();
+        while let Some(chunk) = chunks.message().await.unwrap() {
+            back.extend(ints(chunk.numbers.unwrap()));
+        }
+        let mut want: Vec<i64> = (0..N).map(|n| (n * 7919 + 2) % (N + 1)).collect();
+        want.sort_unstable();
+        assert!(back == want, "the newest result not whole");
+    });
+}
+
 /// The jobs' `/metrics` figures count on the cluster backend too: each
 /// job's end once over the instances (by the instance that recorded it),
 /// a cancellation by the instance asked, and the shared queue empty once

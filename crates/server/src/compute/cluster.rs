@@ -47,8 +47,8 @@ use uuid::Uuid;
 use super::jobs::{INLINE_RESULT_MAX, Jobs, KeptNumbers, Task, numbers_bytes, state_word};
 use super::{ComputeConfig, ComputeError, work};
 use crate::store::{
-    ClaimedJob, FinalState, JOBS_CHANNEL, JobQueue, JobRow, JobSpec, JobState, Notifications,
-    PgJobQueue, SubmitRefused,
+    ClaimedJob, FinalState, JOBS_CHANNEL, JobQueue, JobRow, JobSpec, JobState, KeptResults,
+    Notifications, PgJobQueue, SubmitRefused,
 };
 
 /// Most jobs one ListJobs answer carries (as on the local backend).
@@ -142,6 +142,17 @@ fn ended(state: v1::JobState, e: &ComputeError) -> FinalState {
         result: None,
         error_code: e.code() as i32,
         error: Some(e.to_string()),
+    }
+}
+
+/// The bound on the results kept in the database, over every instance:
+/// sorted results, within what the memory budget lets the local backend
+/// keep (`--compute-memory`; docs/DESIGN.md, "Kept results on the
+/// cluster").
+fn kept_results(config: &ComputeConfig) -> KeptResults {
+    KeptResults {
+        kind: v1::JobKind::Sort as i16,
+        bytes: super::budget::usable(config.memory_budget),
     }
 }
 
@@ -313,6 +324,9 @@ impl ClusterJobs {
             .await
             .map_err(store_error)?
             .ok_or_else(|| ComputeError::NotFound(id.to_owned()))?;
+        if row.evicted {
+            return Err(ComputeError::Evicted(id.to_owned()));
+        }
         to_wire(&row)
     }
 
@@ -334,6 +348,9 @@ impl ClusterJobs {
             .await
             .map_err(store_error)?
             .ok_or_else(|| ComputeError::NotFound(id.to_owned()))?;
+        if row.evicted {
+            return Err(ComputeError::Evicted(id.to_owned()));
+        }
         let job = to_wire(&row)?;
         let state = job.state();
         let why = match state {
@@ -356,6 +373,10 @@ impl ClusterJobs {
             .await
             .map_err(store_error)?
             .ok_or_else(|| ComputeError::NotFound(id.to_owned()))?;
+        // Evicted for the bound since it was first read.
+        if row.evicted {
+            return Err(ComputeError::Evicted(id.to_owned()));
+        }
         let damaged =
             |what: &str| ComputeError::JobStore(format!("damaged result of job {id}: {what}"));
         let bytes = row.result.ok_or_else(|| damaged("missing"))?;
@@ -526,7 +547,13 @@ impl ClusterJobs {
             None => {}
             Some(end) => match inner
                 .queue
-                .finish_job(&job.id, &inner.worker, job.attempt, &end)
+                .finish_job(
+                    &job.id,
+                    &inner.worker,
+                    job.attempt,
+                    &end,
+                    kept_results(&inner.config),
+                )
                 .await
             {
                 Ok(true) => {
