@@ -199,3 +199,60 @@ fn a_token_works_on_every_instance_and_its_revocation_reaches_all_of_them() {
     assert!(row["revoked"].is_string(), "{row}");
     assert_eq!(row["scopes"], "read,write,compute", "{row}");
 }
+
+/// `token list --json --metadata URL`, one JSON value a token.
+fn listed(dir: &std::path::Path, url: &str) -> Vec<serde_json::Value> {
+    let out = cmd(dir, &[], &["token", "list", "--json", "--metadata", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// When a token was last used reaches the cluster's table, written back
+/// in batches and a last time when an instance stops cleanly (SIGTERM):
+/// a token used just before the stop shows a last use, one never used
+/// shows none.
+#[test]
+fn a_tokens_last_use_on_an_instance_is_kept_when_it_stops_cleanly() {
+    let (_t, dir) = tmp();
+    let (flags, url) = cluster_flags("tokens_used", 3);
+    let create = |name: &str| {
+        created(
+            cmd(
+                &dir,
+                &[],
+                &[
+                    "token",
+                    "create",
+                    name,
+                    "--scopes",
+                    "read",
+                    "--metadata",
+                    &url,
+                ],
+            )
+            .output()
+            .unwrap(),
+        )
+    };
+    let laptop = create("laptop");
+    create("idle");
+    let mut a = start(&dir, "a", &flags, &KEYS);
+    let used = with_token(&dir, &a.addr, &laptop, &["ls"]);
+    assert!(used.status.success(), "{used:?}");
+    let status = a.terminate();
+    assert!(status.success(), "{status:?}");
+    let rows = listed(&dir, &url);
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
+    assert!(
+        row("laptop")["last_used"].is_string(),
+        "{rows:?} {:#?}",
+        a.logs.lock().unwrap()
+    );
+    assert!(row("idle")["last_used"].is_null(), "{rows:?}");
+}

@@ -201,3 +201,42 @@ fn serve_auth_on_requires_a_token_even_on_loopback() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid or missing token"));
 }
+
+/// A token's last use survives a clean stop (SIGTERM) of the server that
+/// saw it: it is written back once requests are drained, not only every
+/// few seconds while serving.
+#[test]
+fn a_tokens_last_use_is_kept_when_the_server_stops_cleanly() {
+    let (_t, dir) = tmp();
+    let made = token(&dir, &["create", "laptop", "--scopes", "read"]);
+    assert!(made.status.success(), "{made:?}");
+    let laptop = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    assert!(
+        token(&dir, &["create", "idle", "--scopes", "read"])
+            .status
+            .success()
+    );
+    let mut server = Server::start(&dir);
+    let used = cmd(
+        &dir,
+        &[
+            ("DISTRIBUSYNC_SERVER", server.addr.as_str()),
+            ("DISTRIBUSYNC_TOKEN", laptop.as_str()),
+        ],
+        &["ls"],
+    )
+    .output()
+    .unwrap();
+    assert!(used.status.success(), "{used:?}");
+    assert!(server.terminate().success());
+    let out = token(&dir, &["list", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
+    assert!(row("laptop")["last_used"].is_string(), "{rows:?}");
+    assert!(row("idle")["last_used"].is_null(), "{rows:?}");
+}
