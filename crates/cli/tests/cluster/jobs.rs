@@ -65,6 +65,15 @@ fn sort_job(numbers: &[i64]) -> v1::SubmitRequest {
     }
 }
 
+/// Submits a sort of `numbers` through `on`; its id.
+async fn submit_sort(on: &mut ComputeClient<Channel>, numbers: &[i64]) -> String {
+    on.submit(sort_job(numbers))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id
+}
+
 async fn callbacks(addr: &str) -> tonic::Streaming<v1::JobEvent> {
     client(addr)
         .await
@@ -94,6 +103,22 @@ fn ints(n: v1::Numbers) -> Vec<i64> {
     }
 }
 
+/// Job `id`'s sorted result, read whole with GetJobResult.
+async fn streamed_result(on: &mut ComputeClient<Channel>, id: &str) -> Vec<i64> {
+    let mut chunks = on
+        .get_job_result(v1::GetJobRequest {
+            job_id: id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut back = Vec::new();
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        back.extend(ints(chunk.numbers.unwrap()));
+    }
+    back
+}
+
 fn sorted(job: &v1::Job) -> Vec<i64> {
     match job.result.clone().and_then(|r| r.value) {
         Some(v1::job_result::Value::Sorted(n)) => ints(n),
@@ -112,12 +137,7 @@ fn a_job_submitted_on_one_instance_reaches_the_callback_stream_on_the_other() {
         let mut events = callbacks(&b.addr).await;
         let mut on_a = client(&a.addr).await;
         let mut on_b = client(&b.addr).await;
-        let small = on_a
-            .submit(sort_job(&[3, -1, 2]))
-            .await
-            .unwrap()
-            .into_inner()
-            .job_id;
+        let small = submit_sort(&mut on_a, &[3, -1, 2]).await;
         let job = next_event(&mut events).await;
         assert_eq!(job.job_id, small);
         assert_eq!(job.state(), v1::JobState::Succeeded, "{job:?}");
@@ -125,24 +145,11 @@ fn a_job_submitted_on_one_instance_reaches_the_callback_stream_on_the_other() {
 
         // Too big for an event: streamed by GetJobResult through B.
         let big: Vec<i64> = (0..20_000).rev().collect();
-        let id = on_a
-            .submit(sort_job(&big))
-            .await
-            .unwrap()
-            .into_inner()
-            .job_id;
+        let id = submit_sort(&mut on_a, &big).await;
         let job = next_event(&mut events).await;
         assert_eq!(job.job_id, id);
         assert!(job.result_in_stream, "{job:?}");
-        let mut chunks = on_b
-            .get_job_result(v1::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut back = Vec::new();
-        while let Some(chunk) = chunks.message().await.unwrap() {
-            back.extend(ints(chunk.numbers.unwrap()));
-        }
+        let back = streamed_result(&mut on_b, &id).await;
         assert!(back == (0..20_000).collect::<Vec<i64>>(), "not sorted");
 
         // Either instance shows both jobs; a finished job cannot be cancelled.
@@ -206,12 +213,7 @@ fn kept_results_are_bounded_over_the_instances_oldest_evicted_first() {
         for i in 0..3i64 {
             let numbers: Vec<i64> = (0..N).map(|n| (n * 7919 + i) % (N + 1)).collect();
             let on = if i == 1 { &mut on_b } else { &mut on_a };
-            let id = on
-                .submit(sort_job(&numbers))
-                .await
-                .unwrap()
-                .into_inner()
-                .job_id;
+            let id = submit_sort(on, &numbers).await;
             // One at a time: each finishes after the one before.
             let job = next_event(&mut events).await;
             assert_eq!(job.job_id, id);
@@ -248,17 +250,7 @@ fn kept_results_are_bounded_over_the_instances_oldest_evicted_first() {
                 .into_inner();
             assert!(job.result_in_stream, "{job:?}");
         }
-        let mut chunks = on_a
-            .get_job_result(v1::GetJobRequest {
-                job_id: ids[2].clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut back = Vec::new();
-        while let Some(chunk) = chunks.message().await.unwrap() {
-            back.extend(ints(chunk.numbers.unwrap()));
-        }
+        let back = streamed_result(&mut on_a, &ids[2]).await;
         let mut want: Vec<i64> = (0..N).map(|n| (n * 7919 + 2) % (N + 1)).collect();
         want.sort_unstable();
         assert!(back == want, "the newest result not whole");
@@ -324,12 +316,7 @@ fn job_metrics_count_every_job_once_over_the_instances() {
     let running = r#"distribusync_jobs{state="running"}"#;
     let (b, m_b) = rt.block_on(async {
         let mut on_a = client(&a.addr).await;
-        let id = on_a
-            .submit(sort_job(&[2, 1]))
-            .await
-            .unwrap()
-            .into_inner()
-            .job_id;
+        let id = submit_sort(&mut on_a, &[2, 1]).await;
         // A is the only instance yet: it claims the job and holds it, and
         // shows it running.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -372,13 +359,7 @@ fn killed_mid_job(name: &str, attempts: u32) -> (v1::Job, String) {
     let mut a = start(&dir, "a", &flags, &holding);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let job = rt.block_on(async {
-        let id = client(&a.addr)
-            .await
-            .submit(sort_job(&[5, 4, 3]))
-            .await
-            .unwrap()
-            .into_inner()
-            .job_id;
+        let id = submit_sort(&mut client(&a.addr).await, &[5, 4, 3]).await;
         a.wait_logged(&["holding the job", &id]);
         let b = start(&dir, "b", &flags, &KEYS);
         let mut events = callbacks(&b.addr).await;
