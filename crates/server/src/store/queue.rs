@@ -275,8 +275,16 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS finished_at TIMESTAMPTZ;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS outcome SMALLINT;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS error_code INTEGER;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS evicted BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS jobs_kept_results ON jobs (kind, finished_at DESC, id DESC)
+    WHERE state = 2 AND result IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, submitted_at DESC);
 "#;
+
+/// Taken (transaction-scoped) while kept results are trimmed to their
+/// bound, so that instances finishing jobs together trim one after the
+/// other (each seeing what the other kept) and never lock the same rows
+/// in two orders.
+const KEPT_RESULTS_LOCK: i64 = 0x6469_7374_6b65_7074; // "distkept"
 
 /// The channel job changes are announced on (see the module docs).
 pub const JOBS_CHANNEL: &str = "distribusync_jobs";
@@ -684,6 +692,8 @@ impl PgJobQueue {
         }
         if end.result.is_some() {
             let keep = i64::try_from(kept.bytes).unwrap_or(i64::MAX);
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEPT_RESULTS_LOCK])
+                .await?;
             let evicted = tx
                 .query(
                     "UPDATE jobs SET result = NULL, evicted = true WHERE id IN ( \
