@@ -98,6 +98,18 @@ fn prometheus_python() -> std::path::PathBuf {
     python
 }
 
+/// Checks that the reference parser reads the whole scrape `text` and
+/// finds each of `families` (`name type`) in it.
+fn read_by_prometheus_client(text: &str, families: &[&str]) {
+    let found = parse_with_prometheus_client(text);
+    for want in families {
+        assert!(
+            found.lines().any(|l| l.starts_with(want)),
+            "{want} missing from {found}"
+        );
+    }
+}
+
 /// The whole scrape through the reference parser: every family it finds,
 /// as `name type samples` lines.
 fn parse_with_prometheus_client(text: &str) -> String {
@@ -191,44 +203,38 @@ fn metrics_move_by_exactly_the_calls_made_and_parse_with_prometheus_client() {
     );
     assert!(sent > 0.0, "{text}");
 
-    let families = parse_with_prometheus_client(&text);
-    for want in [
-        "distribusync_rpc_requests counter",
-        "distribusync_rpc_duration_seconds histogram",
-        "distribusync_files gauge",
-        "distribusync_jobs_finished counter",
-    ] {
-        assert!(
-            families.lines().any(|l| l.starts_with(want)),
-            "{want} missing from {families}"
-        );
-    }
+    read_by_prometheus_client(
+        &text,
+        &[
+            "distribusync_rpc_requests counter",
+            "distribusync_rpc_duration_seconds histogram",
+            "distribusync_files gauge",
+            "distribusync_jobs_finished counter",
+        ],
+    );
 }
 
 #[test]
 fn a_metrics_address_in_use_is_one_line_and_exit_2() {
     let (_t, dir) = tmp();
+    refuses_a_taken_metrics_address(&dir, &[], &["serve", "--listen", "127.0.0.1:0"]);
+}
+
+/// `args` with `--metrics-listen` at an address in use: exit 2 and one
+/// line, `distribusync: COMMAND: cannot listen for metrics on ADDR: …`.
+fn refuses_a_taken_metrics_address(dir: &Path, env: &[(&str, &str)], args: &[&str]) {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = cmd(
-        &dir,
-        &[],
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            &addr,
-        ],
-    )
-    .output()
-    .unwrap();
+    let mut all = args.to_vec();
+    all.extend(["--metrics-listen", &addr]);
+    let out = cmd(dir, env, &all).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(
         err.starts_with(&format!(
-            "distribusync: serve: cannot listen for metrics on {addr}:"
+            "distribusync: {}: cannot listen for metrics on {addr}:",
+            args[0]
         )),
         "{err}"
     );
