@@ -25,6 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Hand-coded for speed in src/compute.rs (same wire format).
         .extern_path(".distribusync.v1.IntList", "crate::compute::IntList")
         .extern_path(".distribusync.v1.FloatList", "crate::compute::FloatList")
+        // A small file's content sent with its change: one buffer shared
+        // by every watcher's message (the server's `inline.rs`), not a
+        // copy each.
+        .bytes(".distribusync.v1.Change.content")
         .compile_fds(fds)?;
     Ok(())
 }

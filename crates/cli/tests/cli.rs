@@ -455,6 +455,46 @@ fn get_r_brings_a_remote_folder_back_as_put_r_sent_it() {
     );
 }
 
+/// `get -r` reads the folder's listing a page at a time as it downloads
+/// (a page is 1,000 files): a folder of more than one page still comes
+/// back whole, and a sibling listed on the same pages is left out.
+#[test]
+fn get_r_of_a_folder_longer_than_one_listing_page_gets_every_file() {
+    let (_t, dir) = tmp();
+    let server = Server::start(&dir);
+    let s = &server.addr;
+    let n = 1_000 + 60;
+    std::fs::create_dir_all(dir.join("many/sub")).unwrap();
+    for i in 0..n {
+        // Some in a subfolder, so that pages end inside it and outside.
+        let rel = if i % 3 == 0 {
+            format!("sub/{i:05}.txt")
+        } else {
+            format!("{i:05}.txt")
+        };
+        std::fs::write(dir.join("many").join(rel), format!("file {i}")).unwrap();
+    }
+    ok(&dir, s, &["put", "-r", "many"]);
+    std::fs::write(dir.join("sibling.txt"), b"not under the folder").unwrap();
+    ok(&dir, s, &["put", "sibling.txt", "many.txt"]);
+
+    ok(&dir, s, &["get", "-r", "many", "back"]);
+    let back = visible_files(&dir.join("back"));
+    assert_eq!(back.len(), n, "files brought back");
+    for i in [0, 1, 999, 1000, 1001, n - 1] {
+        let rel = if i % 3 == 0 {
+            format!("sub/{i:05}.txt")
+        } else {
+            format!("{i:05}.txt")
+        };
+        assert_eq!(
+            std::fs::read_to_string(dir.join("back").join(&rel)).unwrap(),
+            format!("file {i}"),
+            "{rel}"
+        );
+    }
+    assert!(!dir.join("back.txt").exists());
+}
 #[test]
 fn sync_once_uploads_a_folder_with_the_transfers_asked_for() {
     let (_t, dir) = tmp();

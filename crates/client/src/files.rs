@@ -139,7 +139,7 @@ fn change_from(c: v1::Change) -> Result<Change> {
         _ => return Err(protocol("change op")),
     };
     let content = match kind {
-        ChangeKind::Put(_) => c.content.map(Arc::from),
+        ChangeKind::Put(_) => c.content.map(|b| Arc::from(&b[..])),
         _ => None,
     };
     Ok(Change {

@@ -21,10 +21,24 @@ async fn start_server(root: &Path, addr: Option<std::net::SocketAddr>) -> Server
         tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
             .await
             .unwrap();
+    serve_on(listener, ServerConfig::new(root))
+}
+
+/// A server of `root` with a metrics listener, and where to scrape it.
+async fn start_server_with_metrics(root: &Path) -> (Server, std::net::SocketAddr) {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = metrics.local_addr().unwrap();
+    let mut config = ServerConfig::new(root);
+    config.metrics = Some(std::sync::Arc::new(metrics));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (serve_on(listener, config), at)
+}
+
+/// Serves `config` on `listener` until [`Server::shutdown`].
+fn serve_on(listener: tokio::net::TcpListener, config: ServerConfig) -> Server {
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
     let s = stop.clone();
-    let config = ServerConfig::new(root);
     let task = tokio::spawn(async move {
         distribusync_server::serve(listener, config, async move { s.cancelled().await })
             .await
@@ -66,13 +80,7 @@ struct Live {
 }
 
 fn live(dir: &Path, addr: &str, host: &str) -> Live {
-    let engine = SyncEngine::open(options(dir, host), client(addr)).unwrap();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(engine.run(stop.clone()));
-    Live {
-        stop,
-        task: Some(task),
-    }
+    live_with(options(dir, host), addr).0
 }
 
 impl Live {
@@ -868,11 +876,7 @@ async fn one_change_in_a_big_tree_examines_a_handful_of_paths_not_the_tree() {
     // thousands of paths; one over a change, a handful.
     const FILES: usize = 3000;
     let s = setup();
-    for i in 0..FILES {
-        let dir = s.a.join(format!("d{:02}", i / 100));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
-    }
+    files_in_folders(&s.a, FILES, 100);
     let server = start_server(&s.root, None).await;
     let fc = client(&server.addr);
     let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
@@ -920,17 +924,7 @@ async fn one_change_in_a_big_tree_examines_a_handful_of_paths_not_the_tree() {
 
     // 3. Changed on the server by someone else.
     let mark = status.borrow().examined;
-    let src = s.b.join("src");
-    std::fs::write(&src, "changed on the server").unwrap();
-    let info = fc.stat(&"d23/f2301".parse().unwrap()).await.unwrap();
-    fc.upload(
-        &src,
-        &"d23/f2301".parse().unwrap(),
-        Some(info.revision),
-        std::sync::Arc::new(()),
-    )
-    .await
-    .unwrap();
+    changed_on_server(&fc, &s, "d23/f2301").await;
     eventually("the server's change arrives", || {
         read(s.a.join("d23/f2301")).as_deref() == Some("changed on the server")
     })
@@ -1042,11 +1036,7 @@ async fn a_first_sync_sends_while_it_scans_holding_a_bounded_number_of_files() {
     const FILES: usize = 1200;
     const SLICE: usize = 50;
     let s = setup();
-    for i in 0..FILES {
-        let dir = s.a.join(format!("d{:02}", i / 37));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
-    }
+    files_in_folders(&s.a, FILES, 37);
     let server = start_server(&s.root, None).await;
     let fc = client(&server.addr);
     // One path the server already has, with other content: not sent
@@ -1135,11 +1125,7 @@ async fn a_first_sync_stopped_part_way_resumes_sending_while_it_scans() {
     const FILES: usize = 600;
     const SLICE: usize = 20;
     let s = setup();
-    for i in 0..FILES {
-        let dir = s.a.join(format!("d{:02}", i / 37));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
-    }
+    files_in_folders(&s.a, FILES, 37);
     let server = start_server(&s.root, None).await;
     let fc = client(&server.addr);
     let opts = SyncOptions {
@@ -1260,11 +1246,7 @@ async fn a_full_rescan_holds_the_local_view_once() {
     // one plus an index of every old entry by stat: three times the tree).
     const FILES: usize = 1500;
     let s = setup();
-    for i in 0..FILES {
-        let dir = s.a.join(format!("d{:02}", i / 100));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
-    }
+    files_in_folders(&s.a, FILES, 100);
     let server = start_server(&s.root, None).await;
     let fc = client(&server.addr);
     let mut e = once(&s.a, &server.addr, "a").await.unwrap();
@@ -1372,31 +1354,46 @@ fn calls(metrics: &str, method: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// The metrics of the server at `metrics` once they count `downloads`
+/// Download calls (counted when each call ends; safety net: 30 s, then
+/// they are returned as they are).
+async fn once_downloads_counted(metrics: std::net::SocketAddr, downloads: u64) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = scrape(metrics).await;
+        if calls(&now, "Download") >= downloads || tokio::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A live sync client of `s.a` on the server at `addr`, once a first
+/// file went through it to the server (`fc`): in sync and idle.
+async fn live_a_in_sync(
+    s: &Setup,
+    fc: &FilesClient,
+    addr: &str,
+) -> (
+    Live,
+    tokio::sync::watch::Receiver<distribusync_client::sync::SyncStatus>,
+) {
+    std::fs::write(s.a.join("first"), "synced before").unwrap();
+    let (la, mut status) = live_with(options(&s.a, "a"), addr);
+    until_idle(&mut status).await;
+    until_on_server(fc, "first", "synced before").await;
+    (la, status)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_from_the_server_costs_one_download_and_no_stat() {
     // The change log already says which version the server has (revision,
     // hash, size): a client fetching it need not ask again first. With a
     // hundred clients, that question was a hundred round trips per change.
     let s = setup();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics = listener.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", tcp.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let mut config = ServerConfig::new(&s.root);
-    config.metrics = Some(std::sync::Arc::new(listener));
-    let st = stop.clone();
-    let task = tokio::spawn(async move {
-        distribusync_server::serve(tcp, config, async move { st.cancelled().await })
-            .await
-            .unwrap();
-    });
-    let server = Server { addr, stop, task };
+    let (server, metrics) = start_server_with_metrics(&s.root).await;
     let fc = client(&server.addr);
-    std::fs::write(s.a.join("first"), "synced before").unwrap();
-    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
-    until_idle(&mut status).await;
-    until_on_server(&fc, "first", "synced before").await;
+    let (la, _) = live_a_in_sync(&s, &fc, &server.addr).await;
 
     let before = scrape(metrics).await;
     const CHANGES: u64 = 5;
@@ -1418,16 +1415,7 @@ async fn a_change_from_the_server_costs_one_download_and_no_stat() {
     })
     .await;
     // Counted when each call ends: wait for the last download's count.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        let now = scrape(metrics).await;
-        if calls(&now, "Download") >= calls(&before, "Download") + CHANGES
-            || tokio::time::Instant::now() > deadline
-        {
-            break now;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let after = once_downloads_counted(metrics, calls(&before, "Download") + CHANGES).await;
     assert_eq!(
         calls(&after, "Download") - calls(&before, "Download"),
         CHANGES,
@@ -1456,25 +1444,9 @@ async fn a_small_file_changed_on_the_server_comes_with_its_change_and_no_downloa
     // still downloaded, once. (Before: one Download per client per change,
     // whatever the size.)
     let s = setup();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics = listener.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", tcp.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let mut config = ServerConfig::new(&s.root);
-    config.metrics = Some(std::sync::Arc::new(listener));
-    let st = stop.clone();
-    let task = tokio::spawn(async move {
-        distribusync_server::serve(tcp, config, async move { st.cancelled().await })
-            .await
-            .unwrap();
-    });
-    let server = Server { addr, stop, task };
+    let (server, metrics) = start_server_with_metrics(&s.root).await;
     let fc = client(&server.addr);
-    std::fs::write(s.a.join("first"), "synced before").unwrap();
-    let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
-    until_idle(&mut status).await;
-    until_on_server(&fc, "first", "synced before").await;
+    let (la, mut status) = live_a_in_sync(&s, &fc, &server.addr).await;
 
     let before = scrape(metrics).await;
     let put = |name: String, data: String| {
@@ -1512,16 +1484,7 @@ async fn a_small_file_changed_on_the_server_comes_with_its_change_and_no_downloa
         read(s.a.join("big")) == Some(big(0))
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        let now = scrape(metrics).await;
-        if calls(&now, "Download") > calls(&before, "Download")
-            || tokio::time::Instant::now() > deadline
-        {
-            break now;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let after = once_downloads_counted(metrics, calls(&before, "Download") + 1).await;
     assert_eq!(
         calls(&after, "Download") - calls(&before, "Download"),
         1,
@@ -1550,11 +1513,7 @@ async fn the_server_view_and_the_base_stay_in_the_state_database_not_in_memory()
     const FILES: usize = 2000;
     const BOUND: u64 = 300;
     let s = setup();
-    for i in 0..FILES {
-        let dir = s.a.join(format!("d{:02}", i / 100));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
-    }
+    files_in_folders(&s.a, FILES, 100);
     let server = start_server(&s.root, None).await;
     let fc = client(&server.addr);
     let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
@@ -1570,18 +1529,8 @@ async fn the_server_view_and_the_base_stay_in_the_state_database_not_in_memory()
     );
 
     // Changed on the server by someone else: the change's own entries.
-    let src = s.b.join("src");
-    std::fs::write(&src, "changed on the server").unwrap();
     for path in ["d03/f0301", "d17/f1702"] {
-        let info = fc.stat(&path.parse().unwrap()).await.unwrap();
-        fc.upload(
-            &src,
-            &path.parse().unwrap(),
-            Some(info.revision),
-            std::sync::Arc::new(()),
-        )
-        .await
-        .unwrap();
+        changed_on_server(&fc, &s, path).await;
     }
     eventually("the server's changes arrive", || {
         ["d03/f0301", "d17/f1702"]
@@ -1636,11 +1585,7 @@ async fn the_local_view_held_between_passes_follows_what_differs_not_the_tree() 
     const FILES: usize = 3000;
     const BOUND: u64 = 200;
     let s = setup();
-    for i in 0..FILES {
-        let dir = s.a.join(format!("d{:02}", i / 100));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}")).unwrap();
-    }
+    files_in_folders(&s.a, FILES, 100);
     let server = start_server(&s.root, None).await;
     let fc = client(&server.addr);
     let (la, mut status) = live_with(options(&s.a, "a"), &server.addr);
@@ -1664,17 +1609,7 @@ async fn the_local_view_held_between_passes_follows_what_differs_not_the_tree() 
     std::fs::write(s.a.join("d05/f0505"), "edited here").unwrap();
     std::fs::remove_file(s.a.join("d06/f0606")).unwrap();
     std::fs::rename(s.a.join("d07"), s.a.join("e07")).unwrap();
-    let src = s.b.join("src");
-    std::fs::write(&src, "changed on the server").unwrap();
-    let info = fc.stat(&"d08/f0808".parse().unwrap()).await.unwrap();
-    fc.upload(
-        &src,
-        &"d08/f0808".parse().unwrap(),
-        Some(info.revision),
-        std::sync::Arc::new(()),
-    )
-    .await
-    .unwrap();
+    changed_on_server(&fc, &s, "d08/f0808").await;
     until_on_server(&fc, "d05/f0505", "edited here").await;
     until_on_server(&fc, "e07/f0700", "file 700").await;
     eventually("the server's change arrives", || {
@@ -1714,6 +1649,28 @@ async fn the_local_view_held_between_passes_follows_what_differs_not_the_tree() 
     la.stop().await;
     assert_eq!(fc.list_all(None).await.unwrap().len(), FILES - 2);
     server.shutdown().await;
+}
+
+/// `n` files `f0000`, `f0001`, … ("file 0", …) under `dir`, in folders
+/// of `per_folder` (`d00`, `d01`, …).
+fn files_in_folders(dir: &Path, n: usize, per_folder: usize) {
+    for i in 0..n {
+        let d = dir.join(format!("d{:02}", i / per_folder));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("f{i:04}")), format!("file {i}")).unwrap();
+    }
+}
+
+/// Replaces `path` on the server (through `fc`, as another machine
+/// would) with "changed on the server".
+async fn changed_on_server(fc: &FilesClient, s: &Setup, path: &str) {
+    let src = s.b.join("src");
+    std::fs::write(&src, "changed on the server").unwrap();
+    let at = path.parse().unwrap();
+    let info = fc.stat(&at).await.unwrap();
+    fc.upload(&src, &at, Some(info.revision), std::sync::Arc::new(()))
+        .await
+        .unwrap();
 }
 
 async fn until_gone_from_server(fc: &FilesClient, path: &str) {

@@ -119,11 +119,10 @@ impl Admin for AdminService {
             Some(store) => store.stats().await.map_err(Status::from)?,
             None => crate::store::StoreStats::default(),
         };
-        let jobs = src
-            .compute
-            .as_ref()
-            .map(crate::ComputeService::job_counts)
-            .unwrap_or_default();
+        let jobs = match &src.compute {
+            Some(compute) => compute.job_counts().await,
+            None => crate::compute::JobCounts::default(),
+        };
         let mut services = Vec::new();
         if src.store.is_some() {
             services.push("files".to_owned());

@@ -8,12 +8,14 @@
 //! names (read at that revision and checked against its hash), or none.
 //! They are read once per change whoever watches: the first client's task
 //! reads them, the others wait for that read and share it
-//! ([`InlineCache`], the last [`KEPT`] changes).
+//! ([`InlineCache`], the last [`KEPT`] changes): every watcher's message
+//! holds the same buffer (`Bytes`, counted references), not a copy.
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use distribusync_core::{ContentHash, RemotePath};
 use tokio::sync::OnceCell;
 
@@ -25,7 +27,7 @@ pub(crate) const INLINE_MAX: u64 = 4096;
 /// Changes whose content is kept for the clients still sending them.
 const KEPT: usize = 64;
 
-type Cell = Arc<OnceCell<Option<Arc<[u8]>>>>;
+type Cell = Arc<OnceCell<Option<Bytes>>>;
 
 /// The content of the last few small puts, each read once (see the module
 /// header).
@@ -38,7 +40,7 @@ pub(crate) struct InlineCache {
 impl InlineCache {
     /// The content to send with `c`, when it is a put of a small file
     /// still at that revision.
-    pub(crate) async fn content(&self, view: &View, c: &ChangeRecord) -> Option<Vec<u8>> {
+    pub(crate) async fn content(&self, view: &View, c: &ChangeRecord) -> Option<Bytes> {
         if c.op != ChangeOp::Put || c.size > INLINE_MAX {
             return None;
         }
@@ -64,7 +66,7 @@ impl InlineCache {
         let data = cell
             .get_or_init(|| read(view, &c.path, c.revision, c.size, hash))
             .await;
-        data.as_ref().map(|d| d.to_vec())
+        data.clone()
     }
 }
 
@@ -76,7 +78,7 @@ async fn read(
     revision: u64,
     size: u64,
     hash: ContentHash,
-) -> Option<Arc<[u8]>> {
+) -> Option<Bytes> {
     let (record, content) = view.open_content(path).await.ok()?;
     if record.revision != revision || record.size != size {
         return None;
@@ -92,5 +94,5 @@ async fn read(
     .await
     .ok()?
     .ok()?;
-    (ContentHash::of(&data) == hash).then(|| data.into())
+    (ContentHash::of(&data) == hash).then(|| Bytes::from(data))
 }

@@ -133,7 +133,10 @@ async fn render(recorder: &PrometheusRecorder, sources: &Sources) -> String {
         },
         None => None,
     };
-    let jobs = sources.compute.as_ref().map(ComputeService::job_counts);
+    let jobs = match &sources.compute {
+        Some(compute) => Some(compute.job_counts().await),
+        None => None,
+    };
     metrics::with_local_recorder(recorder, || {
         use metrics::{counter, gauge};
         gauge!("distribusync_uptime_seconds").set(sources.started.elapsed().as_secs_f64());

@@ -303,6 +303,8 @@ pub async fn serve_with_webdav(
     };
     let auth = Auth::new(config.auth.clone(), tokens.clone(), loopback);
     auth.start(token.clone()).await?;
+    // Kept to write back the tokens' last use once requests are drained.
+    let auth_at_stop = auth.clone();
     tracing::info!(
         mode = ?config.auth.mode,
         required = auth.required(),
@@ -430,6 +432,15 @@ pub async fn serve_with_webdav(
         tracing::warn!(
             ?grace,
             "web requests did not finish in time; stopping anyway"
+        );
+    }
+    if tokio::time::timeout(grace, auth_at_stop.write_back_uses())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "tokens' last use not written back in time; stopping anyway"
         );
     }
     Ok(())

@@ -439,7 +439,7 @@ async fn chunks_on_their_way_to_the_bucket_stay_within_the_instance_budget() {
     }))
     .await;
     for (done, (_, manifest)) in installed.into_iter().zip(&files) {
-        assert_eq!(done.unwrap().stored, manifest.chunks.len());
+        assert_eq!(done.unwrap().sent, manifest.chunks.len());
     }
     let peak = blobs.sending_peak();
     assert!(peak > 0 && peak <= S3Blobs::SENDING_BUDGET, "peak {peak}");
@@ -663,16 +663,7 @@ async fn with_postgres_stopped_requests_fail_clearly_and_service_resumes_by_itse
     postgres().start_again();
     // Back by itself: the first requests may meet connections the
     // restart closed; they succeed again without anything being restarted.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match a.upload(&during, &p("after.txt"), None, Arc::new(())).await {
-            Ok(_) => break,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "never resumed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    upload_once_back(&a, &during, "after.txt").await;
     assert!(matches!(
         b.stat(&p("during.txt")).await,
         Err(ClientError::NotFound(_))
@@ -684,6 +675,22 @@ async fn with_postgres_stopped_requests_fail_clearly_and_service_resumes_by_itse
         other => panic!("expected after.txt, got {other:?}"),
     }
     cluster.stop().await;
+}
+
+/// Uploads `local` as `name` through `client` until the service takes it
+/// again after an outage (safety net: [`WAIT`]): the first requests may
+/// meet connections the outage closed.
+async fn upload_once_back(client: &FilesClient, local: &Path, name: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client.upload(local, &p(name), None, Arc::new(())).await {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "never resumed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// A TCP relay in front of the S3 endpoint that can be stopped (its port
@@ -798,16 +805,7 @@ async fn with_s3_stopped_transfers_fail_naming_the_storage_and_service_resumes_b
     assert!(err.to_string().contains("blob store"), "{err}");
 
     relay.start_again().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match a.upload(&during, &p("after.bin"), None, Arc::new(())).await {
-            Ok(_) => break,
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "never resumed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    upload_once_back(&a, &during, "after.bin").await;
     assert!(matches!(
         b.stat(&p("during.bin")).await,
         Err(ClientError::NotFound(_))

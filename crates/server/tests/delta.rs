@@ -377,29 +377,52 @@ async fn bad_delta_input_is_refused_naming_the_problem_and_leaves_nothing() {
 
 #[tokio::test]
 async fn bytes_changed_by_hand_behind_the_index_are_not_copied_into_a_new_version() {
+    // The index still names the file's old chunks there.
+    edit_on_a_source_scribbled_on_by_hand(51, false, false).await;
+}
+
+/// Uploads 24 MiB, writes into the middle of the server's file in place
+/// (its modified time put back with `put_time_back`), then sends an edit
+/// near the start as a delta, which would copy the rest from that file:
+/// the upload fails as a changed source (try again), the file is left as
+/// it was by hand and nothing stays in staging. `decline_over_half` is
+/// the client's flag of that name.
+async fn edit_on_a_source_scribbled_on_by_hand(
+    seed: u64,
+    put_time_back: bool,
+    decline_over_half: bool,
+) {
     use std::os::unix::fs::FileExt;
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start(&tmp.path().join("MASTER")).await;
     let c = server.client().await;
-    let data = random(24 * MIB, 51);
+    let data = random(24 * MIB, seed);
     put_bytes(&c, tmp.path(), "disk.img", &data).await;
-    // Someone writes into the middle of the server's file in place: the
-    // index still names its old chunks there.
     let on_server = server.root.join("disk.img");
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&on_server)
-        .unwrap()
-        .write_all_at(b"scribbled", 12 * MIB as u64)
         .unwrap();
+    let time = file.metadata().unwrap().modified().unwrap();
+    file.write_all_at(b"scribbled", 12 * MIB as u64).unwrap();
+    if put_time_back {
+        file.set_modified(time).unwrap();
+    }
+    drop(file);
     let by_hand = std::fs::read(&on_server).unwrap();
-    // An edit near the start: the rest would be copied from that file.
     let mut edited = data.clone();
     edited[100] ^= 1;
     let local = tmp.path().join("edited");
     std::fs::write(&local, &edited).unwrap();
     let e = c
-        .upload_delta(&local, &p("disk.img"), None, None, false, Arc::new(()))
+        .upload_delta(
+            &local,
+            &p("disk.img"),
+            None,
+            None,
+            decline_over_half,
+            Arc::new(()),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -933,38 +956,5 @@ async fn a_burst_of_manifest_requests_computes_at_most_the_bound_at_once() {
 /// source (try again), not blamed on the client; nothing is installed.
 #[tokio::test]
 async fn a_source_changed_by_hand_with_its_time_put_back_is_caught_and_named() {
-    use std::os::unix::fs::FileExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&tmp.path().join("MASTER")).await;
-    let c = server.client().await;
-    let data = random(24 * MIB, 71);
-    put_bytes(&c, tmp.path(), "disk.img", &data).await;
-    let on_server = server.root.join("disk.img");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&on_server)
-        .unwrap();
-    let time = file.metadata().unwrap().modified().unwrap();
-    file.write_all_at(b"scribbled", 12 * MIB as u64).unwrap();
-    file.set_modified(time).unwrap();
-    drop(file);
-    let by_hand = std::fs::read(&on_server).unwrap();
-    let mut edited = data.clone();
-    edited[100] ^= 1;
-    let local = tmp.path().join("edited");
-    std::fs::write(&local, &edited).unwrap();
-    let e = c
-        .upload_delta(&local, &p("disk.img"), None, None, true, Arc::new(()))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, distribusync_client::ClientError::Restart(m) if m.contains("changed during the upload")),
-        "{e:?}"
-    );
-    assert!(
-        std::fs::read(&on_server).unwrap() == by_hand,
-        "left as it was"
-    );
-    assert!(staging_is_empty(&server.root));
-    server.stop().await;
+    edit_on_a_source_scribbled_on_by_hand(71, true, true).await;
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use distribusync_client::{ClientError, FileInfo, FilesClient, local_tree};
 use distribusync_core::RemotePath;
-use futures::{FutureExt, StreamExt};
+use futures::{StreamExt, TryStreamExt};
 
 use crate::UsageError;
 use crate::cli::{GetArgs, Global, LsArgs, MvArgs, PutArgs, RmArgs, StatArgs};
@@ -238,61 +238,90 @@ async fn get_tree(global: &Global, args: GetArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(base.file_name()));
     let client = connect(global).await?;
-    let files = client
-        .list_all(Some(&base))
+    let pages = client
+        .list(Some(&base))
         .await
         .with_context(|| format!("get {}", args.remote))?;
+    // The listing is read a page at a time as downloads take files from
+    // it (`buffer_unordered` pulls the next file only when one of its
+    // places is free): memory holds one page and the transfers under
+    // way, however many files the folder has.
+    let listing = futures::stream::try_unfold(pages, |mut pages| async move {
+        Ok::<_, ClientError>(pages.next_page().await?.map(|page| (page, pages)))
+    })
+    .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok::<_, ClientError>)))
+    .try_flatten()
     // The folder's files (a file named as the folder itself is not one).
-    let files: Vec<FileInfo> = files
-        .into_iter()
-        .filter(|f| tree_target(&base, &f.path, &local).is_some())
-        .collect();
-    if files.is_empty() {
+    .try_filter(|f| futures::future::ready(tree_target(&base, &f.path, &local).is_some()));
+    let bars = progress::Transfers::new();
+    let progress_for = bars.factory();
+    let downloads = listing
+        .map(|listed| {
+            let (client, local, base) = (&client, &local, &base);
+            let listed = listed.map(|f| (progress_for(&f.path), f));
+            async move {
+                let (progress, f) = listed.map_err(Fetched::Listing)?;
+                let result = async {
+                    let dest = tree_target(base, &f.path, local)
+                        .ok_or_else(|| anyhow::anyhow!("{}: not under {}", f.path, base))?;
+                    if let Some(parent) = dest.parent() {
+                        tokio::fs::create_dir_all(parent)
+                            .await
+                            .with_context(|| format!("creating {}", parent.display()))?;
+                    }
+                    let info = client.get(&f.path, &dest, progress).await?;
+                    anyhow::Ok((info, dest))
+                }
+                .await;
+                result.map_err(|e| Fetched::File(f.path, e))
+            }
+        })
+        .buffer_unordered(PARALLEL_DOWNLOADS);
+    futures::pin_mut!(downloads);
+    let (mut total, mut failed) = (0usize, 0usize);
+    let mut listing_failed = None;
+    while let Some(result) = downloads.next().await {
+        match result {
+            Ok((info, dest)) => {
+                total += 1;
+                bars.suspend(|| {
+                    eprintln!("{} -> {} ({} bytes)", info.path, dest.display(), info.size);
+                });
+            }
+            Err(Fetched::File(path, e)) => {
+                total += 1;
+                bars.suspend(|| eprintln!("distribusync: get {path}: {e:#}"));
+                failed += 1;
+            }
+            // The listing ends at its error: the downloads under way
+            // finish, then the command fails saying so.
+            Err(Fetched::Listing(e)) => listing_failed = Some(e),
+        }
+    }
+    if let Some(e) = listing_failed {
+        return Err(anyhow::Error::new(e).context(format!(
+            "get {}: the listing broke off after {total} file(s)",
+            args.remote
+        )));
+    }
+    if total == 0 {
         return Err(ClientError::NotFound(format!(
             "{}: no files under this folder on the server",
             base.shown()
         ))
         .into());
     }
-    let total = files.len();
-    let bars = progress::Transfers::new();
-    let progress_for = bars.factory();
-    let downloads = futures::stream::iter(files)
-        .map(|f| {
-            let (client, local, base) = (&client, &local, &base);
-            let progress = progress_for(&f.path);
-            let path = f.path.clone();
-            async move {
-                let dest = tree_target(base, &f.path, local)
-                    .ok_or_else(|| anyhow::anyhow!("{}: not under {}", f.path, base))?;
-                if let Some(parent) = dest.parent() {
-                    tokio::fs::create_dir_all(parent)
-                        .await
-                        .with_context(|| format!("creating {}", parent.display()))?;
-                }
-                let info = client.get(&f.path, &dest, progress).await?;
-                anyhow::Ok((info, dest))
-            }
-            .map(move |r| (path, r))
-        })
-        .buffer_unordered(PARALLEL_DOWNLOADS);
-    futures::pin_mut!(downloads);
-    let mut failed = 0usize;
-    while let Some((path, result)) = downloads.next().await {
-        match result {
-            Ok((info, dest)) => bars.suspend(|| {
-                eprintln!("{} -> {} ({} bytes)", info.path, dest.display(), info.size);
-            }),
-            Err(e) => {
-                bars.suspend(|| eprintln!("distribusync: get {path}: {e:#}"));
-                failed += 1;
-            }
-        }
-    }
     if failed > 0 {
         anyhow::bail!("get: {failed} of {total} file(s) failed");
     }
     Ok(())
+}
+
+/// Why one item of `get -r` came to nothing: the listing broke, or one
+/// file's download failed.
+enum Fetched {
+    Listing(ClientError),
+    File(RemotePath, anyhow::Error),
 }
 
 pub async fn rm(global: &Global, args: RmArgs) -> anyhow::Result<()> {

@@ -65,6 +65,15 @@ fn sort_job(numbers: &[i64]) -> v1::SubmitRequest {
     }
 }
 
+/// Submits a sort of `numbers` through `on`; its id.
+async fn submit_sort(on: &mut ComputeClient<Channel>, numbers: &[i64]) -> String {
+    on.submit(sort_job(numbers))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id
+}
+
 async fn callbacks(addr: &str) -> tonic::Streaming<v1::JobEvent> {
     client(addr)
         .await
@@ -94,6 +103,22 @@ fn ints(n: v1::Numbers) -> Vec<i64> {
     }
 }
 
+/// Job `id`'s sorted result, read whole with GetJobResult.
+async fn streamed_result(on: &mut ComputeClient<Channel>, id: &str) -> Vec<i64> {
+    let mut chunks = on
+        .get_job_result(v1::GetJobRequest {
+            job_id: id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut back = Vec::new();
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        back.extend(ints(chunk.numbers.unwrap()));
+    }
+    back
+}
+
 fn sorted(job: &v1::Job) -> Vec<i64> {
     match job.result.clone().and_then(|r| r.value) {
         Some(v1::job_result::Value::Sorted(n)) => ints(n),
@@ -112,12 +137,7 @@ fn a_job_submitted_on_one_instance_reaches_the_callback_stream_on_the_other() {
         let mut events = callbacks(&b.addr).await;
         let mut on_a = client(&a.addr).await;
         let mut on_b = client(&b.addr).await;
-        let small = on_a
-            .submit(sort_job(&[3, -1, 2]))
-            .await
-            .unwrap()
-            .into_inner()
-            .job_id;
+        let small = submit_sort(&mut on_a, &[3, -1, 2]).await;
         let job = next_event(&mut events).await;
         assert_eq!(job.job_id, small);
         assert_eq!(job.state(), v1::JobState::Succeeded, "{job:?}");
@@ -125,24 +145,11 @@ fn a_job_submitted_on_one_instance_reaches_the_callback_stream_on_the_other() {
 
         // Too big for an event: streamed by GetJobResult through B.
         let big: Vec<i64> = (0..20_000).rev().collect();
-        let id = on_a
-            .submit(sort_job(&big))
-            .await
-            .unwrap()
-            .into_inner()
-            .job_id;
+        let id = submit_sort(&mut on_a, &big).await;
         let job = next_event(&mut events).await;
         assert_eq!(job.job_id, id);
         assert!(job.result_in_stream, "{job:?}");
-        let mut chunks = on_b
-            .get_job_result(v1::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut back = Vec::new();
-        while let Some(chunk) = chunks.message().await.unwrap() {
-            back.extend(ints(chunk.numbers.unwrap()));
-        }
+        let back = streamed_result(&mut on_b, &id).await;
         assert!(back == (0..20_000).collect::<Vec<i64>>(), "not sorted");
 
         // Either instance shows both jobs; a finished job cannot be cancelled.
@@ -183,6 +190,163 @@ fn a_job_submitted_on_one_instance_reaches_the_callback_stream_on_the_other() {
     });
 }
 
+/// Kept results are bounded on the cluster as on the local backend
+/// (`--compute-memory`): past the bound the oldest result is dropped from
+/// the database, and its job answers NOT_FOUND saying it was evicted and
+/// to submit it again; the newer results are still whole.
+#[test]
+fn kept_results_are_bounded_over_the_instances_oldest_evicted_first() {
+    const N: i64 = 410_000;
+    let (_t, dir) = tmp();
+    let (mut flags, _) = cluster_flags("jobs_kept", 3);
+    // 8.75 MiB of it usable: two results of 410,000 numbers (3.13 MiB
+    // each) fit, three do not; reading one back (twice its size, and a
+    // stream's 2 MiB) fits too.
+    flags.extend(["--compute-memory", "10MiB", "--job-workers", "1"].map(String::from));
+    let a = start(&dir, "a", &flags, &KEYS);
+    let b = start(&dir, "b", &flags, &KEYS);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut events = callbacks(&b.addr).await;
+        let (mut on_a, mut on_b) = (client(&a.addr).await, client(&b.addr).await);
+        let mut ids = Vec::new();
+        for i in 0..3i64 {
+            let numbers: Vec<i64> = (0..N).map(|n| (n * 7919 + i) % (N + 1)).collect();
+            let on = if i == 1 { &mut on_b } else { &mut on_a };
+            let id = submit_sort(on, &numbers).await;
+            // One at a time: each finishes after the one before.
+            let job = next_event(&mut events).await;
+            assert_eq!(job.job_id, id);
+            assert_eq!(job.state(), v1::JobState::Succeeded, "{job:?}");
+            ids.push(id);
+        }
+        for on in [&mut on_a, &mut on_b] {
+            let gone = on
+                .get_job(v1::GetJobRequest {
+                    job_id: ids[0].clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+            assert!(
+                gone.message().contains("evicted")
+                    && gone.message().contains("submit the job again"),
+                "{gone:?}"
+            );
+            let gone = on
+                .get_job_result(v1::GetJobRequest {
+                    job_id: ids[0].clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+        }
+        // The newer two are kept: shown, and the newest read back whole.
+        for id in &ids[1..] {
+            let job = on_b
+                .get_job(v1::GetJobRequest { job_id: id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(job.result_in_stream, "{job:?}");
+        }
+        let back = streamed_result(&mut on_a, &ids[2]).await;
+        let mut want: Vec<i64> = (0..N).map(|n| (n * 7919 + 2) % (N + 1)).collect();
+        want.sort_unstable();
+        assert!(back == want, "the newest result not whole");
+    });
+}
+
+/// The jobs' `/metrics` figures count on the cluster backend too: each
+/// job's end once over the instances (by the instance that recorded it),
+/// a cancellation by the instance asked, and the shared queue empty once
+/// the jobs are done.
+#[test]
+fn job_metrics_count_every_job_once_over_the_instances() {
+    use super::super::ops::{get, metrics_addr, samples, scrape};
+    let (_t, dir) = tmp();
+    let (mut flags, _) = cluster_flags("jobs_metrics", 3);
+    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let a = start(&dir, "a", &flags, &KEYS);
+    let b = start(&dir, "b", &flags, &KEYS);
+    let metrics = [metrics_addr(&a), metrics_addr(&b)];
+    // One figure summed over both instances.
+    let total = |key: &str| -> f64 { metrics.iter().map(|m| get(&samples(&scrape(m)), key)).sum() };
+    let succeeded = r#"distribusync_jobs_finished_total{state="succeeded"}"#;
+    let cancelled = r#"distribusync_jobs_finished_total{state="cancelled"}"#;
+    assert_eq!(total(succeeded), 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut events = callbacks(&b.addr).await;
+        let (mut on_a, mut on_b) = (client(&a.addr).await, client(&b.addr).await);
+        for i in 0..3 {
+            let on = if i % 2 == 0 { &mut on_a } else { &mut on_b };
+            on.submit(sort_job(&[3, i, -1])).await.unwrap();
+        }
+        for _ in 0..3 {
+            let job = next_event(&mut events).await;
+            assert_eq!(job.state(), v1::JobState::Succeeded, "{job:?}");
+        }
+    });
+    // The instance that ran a job counts it just after it recorded the
+    // end, which is when the event left: wait for the figure.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while total(succeeded) < 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "succeeded jobs never counted: {}",
+            total(succeeded)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(total(succeeded), 3.0, "a job counted twice");
+    assert_eq!(total(r#"distribusync_jobs{state="queued"}"#), 0.0);
+    assert_eq!(total(r#"distribusync_jobs{state="running"}"#), 0.0);
+    assert_eq!(total(cancelled), 0.0);
+    drop((a, b));
+
+    // A job held by its instance (the test knob), cancelled through the
+    // other: counted once, as cancelled, by the instance asked.
+    let (mut flags, _) = cluster_flags("jobs_metrics_cancel", 3);
+    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let mut holding = KEYS.to_vec();
+    holding.push(("DISTRIBUSYNC_TEST_HOLD_JOBS", "true"));
+    let a = start(&dir, "a2", &flags, &holding);
+    let m_a = metrics_addr(&a);
+    let running = r#"distribusync_jobs{state="running"}"#;
+    let (b, m_b) = rt.block_on(async {
+        let mut on_a = client(&a.addr).await;
+        let id = submit_sort(&mut on_a, &[2, 1]).await;
+        // A is the only instance yet: it claims the job and holds it, and
+        // shows it running.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while get(&samples(&scrape(&m_a)), running) != 1.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the job never ran on A"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let job = on_a
+            .get_job(v1::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(job.state(), v1::JobState::Running, "{job:?}");
+        let b = start(&dir, "b2", &flags, &KEYS);
+        let m_b = metrics_addr(&b);
+        client(&b.addr)
+            .await
+            .cancel_job(v1::CancelJobRequest { job_id: id })
+            .await
+            .unwrap();
+        (b, m_b)
+    });
+    assert_eq!(get(&samples(&scrape(&m_b)), cancelled), 1.0);
+    assert_eq!(get(&samples(&scrape(&m_a)), cancelled), 0.0);
+    drop((a, b));
+}
+
 /// Submits a sort on instance A, which claims the job and holds it
 /// without computing (the test knob); once it does, starts B, kills A
 /// (SIGKILL) and returns the job as B's callback stream tells it ended,
@@ -195,13 +359,7 @@ fn killed_mid_job(name: &str, attempts: u32) -> (v1::Job, String) {
     let mut a = start(&dir, "a", &flags, &holding);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let job = rt.block_on(async {
-        let id = client(&a.addr)
-            .await
-            .submit(sort_job(&[5, 4, 3]))
-            .await
-            .unwrap()
-            .into_inner()
-            .job_id;
+        let id = submit_sort(&mut client(&a.addr).await, &[5, 4, 3]).await;
         a.wait_logged(&["holding the job", &id]);
         let b = start(&dir, "b", &flags, &KEYS);
         let mut events = callbacks(&b.addr).await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use distribusync_proto::v1::{self, compute_client::ComputeClient};
 use tonic::transport::Endpoint;
 
+use super::super::token::json_rows;
 use super::super::{cmd, tmp};
 use super::KEYS;
 use super::jobs::{cluster_flags, start};
@@ -186,16 +187,61 @@ fn a_token_works_on_every_instance_and_its_revocation_reaches_all_of_them() {
     );
     // The table as the command line sees it.
     b.terminate();
-    let out = cmd(&dir, &[], &["token", "list", "--json", "--metadata", &url])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = token_rows(&dir, &url);
     let row = rows.iter().find(|r| r["name"] == "laptop").unwrap();
     assert!(row["revoked"].is_string(), "{row}");
     assert_eq!(row["scopes"], "read,write,compute", "{row}");
+}
+
+/// `token list --json --metadata URL`, one JSON value a token.
+fn token_rows(dir: &std::path::Path, url: &str) -> Vec<serde_json::Value> {
+    json_rows(
+        cmd(dir, &[], &["token", "list", "--json", "--metadata", url])
+            .output()
+            .unwrap(),
+    )
+}
+
+/// When a token was last used reaches the cluster's table, written back
+/// in batches and a last time when an instance stops cleanly (SIGTERM):
+/// a token used just before the stop shows a last use, one never used
+/// shows none.
+#[test]
+fn a_tokens_last_use_on_an_instance_is_kept_when_it_stops_cleanly() {
+    let (_t, dir) = tmp();
+    let (flags, url) = cluster_flags("tokens_used", 3);
+    let create = |name: &str| {
+        created(
+            cmd(
+                &dir,
+                &[],
+                &[
+                    "token",
+                    "create",
+                    name,
+                    "--scopes",
+                    "read",
+                    "--metadata",
+                    &url,
+                ],
+            )
+            .output()
+            .unwrap(),
+        )
+    };
+    let laptop = create("laptop");
+    create("idle");
+    let mut a = start(&dir, "a", &flags, &KEYS);
+    let used = with_token(&dir, &a.addr, &laptop, &["ls"]);
+    assert!(used.status.success(), "{used:?}");
+    let status = a.terminate();
+    assert!(status.success(), "{status:?}");
+    let rows = token_rows(&dir, &url);
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
+    assert!(
+        row("laptop")["last_used"].is_string(),
+        "{rows:?} {:#?}",
+        a.logs.lock().unwrap()
+    );
+    assert!(row("idle")["last_used"].is_null(), "{rows:?}");
 }

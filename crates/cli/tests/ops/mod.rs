@@ -10,28 +10,35 @@ use super::{Server, cmd, ok, tmp};
 mod reload;
 mod sync_daemon;
 
-/// Waits (safety net: 20 s) until the server logged the metrics address,
+/// Waits (safety net: 30 s) until the server logged the metrics address,
 /// and returns it.
-fn metrics_addr(server: &Server) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub(crate) fn metrics_addr(server: &Server) -> String {
+    logged_metrics_addr(&server.logs)
+}
+
+/// The metrics address a process logged (`… metrics on http://ADDR/metrics`)
+/// in `logs`, once it has (safety net: 30 s).
+fn logged_metrics_addr(logs: &std::sync::Mutex<Vec<String>>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let found = server.logs.lock().unwrap().iter().find_map(|l| {
+        let found = logs.lock().unwrap().iter().find_map(|l| {
             l.split_once("metrics on http://")
-                .map(|(_, a)| a.to_owned())
+                .map(|(_, a)| a.trim_end_matches("/metrics").to_owned())
         });
         if let Some(a) = found {
-            return a.trim_end_matches("/metrics").to_owned();
+            return a;
         }
         assert!(
             Instant::now() < deadline,
-            "the server never said where metrics are"
+            "no metrics address: {:?}",
+            logs.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// `GET /metrics` over plain HTTP/1.0: the status line and the body.
-fn scrape(addr: &str) -> String {
+pub(crate) fn scrape(addr: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -51,7 +58,7 @@ fn scrape(addr: &str) -> String {
 
 /// Samples by their full name with labels (`name{a="b",c="d"}`, labels as
 /// the exporter renders them).
-fn samples(text: &str) -> HashMap<String, f64> {
+pub(crate) fn samples(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| {
@@ -61,7 +68,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-fn get(s: &HashMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn get(s: &HashMap<String, f64>, key: &str) -> f64 {
     s.get(key).copied().unwrap_or(0.0)
 }
 
@@ -89,6 +96,18 @@ fn prometheus_python() -> std::path::PathBuf {
         assert!(st.success(), "pip install prometheus-client failed");
     }
     python
+}
+
+/// Checks that the reference parser reads the whole scrape `text` and
+/// finds each of `families` (`name type`) in it.
+fn read_by_prometheus_client(text: &str, families: &[&str]) {
+    let found = parse_with_prometheus_client(text);
+    for want in families {
+        assert!(
+            found.lines().any(|l| l.starts_with(want)),
+            "{want} missing from {found}"
+        );
+    }
 }
 
 /// The whole scrape through the reference parser: every family it finds,
@@ -184,44 +203,38 @@ fn metrics_move_by_exactly_the_calls_made_and_parse_with_prometheus_client() {
     );
     assert!(sent > 0.0, "{text}");
 
-    let families = parse_with_prometheus_client(&text);
-    for want in [
-        "distribusync_rpc_requests counter",
-        "distribusync_rpc_duration_seconds histogram",
-        "distribusync_files gauge",
-        "distribusync_jobs_finished counter",
-    ] {
-        assert!(
-            families.lines().any(|l| l.starts_with(want)),
-            "{want} missing from {families}"
-        );
-    }
+    read_by_prometheus_client(
+        &text,
+        &[
+            "distribusync_rpc_requests counter",
+            "distribusync_rpc_duration_seconds histogram",
+            "distribusync_files gauge",
+            "distribusync_jobs_finished counter",
+        ],
+    );
 }
 
 #[test]
 fn a_metrics_address_in_use_is_one_line_and_exit_2() {
     let (_t, dir) = tmp();
+    refuses_a_taken_metrics_address(&dir, &[], &["serve", "--listen", "127.0.0.1:0"]);
+}
+
+/// `args` with `--metrics-listen` at an address in use: exit 2 and one
+/// line, `distribusync: COMMAND: cannot listen for metrics on ADDR: …`.
+fn refuses_a_taken_metrics_address(dir: &Path, env: &[(&str, &str)], args: &[&str]) {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = cmd(
-        &dir,
-        &[],
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            &addr,
-        ],
-    )
-    .output()
-    .unwrap();
+    let mut all = args.to_vec();
+    all.extend(["--metrics-listen", &addr]);
+    let out = cmd(dir, env, &all).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(
         err.starts_with(&format!(
-            "distribusync: serve: cannot listen for metrics on {addr}:"
+            "distribusync: {}: cannot listen for metrics on {addr}:",
+            args[0]
         )),
         "{err}"
     );

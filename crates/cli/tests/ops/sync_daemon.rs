@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{get, parse_with_prometheus_client, samples, scrape};
+use super::{get, read_by_prometheus_client, samples, scrape};
 use crate::{Server, cmd, ok, tmp};
 
 /// `sync SYNC --metrics-listen 127.0.0.1:0` against `server`; its stderr
@@ -40,22 +40,7 @@ impl Daemon {
 
     /// Where it serves metrics (safety net: 30 s).
     fn metrics_addr(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self.logs.lock().unwrap().iter().find_map(|l| {
-                l.split_once("metrics on http://")
-                    .map(|(_, a)| a.trim_end_matches("/metrics").to_owned())
-            });
-            if let Some(a) = found {
-                return a;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no metrics address: {:?}",
-                self.logs
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::logged_metrics_addr(&self.logs)
     }
 }
 
@@ -180,46 +165,30 @@ fn sync_metrics_move_by_exactly_the_syncs_made_and_parse_with_prometheus_client(
         "{text}"
     );
 
-    let families = parse_with_prometheus_client(&text);
-    for want in [
-        "distribusync_sync_pending_files gauge",
-        "distribusync_sync_pending_bytes gauge",
-        "distribusync_sync_transfers_in_flight gauge",
-        "distribusync_sync_last_pass_timestamp_seconds gauge",
-        "distribusync_sync_last_success_timestamp_seconds gauge",
-        "distribusync_sync_passes counter",
-        "distribusync_sync_sent_bytes counter",
-        "distribusync_sync_received_bytes counter",
-        "distribusync_sync_conflicts counter",
-        "distribusync_sync_errors counter",
-    ] {
-        assert!(
-            families.lines().any(|l| l.starts_with(want)),
-            "{want} missing from {families}"
-        );
-    }
+    read_by_prometheus_client(
+        &text,
+        &[
+            "distribusync_sync_pending_files gauge",
+            "distribusync_sync_pending_bytes gauge",
+            "distribusync_sync_transfers_in_flight gauge",
+            "distribusync_sync_last_pass_timestamp_seconds gauge",
+            "distribusync_sync_last_success_timestamp_seconds gauge",
+            "distribusync_sync_passes counter",
+            "distribusync_sync_sent_bytes counter",
+            "distribusync_sync_received_bytes counter",
+            "distribusync_sync_conflicts counter",
+            "distribusync_sync_errors counter",
+        ],
+    );
 }
 
 #[test]
 fn a_sync_metrics_address_in_use_is_one_line_and_exit_2() {
     let (_t, dir) = tmp();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let out = cmd(
+    super::refuses_a_taken_metrics_address(
         &dir,
         &[("DISTRIBUSYNC_SERVER", "http://127.0.0.1:1")],
-        &["sync", "SYNC", "--metrics-listen", &addr],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with(&format!(
-            "distribusync: sync: cannot listen for metrics on {addr}:"
-        )),
-        "{err}"
+        &["sync", "SYNC"],
     );
     // Nothing started: the folder was not even made.
     assert!(!dir.join("SYNC").exists());

@@ -11,6 +11,16 @@ fn token(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     cmd(dir, &[], &all).output().unwrap()
 }
 
+/// The tokens `token list --json` printed, one JSON value a line.
+pub(crate) fn json_rows(out: std::process::Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn one_line_exit(out: &std::process::Output, code: i32, says: &str) {
     assert_eq!(out.status.code(), Some(code), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -110,14 +120,8 @@ fn tokens_made_on_root_while_serving_lock_the_server_and_admin_works_remotely() 
         &boss,
     );
     assert!(out.status.success(), "{out:?}");
-    let listed = remote(&["list", "--json"], &boss);
-    assert!(listed.status.success(), "{listed:?}");
-    let listed = String::from_utf8(listed.stdout).unwrap();
-    let rows: Vec<serde_json::Value> = listed
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(rows.len(), 2, "{listed}");
+    let rows = json_rows(remote(&["list", "--json"], &boss));
+    assert_eq!(rows.len(), 2, "{rows:?}");
     let frame = rows.iter().find(|r| r["name"] == "frame").unwrap();
     assert_eq!(frame["prefix"], "photos/");
     assert_eq!(frame["scopes"], "read");
@@ -200,4 +204,37 @@ fn serve_auth_on_requires_a_token_even_on_loopback() {
     let out = run(&dir, &server.addr, &["ls"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid or missing token"));
+}
+
+/// A token's last use survives a clean stop (SIGTERM) of the server that
+/// saw it: it is written back once requests are drained, not only every
+/// few seconds while serving.
+#[test]
+fn a_tokens_last_use_is_kept_when_the_server_stops_cleanly() {
+    let (_t, dir) = tmp();
+    let made = token(&dir, &["create", "laptop", "--scopes", "read"]);
+    assert!(made.status.success(), "{made:?}");
+    let laptop = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    assert!(
+        token(&dir, &["create", "idle", "--scopes", "read"])
+            .status
+            .success()
+    );
+    let mut server = Server::start(&dir);
+    let used = cmd(
+        &dir,
+        &[
+            ("DISTRIBUSYNC_SERVER", server.addr.as_str()),
+            ("DISTRIBUSYNC_TOKEN", laptop.as_str()),
+        ],
+        &["ls"],
+    )
+    .output()
+    .unwrap();
+    assert!(used.status.success(), "{used:?}");
+    assert!(server.terminate().success());
+    let rows = json_rows(token(&dir, &["list", "--json"]));
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
+    assert!(row("laptop")["last_used"].is_string(), "{rows:?}");
+    assert!(row("idle")["last_used"].is_null(), "{rows:?}");
 }

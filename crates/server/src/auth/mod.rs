@@ -470,13 +470,20 @@ impl Auth {
                 .await;
                 drop(done);
             }
-            // A last write-back of `last used` at shutdown.
-            if let Some(inner) = weak.upgrade() {
-                let auth = Auth { inner };
-                let _ = tokio::task::spawn_blocking(move || auth.record_use()).await;
-            }
         });
         Ok(())
+    }
+
+    /// Writes back when tokens were last used, now: the server calls it
+    /// once its requests are drained, so a clean stop loses none of the
+    /// uses since the last periodic write. (The background task did it
+    /// at shutdown, through its `Weak`: on the cluster backend nothing
+    /// held the registry any more by then, and the uses were lost.)
+    pub async fn write_back_uses(&self) {
+        let me = self.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.record_use()).await {
+            tracing::warn!(error = %e, "cannot record when tokens were last used");
+        }
     }
 
     /// The scope the method at `path` needs; see [`required_scope`].

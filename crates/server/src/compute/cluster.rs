@@ -47,8 +47,8 @@ use uuid::Uuid;
 use super::jobs::{INLINE_RESULT_MAX, Jobs, KeptNumbers, Task, numbers_bytes, state_word};
 use super::{ComputeConfig, ComputeError, work};
 use crate::store::{
-    ClaimedJob, FinalState, JOBS_CHANNEL, JobQueue, JobRow, JobSpec, JobState, Notifications,
-    PgJobQueue, SubmitRefused,
+    ClaimedJob, FinalState, JOBS_CHANNEL, JobQueue, JobRow, JobSpec, JobState, KeptResults,
+    Notifications, PgJobQueue, SubmitRefused,
 };
 
 /// Most jobs one ListJobs answer carries (as on the local backend).
@@ -142,6 +142,17 @@ fn ended(state: v1::JobState, e: &ComputeError) -> FinalState {
         result: None,
         error_code: e.code() as i32,
         error: Some(e.to_string()),
+    }
+}
+
+/// The bound on the results kept in the database, over every instance:
+/// sorted results, within what the memory budget lets the local backend
+/// keep (`--compute-memory`; docs/DESIGN.md, "Kept results on the
+/// cluster").
+fn kept_results(config: &ComputeConfig) -> KeptResults {
+    KeptResults {
+        kind: v1::JobKind::Sort as i16,
+        bytes: super::budget::usable(config.memory_budget),
     }
 }
 
@@ -313,6 +324,9 @@ impl ClusterJobs {
             .await
             .map_err(store_error)?
             .ok_or_else(|| ComputeError::NotFound(id.to_owned()))?;
+        if row.evicted {
+            return Err(ComputeError::Evicted(id.to_owned()));
+        }
         to_wire(&row)
     }
 
@@ -334,6 +348,9 @@ impl ClusterJobs {
             .await
             .map_err(store_error)?
             .ok_or_else(|| ComputeError::NotFound(id.to_owned()))?;
+        if row.evicted {
+            return Err(ComputeError::Evicted(id.to_owned()));
+        }
         let job = to_wire(&row)?;
         let state = job.state();
         let why = match state {
@@ -356,6 +373,10 @@ impl ClusterJobs {
             .await
             .map_err(store_error)?
             .ok_or_else(|| ComputeError::NotFound(id.to_owned()))?;
+        // Evicted for the bound since it was first read.
+        if row.evicted {
+            return Err(ComputeError::Evicted(id.to_owned()));
+        }
         let damaged =
             |what: &str| ComputeError::JobStore(format!("damaged result of job {id}: {what}"));
         let bytes = row.result.ok_or_else(|| damaged("missing"))?;
@@ -392,7 +413,25 @@ impl ClusterJobs {
             });
         }
         info!(job = %id, "job cancelled");
+        self.inner.jobs.count_ended(v1::JobState::Cancelled);
         Ok(job)
+    }
+
+    /// Jobs queued in the shared queue, running here, and ended by this
+    /// instance (see [`super::ComputeService::job_counts`]).
+    pub(crate) async fn counts(&self) -> super::JobCounts {
+        let queued = match self.inner.queue.queued().await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "compute jobs: cannot count the queued jobs");
+                0
+            }
+        };
+        super::JobCounts {
+            queued,
+            running: self.running().len() as u64,
+            ended: self.inner.jobs.counts().ended,
+        }
     }
 
     /// `owner`'s jobs (of device `client_id`, or all when empty).
@@ -508,10 +547,21 @@ impl ClusterJobs {
             None => {}
             Some(end) => match inner
                 .queue
-                .finish_job(&job.id, &inner.worker, job.attempt, &end)
+                .finish_job(
+                    &job.id,
+                    &inner.worker,
+                    job.attempt,
+                    &end,
+                    kept_results(&inner.config),
+                )
                 .await
             {
-                Ok(true) => debug!(job = %job.id, "job finished"),
+                Ok(true) => {
+                    debug!(job = %job.id, "job finished");
+                    let state = v1::JobState::try_from(i32::from(end.outcome))
+                        .unwrap_or(v1::JobState::Unspecified);
+                    inner.jobs.count_ended(state);
+                }
                 Ok(false) => {
                     info!(job = %job.id, "job's claim lost before it finished: outcome dropped");
                 }

@@ -305,9 +305,9 @@ impl State {
     fn notify(&mut self, id: &Uuid) {
         let Some(job) = self.jobs.get(id) else { return };
         let key = owner_key(&job.owner, &job.client_id);
-        let Some(subs) = self.subscribers.get_mut(&key) else {
+        if !self.subscribers.contains_key(&key) {
             return;
-        };
+        }
         // One event shared by every subscriber (at most INLINE_RESULT_MAX
         // numbers: bigger results are streamed by GetJobResult).
         let inline = match &job.output {
@@ -317,7 +317,18 @@ impl State {
         // With `inline` set, the wire job leaves the result out: each
         // subscriber's message gets it when sent.
         let wire = job.to_wire(id, inline.is_none());
-        let event = Arc::new(Event { job: wire, inline });
+        self.fan_out(&key, Event { job: wire, inline });
+    }
+
+    /// Sends `event` to every subscriber under `key` without waiting: one
+    /// whose queue is full fell too far behind and has its stream ended
+    /// (its client asks again with GetJob), one that left is dropped, and
+    /// the key goes when none is left.
+    fn fan_out(&mut self, key: &str, event: Event) {
+        let Some(subs) = self.subscribers.get_mut(key) else {
+            return;
+        };
+        let event = Arc::new(event);
         subs.retain(|(sub, tx)| match tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -330,7 +341,7 @@ impl State {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         if subs.is_empty() {
-            self.subscribers.remove(&key);
+            self.subscribers.remove(key);
         }
     }
 }
@@ -487,25 +498,7 @@ impl Jobs {
     /// cluster backend's jobs end on any instance).
     pub(crate) fn publish(&self, owner: &str, client_id: &str, job: v1::Job) {
         let key = owner_key(owner, client_id);
-        let mut st = self.lock();
-        let Some(subs) = st.subscribers.get_mut(&key) else {
-            return;
-        };
-        let event = Arc::new(Event { job, inline: None });
-        subs.retain(|(sub, tx)| match tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(
-                    subscriber = sub,
-                    "callback subscriber fell behind: ending its stream"
-                );
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
-        if subs.is_empty() {
-            st.subscribers.remove(&key);
-        }
+        self.lock().fan_out(&key, Event { job, inline: None });
     }
 
     /// Ends every callback stream (each client library opens its stream
@@ -688,6 +681,12 @@ impl Jobs {
         st.finished.push_back((Instant::now(), id));
         st.notify(&id);
         st.evict_expired(self.shared.config.result_ttl, Instant::now());
+    }
+
+    /// Counts a job of the cluster backend whose end this instance
+    /// recorded (its own table holds no jobs; see `compute/cluster.rs`).
+    pub(crate) fn count_ended(&self, state: v1::JobState) {
+        self.lock().ended.count(state);
     }
 
     /// Jobs queued and running now, and finished since start.

@@ -196,9 +196,16 @@ impl ComputeService {
         self.jobs.subscriber_count()
     }
 
-    /// Jobs queued and running now, and finished since start.
-    pub fn job_counts(&self) -> JobCounts {
-        self.jobs.counts()
+    /// Jobs queued and running now, and finished since start. On the
+    /// cluster backend: the jobs queued in the shared queue (the same
+    /// figure on every instance; none when the database does not answer),
+    /// those running on this instance, and those whose end this instance
+    /// recorded (each job's end is counted by one instance).
+    pub async fn job_counts(&self) -> JobCounts {
+        match &self.cluster {
+            Some(cluster) => cluster.counts().await,
+            None => self.jobs.counts(),
+        }
     }
 
     /// Bytes of the compute memory budget in use now.

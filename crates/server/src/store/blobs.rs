@@ -63,13 +63,19 @@ const SENDING_UNIT: usize = 64 << 10;
 /// The folder of the bucket chunks are kept in.
 const CHUNKS: &str = "chunks";
 
-/// What [`Blobs::install`] did.
+/// What [`Blobs::install`] did. Whether a chunk sent was new to the
+/// store is not known: a chunk under 64 KiB (`ASK_FIRST_FROM`) is sent without
+/// asking, and the store may have had it (sending it again changes
+/// nothing); so `sent` is an upper bound of what the store newly holds and
+/// `skipped` a lower bound of what it reused.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Installed {
-    /// Chunks sent to the store.
-    pub stored: usize,
-    /// Chunks already there (another file, or an earlier attempt, has them).
-    pub reused: usize,
+    /// Chunks sent to the store, and their bytes.
+    pub sent: usize,
+    pub sent_bytes: u64,
+    /// Chunks not sent because the store had them already (asked first:
+    /// only chunks of 64 KiB or more).
+    pub skipped: usize,
 }
 
 /// A stored chunk, as [`Blobs::list_chunks`] sees it.
@@ -402,15 +408,23 @@ impl Blobs for S3Blobs {
         manifest: &'a Manifest,
     ) -> BoxFuture<'a, Result<Installed>> {
         Box::pin(async move {
-            let sent: Vec<bool> = futures::stream::iter(manifest.offsets())
-                .map(|(offset, chunk)| self.put_chunk(file.clone(), offset, chunk))
+            let sent: Vec<Option<u64>> = futures::stream::iter(manifest.offsets())
+                .map(|(offset, chunk)| {
+                    let file = file.clone();
+                    async move {
+                        let len = u64::from(chunk.len);
+                        let sent = self.put_chunk(file, offset, chunk).await?;
+                        Ok::<_, ServiceError>(sent.then_some(len))
+                    }
+                })
                 .buffer_unordered(PARALLEL_CHUNKS)
                 .try_collect()
                 .await?;
-            let stored = sent.iter().filter(|s| **s).count();
+            let done = sent.iter().flatten();
             Ok(Installed {
-                stored,
-                reused: sent.len() - stored,
+                sent: done.clone().count(),
+                sent_bytes: done.sum(),
+                skipped: sent.iter().filter(|s| s.is_none()).count(),
             })
         })
     }

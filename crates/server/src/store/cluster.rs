@@ -441,7 +441,12 @@ impl Store {
                 async move {
                     let (f, manifest) = d?;
                     let done = blobs.install(f, &manifest).await?;
-                    tracing::debug!(stored = done.stored, reused = done.reused, "chunks stored");
+                    tracing::debug!(
+                        sent = done.sent,
+                        sent_bytes = done.sent_bytes,
+                        skipped = done.skipped,
+                        "chunks stored (sent: some small ones the store may have had)"
+                    );
                     Ok(manifest)
                 }
             })

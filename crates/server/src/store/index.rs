@@ -50,6 +50,63 @@ pub struct ChangeRecord {
     pub folder: bool,
 }
 
+/// The change-log entries each backend writes when it commits (one shape
+/// for SQLite and PostgreSQL). `seq` is the entry's place in the log (0
+/// while the log has not given one yet); a put's or rename's revision is
+/// that place.
+impl ChangeRecord {
+    /// `path` now holds content `hash`.
+    pub fn put(seq: u64, path: RemotePath, size: u64, hash: ContentHash, modified_ns: i64) -> Self {
+        Self {
+            seq,
+            op: ChangeOp::Put,
+            path,
+            new_path: None,
+            revision: seq,
+            size,
+            hash: Some(hash),
+            modified_ns,
+            folder: false,
+        }
+    }
+
+    /// The file `path` is gone.
+    pub fn delete(seq: u64, path: RemotePath) -> Self {
+        Self {
+            seq,
+            op: ChangeOp::Delete,
+            path,
+            new_path: None,
+            revision: 0,
+            size: 0,
+            hash: None,
+            modified_ns: 0,
+            folder: false,
+        }
+    }
+
+    /// `from` is now `to`: one file (`single`, as it was) or a folder.
+    pub fn rename(
+        seq: u64,
+        from: RemotePath,
+        to: RemotePath,
+        single: Option<&FileRecord>,
+        folder: bool,
+    ) -> Self {
+        Self {
+            seq,
+            op: ChangeOp::Rename,
+            path: from,
+            new_path: Some(to),
+            revision: seq,
+            size: single.map_or(0, |f| f.size),
+            hash: single.map(|f| f.hash),
+            modified_ns: single.map_or(0, |f| f.modified_ns),
+            folder,
+        }
+    }
+}
+
 /// The SQLite index at `ROOT/.distribusync/index.db`.
 #[derive(Debug)]
 pub struct Index {
@@ -375,17 +432,7 @@ impl Index {
             let first = Self::next_seq(&tx)?;
             for (seq, (path, size, hash, modified_ns)) in (first..).zip(puts) {
                 let (size, hash, modified_ns) = (*size, *hash, *modified_ns);
-                let mut change = ChangeRecord {
-                    seq: 0,
-                    op: ChangeOp::Put,
-                    path: path.clone(),
-                    new_path: None,
-                    revision: 0,
-                    size,
-                    hash: Some(hash),
-                    modified_ns,
-                    folder: false,
-                };
+                let mut change = ChangeRecord::put(0, path.clone(), size, hash, modified_ns);
                 Self::append_at(&tx, seq, &change)?;
                 tx.prepare_cached(
                     "INSERT INTO files (path, size, hash, revision, modified_ns) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -416,17 +463,7 @@ impl Index {
     pub fn commit_delete(&self, path: &RemotePath) -> Result<ChangeRecord> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let mut change = ChangeRecord {
-                seq: 0,
-                op: ChangeOp::Delete,
-                path: path.clone(),
-                new_path: None,
-                revision: 0,
-                size: 0,
-                hash: None,
-                modified_ns: 0,
-                folder: false,
-            };
+            let mut change = ChangeRecord::delete(0, path.clone());
             change.seq = Self::append(&tx, &change)?;
             tx.execute("DELETE FROM files WHERE path = ?1", [path.as_str()])?;
             // Its dead properties go with it, and those of folders it
@@ -511,17 +548,8 @@ impl Index {
                 .collect()
             };
             let single = (!folder).then(|| moved.first().cloned()).flatten();
-            let mut change = ChangeRecord {
-                seq: 0,
-                op: ChangeOp::Rename,
-                path: from.clone(),
-                new_path: Some(to.clone()),
-                revision: 0,
-                size: single.as_ref().map_or(0, |f| f.size),
-                hash: single.as_ref().map(|f| f.hash),
-                modified_ns: single.as_ref().map_or(0, |f| f.modified_ns),
-                folder,
-            };
+            let mut change =
+                ChangeRecord::rename(0, from.clone(), to.clone(), single.as_ref(), folder);
             let seq = Self::append(&tx, &change)?;
             if !folder {
                 tx.execute("DELETE FROM files WHERE path = ?1", [to.as_str()])?;

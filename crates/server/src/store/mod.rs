@@ -54,7 +54,7 @@ pub use parts::KeptParts;
 pub use postgres::{Notifications, PgFeed, PgMetadata, SCHEMA_VERSION};
 pub use queue::{
     ClaimedJob, FinalState, JOBS_CHANNEL, JobOutcome, JobQueue, JobRecord, JobRow, JobSpec,
-    JobState, LocalJobQueue, PgJobQueue, SubmitRefused,
+    JobState, KeptResults, LocalJobQueue, PgJobQueue, SubmitRefused,
 };
 pub use upload::{Upload, UploadHeader, verify};
 pub use view::View;

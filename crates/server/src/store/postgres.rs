@@ -567,17 +567,7 @@ async fn put_in(tx: &Tx<'_>, put: &NewVersion) -> Result<Result<(FileRecord, Cha
         return Ok(Err(e));
     }
     let seq = next_seq(tx).await?;
-    let change = ChangeRecord {
-        seq,
-        op: ChangeOp::Put,
-        path: put.path.clone(),
-        new_path: None,
-        revision: seq,
-        size: put.size,
-        hash: Some(put.hash),
-        modified_ns: put.modified_ns,
-        folder: false,
-    };
+    let change = ChangeRecord::put(seq, put.path.clone(), put.size, put.hash, put.modified_ns);
     append(tx, seq, &change).await?;
     let st = tx
         .prepare_cached(
@@ -627,17 +617,7 @@ async fn delete_in(
     };
     super::check_revision(&path, Some(&current), if_revision)?;
     let seq = next_seq(tx).await?;
-    let change = ChangeRecord {
-        seq,
-        op: ChangeOp::Delete,
-        path,
-        new_path: None,
-        revision: 0,
-        size: 0,
-        hash: None,
-        modified_ns: 0,
-        folder: false,
-    };
+    let change = ChangeRecord::delete(seq, path);
     append(tx, seq, &change).await?;
     tx.execute(
         "DELETE FROM files WHERE path = $1",
@@ -684,17 +664,7 @@ async fn rename_in(
     let folder = check_rename(&from, &to, overwrite, if_revision, &facts)?;
     let seq = next_seq(tx).await?;
     let single = facts.from_file.as_ref();
-    let change = ChangeRecord {
-        seq,
-        op: ChangeOp::Rename,
-        path: from.clone(),
-        new_path: Some(to.clone()),
-        revision: seq,
-        size: single.map_or(0, |f| f.size),
-        hash: single.map(|f| f.hash),
-        modified_ns: single.map_or(0, |f| f.modified_ns),
-        folder,
-    };
+    let change = ChangeRecord::rename(seq, from.clone(), to.clone(), single, folder);
     append(tx, seq, &change).await?;
     // A manifest describes content, which a rename does not change: the
     // current one of each file moved goes with it, under its new revision

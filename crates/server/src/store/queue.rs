@@ -29,6 +29,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use tracing::info;
+
 use super::backend::BoxFuture;
 use super::postgres::PgMetadata;
 use crate::error::{Result, ServiceError};
@@ -272,8 +274,17 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS deadline TIMESTAMPTZ;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS finished_at TIMESTAMPTZ;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS outcome SMALLINT;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS error_code INTEGER;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS evicted BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS jobs_kept_results ON jobs (kind, finished_at DESC, id DESC)
+    WHERE state = 2 AND result IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, submitted_at DESC);
 "#;
+
+/// Taken (transaction-scoped) while kept results are trimmed to their
+/// bound, so that instances finishing jobs together trim one after the
+/// other (each seeing what the other kept) and never lock the same rows
+/// in two orders.
+const KEPT_RESULTS_LOCK: i64 = 0x6469_7374_6b65_7074; // "distkept"
 
 /// The channel job changes are announced on (see the module docs).
 pub const JOBS_CHANNEL: &str = "distribusync_jobs";
@@ -319,6 +330,15 @@ pub struct FinalState {
     pub error: Option<String>,
 }
 
+/// The bound on stored results [`PgJobQueue::finish_job`] keeps: the
+/// results of jobs of `kind` (the service's wire number) take at most
+/// `bytes` in all, over every instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptResults {
+    pub kind: i16,
+    pub bytes: u64,
+}
+
 /// A job as the Compute service shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
@@ -339,10 +359,13 @@ pub struct JobRow {
     pub result: Option<Vec<u8>>,
     pub error_code: Option<i32>,
     pub error: Option<String>,
+    /// Its result was dropped for the bound on kept results (see
+    /// [`PgJobQueue::finish_job`]).
+    pub evicted: bool,
 }
 
 const ROW_COLS: &str = "id, owner, client_id, kind, count, state, outcome, attempts, \
-                        submitted_at, deadline, finished_at, error_code, error";
+                        submitted_at, deadline, finished_at, error_code, error, evicted";
 
 fn row_from(row: &tokio_postgres::Row, with_result: bool) -> Result<JobRow> {
     Ok(JobRow {
@@ -359,7 +382,8 @@ fn row_from(row: &tokio_postgres::Row, with_result: bool) -> Result<JobRow> {
         finished: row.try_get(10)?,
         error_code: row.try_get(11)?,
         error: row.try_get(12)?,
-        result: if with_result { row.try_get(13)? } else { None },
+        evicted: row.try_get(13)?,
+        result: if with_result { row.try_get(14)? } else { None },
     })
 }
 
@@ -620,6 +644,11 @@ impl PgJobQueue {
     /// instance (`done ID`); false (nothing recorded) when that claim is no
     /// longer the job's current one.
     ///
+    /// Kept results are bounded (`kept`): in the same transaction, the
+    /// stored results of finished jobs of `kept.kind` beyond `kept.bytes`
+    /// in all (the newest kept first) are dropped and their jobs marked
+    /// `evicted`.
+    ///
     /// # Errors
     /// The database's.
     pub async fn finish_job(
@@ -628,15 +657,17 @@ impl PgJobQueue {
         worker: &str,
         attempt: u32,
         end: &FinalState,
+        kept: KeptResults,
     ) -> Result<bool> {
-        let client = self.db.client().await?;
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
         let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
         let state = if end.done {
             JobState::Done as i16
         } else {
             JobState::Failed as i16
         };
-        let rows = client
+        let rows = tx
             .query(
                 "WITH ended AS ( \
                      UPDATE jobs SET state = $4, outcome = $5, result = $6, error_code = $7, error = $8, \
@@ -656,7 +687,32 @@ impl PgJobQueue {
                 ],
             )
             .await?;
-        Ok(rows.len() == 1)
+        if rows.len() != 1 {
+            return Ok(false);
+        }
+        if end.result.is_some() {
+            let keep = i64::try_from(kept.bytes).unwrap_or(i64::MAX);
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEPT_RESULTS_LOCK])
+                .await?;
+            let evicted = tx
+                .query(
+                    "UPDATE jobs SET result = NULL, evicted = true WHERE id IN ( \
+                         SELECT id FROM ( \
+                             SELECT id, sum(octet_length(result)) OVER \
+                                 (ORDER BY finished_at DESC, id DESC) AS newer_and_own \
+                             FROM jobs WHERE state = 2 AND kind = $2 AND result IS NOT NULL \
+                         ) kept WHERE newer_and_own > $1) \
+                     RETURNING id",
+                    &[&keep, &kept.kind],
+                )
+                .await?;
+            for row in &evicted {
+                let id: String = row.try_get(0)?;
+                info!(job = %id, "result evicted: the kept results passed their bound");
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Ends `owner`'s job `id` as `end` says if it is queued or running
@@ -757,6 +813,19 @@ impl PgJobQueue {
             )
             .await?;
         rows.iter().map(|r| row_from(r, false)).collect()
+    }
+
+    /// How many jobs wait in the queue (over every instance).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn queued(&self) -> Result<u64> {
+        let client = self.db.client().await?;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM jobs WHERE state = 0", &[])
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Removes the jobs that finished more than `ttl` ago; how many.

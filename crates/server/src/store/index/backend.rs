@@ -18,7 +18,7 @@ use distribusync_core::{RemotePath, Revision};
 use rusqlite::{OptionalExtension, Transaction, params};
 use tokio::sync::broadcast;
 
-use super::{ChangeOp, ChangeRecord, FILE_COLS, FileRecord, Index, file_row, folder_range, to_i64};
+use super::{ChangeRecord, FILE_COLS, FileRecord, Index, file_row, folder_range, to_i64};
 use crate::error::Result;
 use crate::store::backend::{
     BoxFuture, ChangeFeed, Committed, Metadata, NewVersion, RenameFacts, check_put, check_rename,
@@ -100,17 +100,8 @@ fn commit_puts(ix: &Index, puts: &[NewVersion]) -> Result<Committed> {
                 out.push(Err(e));
                 continue;
             }
-            let mut change = ChangeRecord {
-                seq: 0,
-                op: ChangeOp::Put,
-                path: put.path.clone(),
-                new_path: None,
-                revision: 0,
-                size: put.size,
-                hash: Some(put.hash),
-                modified_ns: put.modified_ns,
-                folder: false,
-            };
+            let mut change =
+                ChangeRecord::put(0, put.path.clone(), put.size, put.hash, put.modified_ns);
             let seq = Index::append(&tx, &change)?;
             tx.prepare_cached(
                 "INSERT INTO files (path, size, hash, revision, modified_ns) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -155,17 +146,7 @@ fn commit_delete(
             return Err(nothing_to_delete(path, folder));
         };
         crate::store::check_revision(&path, Some(&current), if_revision)?;
-        let mut change = ChangeRecord {
-            seq: 0,
-            op: ChangeOp::Delete,
-            path,
-            new_path: None,
-            revision: 0,
-            size: 0,
-            hash: None,
-            modified_ns: 0,
-            folder: false,
-        };
+        let mut change = ChangeRecord::delete(0, path);
         change.seq = Index::append(&tx, &change)?;
         tx.execute("DELETE FROM files WHERE path = ?1", [change.path.as_str()])?;
         ix.prune(&tx, change.seq)?;
@@ -209,17 +190,7 @@ fn commit_rename(
             facts.from_file.clone().into_iter().collect()
         };
         let single = facts.from_file.as_ref();
-        let mut change = ChangeRecord {
-            seq: 0,
-            op: ChangeOp::Rename,
-            path: from.clone(),
-            new_path: Some(to.clone()),
-            revision: 0,
-            size: single.map_or(0, |f| f.size),
-            hash: single.map(|f| f.hash),
-            modified_ns: single.map_or(0, |f| f.modified_ns),
-            folder,
-        };
+        let mut change = ChangeRecord::rename(0, from.clone(), to.clone(), single, folder);
         let seq = Index::append(&tx, &change)?;
         if !folder {
             tx.execute("DELETE FROM files WHERE path = ?1", [to.as_str()])?;
