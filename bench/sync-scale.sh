@@ -142,9 +142,12 @@ with open(os.path.join(src, dirs[0], "warm"), "wb") as f:
     f.write(b"warm")
 wait_for(os.path.join(master, dirs[0], "warm"), b"warm", 600)
 def pct(lat):
+    # The slowest one and where it fell in the series: a tail at the start
+    # of a series is the machine settling, one spread out is the sync.
+    worst = max(range(len(lat)), key=lambda i: lat[i])
     lat = sorted(lat)
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-    return f"p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms"
+    return f"p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, slowest {lat[-1]:.1f} ms (#{worst + 1})"
 for style in ("in place", "write-then-rename"):
     lat = []
     for i in range(n):
