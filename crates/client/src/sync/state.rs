@@ -411,16 +411,21 @@ impl State {
     /// # Errors
     /// When SQLite cannot open it.
     pub fn reader(&self) -> Result<BaseReader, StateError> {
+        Ok(BaseReader {
+            conn: self.read_only()?,
+            none: BTreeMap::new(),
+        })
+    }
+
+    /// A read-only connection of its own to the database, for a reader on
+    /// another thread.
+    fn read_only(&self) -> Result<Connection, StateError> {
         use rusqlite::OpenFlags;
-        let conn = Connection::open_with_flags(
+        Connection::open_with_flags(
             &self.file,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| self.err(e))?;
-        Ok(BaseReader {
-            conn,
-            none: BTreeMap::new(),
-        })
+        .map_err(|e| self.err(e))
     }
 
     /// A read-only connection of its own to both views (see
@@ -431,14 +436,8 @@ impl State {
     /// # Errors
     /// When SQLite cannot open it.
     pub fn views_reader(&self) -> Result<ViewsReader, StateError> {
-        use rusqlite::OpenFlags;
-        let conn = Connection::open_with_flags(
-            &self.file,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| self.err(e))?;
         Ok(ViewsReader {
-            conn,
+            conn: self.read_only()?,
             path: self.path.clone(),
         })
     }
